@@ -1,0 +1,213 @@
+//! The fixed partition of a layout into work units, and the deterministic reduction over them.
+//!
+//! Units never cross a segment boundary and have at most [`CHUNK`] elements, so the partition
+//! depends on the layout alone: not on the thread count, not on whether the caller passed a
+//! flat arena or a list of slices. Each unit reduces sequentially in a fixed lane order, and the
+//! per-unit partial sums combine in a fixed pairwise tree, so every reduction gives the same
+//! bits on 1 or N threads.
+use crate::layout::{Layout, ParamKind};
+
+/// Elements per work unit: small enough to balance two to a hundred threads over ResNet-18,
+/// large enough that rayon's per-task cost is invisible next to the memory traffic.
+pub const CHUNK: usize = 1 << 14;
+
+/// Elements per tile inside a unit: a direction is materialised tile by tile in L1.
+pub const TILE: usize = 512;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkInfo {
+    pub segment: usize,
+    pub kind: ParamKind,
+    /// Offset of the unit inside its segment.
+    pub seg_offset: usize,
+    /// Offset of the unit in the flat index space.
+    pub global: usize,
+    pub len: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Chunks {
+    infos: Vec<ChunkInfo>,
+}
+
+impl Chunks {
+    pub fn new(layout: &Layout) -> Self {
+        let mut infos = Vec::new();
+        for (si, s) in layout.segments().iter().enumerate() {
+            let mut off = 0;
+            while off < s.len {
+                let len = CHUNK.min(s.len - off);
+                infos.push(ChunkInfo {
+                    segment: si,
+                    kind: s.kind,
+                    seg_offset: off,
+                    global: s.offset + off,
+                    len,
+                });
+                off += len;
+            }
+        }
+        Chunks { infos }
+    }
+
+    pub fn infos(&self) -> &[ChunkInfo] {
+        &self.infos
+    }
+
+    /// Cuts per-segment views into per-unit views.
+    pub fn split<'a>(&self, segs: Vec<&'a [f32]>) -> Vec<&'a [f32]> {
+        let mut out = Vec::with_capacity(self.infos.len());
+        for (si, s) in segs.into_iter().enumerate() {
+            let mut rest = s;
+            for c in self.infos.iter().filter(|c| c.segment == si) {
+                let (h, t) = rest.split_at(c.len);
+                out.push(h);
+                rest = t;
+            }
+        }
+        debug_assert_eq!(out.len(), self.infos.len());
+        out
+    }
+
+    pub fn split_mut<'a>(&self, segs: Vec<&'a mut [f32]>) -> Vec<&'a mut [f32]> {
+        let mut out = Vec::with_capacity(self.infos.len());
+        for (si, s) in segs.into_iter().enumerate() {
+            let mut rest = s;
+            for c in self.infos.iter().filter(|c| c.segment == si) {
+                let (h, t) = std::mem::take(&mut rest).split_at_mut(c.len);
+                out.push(h);
+                rest = t;
+            }
+        }
+        debug_assert_eq!(out.len(), self.infos.len());
+        out
+    }
+
+    /// Per-unit views of an internal flat buffer.
+    pub fn split_flat<'a>(&self, flat: &'a [f32]) -> Vec<&'a [f32]> {
+        let mut rest = flat;
+        self.infos
+            .iter()
+            .map(|c| {
+                let (h, t) = rest.split_at(c.len);
+                rest = t;
+                h
+            })
+            .collect()
+    }
+
+    pub fn split_flat_mut<'a>(&self, flat: &'a mut [f32]) -> Vec<&'a mut [f32]> {
+        let mut rest = flat;
+        self.infos
+            .iter()
+            .map(|c| {
+                let (h, t) = std::mem::take(&mut rest).split_at_mut(c.len);
+                rest = t;
+                h
+            })
+            .collect()
+    }
+}
+
+/// Sums partial results in a fixed pairwise tree: the shape depends on the count alone.
+pub fn tree_sum(xs: &[f64]) -> f64 {
+    match xs.len() {
+        0 => 0.0,
+        1 => xs[0],
+        n => {
+            let (a, b) = xs.split_at(n / 2);
+            tree_sum(a) + tree_sum(b)
+        }
+    }
+}
+
+/// Eight f64 lanes: a fixed summation order that the compiler can still vectorise.
+#[derive(Clone, Copy, Default)]
+pub struct Lanes([f64; 8]);
+
+// Lane-indexed loops are the point here: they fix the summation order and vectorise.
+#[allow(clippy::needless_range_loop)]
+impl Lanes {
+    #[inline]
+    pub fn add_squares(&mut self, xs: &[f32]) {
+        let mut it = xs.chunks_exact(8);
+        for c in &mut it {
+            for k in 0..8 {
+                let v = c[k] as f64;
+                self.0[k] += v * v;
+            }
+        }
+        for (k, &x) in it.remainder().iter().enumerate() {
+            let v = x as f64;
+            self.0[k] += v * v;
+        }
+    }
+
+    #[inline]
+    pub fn add_products(&mut self, xs: &[f32], ys: &[f32]) {
+        let n = xs.len().min(ys.len());
+        let (xs, ys) = (&xs[..n], &ys[..n]);
+        let mut ix = xs.chunks_exact(8);
+        let mut iy = ys.chunks_exact(8);
+        for (a, b) in (&mut ix).zip(&mut iy) {
+            for k in 0..8 {
+                self.0[k] += a[k] as f64 * b[k] as f64;
+            }
+        }
+        for (k, (&a, &b)) in ix.remainder().iter().zip(iy.remainder()).enumerate() {
+            self.0[k] += a as f64 * b as f64;
+        }
+    }
+
+    #[inline]
+    pub fn total(&self) -> f64 {
+        let l = &self.0;
+        ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+    }
+}
+
+/// A cheap, vectorisable finiteness probe: the sum of `x * 0` is 0 for finite inputs and
+/// NaN as soon as one input is NaN or infinite.
+#[inline]
+#[allow(clippy::needless_range_loop)]
+pub fn poison(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = xs.chunks_exact(8);
+    for c in &mut it {
+        for k in 0..8 {
+            acc[k] += c[k] * 0.0;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for &x in it.remainder() {
+        s += x * 0.0;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_cover_the_layout_in_order() {
+        let mut l = Layout::new();
+        l.push("a.weight", &[CHUNK * 2 + 5]).unwrap();
+        l.push("b.bias", &[3]).unwrap();
+        let c = Chunks::new(&l);
+        assert_eq!(c.infos().len(), 4);
+        let total: usize = c.infos().iter().map(|i| i.len).sum();
+        assert_eq!(total, l.len());
+        assert_eq!(c.infos()[3].global, CHUNK * 2 + 5);
+        assert_eq!(c.infos()[3].kind, ParamKind::Bias);
+    }
+
+    #[test]
+    fn poison_detects_non_finite() {
+        assert_eq!(poison(&[1.0; 19]), 0.0);
+        assert!(poison(&[1.0, f32::INFINITY, 2.0]).is_nan());
+        let mut v = vec![1.0; 100];
+        v[97] = f32::NAN;
+        assert!(poison(&v).is_nan());
+    }
+}

@@ -1,0 +1,271 @@
+//! The flat parameter arena: named segments of one contiguous `f32` buffer.
+//!
+//! Every optimizer buffer (weights, gradients, momenta, masks) shares one layout, so a pass of
+//! an optimizer is one loop over one vector. Trainers that keep separate tensors describe them
+//! with the same layout and hand over a list of slices (see [`crate::params`]).
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What a segment holds; ASAM and adaptive rules treat the two kinds differently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    /// Conv/linear weights and norm-layer scales: every tensor whose name ends in `weight`.
+    Weight,
+    /// Biases and norm-layer shifts.
+    Bias,
+}
+
+impl ParamKind {
+    /// The kind ALGORITHMS.md assigns to a tensor by its name.
+    pub fn from_name(name: &str) -> Self {
+        if name.ends_with("weight") {
+            ParamKind::Weight
+        } else {
+            ParamKind::Bias
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: ParamKind,
+    /// Start of the segment in the flat buffer.
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Segment {
+    /// Elements per output filter: the product of all dimensions but the first
+    /// (1 for a vector, so each element of a 1-D tensor is its own filter).
+    pub fn filter_len(&self) -> usize {
+        self.shape.iter().skip(1).product::<usize>().max(1)
+    }
+
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Named segments of one flat buffer, in order, without gaps.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    segments: Vec<Segment>,
+    total: usize,
+}
+
+impl Layout {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a segment whose kind follows from its name.
+    pub fn push(&mut self, name: impl Into<String>, shape: &[usize]) -> Result<&mut Self> {
+        let name = name.into();
+        let kind = ParamKind::from_name(&name);
+        self.push_with_kind(name, shape, kind)
+    }
+
+    pub fn push_with_kind(
+        &mut self,
+        name: impl Into<String>,
+        shape: &[usize],
+        kind: ParamKind,
+    ) -> Result<&mut Self> {
+        let name = name.into();
+        if name.is_empty() {
+            return Err(Error::InvalidLayout("empty segment name".into()));
+        }
+        if self.segments.iter().any(|s| s.name == name) {
+            return Err(Error::InvalidLayout(format!("duplicate segment `{name}`")));
+        }
+        let len = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| Error::InvalidLayout(format!("segment `{name}` overflows usize")))?;
+        if len == 0 {
+            return Err(Error::InvalidLayout(format!(
+                "segment `{name}` has no elements (shape {shape:?})"
+            )));
+        }
+        self.segments.push(Segment {
+            name,
+            shape: shape.to_vec(),
+            kind,
+            offset: self.total,
+            len,
+        });
+        self.total += len;
+        Ok(self)
+    }
+
+    /// A layout with one unnamed-weight segment per slice length: the shape of a list of
+    /// tensors handed over by a trainer that has no arena of its own.
+    pub fn from_lengths(lengths: &[usize]) -> Result<Self> {
+        let mut l = Layout::new();
+        for (i, &n) in lengths.iter().enumerate() {
+            l.push(format!("param{i}.weight"), &[n])?;
+        }
+        Ok(l)
+    }
+
+    /// A single weight segment of `n` elements.
+    pub fn flat(n: usize) -> Result<Self> {
+        let mut l = Layout::new();
+        l.push("params.weight", &[n])?;
+        Ok(l)
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    pub fn segment(&self, name: &str) -> Option<&Segment> {
+        self.segments.iter().find(|s| s.name == name)
+    }
+
+    /// Total number of parameters.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Per-segment views of a flat buffer.
+    pub fn split<'a>(&self, flat: &'a [f32]) -> Result<Vec<&'a [f32]>> {
+        self.check_len("flat buffer", flat.len())?;
+        let mut rest = flat;
+        Ok(self
+            .segments
+            .iter()
+            .map(|s| {
+                let (head, tail) = rest.split_at(s.len);
+                rest = tail;
+                head
+            })
+            .collect())
+    }
+
+    /// Per-segment mutable views of a flat buffer.
+    pub fn split_mut<'a>(&self, flat: &'a mut [f32]) -> Result<Vec<&'a mut [f32]>> {
+        self.check_len("flat buffer", flat.len())?;
+        let mut rest = flat;
+        Ok(self
+            .segments
+            .iter()
+            .map(|s| {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(s.len);
+                rest = tail;
+                head
+            })
+            .collect())
+    }
+
+    pub(crate) fn check_len(&self, what: &'static str, n: usize) -> Result<()> {
+        if n != self.total {
+            return Err(Error::LayoutMismatch {
+                what,
+                detail: format!("{n} elements, the layout has {}", self.total),
+            });
+        }
+        Ok(())
+    }
+
+    /// The ResNet-18 of CIFAR training (3×3 stem, no max-pool, [2,2,2,2] basic blocks, 1×1
+    /// conv + BN shortcuts), with PyTorch `state_dict` names in `model.parameters()` order.
+    /// `width` is the stem width (64 for the standard model, 11,173,962 parameters with 10
+    /// classes); smaller widths give narrow variants for CPU runs.
+    pub fn resnet18(num_classes: usize, width: usize) -> Result<Self> {
+        if num_classes == 0 || width == 0 {
+            return Err(Error::InvalidLayout(format!(
+                "resnet18 needs classes > 0 and width > 0 (got {num_classes}, {width})"
+            )));
+        }
+        let mut l = Layout::new();
+        l.push("conv1.weight", &[width, 3, 3, 3])?;
+        l.push("bn1.weight", &[width])?;
+        l.push("bn1.bias", &[width])?;
+        let mut inp = width;
+        for (li, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+            let out = width * mult;
+            for b in 0..2 {
+                let p = format!("layer{}.{b}", li + 1);
+                let (i, s) = if b == 0 { (inp, stride) } else { (out, 1) };
+                l.push(format!("{p}.conv1.weight"), &[out, i, 3, 3])?;
+                l.push(format!("{p}.bn1.weight"), &[out])?;
+                l.push(format!("{p}.bn1.bias"), &[out])?;
+                l.push(format!("{p}.conv2.weight"), &[out, out, 3, 3])?;
+                l.push(format!("{p}.bn2.weight"), &[out])?;
+                l.push(format!("{p}.bn2.bias"), &[out])?;
+                if s != 1 || i != out {
+                    l.push(format!("{p}.shortcut.0.weight"), &[out, i, 1, 1])?;
+                    l.push(format!("{p}.shortcut.1.weight"), &[out])?;
+                    l.push(format!("{p}.shortcut.1.bias"), &[out])?;
+                }
+            }
+            inp = out;
+        }
+        l.push("linear.weight", &[num_classes, inp])?;
+        l.push("linear.bias", &[num_classes])?;
+        Ok(l)
+    }
+
+    /// A fully connected network: `dims = [in, h1, ..., out]`, segments `fc{i}.weight` of
+    /// shape `[out_i, in_i]` and `fc{i}.bias`.
+    pub fn mlp(dims: &[usize]) -> Result<Self> {
+        if dims.len() < 2 {
+            return Err(Error::InvalidLayout(
+                "an MLP needs at least two sizes".into(),
+            ));
+        }
+        let mut l = Layout::new();
+        for (i, w) in dims.windows(2).enumerate() {
+            l.push(format!("fc{i}.weight"), &[w[1], w[0]])?;
+            l.push(format!("fc{i}.bias"), &[w[1]])?;
+        }
+        Ok(l)
+    }
+
+    /// A short text that identifies the layout: names, shapes and kinds, in order.
+    pub fn fingerprint(&self) -> String {
+        self.segments
+            .iter()
+            .map(|s| format!("{}:{:?}:{:?}", s.name, s.shape, s.kind))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resnet18_has_the_pytorch_parameter_count_and_segment_count() {
+        let l = Layout::resnet18(10, 64).unwrap();
+        assert_eq!(l.len(), 11_173_962);
+        assert_eq!(l.segments().len(), 62);
+        assert_eq!(l.segments()[0].name, "conv1.weight");
+        assert_eq!(
+            l.segment("layer2.0.shortcut.0.weight").unwrap().shape,
+            vec![128, 64, 1, 1]
+        );
+        assert_eq!(l.segment("bn1.bias").unwrap().kind, ParamKind::Bias);
+        assert_eq!(l.segment("bn1.weight").unwrap().kind, ParamKind::Weight);
+    }
+
+    #[test]
+    fn bad_layouts_are_errors() {
+        let mut l = Layout::new();
+        assert!(l.push("a", &[0]).is_err());
+        l.push("a", &[2]).unwrap();
+        assert!(l.push("a", &[3]).is_err());
+        assert!(l.split(&[1.0; 3]).is_err());
+        assert!(Layout::mlp(&[3]).is_err());
+    }
+}

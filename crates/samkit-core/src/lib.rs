@@ -1,0 +1,39 @@
+//! samkit-core: the CPU reference of the SAM family.
+//!
+//! - [`layout`]: the flat parameter arena and its named segments; [`params`]: flat or list
+//!   buffers.
+//! - [`base`]: SGD, Adam, AdamW, RMSprop with `torch.optim` semantics; [`schedule`]: learning
+//!   rates.
+//! - [`rules`] and [`optimizer`]: SAM, ASAM, FriendlySAM, SSAM-F/D, ImbSAM, GSAM, LookSAM behind
+//!   one step protocol, with state saved by [`state`].
+//! - [`passes`]: the fused streaming passes (the CPU twins of the CUDA kernels); [`select`],
+//!   [`bitset`], [`philox`], [`sparse`]: masks.
+//! - [`loss`]: the label-smoothed cross-entropy of ALGORITHMS.md.
+//!
+//! Every reduction is deterministic: same bits on one thread or many.
+pub mod base;
+pub mod bitset;
+pub mod chunks;
+pub mod error;
+pub mod layout;
+pub mod loss;
+pub mod optimizer;
+pub mod params;
+pub mod passes;
+pub mod philox;
+pub mod rules;
+pub mod schedule;
+pub mod select;
+pub mod sparse;
+pub mod state;
+
+pub use base::{Adam, BaseOptimizer, RmsProp, Sgd};
+pub use bitset::Bitset;
+pub use error::{Error, Result};
+pub use layout::{Layout, ParamKind, Segment};
+pub use optimizer::{Eval, FirstOutcome, GradRequest, Optimizer, Outcome, Pass, StepReport};
+pub use params::{Params, ParamsMut};
+pub use rules::{
+    Asam, DropRate, FriendlySam, Gsam, ImbSam, LookSam, MaskKind, Rule, Sam, Ssam, SsamNorm,
+};
+pub use schedule::{LrSchedule, Schedule};

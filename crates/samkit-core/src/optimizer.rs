@@ -1,0 +1,878 @@
+//! The step protocol shared by every rule of the family.
+//!
+//! Explicit form: [`Optimizer::first_step`] takes the clean gradient and either finishes a
+//! one-pass step or leaves the weights perturbed; [`Optimizer::second_step`] takes the gradient
+//! at the perturbed weights, restores the weights exactly and applies the base optimizer.
+//! Closure form: [`Optimizer::step`] asks a [`GradRequest`] oracle for whatever the rule needs
+//! (clean and perturbed gradients, ImbSAM's head and tail gradients, SSAM-F's Fisher).
+use crate::base::{BaseOptimizer, StepScalars};
+use crate::bitset::Bitset;
+use crate::chunks::Chunks;
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::params::{Params, ParamsMut};
+use crate::passes::{
+    dot_pass, norm_pass, per_segment, perturb_pass, restore_pass, update_pass, Base, Coef, Combine,
+    Dir, Ema, FilterScales, Scale, SideGv,
+};
+use crate::rules::{MaskKind, Rule, SsamNorm, EPS_P};
+use crate::sparse;
+
+/// Which gradient the closure form asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GradRequest {
+    /// The mini-batch loss gradient at the given weights.
+    Batch(Pass),
+    /// ImbSAM: gradient of `Σ_{i∉tail} ℓ_i / B` at the current weights.
+    Head,
+    /// ImbSAM: gradient of `Σ_{i∈tail} ℓ_i / B` (without `κ`), clean or perturbed.
+    Tail(Pass),
+    /// SSAM-F: `Σ_i (∇ℓ_i)²` over this many training samples, BatchNorm in inference mode.
+    Fisher { samples: usize },
+}
+
+/// Pass 1 updates BatchNorm running statistics; pass 2 (perturbed weights) must not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Clean,
+    Perturbed,
+}
+
+/// What the oracle reports about an evaluation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Eval {
+    pub loss: f64,
+    /// Samples that entered the loss (ImbSAM: tail samples in the batch; 0 means none).
+    pub samples: usize,
+}
+
+/// What [`Optimizer::first_step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstOutcome {
+    /// The weights are perturbed: evaluate the gradient there and call `second_step`.
+    Perturbed,
+    /// A one-pass step was applied (plain base optimizer, LookSAM between SAM steps, ImbSAM on
+    /// a batch without tail samples).
+    Applied,
+    /// The gradient had a non-finite value: nothing changed, the step was counted as skipped.
+    Skipped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Skipped,
+}
+
+/// The result of a closure-form step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    pub outcome: Outcome,
+    /// Loss of the first pass (ImbSAM: head + κ·tail).
+    pub loss: f64,
+    /// Loss at the perturbed weights, when there was a second pass.
+    pub perturbed_loss: Option<f64>,
+    /// Whether this step recomputed the sparse mask.
+    pub mask_updated: bool,
+}
+
+/// Everything that persists between steps; saved and loaded by [`crate::state`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct State {
+    /// Completed (not skipped) steps: the `t` of ALGORITHMS.md.
+    pub step: u64,
+    pub skipped: u64,
+    /// Base-optimizer updates applied (torch's `state['step']`).
+    pub base_steps: u64,
+    pub base_bufs: [Vec<f32>; 3],
+    /// FriendlySAM's `m`; empty until its first step.
+    pub fsam_m: Vec<f32>,
+    /// Sparse SAM's mask (SSAM-D: from construction; SSAM-F: after the first Fisher).
+    pub mask: Option<Bitset>,
+    pub mask_updates: u64,
+    /// LookSAM's `g_v` and its squared norm (one entry, or one per segment).
+    pub look_gv: Vec<f32>,
+    pub look_gv_sq: Vec<f64>,
+}
+
+/// What the second step must do, decided by the first.
+struct Pending {
+    /// Squared norms of the clean gradient (LookSAM: global or per segment).
+    g_sq: Vec<f64>,
+    new_mask: Option<Bitset>,
+    fsam_next: bool,
+}
+
+enum Phase {
+    Idle,
+    Perturbed(Pending),
+}
+
+pub struct Optimizer {
+    layout: Layout,
+    chunks: Chunks,
+    rule: Rule,
+    base: BaseOptimizer,
+    lr: f32,
+    pub(crate) st: State,
+    phase: Phase,
+    w_old: Vec<f32>,
+    /// A second gradient kept across the passes: GSAM/LookSAM's clean `g`, ImbSAM's `g_h`.
+    aux: Vec<f32>,
+    /// FriendlySAM's next `m`, committed when the step completes.
+    fsam_next: Vec<f32>,
+    /// SSAM-F's mask for the current step, from `set_fisher`.
+    fisher_mask: Option<Bitset>,
+    /// Gradient buffers of the closure form.
+    scratch: [Vec<f32>; 2],
+}
+
+impl Optimizer {
+    pub fn new(layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
+        rule.validate()?;
+        base.validate()?;
+        if layout.is_empty() {
+            return Err(Error::InvalidLayout("the layout has no parameters".into()));
+        }
+        let n = layout.len();
+        let mut st = State::default();
+        for (i, _) in base.state_buffers().iter().enumerate() {
+            st.base_bufs[i] = vec![0.0; n];
+        }
+        if let Rule::Ssam(c) = &rule {
+            if let MaskKind::Dynamic { seed, .. } = c.mask {
+                st.mask = Some(sparse::random_mask(n, c.live_count(n), seed));
+            }
+        }
+        let needs_aux = matches!(rule, Rule::Gsam(_) | Rule::LookSam(_) | Rule::ImbSam(_));
+        let lr = base.lr();
+        Ok(Optimizer {
+            chunks: Chunks::new(&layout),
+            w_old: vec![0.0; n],
+            aux: if needs_aux { vec![0.0; n] } else { Vec::new() },
+            fsam_next: if matches!(rule, Rule::FriendlySam(_)) {
+                vec![0.0; n]
+            } else {
+                Vec::new()
+            },
+            layout,
+            rule,
+            base,
+            lr,
+            st,
+            phase: Phase::Idle,
+            fisher_mask: None,
+            scratch: [Vec::new(), Vec::new()],
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    pub fn base(&self) -> &BaseOptimizer {
+        &self.base
+    }
+
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    /// Sets the learning rate of the next steps (from a schedule).
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        if !lr.is_finite() || lr <= 0.0 {
+            return Err(Error::hyper("lr", lr, "must be finite and > 0"));
+        }
+        self.lr = lr;
+        Ok(())
+    }
+
+    /// Completed steps.
+    pub fn steps(&self) -> u64 {
+        self.st.step
+    }
+
+    /// Steps skipped because a gradient had a non-finite value.
+    pub fn skipped_steps(&self) -> u64 {
+        self.st.skipped
+    }
+
+    pub fn mask(&self) -> Option<&Bitset> {
+        self.st.mask.as_ref()
+    }
+
+    pub fn mask_updates(&self) -> u64 {
+        self.st.mask_updates
+    }
+
+    /// A base-optimizer state buffer by its torch name (`momentum_buffer`, `exp_avg`, ...).
+    pub fn base_state(&self, name: &str) -> Option<&[f32]> {
+        let i = self.base.state_buffers().iter().position(|&s| s == name)?;
+        Some(&self.st.base_bufs[i])
+    }
+
+    /// FriendlySAM's `m` (empty before its first step).
+    pub fn friendly_momentum(&self) -> &[f32] {
+        &self.st.fsam_m
+    }
+
+    /// True between `first_step` returning `Perturbed` and `second_step`.
+    pub fn is_perturbed(&self) -> bool {
+        matches!(self.phase, Phase::Perturbed(_))
+    }
+
+    /// Whether the next step needs the Fisher information (SSAM-F, every `K` steps).
+    pub fn needs_fisher(&self) -> Option<usize> {
+        match &self.rule {
+            Rule::Ssam(c) => match c.mask {
+                MaskKind::Fisher { samples }
+                    if self.st.step % c.interval == 0 && self.fisher_mask.is_none() =>
+                {
+                    Some(samples)
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Whether the rule takes separate head and tail gradients (ImbSAM).
+    pub fn needs_head_tail(&self) -> bool {
+        matches!(self.rule, Rule::ImbSam(_))
+    }
+
+    /// SSAM-F: hands over `F = Σ_i (∇ℓ_i)²`; the mask becomes its top `L` entries at the
+    /// next step.
+    pub fn set_fisher<G: Params + ?Sized>(&mut self, fisher: &G) -> Result<()> {
+        let Rule::Ssam(c) = &self.rule else {
+            return Err(Error::Protocol(format!(
+                "set_fisher is for SSAM-F, not {}",
+                self.rule.name()
+            )));
+        };
+        if !matches!(c.mask, MaskKind::Fisher { .. }) {
+            return Err(Error::Protocol(
+                "set_fisher is for SSAM-F, not SSAM-D".into(),
+            ));
+        }
+        self.expect_idle("set_fisher")?;
+        let segs = fisher.segments(&self.layout, "fisher")?;
+        let units = self.chunks.split(segs);
+        let live = c.live_count(self.layout.len());
+        self.fisher_mask = Some(sparse::fisher_mask(
+            &self.chunks,
+            &units,
+            self.layout.len(),
+            live,
+        ));
+        Ok(())
+    }
+
+    fn expect_idle(&self, what: &str) -> Result<()> {
+        if self.is_perturbed() {
+            return Err(Error::Protocol(format!(
+                "{what} called while the weights are perturbed: call second_step first"
+            )));
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self) -> FirstOutcome {
+        self.st.skipped += 1;
+        FirstOutcome::Skipped
+    }
+
+    fn scalars(&self) -> StepScalars {
+        self.base.scalars(self.lr, self.st.base_steps + 1)
+    }
+
+    /// Splits the base state buffers into units (empty vectors for unused buffers).
+    fn base_units<'a>(chunks: &Chunks, bufs: &'a mut [Vec<f32>; 3]) -> [Vec<&'a mut [f32]>; 3] {
+        let [a, b, c] = bufs;
+        let split = |v: &'a mut Vec<f32>| {
+            if v.is_empty() {
+                Vec::new()
+            } else {
+                chunks.split_flat_mut(v)
+            }
+        };
+        [split(a), split(b), split(c)]
+    }
+
+    /// A one-pass update `w ← update(w, x + coef·y)`, with the step bookkeeping.
+    fn apply_in_place<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        x: &[&[f32]],
+        y: Option<(&[&[f32]], Coef)>,
+    ) -> Result<()> {
+        let sc = self.scalars();
+        let ws = self
+            .chunks
+            .split_mut(w.segments_mut(&self.layout, "weights")?);
+        let state = Self::base_units(&self.chunks, &mut self.st.base_bufs);
+        update_pass(
+            &self.chunks,
+            &self.base,
+            &sc,
+            ws,
+            None,
+            Combine { x, a: 1.0, y },
+            state,
+            None,
+        );
+        self.st.base_steps += 1;
+        self.st.step += 1;
+        Ok(())
+    }
+
+    /// Pass 1 of a step. See [`FirstOutcome`].
+    pub fn first_step<P, G>(&mut self, w: &mut P, g: &G) -> Result<FirstOutcome>
+    where
+        P: ParamsMut + ?Sized,
+        G: Params + ?Sized,
+    {
+        self.expect_idle("first_step")?;
+        if self.needs_head_tail() {
+            return Err(Error::Protocol(
+                "ImbSAM takes separate head and tail gradients: call first_step_split".into(),
+            ));
+        }
+        if let Some(n) = self.needs_fisher() {
+            return Err(Error::Protocol(format!(
+                "SSAM-F needs the Fisher information over {n} samples at step {}: call set_fisher \
+                 first",
+                self.st.step
+            )));
+        }
+        let g_u = self.chunks.split(g.segments(&self.layout, "gradient")?);
+        let t = self.st.step;
+        let rule = self.rule.clone();
+        match rule {
+            Rule::Base => {
+                let n = dot_pass(&self.chunks, None, &g_u);
+                if !n.finite {
+                    return Ok(self.skip());
+                }
+                self.apply_in_place(w, &g_u, None)?;
+                Ok(FirstOutcome::Applied)
+            }
+            Rule::Sam(c) => {
+                let scale = if c.adaptive { Scale::AbsW } else { Scale::One };
+                let dir = Dir {
+                    base: Base::Grad,
+                    scale,
+                };
+                self.perturb_by(w, &g_u, dir, dir, c.rho, EPS_P, None)
+            }
+            Rule::Asam(c) => {
+                let fs;
+                let scale = if c.filterwise {
+                    let segs = w.segments(&self.layout, "weights")?;
+                    fs = FilterScales::compute(&self.layout, &segs, c.eta);
+                    Scale::Filter(&fs)
+                } else {
+                    Scale::AbsWPlus(c.eta)
+                };
+                let dir = Dir {
+                    base: Base::Grad,
+                    scale,
+                };
+                self.perturb_by(w, &g_u, dir, dir, c.rho, 1e-16, None)
+            }
+            Rule::FriendlySam(c) => {
+                let first = self.st.fsam_m.is_empty();
+                let dir = if first {
+                    Dir::PLAIN
+                } else {
+                    Dir {
+                        base: Base::Friendly { sigma: c.sigma },
+                        scale: Scale::One,
+                    }
+                };
+                let ema = Ema {
+                    lambda: c.lambda,
+                    first,
+                };
+                self.perturb_by(w, &g_u, dir, dir, c.rho, EPS_P, Some(ema))
+            }
+            Rule::Ssam(c) => {
+                let n = self.layout.len();
+                let new_mask = match &c.mask {
+                    MaskKind::Fisher { .. } => self.fisher_mask.take(),
+                    MaskKind::Dynamic { drop, seed } if t > 0 && t % c.interval == 0 => {
+                        let mask = self
+                            .st
+                            .mask
+                            .as_ref()
+                            .expect("SSAM-D mask from construction");
+                        let update = (t / c.interval) as u32;
+                        let rate = drop.at(t);
+                        Some(sparse::drop_grow(
+                            &self.chunks,
+                            &g_u,
+                            mask,
+                            n,
+                            rate,
+                            *seed,
+                            update,
+                        ))
+                    }
+                    MaskKind::Dynamic { .. } => None,
+                };
+                let mask = new_mask
+                    .clone()
+                    .or_else(|| self.st.mask.clone())
+                    .expect("a mask exists once the Fisher was given");
+                let masked = Dir {
+                    base: Base::Masked(&mask),
+                    scale: Scale::One,
+                };
+                let (norm_dir, eps) = match c.norm {
+                    SsamNorm::Masked => (masked, EPS_P),
+                    SsamNorm::Full => (Dir::PLAIN, 1e-7),
+                };
+                let out = self.perturb_by(w, &g_u, norm_dir, masked, c.rho, eps, None)?;
+                if let (FirstOutcome::Perturbed, Phase::Perturbed(p)) = (out, &mut self.phase) {
+                    p.new_mask = new_mask;
+                }
+                Ok(out)
+            }
+            Rule::Gsam(c) => {
+                let rho = c.rho_at(self.lr);
+                self.perturb_copy(w, &g_u, &g_u, rho, EPS_P, false)
+            }
+            Rule::LookSam(c) => {
+                if t % c.k == 0 {
+                    return self.perturb_copy(w, &g_u, &g_u, c.rho, EPS_P, c.per_tensor);
+                }
+                let out = norm_pass(&self.chunks, Dir::PLAIN, &g_u, None, None, None, None);
+                if !out.finite {
+                    return Ok(self.skip());
+                }
+                let segs = self.layout.segments().len();
+                let gv_sq = self.st.look_gv_sq.clone();
+                let coef = |g_sq: f64, gv_sq: f64, eps: f64| -> f32 {
+                    let gv = gv_sq.sqrt();
+                    if gv + eps > 0.0 {
+                        (c.alpha as f64 * g_sq.sqrt() / (gv + eps)) as f32
+                    } else {
+                        0.0
+                    }
+                };
+                let per: Vec<f32>;
+                let b = if c.per_tensor {
+                    let g_sq = per_segment(&self.chunks, &out.parts, segs);
+                    // pytorch_optimizer.LookSAM adds 1e-8 to the per-tensor ‖g_v‖.
+                    per = g_sq
+                        .iter()
+                        .zip(&gv_sq)
+                        .map(|(&a, &b)| coef(a, b, 1e-8))
+                        .collect();
+                    Coef::PerSegment(&per)
+                } else {
+                    Coef::Global(coef(out.sum_sq, gv_sq[0], 0.0))
+                };
+                let look_gv = std::mem::take(&mut self.st.look_gv);
+                let gv_units: Vec<&[f32]> = self.chunks.split_flat(&look_gv);
+                let r = self.apply_in_place(w, &g_u, Some((&gv_units, b)));
+                self.st.look_gv = look_gv;
+                r?;
+                Ok(FirstOutcome::Applied)
+            }
+            Rule::ImbSam(_) => unreachable!("handled above"),
+        }
+    }
+
+    /// ImbSAM's pass 1: `head` and `tail` are the gradients of `Σ_{i∉tail} ℓ_i / B` and
+    /// `Σ_{i∈tail} ℓ_i / B` (without `κ`); `tail = None` when the batch has no tail sample,
+    /// which makes this a plain step with the head gradient.
+    pub fn first_step_split<P, G>(
+        &mut self,
+        w: &mut P,
+        head: &G,
+        tail: Option<&G>,
+    ) -> Result<FirstOutcome>
+    where
+        P: ParamsMut + ?Sized,
+        G: Params + ?Sized,
+    {
+        self.expect_idle("first_step_split")?;
+        let Rule::ImbSam(c) = self.rule.clone() else {
+            return Err(Error::Protocol(format!(
+                "first_step_split is ImbSAM's; {} takes first_step",
+                self.rule.name()
+            )));
+        };
+        let h_u = self
+            .chunks
+            .split(head.segments(&self.layout, "head gradient")?);
+        match tail {
+            None => {
+                if !dot_pass(&self.chunks, None, &h_u).finite {
+                    return Ok(self.skip());
+                }
+                self.apply_in_place(w, &h_u, None)?;
+                Ok(FirstOutcome::Applied)
+            }
+            Some(tail) => {
+                let t_u = self
+                    .chunks
+                    .split(tail.segments(&self.layout, "tail gradient")?);
+                self.perturb_copy_checked(w, &t_u, &h_u, c.rho, 1e-16)
+            }
+        }
+    }
+
+    /// Norm, check and perturbation for the rules that need nothing kept but `w_old`.
+    #[allow(clippy::too_many_arguments)]
+    fn perturb_by<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        g_u: &[&[f32]],
+        norm_dir: Dir,
+        pert_dir: Dir,
+        rho: f32,
+        eps: f64,
+        ema: Option<Ema>,
+    ) -> Result<FirstOutcome> {
+        let needs_w = matches!(
+            norm_dir.scale,
+            Scale::AbsW | Scale::AbsWPlus(_) | Scale::Filter(_)
+        );
+        let m_prev: Vec<&[f32]> = if self.st.fsam_m.is_empty() {
+            Vec::new()
+        } else {
+            self.chunks.split_flat(&self.st.fsam_m)
+        };
+        let m_opt = (!m_prev.is_empty()).then_some(&m_prev[..]);
+        let out = {
+            let w_ro = if needs_w {
+                Some(self.chunks.split(w.segments(&self.layout, "weights")?))
+            } else {
+                None
+            };
+            let ema_out = ema.map(|e| (e, self.chunks.split_flat_mut(&mut self.fsam_next)));
+            norm_pass(
+                &self.chunks,
+                norm_dir,
+                g_u,
+                w_ro.as_deref(),
+                m_opt,
+                ema_out,
+                None,
+            )
+        };
+        if !out.finite {
+            return Ok(self.skip());
+        }
+        let scale = perturb_scale(rho, out.norm(), eps);
+        let ws = self
+            .chunks
+            .split_mut(w.segments_mut(&self.layout, "weights")?);
+        let olds = self.chunks.split_flat_mut(&mut self.w_old);
+        perturb_pass(&self.chunks, pert_dir, scale, ws, olds, g_u, m_opt, None);
+        self.phase = Phase::Perturbed(Pending {
+            g_sq: vec![out.sum_sq],
+            new_mask: None,
+            fsam_next: ema.is_some(),
+        });
+        Ok(FirstOutcome::Perturbed)
+    }
+
+    /// Plain SAM perturbation along `g` that also keeps a copy of `g` for pass 2.
+    fn perturb_copy<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        g_u: &[&[f32]],
+        keep: &[&[f32]],
+        rho: f32,
+        eps: f64,
+        per_tensor: bool,
+    ) -> Result<FirstOutcome> {
+        let out = norm_pass(&self.chunks, Dir::PLAIN, g_u, None, None, None, None);
+        self.perturb_keep(w, g_u, keep, rho, eps, per_tensor, out)
+    }
+
+    /// ImbSAM: perturbation along the tail gradient, keeping the (checked) head gradient.
+    fn perturb_copy_checked<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        t_u: &[&[f32]],
+        h_u: &[&[f32]],
+        rho: f32,
+        eps: f64,
+    ) -> Result<FirstOutcome> {
+        let out = norm_pass(&self.chunks, Dir::PLAIN, t_u, None, None, None, Some(h_u));
+        self.perturb_keep(w, t_u, h_u, rho, eps, false, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn perturb_keep<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        g_u: &[&[f32]],
+        keep: &[&[f32]],
+        rho: f32,
+        eps: f64,
+        per_tensor: bool,
+        out: crate::passes::NormOut,
+    ) -> Result<FirstOutcome> {
+        if !out.finite {
+            return Ok(self.skip());
+        }
+        let scale = perturb_scale(rho, out.norm(), eps);
+        let ws = self
+            .chunks
+            .split_mut(w.segments_mut(&self.layout, "weights")?);
+        let olds = self.chunks.split_flat_mut(&mut self.w_old);
+        let aux = self.chunks.split_flat_mut(&mut self.aux);
+        perturb_pass(
+            &self.chunks,
+            Dir::PLAIN,
+            scale,
+            ws,
+            olds,
+            g_u,
+            None,
+            Some((keep, aux)),
+        );
+        let g_sq = if per_tensor {
+            per_segment(&self.chunks, &out.parts, self.layout.segments().len())
+        } else {
+            vec![out.sum_sq]
+        };
+        self.phase = Phase::Perturbed(Pending {
+            g_sq,
+            new_mask: None,
+            fsam_next: false,
+        });
+        Ok(FirstOutcome::Perturbed)
+    }
+
+    /// Pass 2: `g2` is the gradient at the perturbed weights (ImbSAM: of the tail loss,
+    /// without `κ`). Restores the weights exactly and applies the base optimizer.
+    pub fn second_step<P, G>(&mut self, w: &mut P, g2: &G) -> Result<Outcome>
+    where
+        P: ParamsMut + ?Sized,
+        G: Params + ?Sized,
+    {
+        let Phase::Perturbed(_) = self.phase else {
+            return Err(Error::Protocol(
+                "second_step without a perturbation: call first_step first".into(),
+            ));
+        };
+        let g2_u = self
+            .chunks
+            .split(g2.segments(&self.layout, "perturbed gradient")?);
+        // Validate the weights before leaving the perturbed phase.
+        w.segments(&self.layout, "weights")?;
+        let Phase::Perturbed(pending) = std::mem::replace(&mut self.phase, Phase::Idle) else {
+            unreachable!()
+        };
+        let uses_aux = matches!(self.rule, Rule::Gsam(_) | Rule::LookSam(_));
+        let aux_u: Vec<&[f32]> = if uses_aux {
+            self.chunks.split_flat(&self.aux)
+        } else {
+            Vec::new()
+        };
+        let dots = dot_pass(&self.chunks, uses_aux.then_some(&aux_u[..]), &g2_u);
+        if !dots.finite {
+            let ws = self
+                .chunks
+                .split_mut(w.segments_mut(&self.layout, "weights")?);
+            restore_pass(ws, &self.chunks.split_flat(&self.w_old));
+            self.st.skipped += 1;
+            return Ok(Outcome::Skipped);
+        }
+        let segs = self.layout.segments().len();
+        let sc = self.scalars();
+        let rule = self.rule.clone();
+        let aux_all: Vec<&[f32]> = if self.aux.is_empty() {
+            Vec::new()
+        } else {
+            self.chunks.split_flat(&self.aux)
+        };
+        let mut look_gv = std::mem::take(&mut self.st.look_gv);
+        let per_c: Vec<f32>;
+        let (combine_a, combine_y, side_c) = match &rule {
+            Rule::Gsam(c) => {
+                let proj = dots.xy / (dots.yy + EPS_P);
+                let a = (1.0 + c.alpha as f64 * proj) as f32;
+                let y = (c.alpha != 0.0).then(|| (&aux_all[..], Coef::Global(-c.alpha)));
+                (a, y, None)
+            }
+            Rule::ImbSam(c) => (c.kappa, Some((&aux_all[..], Coef::Global(1.0))), None),
+            Rule::LookSam(c) => {
+                if look_gv.is_empty() {
+                    look_gv = vec![0.0; self.layout.len()];
+                }
+                let ratio = |xy: f64, gg: f64| if gg > 0.0 { (xy / gg) as f32 } else { 0.0 };
+                let side = if c.per_tensor {
+                    let xy = per_segment(&self.chunks, &dots.xy_parts, segs);
+                    per_c = xy
+                        .iter()
+                        .zip(&pending.g_sq)
+                        .map(|(&a, &b)| ratio(a, b))
+                        .collect();
+                    Coef::PerSegment(&per_c)
+                } else {
+                    Coef::Global(ratio(dots.xy, pending.g_sq[0]))
+                };
+                (1.0, None, Some(side))
+            }
+            _ => (1.0, None, None),
+        };
+        let gv_parts = {
+            let ws = self
+                .chunks
+                .split_mut(w.segments_mut(&self.layout, "weights")?);
+            let olds = self.chunks.split_flat(&self.w_old);
+            let state = Self::base_units(&self.chunks, &mut self.st.base_bufs);
+            let side = side_c.map(|c| SideGv {
+                g: &aux_all,
+                c,
+                out: self.chunks.split_flat_mut(&mut look_gv),
+            });
+            update_pass(
+                &self.chunks,
+                &self.base,
+                &sc,
+                ws,
+                Some(&olds),
+                Combine {
+                    x: &g2_u,
+                    a: combine_a,
+                    y: combine_y,
+                },
+                state,
+                side,
+            )
+        };
+        if let Rule::LookSam(c) = &rule {
+            self.st.look_gv_sq = if c.per_tensor {
+                per_segment(&self.chunks, &gv_parts, segs)
+            } else {
+                vec![crate::chunks::tree_sum(&gv_parts)]
+            };
+        }
+        self.st.look_gv = look_gv;
+        if pending.fsam_next {
+            if self.st.fsam_m.is_empty() {
+                self.st.fsam_m = vec![0.0; self.layout.len()];
+            }
+            std::mem::swap(&mut self.st.fsam_m, &mut self.fsam_next);
+        }
+        if let Some(m) = pending.new_mask {
+            self.st.mask = Some(m);
+            self.st.mask_updates += 1;
+        }
+        self.st.base_steps += 1;
+        self.st.step += 1;
+        Ok(Outcome::Applied)
+    }
+
+    /// One whole step through a gradient oracle: `oracle(request, weights, grad_out)` writes
+    /// the requested gradient (flat, in layout order) into `grad_out` and reports the loss.
+    pub fn step<P, F>(&mut self, w: &mut P, mut oracle: F) -> Result<StepReport>
+    where
+        P: ParamsMut + ?Sized,
+        F: FnMut(GradRequest, &P, &mut [f32]) -> Result<Eval>,
+    {
+        let n = self.layout.len();
+        let mut bufs = std::mem::take(&mut self.scratch);
+        for b in bufs.iter_mut() {
+            b.resize(n, 0.0);
+        }
+        let r = self.step_with(w, &mut oracle, &mut bufs);
+        self.scratch = bufs;
+        r
+    }
+
+    fn step_with<P, F>(
+        &mut self,
+        w: &mut P,
+        oracle: &mut F,
+        bufs: &mut [Vec<f32>; 2],
+    ) -> Result<StepReport>
+    where
+        P: ParamsMut + ?Sized,
+        F: FnMut(GradRequest, &P, &mut [f32]) -> Result<Eval>,
+    {
+        let [g, g2] = bufs;
+        let mut mask_updated = false;
+        if let Some(samples) = self.needs_fisher() {
+            g.fill(0.0);
+            oracle(GradRequest::Fisher { samples }, w, g)?;
+            self.set_fisher(&g[..])?;
+            mask_updated = true;
+        }
+        let updates_before = self.st.mask_updates;
+        let (first, loss, pass2) = if let Rule::ImbSam(c) = &self.rule {
+            let kappa = c.kappa as f64;
+            let head = oracle(GradRequest::Head, w, g)?;
+            let tail = oracle(GradRequest::Tail(Pass::Clean), w, g2)?;
+            let loss = head.loss + kappa * tail.loss;
+            let tail_grad = (tail.samples > 0).then_some(&g2[..]);
+            let first = self.first_step_split(w, &g[..], tail_grad)?;
+            (first, loss, GradRequest::Tail(Pass::Perturbed))
+        } else {
+            let e = oracle(GradRequest::Batch(Pass::Clean), w, g)?;
+            let first = self.first_step(w, &g[..])?;
+            (first, e.loss, GradRequest::Batch(Pass::Perturbed))
+        };
+        let (outcome, perturbed_loss) = match first {
+            FirstOutcome::Applied => (Outcome::Applied, None),
+            FirstOutcome::Skipped => (Outcome::Skipped, None),
+            FirstOutcome::Perturbed => {
+                let e = match oracle(pass2, w, g2) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        self.abort(w)?;
+                        return Err(err);
+                    }
+                };
+                (self.second_step(w, &g2[..])?, Some(e.loss))
+            }
+        };
+        Ok(StepReport {
+            outcome,
+            loss,
+            perturbed_loss,
+            mask_updated: mask_updated || self.st.mask_updates > updates_before,
+        })
+    }
+
+    /// Abandons a perturbed step: restores the weights exactly, leaves all state as it was.
+    pub fn abort<P: ParamsMut + ?Sized>(&mut self, w: &mut P) -> Result<()> {
+        if let Phase::Perturbed(_) = self.phase {
+            let ws = self
+                .chunks
+                .split_mut(w.segments_mut(&self.layout, "weights")?);
+            restore_pass(ws, &self.chunks.split_flat(&self.w_old));
+            self.phase = Phase::Idle;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_idle_for_save(&self) -> Result<()> {
+        self.expect_idle("save")
+    }
+
+    pub(crate) fn fisher_pending(&self) -> bool {
+        self.fisher_mask.is_some()
+    }
+}
+
+/// `ρ / (‖d‖ + eps)`, and 0 for a zero direction (never NaN).
+fn perturb_scale(rho: f32, norm: f64, eps: f64) -> f32 {
+    if norm > 0.0 {
+        (rho as f64 / (norm + eps)) as f32
+    } else {
+        0.0
+    }
+}

@@ -1,0 +1,529 @@
+//! The fused streaming passes of a SAM step: the CPU twins of `kernels/*.cu`.
+//!
+//! A step is at most three passes over memory: a norm (with the non-finite check and, for
+//! FriendlySAM, the EMA fused in), a perturbation (`w_old ← w; w ← w + s·dir`), and the restore
+//! fused with the direction combination and the base-optimizer update. Each pass runs over the
+//! layout's units in parallel and materialises derived vectors tile by tile in L1.
+use rayon::prelude::*;
+
+use crate::base::{BaseOptimizer, StepScalars, TileState};
+use crate::bitset::Bitset;
+use crate::chunks::{poison, tree_sum, ChunkInfo, Chunks, Lanes, TILE};
+use crate::layout::{Layout, ParamKind};
+
+/// ASAM's filter-wise scales `T_f = ‖w_f‖ + η`, one per output filter of each weight segment.
+#[derive(Clone, Debug, Default)]
+pub struct FilterScales {
+    /// Index of each segment's first filter in `t` (unused for bias segments).
+    seg_start: Vec<usize>,
+    filter_len: Vec<usize>,
+    t: Vec<f32>,
+}
+
+impl FilterScales {
+    pub fn compute(layout: &Layout, w: &[&[f32]], eta: f32) -> Self {
+        let mut fs = FilterScales::default();
+        for (s, ws) in layout.segments().iter().zip(w) {
+            fs.seg_start.push(fs.t.len());
+            let fl = s.filter_len();
+            fs.filter_len.push(fl);
+            if s.kind == ParamKind::Weight {
+                let rows: Vec<f32> = ws
+                    .par_chunks(fl)
+                    .map(|row| {
+                        let mut l = Lanes::default();
+                        l.add_squares(row);
+                        (l.total().sqrt() + eta as f64) as f32
+                    })
+                    .collect();
+                fs.t.extend(rows);
+            }
+        }
+        fs
+    }
+
+    pub fn scales(&self) -> &[f32] {
+        &self.t
+    }
+}
+
+/// The factor `T` of scale-aware rules, elementwise.
+#[derive(Clone, Copy)]
+pub enum Scale<'a> {
+    One,
+    /// `|w|` (adaptive SAM).
+    AbsW,
+    /// `|w| + η` on weights, 1 on biases (ASAM element-wise).
+    AbsWPlus(f32),
+    /// `‖w_f‖ + η` per filter on weights, 1 on biases (ASAM filter-wise).
+    Filter(&'a FilterScales),
+}
+
+impl Scale<'_> {
+    /// Writes `T` for elements `start..` of a unit; returns false when `T ≡ 1` there.
+    #[inline]
+    fn fill(&self, info: &ChunkInfo, start: usize, w: &[f32], out: &mut [f32]) -> bool {
+        match *self {
+            Scale::One => false,
+            Scale::AbsW => {
+                for (o, &x) in out.iter_mut().zip(w) {
+                    *o = x.abs();
+                }
+                true
+            }
+            Scale::AbsWPlus(eta) => {
+                if info.kind == ParamKind::Bias {
+                    return false;
+                }
+                for (o, &x) in out.iter_mut().zip(w) {
+                    *o = x.abs() + eta;
+                }
+                true
+            }
+            Scale::Filter(fs) => {
+                if info.kind == ParamKind::Bias {
+                    return false;
+                }
+                let fl = fs.filter_len[info.segment];
+                let base = fs.seg_start[info.segment];
+                let first = info.seg_offset + start;
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = fs.t[base + (first + j) / fl];
+                }
+                true
+            }
+        }
+    }
+}
+
+/// Which coordinates the direction keeps, and what it subtracts.
+#[derive(Clone, Copy)]
+pub enum Base<'a> {
+    /// `g`
+    Grad,
+    /// `M ⊙ g` (Sparse SAM).
+    Masked(&'a Bitset),
+    /// `g − σ·m_prev` (FriendlySAM after its first step).
+    Friendly { sigma: f32 },
+}
+
+/// A perturbation direction: `T ⊙ base` enters the norm, `T ⊙ (T ⊙ base)` the perturbation.
+#[derive(Clone, Copy)]
+pub struct Dir<'a> {
+    pub base: Base<'a>,
+    pub scale: Scale<'a>,
+}
+
+impl Dir<'_> {
+    pub const PLAIN: Dir<'static> = Dir {
+        base: Base::Grad,
+        scale: Scale::One,
+    };
+
+    #[inline]
+    fn base_tile(&self, info: &ChunkInfo, start: usize, g: &[f32], m: &[f32], out: &mut [f32]) {
+        match self.base {
+            Base::Grad => out.copy_from_slice(g),
+            Base::Masked(mask) => {
+                mask.expand(info.global + start, out);
+                for (o, &x) in out.iter_mut().zip(g) {
+                    *o = if *o != 0.0 { x } else { 0.0 };
+                }
+            }
+            Base::Friendly { sigma } => {
+                for ((o, &x), &mp) in out.iter_mut().zip(g).zip(m) {
+                    *o = x - mp * sigma;
+                }
+            }
+        }
+    }
+}
+
+/// FriendlySAM's EMA written by the norm pass into the next-state buffer.
+#[derive(Clone, Copy)]
+pub struct Ema {
+    pub lambda: f32,
+    /// First step: `m ← g`.
+    pub first: bool,
+}
+
+/// Result of a norm pass: `Σ x²` of the direction and whether `g` was finite everywhere.
+#[derive(Clone, Debug)]
+pub struct NormOut {
+    pub sum_sq: f64,
+    pub finite: bool,
+    /// Per-unit partial sums, for per-segment norms.
+    pub parts: Vec<f64>,
+}
+
+impl NormOut {
+    pub fn norm(&self) -> f64 {
+        self.sum_sq.sqrt()
+    }
+}
+
+fn empty_units<'a>(n: usize) -> Vec<&'a [f32]> {
+    vec![&[][..]; n]
+}
+
+/// Pass 1: `‖T ⊙ base(g)‖²`, the non-finite check over all of `g` (and of `also_check`), and
+/// FriendlySAM's EMA.
+pub fn norm_pass(
+    chunks: &Chunks,
+    dir: Dir,
+    g: &[&[f32]],
+    w: Option<&[&[f32]]>,
+    m: Option<&[&[f32]]>,
+    ema: Option<(Ema, Vec<&mut [f32]>)>,
+    also_check: Option<&[&[f32]]>,
+) -> NormOut {
+    let n = chunks.infos().len();
+    let chk = also_check
+        .map(<[_]>::to_vec)
+        .unwrap_or_else(|| empty_units(n));
+    let w = w.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
+    let m = m.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
+    let (ema, mut next) = match ema {
+        Some((e, v)) => (Some(e), v.into_iter().map(Some).collect::<Vec<_>>()),
+        None => (None, (0..n).map(|_| None).collect()),
+    };
+    let partial: Vec<(f64, f32)> = chunks
+        .infos()
+        .par_iter()
+        .zip(g.par_iter())
+        .zip(w.par_iter())
+        .zip(m.par_iter())
+        .zip(next.par_iter_mut().zip(chk.par_iter()))
+        .map(|((((info, g), w), m), (next, chk))| {
+            let mut lanes = Lanes::default();
+            let mut bad = poison(chk);
+            let mut dir_t = [0f32; TILE];
+            let mut t_t = [0f32; TILE];
+            let mut s = 0;
+            while s < info.len {
+                let e = TILE.min(info.len - s);
+                let gt = &g[s..s + e];
+                let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
+                bad += poison(gt);
+                let d = &mut dir_t[..e];
+                dir.base_tile(info, s, gt, mt, d);
+                let wt = if w.is_empty() { &[][..] } else { &w[s..s + e] };
+                if dir.scale.fill(info, s, wt, &mut t_t[..e]) {
+                    for (x, &t) in d.iter_mut().zip(&t_t[..e]) {
+                        *x *= t;
+                    }
+                }
+                lanes.add_squares(d);
+                if let (Some(ema), Some(next)) = (ema, next.as_deref_mut()) {
+                    let nt = &mut next[s..s + e];
+                    if ema.first {
+                        nt.copy_from_slice(gt);
+                    } else {
+                        let c = 1.0 - ema.lambda;
+                        for ((o, &mp), &x) in nt.iter_mut().zip(mt).zip(gt) {
+                            *o = mp * ema.lambda + x * c;
+                        }
+                    }
+                }
+                s += e;
+            }
+            (lanes.total(), bad)
+        })
+        .collect();
+    let parts: Vec<f64> = partial.iter().map(|p| p.0).collect();
+    NormOut {
+        sum_sq: tree_sum(&parts),
+        finite: partial.iter().all(|p| p.1 == 0.0),
+        parts,
+    }
+}
+
+/// A buffer to copy during the perturbation, and its destination.
+pub type CopyTo<'a, 'b> = (&'a [&'b [f32]], Vec<&'a mut [f32]>);
+
+/// Pass 2: `w_old ← w; w ← w + s·T⊙(T⊙base(g))`, optionally copying `src` into `copy_to`
+/// (the gradient GSAM, LookSAM and ImbSAM need again after pass 2).
+#[allow(clippy::too_many_arguments)]
+pub fn perturb_pass(
+    chunks: &Chunks,
+    dir: Dir,
+    scale: f32,
+    w: Vec<&mut [f32]>,
+    w_old: Vec<&mut [f32]>,
+    g: &[&[f32]],
+    m: Option<&[&[f32]]>,
+    copy: Option<CopyTo>,
+) {
+    let n = chunks.infos().len();
+    let m = m.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
+    let (csrc, mut cdst) = match copy {
+        Some((s, d)) => (s.to_vec(), d.into_iter().map(Some).collect::<Vec<_>>()),
+        None => (empty_units(n), (0..n).map(|_| None).collect()),
+    };
+    let mut w = w;
+    let mut w_old = w_old;
+    chunks
+        .infos()
+        .par_iter()
+        .zip(w.par_iter_mut())
+        .zip(w_old.par_iter_mut())
+        .zip(g.par_iter())
+        .zip(m.par_iter())
+        .zip(csrc.par_iter().zip(cdst.par_iter_mut()))
+        .for_each(|(((((info, w), w_old), g), m), (csrc, cdst))| {
+            w_old.copy_from_slice(w);
+            if let Some(d) = cdst.as_deref_mut() {
+                d.copy_from_slice(csrc);
+            }
+            let mut dir_t = [0f32; TILE];
+            let mut t_t = [0f32; TILE];
+            let mut s = 0;
+            while s < info.len {
+                let e = TILE.min(info.len - s);
+                let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
+                let d = &mut dir_t[..e];
+                dir.base_tile(info, s, &g[s..s + e], mt, d);
+                let wt = &mut w[s..s + e];
+                if dir.scale.fill(info, s, wt, &mut t_t[..e]) {
+                    match dir.scale {
+                        // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
+                        Scale::AbsW => {
+                            for (x, &wv) in d.iter_mut().zip(wt.iter()) {
+                                *x *= wv * wv;
+                            }
+                        }
+                        _ => {
+                            for (x, &t) in d.iter_mut().zip(&t_t[..e]) {
+                                *x = t * (t * *x);
+                            }
+                        }
+                    }
+                }
+                for (wv, &x) in wt.iter_mut().zip(d.iter()) {
+                    *wv += x * scale;
+                }
+                s += e;
+            }
+        });
+}
+
+/// Result of a dot pass, with per-unit partials for per-segment reductions.
+#[derive(Clone, Debug)]
+pub struct DotOut {
+    pub xy: f64,
+    pub yy: f64,
+    pub finite: bool,
+    pub xy_parts: Vec<f64>,
+    pub yy_parts: Vec<f64>,
+}
+
+/// `(⟨x, y⟩, ‖y‖², y finite)` in one pass: GSAM's projection, LookSAM's cosine, and the
+/// non-finite check of a pass-2 gradient (with `x = None`).
+pub fn dot_pass(chunks: &Chunks, x: Option<&[&[f32]]>, y: &[&[f32]]) -> DotOut {
+    let n = chunks.infos().len();
+    let x = x.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
+    let parts: Vec<(f64, f64, f32)> = x
+        .par_iter()
+        .zip(y.par_iter())
+        .map(|(x, y)| {
+            let mut yy = Lanes::default();
+            yy.add_squares(y);
+            let mut xy = Lanes::default();
+            if !x.is_empty() {
+                xy.add_products(x, y);
+            }
+            (xy.total(), yy.total(), poison(y))
+        })
+        .collect();
+    let xy_parts: Vec<f64> = parts.iter().map(|p| p.0).collect();
+    let yy_parts: Vec<f64> = parts.iter().map(|p| p.1).collect();
+    DotOut {
+        xy: tree_sum(&xy_parts),
+        yy: tree_sum(&yy_parts),
+        finite: parts.iter().all(|p| p.2 == 0.0),
+        xy_parts,
+        yy_parts,
+    }
+}
+
+/// Per-segment sums of per-unit partials (a unit never crosses a segment), each in the same
+/// fixed tree as the global sum.
+pub fn per_segment(chunks: &Chunks, parts: &[f64], segments: usize) -> Vec<f64> {
+    let mut out = vec![0.0; segments];
+    let infos = chunks.infos();
+    let mut i = 0;
+    while i < infos.len() {
+        let s = infos[i].segment;
+        let mut j = i;
+        while j < infos.len() && infos[j].segment == s {
+            j += 1;
+        }
+        out[s] = tree_sum(&parts[i..j]);
+        i = j;
+    }
+    out
+}
+
+/// A coefficient that is either global or one per segment.
+#[derive(Clone, Copy)]
+pub enum Coef<'a> {
+    Global(f32),
+    PerSegment(&'a [f32]),
+}
+
+impl Coef<'_> {
+    #[inline]
+    fn at(&self, info: &ChunkInfo) -> f32 {
+        match *self {
+            Coef::Global(c) => c,
+            Coef::PerSegment(v) => v[info.segment],
+        }
+    }
+}
+
+/// The direction the base optimizer steps with: `a·x + b·y`.
+pub struct Combine<'a, 'b> {
+    pub x: &'a [&'b [f32]],
+    pub a: f32,
+    pub y: Option<(&'a [&'b [f32]], Coef<'a>)>,
+}
+
+/// LookSAM's side output of a SAM step: `g_v = x − c·g`, and `‖g_v‖²` returned.
+pub struct SideGv<'a, 'b> {
+    pub g: &'a [&'b [f32]],
+    pub c: Coef<'a>,
+    pub out: Vec<&'a mut [f32]>,
+}
+
+/// Pass 3: `w ← update(src, a·x + b·y)`, where `src` is `w_old` (the exact restore) or `w`
+/// itself. Returns the per-unit partials of `‖g_v‖²` when LookSAM's side output is asked for.
+#[allow(clippy::too_many_arguments)]
+pub fn update_pass(
+    chunks: &Chunks,
+    opt: &BaseOptimizer,
+    sc: &StepScalars,
+    w: Vec<&mut [f32]>,
+    w_old: Option<&[&[f32]]>,
+    dir: Combine,
+    state: [Vec<&mut [f32]>; 3],
+    side: Option<SideGv>,
+) -> Vec<f64> {
+    let n = chunks.infos().len();
+    let src = w_old.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
+    let (y, b) = match dir.y {
+        Some((y, b)) => (y.to_vec(), b),
+        None => (empty_units(n), Coef::Global(0.0)),
+    };
+    let (sg, sc_c, mut sout) = match side {
+        Some(s) => (
+            s.g.to_vec(),
+            s.c,
+            s.out.into_iter().map(Some).collect::<Vec<_>>(),
+        ),
+        None => (
+            empty_units(n),
+            Coef::Global(0.0),
+            (0..n).map(|_| None).collect(),
+        ),
+    };
+    let [s0, s1, s2] = state;
+    let (mut s0, mut s1, mut s2) = (optional(s0, n), optional(s1, n), optional(s2, n));
+    let mut w = w;
+    let a = dir.a;
+    chunks
+        .infos()
+        .par_iter()
+        .zip(w.par_iter_mut())
+        .zip(src.par_iter())
+        .zip(dir.x.par_iter())
+        .zip(y.par_iter())
+        .zip(
+            s0.par_iter_mut()
+                .zip(s1.par_iter_mut())
+                .zip(s2.par_iter_mut()),
+        )
+        .zip(sg.par_iter().zip(sout.par_iter_mut()))
+        .map(
+            |((((((info, w), src), x), y), ((s0, s1), s2)), (sg, sout))| {
+                let len = w.len();
+                let b = b.at(info);
+                let c = sc_c.at(info);
+                let mut d_t = [0f32; TILE];
+                let mut w_t = [0f32; TILE];
+                let mut gv = Lanes::default();
+                let mut s = 0;
+                while s < len {
+                    let e = TILE.min(len - s);
+                    let xt = &x[s..s + e];
+                    let d = &mut d_t[..e];
+                    if y.is_empty() {
+                        if a == 1.0 {
+                            d.copy_from_slice(xt);
+                        } else {
+                            for (o, &xv) in d.iter_mut().zip(xt) {
+                                *o = a * xv;
+                            }
+                        }
+                    } else {
+                        for ((o, &xv), &yv) in d.iter_mut().zip(xt).zip(&y[s..s + e]) {
+                            *o = a * xv + b * yv;
+                        }
+                    }
+                    if let Some(out) = sout.as_deref_mut() {
+                        let o = &mut out[s..s + e];
+                        for ((o, &xv), &gvv) in o.iter_mut().zip(xt).zip(&sg[s..s + e]) {
+                            *o = xv - c * gvv;
+                        }
+                        gv.add_squares(o);
+                    }
+                    let wsrc: &[f32] = if src.is_empty() {
+                        w_t[..e].copy_from_slice(&w[s..s + e]);
+                        &w_t[..e]
+                    } else {
+                        &src[s..s + e]
+                    };
+                    let (t0, t1, t2) = (sub(s0, s, e), sub(s1, s, e), sub(s2, s, e));
+                    opt.apply(sc, wsrc, d, &mut w[s..s + e], TileState { s: [t0, t1, t2] });
+                    s += e;
+                }
+                gv.total()
+            },
+        )
+        .collect()
+}
+
+/// Per-unit views of a buffer that may be absent (an empty vector).
+fn optional(v: Vec<&mut [f32]>, n: usize) -> Vec<Option<&mut [f32]>> {
+    if v.is_empty() {
+        (0..n).map(|_| None).collect()
+    } else {
+        v.into_iter().map(Some).collect()
+    }
+}
+
+fn sub<'x>(o: &'x mut Option<&mut [f32]>, s: usize, e: usize) -> &'x mut [f32] {
+    match o {
+        Some(v) => &mut v[s..s + e],
+        None => &mut [],
+    }
+}
+
+/// `w ← w_old`: the exact restore of a skipped step.
+pub fn restore_pass(w: Vec<&mut [f32]>, w_old: &[&[f32]]) {
+    let mut w = w;
+    w.par_iter_mut()
+        .zip(w_old.par_iter())
+        .for_each(|(w, o)| w.copy_from_slice(o));
+}
+
+/// `F += g ⊙ g`: SSAM-F's empirical Fisher, one per-sample gradient at a time.
+pub fn fisher_accumulate(fisher: &mut [f32], g: &[f32]) {
+    fisher
+        .par_chunks_mut(crate::chunks::CHUNK)
+        .zip(g.par_chunks(crate::chunks::CHUNK))
+        .for_each(|(f, g)| {
+            for (f, &x) in f.iter_mut().zip(g) {
+                *f += x * x;
+            }
+        });
+}

@@ -13,7 +13,7 @@ use crate::layout::Layout;
 use crate::params::{Params, ParamsMut};
 use crate::passes::{
     dot_pass, norm_pass, per_segment, perturb_pass, restore_pass, update_pass, Base, Coef, Combine,
-    Dir, Ema, FilterScales, Scale, SideGv,
+    Dir, Ema, FilterScales, Scale, Second, SideGv,
 };
 use crate::rules::{MaskKind, Rule, SsamNorm, EPS_P};
 use crate::sparse;
@@ -308,7 +308,7 @@ impl Optimizer {
         &mut self,
         w: &mut P,
         x: &[&[f32]],
-        y: Option<(&[&[f32]], Coef)>,
+        y: Option<Second>,
     ) -> Result<()> {
         let sc = self.scalars();
         let ws = self
@@ -479,7 +479,12 @@ impl Optimizer {
                 };
                 let look_gv = std::mem::take(&mut self.st.look_gv);
                 let gv_units: Vec<&[f32]> = self.chunks.split_flat(&look_gv);
-                let r = self.apply_in_place(w, &g_u, Some((&gv_units, b)));
+                let sec = Second {
+                    y: &gv_units,
+                    b,
+                    c: 0.0,
+                };
+                let r = self.apply_in_place(w, &g_u, Some(sec));
                 self.st.look_gv = look_gv;
                 r?;
                 Ok(FirstOutcome::Applied)
@@ -701,12 +706,23 @@ impl Optimizer {
         let per_c: Vec<f32>;
         let (combine_a, combine_y, side_c) = match &rule {
             Rule::Gsam(c) => {
-                let proj = dots.xy / (dots.yy + EPS_P);
-                let a = (1.0 + c.alpha as f64 * proj) as f32;
-                let y = (c.alpha != 0.0).then(|| (&aux_all[..], Coef::Global(-c.alpha)));
-                (a, y, None)
+                // g_p − α·(g − proj·g_p), with proj = ⟨g, g_p⟩ / (‖g_p‖² + eps_p).
+                let proj = (dots.xy / (dots.yy + EPS_P)) as f32;
+                let y = Second {
+                    y: &aux_all[..],
+                    b: Coef::Global(-c.alpha),
+                    c: proj,
+                };
+                (1.0, Some(y), None)
             }
-            Rule::ImbSam(c) => (c.kappa, Some((&aux_all[..], Coef::Global(1.0))), None),
+            Rule::ImbSam(c) => {
+                let y = Second {
+                    y: &aux_all[..],
+                    b: Coef::Global(1.0),
+                    c: 0.0,
+                };
+                (c.kappa, Some(y), None)
+            }
             Rule::LookSam(c) => {
                 if look_gv.is_empty() {
                     look_gv = vec![0.0; self.layout.len()];

@@ -381,11 +381,20 @@ impl Coef<'_> {
     }
 }
 
-/// The direction the base optimizer steps with: `a·x + b·y`.
+/// The direction the base optimizer steps with: `a·x + b·(y − c·x)`. The literal form keeps
+/// the invariants exact: GSAM's `g_p − α·(g − proj·g_p)` is `g_p` bit for bit when `α = 0`,
+/// and when `ρ = 0` (`proj` rounds to 1, so `g − proj·g_p` is exactly 0).
 pub struct Combine<'a, 'b> {
     pub x: &'a [&'b [f32]],
     pub a: f32,
-    pub y: Option<(&'a [&'b [f32]], Coef<'a>)>,
+    pub y: Option<Second<'a, 'b>>,
+}
+
+/// The `b·(y − c·x)` term of a [`Combine`].
+pub struct Second<'a, 'b> {
+    pub y: &'a [&'b [f32]],
+    pub b: Coef<'a>,
+    pub c: f32,
 }
 
 /// LookSAM's side output of a SAM step: `g_v = x − c·g`, and `‖g_v‖²` returned.
@@ -410,9 +419,9 @@ pub fn update_pass(
 ) -> Vec<f64> {
     let n = chunks.infos().len();
     let src = w_old.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
-    let (y, b) = match dir.y {
-        Some((y, b)) => (y.to_vec(), b),
-        None => (empty_units(n), Coef::Global(0.0)),
+    let (y, b, yc) = match dir.y {
+        Some(sec) => (sec.y.to_vec(), sec.b, sec.c),
+        None => (empty_units(n), Coef::Global(0.0), 0.0),
     };
     let (sg, sc_c, mut sout) = match side {
         Some(s) => (
@@ -466,7 +475,7 @@ pub fn update_pass(
                         }
                     } else {
                         for ((o, &xv), &yv) in d.iter_mut().zip(xt).zip(&y[s..s + e]) {
-                            *o = a * xv + b * yv;
+                            *o = a * xv + b * (yv - yc * xv);
                         }
                     }
                     if let Some(out) = sout.as_deref_mut() {

@@ -41,9 +41,114 @@ pub fn index_key(seed: u64, update: u32, i: u64) -> u32 {
     )[0]
 }
 
+/// A seeded stream of random numbers from Philox4x32-10 in counter mode: reproducible on
+/// every platform, and cheap to fork into independent streams (`seed`, `stream`).
+#[derive(Clone, Debug)]
+pub struct PhiloxRng {
+    key: [u32; 2],
+    stream: u32,
+    counter: u64,
+    buf: [u32; 4],
+    used: usize,
+}
+
+impl PhiloxRng {
+    pub fn new(seed: u64, stream: u32) -> Self {
+        PhiloxRng {
+            key: [seed as u32, (seed >> 32) as u32],
+            stream,
+            counter: 0,
+            buf: [0; 4],
+            used: 4,
+        }
+    }
+
+    pub fn next_u32(&mut self) -> u32 {
+        if self.used == 4 {
+            let c = self.counter;
+            self.buf = philox4x32_10(
+                [c as u32, (c >> 32) as u32, self.stream, 0x5A4D_4B54],
+                self.key,
+            );
+            self.counter += 1;
+            self.used = 0;
+        }
+        let v = self.buf[self.used];
+        self.used += 1;
+        v
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        ((self.next_u32() as u64) << 32) | self.next_u32() as u64
+    }
+
+    /// Uniform in `[0, 1)` with 24 random bits.
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 * (1.0 / (1u32 << 24) as f32)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn uniform_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// A standard normal sample (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform_f64();
+        let u2 = self.uniform_f64();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// Uniform in `0..n` without modulo bias (Lemire's method); `n > 0`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0, "below(0)");
+        loop {
+            let x = self.next_u64();
+            let m = (x as u128) * (n as u128);
+            let lo = m as u64;
+            if lo >= n.wrapping_neg() % n {
+                return (m >> 64) as u64;
+            }
+        }
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rng_is_reproducible_and_roughly_uniform() {
+        let mut a = PhiloxRng::new(42, 1);
+        let mut b = PhiloxRng::new(42, 1);
+        let mut c = PhiloxRng::new(42, 2);
+        let xs: Vec<u32> = (0..10).map(|_| a.next_u32()).collect();
+        assert_eq!(xs, (0..10).map(|_| b.next_u32()).collect::<Vec<_>>());
+        assert_ne!(xs, (0..10).map(|_| c.next_u32()).collect::<Vec<_>>());
+        let mean: f64 = (0..20_000).map(|_| a.uniform() as f64).sum::<f64>() / 20_000.0;
+        assert!((mean - 0.5).abs() < 0.01);
+        let m2: f64 = (0..20_000).map(|_| a.normal().powi(2)).sum::<f64>() / 20_000.0;
+        assert!((m2 - 1.0).abs() < 0.05);
+        let mut hist = [0usize; 3];
+        for _ in 0..3000 {
+            hist[a.below(3) as usize] += 1;
+        }
+        assert!(hist.iter().all(|&h| (900..1100).contains(&h)));
+        let mut v: Vec<u32> = (0..50).collect();
+        a.shuffle(&mut v);
+        let mut s = v.clone();
+        s.sort();
+        assert_eq!(s, (0..50).collect::<Vec<_>>());
+        assert_ne!(v, s);
+    }
 
     /// Known-answer vectors of the Random123 distribution (kat_vectors, philox4x32_10).
     #[test]

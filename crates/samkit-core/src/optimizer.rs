@@ -5,6 +5,8 @@
 //! at the perturbed weights, restores the weights exactly and applies the base optimizer.
 //! Closure form: [`Optimizer::step`] asks a [`GradRequest`] oracle for whatever the rule needs
 //! (clean and perturbed gradients, ImbSAM's head and tail gradients, SSAM-F's Fisher).
+use std::time::{Duration, Instant};
+
 use crate::base::{BaseOptimizer, StepScalars};
 use crate::bitset::Bitset;
 use crate::chunks::Chunks;
@@ -125,6 +127,8 @@ pub struct Optimizer {
     fisher_mask: Option<Bitset>,
     /// Gradient buffers of the closure form.
     scratch: [Vec<f32>; 2],
+    /// Time spent on the last mask computation (top-k or drop/grow), for phase timings.
+    mask_time: Option<Duration>,
 }
 
 impl Optimizer {
@@ -163,6 +167,7 @@ impl Optimizer {
             phase: Phase::Idle,
             fisher_mask: None,
             scratch: [Vec::new(), Vec::new()],
+            mask_time: None,
         })
     }
 
@@ -207,6 +212,12 @@ impl Optimizer {
 
     pub fn mask_updates(&self) -> u64 {
         self.st.mask_updates
+    }
+
+    /// Time of the most recent mask computation (SSAM-F's top-k in `set_fisher`, SSAM-D's
+    /// drop/grow inside `first_step`), taken and cleared: the trainer's "mask update" phase.
+    pub fn take_mask_time(&mut self) -> Option<Duration> {
+        self.mask_time.take()
     }
 
     /// A base-optimizer state buffer by its torch name (`momentum_buffer`, `exp_avg`, ...).
@@ -263,12 +274,14 @@ impl Optimizer {
         let segs = fisher.segments(&self.layout, "fisher")?;
         let units = self.chunks.split(segs);
         let live = c.live_count(self.layout.len());
+        let clock = Instant::now();
         self.fisher_mask = Some(sparse::fisher_mask(
             &self.chunks,
             &units,
             self.layout.len(),
             live,
         ));
+        self.mask_time = Some(clock.elapsed());
         Ok(())
     }
 
@@ -402,6 +415,7 @@ impl Optimizer {
             }
             Rule::Ssam(c) => {
                 let n = self.layout.len();
+                let clock = Instant::now();
                 let new_mask = match &c.mask {
                     MaskKind::Fisher { .. } => self.fisher_mask.take(),
                     MaskKind::Dynamic { drop, seed } if t > 0 && t % c.interval == 0 => {
@@ -424,19 +438,25 @@ impl Optimizer {
                     }
                     MaskKind::Dynamic { .. } => None,
                 };
+                if matches!(c.mask, MaskKind::Dynamic { .. }) && new_mask.is_some() {
+                    self.mask_time = Some(clock.elapsed());
+                }
+                let current = self.st.mask.take();
                 let mask = new_mask
-                    .clone()
-                    .or_else(|| self.st.mask.clone())
+                    .as_ref()
+                    .or(current.as_ref())
                     .expect("a mask exists once the Fisher was given");
                 let masked = Dir {
-                    base: Base::Masked(&mask),
+                    base: Base::Masked(mask),
                     scale: Scale::One,
                 };
                 let (norm_dir, eps) = match c.norm {
                     SsamNorm::Masked => (masked, EPS_P),
                     SsamNorm::Full => (Dir::PLAIN, 1e-7),
                 };
-                let out = self.perturb_by(w, &g_u, norm_dir, masked, c.rho, eps, None)?;
+                let out = self.perturb_by(w, &g_u, norm_dir, masked, c.rho, eps, None);
+                self.st.mask = current;
+                let out = out?;
                 if let (FirstOutcome::Perturbed, Phase::Perturbed(p)) = (out, &mut self.phase) {
                     p.new_mask = new_mask;
                 }

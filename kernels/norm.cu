@@ -1,0 +1,398 @@
+// norm.cu: the reductions of a SAM step (samkit_core::passes::{norm_pass, dot_pass}).
+//
+// - sk_norm_*: pass 1. Per unit Σ (T ⊙ base(g))² in f64 and the non-finite flag of g, with
+//   FriendlySAM's EMA of m fused in. Variants: plain, adaptive (T = |w|), ASAM element-wise
+//   (T = |w| + η on weights), ASAM filter-wise (T = ‖w_f‖ + η), masked (M ⊙ g), FriendlySAM.
+// - sk_dot_*: per unit <x, y>, ‖y‖² and the non-finite flag of y (GSAM, LookSAM, pass-2 check).
+// - sk_filter_norms_*: ASAM's filter scales.
+// - sk_finalize: the second stage. Sums the per-unit partials in a fixed order (f64), per segment
+//   when asked, ORs the flags into the skip decision and derives the step's scalars on the device.
+#include "samkit.cuh"
+
+enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2 };
+enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
+
+struct NormArgs {
+    const Unit* units;
+    const u64* g;         // T table: the gradient
+    const u64* w;         // T table: the weights (scaled variants)
+    const u64* chk;       // T table or null: a second buffer that must be finite (ImbSAM's head)
+    float* m;             // FriendlySAM: two flat f32 slots of n elements
+    const u64* mask;      // Sparse SAM: two bitset slots of `words` words
+    const float* ft;      // ASAM filter-wise: the filter scales
+    const u64* ft_start;  // per segment: index of its first filter in ft
+    const u32* ft_len;    // per segment: elements per filter
+    Ctl* ctl;
+    double* part;         // per unit Σ d²
+    u32* bad;             // per unit: a non-finite value was seen
+    u64 n;
+    u64 words;
+    u32 n_units;
+    u32 mask_pending;     // the mask of this step is in slot mask_cur ^ mask_pending
+    float sigma;
+    float lambda;
+    float eta;
+    u32 ema;              // FriendlySAM: write the next m
+};
+
+template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_body(const NormArgs& a) {
+    typedef Pack<T> P;
+    constexpr int N = P::N;
+    __shared__ double sh[SK_WARPS];
+    const Ctl* ctl = a.ctl;
+    const bool fs_init = BASE == BASE_FRIENDLY ? ctl->fsam_init != 0 : false;
+    const u32 fs_cur = BASE == BASE_FRIENDLY ? ctl->fsam_cur : 0;
+    const u64* mask = BASE == BASE_MASKED ? a.mask + (u64)(ctl->mask_cur ^ a.mask_pending) * a.words : nullptr;
+    for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
+        const Unit u = a.units[ui];
+        const T* g = sk_seg<const T>(a.g, u);
+        const T* w = SCALE != SCALE_ONE ? sk_seg<const T>(a.w, u) : nullptr;
+        const T* chk = a.chk ? sk_seg<const T>(a.chk, u) : nullptr;
+        const float* mprev = BASE == BASE_FRIENDLY ? a.m + (u64)fs_cur * a.n + u.global : nullptr;
+        float* mnext = BASE == BASE_FRIENDLY ? a.m + (u64)(fs_cur ^ 1u) * a.n + u.global : nullptr;
+        bool vec = sk_al16(g) && (!w || sk_al16(w)) && (!chk || sk_al16(chk));
+        if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev) && sk_al16(mnext);
+        const bool weight = u.kind == SK_KIND_WEIGHT;
+        u32 fl = 1;
+        const float* ft = nullptr;
+        if (SCALE == SCALE_FILTER && weight) {
+            fl = a.ft_len[u.seg];
+            ft = a.ft + a.ft_start[u.seg];
+        }
+        double acc = 0.0;
+        bool bad = false;
+        const u32 npk = (u.len + N - 1) / N;
+        for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
+            const u32 off = p * N;
+            const u32 cnt = min((u32)N, u.len - off);
+            const bool v = vec && cnt == (u32)N;
+            const P gp = sk_ld(g + off, cnt, v);
+            P wp;
+            if (SCALE != SCALE_ONE) wp = sk_ld(w + off, cnt, v);
+            FPack<T> mp;
+            if (BASE == BASE_FRIENDLY && fs_init) mp = sk_ldf<T>(mprev + off, cnt, v);
+            u64 mw0 = 0, mw1 = 0;
+            if (BASE == BASE_MASKED) {
+                const u64 i0 = u.global + off;
+                mw0 = mask[i0 >> 6];
+                if ((i0 & 63) + N > 64 && ((i0 + cnt - 1) >> 6) != (i0 >> 6)) mw1 = mask[(i0 >> 6) + 1];
+            }
+            if (chk) {
+                const P cp = sk_ld(chk + off, cnt, v);
+#pragma unroll
+                for (int k = 0; k < N; k++) bad |= sk_nonfinite(sk_f32(cp.e[k]));
+            }
+            FPack<T> next;
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                const float x = sk_f32(gp.e[k]);
+                bad |= sk_nonfinite(x);
+                float d = x;
+                if (BASE == BASE_MASKED) {
+                    const u64 i = u.global + off + k;
+                    const u64 word = ((i >> 6) == ((u.global + off) >> 6)) ? mw0 : mw1;
+                    d = ((word >> (i & 63)) & 1ull) ? x : 0.f;
+                }
+                if (BASE == BASE_FRIENDLY) {
+                    if (fs_init) {
+                        d = x - mp.e[k] * a.sigma;
+                        next.e[k] = mp.e[k] * a.lambda + x * (1.f - a.lambda);
+                    } else {
+                        next.e[k] = x;
+                    }
+                }
+                if (SCALE == SCALE_ABSW) {
+                    d *= fabsf(sk_f32(wp.e[k]));
+                } else if (SCALE == SCALE_ABSW_PLUS) {
+                    if (weight) d *= fabsf(sk_f32(wp.e[k])) + a.eta;
+                } else if (SCALE == SCALE_FILTER) {
+                    if (weight) d *= ft[(u.seg_off + off + k) / fl];
+                }
+                if (k < (int)cnt) acc += (double)d * (double)d;
+            }
+            if (BASE == BASE_FRIENDLY && a.ema) sk_stf<T>(mnext + off, next, cnt, v);
+        }
+        const int any_bad = __syncthreads_or(bad);
+        const double s = sk_block_sum<SK_BLOCK>(acc, sh);
+        if (threadIdx.x == 0) {
+            a.part[ui] = s;
+            a.bad[ui] = any_bad ? 1u : 0u;
+        }
+    }
+}
+
+#define SK_NORM(NAME, T, SUF, BASE, SCALE) \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_norm_##NAME##_##SUF(NormArgs a) { norm_body<T, BASE, SCALE>(a); }
+
+#define SK_NORM_ALL(T, SUF)                                       \
+    SK_NORM(plain, T, SUF, BASE_GRAD, SCALE_ONE)                  \
+    SK_NORM(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)              \
+    SK_NORM(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)             \
+    SK_NORM(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER)         \
+    SK_NORM(masked, T, SUF, BASE_MASKED, SCALE_ONE)               \
+    SK_NORM(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)
+
+SK_NORM_ALL(float, f32)
+SK_NORM_ALL(__nv_bfloat16, bf16)
+SK_NORM_ALL(__half, f16)
+
+// ---------------------------------------------------------------------------------------------
+
+struct DotArgs {
+    const Unit* units;
+    const u64* x;  // T table or null
+    const u64* y;  // T table
+    double* pxy;
+    double* pyy;
+    u32* bad;      // per unit: y has a non-finite value
+    u32 n_units;
+    u32 pad;
+};
+
+template <class T> __device__ __forceinline__ void dot_body(const DotArgs& a) {
+    typedef Pack<T> P;
+    constexpr int N = P::N;
+    __shared__ double sh[SK_WARPS];
+    for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
+        const Unit u = a.units[ui];
+        const T* y = sk_seg<const T>(a.y, u);
+        const T* x = a.x ? sk_seg<const T>(a.x, u) : nullptr;
+        const bool vec = sk_al16(y) && (!x || sk_al16(x));
+        double xy = 0.0, yy = 0.0;
+        bool bad = false;
+        const u32 npk = (u.len + N - 1) / N;
+        for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
+            const u32 off = p * N;
+            const u32 cnt = min((u32)N, u.len - off);
+            const bool v = vec && cnt == (u32)N;
+            const P yp = sk_ld(y + off, cnt, v);
+            P xp;
+            if (x) xp = sk_ld(x + off, cnt, v);
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                const float yv = sk_f32(yp.e[k]);
+                bad |= sk_nonfinite(yv);
+                if (k < (int)cnt) {
+                    yy += (double)yv * (double)yv;
+                    if (x) xy += (double)sk_f32(xp.e[k]) * (double)yv;
+                }
+            }
+        }
+        const int any_bad = __syncthreads_or(bad);
+        const double syy = sk_block_sum<SK_BLOCK>(yy, sh);
+        const double sxy = x ? sk_block_sum<SK_BLOCK>(xy, sh) : 0.0;
+        if (threadIdx.x == 0) {
+            a.pxy[ui] = sxy;
+            a.pyy[ui] = syy;
+            a.bad[ui] = any_bad ? 1u : 0u;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_f32(DotArgs a) { dot_body<float>(a); }
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_bf16(DotArgs a) { dot_body<__nv_bfloat16>(a); }
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_f16(DotArgs a) { dot_body<__half>(a); }
+
+// ---------------------------------------------------------------------------------------------
+
+// One weight segment's filters.
+struct FiltSeg {
+    u64 first;  // index of its first filter in t
+    u64 count;  // filters in the segment
+    u32 seg;
+    u32 len;    // elements per filter
+};
+
+struct FiltArgs {
+    const u64* w;  // T table
+    const FiltSeg* segs;
+    float* t;
+    u64 n_filters;
+    u32 n_segs;
+    float eta;
+};
+
+// T_f = ‖w_f‖ + η, one warp per filter (samkit_core::passes::FilterScales).
+template <class T> __device__ __forceinline__ void filter_body(const FiltArgs& a) {
+    const u32 lane = threadIdx.x & 31;
+    const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
+    for (u64 f = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); f < a.n_filters; f += warps) {
+        u32 lo = 0, hi = a.n_segs;  // the last segment whose first filter is <= f
+        while (hi - lo > 1) {
+            const u32 mid = (lo + hi) / 2;
+            if (a.segs[mid].first <= f) lo = mid; else hi = mid;
+        }
+        const FiltSeg s = a.segs[lo];
+        const T* row = reinterpret_cast<const T*>(a.w[s.seg]) + (f - s.first) * (u64)s.len;
+        double acc = 0.0;
+        for (u32 j = lane; j < s.len; j += 32) {
+            const double v = (double)sk_f32(row[j]);
+            acc += v * v;
+        }
+        acc = sk_warp_sum(acc);
+        if (lane == 0) a.t[f] = (float)(sqrt(acc) + (double)a.eta);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_norms_f32(FiltArgs a) { filter_body<float>(a); }
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_norms_bf16(FiltArgs a) { filter_body<__nv_bfloat16>(a); }
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_norms_f16(FiltArgs a) { filter_body<__half>(a); }
+
+// ---------------------------------------------------------------------------------------------
+
+enum {
+    FIN_NORM = 0,    // pass 1: skip = bad; g_sq; the perturbation scale
+    FIN_CHECK = 1,   // one-pass step: skip = bad; the update scalars
+    FIN_LOOK1 = 2,   // LookSAM between SAM steps: skip = bad; b = α‖g‖/‖g_v‖; the update scalars
+    FIN_SECOND = 3,  // pass 2: skip |= bad; the combination coefficients; the update scalars
+    FIN_GV = 4,      // after a LookSAM SAM step: ‖g_v‖² (unless skipped)
+    FIN_SUM = 5,     // plain reduction: g_sq = Σ pa, yy = Σ pb
+};
+enum { RULE_PLAIN = 0, RULE_GSAM = 1, RULE_LOOKSAM = 2 };
+
+struct FinArgs {
+    const double* pa;
+    const double* pb;       // or null
+    const u32* bad;         // or null
+    const u32* seg_units;   // n_segs + 1 entries: first unit of each segment
+    Ctl* ctl;
+    double* seg_tmp;        // per segment Σ pa of this reduction
+    double* seg_gsq;        // per segment pass-1 ‖g‖² (LookSAM per tensor)
+    double* seg_gv;         // per segment ‖g_v‖² (LookSAM per tensor)
+    float* coef_b_seg;      // per segment b (LookSAM per tensor, one-pass steps)
+    float* coef_c_seg;      // per segment c (LookSAM per tensor, SAM steps)
+    double eps;             // perturbation: ρ / (‖d‖ + eps)
+    u32 n_units;
+    u32 n_segs;
+    u32 mode;
+    u32 rule;
+    u32 per_seg;
+    u32 adam;               // the base optimizer has Adam's bias corrections
+    float rho;
+    float alpha;
+    float coef_a;           // host-known coefficients (FIN_CHECK, FIN_SECOND for plain rules)
+    float coef_b;
+    float lr;
+    float beta1;
+    float beta2;
+    u32 pad;
+};
+
+extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a) {
+    __shared__ double sh[SK_FIN_BLOCK / 32];
+    Ctl* ctl = a.ctl;
+    // Global sums: fixed strided per-thread sums, then a fixed tree.
+    double sa = 0.0, sb = 0.0;
+    bool bad = false;
+    for (u32 i = threadIdx.x; i < a.n_units; i += SK_FIN_BLOCK) {
+        sa += a.pa[i];
+        if (a.pb) sb += a.pb[i];
+        if (a.bad) bad |= a.bad[i] != 0;
+    }
+    const double A = sk_block_sum<SK_FIN_BLOCK>(sa, sh);
+    const double B = a.pb ? sk_block_sum<SK_FIN_BLOCK>(sb, sh) : 0.0;
+    const bool any_bad = __syncthreads_or(bad) != 0;
+    // Per-segment sums: one warp per segment.
+    if (a.per_seg) {
+        const u32 lane = threadIdx.x & 31;
+        for (u32 s = threadIdx.x >> 5; s < a.n_segs; s += SK_FIN_BLOCK / 32) {
+            double v = 0.0;
+            for (u32 i = a.seg_units[s] + lane; i < a.seg_units[s + 1]; i += 32) v += a.pa[i];
+            v = sk_warp_sum(v);
+            if (lane == 0) a.seg_tmp[s] = v;
+        }
+        __syncthreads();
+    }
+    const u32 mode = a.mode;
+    // Per-segment coefficients, computed by all threads (the skip flag is not needed for them).
+    bool skip = ctl->skip != 0;
+    __syncthreads();
+    if (mode == FIN_NORM || mode == FIN_CHECK || mode == FIN_LOOK1) skip = any_bad;
+    if (mode == FIN_SECOND) skip = skip || any_bad;
+    if (a.per_seg) {
+        for (u32 s = threadIdx.x; s < a.n_segs; s += SK_FIN_BLOCK) {
+            const double v = a.seg_tmp[s];
+            if (mode == FIN_NORM) {
+                a.seg_gsq[s] = v;
+            } else if (mode == FIN_LOOK1) {
+                // pytorch_optimizer.LookSAM adds 1e-8 to the per-tensor ‖g_v‖.
+                const double gv = sqrt(a.seg_gv[s]);
+                a.coef_b_seg[s] = gv + 1e-8 > 0.0 ? (float)((double)a.alpha * sqrt(v) / (gv + 1e-8)) : 0.f;
+            } else if (mode == FIN_SECOND && a.rule == RULE_LOOKSAM) {
+                const double gg = a.seg_gsq[s];
+                a.coef_c_seg[s] = gg > 0.0 ? (float)(v / gg) : 0.f;
+            } else if (mode == FIN_GV && !skip) {
+                a.seg_gv[s] = v;
+            }
+        }
+    }
+    if (threadIdx.x != 0) return;
+    switch (mode) {
+        case FIN_NORM: {
+            ctl->skip = skip ? 1u : 0u;
+            ctl->g_sq = A;
+            const double norm = sqrt(A);
+            ctl->scale = (!skip && norm > 0.0) ? (float)((double)a.rho / (norm + a.eps)) : 0.f;
+            return;
+        }
+        case FIN_GV:
+            if (!skip) ctl->gv_sq = A;
+            return;
+        case FIN_SUM:
+            ctl->g_sq = A;
+            ctl->yy = B;
+            return;
+        default:
+            break;
+    }
+    ctl->skip = skip ? 1u : 0u;
+    ctl->coef_a = a.coef_a;
+    ctl->coef_b = a.coef_b;
+    ctl->coef_c = 0.f;
+    if (mode == FIN_LOOK1 && !a.per_seg) {
+        const double gv = sqrt(ctl->gv_sq);
+        ctl->coef_b = gv > 0.0 ? (float)((double)a.alpha * sqrt(A) / gv) : 0.f;
+    }
+    if (mode == FIN_SECOND) {
+        ctl->xy = A;
+        ctl->yy = B;
+        if (a.rule == RULE_GSAM) {
+            const double proj = A / (B + 1e-12);
+            ctl->coef_a = (float)(1.0 + (double)a.alpha * proj);
+            ctl->coef_b = -a.alpha;
+        } else if (a.rule == RULE_LOOKSAM && !a.per_seg) {
+            const double gg = ctl->g_sq;
+            ctl->coef_c = gg > 0.0 ? (float)(A / gg) : 0.f;
+        }
+    }
+    // Base-optimizer scalars of update number base_steps + 1 (BaseOptimizer::scalars).
+    const u64 t = ctl->base_steps + 1;
+    ctl->sc_first = t == 1 ? 1u : 0u;
+    ctl->sc_lr = a.lr;
+    if (a.adam) {
+        const double bc1 = 1.0 - sk_powi((double)a.beta1, (int)t);
+        const double bc2 = 1.0 - sk_powi((double)a.beta2, (int)t);
+        ctl->sc_step_size = (float)((double)a.lr / bc1);
+        ctl->sc_bc2_sqrt = (float)sqrt(bc2);
+    } else {
+        ctl->sc_step_size = 0.f;
+        ctl->sc_bc2_sqrt = 1.f;
+    }
+}
+
+// Sizes of the shared structures, checked by the host against its own (abi.rs).
+extern "C" __global__ void sk_abi(u32* out) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    out[0] = sizeof(Unit);
+    out[1] = sizeof(Ctl);
+    out[2] = sizeof(NormArgs);
+    out[3] = sizeof(DotArgs);
+    out[4] = sizeof(FiltSeg);
+    out[5] = sizeof(FiltArgs);
+    out[6] = sizeof(FinArgs);
+    out[7] = (u32)SK_OFFSETOF(Ctl, g_sq);
+    out[8] = (u32)SK_OFFSETOF(Ctl, scale);
+    out[9] = (u32)SK_OFFSETOF(Ctl, sc_first);
+    out[10] = (u32)SK_OFFSETOF(NormArgs, n_units);
+    out[11] = (u32)SK_OFFSETOF(FinArgs, eps);
+}

@@ -1,0 +1,131 @@
+// perturb.cu: pass 2 of a SAM step (samkit_core::passes::perturb_pass).
+//
+// w_old ← w (a bit-exact copy); w ← w + s · T ⊙ (T ⊙ base(g)) for every rule's direction, with
+// s = ctl->scale computed on the device from the pass-1 norm; optionally a bit-exact copy of a
+// gradient the second step needs again (GSAM, LookSAM, ImbSAM). When ctl->skip is set (a
+// non-finite gradient), w is left as it is and w_old still receives it, so the restore of the
+// second step is exact either way. One pass over memory.
+#include "samkit.cuh"
+
+enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2 };
+enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
+
+struct PerturbArgs {
+    const Unit* units;
+    const u64* w;         // T table, read and written
+    const u64* w_old;     // T table, written
+    const u64* g;         // T table
+    const float* m;       // FriendlySAM: two flat f32 slots of n elements
+    const u64* mask;      // Sparse SAM: two bitset slots of `words` words
+    const float* ft;      // ASAM filter-wise scales
+    const u64* ft_start;
+    const u32* ft_len;
+    const u64* copy_src;  // T table or null
+    const u64* copy_dst;  // T table or null
+    const Ctl* ctl;
+    u64 n;
+    u64 words;
+    u32 n_units;
+    u32 mask_pending;
+    float sigma;
+    float eta;
+};
+
+template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_body(const PerturbArgs& a) {
+    typedef Pack<T> P;
+    constexpr int N = P::N;
+    const Ctl* ctl = a.ctl;
+    const bool skip = ctl->skip != 0;
+    const float scale = ctl->scale;
+    const bool fs_init = BASE == BASE_FRIENDLY ? ctl->fsam_init != 0 : false;
+    const u32 fs_cur = BASE == BASE_FRIENDLY ? ctl->fsam_cur : 0;
+    const u64* mask = BASE == BASE_MASKED ? a.mask + (u64)(ctl->mask_cur ^ a.mask_pending) * a.words : nullptr;
+    for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
+        const Unit u = a.units[ui];
+        T* w = sk_seg<T>(a.w, u);
+        T* wo = sk_seg<T>(a.w_old, u);
+        const T* g = sk_seg<const T>(a.g, u);
+        const T* cs = a.copy_src ? sk_seg<const T>(a.copy_src, u) : nullptr;
+        T* cd = a.copy_dst ? sk_seg<T>(a.copy_dst, u) : nullptr;
+        const float* mprev = BASE == BASE_FRIENDLY ? a.m + (u64)fs_cur * a.n + u.global : nullptr;
+        bool vec = sk_al16(w) && sk_al16(wo) && sk_al16(g) && (!cs || (sk_al16(cs) && sk_al16(cd)));
+        if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev);
+        const bool weight = u.kind == SK_KIND_WEIGHT;
+        u32 fl = 1;
+        const float* ft = nullptr;
+        if (SCALE == SCALE_FILTER && weight) {
+            fl = a.ft_len[u.seg];
+            ft = a.ft + a.ft_start[u.seg];
+        }
+        const u32 npk = (u.len + N - 1) / N;
+        for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
+            const u32 off = p * N;
+            const u32 cnt = min((u32)N, u.len - off);
+            const bool v = vec && cnt == (u32)N;
+            P wp = sk_ld(w + off, cnt, v);
+            sk_st(wo + off, wp, cnt, v);
+            if (cs) sk_st(cd + off, sk_ld(cs + off, cnt, v), cnt, v);
+            if (skip) continue;
+            const P gp = sk_ld(g + off, cnt, v);
+            FPack<T> mp;
+            if (BASE == BASE_FRIENDLY && fs_init) mp = sk_ldf<T>(mprev + off, cnt, v);
+            u64 mw0 = 0, mw1 = 0;
+            if (BASE == BASE_MASKED) {
+                const u64 i0 = u.global + off;
+                mw0 = mask[i0 >> 6];
+                if ((i0 & 63) + N > 64 && ((i0 + cnt - 1) >> 6) != (i0 >> 6)) mw1 = mask[(i0 >> 6) + 1];
+            }
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                const float x = sk_f32(gp.e[k]);
+                const float wv = sk_f32(wp.e[k]);
+                float d = x;
+                if (BASE == BASE_MASKED) {
+                    const u64 i = u.global + off + k;
+                    const u64 word = ((i >> 6) == ((u.global + off) >> 6)) ? mw0 : mw1;
+                    d = ((word >> (i & 63)) & 1ull) ? x : 0.f;
+                }
+                if (BASE == BASE_FRIENDLY && fs_init) d = x - mp.e[k] * a.sigma;
+                if (SCALE == SCALE_ABSW) {
+                    // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
+                    d *= wv * wv;
+                } else if (SCALE == SCALE_ABSW_PLUS) {
+                    if (weight) {
+                        const float t = fabsf(wv) + a.eta;
+                        d = t * (t * d);
+                    }
+                } else if (SCALE == SCALE_FILTER) {
+                    if (weight) {
+                        const float t = ft[(u.seg_off + off + k) / fl];
+                        d = t * (t * d);
+                    }
+                }
+                wp.e[k] = sk_from<T>(wv + d * scale);
+            }
+            sk_st(w + off, wp, cnt, v);
+        }
+    }
+}
+
+#define SK_PERTURB(NAME, T, SUF, BASE, SCALE)                                                      \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_perturb_##NAME##_##SUF(PerturbArgs a) { \
+        perturb_body<T, BASE, SCALE>(a);                                                           \
+    }
+
+#define SK_PERTURB_ALL(T, SUF)                               \
+    SK_PERTURB(plain, T, SUF, BASE_GRAD, SCALE_ONE)          \
+    SK_PERTURB(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)      \
+    SK_PERTURB(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)     \
+    SK_PERTURB(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER) \
+    SK_PERTURB(masked, T, SUF, BASE_MASKED, SCALE_ONE)       \
+    SK_PERTURB(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)
+
+SK_PERTURB_ALL(float, f32)
+SK_PERTURB_ALL(__nv_bfloat16, bf16)
+SK_PERTURB_ALL(__half, f16)
+
+extern "C" __global__ void sk_abi_perturb(u32* out) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    out[0] = sizeof(PerturbArgs);
+    out[1] = (u32)SK_OFFSETOF(PerturbArgs, n_units);
+}

@@ -1,0 +1,324 @@
+//! A fully connected network (`Layout::mlp` names `fc{i}.weight` / `fc{i}.bias`) and, as its
+//! one-layer case, the linear model of `samkit linreg` (`linear.weight` `[1, d]`,
+//! `linear.bias` `[1]`, squared error).
+use samkit_core::Layout;
+
+use crate::backend::{Activation, Backend, BnMode, LinearParams, ParamGrad};
+use crate::cpu::Cpu;
+use crate::error::{Error, Result};
+use crate::model::{BufferKind, LossKind, Losses, Model, NamedBuffer, Targets};
+use crate::tensor::Tensor;
+
+struct MlpActs<B: Backend> {
+    n: usize,
+    /// `h[0]`: input; `h[i + 1]`: output of layer `i` (after its activation).
+    h: Vec<B::Buf>,
+    g: [B::Buf; 2],
+    host_out: Vec<f32>,
+    host_dout: Vec<f32>,
+}
+
+pub struct Mlp<B: Backend = Cpu> {
+    backend: B,
+    layout: Layout,
+    dims: Vec<usize>,
+    act: Activation,
+    loss: LossKind,
+    layers: Vec<LinearParams>,
+    acts: Option<MlpActs<B>>,
+}
+
+impl Mlp<Cpu> {
+    /// An MLP on the CPU: `dims = [in, h1, ..., out]`, `act` between layers.
+    pub fn cpu(dims: &[usize], act: Activation, loss: LossKind) -> Result<Self> {
+        Self::new(Cpu::new(), dims, act, loss)
+    }
+
+    /// The linear model of `samkit linreg` on the CPU.
+    pub fn linear_regression_cpu(features: usize) -> Result<Self> {
+        Self::linear_regression(Cpu::new(), features)
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    pub fn new(backend: B, dims: &[usize], act: Activation, loss: LossKind) -> Result<Self> {
+        let layout = Layout::mlp(dims)?;
+        Self::with_layout(backend, layout, dims, act, loss)
+    }
+
+    /// `ŷ = x·w + b` with `linear.weight` `[1, features]` and `linear.bias` `[1]`, and the
+    /// squared error `(ŷ − y)²` per sample (weights `1/B` give the batch MSE).
+    pub fn linear_regression(backend: B, features: usize) -> Result<Self> {
+        let mut layout = Layout::new();
+        layout.push("linear.weight", &[1, features])?;
+        layout.push("linear.bias", &[1])?;
+        Self::with_layout(
+            backend,
+            layout,
+            &[features, 1],
+            Activation::Relu,
+            LossKind::SquaredError,
+        )
+    }
+
+    fn with_layout(
+        backend: B,
+        layout: Layout,
+        dims: &[usize],
+        act: Activation,
+        loss: LossKind,
+    ) -> Result<Self> {
+        if dims.iter().any(|&d| d == 0) {
+            return Err(Error::invalid("dims", format!("{dims:?} has a zero size")));
+        }
+        if let LossKind::CrossEntropy { smoothing } = loss {
+            if !(0.0..1.0).contains(&smoothing) || dims[dims.len() - 1] < 2 {
+                return Err(Error::invalid(
+                    "loss",
+                    format!("cross-entropy needs ≥ 2 classes and smoothing in [0, 1) ({loss:?})"),
+                ));
+            }
+        }
+        let segs = layout.segments();
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, d)| LinearParams {
+                inp: d[0],
+                out: d[1],
+                weight: segs[2 * i].offset,
+                bias: Some(segs[2 * i + 1].offset),
+            })
+            .collect();
+        Ok(Mlp {
+            backend,
+            layout,
+            dims: dims.to_vec(),
+            act,
+            loss,
+            layers,
+            acts: None,
+        })
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub fn loss_kind(&self) -> LossKind {
+        self.loss
+    }
+
+    /// PyTorch's default `nn.Linear` initialisation from a seed.
+    pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        let mut p = vec![0.0; self.layout.len()];
+        let mut rng = crate::init::Rng::new(seed);
+        for l in &self.layers {
+            let bound = 1.0 / (l.inp as f32).sqrt();
+            rng.fill_uniform(&mut p[l.weight..l.weight + l.inp * l.out], bound);
+            if let Some(b) = l.bias {
+                rng.fill_uniform(&mut p[b..b + l.out], bound);
+            }
+        }
+        p
+    }
+
+    fn ensure_acts(&mut self, n: usize) -> Result<()> {
+        if matches!(&self.acts, Some(a) if a.n >= n) {
+            return Ok(());
+        }
+        let b = &mut self.backend;
+        let h = self
+            .dims
+            .iter()
+            .map(|&d| b.alloc(n * d))
+            .collect::<Result<Vec<_>>>()?;
+        let max = n * self.dims.iter().max().copied().unwrap_or(1);
+        let out = n * self.dims[self.dims.len() - 1];
+        self.acts = Some(MlpActs {
+            n,
+            h,
+            g: [b.alloc(max)?, b.alloc(max)?],
+            host_out: vec![0.0; out],
+            host_dout: vec![0.0; out],
+        });
+        Ok(())
+    }
+
+    fn run_forward(&mut self, params: &B::Arena, x: &Tensor) -> Result<usize> {
+        if B::arena_len(params) != self.layout.len() {
+            return Err(Error::shape(
+                "parameters",
+                format!(
+                    "{} values, the layout has {}",
+                    B::arena_len(params),
+                    self.layout.len()
+                ),
+            ));
+        }
+        let n = x.shape()[0];
+        if n == 0 || x.len() != n * self.dims[0] {
+            return Err(Error::shape(
+                "input",
+                format!(
+                    "shape {:?} for {} features per sample",
+                    x.shape(),
+                    self.dims[0]
+                ),
+            ));
+        }
+        self.ensure_acts(n)?;
+        let Self {
+            backend: be,
+            layers,
+            acts,
+            act,
+            dims,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("workspace allocated");
+        be.load_features(x, &mut a.h[0])?;
+        for (i, l) in layers.iter().enumerate() {
+            let (inp, out) = a.h.split_at_mut(i + 1);
+            be.linear_forward(n, *l, &inp[i], params, &mut out[0])?;
+            if i + 1 < layers.len() {
+                be.activation_forward(*act, &mut out[0])?;
+            }
+        }
+        let k = dims[dims.len() - 1];
+        be.download(&a.h[layers.len()], &mut a.host_out[..n * k])?;
+        Ok(n)
+    }
+
+    fn run_backward(
+        &mut self,
+        params: &B::Arena,
+        n: usize,
+        pg: ParamGrad,
+        grad: &mut B::Arena,
+    ) -> Result<()> {
+        let Self {
+            backend: be,
+            layers,
+            acts,
+            act,
+            dims,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("workspace allocated");
+        let k = dims[dims.len() - 1];
+        let [g0, g1] = &mut a.g;
+        be.upload(&a.host_dout[..n * k], g0)?;
+        for (i, l) in layers.iter().enumerate().rev() {
+            let dx = if i > 0 { Some(&mut *g1) } else { None };
+            be.linear_backward(n, *l, &a.h[i], g0, params, pg, grad, dx)?;
+            if i > 0 {
+                be.activation_backward(*act, &a.h[i], g1)?;
+                std::mem::swap(g0, g1);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> Model for Mlp<B> {
+    type Backend = B;
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn forward(&mut self, params: &B::Arena, x: &Tensor, _mode: BnMode) -> Result<Tensor> {
+        let n = self.run_forward(params, x)?;
+        let k = self.dims[self.dims.len() - 1];
+        let a = self.acts.as_ref().expect("workspace allocated");
+        Tensor::from_slice(&a.host_out[..n * k], &[n, k])
+    }
+
+    fn forward_backward(
+        &mut self,
+        params: &B::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        weights: &[f32],
+        _mode: BnMode,
+        grad: &mut B::Arena,
+    ) -> Result<Losses> {
+        if B::arena_len(grad) != self.layout.len() {
+            return Err(Error::shape(
+                "gradient",
+                format!(
+                    "{} values, the layout has {}",
+                    B::arena_len(grad),
+                    self.layout.len()
+                ),
+            ));
+        }
+        let n = self.run_forward(params, x)?;
+        let k = self.dims[self.dims.len() - 1];
+        let a = self.acts.as_mut().expect("workspace allocated");
+        let losses = self.loss.eval(
+            &a.host_out[..n * k],
+            n,
+            k,
+            targets,
+            weights,
+            Some(&mut a.host_dout[..n * k]),
+        )?;
+        self.run_backward(params, n, ParamGrad::Sum, grad)?;
+        Ok(losses)
+    }
+
+    fn per_sample_grad_sq(
+        &mut self,
+        params: &B::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        out: &mut B::Arena,
+    ) -> Result<Losses> {
+        if B::arena_len(out) != self.layout.len() {
+            return Err(Error::shape(
+                "fisher",
+                format!(
+                    "{} values, the layout has {}",
+                    B::arena_len(out),
+                    self.layout.len()
+                ),
+            ));
+        }
+        let n = self.run_forward(params, x)?;
+        let k = self.dims[self.dims.len() - 1];
+        let a = self.acts.as_mut().expect("workspace allocated");
+        let ones = vec![1.0; n];
+        let losses = self.loss.eval(
+            &a.host_out[..n * k],
+            n,
+            k,
+            targets,
+            &ones,
+            Some(&mut a.host_dout[..n * k]),
+        )?;
+        // Samples are independent, so row i of every backpropagated gradient is sample i's
+        // own, and each layer's per-sample gradient is the rank-one dy_i·x_iᵀ.
+        self.run_backward(params, n, ParamGrad::PerSampleSq, out)?;
+        Ok(losses)
+    }
+
+    fn buffers(&mut self) -> Result<Vec<NamedBuffer>> {
+        Ok(Vec::new())
+    }
+
+    fn buffer_specs(&self) -> Vec<(String, Vec<usize>, BufferKind)> {
+        Vec::new()
+    }
+
+    fn set_buffers(&mut self, buffers: &[NamedBuffer]) -> Result<()> {
+        match buffers.first() {
+            None => Ok(()),
+            Some(b) => Err(Error::shape(
+                "buffers",
+                format!("the MLP has no buffer `{}`", b.name),
+            )),
+        }
+    }
+}

@@ -1,0 +1,735 @@
+//! ResNet-18, CIFAR variant: 3×3 stem without max-pool, [2, 2, 2, 2] basic blocks with 1×1
+//! conv + BN shortcuts where the shape changes, global average pooling and a linear layer.
+//! Parameter names and order are those of `samkit_core::Layout::resnet18` (PyTorch's
+//! `state_dict` of the common CIFAR ResNet-18); `width = 64` is the standard model.
+use samkit_core::Layout;
+
+use crate::backend::{
+    Backend, BnConfig, BnMode, BnParams, BnState, Conv2d, Dims, LinearParams, ParamGrad,
+};
+use crate::cpu::Cpu;
+use crate::error::{Error, Result};
+use crate::model::{BufferData, BufferKind, LossKind, Losses, Model, NamedBuffer, Targets};
+use crate::tensor::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResNetConfig {
+    pub num_classes: usize,
+    /// Stem width: 64 for the standard model (11,173,962 parameters with 10 classes).
+    pub width: usize,
+    pub label_smoothing: f32,
+    pub bn: BnConfig,
+}
+
+impl ResNetConfig {
+    pub fn new(num_classes: usize, width: usize) -> Self {
+        ResNetConfig {
+            num_classes,
+            width,
+            label_smoothing: 0.0,
+            bn: BnConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvBn {
+    conv: Conv2d,
+    w: usize,
+    bn: BnParams,
+    bn_idx: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    c1: ConvBn,
+    c2: ConvBn,
+    shortcut: Option<ConvBn>,
+}
+
+struct BlockActs<B: Backend> {
+    c1: B::Buf,
+    r1: B::Buf,
+    c2: B::Buf,
+    cs: Option<B::Buf>,
+    bs: Option<B::Buf>,
+    out: B::Buf,
+}
+
+/// Activations of one batch shape, reused from step to step.
+struct Acts<B: Backend> {
+    n: usize,
+    h: usize,
+    w: usize,
+    x: B::Buf,
+    c0: B::Buf,
+    a0: B::Buf,
+    blocks: Vec<BlockActs<B>>,
+    pooled: B::Buf,
+    logits: B::Buf,
+    dlogits: B::Buf,
+    dpooled: B::Buf,
+    g: [B::Buf; 3],
+    host_logits: Vec<f32>,
+    host_dlogits: Vec<f32>,
+}
+
+pub struct ResNet18<B: Backend = Cpu> {
+    backend: B,
+    cfg: ResNetConfig,
+    layout: Layout,
+    stem: ConvBn,
+    blocks: Vec<Block>,
+    linear: LinearParams,
+    bn_names: Vec<String>,
+    bns: Vec<BnState<B>>,
+    acts: Option<Acts<B>>,
+}
+
+fn offset(l: &Layout, name: &str) -> Result<usize> {
+    l.segment(name)
+        .map(|s| s.offset)
+        .ok_or_else(|| Error::invalid("layout", format!("no segment `{name}`")))
+}
+
+impl ResNet18<Cpu> {
+    /// The model on the CPU backend.
+    pub fn cpu(cfg: ResNetConfig) -> Result<Self> {
+        Self::new(Cpu::new(), cfg)
+    }
+}
+
+impl<B: Backend> ResNet18<B> {
+    pub fn new(mut backend: B, cfg: ResNetConfig) -> Result<Self> {
+        if !(0.0..1.0).contains(&cfg.label_smoothing) {
+            return Err(Error::invalid(
+                "label_smoothing",
+                format!("{} must lie in [0, 1)", cfg.label_smoothing),
+            ));
+        }
+        let layout = Layout::resnet18(cfg.num_classes, cfg.width)?;
+        let mut bn_names = Vec::new();
+        let mut bns = Vec::new();
+        let mut conv_bn = |backend: &mut B, conv: Conv2d, w: &str, bn: &str| -> Result<ConvBn> {
+            let bn_idx = bn_names.len();
+            bn_names.push(bn.to_string());
+            bns.push(BnState::new(backend, conv.cout)?);
+            Ok(ConvBn {
+                conv,
+                w: offset(&layout, &format!("{w}.weight"))?,
+                bn: BnParams {
+                    gamma: offset(&layout, &format!("{bn}.weight"))?,
+                    beta: offset(&layout, &format!("{bn}.bias"))?,
+                },
+                bn_idx,
+            })
+        };
+        let width = cfg.width;
+        let stem = conv_bn(&mut backend, Conv2d::new(3, width, 3, 1, 1), "conv1", "bn1")?;
+        let mut blocks = Vec::new();
+        let mut cin = width;
+        for (li, (mult, stride)) in [(1, 1), (2, 2), (4, 2), (8, 2)].into_iter().enumerate() {
+            let out = width * mult;
+            for b in 0..2 {
+                let p = format!("layer{}.{b}", li + 1);
+                let (i, s) = if b == 0 { (cin, stride) } else { (out, 1) };
+                let c1 = conv_bn(
+                    &mut backend,
+                    Conv2d::new(i, out, 3, s, 1),
+                    &format!("{p}.conv1"),
+                    &format!("{p}.bn1"),
+                )?;
+                let c2 = conv_bn(
+                    &mut backend,
+                    Conv2d::new(out, out, 3, 1, 1),
+                    &format!("{p}.conv2"),
+                    &format!("{p}.bn2"),
+                )?;
+                let shortcut = if s != 1 || i != out {
+                    Some(conv_bn(
+                        &mut backend,
+                        Conv2d::new(i, out, 1, s, 0),
+                        &format!("{p}.shortcut.0"),
+                        &format!("{p}.shortcut.1"),
+                    )?)
+                } else {
+                    None
+                };
+                blocks.push(Block { c1, c2, shortcut });
+            }
+            cin = out;
+        }
+        let linear = LinearParams {
+            inp: cin,
+            out: cfg.num_classes,
+            weight: offset(&layout, "linear.weight")?,
+            bias: Some(offset(&layout, "linear.bias")?),
+        };
+        Ok(ResNet18 {
+            backend,
+            cfg,
+            layout,
+            stem,
+            blocks,
+            linear,
+            bn_names,
+            bns,
+            acts: None,
+        })
+    }
+
+    pub fn config(&self) -> &ResNetConfig {
+        &self.cfg
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    pub fn set_label_smoothing(&mut self, s: f32) -> Result<()> {
+        if !(0.0..1.0).contains(&s) {
+            return Err(Error::invalid(
+                "label_smoothing",
+                format!("{s} must lie in [0, 1)"),
+            ));
+        }
+        self.cfg.label_smoothing = s;
+        Ok(())
+    }
+
+    /// Names of the batch-norm layers, in `state_dict` order (`bn1`, `layer1.0.bn1`, ...).
+    pub fn bn_names(&self) -> &[String] {
+        &self.bn_names
+    }
+
+    /// Running mean and variance of every batch-norm layer (host copies), in order.
+    pub fn running_stats(&mut self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let mut out = Vec::with_capacity(self.bns.len());
+        for st in &self.bns {
+            let mut m = vec![0.0; st.channels];
+            let mut v = vec![0.0; st.channels];
+            self.backend.download(&st.running_mean, &mut m)?;
+            self.backend.download(&st.running_var, &mut v)?;
+            out.push((m, v));
+        }
+        Ok(out)
+    }
+
+    /// PyTorch's default initialisation, from a seed: Kaiming-uniform convolutions and
+    /// linear weights (`a = √5`), uniform linear bias, BN weight 1 and bias 0.
+    pub fn init_params(&self, seed: u64) -> Vec<f32> {
+        let mut p = vec![0.0; self.layout.len()];
+        let mut rng = crate::init::Rng::new(seed);
+        for s in self.layout.segments() {
+            let dst = &mut p[s.range()];
+            if s.name.contains("bn") || s.name.contains("shortcut.1") {
+                dst.fill(if s.name.ends_with("weight") { 1.0 } else { 0.0 });
+            } else if s.name == "linear.bias" {
+                let fan_in = self.linear.inp as f32;
+                rng.fill_uniform(dst, 1.0 / fan_in.sqrt());
+            } else {
+                let fan_in = s.filter_len() as f32;
+                rng.fill_uniform(dst, 1.0 / fan_in.sqrt());
+            }
+        }
+        p
+    }
+
+    fn ensure_acts(&mut self, n: usize, h: usize, w: usize) -> Result<()> {
+        if let Some(a) = &self.acts {
+            if a.n >= n && a.h == h && a.w == w {
+                return Ok(());
+            }
+        }
+        self.acts = None;
+        let b = &mut self.backend;
+        let mut d = Dims::new(n, 3, h, w);
+        let x = b.alloc(d.len())?;
+        d = self.stem.conv.out_dims(d);
+        let c0 = b.alloc(d.len())?;
+        let a0 = b.alloc(d.len())?;
+        let mut max_len = d.len();
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for blk in &self.blocks {
+            let m = blk.c1.conv.out_dims(d);
+            let o = blk.c2.conv.out_dims(m);
+            max_len = max_len.max(m.len()).max(d.len());
+            let (cs, bs) = match blk.shortcut {
+                Some(_) => (Some(b.alloc(o.len())?), Some(b.alloc(o.len())?)),
+                None => (None, None),
+            };
+            blocks.push(BlockActs {
+                c1: b.alloc(m.len())?,
+                r1: b.alloc(m.len())?,
+                c2: b.alloc(o.len())?,
+                cs,
+                bs,
+                out: b.alloc(o.len())?,
+            });
+            d = o;
+        }
+        let k = self.cfg.num_classes;
+        self.acts = Some(Acts {
+            n,
+            h,
+            w,
+            x,
+            c0,
+            a0,
+            blocks,
+            pooled: b.alloc(n * d.c)?,
+            logits: b.alloc(n * k)?,
+            dlogits: b.alloc(n * k)?,
+            dpooled: b.alloc(n * d.c)?,
+            g: [b.alloc(max_len)?, b.alloc(max_len)?, b.alloc(max_len)?],
+            host_logits: vec![0.0; n * k],
+            host_dlogits: vec![0.0; n * k],
+        });
+        Ok(())
+    }
+
+    fn check_input(&self, params: &B::Arena, x: &Tensor) -> Result<(usize, usize, usize)> {
+        if B::arena_len(params) != self.layout.len() {
+            return Err(Error::shape(
+                "parameters",
+                format!(
+                    "{} values, the layout has {}",
+                    B::arena_len(params),
+                    self.layout.len()
+                ),
+            ));
+        }
+        let (n, c, h, w) = x.dims4()?;
+        if c != 3 || n == 0 {
+            return Err(Error::shape(
+                "input",
+                format!("expected [N, 3, H, W], got {:?}", x.shape()),
+            ));
+        }
+        Ok((n, h, w))
+    }
+
+    /// Forward pass over `x`; logits are left in the workspace (device) and on the host.
+    fn run_forward(&mut self, params: &B::Arena, x: &Tensor, mode: BnMode) -> Result<usize> {
+        let (n, h, w) = self.check_input(params, x)?;
+        self.ensure_acts(n, h, w)?;
+        let Self {
+            backend: be,
+            cfg,
+            stem,
+            blocks,
+            linear,
+            bns,
+            acts,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("workspace allocated");
+        let bn = cfg.bn;
+        be.load_images(x, &mut a.x)?;
+        let d0 = Dims::new(n, 3, h, w);
+        be.conv2d_forward(&stem.conv, d0, &a.x, params, stem.w, &mut a.c0)?;
+        let mut d = stem.conv.out_dims(d0);
+        be.batch_norm_forward(
+            mode,
+            bn,
+            d,
+            &a.c0,
+            params,
+            stem.bn,
+            &mut bns[stem.bn_idx],
+            None,
+            true,
+            &mut a.a0,
+        )?;
+        for (i, blk) in blocks.iter().enumerate() {
+            let (prev, cur) = a.blocks.split_at_mut(i);
+            let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
+            let ba = &mut cur[0];
+            let dm = blk.c1.conv.out_dims(d);
+            be.conv2d_forward(&blk.c1.conv, d, input, params, blk.c1.w, &mut ba.c1)?;
+            be.batch_norm_forward(
+                mode,
+                bn,
+                dm,
+                &ba.c1,
+                params,
+                blk.c1.bn,
+                &mut bns[blk.c1.bn_idx],
+                None,
+                true,
+                &mut ba.r1,
+            )?;
+            be.conv2d_forward(&blk.c2.conv, dm, &ba.r1, params, blk.c2.w, &mut ba.c2)?;
+            let dout = blk.c2.conv.out_dims(dm);
+            let residual = match (&blk.shortcut, &mut ba.cs, &mut ba.bs) {
+                (Some(sc), Some(cs), Some(bs)) => {
+                    be.conv2d_forward(&sc.conv, d, input, params, sc.w, cs)?;
+                    be.batch_norm_forward(
+                        mode,
+                        bn,
+                        dout,
+                        cs,
+                        params,
+                        sc.bn,
+                        &mut bns[sc.bn_idx],
+                        None,
+                        false,
+                        bs,
+                    )?;
+                    &*bs
+                }
+                _ => input,
+            };
+            be.batch_norm_forward(
+                mode,
+                bn,
+                dout,
+                &ba.c2,
+                params,
+                blk.c2.bn,
+                &mut bns[blk.c2.bn_idx],
+                Some(residual),
+                true,
+                &mut ba.out,
+            )?;
+            d = dout;
+        }
+        let last = &a.blocks.last().expect("eight blocks").out;
+        be.avg_pool_forward(d, last, &mut a.pooled)?;
+        be.linear_forward(n, *linear, &a.pooled, params, &mut a.logits)?;
+        let k = cfg.num_classes;
+        be.download(&a.logits, &mut a.host_logits[..n * k])?;
+        Ok(n)
+    }
+
+    /// Backward pass from `host_dlogits` (first `n·k` values) of the last forward pass.
+    fn run_backward(
+        &mut self,
+        params: &B::Arena,
+        n: usize,
+        mode: BnMode,
+        pg: ParamGrad,
+        grad: &mut B::Arena,
+    ) -> Result<()> {
+        let Self {
+            backend: be,
+            cfg,
+            stem,
+            blocks,
+            linear,
+            bns,
+            acts,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("workspace allocated");
+        let k = cfg.num_classes;
+        be.upload(&a.host_dlogits[..n * k], &mut a.dlogits)?;
+        be.linear_backward(
+            n,
+            *linear,
+            &a.pooled,
+            &a.dlogits,
+            params,
+            pg,
+            grad,
+            Some(&mut a.dpooled),
+        )?;
+        // Dimensions of every block's input.
+        let d0 = stem.conv.out_dims(Dims::new(n, 3, a.h, a.w));
+        let mut dims = Vec::with_capacity(blocks.len() + 1);
+        dims.push(d0);
+        for blk in blocks.iter() {
+            let d = *dims.last().expect("non-empty");
+            dims.push(blk.c2.conv.out_dims(blk.c1.conv.out_dims(d)));
+        }
+        let [ga, gb, gc] = &mut a.g;
+        be.avg_pool_backward(*dims.last().expect("non-empty"), &a.dpooled, ga)?;
+        for i in (0..blocks.len()).rev() {
+            let blk = &blocks[i];
+            let (prev, cur) = a.blocks.split_at(i);
+            let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
+            let ba = &cur[0];
+            let d = dims[i];
+            let dm = blk.c1.conv.out_dims(d);
+            let dout = dims[i + 1];
+            // ga: gradient of the block's output → of the sum before the ReLU.
+            be.relu_backward(&ba.out, ga)?;
+            be.batch_norm_backward(
+                mode,
+                dout,
+                &ba.c2,
+                ga,
+                params,
+                blk.c2.bn,
+                &bns[blk.c2.bn_idx],
+                pg,
+                grad,
+                gb,
+            )?;
+            be.conv2d_backward(
+                &blk.c2.conv,
+                dm,
+                &ba.r1,
+                gb,
+                params,
+                blk.c2.w,
+                pg,
+                grad,
+                Some(gc),
+                false,
+            )?;
+            be.relu_backward(&ba.r1, gc)?;
+            be.batch_norm_backward(
+                mode,
+                dm,
+                &ba.c1,
+                gc,
+                params,
+                blk.c1.bn,
+                &bns[blk.c1.bn_idx],
+                pg,
+                grad,
+                gb,
+            )?;
+            be.conv2d_backward(
+                &blk.c1.conv,
+                d,
+                input,
+                gb,
+                params,
+                blk.c1.w,
+                pg,
+                grad,
+                Some(gc),
+                false,
+            )?;
+            match (&blk.shortcut, &ba.cs) {
+                (Some(sc), Some(cs)) => {
+                    be.batch_norm_backward(
+                        mode,
+                        dout,
+                        cs,
+                        ga,
+                        params,
+                        sc.bn,
+                        &bns[sc.bn_idx],
+                        pg,
+                        grad,
+                        gb,
+                    )?;
+                    be.conv2d_backward(
+                        &sc.conv,
+                        d,
+                        input,
+                        gb,
+                        params,
+                        sc.w,
+                        pg,
+                        grad,
+                        Some(gc),
+                        true,
+                    )?;
+                }
+                _ => be.add_assign(gc, ga)?,
+            }
+            std::mem::swap(ga, gc);
+        }
+        be.relu_backward(&a.a0, ga)?;
+        be.batch_norm_backward(
+            mode,
+            d0,
+            &a.c0,
+            ga,
+            params,
+            stem.bn,
+            &bns[stem.bn_idx],
+            pg,
+            grad,
+            gb,
+        )?;
+        be.conv2d_backward(
+            &stem.conv,
+            Dims::new(n, 3, a.h, a.w),
+            &a.x,
+            gb,
+            params,
+            stem.w,
+            pg,
+            grad,
+            None,
+            false,
+        )?;
+        Ok(())
+    }
+}
+
+impl<B: Backend> Model for ResNet18<B> {
+    type Backend = B;
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn forward(&mut self, params: &B::Arena, x: &Tensor, mode: BnMode) -> Result<Tensor> {
+        let n = self.run_forward(params, x, mode)?;
+        let k = self.cfg.num_classes;
+        let a = self.acts.as_ref().expect("workspace allocated");
+        Tensor::from_slice(&a.host_logits[..n * k], &[n, k])
+    }
+
+    fn forward_backward(
+        &mut self,
+        params: &B::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        weights: &[f32],
+        mode: BnMode,
+        grad: &mut B::Arena,
+    ) -> Result<Losses> {
+        if B::arena_len(grad) != self.layout.len() {
+            return Err(Error::shape(
+                "gradient",
+                format!(
+                    "{} values, the layout has {}",
+                    B::arena_len(grad),
+                    self.layout.len()
+                ),
+            ));
+        }
+        let n = self.run_forward(params, x, mode)?;
+        let k = self.cfg.num_classes;
+        let loss = LossKind::CrossEntropy {
+            smoothing: self.cfg.label_smoothing,
+        };
+        let a = self.acts.as_mut().expect("workspace allocated");
+        let losses = loss.eval(
+            &a.host_logits[..n * k],
+            n,
+            k,
+            targets,
+            weights,
+            Some(&mut a.host_dlogits[..n * k]),
+        )?;
+        self.run_backward(params, n, mode, ParamGrad::Sum, grad)?;
+        Ok(losses)
+    }
+
+    fn per_sample_grad_sq(
+        &mut self,
+        params: &B::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        out: &mut B::Arena,
+    ) -> Result<Losses> {
+        if B::arena_len(out) != self.layout.len() {
+            return Err(Error::shape(
+                "fisher",
+                format!(
+                    "{} values, the layout has {}",
+                    B::arena_len(out),
+                    self.layout.len()
+                ),
+            ));
+        }
+        let n = self.run_forward(params, x, BnMode::Eval)?;
+        let k = self.cfg.num_classes;
+        let loss = LossKind::CrossEntropy {
+            smoothing: self.cfg.label_smoothing,
+        };
+        let a = self.acts.as_mut().expect("workspace allocated");
+        let ones = vec![1.0; n];
+        let losses = loss.eval(
+            &a.host_logits[..n * k],
+            n,
+            k,
+            targets,
+            &ones,
+            Some(&mut a.host_dlogits[..n * k]),
+        )?;
+        self.run_backward(params, n, BnMode::Eval, ParamGrad::PerSampleSq, out)?;
+        Ok(losses)
+    }
+
+    fn buffers(&mut self) -> Result<Vec<NamedBuffer>> {
+        let stats = self.running_stats()?;
+        let mut out = Vec::with_capacity(3 * stats.len());
+        for ((name, (m, v)), st) in self.bn_names.iter().zip(stats).zip(&self.bns) {
+            let c = m.len();
+            out.push(NamedBuffer {
+                name: format!("{name}.running_mean"),
+                shape: vec![c],
+                data: BufferData::F32(m),
+            });
+            out.push(NamedBuffer {
+                name: format!("{name}.running_var"),
+                shape: vec![c],
+                data: BufferData::F32(v),
+            });
+            out.push(NamedBuffer {
+                name: format!("{name}.num_batches_tracked"),
+                shape: vec![],
+                data: BufferData::I64(vec![st.num_batches_tracked]),
+            });
+        }
+        Ok(out)
+    }
+
+    fn buffer_specs(&self) -> Vec<(String, Vec<usize>, BufferKind)> {
+        let mut out = Vec::with_capacity(3 * self.bns.len());
+        for (name, st) in self.bn_names.iter().zip(&self.bns) {
+            out.push((
+                format!("{name}.running_mean"),
+                vec![st.channels],
+                BufferKind::F32,
+            ));
+            out.push((
+                format!("{name}.running_var"),
+                vec![st.channels],
+                BufferKind::F32,
+            ));
+            out.push((
+                format!("{name}.num_batches_tracked"),
+                vec![],
+                BufferKind::I64,
+            ));
+        }
+        out
+    }
+
+    fn set_buffers(&mut self, buffers: &[NamedBuffer]) -> Result<()> {
+        let specs = self.buffer_specs();
+        if buffers.len() != specs.len() {
+            return Err(Error::shape(
+                "buffers",
+                format!("{} buffers, the model has {}", buffers.len(), specs.len()),
+            ));
+        }
+        for ((name, shape, _), b) in specs.iter().zip(buffers) {
+            if &b.name != name || &b.shape != shape {
+                return Err(Error::shape(
+                    "buffers",
+                    format!(
+                        "got `{}` {:?} where the model has `{name}` {shape:?}",
+                        b.name, b.shape
+                    ),
+                ));
+            }
+        }
+        for (i, st) in self.bns.iter_mut().enumerate() {
+            for (j, b) in buffers[3 * i..3 * i + 3].iter().enumerate() {
+                match (j, &b.data) {
+                    (0, BufferData::F32(v)) => self.backend.upload(v, &mut st.running_mean)?,
+                    (1, BufferData::F32(v)) => self.backend.upload(v, &mut st.running_var)?,
+                    (2, BufferData::I64(v)) if v.len() == 1 => st.num_batches_tracked = v[0],
+                    _ => {
+                        return Err(Error::shape(
+                            "buffers",
+                            format!("`{}` has the wrong element type", b.name),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -42,3 +42,5 @@ extern "C" __global__ void sk_abi_fisher(u32* out) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
     out[0] = sizeof(FisherArgs);
 }
+
+SK_ABI_CHECK(FisherArgs);

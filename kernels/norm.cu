@@ -246,7 +246,7 @@ enum {
     FIN_LOOK1 = 2,   // LookSAM between SAM steps: skip = bad; b = α‖g‖/‖g_v‖; the update scalars
     FIN_SECOND = 3,  // pass 2: skip |= bad; the combination coefficients; the update scalars
     FIN_GV = 4,      // after a LookSAM SAM step: ‖g_v‖² (unless skipped)
-    FIN_SUM = 5,     // plain reduction: g_sq = Σ pa, yy = Σ pb
+    FIN_SUM = 5,     // plain reduction: g_sq = Σ pa, yy = Σ pb, skip = bad
 };
 enum { RULE_PLAIN = 0, RULE_GSAM = 1, RULE_LOOKSAM = 2 };
 
@@ -339,6 +339,7 @@ extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a
             if (!skip) ctl->gv_sq = A;
             return;
         case FIN_SUM:
+            ctl->skip = any_bad ? 1u : 0u;
             ctl->g_sq = A;
             ctl->yy = B;
             return;
@@ -349,6 +350,7 @@ extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a
     ctl->coef_a = a.coef_a;
     ctl->coef_b = a.coef_b;
     ctl->coef_c = 0.f;
+    ctl->coef_p = 0.f;
     if (mode == FIN_LOOK1 && !a.per_seg) {
         const double gv = sqrt(ctl->gv_sq);
         ctl->coef_b = gv > 0.0 ? (float)((double)a.alpha * sqrt(A) / gv) : 0.f;
@@ -357,9 +359,10 @@ extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a
         ctl->xy = A;
         ctl->yy = B;
         if (a.rule == RULE_GSAM) {
-            const double proj = A / (B + 1e-12);
-            ctl->coef_a = (float)(1.0 + (double)a.alpha * proj);
+            // g_p − α·(g − proj·g_p), proj = <g, g_p> / (‖g_p‖² + eps_p): x = g_p, y = g.
+            ctl->coef_a = 1.f;
             ctl->coef_b = -a.alpha;
+            ctl->coef_p = (float)(A / (B + 1e-12));
         } else if (a.rule == RULE_LOOKSAM && !a.per_seg) {
             const double gg = ctl->g_sq;
             ctl->coef_c = gg > 0.0 ? (float)(A / gg) : 0.f;
@@ -396,3 +399,9 @@ extern "C" __global__ void sk_abi(u32* out) {
     out[10] = (u32)SK_OFFSETOF(NormArgs, n_units);
     out[11] = (u32)SK_OFFSETOF(FinArgs, eps);
 }
+
+SK_ABI_CHECK(NormArgs);
+SK_ABI_CHECK(DotArgs);
+SK_ABI_CHECK(FiltSeg);
+SK_ABI_CHECK(FiltArgs);
+SK_ABI_CHECK(FinArgs);

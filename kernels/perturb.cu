@@ -129,3 +129,5 @@ extern "C" __global__ void sk_abi_perturb(u32* out) {
     out[0] = sizeof(PerturbArgs);
     out[1] = (u32)SK_OFFSETOF(PerturbArgs, n_units);
 }
+
+SK_ABI_CHECK(PerturbArgs);

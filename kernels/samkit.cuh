@@ -23,6 +23,9 @@ typedef unsigned long long u64;
 #define SK_WARPS (SK_BLOCK / 32)
 #define SK_UNIT 4096
 #define SK_FIN_BLOCK 256
+// The host passes its struct sizes as -DSK_ABI_SIZE_<name>=<bytes> (abi.rs); every family checks
+// its structures against them at compile time.
+#define SK_ABI_CHECK(T) static_assert(sizeof(T) == SK_ABI_SIZE_##T, #T " differs from crates/samkit-cuda/src/abi.rs")
 // offsetof for the ABI probes (NVRTC has no <cstddef>).
 #define SK_OFFSETOF(T, f) ((u32)(u64)(&((const T*)0)->f))
 
@@ -57,14 +60,20 @@ struct Ctl {
     double yy;         // pass-2 ‖y‖²
     double gv_sq;      // LookSAM ‖g_v‖² (global)
     float scale;       // perturbation scale ρ / (‖d‖ + eps)
-    float coef_a;      // update direction a·x + b·y
+    float coef_a;      // update direction a·x + b·(y − p·x)
     float coef_b;
     float coef_c;      // LookSAM side output g_v = x − c·g
     u32 sc_first;      // base-optimizer scalars of this update
     float sc_lr;
     float sc_step_size;
     float sc_bc2_sqrt;
+    float coef_p;      // update direction a·x + b·(y − p·x) (GSAM's projection)
+    u32 pad;
 };
+
+// ---------------------------------------------------------------------------------------------
+SK_ABI_CHECK(Unit);
+SK_ABI_CHECK(Ctl);
 
 // ---------------------------------------------------------------------------------------------
 // Element types

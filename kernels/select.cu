@@ -8,7 +8,7 @@
 // flat-index order. The same set as the CPU whatever the launch: the selection is a pure function
 // of the keys.
 //
-// Key sources: SSAM-F's Fisher scores (f32_key), SSAM-D's drop keys (!f32_key(|g|) among live
+// Key sources: SSAM-F's Fisher scores (f32_key of f32, bf16 or f16 values), SSAM-D's drop keys (!f32_key(|g|) among live
 // indices), grow keys (!philox among dead indices) and initial keys (!philox, update 0).
 // sk_mask_combine writes the resulting mask into a slot chosen on the device.
 #include "samkit.cuh"
@@ -25,7 +25,7 @@ struct SelState {
 
 struct SelArgs {
     const Unit* units;
-    const u64* src;   // table: f32 scores (SRC_SCORES) or the T gradient (SRC_DROP)
+    const u64* src;   // T table: the scores (SRC_SCORES) or the gradient (SRC_DROP)
     const u64* mask;  // two bitset slots; the committed one is ctl->mask_cur
     const Ctl* ctl;
     u64* hist;        // SK_HIST_BINS counters, zeroed
@@ -51,7 +51,7 @@ __device__ __forceinline__ bool sel_key(const SelArgs& a, const u64* cur, const 
                                         u32& key) {
     const u64 gi = u.global + j;
     if (SRC == SRC_SCORES) {
-        key = sk_f32_key(reinterpret_cast<const float*>(base)[j]);
+        key = sk_f32_key(sk_f32(reinterpret_cast<const T*>(base)[j]));
         return true;
     } else if (SRC == SRC_DROP) {
         if (!sk_bit(cur, gi)) return false;
@@ -68,8 +68,7 @@ __device__ __forceinline__ bool sel_key(const SelArgs& a, const u64* cur, const 
 }
 
 template <int SRC, class T> __device__ __forceinline__ const void* sel_base(const SelArgs& a, const Unit& u) {
-    if (SRC == SRC_SCORES) return reinterpret_cast<const float*>(a.src[u.seg]) + u.seg_off;
-    if (SRC == SRC_DROP) return reinterpret_cast<const T*>(a.src[u.seg]) + u.seg_off;
+    if (SRC == SRC_SCORES || SRC == SRC_DROP) return reinterpret_cast<const T*>(a.src[u.seg]) + u.seg_off;
     return nullptr;
 }
 
@@ -173,7 +172,9 @@ template <int SRC, class T> __device__ __forceinline__ void write_body(const Sel
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_sel_count_##NAME(SelArgs a) { count_body<SRC, T>(a); } \
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_sel_write_##NAME(SelArgs a) { write_body<SRC, T>(a); }
 
-SK_SEL(scores, SRC_SCORES, float)
+SK_SEL(scores_f32, SRC_SCORES, float)
+SK_SEL(scores_bf16, SRC_SCORES, __nv_bfloat16)
+SK_SEL(scores_f16, SRC_SCORES, __half)
 SK_SEL(drop_f32, SRC_DROP, float)
 SK_SEL(drop_bf16, SRC_DROP, __nv_bfloat16)
 SK_SEL(drop_f16, SRC_DROP, __half)
@@ -301,3 +302,7 @@ extern "C" __global__ void sk_abi_select(u32* out) {
     out[2] = (u32)SK_OFFSETOF(SelArgs, n_units);
     out[3] = sizeof(CombArgs);
 }
+
+SK_ABI_CHECK(SelState);
+SK_ABI_CHECK(SelArgs);
+SK_ABI_CHECK(CombArgs);

@@ -1,7 +1,7 @@
 // update.cu: pass 3 of a SAM step (samkit_core::passes::{update_pass, restore_pass}) and the
 // end-of-step bookkeeping.
 //
-// sk_update_<opt>_<t>: w ← update(src, a·x + b·y) with src = w_old (the exact restore of a SAM
+// sk_update_<opt>_<t>: w ← update(src, a·x + b·(y − p·x)) with src = w_old (the exact restore of a SAM
 // step, fused) or w itself (a one-pass step); SGD (momentum, dampening, nesterov, weight decay),
 // Adam, AdamW and RMSprop (momentum, centered) with torch.optim semantics; b per segment or
 // global; LookSAM's side output g_v = x − c·g with its per-unit ‖g_v‖². When ctl->skip is set the
@@ -16,7 +16,7 @@ struct UpdateArgs {
     const u64* w;            // T table, written (read as the source when src is null)
     const u64* src;          // T table (w_old) or null
     const u64* x;            // T table: the direction's first term
-    const u64* y;            // T table or null: the second term
+    const u64* y;            // T table or null: the second term, b·(y − p·x)
     const float* y32;        // flat f32 or null: the second term (LookSAM's g_v)
     const u64* side_g;       // T table or null: LookSAM's clean gradient
     float* side_out;         // flat f32 or null: LookSAM's g_v
@@ -119,6 +119,7 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
     c.step_size = ctl->sc_step_size;
     c.bc2_sqrt = ctl->sc_bc2_sqrt;
     const float ca = ctl->coef_a;
+    const float cp = ctl->coef_p;
     const int ns = n_state<OPT>(a);
     for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
         const Unit u = a.units[ui];
@@ -187,7 +188,7 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
                     d = ca == 1.f ? xv : ca * xv;
                 } else {
                     const float yv = y ? sk_f32(yp.e[k]) : y32p.e[k];
-                    d = ca * xv + cb * yv;
+                    d = ca * xv + cb * (yv - cp * xv);
                 }
                 float t0 = s0 ? st0.e[k] : 0.f, t1 = s1 ? st1.e[k] : 0.f, t2 = s2 ? st2.e[k] : 0.f;
                 out.e[k] = sk_from<T>(Step<OPT>::run(a, c, sk_f32(wp.e[k]), d, t0, t1, t2));
@@ -291,3 +292,7 @@ extern "C" __global__ void sk_abi_update(u32* out) {
     out[2] = sizeof(RestoreArgs);
     out[3] = sizeof(CommitArgs);
 }
+
+SK_ABI_CHECK(UpdateArgs);
+SK_ABI_CHECK(RestoreArgs);
+SK_ABI_CHECK(CommitArgs);

@@ -136,13 +136,13 @@ impl Compiled {
 
 /// The NVRTC options of every build: f32 expressions round as in the CPU reference (no FMA
 /// contraction, IEEE division and square root), line info for compute-sanitizer, and ptxas'
-/// resource report.
+/// resource report; the host's struct sizes for the kernels' `static_assert`s.
 pub fn options(target: Target, include: &std::path::Path) -> Vec<String> {
     let arch = match target {
         Target::Cubin(a) => format!("--gpu-architecture=sm_{a}"),
         Target::Ptx(a) => format!("--gpu-architecture=compute_{a}"),
     };
-    vec![
+    let mut o = vec![
         arch,
         "--std=c++17".into(),
         "--fmad=false".into(),
@@ -153,7 +153,13 @@ pub fn options(target: Target, include: &std::path::Path) -> Vec<String> {
         "--ptxas-options=-v".into(),
         "--ptxas-options=--warn-on-spills".into(),
         format!("--include-path={}", include.display()),
-    ]
+    ];
+    o.extend(
+        crate::abi::sizes()
+            .into_iter()
+            .map(|(name, size)| format!("-DSK_ABI_SIZE_{name}={size}")),
+    );
+    o
 }
 
 /// NVRTC's version, `(major, minor)`.

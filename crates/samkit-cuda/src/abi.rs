@@ -1,0 +1,411 @@
+//! The structures shared with the kernels, field for field as in `kernels/*.cu`.
+//!
+//! Every device pointer is a `u64` (`CUdeviceptr`), every struct is `#[repr(C)]` with its 8-byte
+//! fields first, so the layouts agree on every target. The `sk_abi*` kernels report the kernels'
+//! sizes and a few offsets; [`expected`] lists the host's, and a device refuses to run kernels
+//! whose report differs (a host built against other kernel sources).
+#![allow(missing_docs)]
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+
+/// Elements per unit (`SK_UNIT`).
+pub const UNIT: usize = 4096;
+/// Threads per block of the streaming kernels (`SK_BLOCK`).
+pub const BLOCK: u32 = 256;
+/// Warps per streaming block (`SK_WARPS`).
+pub const WARPS: usize = 8;
+/// Threads of the finalize kernel (`SK_FIN_BLOCK`).
+pub const FIN_BLOCK: u32 = 256;
+/// Threads of the eq-count scan (`SK_SCAN_BLOCK`).
+pub const SCAN_BLOCK: u32 = 1024;
+/// Histogram counters of one selection (`SK_HIST_BINS`).
+pub const HIST_BINS: usize = 2048 + 2048 + 1024;
+
+pub const KIND_WEIGHT: u32 = 0;
+pub const KIND_BIAS: u32 = 1;
+
+macro_rules! device_repr {
+    ($($t:ty),*) => {$(
+        // SAFETY: a #[repr(C)] struct of plain integers and floats, laid out as its CUDA twin.
+        unsafe impl DeviceRepr for $t {}
+        // SAFETY: all-zero bits are a valid value of every field.
+        unsafe impl ValidAsZeroBits for $t {}
+    )*};
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unit {
+    pub global: u64,
+    pub seg_off: u64,
+    pub seg: u32,
+    pub len: u32,
+    pub kind: u32,
+    pub pad: u32,
+}
+
+/// The device-resident step state (`struct Ctl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ctl {
+    pub step: u64,
+    pub skipped: u64,
+    pub base_steps: u64,
+    pub mask_updates: u64,
+    pub skip: u32,
+    pub fsam_init: u32,
+    pub fsam_cur: u32,
+    pub mask_cur: u32,
+    pub g_sq: f64,
+    pub xy: f64,
+    pub yy: f64,
+    pub gv_sq: f64,
+    pub scale: f32,
+    pub coef_a: f32,
+    pub coef_b: f32,
+    pub coef_c: f32,
+    pub sc_first: u32,
+    pub sc_lr: f32,
+    pub sc_step_size: f32,
+    pub sc_bc2_sqrt: f32,
+    pub coef_p: f32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NormArgs {
+    pub units: u64,
+    pub g: u64,
+    pub w: u64,
+    pub chk: u64,
+    pub m: u64,
+    pub mask: u64,
+    pub ft: u64,
+    pub ft_start: u64,
+    pub ft_len: u64,
+    pub ctl: u64,
+    pub part: u64,
+    pub bad: u64,
+    pub n: u64,
+    pub words: u64,
+    pub n_units: u32,
+    pub mask_pending: u32,
+    pub sigma: f32,
+    pub lambda: f32,
+    pub eta: f32,
+    pub ema: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DotArgs {
+    pub units: u64,
+    pub x: u64,
+    pub y: u64,
+    pub pxy: u64,
+    pub pyy: u64,
+    pub bad: u64,
+    pub n_units: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FiltSeg {
+    pub first: u64,
+    pub count: u64,
+    pub seg: u32,
+    pub len: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FiltArgs {
+    pub w: u64,
+    pub segs: u64,
+    pub t: u64,
+    pub n_filters: u64,
+    pub n_segs: u32,
+    pub eta: f32,
+}
+
+pub const FIN_NORM: u32 = 0;
+pub const FIN_CHECK: u32 = 1;
+pub const FIN_LOOK1: u32 = 2;
+pub const FIN_SECOND: u32 = 3;
+pub const FIN_GV: u32 = 4;
+pub const FIN_SUM: u32 = 5;
+pub const RULE_PLAIN: u32 = 0;
+pub const RULE_GSAM: u32 = 1;
+pub const RULE_LOOKSAM: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FinArgs {
+    pub pa: u64,
+    pub pb: u64,
+    pub bad: u64,
+    pub seg_units: u64,
+    pub ctl: u64,
+    pub seg_tmp: u64,
+    pub seg_gsq: u64,
+    pub seg_gv: u64,
+    pub coef_b_seg: u64,
+    pub coef_c_seg: u64,
+    pub eps: f64,
+    pub n_units: u32,
+    pub n_segs: u32,
+    pub mode: u32,
+    pub rule: u32,
+    pub per_seg: u32,
+    pub adam: u32,
+    pub rho: f32,
+    pub alpha: f32,
+    pub coef_a: f32,
+    pub coef_b: f32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PerturbArgs {
+    pub units: u64,
+    pub w: u64,
+    pub w_old: u64,
+    pub g: u64,
+    pub m: u64,
+    pub mask: u64,
+    pub ft: u64,
+    pub ft_start: u64,
+    pub ft_len: u64,
+    pub copy_src: u64,
+    pub copy_dst: u64,
+    pub ctl: u64,
+    pub n: u64,
+    pub words: u64,
+    pub n_units: u32,
+    pub mask_pending: u32,
+    pub sigma: f32,
+    pub eta: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UpdateArgs {
+    pub units: u64,
+    pub w: u64,
+    pub src: u64,
+    pub x: u64,
+    pub y: u64,
+    pub y32: u64,
+    pub side_g: u64,
+    pub side_out: u64,
+    pub s0: u64,
+    pub s1: u64,
+    pub s2: u64,
+    pub coef_b_seg: u64,
+    pub coef_c_seg: u64,
+    pub ctl: u64,
+    pub part: u64,
+    pub n_units: u32,
+    pub nesterov: u32,
+    pub centered: u32,
+    pub has_momentum: u32,
+    pub momentum: f32,
+    pub damp: f32,
+    pub weight_decay: f32,
+    pub b1: f32,
+    pub beta2: f32,
+    pub one_m_beta2: f32,
+    pub eps: f32,
+    pub wscale: f32,
+    pub alpha: f32,
+    pub one_m_alpha: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreArgs {
+    pub units: u64,
+    pub w: u64,
+    pub w_old: u64,
+    pub n_units: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CommitArgs {
+    pub ctl: u64,
+    pub fsam: u32,
+    pub mask_pending: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FisherArgs {
+    pub units: u64,
+    pub g: u64,
+    pub f: u64,
+    pub n_units: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelState {
+    pub k_rem: u64,
+    pub total: u64,
+    pub prefix: u32,
+    pub take_all: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SelArgs {
+    pub units: u64,
+    pub src: u64,
+    pub mask: u64,
+    pub ctl: u64,
+    pub hist: u64,
+    pub st: u64,
+    pub eq: u64,
+    pub eq_base: u64,
+    pub out: u64,
+    pub seed: u64,
+    pub words: u64,
+    pub k: u64,
+    pub n_units: u32,
+    pub update: u32,
+    pub pass: u32,
+    pub pad: u32,
+}
+
+pub const COMB_TO_PENDING: u32 = 0;
+pub const COMB_DROP_GROW: u32 = 1;
+pub const COMB_KEEP: u32 = 2;
+pub const COMB_TO_CURRENT: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CombArgs {
+    pub mask: u64,
+    pub a: u64,
+    pub b: u64,
+    pub ctl: u64,
+    pub words: u64,
+    pub mode: u32,
+    pub pad: u32,
+}
+
+device_repr!(
+    Unit,
+    Ctl,
+    NormArgs,
+    DotArgs,
+    FiltSeg,
+    FiltArgs,
+    FinArgs,
+    PerturbArgs,
+    UpdateArgs,
+    RestoreArgs,
+    CommitArgs,
+    FisherArgs,
+    SelState,
+    SelArgs,
+    CombArgs
+);
+
+/// `(name, size)` of every shared struct, passed to NVRTC as `-DSK_ABI_SIZE_<name>=<size>` so the
+/// kernels check them with `static_assert` when they compile (no GPU needed).
+pub fn sizes() -> Vec<(&'static str, u32)> {
+    vec![
+        ("Unit", sz::<Unit>()),
+        ("Ctl", sz::<Ctl>()),
+        ("NormArgs", sz::<NormArgs>()),
+        ("DotArgs", sz::<DotArgs>()),
+        ("FiltSeg", sz::<FiltSeg>()),
+        ("FiltArgs", sz::<FiltArgs>()),
+        ("FinArgs", sz::<FinArgs>()),
+        ("PerturbArgs", sz::<PerturbArgs>()),
+        ("UpdateArgs", sz::<UpdateArgs>()),
+        ("RestoreArgs", sz::<RestoreArgs>()),
+        ("CommitArgs", sz::<CommitArgs>()),
+        ("FisherArgs", sz::<FisherArgs>()),
+        ("SelState", sz::<SelState>()),
+        ("SelArgs", sz::<SelArgs>()),
+        ("CombArgs", sz::<CombArgs>()),
+    ]
+}
+
+fn sz<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+/// What each family's `sk_abi*` kernel must report: `(family, kernel, values)`.
+pub fn expected() -> Vec<(&'static str, &'static str, Vec<u32>)> {
+    use std::mem::offset_of;
+    vec![
+        (
+            "norm",
+            "sk_abi",
+            vec![
+                sz::<Unit>(),
+                sz::<Ctl>(),
+                sz::<NormArgs>(),
+                sz::<DotArgs>(),
+                sz::<FiltSeg>(),
+                sz::<FiltArgs>(),
+                sz::<FinArgs>(),
+                offset_of!(Ctl, g_sq) as u32,
+                offset_of!(Ctl, scale) as u32,
+                offset_of!(Ctl, sc_first) as u32,
+                offset_of!(NormArgs, n_units) as u32,
+                offset_of!(FinArgs, eps) as u32,
+            ],
+        ),
+        (
+            "perturb",
+            "sk_abi_perturb",
+            vec![sz::<PerturbArgs>(), offset_of!(PerturbArgs, n_units) as u32],
+        ),
+        (
+            "update",
+            "sk_abi_update",
+            vec![
+                sz::<UpdateArgs>(),
+                offset_of!(UpdateArgs, n_units) as u32,
+                sz::<RestoreArgs>(),
+                sz::<CommitArgs>(),
+            ],
+        ),
+        ("fisher", "sk_abi_fisher", vec![sz::<FisherArgs>()]),
+        (
+            "select",
+            "sk_abi_select",
+            vec![
+                sz::<SelState>(),
+                sz::<SelArgs>(),
+                offset_of!(SelArgs, n_units) as u32,
+                sz::<CombArgs>(),
+            ],
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_layouts_have_no_surprises() {
+        assert_eq!(std::mem::size_of::<Unit>(), 32);
+        assert_eq!(std::mem::size_of::<Ctl>(), 120);
+        assert_eq!(std::mem::size_of::<SelState>(), 24);
+        assert_eq!(std::mem::size_of::<NormArgs>(), 136);
+        assert_eq!(std::mem::size_of::<FinArgs>(), 136);
+    }
+}

@@ -1,0 +1,396 @@
+//! Device buffers in the two shapes a trainer has them, seen through one layout.
+//!
+//! A kernel receives a buffer as a table of per-segment base addresses, so one flat arena
+//! (`CudaSlice<T>` of the layout's length) and a list of separate allocations (one `CudaSlice<T>`
+//! per segment) look the same to it, exactly as [`samkit_core::Params`] does on the CPU.
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, SyncOnDrop,
+    ValidAsZeroBits,
+};
+use samkit_core::Layout;
+
+use crate::error::{Error, Result};
+
+/// The element types parameters and gradients may be stored in; arithmetic is always f32.
+pub trait Elem:
+    DeviceRepr + ValidAsZeroBits + Copy + Default + Send + Sync + std::fmt::Debug + 'static
+{
+    /// The suffix of the kernels instantiated for this type (`f32`, `bf16`, `f16`).
+    const SUFFIX: &'static str;
+    fn to_f32(self) -> f32;
+    fn from_f32(x: f32) -> Self;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+}
+
+impl Elem for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+}
+
+impl Elem for half::f16 {
+    const SUFFIX: &'static str = "f16";
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+/// Keeps cudarc's stream ordering of the buffers a launch uses: dropped after the launch.
+pub type Guards<'a> = Vec<SyncOnDrop<'a>>;
+
+/// Read access to a device buffer laid out as a layout.
+pub trait DeviceParams<T> {
+    /// Appends the device address of each segment to `out`, after checking the shape against
+    /// `layout`; `guards` order `stream` after the buffer's pending writes.
+    fn seg_addrs<'a>(
+        &'a self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()>;
+}
+
+/// Write access to a device buffer laid out as a layout.
+pub trait DeviceParamsMut<T>: DeviceParams<T> {
+    fn seg_addrs_mut<'a>(
+        &'a mut self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()>;
+}
+
+fn check_flat(layout: &Layout, what: &'static str, len: usize) -> Result<()> {
+    if len != layout.len() {
+        return Err(Error::Buffer {
+            what,
+            detail: format!("{len} elements, the layout has {}", layout.len()),
+        });
+    }
+    Ok(())
+}
+
+fn flat_addrs<T>(layout: &Layout, base: u64, out: &mut Vec<u64>) {
+    let s = std::mem::size_of::<T>() as u64;
+    out.extend(
+        layout
+            .segments()
+            .iter()
+            .map(|seg| base + seg.offset as u64 * s),
+    );
+}
+
+fn check_list(layout: &Layout, what: &'static str, lens: &[usize]) -> Result<()> {
+    if lens.len() != layout.segments().len() {
+        return Err(Error::Buffer {
+            what,
+            detail: format!(
+                "{} buffers, the layout has {} segments",
+                lens.len(),
+                layout.segments().len()
+            ),
+        });
+    }
+    for (n, s) in lens.iter().zip(layout.segments()) {
+        if *n != s.len {
+            return Err(Error::Buffer {
+                what,
+                detail: format!(
+                    "buffer for `{}` has {n} elements, expected {}",
+                    s.name, s.len
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+macro_rules! flat_read {
+    ($t:ty) => {
+        impl<T> DeviceParams<T> for $t {
+            fn seg_addrs<'a>(
+                &'a self,
+                layout: &Layout,
+                stream: &'a CudaStream,
+                what: &'static str,
+                out: &mut Vec<u64>,
+                guards: &mut Guards<'a>,
+            ) -> Result<()> {
+                check_flat(layout, what, self.len())?;
+                let (p, g) = self.device_ptr(stream);
+                flat_addrs::<T>(layout, p, out);
+                guards.push(g);
+                Ok(())
+            }
+        }
+    };
+}
+
+flat_read!(CudaSlice<T>);
+flat_read!(CudaView<'_, T>);
+flat_read!(CudaViewMut<'_, T>);
+
+impl<T> DeviceParamsMut<T> for CudaSlice<T> {
+    fn seg_addrs_mut<'a>(
+        &'a mut self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        check_flat(layout, what, self.len())?;
+        let (p, g) = self.device_ptr_mut(stream);
+        flat_addrs::<T>(layout, p, out);
+        guards.push(g);
+        Ok(())
+    }
+}
+
+impl<T> DeviceParamsMut<T> for CudaViewMut<'_, T> {
+    fn seg_addrs_mut<'a>(
+        &'a mut self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        check_flat(layout, what, self.len())?;
+        let (p, g) = self.device_ptr_mut(stream);
+        flat_addrs::<T>(layout, p, out);
+        guards.push(g);
+        Ok(())
+    }
+}
+
+impl<T> DeviceParams<T> for [CudaSlice<T>] {
+    fn seg_addrs<'a>(
+        &'a self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
+        check_list(layout, what, &lens)?;
+        for s in self {
+            let (p, g) = s.device_ptr(stream);
+            out.push(p);
+            guards.push(g);
+        }
+        Ok(())
+    }
+}
+
+impl<T> DeviceParamsMut<T> for [CudaSlice<T>] {
+    fn seg_addrs_mut<'a>(
+        &'a mut self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
+        check_list(layout, what, &lens)?;
+        for s in self.iter_mut() {
+            let (p, g) = s.device_ptr_mut(stream);
+            out.push(p);
+            guards.push(g);
+        }
+        Ok(())
+    }
+}
+
+impl<T> DeviceParams<T> for Vec<CudaSlice<T>> {
+    fn seg_addrs<'a>(
+        &'a self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        self.as_slice().seg_addrs(layout, stream, what, out, guards)
+    }
+}
+
+impl<T> DeviceParamsMut<T> for Vec<CudaSlice<T>> {
+    fn seg_addrs_mut<'a>(
+        &'a mut self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        self.as_mut_slice()
+            .seg_addrs_mut(layout, stream, what, out, guards)
+    }
+}
+
+/// A device buffer the crate owns, with its address taken once. Every kernel that uses it runs
+/// on the stream it was allocated on, and cudarc frees it in stream order, so the address is
+/// valid for every launch enqueued while the buffer lives.
+pub(crate) struct DevBuf<T> {
+    pub slice: CudaSlice<T>,
+    pub addr: u64,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
+    pub fn zeros(stream: &Arc<CudaStream>, len: usize) -> Result<Self> {
+        let slice = stream.alloc_zeros::<T>(len.max(1))?;
+        let addr = {
+            let (p, _g) = slice.device_ptr(stream);
+            p
+        };
+        Ok(DevBuf { slice, addr })
+    }
+
+    pub fn from_host(stream: &Arc<CudaStream>, v: &[T]) -> Result<Self> {
+        if v.is_empty() {
+            return Self::zeros(stream, 1);
+        }
+        let slice = stream.clone_htod(v)?;
+        let addr = {
+            let (p, _g) = slice.device_ptr(stream);
+            p
+        };
+        Ok(DevBuf { slice, addr })
+    }
+
+    pub fn download(&self, stream: &Arc<CudaStream>) -> Result<Vec<T>> {
+        Ok(stream.clone_dtoh(&self.slice)?)
+    }
+}
+
+/// A validated table of per-segment addresses of a buffer of `T` on the device, usable for the
+/// call it was made for (`'a` borrows the buffer).
+#[derive(Clone, Copy)]
+pub(crate) struct Tab<'a, T> {
+    pub addr: u64,
+    _p: PhantomData<(&'a (), *const T)>,
+}
+
+impl<T> Tab<'_, T> {
+    pub fn addr(t: Option<Self>) -> u64 {
+        t.map_or(0, |t| t.addr)
+    }
+}
+
+/// The address table of a crate-owned flat arena of the layout's length, built once.
+pub(crate) struct FlatTable<T> {
+    table: DevBuf<u64>,
+    _p: PhantomData<*const T>,
+}
+
+impl<T> FlatTable<T> {
+    pub fn new(stream: &Arc<CudaStream>, layout: &Layout, buf: &DevBuf<T>) -> Result<Self> {
+        let mut v = Vec::with_capacity(layout.segments().len());
+        flat_addrs::<T>(layout, buf.addr, &mut v);
+        Ok(FlatTable {
+            table: DevBuf::from_host(stream, &v)?,
+            _p: PhantomData,
+        })
+    }
+
+    /// The table. Its lifetime is not tied to `self`: the owner (an optimizer) keeps the arena
+    /// and the table for as long as it enqueues kernels.
+    pub fn tab(&self) -> Tab<'static, T> {
+        Tab {
+            addr: self.table.addr,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// A crate-owned flat arena of the layout's length and its address table.
+pub(crate) struct Arena<T> {
+    /// Owns the memory the table points into.
+    #[allow(dead_code)]
+    buf: DevBuf<T>,
+    table: FlatTable<T>,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> Arena<T> {
+    pub fn zeros(stream: &Arc<CudaStream>, layout: &Layout) -> Result<Self> {
+        let buf = DevBuf::zeros(stream, layout.len())?;
+        let table = FlatTable::new(stream, layout, &buf)?;
+        Ok(Arena { buf, table })
+    }
+
+    pub fn from_host(stream: &Arc<CudaStream>, layout: &Layout, v: &[T]) -> Result<Self> {
+        let buf = DevBuf::from_host(stream, v)?;
+        let table = FlatTable::new(stream, layout, &buf)?;
+        Ok(Arena { buf, table })
+    }
+
+    /// The table (see [`FlatTable::tab`]).
+    pub fn tab(&self) -> Tab<'static, T> {
+        self.table.tab()
+    }
+}
+
+/// Uploaded address tables, keyed by their contents: a trainer that hands over the same
+/// buffers every step uploads each table once.
+pub(crate) struct TableCache {
+    entries: Vec<(Vec<u64>, DevBuf<u64>)>,
+    cap: usize,
+}
+
+impl TableCache {
+    pub fn new(cap: usize) -> Self {
+        TableCache {
+            entries: Vec::new(),
+            cap,
+        }
+    }
+
+    /// The device table of `addrs` (uploaded on a miss, asynchronously).
+    pub fn get<'a, T>(&mut self, stream: &Arc<CudaStream>, addrs: &[u64]) -> Result<Tab<'a, T>> {
+        if let Some(i) = self.entries.iter().position(|(k, _)| k == addrs) {
+            let e = self.entries.remove(i);
+            let addr = e.1.addr;
+            self.entries.push(e);
+            return Ok(Tab {
+                addr,
+                _p: PhantomData,
+            });
+        }
+        let buf = DevBuf::from_host(stream, addrs)?;
+        let addr = buf.addr;
+        if self.entries.len() >= self.cap {
+            self.entries.remove(0);
+        }
+        self.entries.push((addrs.to_vec(), buf));
+        Ok(Tab {
+            addr,
+            _p: PhantomData,
+        })
+    }
+}

@@ -1,0 +1,649 @@
+//! One typed function per kernel. Each builds the kernel's argument struct from validated
+//! tables and crate-owned buffers and launches it on the device's stream; nothing else in the
+//! crate launches a kernel.
+//!
+//! The common safety argument of every launch: the argument struct is the one the kernel is
+//! declared with (sizes checked by `static_assert` at compile time and by the `sk_abi*` probe at
+//! load time); every address in it is either a table built by [`crate::buffers`] from buffers
+//! whose lengths were checked against the plan's layout, or a crate-owned [`DevBuf`] sized from
+//! the same plan (units, segments, words); all of them live until the launch is enqueued and
+//! are freed in stream order afterwards; buffers written by the kernel are not read through
+//! another argument of the same launch, except where the kernel reads and writes the same
+//! element in one thread (w in the perturbation and the update).
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use samkit_core::BaseOptimizer;
+
+use crate::abi::{self, *};
+use crate::buffers::{DevBuf, Elem, Tab};
+use crate::compile::{self, Family};
+use crate::device::{Device, Kernel};
+use crate::error::Result;
+use crate::plan::{Plan, Work};
+
+/// Enqueues `k` with `args` as its only parameter.
+///
+/// # Safety
+/// `args` must be the argument struct `k` is declared with, and every device address in it must
+/// be valid for every access the kernel makes with the given grid (see the module docs).
+unsafe fn launch<A: DeviceRepr>(
+    dev: &Device,
+    k: &Kernel,
+    grid: u32,
+    block: u32,
+    args: &A,
+) -> Result<()> {
+    let mut b = dev.stream().launch_builder(&k.func);
+    b.arg(args);
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    b.launch(cfg)?;
+    Ok(())
+}
+
+fn kernel(dev: &Device, fam: Family, name: &str) -> Result<Kernel> {
+    dev.kernel(fam, name)
+}
+
+/// The direction variants of the norm and perturbation kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DirKind {
+    Plain,
+    /// `T = |w|` (adaptive SAM).
+    Adaptive,
+    /// `T = |w| + η` on weights (ASAM).
+    Asam,
+    /// `T = ‖w_f‖ + η` on weights (ASAM filter-wise).
+    AsamFilter,
+    /// `M ⊙ g`.
+    Masked,
+    /// `g − σ·m` after FriendlySAM's first step.
+    Friendly,
+}
+
+impl DirKind {
+    fn name(self) -> &'static str {
+        match self {
+            DirKind::Plain => "plain",
+            DirKind::Adaptive => "adaptive",
+            DirKind::Asam => "asam",
+            DirKind::AsamFilter => "asam_filter",
+            DirKind::Masked => "masked",
+            DirKind::Friendly => "friendly",
+        }
+    }
+
+    pub fn needs_w(self) -> bool {
+        matches!(
+            self,
+            DirKind::Adaptive | DirKind::Asam | DirKind::AsamFilter
+        )
+    }
+}
+
+/// ASAM's filter scales: the per-filter `T_f` and the per-segment lookup tables.
+pub(crate) struct Filters {
+    pub t: DevBuf<f32>,
+    pub start: DevBuf<u64>,
+    pub len: DevBuf<u32>,
+    pub segs: DevBuf<FiltSeg>,
+    pub n_filters: usize,
+    pub n_fsegs: usize,
+}
+
+impl Filters {
+    pub fn new(stream: &std::sync::Arc<cudarc::driver::CudaStream>, plan: &Plan) -> Result<Self> {
+        let mut start = vec![0u64; plan.n_segs];
+        let mut len = vec![1u32; plan.n_segs];
+        let mut segs = Vec::new();
+        let mut total = 0u64;
+        for (i, s) in plan.layout.segments().iter().enumerate() {
+            if s.kind != samkit_core::ParamKind::Weight {
+                continue;
+            }
+            let fl = s.filter_len();
+            let count = (s.len / fl) as u64;
+            start[i] = total;
+            len[i] = fl as u32;
+            segs.push(FiltSeg {
+                first: total,
+                count,
+                seg: i as u32,
+                len: fl as u32,
+            });
+            total += count;
+        }
+        Ok(Filters {
+            t: DevBuf::zeros(stream, total as usize)?,
+            start: DevBuf::from_host(stream, &start)?,
+            len: DevBuf::from_host(stream, &len)?,
+            n_fsegs: segs.len(),
+            segs: DevBuf::from_host(stream, &segs)?,
+            n_filters: total as usize,
+        })
+    }
+}
+
+/// What the norm and perturbation kernels need beyond the gradient.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct DirExtra<'a> {
+    /// FriendlySAM's two slots of `m`.
+    pub m: Option<&'a DevBuf<f32>>,
+    /// Sparse SAM's two mask slots, and whether this step's mask is the pending one.
+    pub mask: Option<(&'a DevBuf<u64>, bool)>,
+    pub filters: Option<&'a Filters>,
+    pub sigma: f32,
+    pub lambda: f32,
+    pub eta: f32,
+}
+
+/// Pass 1: per-unit `Σ (T ⊙ base(g))²` into `work.pa`, non-finite flags of `g` (and `chk`) into
+/// `work.bad`; FriendlySAM's next `m` when `ema`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm<T: Elem>(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    kind: DirKind,
+    g: Tab<T>,
+    w: Option<Tab<T>>,
+    chk: Option<Tab<T>>,
+    x: DirExtra,
+    ema: bool,
+) -> Result<()> {
+    let k = kernel(
+        dev,
+        compile::NORM,
+        &format!("sk_norm_{}_{}", kind.name(), T::SUFFIX),
+    )?;
+    assert!(!kind.needs_w() || w.is_some(), "{kind:?} needs the weights");
+    assert!(kind != DirKind::Friendly || x.m.is_some());
+    assert!(kind != DirKind::Masked || x.mask.is_some());
+    assert!(kind != DirKind::AsamFilter || x.filters.is_some());
+    let a = NormArgs {
+        units: plan.units.addr,
+        g: g.addr,
+        w: Tab::addr(w),
+        chk: Tab::addr(chk),
+        m: x.m.map_or(0, |m| m.addr),
+        mask: x.mask.map_or(0, |m| m.0.addr),
+        ft: x.filters.map_or(0, |f| f.t.addr),
+        ft_start: x.filters.map_or(0, |f| f.start.addr),
+        ft_len: x.filters.map_or(0, |f| f.len.addr),
+        ctl: work.ctl.addr,
+        part: work.pa.addr,
+        bad: work.bad.addr,
+        n: plan.n as u64,
+        words: plan.words as u64,
+        n_units: plan.n_units as u32,
+        mask_pending: x.mask.is_some_and(|m| m.1) as u32,
+        sigma: x.sigma,
+        lambda: x.lambda,
+        eta: x.eta,
+        ema: ema as u32,
+    };
+    // SAFETY: see the module docs; `part` and `bad` hold one entry per unit, the FriendlySAM
+    // slots 2·n floats, the mask slots 2·words words, the filter tables one entry per segment.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// Per-unit `⟨x, y⟩` into `work.pa`, `‖y‖²` into `work.pb`, non-finite flags of `y`.
+pub(crate) fn dot<T: Elem>(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    x: Option<Tab<T>>,
+    y: Tab<T>,
+) -> Result<()> {
+    let k = kernel(dev, compile::NORM, &format!("sk_dot_{}", T::SUFFIX))?;
+    let a = DotArgs {
+        units: plan.units.addr,
+        x: Tab::addr(x),
+        y: y.addr,
+        pxy: work.pa.addr,
+        pyy: work.pb.addr,
+        bad: work.bad.addr,
+        n_units: plan.n_units as u32,
+        pad: 0,
+    };
+    // SAFETY: see the module docs; the partials hold one entry per unit.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// `T_f = ‖w_f‖ + η` for every filter of every weight segment.
+pub(crate) fn filter_norms<T: Elem>(dev: &Device, f: &Filters, w: Tab<T>, eta: f32) -> Result<()> {
+    if f.n_filters == 0 {
+        return Ok(());
+    }
+    let k = kernel(
+        dev,
+        compile::NORM,
+        &format!("sk_filter_norms_{}", T::SUFFIX),
+    )?;
+    let a = FiltArgs {
+        w: w.addr,
+        segs: f.segs.addr,
+        t: f.t.addr,
+        n_filters: f.n_filters as u64,
+        n_segs: f.n_fsegs as u32,
+        eta,
+    };
+    let warps = (abi::BLOCK / 32) as usize;
+    // SAFETY: see the module docs; `t` holds one entry per filter, `segs` one per weight segment.
+    unsafe {
+        launch(
+            dev,
+            &k,
+            dev.grid(&k, f.n_filters.div_ceil(warps)),
+            abi::BLOCK,
+            &a,
+        )
+    }
+}
+
+/// Parameters of the second reduction stage (see `FIN_*` in `kernels/norm.cu`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fin {
+    pub mode: u32,
+    pub rule: u32,
+    pub per_seg: bool,
+    /// Use `work.pb` (dot products).
+    pub with_b: bool,
+    /// Read the non-finite flags.
+    pub with_bad: bool,
+    pub rho: f32,
+    pub eps: f64,
+    pub alpha: f32,
+    pub coef_a: f32,
+    pub coef_b: f32,
+    pub lr: f32,
+}
+
+impl Fin {
+    pub fn new(mode: u32) -> Self {
+        Fin {
+            mode,
+            rule: abi::RULE_PLAIN,
+            per_seg: false,
+            with_b: false,
+            with_bad: true,
+            rho: 0.0,
+            eps: 0.0,
+            alpha: 0.0,
+            coef_a: 1.0,
+            coef_b: 0.0,
+            lr: 0.0,
+        }
+    }
+}
+
+/// The second stage: fixed-order f64 sums of the partials, the skip decision and the step's
+/// scalars, all on the device.
+pub(crate) fn finalize(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    base: Option<&BaseOptimizer>,
+    f: Fin,
+) -> Result<()> {
+    let k = kernel(dev, compile::NORM, "sk_finalize")?;
+    let (adam, beta1, beta2) = match base {
+        Some(BaseOptimizer::Adam(c)) | Some(BaseOptimizer::AdamW(c)) => (1, c.beta1, c.beta2),
+        _ => (0, 0.0, 0.0),
+    };
+    let a = FinArgs {
+        pa: work.pa.addr,
+        pb: if f.with_b { work.pb.addr } else { 0 },
+        bad: if f.with_bad { work.bad.addr } else { 0 },
+        seg_units: plan.seg_units.addr,
+        ctl: work.ctl.addr,
+        seg_tmp: work.seg_tmp.addr,
+        seg_gsq: work.seg_gsq.addr,
+        seg_gv: work.seg_gv.addr,
+        coef_b_seg: work.coef_b_seg.addr,
+        coef_c_seg: work.coef_c_seg.addr,
+        eps: f.eps,
+        n_units: plan.n_units as u32,
+        n_segs: plan.n_segs as u32,
+        mode: f.mode,
+        rule: f.rule,
+        per_seg: f.per_seg as u32,
+        adam,
+        rho: f.rho,
+        alpha: f.alpha,
+        coef_a: f.coef_a,
+        coef_b: f.coef_b,
+        lr: f.lr,
+        beta1,
+        beta2,
+        pad: 0,
+    };
+    // SAFETY: see the module docs; one block; per-unit inputs hold n_units entries, per-segment
+    // buffers n_segs, `seg_units` n_segs + 1.
+    unsafe { launch(dev, &k, 1, abi::FIN_BLOCK, &a) }
+}
+
+/// Pass 2: `w_old ← w; w ← w + s·dir` (unless the step is skipped), with an optional copy.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn perturb<T: Elem>(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    kind: DirKind,
+    w: Tab<T>,
+    w_old: Tab<T>,
+    g: Tab<T>,
+    x: DirExtra,
+    copy: Option<(Tab<T>, Tab<T>)>,
+) -> Result<()> {
+    let k = kernel(
+        dev,
+        compile::PERTURB,
+        &format!("sk_perturb_{}_{}", kind.name(), T::SUFFIX),
+    )?;
+    assert!(kind != DirKind::Friendly || x.m.is_some());
+    assert!(kind != DirKind::Masked || x.mask.is_some());
+    assert!(kind != DirKind::AsamFilter || x.filters.is_some());
+    let a = PerturbArgs {
+        units: plan.units.addr,
+        w: w.addr,
+        w_old: w_old.addr,
+        g: g.addr,
+        m: x.m.map_or(0, |m| m.addr),
+        mask: x.mask.map_or(0, |m| m.0.addr),
+        ft: x.filters.map_or(0, |f| f.t.addr),
+        ft_start: x.filters.map_or(0, |f| f.start.addr),
+        ft_len: x.filters.map_or(0, |f| f.len.addr),
+        copy_src: copy.map_or(0, |c| c.0.addr),
+        copy_dst: copy.map_or(0, |c| c.1.addr),
+        ctl: work.ctl.addr,
+        n: plan.n as u64,
+        words: plan.words as u64,
+        n_units: plan.n_units as u32,
+        mask_pending: x.mask.is_some_and(|m| m.1) as u32,
+        sigma: x.sigma,
+        eta: x.eta,
+    };
+    // SAFETY: see the module docs; w, w_old and the copy's destination are distinct buffers.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// The second term of an update direction.
+#[derive(Clone, Copy)]
+pub(crate) enum Second<'a, T> {
+    None,
+    /// `b·(y − p·x)` with `y` in the parameters' type.
+    Typed(Tab<'a, T>),
+    /// `b·(y − p·x)` with `y` a flat f32 buffer (LookSAM's `g_v`).
+    F32(&'a DevBuf<f32>),
+}
+
+/// Pass 3: `w ← update(src, a·x + b·(y − p·x))`, coefficients and the base optimizer's scalars
+/// from the step state; `lr` is this step's learning rate (AdamW's decoupled decay).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn update<T: Elem>(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    opt: &BaseOptimizer,
+    lr: f32,
+    state: [Option<&DevBuf<f32>>; 3],
+    w: Tab<T>,
+    src: Option<Tab<T>>,
+    x: Tab<T>,
+    y: Second<T>,
+    per_seg_b: bool,
+    side: Option<(Tab<T>, &DevBuf<f32>, bool)>,
+) -> Result<()> {
+    let (name, mut a) = match opt {
+        BaseOptimizer::Sgd(c) => (
+            "sgd",
+            UpdateArgs {
+                nesterov: c.nesterov as u32,
+                has_momentum: (c.momentum != 0.0) as u32,
+                momentum: c.momentum,
+                damp: 1.0 - c.dampening,
+                weight_decay: c.weight_decay,
+                ..UpdateArgs::default()
+            },
+        ),
+        BaseOptimizer::Adam(c) | BaseOptimizer::AdamW(c) => (
+            if matches!(opt, BaseOptimizer::AdamW(_)) {
+                "adamw"
+            } else {
+                "adam"
+            },
+            UpdateArgs {
+                weight_decay: c.weight_decay,
+                b1: 1.0 - c.beta1,
+                beta2: c.beta2,
+                one_m_beta2: 1.0 - c.beta2,
+                eps: c.eps,
+                // AdamW: `w *= 1 − lr·λ`, with this step's learning rate.
+                wscale: 1.0 - lr * c.weight_decay,
+                ..UpdateArgs::default()
+            },
+        ),
+        BaseOptimizer::RmsProp(c) => (
+            "rmsprop",
+            UpdateArgs {
+                centered: c.centered as u32,
+                has_momentum: (c.momentum != 0.0) as u32,
+                momentum: c.momentum,
+                weight_decay: c.weight_decay,
+                eps: c.eps,
+                alpha: c.alpha,
+                one_m_alpha: 1.0 - c.alpha,
+                ..UpdateArgs::default()
+            },
+        ),
+    };
+    let k = kernel(
+        dev,
+        compile::UPDATE,
+        &format!("sk_update_{name}_{}", T::SUFFIX),
+    )?;
+    let need = opt.state_buffers().len();
+    assert!(
+        state.iter().take(need).all(Option::is_some),
+        "missing optimizer state"
+    );
+    a.units = plan.units.addr;
+    a.w = w.addr;
+    a.src = Tab::addr(src);
+    a.x = x.addr;
+    match y {
+        Second::None => {}
+        Second::Typed(t) => a.y = t.addr,
+        Second::F32(b) => a.y32 = b.addr,
+    }
+    if let Some((g, out, per_seg_c)) = side {
+        a.side_g = g.addr;
+        a.side_out = out.addr;
+        a.part = work.pa.addr;
+        if per_seg_c {
+            a.coef_c_seg = work.coef_c_seg.addr;
+        }
+    }
+    if per_seg_b {
+        a.coef_b_seg = work.coef_b_seg.addr;
+    }
+    a.s0 = state[0].map_or(0, |b| b.addr);
+    a.s1 = state[1].map_or(0, |b| b.addr);
+    a.s2 = state[2].map_or(0, |b| b.addr);
+    a.ctl = work.ctl.addr;
+    a.n_units = plan.n_units as u32;
+    // SAFETY: see the module docs; state buffers and g_v hold n floats, w is read (as the
+    // source when `src` is none) and written by the same thread, element by element.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// `w ← w_old`.
+pub(crate) fn restore<T: Elem>(dev: &Device, plan: &Plan, w: Tab<T>, w_old: Tab<T>) -> Result<()> {
+    let k = kernel(dev, compile::UPDATE, &format!("sk_restore_{}", T::SUFFIX))?;
+    let a = RestoreArgs {
+        units: plan.units.addr,
+        w: w.addr,
+        w_old: w_old.addr,
+        n_units: plan.n_units as u32,
+        pad: 0,
+    };
+    // SAFETY: see the module docs.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// The end of a step: counters, FriendlySAM's and the mask's slot flips.
+pub(crate) fn commit(dev: &Device, work: &Work, fsam: bool, mask_pending: bool) -> Result<()> {
+    let k = kernel(dev, compile::UPDATE, "sk_commit")?;
+    let a = CommitArgs {
+        ctl: work.ctl.addr,
+        fsam: fsam as u32,
+        mask_pending: mask_pending as u32,
+    };
+    // SAFETY: see the module docs; one thread touches the step state only.
+    unsafe { launch(dev, &k, 1, 32, &a) }
+}
+
+/// `F += g ⊙ g` over a flat f32 Fisher buffer at `f` of the layout's length.
+pub(crate) fn fisher<T: Elem>(dev: &Device, plan: &Plan, f: u64, g: Tab<T>) -> Result<()> {
+    let k = kernel(dev, compile::FISHER, &format!("sk_fisher_{}", T::SUFFIX))?;
+    let a = FisherArgs {
+        units: plan.units.addr,
+        g: g.addr,
+        f,
+        n_units: plan.n_units as u32,
+        pad: 0,
+    };
+    // SAFETY: see the module docs; `f` is a flat f32 buffer of n elements, checked by the caller.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// The scratch of one selection.
+pub(crate) struct SelBufs {
+    pub hist: DevBuf<u64>,
+    pub st: DevBuf<SelState>,
+    pub eq: DevBuf<u32>,
+    pub eq_base: DevBuf<u64>,
+    /// Two result bitsets (SSAM-D's drop and grow sets; SSAM-F and the initial mask use the
+    /// first).
+    pub a: DevBuf<u64>,
+    pub b: DevBuf<u64>,
+}
+
+impl SelBufs {
+    pub fn new(stream: &std::sync::Arc<cudarc::driver::CudaStream>, plan: &Plan) -> Result<Self> {
+        Ok(SelBufs {
+            hist: DevBuf::zeros(stream, abi::HIST_BINS)?,
+            st: DevBuf::zeros(stream, 1)?,
+            eq: DevBuf::zeros(stream, plan.n_units * abi::WARPS)?,
+            eq_base: DevBuf::zeros(stream, plan.n_units * abi::WARPS)?,
+            a: DevBuf::zeros(stream, plan.words)?,
+            b: DevBuf::zeros(stream, plan.words)?,
+        })
+    }
+}
+
+/// The key source of a selection.
+#[derive(Clone, Copy)]
+pub(crate) enum Keys<'a, T> {
+    /// `f32_key(score)`, all candidates.
+    Scores(Tab<'a, T>),
+    /// `!f32_key(|g|)` among the live indices of the committed mask.
+    Drop(Tab<'a, T>, &'a DevBuf<u64>),
+    /// `!philox(seed, update, i)` among the dead indices of the committed mask.
+    Grow(&'a DevBuf<u64>, u64, u32),
+    /// `!philox(seed, update, i)`, all candidates.
+    Init(u64, u32),
+}
+
+/// Top-`k` of the keys (ties to the lower index) into `out` (`plan.words` words, overwritten).
+/// `k ≥ candidates` selects every candidate; `k = 0` none.
+pub(crate) fn select<T: Elem>(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    sel: &mut SelBufs,
+    keys: Keys<T>,
+    k: u64,
+    into_b: bool,
+) -> Result<()> {
+    let stream = dev.stream().clone();
+    {
+        let out = if into_b { &mut sel.b } else { &mut sel.a };
+        stream.memset_zeros(&mut out.slice)?;
+    }
+    if k == 0 {
+        return Ok(());
+    }
+    stream.memset_zeros(&mut sel.hist.slice)?;
+    let (suffix, src, mask, seed, update) = match keys {
+        Keys::Scores(t) => (format!("scores_{}", T::SUFFIX), t.addr, 0, 0, 0),
+        Keys::Drop(t, m) => (format!("drop_{}", T::SUFFIX), t.addr, m.addr, 0, 0),
+        Keys::Grow(m, seed, up) => ("grow".to_string(), 0, m.addr, seed, up),
+        Keys::Init(seed, up) => ("init".to_string(), 0, 0, seed, up),
+    };
+    let out = if into_b { sel.b.addr } else { sel.a.addr };
+    let mut a = SelArgs {
+        units: plan.units.addr,
+        src,
+        mask,
+        ctl: work.ctl.addr,
+        hist: sel.hist.addr,
+        st: sel.st.addr,
+        eq: sel.eq.addr,
+        eq_base: sel.eq_base.addr,
+        out,
+        seed,
+        words: plan.words as u64,
+        k,
+        n_units: plan.n_units as u32,
+        update,
+        pass: 0,
+        pad: 0,
+    };
+    let hist = kernel(dev, compile::SELECT, &format!("sk_sel_hist_{suffix}"))?;
+    let scan = kernel(dev, compile::SELECT, "sk_sel_scan")?;
+    let count = kernel(dev, compile::SELECT, &format!("sk_sel_count_{suffix}"))?;
+    let eq_scan = kernel(dev, compile::SELECT, "sk_sel_eq_scan")?;
+    let write = kernel(dev, compile::SELECT, &format!("sk_sel_write_{suffix}"))?;
+    for pass in 0..3 {
+        a.pass = pass;
+        // SAFETY: see the module docs; the histogram holds HIST_BINS counters, the state one
+        // SelState; the mask (drop, grow) has two slots of `words` words.
+        unsafe { launch(dev, &hist, dev.grid(&hist, plan.n_units), abi::BLOCK, &a) }?;
+        // SAFETY: as above; one warp.
+        unsafe { launch(dev, &scan, 1, 32, &a) }?;
+    }
+    // SAFETY: as above; `eq` and `eq_base` hold n_units · WARPS entries.
+    unsafe { launch(dev, &count, dev.grid(&count, plan.n_units), abi::BLOCK, &a) }?;
+    // SAFETY: as above; one block.
+    unsafe { launch(dev, &eq_scan, 1, abi::SCAN_BLOCK, &a) }?;
+    // SAFETY: as above; `out` holds `words` words, written with atomic ORs.
+    unsafe { launch(dev, &write, dev.grid(&write, plan.n_units), abi::BLOCK, &a) }
+}
+
+/// Writes a mask slot from the selection results (see `COMB_*` in `kernels/select.cu`).
+pub(crate) fn mask_combine(
+    dev: &Device,
+    plan: &Plan,
+    work: &Work,
+    masks: &DevBuf<u64>,
+    sel: &SelBufs,
+    mode: u32,
+) -> Result<()> {
+    let k = kernel(dev, compile::SELECT, "sk_mask_combine")?;
+    let a = CombArgs {
+        mask: masks.addr,
+        a: sel.a.addr,
+        b: sel.b.addr,
+        ctl: work.ctl.addr,
+        words: plan.words as u64,
+        mode,
+        pad: 0,
+    };
+    let blocks = plan.words.div_ceil(abi::BLOCK as usize);
+    // SAFETY: see the module docs; `masks` has two slots of `words` words, `a` and `b` one.
+    unsafe { launch(dev, &k, dev.grid(&k, blocks), abi::BLOCK, &a) }
+}

@@ -1,0 +1,1049 @@
+//! The SAM family on the GPU, behind the step protocol of [`samkit_core::Optimizer`].
+//!
+//! Same rules ([`Rule`]), same base optimizers ([`BaseOptimizer`]), same explicit form
+//! (`first_step` / `second_step`, ImbSAM's `first_step_split`, SSAM-F's `set_fisher`) and closure
+//! form (`step`), on device buffers: one flat `CudaSlice<T>` arena or one `CudaSlice<T>` per
+//! segment, `T` = `f32`, `half::bf16` or `half::f16` (arithmetic in f32, optimizer state in f32).
+//!
+//! Stream-ordered, without host synchronisation inside a step: the norm, the skip decision and
+//! the step's scalars stay on the device ([`crate::abi::Ctl`]); the perturbation is scaled
+//! there. What differs from the CPU because of that:
+//!
+//! - A non-finite gradient is detected on the device. The step is skipped exactly as on the CPU
+//!   (weights and every state buffer left as they were, the skip counted), but `first_step` still
+//!   answers `Perturbed` (the weights are then unperturbed, and the gradient of pass 2 is
+//!   discarded) or `Applied`. [`GpuOptimizer::last_outcome`] and the closure form report the
+//!   outcome; they wait for the step's small status copy.
+//! - Counters ([`GpuOptimizer::steps`], ...) and [`GpuOptimizer::needs_fisher`] read that status
+//!   copy, so they wait for the previous step. LookSAM and Sparse SAM read it at the start of
+//!   `first_step` (their schedule depends on the count of completed steps); the other rules never
+//!   wait.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, PinnedHostSlice};
+use samkit_core::rules::EPS_P;
+use samkit_core::{
+    BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout, MaskKind,
+    Outcome, Pass, Rule, SsamNorm, StepReport,
+};
+
+use crate::abi::{self, Ctl};
+use crate::buffers::{Arena, DevBuf, DeviceParams, DeviceParamsMut, Elem, Guards, Tab, TableCache};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::ops::{self, DirExtra, DirKind, Filters, Fin, Keys, Second, SelBufs};
+use crate::plan::{Plan, Work};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Perturbed { mask_pending: bool, fsam: bool },
+}
+
+/// The optimizer's counters as of the last completed (or skipped) step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Completed steps (the `t` of ALGORITHMS.md).
+    pub steps: u64,
+    pub skipped: u64,
+    pub base_steps: u64,
+    pub mask_updates: u64,
+    /// Whether the last step was skipped.
+    pub last_skipped: bool,
+}
+
+pub struct GpuOptimizer<T: Elem> {
+    dev: Arc<Device>,
+    plan: Plan,
+    work: Work,
+    rule: Rule,
+    base: BaseOptimizer,
+    lr: f32,
+    w_old: Arena<T>,
+    aux: Option<Arena<T>>,
+    state: [Option<DevBuf<f32>>; 3],
+    /// FriendlySAM's two slots of `m`.
+    fsam: Option<DevBuf<f32>>,
+    /// Sparse SAM's two mask slots.
+    masks: Option<DevBuf<u64>>,
+    sel: Option<SelBufs>,
+    look_gv: Option<DevBuf<f32>>,
+    filters: Option<Filters>,
+    tables: TableCache,
+    /// An asynchronous copy of the step state, made at the end of every step.
+    status: PinnedHostSlice<Ctl>,
+    status_fresh: bool,
+    known: Ctl,
+    phase: Phase,
+    /// SSAM-F: a mask from `set_fisher` waits in the pending slot.
+    fisher_ready: bool,
+    scratch: Option<[CudaSlice<T>; 2]>,
+}
+
+type Opt<'a, T> = Option<Tab<'a, T>>;
+
+/// The scalars of a direction; the buffers it needs are the optimizer's own.
+#[derive(Clone, Copy, Debug, Default)]
+struct Spec {
+    /// Sparse SAM: this step's mask is the pending one.
+    mask_pending: bool,
+    sigma: f32,
+    lambda: f32,
+    eta: f32,
+}
+
+fn read_tab<'a, T: Elem, B: DeviceParams<T> + ?Sized>(
+    tables: &mut TableCache,
+    layout: &Layout,
+    stream: &'a Arc<cudarc::driver::CudaStream>,
+    b: &'a B,
+    what: &'static str,
+    guards: &mut Guards<'a>,
+) -> Result<Tab<'a, T>> {
+    let mut addrs = Vec::with_capacity(layout.segments().len());
+    b.seg_addrs(layout, stream, what, &mut addrs, guards)?;
+    tables.get(stream, &addrs)
+}
+
+fn write_tab<'a, T: Elem, B: DeviceParamsMut<T> + ?Sized>(
+    tables: &mut TableCache,
+    layout: &Layout,
+    stream: &'a Arc<cudarc::driver::CudaStream>,
+    b: &'a mut B,
+    what: &'static str,
+    guards: &mut Guards<'a>,
+) -> Result<Tab<'a, T>> {
+    let mut addrs = Vec::with_capacity(layout.segments().len());
+    b.seg_addrs_mut(layout, stream, what, &mut addrs, guards)?;
+    tables.get(stream, &addrs)
+}
+
+fn protocol(msg: impl Into<String>) -> Error {
+    Error::Core(CoreError::Protocol(msg.into()))
+}
+
+impl<T: Elem> GpuOptimizer<T> {
+    pub fn new(dev: &Arc<Device>, layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
+        rule.validate()?;
+        base.validate()?;
+        if layout.is_empty() {
+            return Err(CoreError::InvalidLayout("the layout has no parameters".into()).into());
+        }
+        let stream = dev.stream().clone();
+        let plan = Plan::new(&stream, layout)?;
+        let work = Work::new(&stream, &plan)?;
+        let n = plan.n;
+        let w_old = Arena::<T>::zeros(&stream, &plan.layout)?;
+        let aux = if matches!(rule, Rule::Gsam(_) | Rule::LookSam(_) | Rule::ImbSam(_)) {
+            Some(Arena::<T>::zeros(&stream, &plan.layout)?)
+        } else {
+            None
+        };
+        let nstate = base.state_buffers().len();
+        let mut state: [Option<DevBuf<f32>>; 3] = [None, None, None];
+        for s in state.iter_mut().take(nstate) {
+            *s = Some(DevBuf::zeros(&stream, n)?);
+        }
+        let fsam = match rule {
+            Rule::FriendlySam(_) => Some(DevBuf::zeros(&stream, 2 * n)?),
+            _ => None,
+        };
+        let (masks, sel) = match rule {
+            Rule::Ssam(_) => (
+                Some(DevBuf::zeros(&stream, 2 * plan.words)?),
+                Some(SelBufs::new(&stream, &plan)?),
+            ),
+            _ => (None, None),
+        };
+        let look_gv = match rule {
+            Rule::LookSam(_) => Some(DevBuf::zeros(&stream, n)?),
+            _ => None,
+        };
+        let filters = match &rule {
+            Rule::Asam(c) if c.filterwise => Some(Filters::new(&stream, &plan)?),
+            _ => None,
+        };
+        // SAFETY: page-locked memory for one Ctl; read only after a device copy filled it.
+        let status = unsafe { dev.context().alloc_pinned_with_flags::<Ctl>(1, 0) }?;
+        let lr = base.lr();
+        let mut opt = GpuOptimizer {
+            dev: dev.clone(),
+            plan,
+            work,
+            rule,
+            base,
+            lr,
+            w_old,
+            aux,
+            state,
+            fsam,
+            masks,
+            sel,
+            look_gv,
+            filters,
+            tables: TableCache::new(32),
+            status,
+            status_fresh: false,
+            known: Ctl::default(),
+            phase: Phase::Idle,
+            fisher_ready: false,
+            scratch: None,
+        };
+        if let Rule::Ssam(c) = &opt.rule {
+            if let MaskKind::Dynamic { seed, .. } = c.mask {
+                // SSAM-D's initial mask: the L indices with the smallest Philox keys at update 0.
+                let live = c.live_count(n) as u64;
+                let sel = opt.sel.as_mut().expect("selection buffers");
+                let masks = opt.masks.as_ref().expect("mask slots");
+                ops::select::<T>(
+                    &opt.dev,
+                    &opt.plan,
+                    &opt.work,
+                    sel,
+                    Keys::Init(seed, 0),
+                    live,
+                    false,
+                )?;
+                ops::mask_combine(
+                    &opt.dev,
+                    &opt.plan,
+                    &opt.work,
+                    masks,
+                    sel,
+                    abi::COMB_TO_CURRENT,
+                )?;
+            }
+        }
+        Ok(opt)
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.plan.layout
+    }
+
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    pub fn base(&self) -> &BaseOptimizer {
+        &self.base
+    }
+
+    pub fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    /// Sets the learning rate of the next steps (from a schedule).
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        if !lr.is_finite() || lr <= 0.0 {
+            return Err(CoreError::InvalidHyperparameter {
+                name: "lr",
+                value: lr.to_string(),
+                why: "must be finite and > 0",
+            }
+            .into());
+        }
+        self.lr = lr;
+        Ok(())
+    }
+
+    /// True between `first_step` returning `Perturbed` and `second_step`.
+    pub fn is_perturbed(&self) -> bool {
+        matches!(self.phase, Phase::Perturbed { .. })
+    }
+
+    /// Whether the rule takes separate head and tail gradients (ImbSAM).
+    pub fn needs_head_tail(&self) -> bool {
+        matches!(self.rule, Rule::ImbSam(_))
+    }
+
+    fn record_status(&mut self) -> Result<()> {
+        let stream = self.dev.stream().clone();
+        stream.memcpy_dtoh(&self.work.ctl.slice, &mut self.status)?;
+        self.status_fresh = true;
+        Ok(())
+    }
+
+    /// The device's step state as of the last recorded step (waits for it if needed).
+    fn sync_status(&mut self) -> Result<Ctl> {
+        if self.status_fresh {
+            self.known = self.status.as_slice()?[0];
+            self.status_fresh = false;
+        }
+        Ok(self.known)
+    }
+
+    /// The counters after the last step (waits for its end on the device).
+    pub fn status(&mut self) -> Result<Status> {
+        let c = self.sync_status()?;
+        Ok(Status {
+            steps: c.step,
+            skipped: c.skipped,
+            base_steps: c.base_steps,
+            mask_updates: c.mask_updates,
+            last_skipped: c.skip != 0,
+        })
+    }
+
+    /// Completed steps.
+    pub fn steps(&mut self) -> Result<u64> {
+        Ok(self.status()?.steps)
+    }
+
+    /// Steps skipped because a gradient had a non-finite value.
+    pub fn skipped_steps(&mut self) -> Result<u64> {
+        Ok(self.status()?.skipped)
+    }
+
+    pub fn mask_updates(&mut self) -> Result<u64> {
+        Ok(self.status()?.mask_updates)
+    }
+
+    /// The outcome of the last step (`None` before the first one).
+    pub fn last_outcome(&mut self) -> Result<Option<Outcome>> {
+        let s = self.status()?;
+        if s.steps + s.skipped == 0 {
+            return Ok(None);
+        }
+        Ok(Some(if s.last_skipped {
+            Outcome::Skipped
+        } else {
+            Outcome::Applied
+        }))
+    }
+
+    /// Whether the next step needs the Fisher information (SSAM-F, every `K` steps); reads the
+    /// step count, so it waits for the previous step.
+    pub fn needs_fisher(&mut self) -> Result<Option<usize>> {
+        match &self.rule {
+            Rule::Ssam(c) => match c.mask {
+                MaskKind::Fisher { samples } => {
+                    let (interval, ready) = (c.interval, self.fisher_ready);
+                    let t = self.sync_status()?.step;
+                    Ok((t % interval == 0 && !ready).then_some(samples))
+                }
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// The committed sparse mask (`None` for other rules, and for SSAM-F before its first
+    /// completed step). Downloads it.
+    pub fn mask(&mut self) -> Result<Option<Bitset>> {
+        let Some(masks) = &self.masks else {
+            return Ok(None);
+        };
+        let c = self.work.ctl(self.dev.stream())?;
+        if let Rule::Ssam(s) = &self.rule {
+            if matches!(s.mask, MaskKind::Fisher { .. }) && c.mask_updates == 0 {
+                return Ok(None);
+            }
+        }
+        let words = self.plan.words;
+        let all = masks.download(self.dev.stream())?;
+        let slot = &all[c.mask_cur as usize * words..(c.mask_cur as usize + 1) * words];
+        let bytes: Vec<u8> = slot.iter().flat_map(|w| w.to_le_bytes()).collect();
+        Bitset::from_bytes(self.plan.n, &bytes)
+            .ok_or_else(|| Error::Abi("mask size".into()))
+            .map(Some)
+    }
+
+    /// A base-optimizer state buffer by its torch name (`momentum_buffer`, `exp_avg`, ...),
+    /// downloaded.
+    pub fn base_state(&self, name: &str) -> Result<Option<Vec<f32>>> {
+        let Some(i) = self.base.state_buffers().iter().position(|&s| s == name) else {
+            return Ok(None);
+        };
+        let b = self.state[i].as_ref().expect("state buffer");
+        let mut v = b.download(self.dev.stream())?;
+        v.truncate(self.plan.n);
+        Ok(Some(v))
+    }
+
+    /// FriendlySAM's `m` (empty before its first completed step), downloaded.
+    pub fn friendly_momentum(&self) -> Result<Vec<f32>> {
+        let Some(m) = &self.fsam else {
+            return Ok(Vec::new());
+        };
+        let c = self.work.ctl(self.dev.stream())?;
+        if c.fsam_init == 0 {
+            return Ok(Vec::new());
+        }
+        let all = m.download(self.dev.stream())?;
+        let n = self.plan.n;
+        Ok(all[c.fsam_cur as usize * n..(c.fsam_cur as usize + 1) * n].to_vec())
+    }
+
+    /// LookSAM's `g_v` (zeros before its first SAM step), downloaded.
+    pub fn look_gv(&self) -> Result<Vec<f32>> {
+        match &self.look_gv {
+            Some(b) => {
+                let mut v = b.download(self.dev.stream())?;
+                v.truncate(self.plan.n);
+                Ok(v)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn expect_idle(&self, what: &str) -> Result<()> {
+        if self.is_perturbed() {
+            return Err(protocol(format!(
+                "{what} called while the weights are perturbed: call second_step first"
+            )));
+        }
+        Ok(())
+    }
+
+    fn state_refs(&self) -> [Option<&DevBuf<f32>>; 3] {
+        [
+            self.state[0].as_ref(),
+            self.state[1].as_ref(),
+            self.state[2].as_ref(),
+        ]
+    }
+
+    fn aux_tab(&self) -> Tab<'static, T> {
+        self.aux.as_ref().expect("aux buffer").tab()
+    }
+
+    /// SSAM-F: hands over `F = Σ_i (∇ℓ_i)²` (any element type); the mask becomes its top `L`
+    /// entries at the next step. Computed on the device into the pending mask slot.
+    pub fn set_fisher<S: Elem, G: DeviceParams<S> + ?Sized>(&mut self, fisher: &G) -> Result<()> {
+        let Rule::Ssam(c) = &self.rule else {
+            return Err(protocol(format!(
+                "set_fisher is for SSAM-F, not {}",
+                self.rule.name()
+            )));
+        };
+        if !matches!(c.mask, MaskKind::Fisher { .. }) {
+            return Err(protocol("set_fisher is for SSAM-F, not SSAM-D"));
+        }
+        self.expect_idle("set_fisher")?;
+        let live = c.live_count(self.plan.n) as u64;
+        let stream = self.dev.stream().clone();
+        let mut guards = Vec::new();
+        let ft = read_tab::<S, G>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            fisher,
+            "fisher",
+            &mut guards,
+        )?;
+        let sel = self.sel.as_mut().expect("selection buffers");
+        ops::select::<S>(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            sel,
+            Keys::Scores(ft),
+            live,
+            false,
+        )?;
+        let masks = self.masks.as_ref().expect("mask slots");
+        ops::mask_combine(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            masks,
+            sel,
+            abi::COMB_TO_PENDING,
+        )?;
+        drop(guards);
+        self.fisher_ready = true;
+        Ok(())
+    }
+
+    /// Pass 1 of a step. `Perturbed`: evaluate the gradient at the (perturbed) weights and call
+    /// `second_step`; `Applied`: a one-pass step was enqueued. See the module docs on skips.
+    pub fn first_step<W, G>(&mut self, w: &mut W, g: &G) -> Result<FirstOutcome>
+    where
+        W: DeviceParamsMut<T> + ?Sized,
+        G: DeviceParams<T> + ?Sized,
+    {
+        self.expect_idle("first_step")?;
+        if self.needs_head_tail() {
+            return Err(protocol(
+                "ImbSAM takes separate head and tail gradients: call first_step_split",
+            ));
+        }
+        let t = if matches!(self.rule, Rule::LookSam(_) | Rule::Ssam(_)) {
+            self.sync_status()?.step
+        } else {
+            0
+        };
+        if let Some(n) = self.needs_fisher()? {
+            return Err(protocol(format!(
+                "SSAM-F needs the Fisher information over {n} samples at step {t}: call \
+                 set_fisher first"
+            )));
+        }
+        let stream = self.dev.stream().clone();
+        let mut guards = Vec::new();
+        let gt = read_tab::<T, G>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            g,
+            "gradient",
+            &mut guards,
+        )?;
+        let wt = write_tab::<T, W>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            w,
+            "weights",
+            &mut guards,
+        )?;
+        let rule = self.rule.clone();
+        let out = match rule {
+            Rule::Base => {
+                ops::dot::<T>(&self.dev, &self.plan, &self.work, None, gt)?;
+                self.apply_in_place(wt, gt, false, false, Fin::new(abi::FIN_CHECK))
+            }
+            Rule::Sam(c) => {
+                let kind = if c.adaptive {
+                    DirKind::Adaptive
+                } else {
+                    DirKind::Plain
+                };
+                self.perturb_by(
+                    kind,
+                    kind,
+                    wt,
+                    gt,
+                    None,
+                    c.rho,
+                    EPS_P,
+                    Spec::default(),
+                    None,
+                    false,
+                )
+            }
+            Rule::Asam(c) => {
+                let kind = if c.filterwise {
+                    let f = self.filters.as_ref().expect("filter scales");
+                    ops::filter_norms::<T>(&self.dev, f, wt, c.eta)?;
+                    DirKind::AsamFilter
+                } else {
+                    DirKind::Asam
+                };
+                let x = Spec {
+                    eta: c.eta,
+                    ..Spec::default()
+                };
+                self.perturb_by(kind, kind, wt, gt, None, c.rho, 1e-16, x, None, false)
+            }
+            Rule::FriendlySam(c) => {
+                let x = Spec {
+                    sigma: c.sigma,
+                    lambda: c.lambda,
+                    ..Spec::default()
+                };
+                let k = DirKind::Friendly;
+                self.perturb_by(k, k, wt, gt, None, c.rho, EPS_P, x, None, false)
+            }
+            Rule::Ssam(c) => {
+                let pending = match &c.mask {
+                    MaskKind::Fisher { .. } => std::mem::take(&mut self.fisher_ready),
+                    MaskKind::Dynamic { drop, seed } if t > 0 && t % c.interval == 0 => {
+                        let update = (t / c.interval) as u32;
+                        self.drop_grow(gt, drop.at(t), *seed, update)?;
+                        true
+                    }
+                    MaskKind::Dynamic { .. } => false,
+                };
+                let x = Spec {
+                    mask_pending: pending,
+                    ..Spec::default()
+                };
+                let (norm_kind, eps) = match c.norm {
+                    SsamNorm::Masked => (DirKind::Masked, EPS_P),
+                    SsamNorm::Full => (DirKind::Plain, 1e-7),
+                };
+                self.perturb_by(
+                    norm_kind,
+                    DirKind::Masked,
+                    wt,
+                    gt,
+                    None,
+                    c.rho,
+                    eps,
+                    x,
+                    None,
+                    false,
+                )
+            }
+            Rule::Gsam(c) => {
+                let rho = c.rho_at(self.lr);
+                let aux = self.aux_tab();
+                let p = DirKind::Plain;
+                self.perturb_by(
+                    p,
+                    p,
+                    wt,
+                    gt,
+                    None,
+                    rho,
+                    EPS_P,
+                    Spec::default(),
+                    Some((gt, aux)),
+                    false,
+                )
+            }
+            Rule::LookSam(c) => {
+                if t % c.k == 0 {
+                    let aux = self.aux_tab();
+                    let p = DirKind::Plain;
+                    let x = Spec::default();
+                    self.perturb_by(
+                        p,
+                        p,
+                        wt,
+                        gt,
+                        None,
+                        c.rho,
+                        EPS_P,
+                        x,
+                        Some((gt, aux)),
+                        c.per_tensor,
+                    )
+                } else {
+                    let x = DirExtra::default();
+                    ops::norm::<T>(
+                        &self.dev,
+                        &self.plan,
+                        &self.work,
+                        DirKind::Plain,
+                        gt,
+                        None,
+                        None,
+                        x,
+                        false,
+                    )?;
+                    let mut f = Fin::new(abi::FIN_LOOK1);
+                    f.alpha = c.alpha;
+                    f.per_seg = c.per_tensor;
+                    // g + b·(g_v − 0·g), b from ‖g‖ and ‖g_v‖ on the device.
+                    self.apply_in_place(wt, gt, true, c.per_tensor, f)
+                }
+            }
+            Rule::ImbSam(_) => unreachable!("handled above"),
+        };
+        drop(guards);
+        out
+    }
+
+    /// ImbSAM's pass 1: the gradients of `Σ_{i∉tail} ℓ_i / B` and `Σ_{i∈tail} ℓ_i / B` (without
+    /// `κ`); `tail = None` when the batch has no tail sample (a plain step with the head).
+    pub fn first_step_split<W, G>(
+        &mut self,
+        w: &mut W,
+        head: &G,
+        tail: Option<&G>,
+    ) -> Result<FirstOutcome>
+    where
+        W: DeviceParamsMut<T> + ?Sized,
+        G: DeviceParams<T> + ?Sized,
+    {
+        self.expect_idle("first_step_split")?;
+        let Rule::ImbSam(c) = self.rule.clone() else {
+            return Err(protocol(format!(
+                "first_step_split is ImbSAM's; {} takes first_step",
+                self.rule.name()
+            )));
+        };
+        let stream = self.dev.stream().clone();
+        let mut guards = Vec::new();
+        let ht = read_tab::<T, G>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            head,
+            "head gradient",
+            &mut guards,
+        )?;
+        let tt = match tail {
+            Some(t) => Some(read_tab::<T, G>(
+                &mut self.tables,
+                &self.plan.layout,
+                &stream,
+                t,
+                "tail gradient",
+                &mut guards,
+            )?),
+            None => None,
+        };
+        let wt = write_tab::<T, W>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            w,
+            "weights",
+            &mut guards,
+        )?;
+        let out = match tt {
+            None => {
+                ops::dot::<T>(&self.dev, &self.plan, &self.work, None, ht)?;
+                self.apply_in_place(wt, ht, false, false, Fin::new(abi::FIN_CHECK))
+            }
+            Some(tt) => {
+                let aux = self.aux_tab();
+                let p = DirKind::Plain;
+                let x = Spec::default();
+                self.perturb_by(
+                    p,
+                    p,
+                    wt,
+                    tt,
+                    Some(ht),
+                    c.rho,
+                    1e-16,
+                    x,
+                    Some((ht, aux)),
+                    false,
+                )
+            }
+        };
+        drop(guards);
+        out
+    }
+
+    /// A one-pass step `w ← update(w, x)`, or `w ← update(w, x + b·(g_v − 0·x))` with LookSAM's
+    /// `g_v`, after `fin` checked the gradient.
+    fn apply_in_place(
+        &mut self,
+        wt: Tab<T>,
+        x: Tab<T>,
+        with_gv: bool,
+        per_seg_b: bool,
+        mut fin: Fin,
+    ) -> Result<FirstOutcome> {
+        fin.lr = self.lr;
+        let y = if with_gv {
+            Second::F32(self.look_gv.as_ref().expect("g_v"))
+        } else {
+            Second::None
+        };
+        ops::finalize(&self.dev, &self.plan, &self.work, Some(&self.base), fin)?;
+        ops::update::<T>(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            &self.base,
+            self.lr,
+            self.state_refs(),
+            wt,
+            None,
+            x,
+            y,
+            per_seg_b,
+            None,
+        )?;
+        ops::commit(&self.dev, &self.work, false, false)?;
+        self.record_status()?;
+        Ok(FirstOutcome::Applied)
+    }
+
+    /// Norm, skip decision and scale (device), then the perturbation.
+    #[allow(clippy::too_many_arguments)]
+    fn perturb_by(
+        &mut self,
+        norm_kind: DirKind,
+        pert_kind: DirKind,
+        wt: Tab<T>,
+        gt: Tab<T>,
+        chk: Opt<T>,
+        rho: f32,
+        eps: f64,
+        spec: Spec,
+        copy: Option<(Tab<T>, Tab<T>)>,
+        per_seg: bool,
+    ) -> Result<FirstOutcome> {
+        let fsam = norm_kind == DirKind::Friendly;
+        let uses_mask = norm_kind == DirKind::Masked || pert_kind == DirKind::Masked;
+        let x = DirExtra {
+            m: self.fsam.as_ref().filter(|_| fsam),
+            mask: self
+                .masks
+                .as_ref()
+                .filter(|_| uses_mask)
+                .map(|m| (m, spec.mask_pending)),
+            filters: self.filters.as_ref(),
+            sigma: spec.sigma,
+            lambda: spec.lambda,
+            eta: spec.eta,
+        };
+        let mask_pending = x.mask.is_some_and(|m| m.1);
+        let wr = norm_kind.needs_w().then_some(wt);
+        ops::norm::<T>(
+            &self.dev, &self.plan, &self.work, norm_kind, gt, wr, chk, x, fsam,
+        )?;
+        let mut f = Fin::new(abi::FIN_NORM);
+        f.rho = rho;
+        f.eps = eps;
+        f.per_seg = per_seg;
+        ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
+        let w_old = self.w_old.tab();
+        ops::perturb::<T>(
+            &self.dev, &self.plan, &self.work, pert_kind, wt, w_old, gt, x, copy,
+        )?;
+        self.phase = Phase::Perturbed { mask_pending, fsam };
+        Ok(FirstOutcome::Perturbed)
+    }
+
+    /// SSAM-D: the new mask into the pending slot: drop the `⌊L·rate⌋` live indices with the
+    /// smallest `|g|`, grow as many among the dead ones by Philox keys.
+    fn drop_grow(&mut self, gt: Tab<T>, rate: f32, seed: u64, update: u32) -> Result<()> {
+        let Rule::Ssam(c) = &self.rule else {
+            unreachable!()
+        };
+        let n = self.plan.n;
+        let live = c.live_count(n);
+        let k = (((live as f64) * rate as f64).floor() as usize).min(n - live) as u64;
+        let masks = self.masks.as_ref().expect("mask slots");
+        let sel = self.sel.as_mut().expect("selection buffers");
+        if k == 0 {
+            return ops::mask_combine(
+                &self.dev,
+                &self.plan,
+                &self.work,
+                masks,
+                sel,
+                abi::COMB_KEEP,
+            );
+        }
+        ops::select::<T>(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            sel,
+            Keys::Drop(gt, masks),
+            k,
+            false,
+        )?;
+        ops::select::<T>(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            sel,
+            Keys::Grow(masks, seed, update),
+            k,
+            true,
+        )?;
+        ops::mask_combine(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            masks,
+            sel,
+            abi::COMB_DROP_GROW,
+        )
+    }
+
+    /// Pass 2: `g2` is the gradient at the perturbed weights (ImbSAM: of the tail loss, without
+    /// `κ`). Restores the weights exactly and applies the base optimizer, in one pass.
+    pub fn second_step<W, G>(&mut self, w: &mut W, g2: &G) -> Result<()>
+    where
+        W: DeviceParamsMut<T> + ?Sized,
+        G: DeviceParams<T> + ?Sized,
+    {
+        let Phase::Perturbed { mask_pending, fsam } = self.phase else {
+            return Err(protocol(
+                "second_step without a perturbation: call first_step first",
+            ));
+        };
+        let stream = self.dev.stream().clone();
+        let mut guards = Vec::new();
+        let g2t = read_tab::<T, G>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            g2,
+            "perturbed gradient",
+            &mut guards,
+        )?;
+        let wt = write_tab::<T, W>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            w,
+            "weights",
+            &mut guards,
+        )?;
+        self.phase = Phase::Idle;
+        let uses_aux = matches!(self.rule, Rule::Gsam(_) | Rule::LookSam(_));
+        let aux = self.aux.as_ref().map(|a| a.tab());
+        ops::dot::<T>(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            aux.filter(|_| uses_aux),
+            g2t,
+        )?;
+        let mut f = Fin::new(abi::FIN_SECOND);
+        f.with_b = true;
+        f.lr = self.lr;
+        let mut y = Second::None;
+        let mut side = None;
+        let mut per_tensor = false;
+        match &self.rule {
+            Rule::Gsam(c) => {
+                f.rule = abi::RULE_GSAM;
+                f.alpha = c.alpha;
+                y = Second::Typed(aux.expect("aux"));
+            }
+            Rule::ImbSam(c) => {
+                f.coef_a = c.kappa;
+                f.coef_b = 1.0;
+                y = Second::Typed(aux.expect("aux"));
+            }
+            Rule::LookSam(c) => {
+                f.rule = abi::RULE_LOOKSAM;
+                f.per_seg = c.per_tensor;
+                per_tensor = c.per_tensor;
+                side = Some((
+                    aux.expect("aux"),
+                    self.look_gv.as_ref().expect("g_v"),
+                    c.per_tensor,
+                ));
+            }
+            _ => {}
+        }
+        ops::finalize(&self.dev, &self.plan, &self.work, Some(&self.base), f)?;
+        let w_old = self.w_old.tab();
+        ops::update::<T>(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            &self.base,
+            self.lr,
+            self.state_refs(),
+            wt,
+            Some(w_old),
+            g2t,
+            y,
+            false,
+            side,
+        )?;
+        if side.is_some() {
+            let mut f = Fin::new(abi::FIN_GV);
+            f.with_bad = false;
+            f.per_seg = per_tensor;
+            ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
+        }
+        ops::commit(&self.dev, &self.work, fsam, mask_pending)?;
+        drop(guards);
+        self.record_status()
+    }
+
+    /// Abandons a perturbed step: restores the weights exactly, leaves all state as it was.
+    pub fn abort<W: DeviceParamsMut<T> + ?Sized>(&mut self, w: &mut W) -> Result<()> {
+        if let Phase::Perturbed { .. } = self.phase {
+            let stream = self.dev.stream().clone();
+            let mut guards = Vec::new();
+            let wt = write_tab::<T, W>(
+                &mut self.tables,
+                &self.plan.layout,
+                &stream,
+                w,
+                "weights",
+                &mut guards,
+            )?;
+            ops::restore::<T>(&self.dev, &self.plan, wt, self.w_old.tab())?;
+            drop(guards);
+            self.phase = Phase::Idle;
+        }
+        Ok(())
+    }
+
+    /// One whole step through a gradient oracle: `oracle(request, weights, grad_out)` writes the
+    /// requested gradient (flat, in layout order, on the device) into `grad_out` and reports the
+    /// loss. Waits at the end for the step's status, to report its outcome.
+    pub fn step<W, F>(&mut self, w: &mut W, mut oracle: F) -> Result<StepReport>
+    where
+        W: DeviceParamsMut<T> + ?Sized,
+        F: FnMut(GradRequest, &W, &mut CudaSlice<T>) -> Result<Eval>,
+    {
+        let [mut g, mut g2] = match self.scratch.take() {
+            Some(b) => b,
+            None => {
+                let s = self.dev.stream();
+                [
+                    s.alloc_zeros::<T>(self.plan.n)?,
+                    s.alloc_zeros::<T>(self.plan.n)?,
+                ]
+            }
+        };
+        let r = self.step_with(w, &mut oracle, &mut g, &mut g2);
+        self.scratch = Some([g, g2]);
+        r
+    }
+
+    fn step_with<W, F>(
+        &mut self,
+        w: &mut W,
+        oracle: &mut F,
+        g: &mut CudaSlice<T>,
+        g2: &mut CudaSlice<T>,
+    ) -> Result<StepReport>
+    where
+        W: DeviceParamsMut<T> + ?Sized,
+        F: FnMut(GradRequest, &W, &mut CudaSlice<T>) -> Result<Eval>,
+    {
+        let before = self.sync_status()?;
+        let mut mask_updated = false;
+        if let Some(samples) = self.needs_fisher()? {
+            self.dev.stream().memset_zeros(g)?;
+            oracle(GradRequest::Fisher { samples }, &*w, g)?;
+            self.set_fisher::<T, _>(&*g)?;
+            mask_updated = true;
+        }
+        let (first, loss, pass2) = if let Rule::ImbSam(c) = &self.rule {
+            let kappa = c.kappa as f64;
+            let head = oracle(GradRequest::Head, &*w, g)?;
+            let tail = oracle(GradRequest::Tail(Pass::Clean), &*w, g2)?;
+            let loss = head.loss + kappa * tail.loss;
+            let tail_grad = (tail.samples > 0).then_some(&*g2);
+            let first = self.first_step_split(w, &*g, tail_grad)?;
+            (first, loss, GradRequest::Tail(Pass::Perturbed))
+        } else {
+            let e = oracle(GradRequest::Batch(Pass::Clean), &*w, g)?;
+            let first = self.first_step(w, &*g)?;
+            (first, e.loss, GradRequest::Batch(Pass::Perturbed))
+        };
+        let perturbed_loss = match first {
+            FirstOutcome::Perturbed => {
+                let e = match oracle(pass2, &*w, g2) {
+                    Ok(e) => e,
+                    Err(err) => {
+                        self.abort(w)?;
+                        return Err(err);
+                    }
+                };
+                self.second_step(w, &*g2)?;
+                Some(e.loss)
+            }
+            _ => None,
+        };
+        let after = self.sync_status()?;
+        let outcome = if after.skipped > before.skipped {
+            Outcome::Skipped
+        } else {
+            Outcome::Applied
+        };
+        Ok(StepReport {
+            outcome,
+            loss,
+            perturbed_loss,
+            mask_updated: mask_updated || after.mask_updates > before.mask_updates,
+        })
+    }
+}

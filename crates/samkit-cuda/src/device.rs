@@ -3,6 +3,7 @@
 //! machine on disk).
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdevice_attribute;
@@ -33,6 +34,8 @@ pub struct Device {
     target: Target,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     kernels: Mutex<HashMap<String, Kernel>>,
+    /// A cap on the blocks of grid-stride kernels (0: none), to show results do not depend on it.
+    max_blocks: AtomicU32,
 }
 
 impl std::fmt::Debug for Device {
@@ -104,6 +107,7 @@ impl Device {
             target,
             modules: Mutex::new(HashMap::new()),
             kernels: Mutex::new(HashMap::new()),
+            max_blocks: AtomicU32::new(0),
         }))
     }
 
@@ -215,8 +219,18 @@ impl Device {
     /// Blocks for a grid-stride kernel over `work` items (units, words): every SM filled to the
     /// kernel's occupancy, never more blocks than items. Results never depend on it.
     pub(crate) fn grid(&self, k: &Kernel, work: usize) -> u32 {
-        let full = self.sm_count as usize * k.blocks_per_sm as usize;
+        let mut full = self.sm_count as usize * k.blocks_per_sm as usize;
+        let cap = self.max_blocks.load(Ordering::Relaxed) as usize;
+        if cap > 0 {
+            full = full.min(cap);
+        }
         work.clamp(1, full.max(1)) as u32
+    }
+
+    /// Caps the grid of the streaming kernels (`None`: as many blocks as fit on the device).
+    /// Results are the same bits whatever the cap: the tests use this to show it.
+    pub fn set_max_blocks(&self, cap: Option<u32>) {
+        self.max_blocks.store(cap.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Compiles (or loads from the disk cache) every family now, so that the first step does not

@@ -1,0 +1,144 @@
+// emu.h: just enough of the CUDA C++ language to run samkit's kernels on the CPU, for the tests of
+// machines without a GPU. Force-included (g++ -include emu.h) before each kernels/*.cu.
+//
+// A block runs as blockDim.x std::threads (blocks one after another); __shared__ variables are
+// function statics (shared by the threads of the running block); __syncthreads is a barrier;
+// warp intrinsics exchange values through per-warp slots between two barriers; atomics are GCC
+// atomics on host memory. Device pointers are host pointers (see driver.cpp).
+#pragma once
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#ifndef __global__
+#define __global__
+#endif
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) alignas(n)
+#define __restrict__ __restrict
+
+struct uint3 {
+    unsigned x, y, z;
+};
+struct dim3 {
+    unsigned x, y, z;
+};
+struct __attribute__((aligned(16))) uint4 {
+    unsigned x, y, z, w;
+};
+struct __attribute__((aligned(8))) uint2 {
+    unsigned x, y;
+};
+struct __attribute__((aligned(16))) float4 {
+    float x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+namespace emu {
+// A kernel as the fake driver sees it: its name and a thunk taking cuLaunchKernel's parameters.
+struct Kern {
+    const char* name;
+    void (*fn)(void**);
+};
+struct Warp {
+    std::barrier<>* bar;
+    unsigned long long slot[32];
+    unsigned width;
+};
+struct Block {
+    std::barrier<>* bar;
+    std::atomic<int> acc;
+};
+extern thread_local Warp* warp;
+extern thread_local Block* block;
+extern thread_local unsigned lane;
+}  // namespace emu
+
+extern thread_local uint3 threadIdx;
+extern thread_local uint3 blockIdx;
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
+
+inline void __syncthreads() { emu::block->bar->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp->bar->arrive_and_wait(); }
+
+inline int __syncthreads_or(int p) {
+    emu::Block* b = emu::block;
+    b->bar->arrive_and_wait();
+    if (p) b->acc.store(1);
+    b->bar->arrive_and_wait();
+    const int r = b->acc.load();
+    b->bar->arrive_and_wait();
+    if (threadIdx.x == 0) b->acc.store(0);
+    b->bar->arrive_and_wait();
+    return r;
+}
+
+namespace emu {
+template <class T> inline T shfl(T v, int src, bool valid) {
+    static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    warp->slot[lane] = bits;
+    warp->bar->arrive_and_wait();
+    T r = v;
+    if (valid && src >= 0 && (unsigned)src < warp->width) {
+        const unsigned long long b = warp->slot[src];
+        std::memcpy(&r, &b, sizeof(T));
+    }
+    warp->bar->arrive_and_wait();
+    return r;
+}
+}  // namespace emu
+
+template <class T> inline T __shfl_down_sync(unsigned, T v, int d) { return emu::shfl(v, (int)emu::lane + d, true); }
+template <class T> inline T __shfl_up_sync(unsigned, T v, int d) { return emu::shfl(v, (int)emu::lane - d, (int)emu::lane >= d); }
+template <class T> inline T __shfl_xor_sync(unsigned, T v, int m) { return emu::shfl(v, (int)(emu::lane ^ (unsigned)m), true); }
+
+inline unsigned __ballot_sync(unsigned, int p) {
+    emu::warp->slot[emu::lane] = p ? 1 : 0;
+    emu::warp->bar->arrive_and_wait();
+    unsigned r = 0;
+    for (unsigned i = 0; i < emu::warp->width; i++)
+        if (emu::warp->slot[i]) r |= 1u << i;
+    emu::warp->bar->arrive_and_wait();
+    return r;
+}
+
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+inline unsigned long long atomicOr(unsigned long long* p, unsigned long long v) {
+    return __atomic_fetch_or(p, v, __ATOMIC_RELAXED);
+}
+
+inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
+inline unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
+inline int min(int a, int b) { return a < b ? a : b; }
+using std::fabs;
+using std::sqrt;
+inline float fabsf(float x) { return std::fabs(x); }
+inline float sqrtf(float x) { return std::sqrt(x); }

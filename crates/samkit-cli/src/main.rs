@@ -1,1 +1,69 @@
-fn main() {}
+//! `samkit`: the survey's experiments on top of the samkit-core optimizers.
+//!
+//! - `samkit toy`: SAM/SGD GIFs on a 1-D function, Beale trajectories, saddle escape times.
+//! - `samkit linreg`: SGD, SAM, SSAM-F and FriendlySAM on a regression problem, and theorem 1
+//!   (excess risk of SGD and SAM on noisy least squares against the bound).
+//!
+//! Exit codes: 0 success, 2 a bad flag or value, 1 a failure while running.
+mod error;
+mod gif;
+mod linalg;
+mod linreg;
+mod output;
+mod plot;
+mod progress;
+mod rng;
+mod toy;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{CliError, EXIT_USAGE};
+use crate::output::Output;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "samkit",
+    version,
+    about = "Sharpness-Aware Minimization experiments: the survey's figures, computed with samkit-core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Toy problems: SAM/SGD GIFs on a 1-D function, Beale trajectories, saddle escape.
+    Toy(toy::ToyArgs),
+    /// Linear regression: training curves of SGD, SAM, SSAM-F, FriendlySAM; theorem 1.
+    Linreg(linreg::LinregArgs),
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let mut out = Output::default();
+    match &cli.command {
+        Command::Toy(a) => toy::run(a, &mut out),
+        Command::Linreg(a) => linreg::run(a, &mut out),
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version print to stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            std::process::exit(code);
+        }
+    };
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e}");
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            eprintln!("  caused by: {s}");
+            src = s.source();
+        }
+        std::process::exit(e.exit_code());
+    }
+}

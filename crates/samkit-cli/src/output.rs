@@ -1,0 +1,37 @@
+//! What a command prints on stdout: its tables and the name of every file it wrote.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{CliError, Result};
+
+#[derive(Default)]
+pub struct Output {
+    pub files: Vec<PathBuf>,
+}
+
+impl Output {
+    pub fn say(&mut self, line: impl AsRef<str>) {
+        let mut o = std::io::stdout().lock();
+        // A closed pipe (`samkit toy | head`) must not panic.
+        let _ = writeln!(o, "{}", line.as_ref().trim_end_matches('\n'));
+    }
+
+    pub fn wrote(&mut self, path: PathBuf) {
+        self.say(format!("wrote {}", path.display()));
+        self.files.push(path);
+    }
+
+    pub fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))
+    }
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|source| CliError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(path, text + "\n").map_err(|e| CliError::io(path, e))
+}

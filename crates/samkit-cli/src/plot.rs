@@ -1,0 +1,758 @@
+//! The plotting helpers both experiments share: PNG and GIF files, line charts (linear or log
+//! axes), bar charts, annotated heatmaps and contour plots, all drawn with the embedded
+//! DejaVu Sans font (no system font library is needed).
+use std::fmt::Display;
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::combinators::LogCoord;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::colors::colormaps::ViridisRGB;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::error::{CliError, Result};
+use crate::gif::GifWriter;
+
+/// DejaVu Sans 2.37 from Debian's fonts-dejavu-core (license beside it in `assets/fonts`).
+static FONT_BYTES: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+pub const FONT: &str = "sans-serif";
+
+static FONT_INIT: Once = Once::new();
+
+/// Registers the embedded font under the family name every chart uses.
+pub fn init_fonts() {
+    FONT_INIT.call_once(|| {
+        // A failure shows up as a drawing error naming the file being drawn.
+        let _ = plotters::style::register_font(FONT, FontStyle::Normal, FONT_BYTES);
+    });
+}
+
+pub type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub type DrawResult<T = ()> = std::result::Result<T, String>;
+
+/// Turns any displayable error into the `String` the drawing closures return.
+pub trait OrStr<T> {
+    fn s(self) -> DrawResult<T>;
+}
+
+impl<T, E: Display> OrStr<T> for std::result::Result<T, E> {
+    fn s(self) -> DrawResult<T> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// One color per optimizer, the same in every figure.
+pub fn optimizer_color(name: &str) -> RGBColor {
+    match name.to_ascii_lowercase().as_str() {
+        "sgd" => RGBColor(50, 50, 50),
+        "sam" => RGBColor(214, 39, 40),
+        "asam" => RGBColor(31, 119, 180),
+        "friendlysam" => RGBColor(44, 160, 44),
+        "gsam" => RGBColor(148, 103, 189),
+        "ssam-f" => RGBColor(255, 127, 14),
+        _ => RGBColor(140, 86, 75),
+    }
+}
+
+/// A qualitative palette for series that are not optimizers.
+pub fn palette(i: usize) -> RGBColor {
+    const P: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(23, 190, 207),
+    ];
+    P[i % P.len()]
+}
+
+/// Draws one PNG file.
+pub fn png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
+    init_fonts();
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| CliError::plot(path, e))?;
+    draw(&root).map_err(|e| CliError::plot(path, e))?;
+    root.present().map_err(|e| CliError::plot(path, e))?;
+    Ok(())
+}
+
+/// Draws an animated GIF, one call of `draw` per frame: plotters renders each frame into an
+/// RGB buffer and [`crate::gif::GifWriter`] encodes it.
+pub fn gif(
+    path: &Path,
+    (w, h): (u32, u32),
+    frame_delay_ms: u32,
+    frames: usize,
+    mut draw: impl FnMut(usize, &Area) -> DrawResult,
+) -> Result<()> {
+    init_fonts();
+    let io = |e| CliError::io(path, e);
+    let file = std::fs::File::create(path).map_err(io)?;
+    let delay_cs = (frame_delay_ms.div_ceil(10)).min(u16::MAX as u32) as u16;
+    let mut writer =
+        GifWriter::new(std::io::BufWriter::new(file), w as u16, h as u16, delay_cs).map_err(io)?;
+    let mut buf = vec![0u8; 3 * w as usize * h as usize];
+    for k in 0..frames {
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            root.fill(&WHITE).map_err(|e| CliError::plot(path, e))?;
+            draw(k, &root).map_err(|e| CliError::plot(path, e))?;
+            root.present().map_err(|e| CliError::plot(path, e))?;
+        }
+        writer.add_frame(&buf).map_err(io)?;
+    }
+    writer.finish().map_err(io)?;
+    Ok(())
+}
+
+/// A title strip on top of `area`; returns the rest.
+pub fn titled<'a>(area: &Area<'a>, title: &str, size: u32) -> DrawResult<Area<'a>> {
+    area.titled(title, (FONT, size)).s()
+}
+
+#[derive(Clone, Debug)]
+pub struct Series {
+    pub name: String,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+    pub markers: bool,
+    pub width: u32,
+}
+
+impl Series {
+    pub fn line(name: impl Into<String>, color: RGBColor, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            name: name.into(),
+            color,
+            points,
+            dashed: false,
+            markers: false,
+            width: 2,
+        }
+    }
+
+    pub fn dashed(mut self) -> Self {
+        self.dashed = true;
+        self
+    }
+
+    pub fn with_markers(mut self) -> Self {
+        self.markers = true;
+        self
+    }
+}
+
+/// Axes of a line chart.
+#[derive(Clone, Debug)]
+pub struct Axes {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub x_log: bool,
+    pub y_log: bool,
+    /// Fixed ranges; `None` fits the data.
+    pub x_range: Option<(f64, f64)>,
+    pub y_range: Option<(f64, f64)>,
+    pub legend: SeriesLabelPosition,
+}
+
+impl Axes {
+    pub fn new(title: impl Into<String>, x: impl Into<String>, y: impl Into<String>) -> Self {
+        Axes {
+            title: title.into(),
+            x_label: x.into(),
+            y_label: y.into(),
+            x_log: false,
+            y_log: false,
+            x_range: None,
+            y_range: None,
+            legend: SeriesLabelPosition::UpperRight,
+        }
+    }
+
+    pub fn log_log(mut self) -> Self {
+        self.x_log = true;
+        self.y_log = true;
+        self
+    }
+
+    pub fn legend_at(mut self, pos: SeriesLabelPosition) -> Self {
+        self.legend = pos;
+        self
+    }
+}
+
+/// The range a set of values needs on an axis: padded by 5 % (linear) or a fraction of a
+/// decade (log, positive values only).
+pub fn fit_range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return if log { (0.1, 10.0) } else { (0.0, 1.0) };
+    }
+    if log {
+        let (a, b) = (lo.log10(), hi.log10());
+        let pad = ((b - a) * 0.05).max(0.05);
+        let (mut a, b) = (a - pad, b + pad);
+        // plotters labels a log axis at powers of ten only: keep one inside the range.
+        if b.floor() < a.ceil() {
+            a = a.floor();
+        }
+        (10f64.powf(a), 10f64.powf(b))
+    } else {
+        let span = hi - lo;
+        let pad = if span > 0.0 {
+            span * 0.05
+        } else {
+            lo.abs().max(1.0) * 0.05
+        };
+        (lo - pad, hi + pad)
+    }
+}
+
+/// A line chart in `area`.
+pub fn line_chart(area: &Area, axes: &Axes, series: &[Series]) -> DrawResult {
+    let xs = || series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (x0, x1) = axes.x_range.unwrap_or_else(|| fit_range(xs(), axes.x_log));
+    let (y0, y1) = axes.y_range.unwrap_or_else(|| fit_range(ys(), axes.y_log));
+    let lin = |a: f64, b: f64| RangedCoordf64::from(a..b);
+    let log = |a: f64, b: f64| LogCoord::<f64>::from((a..b).log_scale());
+    match (axes.x_log, axes.y_log) {
+        (false, false) => lines_in(area, axes, series, lin(x0, x1), lin(y0, y1)),
+        (true, false) => lines_in(area, axes, series, log(x0, x1), lin(y0, y1)),
+        (false, true) => lines_in(area, axes, series, lin(x0, x1), log(y0, y1)),
+        (true, true) => lines_in(area, axes, series, log(x0, x1), log(y0, y1)),
+    }
+}
+
+/// Tick labels that stay short on any scale.
+pub fn tick(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 {
+        "0".into()
+    } else if !(1e-3..1e5).contains(&a) {
+        format!("{v:.0e}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.3}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        s.to_string()
+    }
+}
+
+fn lines_in<X, Y>(area: &Area, axes: &Axes, series: &[Series], x: X, y: Y) -> DrawResult
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(&axes.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .s()?;
+    chart
+        .configure_mesh()
+        .x_desc(axes.x_label.as_str())
+        .y_desc(axes.y_label.as_str())
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .s()?;
+    for s in series {
+        let color = s.color;
+        let style = color.stroke_width(s.width);
+        let pts = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite());
+        let anno = if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
+                .s()?
+        } else {
+            chart.draw_series(LineSeries::new(pts.clone(), style)).s()?
+        };
+        if !s.name.is_empty() {
+            let dashed = s.dashed;
+            anno.label(s.name.as_str()).legend(move |(lx, ly)| {
+                if dashed {
+                    PathElement::new(vec![(lx, ly), (lx + 8, ly)], color.stroke_width(2))
+                } else {
+                    PathElement::new(vec![(lx, ly), (lx + 20, ly)], color.stroke_width(2))
+                }
+            });
+        }
+        if s.markers {
+            chart
+                .draw_series(pts.map(|p| Circle::new(p, 3, color.filled())))
+                .s()?;
+        }
+    }
+    if series.iter().any(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .position(axes.legend.clone())
+            .label_font((FONT, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(160, 160, 160))
+            .draw()
+            .s()?;
+    }
+    Ok(())
+}
+
+/// A bar chart: one bar per category, its value printed above it.
+pub fn bar_chart(
+    area: &Area,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    values: &[f64],
+    color: RGBColor,
+) -> DrawResult {
+    let n = categories.len().max(1) as f64;
+    let top = values
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let bottom = values
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::min);
+    let span = (top - bottom).max(1e-12);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..n, bottom..top + 0.15 * span)
+        .s()?;
+    let cats = categories.to_vec();
+    let fmt = move |v: &f64| -> String {
+        let i = v.floor();
+        if (v - i - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
+            cats[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(categories.len() * 2 + 1)
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&|v| tick(*v))
+        .y_desc(y_label)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .s()?;
+    for (i, &v) in values.iter().enumerate() {
+        let x = i as f64;
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(x + 0.18, 0.0), (x + 0.82, v)],
+                color.mix(0.85).filled(),
+            )))
+            .s()?;
+        let style =
+            TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{v:.4}"),
+                (x + 0.5, v.max(0.0) + 0.02 * span),
+                style,
+            )))
+            .s()?;
+    }
+    Ok(())
+}
+
+/// A heatmap with a value printed in each cell; `values[row][col]`, rows drawn bottom-up.
+/// Colors follow `color_values` (for instance a logarithm of `values`).
+pub struct Heatmap<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub col_names: &'a [String],
+    pub row_names: &'a [String],
+    pub color_values: &'a [Vec<f64>],
+    pub cell_text: &'a [Vec<String>],
+}
+
+pub fn heatmap(area: &Area, h: &Heatmap) -> DrawResult {
+    let nc = h.col_names.len();
+    let nr = h.row_names.len();
+    let (lo, hi) = fit_range(h.color_values.iter().flatten().copied(), false);
+    let mut chart = ChartBuilder::on(area)
+        .caption(h.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..nc as f64, 0.0..nr as f64)
+        .s()?;
+    let cols = h.col_names.to_vec();
+    let rows = h.row_names.to_vec();
+    let pick = |names: &[String], v: f64| -> String {
+        let i = v.floor();
+        if (v - i - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+            names[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    let xf = |v: &f64| pick(&cols, *v);
+    let yf = |v: &f64| pick(&rows, *v);
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(nc * 2 + 1)
+        .y_labels(nr * 2 + 1)
+        .x_label_formatter(&xf)
+        .y_label_formatter(&yf)
+        .x_desc(h.x_label)
+        .y_desc(h.y_label)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .s()?;
+    for r in 0..nr {
+        for c in 0..nc {
+            let v = h.color_values[r][c];
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+            let fill = ViridisRGB::get_color(t.clamp(0.0, 1.0));
+            let (x, y) = (c as f64, r as f64);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(x, y), (x + 1.0, y + 1.0)],
+                    fill.filled(),
+                )))
+                .s()?;
+            let text_color = if t > 0.6 { BLACK } else { WHITE };
+            let style = TextStyle::from((FONT, 14).into_font())
+                .color(&text_color)
+                .pos(Pos::new(HPos::Center, VPos::Center));
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    h.cell_text[r][c].clone(),
+                    (x + 0.5, y + 0.5),
+                    style,
+                )))
+                .s()?;
+        }
+    }
+    Ok(())
+}
+
+/// A scalar field on a regular grid: `values[j][i]` at `(xs[i], ys[j])`.
+pub struct Field {
+    pub xs: Vec<f64>,
+    pub ys: Vec<f64>,
+    pub values: Vec<Vec<f64>>,
+}
+
+impl Field {
+    pub fn sample(
+        (x0, x1): (f64, f64),
+        (y0, y1): (f64, f64),
+        n: usize,
+        f: impl Fn(f64, f64) -> f64,
+    ) -> Self {
+        let lin = |a: f64, b: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| a + (b - a) * i as f64 / (n - 1) as f64)
+                .collect()
+        };
+        let xs = lin(x0, x1);
+        let ys = lin(y0, y1);
+        let values = ys
+            .iter()
+            .map(|&y| xs.iter().map(|&x| f(x, y)).collect())
+            .collect();
+        Field { xs, ys, values }
+    }
+}
+
+/// Iso-lines of `field` at `level` by marching squares: a list of segments.
+/// Saddle cells are resolved with the cell-centre average.
+pub fn contour_segments(field: &Field, level: f64) -> Vec<[(f64, f64); 2]> {
+    let mut out = Vec::new();
+    let v = &field.values;
+    let lerp = |a: (f64, f64), b: (f64, f64), fa: f64, fb: f64| -> (f64, f64) {
+        let t = if fb != fa {
+            (level - fa) / (fb - fa)
+        } else {
+            0.5
+        };
+        (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1))
+    };
+    for j in 0..field.ys.len().saturating_sub(1) {
+        for i in 0..field.xs.len().saturating_sub(1) {
+            // Corners counter-clockwise from bottom-left.
+            let p = [
+                (field.xs[i], field.ys[j]),
+                (field.xs[i + 1], field.ys[j]),
+                (field.xs[i + 1], field.ys[j + 1]),
+                (field.xs[i], field.ys[j + 1]),
+            ];
+            let f = [v[j][i], v[j][i + 1], v[j + 1][i + 1], v[j + 1][i]];
+            if f.iter().any(|x| !x.is_finite()) {
+                continue;
+            }
+            let above: Vec<bool> = f.iter().map(|&x| x > level).collect();
+            // Edge k joins corner k and corner k+1.
+            let cross: Vec<usize> = (0..4).filter(|&k| above[k] != above[(k + 1) % 4]).collect();
+            let point = |k: usize| lerp(p[k], p[(k + 1) % 4], f[k], f[(k + 1) % 4]);
+            match cross.len() {
+                2 => out.push([point(cross[0]), point(cross[1])]),
+                4 => {
+                    let centre_above = f.iter().sum::<f64>() / 4.0 > level;
+                    // Pair the edges so the region of the centre stays connected.
+                    if centre_above == above[0] {
+                        out.push([point(0), point(1)]);
+                        out.push([point(2), point(3)]);
+                    } else {
+                        out.push([point(3), point(0)]);
+                        out.push([point(1), point(2)]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// A path drawn over a contour plot.
+pub struct Path2 {
+    pub name: String,
+    pub color: RGBColor,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A contour plot of `ln(1 + f)` with trajectories, a start cross and a star at `star`.
+pub struct ContourPlot<'a> {
+    pub title: &'a str,
+    pub field: &'a Field,
+    pub levels: &'a [f64],
+    pub paths: &'a [Path2],
+    pub start: (f64, f64),
+    pub star: (f64, f64),
+    pub star_label: &'a str,
+    /// A saddle point to mark with a triangle.
+    pub saddle: Option<(f64, f64)>,
+}
+
+/// The five-pointed star polygon around `c` (outer radius `r`, in data units per axis).
+pub fn star_polygon(c: (f64, f64), rx: f64, ry: f64) -> Vec<(f64, f64)> {
+    (0..10)
+        .map(|k| {
+            let a = std::f64::consts::FRAC_PI_2 + k as f64 * std::f64::consts::PI / 5.0;
+            let s = if k % 2 == 0 { 1.0 } else { 0.4 };
+            (c.0 + s * rx * a.cos(), c.1 + s * ry * a.sin())
+        })
+        .collect()
+}
+
+pub fn contour_plot(area: &Area, c: &ContourPlot) -> DrawResult {
+    let f = c.field;
+    let (x0, x1) = (f.xs[0], *f.xs.last().unwrap_or(&1.0));
+    let (y0, y1) = (f.ys[0], *f.ys.last().unwrap_or(&1.0));
+    let mut chart = ChartBuilder::on(area)
+        .caption(c.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(42)
+        .y_label_area_size(52)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .s()?;
+    // Pale background shading by the (log) value.
+    let (lo, hi) = fit_range(f.values.iter().flatten().copied(), false);
+    let mut cells = Vec::new();
+    for j in 0..f.ys.len() - 1 {
+        for i in 0..f.xs.len() - 1 {
+            let v = (f.values[j][i] + f.values[j + 1][i + 1]) / 2.0;
+            let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
+            let col = ViridisRGB::get_color(t);
+            let pale = RGBColor(
+                (col.0 as f64 * 0.35 + 255.0 * 0.65) as u8,
+                (col.1 as f64 * 0.35 + 255.0 * 0.65) as u8,
+                (col.2 as f64 * 0.35 + 255.0 * 0.65) as u8,
+            );
+            cells.push(Rectangle::new(
+                [(f.xs[i], f.ys[j]), (f.xs[i + 1], f.ys[j + 1])],
+                pale.filled(),
+            ));
+        }
+    }
+    chart.draw_series(cells).s()?;
+    for (k, &level) in c.levels.iter().enumerate() {
+        let t = k as f64 / (c.levels.len().max(2) - 1) as f64;
+        let col = ViridisRGB::get_color(t);
+        let segs = contour_segments(f, level);
+        chart
+            .draw_series(
+                segs.into_iter()
+                    .map(|s| PathElement::new(s.to_vec(), col.mix(0.9).stroke_width(1))),
+            )
+            .s()?;
+    }
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("x")
+        .y_desc("y")
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
+        .label_style((FONT, 13))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .s()?;
+    for p in c.paths {
+        let color = p.color;
+        let clipped: Vec<(f64, f64)> = p
+            .points
+            .iter()
+            .copied()
+            .filter(|q| q.0.is_finite() && q.1.is_finite())
+            .map(|q| (q.0.clamp(x0, x1), q.1.clamp(y0, y1)))
+            .collect();
+        // Segment by segment: a thick polyline's miter joins turn a zig-zag into spikes.
+        chart
+            .draw_series(
+                clipped
+                    .windows(2)
+                    .map(|s| PathElement::new(s.to_vec(), color.stroke_width(2))),
+            )
+            .s()?
+            .label(p.name.as_str())
+            .legend(move |(lx, ly)| {
+                PathElement::new(vec![(lx, ly), (lx + 20, ly)], color.stroke_width(3))
+            });
+        if let Some(&end) = clipped.last() {
+            chart
+                .draw_series(std::iter::once(Circle::new(end, 5, color.filled())))
+                .s()?;
+        }
+    }
+    if let Some(sp) = c.saddle {
+        chart
+            .draw_series(std::iter::once(TriangleMarker::new(sp, 9, BLACK.filled())))
+            .s()?
+            .label(format!("saddle ({}, {})", tick(sp.0), tick(sp.1)))
+            .legend(|(lx, ly)| TriangleMarker::new((lx + 10, ly), 6, BLACK.filled()));
+    }
+    chart
+        .draw_series(std::iter::once(Cross::new(
+            c.start,
+            8,
+            BLACK.stroke_width(3),
+        )))
+        .s()?
+        .label("start")
+        .legend(|(lx, ly)| Cross::new((lx + 10, ly), 5, BLACK.stroke_width(2)));
+    let rx = (x1 - x0) * 0.025;
+    let ry = (y1 - y0) * 0.025;
+    let gold = RGBColor(255, 200, 0);
+    chart
+        .draw_series(std::iter::once(Polygon::new(
+            star_polygon(c.star, rx, ry),
+            gold.filled(),
+        )))
+        .s()?
+        .label(c.star_label)
+        .legend(move |(lx, ly)| {
+            let pts: Vec<(i32, i32)> = star_polygon((lx as f64 + 10.0, ly as f64), 8.0, -8.0)
+                .into_iter()
+                .map(|(a, b)| (a as i32, b as i32))
+                .collect();
+            Polygon::new(pts, gold.filled())
+        });
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            {
+                let mut v = star_polygon(c.star, rx, ry);
+                v.push(v[0]);
+                v
+            },
+            BLACK.stroke_width(1),
+        )))
+        .s()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.9))
+        .border_style(RGBColor(120, 120, 120))
+        .draw()
+        .s()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contour_of_a_paraboloid_is_a_circle() {
+        let field = Field::sample((-2.0, 2.0), (-2.0, 2.0), 81, |x, y| x * x + y * y);
+        let segs = contour_segments(&field, 1.0);
+        assert!(segs.len() > 50);
+        for s in segs {
+            for p in s {
+                let r = (p.0 * p.0 + p.1 * p.1).sqrt();
+                assert!((r - 1.0).abs() < 0.01, "point {p:?} at radius {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn contour_skips_levels_outside_the_field() {
+        let field = Field::sample((0.0, 1.0), (0.0, 1.0), 5, |x, _| x);
+        assert!(contour_segments(&field, 2.0).is_empty());
+        assert_eq!(contour_segments(&field, 0.3).len(), 4);
+    }
+
+    #[test]
+    fn fit_range_pads_and_handles_degenerate_input() {
+        let (a, b) = fit_range([1.0, 3.0].into_iter(), false);
+        assert!(a < 1.0 && b > 3.0);
+        let (a, b) = fit_range([1e-3, 1e-1, -1.0, 0.0].into_iter(), true);
+        assert!(a > 0.0 && a < 1e-3 && b > 1e-1);
+        // A range without a power of ten reaches down to one.
+        let (a, b) = fit_range([0.25, 0.7].into_iter(), true);
+        assert!(a <= 0.1 + 1e-12 && b > 0.7, "{a} {b}");
+        assert_eq!(fit_range(std::iter::empty(), false), (0.0, 1.0));
+        let (a, b) = fit_range([2.0].into_iter(), false);
+        assert!(a < 2.0 && b > 2.0);
+    }
+
+    #[test]
+    fn ticks_are_short() {
+        assert_eq!(tick(0.0), "0");
+        assert_eq!(tick(0.5), "0.5");
+        assert_eq!(tick(250.0), "250");
+        assert_eq!(tick(1e-5), "1e-5");
+        assert_eq!(tick(1.0), "1");
+    }
+}

@@ -127,8 +127,11 @@ fn draw_frame(
         .label(FORMULA)
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
     let in_view = |x: f64| x.is_finite() && (DOMAIN.0..=DOMAIN.1).contains(&x);
+    // A diverged run's path ends early: its later frames keep the last point.
+    let last = run.path.len().saturating_sub(1);
+    let shown = step.min(last);
     // The points visited so far, fading.
-    let trail: Vec<(f64, f64)> = run.path[..step]
+    let trail: Vec<(f64, f64)> = run.path[..shown]
         .iter()
         .copied()
         .filter(|&x| in_view(x))
@@ -141,7 +144,7 @@ fn draw_frame(
                 .map(|&p| Circle::new(p, 4, color.mix(0.45).filled())),
         )
         .s()?;
-    let x = run.path[step];
+    let x = run.path.get(shown).copied().unwrap_or(f64::NAN);
     let fx = f(x);
     if in_view(x) {
         let p = (x, fx.clamp(Y_VIEW.0, Y_VIEW.1));
@@ -159,7 +162,12 @@ fn draw_frame(
         .border_style(RGBColor(150, 150, 150))
         .draw()
         .s()?;
-    let text = format!("x = {x:.4}   f(x) = {fx:.3}");
+    let mut text = format!("x = {x:.4}   f(x) = {fx:.3}");
+    if step > last {
+        text = format!("diverged after step {last}: {text}");
+    } else if !in_view(x) {
+        text.push_str("  (outside the plot)");
+    }
     root.draw(&Text::new(
         text,
         (90, 100),
@@ -197,6 +205,16 @@ mod tests {
         // SGD: x₁ = 1 − 0.01·(−31) = 1.31.
         let p = path(Rule::Base, 0.01, 1.0, 1).unwrap();
         assert!((p[1] - 1.31).abs() < 1e-6, "got {}", p[1]);
+    }
+
+    #[test]
+    fn a_diverging_run_still_draws_every_frame() {
+        let dir = std::env::temp_dir().join(format!("samkit-oned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (runs, files) = run(&dir, 4, 3.0, 5.0, 0.1).unwrap();
+        assert!(runs.iter().all(|r| r.path.len() < 5));
+        assert_eq!(files.len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

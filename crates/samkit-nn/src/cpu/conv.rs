@@ -1,21 +1,67 @@
 //! Convolution as im2col + GEMM on channel-major (`[C, N, H, W]`) activations.
 //!
-//! With the batch inside each channel plane, the output of `W[cout, cin·k·k] · col` is already
-//! the channel-major output, so one GEMM covers a chunk of images. The batch is cut into chunks
-//! whose column matrix stays within a cache-sized budget; the backward pass recomputes the
-//! columns instead of keeping them (the activations of ResNet-18 at batch 32 would need
-//! hundreds of MB of columns).
+//! With the batch inside each channel plane, the output of `W[cout, cin·k·k] · col` for a
+//! chunk of images is the chunk's slice of the channel-major output. The batch is cut into
+//! chunks whose column matrix stays cache-sized (large column matrices make the GEMM stream
+//! its packed operand from memory), and the chunks are spread over the threads, each with its
+//! own column buffer, single-threaded GEMMs and, in the backward pass, its own weight-gradient
+//! accumulator (summed at the end). The backward pass recomputes the columns instead of
+//! keeping them: ResNet-18 at batch 32 would need hundreds of MB of columns.
 use rayon::prelude::*;
 
 use super::gemm::{Gemm, MatMut, MatRef};
 use crate::backend::{Conv2d, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
-/// Images per chunk: as many as fit `budget` column elements, at least one.
-pub(super) fn chunk_images(conv: &Conv2d, xd: Dims, budget: usize) -> usize {
-    let od = conv.out_dims(xd);
-    let per_image = conv.cin * conv.k * conv.k * od.hw();
-    (budget / per_image.max(1)).clamp(1, xd.n.max(1))
+/// Per-thread workspaces of the convolutions.
+#[derive(Default)]
+pub(super) struct ThreadBufs {
+    col: Vec<f32>,
+    acc: Vec<f32>,
+    tmp: Vec<f32>,
+}
+
+pub(super) struct ConvScratch<'a> {
+    pub bufs: &'a mut Vec<ThreadBufs>,
+    pub budget: usize,
+    pub gemm: Gemm,
+    pub threads: usize,
+}
+
+/// A pointer that may cross threads; every use writes a region no other thread touches.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: see the uses: each thread writes disjoint image ranges.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// How the batch is cut: `chunks` chunks of `nb` images (the last may be shorter), run by
+/// `groups` threads, chunk `c` by thread `c % groups`; `gemm_threads` per GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    nb: usize,
+    chunks: usize,
+    groups: usize,
+    gemm_threads: usize,
+}
+
+fn plan(conv: &Conv2d, xd: Dims, budget: usize, threads: usize) -> Plan {
+    let per_image = (conv.cin * conv.k * conv.k * conv.out_dims(xd).hw()).max(1);
+    let n = xd.n.max(1);
+    let threads = threads.max(1);
+    let mut chunks = (n * per_image).div_ceil(budget.max(1)).max(threads.min(n));
+    if chunks >= threads {
+        chunks = chunks.div_ceil(threads) * threads;
+    }
+    let nb = n.div_ceil(chunks.min(n));
+    let chunks = n.div_ceil(nb);
+    let groups = threads.min(chunks);
+    Plan {
+        nb,
+        chunks,
+        groups,
+        gemm_threads: if groups < threads { threads } else { 1 },
+    }
 }
 
 /// Columns of images `n0..n0 + nb`: row `(ci, kh, kw)`, column `(n, oh, ow)`.
@@ -26,57 +72,62 @@ fn im2col(conv: &Conv2d, xd: Dims, x: &[f32], n0: usize, nb: usize, col: &mut [f
     let hw = h * w;
     let cols = nb * ho * wo;
     let plane_len = xd.n * hw;
-    col[..conv.cin * k * k * cols]
-        .par_chunks_mut(k * k * cols)
+    for (ci, cc) in col[..conv.cin * k * k * cols]
+        .chunks_mut(k * k * cols)
         .enumerate()
-        .for_each(|(ci, cc)| {
-            let plane = &x[ci * plane_len + n0 * hw..ci * plane_len + (n0 + nb) * hw];
-            for kh in 0..k {
-                for kw in 0..k {
-                    let row = &mut cc[(kh * k + kw) * cols..(kh * k + kw + 1) * cols];
-                    // Output columns whose input column lies inside the image (stride 1).
-                    let lo = p.saturating_sub(kw).min(wo);
-                    let hi = (w + p).saturating_sub(kw).min(wo).max(lo);
-                    for n in 0..nb {
-                        let img = &plane[n * hw..(n + 1) * hw];
-                        for oh in 0..ho {
-                            let out = &mut row[(n * ho + oh) * wo..(n * ho + oh + 1) * wo];
-                            let ih = (oh * s + kh) as isize - p as isize;
-                            if ih < 0 || ih >= h as isize {
-                                out.fill(0.0);
-                                continue;
-                            }
-                            let src = &img[ih as usize * w..(ih as usize + 1) * w];
-                            if s == 1 {
-                                out[..lo].fill(0.0);
-                                out[hi..].fill(0.0);
-                                out[lo..hi].copy_from_slice(&src[lo + kw - p..hi + kw - p]);
-                            } else {
-                                for (ow, o) in out.iter_mut().enumerate() {
-                                    let iw = (ow * s + kw) as isize - p as isize;
-                                    *o = if iw >= 0 && iw < w as isize {
-                                        src[iw as usize]
-                                    } else {
-                                        0.0
-                                    };
-                                }
+    {
+        let plane = &x[ci * plane_len + n0 * hw..ci * plane_len + (n0 + nb) * hw];
+        for kh in 0..k {
+            for kw in 0..k {
+                let row = &mut cc[(kh * k + kw) * cols..(kh * k + kw + 1) * cols];
+                // Output columns whose input column lies inside the image (stride 1).
+                let lo = p.saturating_sub(kw).min(wo);
+                let hi = (w + p).saturating_sub(kw).min(wo).max(lo);
+                for n in 0..nb {
+                    let img = &plane[n * hw..(n + 1) * hw];
+                    for oh in 0..ho {
+                        let out = &mut row[(n * ho + oh) * wo..(n * ho + oh + 1) * wo];
+                        let ih = (oh * s + kh) as isize - p as isize;
+                        if ih < 0 || ih >= h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &img[ih as usize * w..(ih as usize + 1) * w];
+                        if s == 1 {
+                            out[..lo].fill(0.0);
+                            out[hi..].fill(0.0);
+                            out[lo..hi].copy_from_slice(&src[lo + kw - p..hi + kw - p]);
+                        } else {
+                            for (ow, o) in out.iter_mut().enumerate() {
+                                let iw = (ow * s + kw) as isize - p as isize;
+                                *o = if iw >= 0 && iw < w as isize {
+                                    src[iw as usize]
+                                } else {
+                                    0.0
+                                };
                             }
                         }
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 /// Adds the columns of images `n0..n0 + nb` back into their input positions (the adjoint of
 /// [`im2col`]); the images' planes are zeroed first unless `accumulate`.
-fn col2im(
+///
+/// # Safety
+/// `dx` points to a channel-major buffer of `xd.len()` values whose planes of images
+/// `n0..n0 + nb` no other thread accesses during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn col2im(
     conv: &Conv2d,
     xd: Dims,
     col: &[f32],
     n0: usize,
     nb: usize,
-    dx: &mut [f32],
+    dx: SharedMut,
     accumulate: bool,
 ) {
     let od = conv.out_dims(xd);
@@ -84,48 +135,45 @@ fn col2im(
     let (h, w, ho, wo) = (xd.h, xd.w, od.h, od.w);
     let hw = h * w;
     let cols = nb * ho * wo;
-    dx[..xd.len()]
-        .par_chunks_mut(xd.n * hw)
-        .enumerate()
-        .for_each(|(ci, plane)| {
-            let plane = &mut plane[n0 * hw..(n0 + nb) * hw];
+    for ci in 0..conv.cin {
+        let cc = &col[ci * k * k * cols..(ci + 1) * k * k * cols];
+        for j in 0..nb {
+            // SAFETY: image `n0 + j` of channel `ci` lies inside the buffer and belongs to
+            // this call alone (the caller's contract).
+            let plane = std::slice::from_raw_parts_mut(dx.0.add((ci * xd.n + n0 + j) * hw), hw);
             if !accumulate {
                 plane.fill(0.0);
             }
-            let cc = &col[ci * k * k * cols..(ci + 1) * k * k * cols];
             for kh in 0..k {
                 for kw in 0..k {
-                    let row = &cc[(kh * k + kw) * cols..(kh * k + kw + 1) * cols];
+                    let row = &cc[(kh * k + kw) * cols + j * ho * wo..][..ho * wo];
                     let lo = p.saturating_sub(kw).min(wo);
                     let hi = (w + p).saturating_sub(kw).min(wo).max(lo);
-                    for n in 0..nb {
-                        for oh in 0..ho {
-                            let ih = (oh * s + kh) as isize - p as isize;
-                            if ih < 0 || ih >= h as isize {
-                                continue;
+                    for oh in 0..ho {
+                        let ih = (oh * s + kh) as isize - p as isize;
+                        if ih < 0 || ih >= h as isize {
+                            continue;
+                        }
+                        let src = &row[oh * wo..(oh + 1) * wo];
+                        let dst = &mut plane[ih as usize * w..(ih as usize + 1) * w];
+                        if s == 1 {
+                            for (d, v) in dst[lo + kw - p..hi + kw - p].iter_mut().zip(&src[lo..hi])
+                            {
+                                *d += v;
                             }
-                            let src = &row[(n * ho + oh) * wo..(n * ho + oh + 1) * wo];
-                            let dst = &mut plane
-                                [n * hw + ih as usize * w..n * hw + (ih as usize + 1) * w];
-                            if s == 1 {
-                                for (d, v) in
-                                    dst[lo + kw - p..hi + kw - p].iter_mut().zip(&src[lo..hi])
-                                {
-                                    *d += v;
-                                }
-                            } else {
-                                for (ow, v) in src.iter().enumerate() {
-                                    let iw = (ow * s + kw) as isize - p as isize;
-                                    if iw >= 0 && iw < w as isize {
-                                        dst[iw as usize] += v;
-                                    }
+                        } else {
+                            for (ow, v) in src.iter().enumerate() {
+                                let iw = (ow * s + kw) as isize - p as isize;
+                                if iw >= 0 && iw < w as isize {
+                                    dst[iw as usize] += v;
                                 }
                             }
                         }
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 fn check_conv(conv: &Conv2d, xd: Dims) -> Result<()> {
@@ -150,13 +198,6 @@ fn check_len(what: &'static str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
-pub(super) struct ConvScratch<'a> {
-    pub col: &'a mut Vec<f32>,
-    pub tmp: &'a mut Vec<f32>,
-    pub budget: usize,
-    pub gemm: Gemm,
-}
-
 pub(super) fn forward(
     s: ConvScratch<'_>,
     conv: &Conv2d,
@@ -172,34 +213,52 @@ pub(super) fn forward(
     check_len("conv2d output", y.len(), od.len())?;
     let ckk = conv.cin * conv.k * conv.k;
     let (hwo, n_all) = (od.hw(), xd.n);
-    let nb_max = chunk_images(conv, xd, s.budget);
-    let mut n0 = 0;
-    while n0 < n_all {
-        let nb = nb_max.min(n_all - n0);
-        let cols = nb * hwo;
-        let dst = MatMut::new(y, n0 * hwo, n_all * hwo, 1);
-        if conv.is_pointwise() {
-            let rhs = MatRef::new(x, n0 * hwo, n_all * hwo, 1);
-            s.gemm
-                .run(conv.cout, cols, ckk, dst, false, MatRef::rows(w, ckk), rhs)?;
-        } else {
-            if s.col.len() < ckk * cols {
-                s.col.resize(ckk * cols, 0.0);
-            }
-            im2col(conv, xd, x, n0, nb, s.col);
-            s.gemm.run(
-                conv.cout,
-                cols,
-                ckk,
-                dst,
-                false,
-                MatRef::rows(w, ckk),
-                MatRef::rows(s.col, cols),
-            )?;
-        }
-        n0 += nb;
+    let pl = plan(conv, xd, s.budget, s.threads);
+    let g = Gemm {
+        threads: pl.gemm_threads,
+        ..s.gemm
+    };
+    let y_len = od.len();
+    let yp = SharedMut(y.as_mut_ptr());
+    if s.bufs.len() < pl.groups {
+        s.bufs.resize_with(pl.groups, ThreadBufs::default);
     }
-    Ok(())
+    s.bufs[..pl.groups]
+        .par_iter_mut()
+        .enumerate()
+        .try_for_each(|(t, tb)| -> Result<()> {
+            let yp = yp;
+            for c in (t..pl.chunks).step_by(pl.groups) {
+                let n0 = c * pl.nb;
+                let nb = pl.nb.min(n_all - n0);
+                let cols = nb * hwo;
+                let rhs = if conv.is_pointwise() {
+                    MatRef::new(x, n0 * hwo, n_all * hwo, 1)
+                } else {
+                    if tb.col.len() < ckk * cols {
+                        tb.col.resize(ckk * cols, 0.0);
+                    }
+                    im2col(conv, xd, x, n0, nb, &mut tb.col);
+                    MatRef::rows(&tb.col[..ckk * cols], cols)
+                };
+                // SAFETY: columns n0·hwo..(n0 + nb)·hwo of every output row belong to this
+                // chunk alone.
+                unsafe {
+                    g.run_shared(
+                        conv.cout,
+                        cols,
+                        ckk,
+                        yp.0,
+                        y_len,
+                        (n0 * hwo, n_all * hwo, 1),
+                        false,
+                        MatRef::rows(w, ckk),
+                        rhs,
+                    )?;
+                }
+            }
+            Ok(())
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -212,7 +271,7 @@ pub(super) fn backward(
     w: &[f32],
     mode: ParamGrad,
     dw: &mut [f32],
-    mut dx: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
     accumulate_dx: bool,
 ) -> Result<()> {
     check_conv(conv, xd)?;
@@ -225,66 +284,166 @@ pub(super) fn backward(
         check_len("conv2d input gradient", dx.len(), xd.len())?;
     }
     let ckk = conv.cin * conv.k * conv.k;
+    let wl = conv.weight_len();
     let cout = conv.cout;
     let (hwo, hwi, n_all) = (od.hw(), xd.hw(), xd.n);
-    let nb_max = chunk_images(conv, xd, s.budget);
-    let g = s.gemm;
+    let pl = plan(conv, xd, s.budget, s.threads);
+    let g = Gemm {
+        threads: pl.gemm_threads,
+        ..s.gemm
+    };
     let pointwise = conv.is_pointwise();
-    if mode == ParamGrad::PerSampleSq && s.tmp.len() < conv.weight_len() {
-        s.tmp.resize(conv.weight_len(), 0.0);
+    let dx_len = xd.len();
+    let dxp = dx.map(|d| SharedMut(d.as_mut_ptr()));
+    if s.bufs.len() < pl.groups {
+        s.bufs.resize_with(pl.groups, ThreadBufs::default);
     }
-    let mut n0 = 0;
-    while n0 < n_all {
-        let nb = nb_max.min(n_all - n0);
-        let cols = nb * hwo;
-        if !pointwise {
-            if s.col.len() < ckk * cols {
-                s.col.resize(ckk * cols, 0.0);
+    s.bufs[..pl.groups]
+        .par_iter_mut()
+        .enumerate()
+        .try_for_each(|(t, tb)| -> Result<()> {
+            let dxp = dxp;
+            if tb.acc.len() < wl {
+                tb.acc.resize(wl, 0.0);
             }
-            im2col(conv, xd, x, n0, nb, s.col);
-        }
-        // The columns of this chunk, as a [ckk, cols] view.
-        let colv = if pointwise {
-            MatRef::new(x, n0 * hwi, n_all * hwi, 1)
-        } else {
-            MatRef::rows(s.col, cols)
-        };
-        match mode {
-            ParamGrad::Sum => {
-                let lhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
-                let rhs = MatRef::new(colv.data, colv.off, colv.cs, colv.rs);
-                g.run(cout, ckk, cols, MatMut::rows(dw, ckk), n0 > 0, lhs, rhs)?;
+            if mode == ParamGrad::PerSampleSq {
+                tb.acc[..wl].fill(0.0);
+                if tb.tmp.len() < wl {
+                    tb.tmp.resize(wl, 0.0);
+                }
             }
-            ParamGrad::PerSampleSq => {
-                for j in 0..nb {
-                    let lhs = MatRef::new(dy, (n0 + j) * hwo, n_all * hwo, 1);
-                    let rhs =
-                        MatRef::new(colv.data, colv.off + j * hwo * colv.cs, colv.cs, colv.rs);
-                    let tmp = &mut s.tmp[..conv.weight_len()];
-                    g.run(cout, ckk, hwo, MatMut::rows(tmp, ckk), false, lhs, rhs)?;
-                    dw[..tmp.len()]
-                        .par_chunks_mut(4096)
-                        .zip(tmp.par_chunks(4096))
-                        .for_each(|(d, t)| {
-                            for (d, t) in d.iter_mut().zip(t) {
-                                *d += t * t;
+            let mut first = true;
+            for c in (t..pl.chunks).step_by(pl.groups) {
+                let n0 = c * pl.nb;
+                let nb = pl.nb.min(n_all - n0);
+                let cols = nb * hwo;
+                if !pointwise {
+                    if tb.col.len() < ckk * cols {
+                        tb.col.resize(ckk * cols, 0.0);
+                    }
+                    im2col(conv, xd, x, n0, nb, &mut tb.col);
+                }
+                {
+                    // The columns of this chunk, as a [ckk, cols] view.
+                    let colv = if pointwise {
+                        MatRef::new(x, n0 * hwi, n_all * hwi, 1)
+                    } else {
+                        MatRef::rows(&tb.col[..ckk * cols], cols)
+                    };
+                    match mode {
+                        ParamGrad::Sum => {
+                            let lhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
+                            let rhs = MatRef::new(colv.data, colv.off, colv.cs, colv.rs);
+                            g.run(
+                                cout,
+                                ckk,
+                                cols,
+                                MatMut::rows(&mut tb.acc[..wl], ckk),
+                                !first,
+                                lhs,
+                                rhs,
+                            )?;
+                        }
+                        ParamGrad::PerSampleSq => {
+                            for j in 0..nb {
+                                let lhs = MatRef::new(dy, (n0 + j) * hwo, n_all * hwo, 1);
+                                let rhs = MatRef::new(
+                                    colv.data,
+                                    colv.off + j * hwo * colv.cs,
+                                    colv.cs,
+                                    colv.rs,
+                                );
+                                g.run(
+                                    cout,
+                                    ckk,
+                                    hwo,
+                                    MatMut::rows(&mut tb.tmp[..wl], ckk),
+                                    false,
+                                    lhs,
+                                    rhs,
+                                )?;
+                                for (a, v) in tb.acc[..wl].iter_mut().zip(&tb.tmp[..wl]) {
+                                    *a += v * v;
+                                }
                             }
-                        });
+                        }
+                    }
+                }
+                first = false;
+                if let Some(dxp) = dxp {
+                    let lhs = MatRef::rows_t(w, ckk);
+                    let rhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
+                    if pointwise {
+                        // SAFETY: columns n0·hwi..(n0 + nb)·hwi of every input row belong to
+                        // this chunk alone.
+                        unsafe {
+                            g.run_shared(
+                                ckk,
+                                cols,
+                                cout,
+                                dxp.0,
+                                dx_len,
+                                (n0 * hwi, n_all * hwi, 1),
+                                accumulate_dx,
+                                lhs,
+                                rhs,
+                            )?;
+                        }
+                    } else {
+                        g.run(
+                            ckk,
+                            cols,
+                            cout,
+                            MatMut::rows(&mut tb.col[..ckk * cols], cols),
+                            false,
+                            lhs,
+                            rhs,
+                        )?;
+                        // SAFETY: the planes of images n0..n0 + nb belong to this chunk alone.
+                        unsafe { col2im(conv, xd, &tb.col, n0, nb, dxp, accumulate_dx) };
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    // Sum the per-thread weight gradients.
+    let accs: Vec<&[f32]> = s.bufs[..pl.groups].iter().map(|b| &b.acc[..wl]).collect();
+    dw[..wl]
+        .par_chunks_mut(1 << 14)
+        .enumerate()
+        .for_each(|(i, d)| {
+            let r = i * (1 << 14)..i * (1 << 14) + d.len();
+            if mode == ParamGrad::Sum {
+                d.copy_from_slice(&accs[0][r.clone()]);
+            } else {
+                d.iter_mut()
+                    .zip(&accs[0][r.clone()])
+                    .for_each(|(d, a)| *d += a);
+            }
+            for a in &accs[1..] {
+                d.iter_mut().zip(&a[r.clone()]).for_each(|(d, a)| *d += a);
+            }
+        });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_cover_the_batch_and_balance_the_threads() {
+        let c = Conv2d::new(64, 64, 3, 1, 1);
+        for n in [1, 2, 3, 7, 32, 33] {
+            for threads in [1, 2, 3] {
+                for budget in [1, 1 << 16, 1 << 20, usize::MAX / 4] {
+                    let p = plan(&c, Dims::new(n, 64, 32, 32), budget, threads);
+                    assert!(p.nb * p.chunks >= n && p.nb * (p.chunks - 1) < n, "{p:?}");
+                    assert!(p.groups >= 1 && p.groups <= threads.min(p.chunks));
                 }
             }
         }
-        if let Some(dx) = dx.as_deref_mut() {
-            let lhs = MatRef::rows_t(w, ckk);
-            let rhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
-            if pointwise {
-                let dst = MatMut::new(dx, n0 * hwi, n_all * hwi, 1);
-                g.run(ckk, cols, cout, dst, accumulate_dx, lhs, rhs)?;
-            } else {
-                g.run(ckk, cols, cout, MatMut::rows(s.col, cols), false, lhs, rhs)?;
-                col2im(conv, xd, s.col, n0, nb, dx, accumulate_dx);
-            }
-        }
-        n0 += nb;
+        let p = plan(&c, Dims::new(32, 64, 32, 32), 1 << 19, 2);
+        assert_eq!((p.nb, p.chunks, p.groups, p.gemm_threads), (1, 32, 2, 1));
     }
-    Ok(())
 }

@@ -110,59 +110,121 @@ impl Gemm {
         // SAFETY: every element addressed by the views was bounds-checked above; `dst` is a
         // unique borrow, so it cannot alias `a` or `b`.
         unsafe {
-            let d = dst.data.as_mut_ptr().add(dst.off);
-            let pa = a.data.as_ptr().add(a.off);
-            let pb = b.data.as_ptr().add(b.off);
-            match self.imp {
-                GemmImpl::Gemm => {
-                    let par = if self.threads > 1 {
-                        gemm::Parallelism::Rayon(self.threads)
-                    } else {
-                        gemm::Parallelism::None
-                    };
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        d,
-                        dst.cs as isize,
-                        dst.rs as isize,
-                        accumulate,
-                        pa,
-                        a.cs as isize,
-                        a.rs as isize,
-                        pb,
-                        b.cs as isize,
-                        b.rs as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                }
-                GemmImpl::MatrixMultiply => {
-                    matrixmultiply::sgemm(
-                        m,
-                        k,
-                        n,
-                        1.0,
-                        pa,
-                        a.rs as isize,
-                        a.cs as isize,
-                        pb,
-                        b.rs as isize,
-                        b.cs as isize,
-                        if accumulate { 1.0 } else { 0.0 },
-                        d,
-                        dst.rs as isize,
-                        dst.cs as isize,
-                    );
+            self.kernel(
+                m,
+                n,
+                k,
+                dst.data.as_mut_ptr().add(dst.off),
+                dst.rs,
+                dst.cs,
+                accumulate,
+                a,
+                b,
+            )
+        };
+        Ok(())
+    }
+
+    /// [`Gemm::run`] into memory shared with other threads: the `m × n` elements at `dst + off`
+    /// with strides `rs`, `cs` must lie within `dst_len` elements (checked) and must not be
+    /// accessed by anyone else during the call (the caller's obligation).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_shared(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_len: usize,
+        (off, rs, cs): (usize, usize, usize),
+        accumulate: bool,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+    ) -> Result<()> {
+        let fits = m == 0 || n == 0 || off + (m - 1) * rs + (n - 1) * cs < dst_len;
+        if !(fits && a.fits(m, k) && b.fits(k, n)) {
+            return Err(Error::shape(
+                "gemm",
+                format!("{m}×{k} · {k}×{n}: an operand view runs past its buffer"),
+            ));
+        }
+        if m == 0 || n == 0 || k == 0 {
+            if k == 0 && !accumulate {
+                for i in 0..m {
+                    for j in 0..n {
+                        *dst.add(off + i * rs + j * cs) = 0.0;
+                    }
                 }
             }
+            return Ok(());
         }
+        self.kernel(m, n, k, dst.add(off), rs, cs, accumulate, a, b);
         Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        d: *mut f32,
+        d_rs: usize,
+        d_cs: usize,
+        accumulate: bool,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+    ) {
+        let pa = a.data.as_ptr().add(a.off);
+        let pb = b.data.as_ptr().add(b.off);
+        match self.imp {
+            GemmImpl::Gemm => {
+                let par = if self.threads > 1 {
+                    gemm::Parallelism::Rayon(self.threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    d,
+                    d_cs as isize,
+                    d_rs as isize,
+                    accumulate,
+                    pa,
+                    a.cs as isize,
+                    a.rs as isize,
+                    pb,
+                    b.cs as isize,
+                    b.rs as isize,
+                    1.0f32,
+                    1.0f32,
+                    false,
+                    false,
+                    false,
+                    par,
+                );
+            }
+            GemmImpl::MatrixMultiply => {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    pa,
+                    a.rs as isize,
+                    a.cs as isize,
+                    pb,
+                    b.rs as isize,
+                    b.cs as isize,
+                    if accumulate { 1.0 } else { 0.0 },
+                    d,
+                    d_rs as isize,
+                    d_cs as isize,
+                );
+            }
+        }
     }
 }
 

@@ -15,14 +15,16 @@ use crate::tensor::{Device, Tensor};
 pub use gemm::GemmImpl;
 use gemm::{Gemm, MatMut, MatRef};
 
-/// Elements of the im2col matrix of one chunk of images (16 MiB by default).
-pub const DEFAULT_COL_BUDGET: usize = 4 << 20;
+/// Elements of the im2col matrix of one chunk of images (4 MiB by default: one 32×32 image
+/// of a 64-channel 3×3 convolution).
+pub const DEFAULT_COL_BUDGET: usize = 1 << 20;
 
 /// The CPU backend and its reusable workspaces.
 pub struct Cpu {
     gemm: Gemm,
+    threads: usize,
     col_budget: usize,
-    col: Vec<f32>,
+    conv_bufs: Vec<conv::ThreadBufs>,
     tmp: Vec<f32>,
     tmp2: Vec<f32>,
     stats: Vec<[f64; 2]>,
@@ -35,8 +37,9 @@ impl Default for Cpu {
 }
 
 impl Cpu {
-    /// GEMMs on as many threads as rayon's current pool; `SAMKIT_GEMM=matrixmultiply` picks
-    /// the other GEMM implementation.
+    /// Convolutions spread over as many threads as rayon's current pool;
+    /// `SAMKIT_GEMM=matrixmultiply` picks the other GEMM implementation and
+    /// `SAMKIT_COL_BUDGET` the im2col chunk size in elements (for tuning).
     pub fn new() -> Self {
         let imp = match std::env::var("SAMKIT_GEMM").as_deref() {
             Ok("matrixmultiply") | Ok("mm") => GemmImpl::MatrixMultiply,
@@ -47,18 +50,25 @@ impl Cpu {
                 imp,
                 threads: rayon::current_num_threads(),
             },
-            col_budget: DEFAULT_COL_BUDGET,
-            col: Vec::new(),
+            threads: rayon::current_num_threads(),
+            col_budget: std::env::var("SAMKIT_COL_BUDGET")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_COL_BUDGET),
+            conv_bufs: Vec::new(),
             tmp: Vec::new(),
             tmp2: Vec::new(),
             stats: Vec::new(),
         }
     }
 
+    /// The GEMM implementation, and the threads over which convolutions spread their chunks
+    /// of images (and GEMMs their work when there are fewer chunks than threads).
     pub fn with_gemm(mut self, imp: GemmImpl, threads: usize) -> Self {
+        self.threads = threads.max(1);
         self.gemm = Gemm {
             imp,
-            threads: threads.max(1),
+            threads: self.threads,
         };
         self
     }
@@ -75,10 +85,10 @@ impl Cpu {
 
     fn scratch(&mut self) -> conv::ConvScratch<'_> {
         conv::ConvScratch {
-            col: &mut self.col,
-            tmp: &mut self.tmp,
+            bufs: &mut self.conv_bufs,
             budget: self.col_budget,
             gemm: self.gemm,
+            threads: self.threads,
         }
     }
 }

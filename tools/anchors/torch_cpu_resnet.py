@@ -1,0 +1,114 @@
+"""PyTorch side of benches/nn_cpu.rs: the CIFAR ResNet-18 of /work/shared/bench/torch_cpu_anchor.py
+(width 64, 10 classes), batch 32 of 32×32 images, SGD (momentum 0.9, weight decay 5e-4) train step
+(zero_grad, forward, cross-entropy, backward, step), on `--threads` threads (default 2).
+
+Prints one JSON line: median step time, forward-only time, and an SSAM-F Fisher over 128 samples
+(per-sample gradients with torch.func.vmap, BN in eval mode) for comparison with
+`ResNet18::per_sample_grad_sq`.
+"""
+import argparse, json, time
+import torch, torch.nn as nn, torch.nn.functional as F
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--batch", type=int, default=32)
+ap.add_argument("--reps", type=int, default=5)
+ap.add_argument("--fisher", type=int, default=0, help="samples of the per-sample Fisher (0: skip)")
+a = ap.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+
+
+class Block(nn.Module):
+    def __init__(s, i, o, st):
+        super().__init__()
+        s.conv1 = nn.Conv2d(i, o, 3, st, 1, bias=False); s.bn1 = nn.BatchNorm2d(o)
+        s.conv2 = nn.Conv2d(o, o, 3, 1, 1, bias=False); s.bn2 = nn.BatchNorm2d(o)
+        s.shortcut = nn.Sequential()
+        if st != 1 or i != o:
+            s.shortcut = nn.Sequential(nn.Conv2d(i, o, 1, st, bias=False), nn.BatchNorm2d(o))
+
+    def forward(s, x):
+        y = F.relu(s.bn1(s.conv1(x))); y = s.bn2(s.conv2(y)); return F.relu(y + s.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(s, nc=10):
+        super().__init__()
+        s.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False); s.bn1 = nn.BatchNorm2d(64)
+        cfg = [(64, 1), (128, 2), (256, 2), (512, 2)]; i = 64; layers = []
+        for o, st in cfg:
+            layers.append(nn.Sequential(Block(i, o, st), Block(o, o, 1))); i = o
+        s.layer1, s.layer2, s.layer3, s.layer4 = layers
+        s.linear = nn.Linear(512, nc)
+
+    def forward(s, x):
+        x = F.relu(s.bn1(s.conv1(x)))
+        x = s.layer4(s.layer3(s.layer2(s.layer1(x))))
+        return s.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def cpu_time():
+    """CPU time of all threads of this process (Linux schedstat), in seconds."""
+    import os
+    ns = 0
+    for t in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{t}/schedstat") as f:
+                ns += int(f.read().split()[0])
+        except OSError:
+            pass
+    return ns * 1e-9
+
+
+CPU = {}
+
+
+def median(f, reps, key=None):
+    f()
+    ts, cs = [], []
+    for _ in range(reps):
+        c = cpu_time(); t = time.perf_counter(); f(); ts.append(time.perf_counter() - t); cs.append(cpu_time() - c)
+    ts.sort(); cs.sort()
+    if key:
+        CPU[key] = cs[len(cs) // 2]
+    return ts[len(ts) // 2]
+
+
+m = ResNet18()
+x = torch.randn(a.batch, 3, 32, 32); y = torch.randint(0, 10, (a.batch,))
+sgd = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+def step():
+    sgd.zero_grad(); F.cross_entropy(m(x), y).backward(); sgd.step()
+
+
+def fwd():
+    with torch.no_grad():
+        m(x)
+
+
+res = dict(threads=torch.get_num_threads(), batch=a.batch, torch=torch.__version__,
+           sgd_train_step_s=median(step, a.reps, "sgd_train_step_cpu_s"), forward_s=median(fwd, a.reps))
+res.update(CPU)
+if a.fisher:
+    m.eval()
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    bufs = {k: v.detach() for k, v in m.named_buffers()}
+    xf = torch.randn(a.fisher, 3, 32, 32); yf = torch.randint(0, 10, (a.fisher,))
+
+    def loss1(p, xi, yi):
+        return F.cross_entropy(torch.func.functional_call(m, (p, bufs), (xi[None],)), yi[None])
+
+    g1 = torch.func.vmap(torch.func.grad(loss1), in_dims=(None, 0, 0))
+
+    def fisher():
+        out = {k: torch.zeros_like(v) for k, v in params.items()}
+        for s in range(0, a.fisher, 32):
+            for k, v in g1(params, xf[s:s + 32], yf[s:s + 32]).items():
+                out[k] += (v * v).sum(0)
+
+    res["fisher_samples"] = a.fisher
+    res["fisher_s"] = median(fisher, max(1, a.reps // 2))
+print(json.dumps(res))

@@ -67,6 +67,19 @@ fn main() {
         model.forward(&w, &x, BnMode::TrainNoUpdate).unwrap();
         fwd.push(t.elapsed().as_secs_f64());
     }
+    let mut fisher = vec![0.0; w.len()];
+    let (c, t) = (cpu_time(), Instant::now());
+    for _ in 0..4 {
+        model
+            .per_sample_grad_sq(&w, &x, (&y).into(), &mut fisher)
+            .unwrap();
+    }
+    println!(
+        "fisher over {} samples: {:.3} s wall, {:.3} s cpu",
+        4 * b,
+        t.elapsed().as_secs_f64(),
+        cpu_time() - c
+    );
     times.remove(0);
     cpu.remove(0);
     cpu.sort_by(f64::total_cmp);

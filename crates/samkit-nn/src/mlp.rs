@@ -68,7 +68,7 @@ impl<B: Backend> Mlp<B> {
         act: Activation,
         loss: LossKind,
     ) -> Result<Self> {
-        if dims.iter().any(|&d| d == 0) {
+        if dims.contains(&0) {
             return Err(Error::invalid("dims", format!("{dims:?} has a zero size")));
         }
         if let LossKind::CrossEntropy { smoothing } = loss {

@@ -629,3 +629,65 @@ fn bad_inputs_are_errors() {
     assert!(model.forward(&p, &one, BnMode::Train).is_err());
     assert!(model.forward(&p, &one, BnMode::Eval).is_ok());
 }
+
+#[test]
+fn conv2d_per_sample_squares_match_per_image_gradients() {
+    // Wide enough that the per-sample weight gradient is processed in several row blocks.
+    let conv = Conv2d::new(64, 130, 3, 1, 1);
+    let d = Dims::new(3, 64, 3, 3);
+    let od = conv.out_dims(d);
+    let x = rand(d.len(), 21);
+    let w = rand(conv.weight_len(), 22);
+    let dy = rand(od.len(), 23);
+    for threads in [1, 2] {
+        let mut be = Cpu::new().with_gemm(samkit_nn::cpu::GemmImpl::Gemm, threads);
+        let mut sq = vec![0.5; w.len()];
+        be.conv2d_backward(
+            &conv,
+            d,
+            &x,
+            &dy,
+            &w,
+            0,
+            ParamGrad::PerSampleSq,
+            &mut sq,
+            None,
+            false,
+        )
+        .unwrap();
+        let mut want = vec![0.5f64; w.len()];
+        for i in 0..d.n {
+            // Sample i alone: its channel-major slices.
+            let di = Dims { n: 1, ..d };
+            let xi: Vec<f32> = (0..d.c)
+                .flat_map(|c| x[(c * d.n + i) * 9..(c * d.n + i + 1) * 9].to_vec())
+                .collect();
+            let dyi: Vec<f32> = (0..od.c)
+                .flat_map(|c| dy[(c * d.n + i) * 9..(c * d.n + i + 1) * 9].to_vec())
+                .collect();
+            let mut gi = vec![0.0; w.len()];
+            be.conv2d_backward(
+                &conv,
+                di,
+                &xi,
+                &dyi,
+                &w,
+                0,
+                ParamGrad::Sum,
+                &mut gi,
+                None,
+                false,
+            )
+            .unwrap();
+            want.iter_mut()
+                .zip(&gi)
+                .for_each(|(a, &g)| *a += (g as f64).powi(2));
+        }
+        for (k, (&a, &b)) in sq.iter().zip(&want).enumerate() {
+            assert!(
+                (a as f64 - b).abs() <= 1e-4 * b,
+                "threads {threads}, {k}: {a} vs {b}"
+            );
+        }
+    }
+}

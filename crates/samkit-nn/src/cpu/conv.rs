@@ -13,6 +13,9 @@ use super::gemm::{Gemm, MatMut, MatRef};
 use crate::backend::{Conv2d, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
+/// Elements of one sample's weight-gradient block in the per-sample squared gradients.
+const PSG_BLOCK: usize = 1 << 16;
+
 /// Per-thread workspaces of the convolutions.
 #[derive(Default)]
 pub(super) struct ThreadBufs {
@@ -34,6 +37,13 @@ struct SharedMut(*mut f32);
 // SAFETY: see the uses: each thread writes disjoint image ranges.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// How the batch is cut: `chunks` chunks of `nb` images (the last may be shorter), run by
 /// `groups` threads, chunk `c` by thread `c % groups`; `gemm_threads` per GEMM.
@@ -64,6 +74,14 @@ fn plan(conv: &Conv2d, xd: Dims, budget: usize, threads: usize) -> Plan {
     }
 }
 
+/// Output columns `lo..hi` whose input column `ow·s + kw − p` lies inside `0..w`.
+fn valid_cols(wo: usize, w: usize, s: usize, p: usize, kw: usize) -> (usize, usize) {
+    // ow·s ≥ p − kw and ow·s < w + p − kw.
+    let lo = p.saturating_sub(kw).div_ceil(s).min(wo);
+    let hi = (w + p).saturating_sub(kw).div_ceil(s).min(wo).max(lo);
+    (lo, hi)
+}
+
 /// Columns of images `n0..n0 + nb`: row `(ci, kh, kw)`, column `(n, oh, ow)`.
 fn im2col(conv: &Conv2d, xd: Dims, x: &[f32], n0: usize, nb: usize, col: &mut [f32]) {
     let od = conv.out_dims(xd);
@@ -80,9 +98,7 @@ fn im2col(conv: &Conv2d, xd: Dims, x: &[f32], n0: usize, nb: usize, col: &mut [f
         for kh in 0..k {
             for kw in 0..k {
                 let row = &mut cc[(kh * k + kw) * cols..(kh * k + kw + 1) * cols];
-                // Output columns whose input column lies inside the image (stride 1).
-                let lo = p.saturating_sub(kw).min(wo);
-                let hi = (w + p).saturating_sub(kw).min(wo).max(lo);
+                let (lo, hi) = valid_cols(wo, w, s, p, kw);
                 for n in 0..nb {
                     let img = &plane[n * hw..(n + 1) * hw];
                     for oh in 0..ho {
@@ -93,18 +109,15 @@ fn im2col(conv: &Conv2d, xd: Dims, x: &[f32], n0: usize, nb: usize, col: &mut [f
                             continue;
                         }
                         let src = &img[ih as usize * w..(ih as usize + 1) * w];
+                        out[..lo].fill(0.0);
+                        out[hi..].fill(0.0);
                         if s == 1 {
-                            out[..lo].fill(0.0);
-                            out[hi..].fill(0.0);
                             out[lo..hi].copy_from_slice(&src[lo + kw - p..hi + kw - p]);
-                        } else {
-                            for (ow, o) in out.iter_mut().enumerate() {
-                                let iw = (ow * s + kw) as isize - p as isize;
-                                *o = if iw >= 0 && iw < w as isize {
-                                    src[iw as usize]
-                                } else {
-                                    0.0
-                                };
+                        } else if lo < hi {
+                            let first = lo * s + kw - p;
+                            for (o, v) in out[lo..hi].iter_mut().zip(src[first..].iter().step_by(s))
+                            {
+                                *o = *v;
                             }
                         }
                     }
@@ -140,15 +153,14 @@ unsafe fn col2im(
         for j in 0..nb {
             // SAFETY: image `n0 + j` of channel `ci` lies inside the buffer and belongs to
             // this call alone (the caller's contract).
-            let plane = std::slice::from_raw_parts_mut(dx.0.add((ci * xd.n + n0 + j) * hw), hw);
+            let plane = std::slice::from_raw_parts_mut(dx.ptr().add((ci * xd.n + n0 + j) * hw), hw);
             if !accumulate {
                 plane.fill(0.0);
             }
             for kh in 0..k {
                 for kw in 0..k {
                     let row = &cc[(kh * k + kw) * cols + j * ho * wo..][..ho * wo];
-                    let lo = p.saturating_sub(kw).min(wo);
-                    let hi = (w + p).saturating_sub(kw).min(wo).max(lo);
+                    let (lo, hi) = valid_cols(wo, w, s, p, kw);
                     for oh in 0..ho {
                         let ih = (oh * s + kh) as isize - p as isize;
                         if ih < 0 || ih >= h as isize {
@@ -161,12 +173,10 @@ unsafe fn col2im(
                             {
                                 *d += v;
                             }
-                        } else {
-                            for (ow, v) in src.iter().enumerate() {
-                                let iw = (ow * s + kw) as isize - p as isize;
-                                if iw >= 0 && iw < w as isize {
-                                    dst[iw as usize] += v;
-                                }
+                        } else if lo < hi {
+                            let first = lo * s + kw - p;
+                            for (d, v) in dst[first..].iter_mut().step_by(s).zip(&src[lo..hi]) {
+                                *d += v;
                             }
                         }
                     }
@@ -227,7 +237,6 @@ pub(super) fn forward(
         .par_iter_mut()
         .enumerate()
         .try_for_each(|(t, tb)| -> Result<()> {
-            let yp = yp;
             for c in (t..pl.chunks).step_by(pl.groups) {
                 let n0 = c * pl.nb;
                 let nb = pl.nb.min(n_all - n0);
@@ -248,7 +257,7 @@ pub(super) fn forward(
                         conv.cout,
                         cols,
                         ckk,
-                        yp.0,
+                        yp.ptr(),
                         y_len,
                         (n0 * hwo, n_all * hwo, 1),
                         false,
@@ -302,7 +311,6 @@ pub(super) fn backward(
         .par_iter_mut()
         .enumerate()
         .try_for_each(|(t, tb)| -> Result<()> {
-            let dxp = dxp;
             if tb.acc.len() < wl {
                 tb.acc.resize(wl, 0.0);
             }
@@ -345,25 +353,32 @@ pub(super) fn backward(
                             )?;
                         }
                         ParamGrad::PerSampleSq => {
-                            for j in 0..nb {
-                                let lhs = MatRef::new(dy, (n0 + j) * hwo, n_all * hwo, 1);
-                                let rhs = MatRef::new(
-                                    colv.data,
-                                    colv.off + j * hwo * colv.cs,
-                                    colv.cs,
-                                    colv.rs,
+                            // Blocks of output rows, so that each sample's block of the weight
+                            // gradient is squared into the accumulator while it is in cache.
+                            let rows = (PSG_BLOCK / ckk).clamp(1, cout);
+                            for r0 in (0..cout).step_by(rows) {
+                                let m = rows.min(cout - r0);
+                                let (acc, tmp) = (
+                                    &mut tb.acc[r0 * ckk..(r0 + m) * ckk],
+                                    &mut tb.tmp[..m * ckk],
                                 );
-                                g.run(
-                                    cout,
-                                    ckk,
-                                    hwo,
-                                    MatMut::rows(&mut tb.tmp[..wl], ckk),
-                                    false,
-                                    lhs,
-                                    rhs,
-                                )?;
-                                for (a, v) in tb.acc[..wl].iter_mut().zip(&tb.tmp[..wl]) {
-                                    *a += v * v;
+                                for j in 0..nb {
+                                    let lhs = MatRef::new(
+                                        dy,
+                                        r0 * n_all * hwo + (n0 + j) * hwo,
+                                        n_all * hwo,
+                                        1,
+                                    );
+                                    let rhs = MatRef::new(
+                                        colv.data,
+                                        colv.off + j * hwo * colv.cs,
+                                        colv.cs,
+                                        colv.rs,
+                                    );
+                                    g.run(m, ckk, hwo, MatMut::rows(tmp, ckk), false, lhs, rhs)?;
+                                    for (a, v) in acc.iter_mut().zip(tmp.iter()) {
+                                        *a += v * v;
+                                    }
                                 }
                             }
                         }
@@ -381,7 +396,7 @@ pub(super) fn backward(
                                 ckk,
                                 cols,
                                 cout,
-                                dxp.0,
+                                dxp.ptr(),
                                 dx_len,
                                 (n0 * hwi, n_all * hwi, 1),
                                 accumulate_dx,

@@ -125,9 +125,12 @@ impl Gemm {
         Ok(())
     }
 
-    /// [`Gemm::run`] into memory shared with other threads: the `m × n` elements at `dst + off`
-    /// with strides `rs`, `cs` must lie within `dst_len` elements (checked) and must not be
-    /// accessed by anyone else during the call (the caller's obligation).
+    /// [`Gemm::run`] into memory shared with other threads.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `dst_len` elements (the `m × n` elements at `dst + off` with
+    /// strides `rs`, `cs` are checked to lie within them), and no other thread may access
+    /// those `m × n` elements during the call.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn run_shared(
         &self,

@@ -640,7 +640,7 @@ fn conv2d_per_sample_squares_match_per_image_gradients() {
     let w = rand(conv.weight_len(), 22);
     let dy = rand(od.len(), 23);
     for threads in [1, 2] {
-        let mut be = Cpu::new().with_gemm(samkit_nn::cpu::GemmImpl::Gemm, threads);
+        let mut be = Cpu::new().with_threads(threads);
         let mut sq = vec![0.5; w.len()];
         be.conv2d_backward(
             &conv,

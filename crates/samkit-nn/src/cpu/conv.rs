@@ -27,7 +27,6 @@ pub(super) struct ThreadBufs {
 pub(super) struct ConvScratch<'a> {
     pub bufs: &'a mut Vec<ThreadBufs>,
     pub budget: usize,
-    pub gemm: Gemm,
     pub threads: usize,
 }
 
@@ -226,7 +225,6 @@ pub(super) fn forward(
     let pl = plan(conv, xd, s.budget, s.threads);
     let g = Gemm {
         threads: pl.gemm_threads,
-        ..s.gemm
     };
     let y_len = od.len();
     let yp = SharedMut(y.as_mut_ptr());
@@ -299,7 +297,6 @@ pub(super) fn backward(
     let pl = plan(conv, xd, s.budget, s.threads);
     let g = Gemm {
         threads: pl.gemm_threads,
-        ..s.gemm
     };
     let pointwise = conv.is_pointwise();
     let dx_len = xd.len();

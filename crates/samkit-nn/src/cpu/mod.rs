@@ -12,7 +12,6 @@ use crate::backend::{
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
-pub use gemm::GemmImpl;
 use gemm::{Gemm, MatMut, MatRef};
 
 /// Elements of the im2col matrix of one chunk of images (4 MiB by default: one 32×32 image
@@ -38,16 +37,10 @@ impl Default for Cpu {
 
 impl Cpu {
     /// Convolutions spread over as many threads as rayon's current pool;
-    /// `SAMKIT_GEMM=matrixmultiply` picks the other GEMM implementation and
-    /// `SAMKIT_COL_BUDGET` the im2col chunk size in elements (for tuning).
+    /// `SAMKIT_COL_BUDGET` sets the im2col chunk size in elements (for tuning).
     pub fn new() -> Self {
-        let imp = match std::env::var("SAMKIT_GEMM").as_deref() {
-            Ok("matrixmultiply") | Ok("mm") => GemmImpl::MatrixMultiply,
-            _ => GemmImpl::Gemm,
-        };
         Cpu {
             gemm: Gemm {
-                imp,
                 threads: rayon::current_num_threads(),
             },
             threads: rayon::current_num_threads(),
@@ -62,12 +55,11 @@ impl Cpu {
         }
     }
 
-    /// The GEMM implementation, and the threads over which convolutions spread their chunks
-    /// of images (and GEMMs their work when there are fewer chunks than threads).
-    pub fn with_gemm(mut self, imp: GemmImpl, threads: usize) -> Self {
+    /// The threads over which convolutions spread their chunks of images (and GEMMs their
+    /// work when there are fewer chunks than threads); rayon's pool by default.
+    pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self.gemm = Gemm {
-            imp,
             threads: self.threads,
         };
         self
@@ -79,15 +71,14 @@ impl Cpu {
         self
     }
 
-    pub fn gemm_impl(&self) -> GemmImpl {
-        self.gemm.imp
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     fn scratch(&mut self) -> conv::ConvScratch<'_> {
         conv::ConvScratch {
             bufs: &mut self.conv_bufs,
             budget: self.col_budget,
-            gemm: self.gemm,
             threads: self.threads,
         }
     }

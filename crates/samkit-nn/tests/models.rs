@@ -1,0 +1,118 @@
+//! The models' shapes and bookkeeping: the standard ResNet-18's parameter count and state-dict
+//! names, workspace reuse across batch sizes, and BN modes.
+use samkit_nn::checkpoint::state_dict_entries;
+use samkit_nn::init::Rng;
+use samkit_nn::{mean_weights, BnMode, Model, ResNet18, ResNetConfig, Tensor};
+
+fn images(n: usize, hw: usize, seed: u64) -> Tensor {
+    let mut v = vec![0.0; n * 3 * hw * hw];
+    Rng::new(seed).fill_normal(&mut v, 1.0);
+    Tensor::from_vec(v, &[n, 3, hw, hw]).unwrap()
+}
+
+#[test]
+fn the_standard_resnet18_has_the_pytorch_parameters_and_state_dict() {
+    let mut m = ResNet18::cpu(ResNetConfig::new(10, 64)).unwrap();
+    assert_eq!(m.layout().len(), 11_173_962);
+    let entries = state_dict_entries(m.layout(), &m.buffer_specs());
+    // 62 parameters and 20 batch-norm layers × 3 buffers, in PyTorch's state_dict order.
+    assert_eq!(entries.len(), 62 + 60);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names[..8],
+        [
+            "conv1.weight",
+            "bn1.weight",
+            "bn1.bias",
+            "bn1.running_mean",
+            "bn1.running_var",
+            "bn1.num_batches_tracked",
+            "layer1.0.conv1.weight",
+            "layer1.0.bn1.weight"
+        ]
+    );
+    let sc = names
+        .iter()
+        .position(|&n| n == "layer2.0.shortcut.0.weight")
+        .unwrap();
+    assert_eq!(
+        names[sc + 1..sc + 6],
+        [
+            "layer2.0.shortcut.1.weight",
+            "layer2.0.shortcut.1.bias",
+            "layer2.0.shortcut.1.running_mean",
+            "layer2.0.shortcut.1.running_var",
+            "layer2.0.shortcut.1.num_batches_tracked"
+        ]
+    );
+    assert_eq!(names[names.len() - 2..], ["linear.weight", "linear.bias"]);
+    let w = m.init_params(0);
+    let logits = m.forward(&w, &images(2, 32, 1), BnMode::Eval).unwrap();
+    assert_eq!(logits.shape(), &[2, 10]);
+    assert!(logits.as_slice().unwrap().iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn workspaces_are_reused_across_batch_sizes_with_the_same_results() {
+    let mut m = ResNet18::cpu(ResNetConfig::new(10, 2)).unwrap();
+    let w = m.init_params(5);
+    let big = images(6, 8, 2);
+    let small = big.narrow_batch(0, 3).unwrap();
+    let y = vec![1usize, 2, 3];
+    let mut g1 = vec![0.0; w.len()];
+    let mut fresh = ResNet18::cpu(ResNetConfig::new(10, 2)).unwrap();
+    let l1 = fresh
+        .forward_backward(
+            &w,
+            &small,
+            (&y).into(),
+            &mean_weights(3),
+            BnMode::TrainNoUpdate,
+            &mut g1,
+        )
+        .unwrap();
+    // The same small batch after a larger one: the workspace is reused, results are equal.
+    m.forward(&w, &big, BnMode::TrainNoUpdate).unwrap();
+    let mut g2 = vec![0.0; w.len()];
+    let l2 = m
+        .forward_backward(
+            &w,
+            &small,
+            (&y).into(),
+            &mean_weights(3),
+            BnMode::TrainNoUpdate,
+            &mut g2,
+        )
+        .unwrap();
+    assert_eq!(l1, l2);
+    assert_eq!(g1, g2);
+    // Another image size reallocates.
+    let other = m.forward(&w, &images(3, 16, 3), BnMode::Eval).unwrap();
+    assert_eq!(other.shape(), &[3, 10]);
+}
+
+#[test]
+fn eval_mode_uses_running_statistics_and_is_per_sample() {
+    let mut m = ResNet18::cpu(ResNetConfig::new(10, 2)).unwrap();
+    let w = m.init_params(5);
+    let x = images(4, 8, 4);
+    for _ in 0..3 {
+        m.forward(&w, &x, BnMode::Train).unwrap();
+    }
+    let all = m.forward(&w, &x, BnMode::Eval).unwrap();
+    let one = m
+        .forward(&w, &x.narrow_batch(2, 3).unwrap(), BnMode::Eval)
+        .unwrap();
+    let row = &all.as_slice().unwrap()[20..30];
+    for (a, b) in row.iter().zip(one.as_slice().unwrap()) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+    }
+    let stats = m.running_stats().unwrap();
+    assert_eq!(stats.len(), 20);
+    assert!(stats[0].0.iter().any(|&v| v != 0.0));
+    let bufs = m.buffers().unwrap();
+    assert!(bufs
+        .iter()
+        .any(|b| b.name == "bn1.num_batches_tracked"
+            && b.data == samkit_nn::BufferData::I64(vec![3])));
+}

@@ -23,6 +23,9 @@ pub enum CliError {
     Plot { path: PathBuf, detail: String },
     #[error("optimizer error: {0}")]
     Core(#[from] samkit_core::Error),
+    /// A failure of the network stack, the data pipeline or a checkpoint while running.
+    #[error("{0}")]
+    Run(String),
     #[error("cannot serialize {path}: {source}")]
     Json {
         path: PathBuf,

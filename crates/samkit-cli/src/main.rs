@@ -14,6 +14,7 @@ mod plot;
 mod progress;
 mod rng;
 mod toy;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,11 @@ enum Command {
     Toy(toy::ToyArgs),
     /// Linear regression: training curves of SGD, SAM, SSAM-F, FriendlySAM; theorem 1.
     Linreg(linreg::LinregArgs),
+    /// Train ResNet-18 with several optimizers on the same data and seed: accuracy, loss,
+    /// cost per step and its breakdown (the main job).
+    Compare(train::cmd::CompareCmd),
+    /// Train ResNet-18 with one optimizer, with checkpoints and resume.
+    Train(train::cmd::TrainCmd),
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
@@ -44,6 +50,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Toy(a) => toy::run(a, &mut out),
         Command::Linreg(a) => linreg::run(a, &mut out),
+        Command::Compare(a) => train::cmd::compare(a, &mut out),
+        Command::Train(a) => train::cmd::train(a, &mut out),
     }
 }
 

@@ -1,0 +1,479 @@
+//! The flags shared by `train`, `compare`, `landscape`, `hessian` and `bench`: data, model,
+//! base optimizer, schedule and every rule's hyperparameters, turned into checked configs.
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use samkit_core::{
+    Adam, Asam, BaseOptimizer, DropRate, FriendlySam, Gsam, ImbSam, LookSam, LrSchedule, MaskKind,
+    RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
+};
+use samkit_data::cifar::Cifar;
+use samkit_data::synthetic::SyntheticSpec;
+use samkit_data::{transform, Normalize, Split};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{check, CliError, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataSource {
+    /// Generated CIFAR-shaped images (no files needed).
+    Synthetic,
+    Cifar10,
+    Cifar100,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct DataArgs {
+    /// Which data to train on.
+    #[arg(long, value_enum, default_value = "synthetic")]
+    pub data: DataSource,
+    /// Folder with the CIFAR binary files (default: $SAMKIT_CIFAR_DIR).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Synthetic data: training images.
+    #[arg(long, default_value_t = 2560)]
+    pub train_size: usize,
+    /// Synthetic data: test images.
+    #[arg(long, default_value_t = 1000)]
+    pub test_size: usize,
+    /// Long-tailed subsampling of the training set with this imbalance factor (n_max/n_min).
+    #[arg(long)]
+    pub long_tail: Option<f64>,
+    /// Symmetric label noise on the training set at this rate.
+    #[arg(long)]
+    pub label_noise: Option<f64>,
+    /// Turn off random crops and flips.
+    #[arg(long)]
+    pub no_augment: bool,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct ModelArgs {
+    /// ResNet-18 stem width (64 = the standard 11.2M-parameter model).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Label smoothing of the cross-entropy.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseKind {
+    Sgd,
+    Adam,
+    Adamw,
+    Rmsprop,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Epochs to train.
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Mini-batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Stop each epoch after this many steps (quick runs).
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub base: BaseKind,
+    /// Base learning rate.
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Momentum (default 0.9 for SGD, 0 for RMSprop).
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    #[arg(long)]
+    pub nesterov: bool,
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Step schedule: epochs at which the rate is multiplied by --gamma.
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<u64>>,
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f32,
+    /// Linear warm-up over this many steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The survey's setup: ResNet-18, lr 0.1 ×0.1 at epochs 50 and 75 of 80, batch 128, ρ = 0.05,
+    /// SSAM-F with n_s = 256 and K = 5, SSAM-D with 20 % drop/grow and K = 5.
+    #[arg(long)]
+    pub preset_survey: bool,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct RuleArgs {
+    /// Perturbation radius ρ (default: each rule's own, 0.05 for the survey's rules).
+    #[arg(long)]
+    pub rho: Option<f32>,
+    /// SAM: the adaptive variant (w² ⊙ g).
+    #[arg(long)]
+    pub adaptive: bool,
+    /// ASAM: η in T = |w| + η.
+    #[arg(long, default_value_t = 0.01)]
+    pub asam_eta: f32,
+    /// ASAM: filter-wise T.
+    #[arg(long)]
+    pub filterwise: bool,
+    /// FriendlySAM: σ.
+    #[arg(long, default_value_t = 1.0)]
+    pub sigma: f32,
+    /// FriendlySAM: λ.
+    #[arg(long, default_value_t = 0.9)]
+    pub lambda: f32,
+    /// Sparse SAM: sparsity s.
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f32,
+    /// Sparse SAM: mask update interval K (steps).
+    #[arg(long, default_value_t = 5)]
+    pub mask_interval: u64,
+    /// SSAM-F: samples of the empirical Fisher (n_s).
+    #[arg(long, default_value_t = 128)]
+    pub fisher_samples: usize,
+    /// SSAM-D: drop/grow fraction r.
+    #[arg(long, default_value_t = 0.2)]
+    pub drop_rate: f32,
+    /// SSAM-D: cosine r_t schedule (r_0 = --drop-rate) instead of a constant rate.
+    #[arg(long)]
+    pub drop_cosine: bool,
+    /// Sparse SAM: normalise by ‖g‖ (the official code) instead of ‖M ⊙ g‖.
+    #[arg(long)]
+    pub ssam_full_norm: bool,
+    /// ImbSAM: classes with at most τ training samples form the tail.
+    #[arg(long, default_value_t = 20)]
+    pub tau: usize,
+    /// ImbSAM: weight κ of the tail loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub kappa: f32,
+    /// GSAM: α.
+    #[arg(long, default_value_t = 0.4)]
+    pub gsam_alpha: f32,
+    /// GSAM: ρ at the smallest learning rate (default: ρ).
+    #[arg(long)]
+    pub rho_min: Option<f32>,
+    /// LookSAM: SAM step every k steps.
+    #[arg(long, default_value_t = 5)]
+    pub looksam_k: u64,
+    /// LookSAM: α.
+    #[arg(long, default_value_t = 0.7)]
+    pub looksam_alpha: f32,
+}
+
+/// The optimizers `--optimizers` and `--optimizer` accept.
+pub const OPTIMIZERS: [&str; 10] = [
+    "sgd",
+    "sam",
+    "sam-adaptive",
+    "asam",
+    "friendlysam",
+    "ssam-f",
+    "ssam-d",
+    "imbsam",
+    "gsam",
+    "looksam",
+];
+
+/// Everything a training run needs, resolved from the flags.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub optimizer: String,
+    pub rule: Rule,
+    pub base: BaseOptimizer,
+    pub schedule: LrSchedule,
+    pub epochs: u32,
+    pub batch: usize,
+    pub steps_per_epoch: Option<usize>,
+    pub width: usize,
+    pub label_smoothing: f32,
+    pub augment: bool,
+    pub seed: u64,
+    pub data: DataArgs,
+}
+
+impl TrainArgs {
+    /// `(epochs, batch, lr, schedule)` with the preset and the CPU defaults applied.
+    fn resolved(&self, device: Device) -> (u32, usize, f32, ScheduleKind, Vec<u64>) {
+        let survey = self.preset_survey;
+        let epochs = self.epochs.unwrap_or(if survey { 80 } else { 4 });
+        let batch = self.batch.unwrap_or(if survey || device == Device::Cuda {
+            128
+        } else {
+            64
+        });
+        let lr = self.lr.unwrap_or(match self.base {
+            BaseKind::Sgd => 0.1,
+            BaseKind::Adam | BaseKind::Adamw => 1e-3,
+            BaseKind::Rmsprop => 1e-2,
+        });
+        let schedule = self.schedule.unwrap_or(if survey {
+            ScheduleKind::Step
+        } else {
+            ScheduleKind::Cosine
+        });
+        let milestones = self.milestones.clone().unwrap_or_else(|| {
+            if survey {
+                vec![50, 75]
+            } else {
+                vec![(epochs as u64 * 5) / 8, (epochs as u64 * 15) / 16]
+            }
+        });
+        (epochs, batch, lr, schedule, milestones)
+    }
+}
+
+/// The base optimizer from the flags.
+fn base_optimizer(t: &TrainArgs, lr: f32) -> BaseOptimizer {
+    let wd = t.weight_decay;
+    match t.base {
+        BaseKind::Sgd => BaseOptimizer::Sgd(Sgd {
+            lr,
+            momentum: t.momentum.unwrap_or(0.9),
+            dampening: 0.0,
+            nesterov: t.nesterov,
+            weight_decay: wd,
+        }),
+        BaseKind::Adam => BaseOptimizer::Adam(Adam {
+            lr,
+            weight_decay: wd,
+            ..Adam::default()
+        }),
+        BaseKind::Adamw => BaseOptimizer::AdamW(Adam {
+            lr,
+            weight_decay: wd,
+            ..Adam::default()
+        }),
+        BaseKind::Rmsprop => BaseOptimizer::RmsProp(RmsProp {
+            lr,
+            momentum: t.momentum.unwrap_or(0.0),
+            weight_decay: wd,
+            ..RmsProp::default()
+        }),
+    }
+}
+
+/// The rule called `name`, with its hyperparameters from the flags.
+pub fn rule(
+    name: &str,
+    r: &RuleArgs,
+    seed: u64,
+    total_steps: u64,
+    lr_range: (f32, f32),
+) -> Result<Rule> {
+    let rho = |default: f32| r.rho.unwrap_or(default);
+    let ssam = |mask: MaskKind| Ssam {
+        rho: rho(0.05),
+        sparsity: r.sparsity,
+        interval: r.mask_interval,
+        norm: if r.ssam_full_norm {
+            SsamNorm::Full
+        } else {
+            SsamNorm::Masked
+        },
+        mask,
+    };
+    let rule = match name {
+        "sgd" | "base" => Rule::Base,
+        "sam" => Rule::Sam(Sam {
+            rho: rho(0.05),
+            adaptive: r.adaptive,
+        }),
+        "sam-adaptive" => Rule::Sam(Sam {
+            rho: rho(0.5),
+            adaptive: true,
+        }),
+        "asam" => Rule::Asam(Asam {
+            rho: rho(0.5),
+            eta: r.asam_eta,
+            filterwise: r.filterwise,
+        }),
+        "friendlysam" => Rule::FriendlySam(FriendlySam {
+            rho: rho(0.05),
+            sigma: r.sigma,
+            lambda: r.lambda,
+        }),
+        "ssam-f" => Rule::Ssam(ssam(MaskKind::Fisher {
+            samples: r.fisher_samples,
+        })),
+        "ssam-d" => Rule::Ssam(ssam(MaskKind::Dynamic {
+            drop: if r.drop_cosine {
+                DropRate::Cosine {
+                    r0: r.drop_rate,
+                    total_steps: total_steps.max(1),
+                }
+            } else {
+                DropRate::Constant { rate: r.drop_rate }
+            },
+            seed,
+        })),
+        "imbsam" => Rule::ImbSam(ImbSam {
+            rho: rho(0.05),
+            tau: r.tau,
+            kappa: r.kappa,
+        }),
+        "gsam" => Rule::Gsam(Gsam {
+            rho_max: rho(0.05),
+            rho_min: r.rho_min.unwrap_or(rho(0.05)),
+            alpha: r.gsam_alpha,
+            lr_max: lr_range.0,
+            lr_min: lr_range.1,
+        }),
+        "looksam" => Rule::LookSam(LookSam {
+            rho: rho(0.1),
+            k: r.looksam_k,
+            alpha: r.looksam_alpha,
+            per_tensor: false,
+        }),
+        other => {
+            return Err(CliError::invalid(
+                "optimizer",
+                format!(
+                    "unknown optimizer `{other}`; choose from {}",
+                    OPTIMIZERS.join(", ")
+                ),
+            ))
+        }
+    };
+    rule.validate()
+        .map_err(|e| CliError::invalid("optimizer", e.to_string()))?;
+    Ok(rule)
+}
+
+/// Builds the run configuration of optimizer `name` from the flags.
+#[allow(clippy::too_many_arguments)]
+pub fn run_config(
+    name: &str,
+    device: Device,
+    data: &DataArgs,
+    model: &ModelArgs,
+    t: &TrainArgs,
+    r: &RuleArgs,
+    train_len: usize,
+) -> Result<RunConfig> {
+    let (epochs, batch, lr, sched, milestones) = t.resolved(device);
+    check::count("epochs", epochs as usize, 1, 100_000)?;
+    check::count("batch", batch, 1, 1 << 16)?;
+    check::positive("lr", lr as f64)?;
+    check::half_open("label-smoothing", model.label_smoothing as f64, 0.0, 1.0)?;
+    if let Some(s) = t.steps_per_epoch {
+        check::count("steps-per-epoch", s, 1, usize::MAX)?;
+    }
+    let per_epoch = {
+        let full = train_len / batch.max(1);
+        let full = if full == 0 { 1 } else { full };
+        t.steps_per_epoch.map_or(full, |s| s.min(full))
+    } as u64;
+    let total = per_epoch * epochs as u64;
+    let schedule = LrSchedule {
+        base_lr: lr,
+        schedule: match sched {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Step => Schedule::Step {
+                milestones,
+                gamma: t.gamma,
+            },
+            ScheduleKind::Cosine => Schedule::Cosine {
+                total_steps: total,
+                lr_min: 0.0,
+            },
+        },
+        warmup_steps: t.warmup,
+        steps_per_epoch: per_epoch,
+    };
+    schedule
+        .validate()
+        .map_err(|e| CliError::invalid("schedule", e.to_string()))?;
+    let base = base_optimizer(t, lr);
+    base.validate()
+        .map_err(|e| CliError::invalid("base", e.to_string()))?;
+    let rule = rule(name, r, t.seed, total, schedule.range())?;
+    let width = model.width.unwrap_or(match (device, data.data) {
+        (Device::Cpu, DataSource::Synthetic) => 8,
+        (Device::Cpu, _) => 16,
+        (Device::Cuda, _) => 64,
+    });
+    check::count("width", width, 1, 1024)?;
+    Ok(RunConfig {
+        optimizer: name.to_string(),
+        rule,
+        base,
+        schedule,
+        epochs,
+        batch,
+        steps_per_epoch: t.steps_per_epoch,
+        width,
+        label_smoothing: model.label_smoothing,
+        augment: !data.no_augment,
+        seed: t.seed,
+        data: data.clone(),
+    })
+}
+
+/// Loads or generates the data the flags name, with the long-tail and noise transforms.
+pub fn load_data(d: &DataArgs, seed: u64) -> Result<(Split, Normalize)> {
+    let bad = |flag: &'static str| {
+        move |e: samkit_data::DataError| CliError::invalid(flag, e.to_string())
+    };
+    let (mut split, norm) = match d.data {
+        DataSource::Synthetic => {
+            check::count("train-size", d.train_size, 1, 10_000_000)?;
+            check::count("test-size", d.test_size, 1, 10_000_000)?;
+            let spec = SyntheticSpec {
+                train: d.train_size,
+                test: d.test_size,
+                seed,
+                ..SyntheticSpec::default()
+            };
+            let s = samkit_data::synthetic::generate(&spec).map_err(bad("data"))?;
+            let n = Normalize::fit(&s.train);
+            (s, n)
+        }
+        DataSource::Cifar10 | DataSource::Cifar100 => {
+            let which = if d.data == DataSource::Cifar10 {
+                Cifar::C10
+            } else {
+                Cifar::C100
+            };
+            let s =
+                samkit_data::cifar::load(which, d.data_dir.as_deref()).map_err(bad("data-dir"))?;
+            let n = if which == Cifar::C10 {
+                Normalize::CIFAR10
+            } else {
+                Normalize::CIFAR100
+            };
+            (s, n)
+        }
+    };
+    if let Some(f) = d.long_tail {
+        split.train = transform::long_tail(&split.train, f, seed).map_err(bad("long-tail"))?;
+        split.description += &format!("; long-tailed with imbalance factor {f}");
+    }
+    if let Some(r) = d.label_noise {
+        let (noisy, flipped) =
+            transform::label_noise(&split.train, r, seed).map_err(bad("label-noise"))?;
+        split.train = noisy;
+        split.description += &format!("; symmetric label noise {r} ({flipped} labels changed)");
+    }
+    Ok((split, norm))
+}

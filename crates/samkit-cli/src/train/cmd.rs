@@ -1,0 +1,472 @@
+//! `samkit train` (one optimizer, all options, checkpoints and resume) and `samkit compare`
+//! (several optimizers on the same data, model and seed: what each costs and what each buys).
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::args::{self, DataArgs, Device, ModelArgs, RuleArgs, RunConfig, TrainArgs};
+use super::trainer::{EpochLog, Phases, StepLog, Trainer};
+use crate::error::{CliError, Result};
+use crate::output::{write_json, Output};
+use crate::plot::{self, Axes, Series};
+use crate::progress;
+
+#[derive(Args, Debug)]
+pub struct TrainCmd {
+    /// The optimizer: sgd, sam, sam-adaptive, asam, friendlysam, ssam-f, ssam-d, imbsam,
+    /// gsam, looksam.
+    #[arg(long, default_value = "sam")]
+    pub optimizer: String,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub rule: RuleArgs,
+    /// Output folder: steps.jsonl, epochs.csv, summary.json, checkpoint/.
+    #[arg(long, default_value = "results/train")]
+    pub out: PathBuf,
+    /// Write a checkpoint every this many epochs (and after the last).
+    #[arg(long, default_value_t = 1)]
+    pub checkpoint_every: u32,
+    /// Continue the run saved in this checkpoint folder with its own configuration (data,
+    /// model, optimizer, schedule, epochs); the result equals an uninterrupted run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many epochs of the planned run (its schedule still spans all of
+    /// them); `--resume` continues it.
+    #[arg(long)]
+    pub stop_after: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareCmd {
+    /// Optimizers to compare, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sgd,sam,asam,friendlysam,ssam-f,ssam-d"
+    )]
+    pub optimizers: Vec<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub rule: RuleArgs,
+    /// Output folder: compare.json, batch_loss.png, accuracy.png, step_cost.png.
+    #[arg(long, default_value = "results/compare")]
+    pub out: PathBuf,
+}
+
+pub fn require_cpu(device: Device) -> Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda => Err(CliError::invalid(
+            "device",
+            "cuda: the CUDA network stack (cuDNN/cuBLAS layers) is not built yet; the CUDA \
+             optimizer kernels are available to Rust trainers through the samkit-cuda crate. \
+             Use --device cpu.",
+        )),
+    }
+}
+
+/// Appends JSON lines to a file.
+struct JsonLines(std::io::BufWriter<std::fs::File>, PathBuf);
+
+impl JsonLines {
+    fn open(path: &Path, append: bool) -> Result<Self> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(path)
+            .map_err(|e| CliError::io(path, e))?;
+        Ok(JsonLines(std::io::BufWriter::new(f), path.to_path_buf()))
+    }
+
+    fn write<T: Serialize>(&mut self, v: &T) -> Result<()> {
+        let line = serde_json::to_string(v).map_err(|source| CliError::Json {
+            path: self.1.clone(),
+            source,
+        })?;
+        writeln!(self.0, "{line}").map_err(|e| CliError::io(&self.1, e))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.0.flush().map_err(|e| CliError::io(&self.1, e))
+    }
+}
+
+fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
+    let mut s = String::from(
+        "epoch,steps,train_loss,test_loss,test_accuracy,skipped_steps,pass1_s,perturb_s,pass2_s,update_s,mask_s,images_per_s\n",
+    );
+    for e in history {
+        let p = &e.step_seconds;
+        s += &format!(
+            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            e.epoch,
+            e.steps,
+            e.train_loss,
+            e.test_loss,
+            e.test_accuracy,
+            e.skipped_steps,
+            p.pass1,
+            p.perturb,
+            p.pass2,
+            p.update,
+            p.mask,
+            e.images_per_second
+        );
+    }
+    std::fs::write(path, s).map_err(|e| CliError::io(path, e))
+}
+
+fn epoch_line(name: &str, e: &EpochLog) -> String {
+    format!(
+        "{name:>12} epoch {:>3}: train loss {:.4}  test loss {:.4}  test acc {:6.2}%  {:.1} ms/step  {:.0} img/s{}",
+        e.epoch + 1,
+        e.train_loss,
+        e.test_loss,
+        100.0 * e.test_accuracy,
+        1e3 * e.step_seconds.total(),
+        e.images_per_second,
+        if e.skipped_steps > 0 {
+            format!("  ({} steps skipped: non-finite gradient)", e.skipped_steps)
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Trains `trainer` until `epochs` epochs are done, reporting each step and epoch.
+fn train_loop(
+    trainer: &mut Trainer,
+    epochs: u32,
+    out: &mut Output,
+    mut on_step: impl FnMut(&StepLog) -> Result<()>,
+    mut on_epoch: impl FnMut(&mut Trainer, &EpochLog) -> Result<()>,
+) -> Result<()> {
+    let name = trainer.cfg.optimizer.clone();
+    let per = trainer.steps_per_epoch() as u64;
+    let remaining = epochs.saturating_sub(trainer.epoch) as u64;
+    let bar = progress::bar(per * remaining, &name);
+    while trainer.epoch < epochs {
+        let mut err = None;
+        let log = trainer.train_epoch(&mut |s| {
+            bar.inc(1);
+            bar.set_message(format!("{name} e{} loss {:.3}", s.epoch + 1, s.loss));
+            if err.is_none() {
+                if let Err(e) = on_step(s) {
+                    err = Some(e);
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        bar.suspend(|| out.say(epoch_line(&name, &log)));
+        on_epoch(trainer, &log)?;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
+    require_cpu(cmd.device)?;
+    let (cfg, resume_state) = match &cmd.resume {
+        Some(dir) => {
+            if cmd.train.epochs.is_some() || cmd.train.batch.is_some() || cmd.train.lr.is_some() {
+                return Err(CliError::invalid(
+                    "resume",
+                    "a resumed run keeps its saved configuration: drop --epochs, --batch and --lr",
+                ));
+            }
+            let st = Trainer::read_state(dir)?;
+            (st.config.clone(), Some(st))
+        }
+        None => {
+            let cfg = args::run_config(
+                &cmd.optimizer,
+                cmd.device,
+                &cmd.data,
+                &cmd.model,
+                &cmd.train,
+                &cmd.rule,
+                train_len(&cmd.data)?,
+            )?;
+            (cfg, None)
+        }
+    };
+    let (split, norm) = args::load_data(&cfg.data, cfg.seed)?;
+    out.say(format!("data: {}", split.description));
+    let planned = cfg.epochs;
+    let epochs = match cmd.stop_after {
+        Some(0) => return Err(CliError::invalid("stop-after", "must be >= 1")),
+        Some(s) => s.min(planned),
+        None => planned,
+    };
+    let mut t = Trainer::new(cfg, Arc::new(split.train), Arc::new(split.test), norm)?;
+    if let (Some(dir), Some(st)) = (&cmd.resume, resume_state) {
+        t.load(dir, st)?;
+        out.say(format!(
+            "resumed {} after epoch {} (step {})",
+            dir.display(),
+            t.epoch,
+            t.step
+        ));
+    }
+    out.say(format!(
+        "training {} ({}) on ResNet-18 width {}: {} parameters, {} steps per epoch, {} epochs",
+        t.cfg.optimizer,
+        t.cfg.base.name(),
+        t.cfg.width,
+        t.params.len(),
+        t.steps_per_epoch(),
+        epochs
+    ));
+    if t.cfg.optimizer == "imbsam" {
+        out.say(format!("imbsam: {} tail classes", t.tail_classes()));
+    }
+    out.ensure_dir(&cmd.out)?;
+    let ck = cmd.out.join("checkpoint");
+    let mut steps = JsonLines::open(&cmd.out.join("steps.jsonl"), cmd.resume.is_some())?;
+    let every = cmd.checkpoint_every.max(1);
+    train_loop(
+        &mut t,
+        epochs,
+        out,
+        |s| steps.write(s),
+        |t, e| {
+            if (e.epoch + 1) % every == 0 || e.epoch + 1 == epochs || e.epoch + 1 == planned {
+                t.save(&ck)?;
+            }
+            Ok(())
+        },
+    )?;
+    steps.flush()?;
+    out.wrote(cmd.out.join("steps.jsonl"));
+    epochs_csv(&cmd.out.join("epochs.csv"), &t.history)?;
+    out.wrote(cmd.out.join("epochs.csv"));
+    write_json(&cmd.out.join("summary.json"), &t.history)?;
+    out.wrote(cmd.out.join("summary.json"));
+    out.say(format!("checkpoint: {}", ck.display()));
+    Ok(())
+}
+
+/// The size of the training set the flags describe (for the schedule's step count).
+fn train_len(d: &DataArgs) -> Result<usize> {
+    Ok(match d.data {
+        args::DataSource::Synthetic => d.train_size,
+        _ => 50_000,
+    })
+}
+
+/// One optimizer's outcome in a comparison.
+#[derive(Serialize)]
+struct CompareRow {
+    optimizer: String,
+    config: RunConfig,
+    epochs: Vec<EpochLog>,
+    batch_loss: Vec<f64>,
+    /// Mean seconds per step of each phase, over all steps after the first epoch's first
+    /// step (warm-up).
+    step_seconds: Phases,
+    final_test_accuracy: f64,
+    final_test_loss: f64,
+}
+
+pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
+    require_cpu(cmd.device)?;
+    crate::error::check::non_empty("optimizers", &cmd.optimizers)?;
+    // Validate every optimizer's flags before any training starts.
+    let n = train_len(&cmd.data)?;
+    let configs = cmd
+        .optimizers
+        .iter()
+        .map(|o| {
+            args::run_config(
+                o, cmd.device, &cmd.data, &cmd.model, &cmd.train, &cmd.rule, n,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (split, norm) = args::load_data(&cmd.data, cmd.train.seed)?;
+    out.say(format!("data: {}", split.description));
+    out.ensure_dir(&cmd.out)?;
+    let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+    let mut rows = Vec::new();
+    for cfg in configs {
+        let epochs = cfg.epochs;
+        let mut t = Trainer::new(cfg, train.clone(), test.clone(), norm)?;
+        if rows.is_empty() {
+            out.say(format!(
+                "model: ResNet-18 width {} ({} parameters), batch {}, {} steps/epoch, {} epochs, seed {}",
+                t.cfg.width,
+                t.params.len(),
+                t.cfg.batch,
+                t.steps_per_epoch(),
+                epochs,
+                t.cfg.seed
+            ));
+        }
+        let mut losses = Vec::new();
+        let mut sum = Phases::default();
+        let mut counted = 0u64;
+        train_loop(
+            &mut t,
+            epochs,
+            out,
+            |s| {
+                losses.push(s.loss);
+                if s.step > 0 {
+                    sum.add(&s.seconds);
+                    counted += 1;
+                }
+                Ok(())
+            },
+            |_, _| Ok(()),
+        )?;
+        let last = t.history.last().cloned().expect("at least one epoch");
+        rows.push(CompareRow {
+            optimizer: t.cfg.optimizer.clone(),
+            config: t.cfg.clone(),
+            epochs: t.history.clone(),
+            batch_loss: losses,
+            step_seconds: sum.scaled(1.0 / counted.max(1) as f64),
+            final_test_accuracy: last.test_accuracy,
+            final_test_loss: last.test_loss,
+        });
+    }
+    report(&rows, out);
+    let json = cmd.out.join("compare.json");
+    write_json(&json, &rows)?;
+    out.wrote(json);
+    plots(&rows, &cmd.out, out)?;
+    Ok(())
+}
+
+fn report(rows: &[CompareRow], out: &mut Output) {
+    let base = rows
+        .iter()
+        .find(|r| r.optimizer == "sgd")
+        .map(|r| r.step_seconds.total());
+    out.say("");
+    out.say(format!(
+        "{:<12} {:>8} {:>9} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "optimizer",
+        "test acc",
+        "test loss",
+        "ms/step",
+        "vs SGD",
+        "pass1",
+        "perturb",
+        "pass2",
+        "update",
+        "mask",
+        "pass2/pass1"
+    ));
+    for r in rows {
+        let p = &r.step_seconds;
+        let t = p.total();
+        let over = base.map_or("-".to_string(), |b| format!("{:.2}×", t / b));
+        let ratio = if p.pass2 > 0.0 {
+            format!("{:.2}", p.pass2 / p.pass1)
+        } else {
+            "-".into()
+        };
+        out.say(format!(
+            "{:<12} {:>7.2}% {:>9.4} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>10}",
+            r.optimizer,
+            100.0 * r.final_test_accuracy,
+            r.final_test_loss,
+            1e3 * t,
+            over,
+            1e3 * p.pass1,
+            1e3 * p.perturb,
+            1e3 * p.pass2,
+            1e3 * p.update,
+            1e3 * p.mask,
+            ratio
+        ));
+    }
+    out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps)");
+}
+
+fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::with_capacity(v.len());
+    let mut acc = 0.0;
+    for i in 0..v.len() {
+        acc += v[i];
+        if i >= k {
+            acc -= v[i - k];
+        }
+        let n = (i + 1).min(k) as f64;
+        out.push((i as f64, acc / n));
+    }
+    out
+}
+
+fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
+    plot::init_fonts();
+    let k = (rows.first().map_or(1, |r| r.batch_loss.len()) / 40).max(1);
+    let loss: Vec<Series> = rows
+        .iter()
+        .map(|r| {
+            Series::line(
+                &r.optimizer,
+                plot::optimizer_color(&r.optimizer),
+                smooth(&r.batch_loss, k),
+            )
+        })
+        .collect();
+    let p = dir.join("batch_loss.png");
+    plot::png(&p, (900, 600), |a| {
+        plot::line_chart(
+            a,
+            &Axes::new(
+                format!("Batch loss per step (moving mean over {k} steps)"),
+                "step",
+                "training loss",
+            ),
+            &loss,
+        )
+    })?;
+    out.wrote(p);
+    let acc: Vec<Series> = rows
+        .iter()
+        .map(|r| {
+            Series::line(
+                &r.optimizer,
+                plot::optimizer_color(&r.optimizer),
+                r.epochs
+                    .iter()
+                    .map(|e| ((e.epoch + 1) as f64, 100.0 * e.test_accuracy))
+                    .collect(),
+            )
+            .with_markers()
+        })
+        .collect();
+    let p = dir.join("accuracy.png");
+    plot::png(&p, (900, 600), |a| {
+        plot::line_chart(
+            a,
+            &Axes::new("Test accuracy per epoch", "epoch", "test accuracy (%)"),
+            &acc,
+        )
+    })?;
+    out.wrote(p);
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! Training ResNet-18 with any optimizer of the family: flags, the trainer, and the commands
+//! built on it (`train`, `compare`, `bench`).
+pub mod args;
+pub mod cmd;
+pub mod trainer;

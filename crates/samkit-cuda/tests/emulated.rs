@@ -1,12 +1,12 @@
 //! The GPU parity tests, run on the CPU through the fake CUDA driver of `tests/fakecuda` (the
-//! kernels built with g++): where no GPU is, they still check the whole stack and the kernels'
-//! logic against samkit-core. Skipped (one line) where a real driver is installed: `parity.rs`
-//! runs the same scenarios on the GPU there.
+//! kernels built with g++): where no GPU is, they still check the whole stack (cudarc, NVRTC,
+//! the typed launches, the optimizer) and the kernels' logic against samkit-core. Skipped, with
+//! one line, where a real driver is installed (`parity.rs` runs the same scenarios on the GPU)
+//! or where g++ or NVRTC is missing (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure).
 mod common;
 
 use std::sync::Arc;
 
-use samkit_core::Layout;
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
@@ -20,14 +20,4 @@ fn dev() -> Option<Arc<Device>> {
     }
 }
 
-#[test]
-fn norm_and_dot_match_cpu() {
-    let Some(d) = dev() else { return };
-    let layouts = [
-        Layout::flat(1).unwrap(),
-        Layout::flat(3).unwrap(),
-        Layout::flat(1000).unwrap(),
-        Layout::mlp(&[37, 129, 10]).unwrap(),
-    ];
-    common::parity::norm_and_dot_match_cpu(&d, &layouts);
-}
+parity_tests!(dev);

@@ -88,16 +88,20 @@ fn build() -> Result<PathBuf, String> {
     for f in FAMILIES {
         srcs.push(std::fs::read(kernels_dir().join(format!("{f}.cu"))).map_err(|e| e.to_string())?);
     }
-    for f in ["samkit.cuh"] {
-        srcs.push(std::fs::read(kernels_dir().join(f)).map_err(|e| e.to_string())?);
-    }
-    for f in ["emu.h", "driver.cpp", "include/cuda_fp16.h", "include/cuda_bf16.h"] {
+    srcs.push(std::fs::read(kernels_dir().join("samkit.cuh")).map_err(|e| e.to_string())?);
+    for f in [
+        "emu.h",
+        "driver.cpp",
+        "include/cuda_fp16.h",
+        "include/cuda_bf16.h",
+    ] {
         srcs.push(std::fs::read(fake_dir().join(f)).map_err(|e| e.to_string())?);
     }
     let flags = common_flags().join(" ");
     let mut parts: Vec<&[u8]> = srcs.iter().map(|v| v.as_slice()).collect();
     parts.push(flags.as_bytes());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fakecuda-{:016x}", hash(&parts)));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fakecuda-{:016x}", hash(&parts)));
     let lib = dir.join("libcuda.so.1");
     if lib.is_file() {
         return Ok(lib);
@@ -127,7 +131,9 @@ fn build() -> Result<PathBuf, String> {
                 ));
             }
         }
-        w.push_str(&format!("extern \"C\" const emu::Kern emu_reg_{f}[] = {{\n"));
+        w.push_str(&format!(
+            "extern \"C\" const emu::Kern emu_reg_{f}[] = {{\n"
+        ));
         for (name, _, _) in &ks {
             w.push_str(&format!("    {{\"{name}\", emu_w_{name}}},\n"));
         }

@@ -1,10 +1,21 @@
-//! Parity scenarios: GPU (or emulated GPU) against the CPU reference of samkit-core.
+//! Parity scenarios: the GPU (or its CPU emulation) against the CPU reference of samkit-core.
+//!
+//! Tolerances. f32: norms and dot products within 1e-12 relative (both sum in f64), every
+//! weight and state element within 1e-6 relative (with an absolute floor of 1e-6 of the
+//! vector's largest magnitude, for elements that cancel to almost nothing); masks, Fisher
+//! sums and every restore bit-identical. bf16 and f16: within one unit in the last place of the
+//! storage format of the CPU result rounded to it (2^-7 relative for bf16, 2^-10 for f16), the
+//! f32 optimizer state within 1e-6.
 use std::sync::Arc;
 
+use cudarc::driver::CudaSlice;
 use samkit_core::chunks::Chunks;
 use samkit_core::passes::{dot_pass, norm_pass, Dir};
-use samkit_core::Layout;
-use samkit_cuda::{Device, Ops};
+use samkit_core::{
+    Adam, Asam, BaseOptimizer, Bitset, DropRate, FirstOutcome, FriendlySam, Gsam, ImbSam, Layout,
+    LookSam, MaskKind, Optimizer, RmsProp, Rule, Sam, Sgd, Ssam, SsamNorm,
+};
+use samkit_cuda::{Device, Elem, GpuOptimizer, Ops};
 
 pub fn emulated(dev: &Device) -> bool {
     dev.name().contains("fake")
@@ -31,27 +42,958 @@ fn rel(a: f64, b: f64) -> f64 {
     }
 }
 
-pub fn norm_and_dot_match_cpu(dev: &Arc<Device>, layouts: &[Layout]) {
-    for layout in layouts {
+/// Every element within `tol` relative, with an absolute floor of `tol` times the largest
+/// magnitude of `want`.
+#[track_caller]
+pub fn assert_close(got: &[f32], want: &[f32], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0f64, |m, &x| m.max((x as f64).abs()));
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let (a, b) = (a as f64, b as f64);
+        if a.is_nan() && b.is_nan() {
+            continue;
+        }
+        let err = (a - b).abs();
+        let lim = tol * a.abs().max(b.abs()).max(scale);
+        if err > lim || err.is_nan() {
+            panic!("{what}: element {i}: gpu {a:e} vs cpu {b:e} (|diff| {err:e} > {lim:e})");
+        }
+    }
+}
+
+#[track_caller]
+fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b.to_bits(),
+            "{what}: element {i}: {a:e} vs {b:e}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layouts
+
+/// The sizes of the issue: 1, 3, 1000, 2^20 + 7 (one segment each) and the 62 segments of the
+/// CIFAR ResNet-18 (11,173,962 parameters; the width-16 variant, 700k, under emulation).
+pub fn sizes(dev: &Device) -> Vec<Layout> {
+    let mut v = vec![
+        Layout::flat(1).unwrap(),
+        Layout::flat(3).unwrap(),
+        Layout::flat(1000).unwrap(),
+    ];
+    v.push(Layout::flat((1 << 20) + 7).unwrap());
+    if emulated(dev) {
+        v.push(Layout::resnet18(10, 16).unwrap());
+    } else {
+        v.push(Layout::resnet18(10, 64).unwrap());
+    }
+    v
+}
+
+/// Weight and bias segments, odd lengths (so that flat-arena segments start misaligned and the
+/// kernels take their scalar paths), and one segment over several units.
+pub fn mixed_layout() -> Layout {
+    let mut l = Layout::new();
+    l.push("a.weight", &[4, 5]).unwrap();
+    l.push("a.bias", &[4]).unwrap();
+    l.push("bn.weight", &[4]).unwrap();
+    l.push("bn.bias", &[3]).unwrap();
+    l.push("big.weight", &[70, 131]).unwrap();
+    l.push("c.weight", &[3, 4]).unwrap();
+    l.push("c.bias", &[3]).unwrap();
+    l
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device buffers in both representations
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repr {
+    Flat,
+    List,
+}
+
+pub enum Buf<T> {
+    Flat(CudaSlice<T>),
+    List(Vec<CudaSlice<T>>),
+}
+
+impl<T: Elem> Buf<T> {
+    pub fn upload(dev: &Device, layout: &Layout, v: &[f32], repr: Repr) -> Self {
+        let s = dev.stream();
+        let t: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
+        match repr {
+            Repr::Flat => Buf::Flat(s.clone_htod(&t).unwrap()),
+            Repr::List => Buf::List(
+                layout
+                    .segments()
+                    .iter()
+                    .map(|seg| s.clone_htod(&t[seg.range()]).unwrap())
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn download(&self, dev: &Device) -> Vec<f32> {
+        let s = dev.stream();
+        let v: Vec<T> = match self {
+            Buf::Flat(b) => s.clone_dtoh(b).unwrap(),
+            Buf::List(l) => l.iter().flat_map(|b| s.clone_dtoh(b).unwrap()).collect(),
+        };
+        v.into_iter().map(T::to_f32).collect()
+    }
+}
+
+macro_rules! with_buf {
+    ($b:expr, |$x:ident| $body:expr) => {
+        match $b {
+            Buf::Flat($x) => $body,
+            Buf::List($x) => $body,
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels one by one
+
+pub fn norm_and_dot_match_cpu(dev: &Arc<Device>) {
+    for layout in sizes(dev) {
         let n = layout.len();
         let x = values(n, 1, 2.0);
         let y = values(n, 2, 2.0);
-        let chunks = Chunks::new(layout);
+        let chunks = Chunks::new(&layout);
         let xs = chunks.split(layout.split(&x).unwrap());
         let ys = chunks.split(layout.split(&y).unwrap());
         let cpu_n = norm_pass(&chunks, Dir::PLAIN, &xs, None, None, None, None);
         let cpu_d = dot_pass(&chunks, Some(&xs), &ys);
-        let s = dev.stream();
-        let dx = s.clone_htod(&x).unwrap();
-        let dy = s.clone_htod(&y).unwrap();
-        let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+        for repr in [Repr::Flat, Repr::List] {
+            let dx = Buf::<f32>::upload(dev, &layout, &x, repr);
+            let dy = Buf::<f32>::upload(dev, &layout, &y, repr);
+            let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+            let r = with_buf!(&dx, |b| ops.norm_sq(b).unwrap());
+            assert!(r.finite);
+            assert!(
+                rel(r.value, cpu_n.sum_sq) < 1e-12,
+                "n={n}: {} vs {}",
+                r.value,
+                cpu_n.sum_sq
+            );
+            let d = match (&dx, &dy) {
+                (Buf::Flat(a), Buf::Flat(b)) => ops.dot(a, b).unwrap(),
+                (Buf::List(a), Buf::List(b)) => ops.dot(a, b).unwrap(),
+                _ => unreachable!(),
+            };
+            assert!(d.finite);
+            assert!(
+                rel(d.value, cpu_d.xy) < 1e-12,
+                "n={n}: {} vs {}",
+                d.value,
+                cpu_d.xy
+            );
+            assert!(rel(d.yy, cpu_d.yy) < 1e-12);
+        }
+        // The non-finite check sees every element.
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut z = x.clone();
+            z[n - 1] = bad;
+            let dz = Buf::<f32>::upload(dev, &layout, &z, Repr::Flat);
+            let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+            let r = with_buf!(&dz, |b| ops.norm_sq(b).unwrap());
+            assert!(!r.finite, "n={n}: {bad} not seen");
+        }
+        println!(
+            "norm/dot n={n}: ‖x‖² {:.9e}, rel {:.1e}",
+            cpu_n.sum_sq,
+            rel(cpu_n.sum_sq, cpu_n.sum_sq)
+        );
+    }
+}
+
+/// Same bits whatever the grid, run after run.
+pub fn reductions_are_deterministic(dev: &Arc<Device>) {
+    let layout = sizes(dev).pop().unwrap();
+    let x = values(layout.len(), 9, 3.0);
+    let dx = dev.stream().clone_htod(&x).unwrap();
+    let mut ops = Ops::<f32>::new(dev, layout).unwrap();
+    let mut seen = Vec::new();
+    for cap in [None, Some(1), Some(2), Some(7), None] {
+        dev.set_max_blocks(cap);
         let r = ops.norm_sq(&dx).unwrap();
-        assert!(r.finite);
-        assert!(rel(r.value, cpu_n.sum_sq) < 1e-12, "n={n}: {} vs {}", r.value, cpu_n.sum_sq);
-        let d = ops.dot(&dx, &dy).unwrap();
-        assert!(d.finite);
-        assert!(rel(d.value, cpu_d.xy) < 1e-9, "n={n}: {} vs {}", d.value, cpu_d.xy);
-        assert!(rel(d.yy, cpu_d.yy) < 1e-12);
-        println!("n={n}: norm² {:.6e} (rel {:.1e}), dot {:.6e}", r.value, rel(r.value, cpu_n.sum_sq), d.value);
+        let d = ops.dot(&dx, &dx).unwrap();
+        seen.push((r.value.to_bits(), d.value.to_bits(), d.yy.to_bits()));
+    }
+    dev.set_max_blocks(None);
+    assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
+}
+
+pub fn fisher_matches_cpu(dev: &Arc<Device>) {
+    for layout in sizes(dev) {
+        let n = layout.len();
+        let gs: Vec<Vec<f32>> = (0..3).map(|s| values(n, 20 + s, 1.0)).collect();
+        let mut want = vec![0f32; n];
+        for g in &gs {
+            samkit_core::passes::fisher_accumulate(&mut want, g);
+        }
+        let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+        let mut f = dev.stream().alloc_zeros::<f32>(n).unwrap();
+        for (i, g) in gs.iter().enumerate() {
+            let repr = if i % 2 == 0 { Repr::Flat } else { Repr::List };
+            let dg = Buf::<f32>::upload(dev, &layout, g, repr);
+            with_buf!(&dg, |b| ops.fisher_accumulate(&mut f, b).unwrap());
+        }
+        let got = dev.stream().clone_dtoh(&f).unwrap();
+        assert_bits(&got, &want, &format!("fisher n={n}"));
+        // Gradients in bf16: the same sums of the same (converted) values.
+        let mut want16 = vec![0f32; n];
+        let mut f16b = dev.stream().alloc_zeros::<f32>(n).unwrap();
+        let mut ops16 = Ops::<half::bf16>::new(dev, layout.clone()).unwrap();
+        for g in &gs {
+            let r: Vec<f32> = g
+                .iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect();
+            samkit_core::passes::fisher_accumulate(&mut want16, &r);
+            let dg = Buf::<half::bf16>::upload(dev, &layout, g, Repr::Flat);
+            with_buf!(&dg, |b| ops16.fisher_accumulate(&mut f16b, b).unwrap());
+        }
+        assert_bits(
+            &dev.stream().clone_dtoh(&f16b).unwrap(),
+            &want16,
+            "fisher bf16",
+        );
+    }
+}
+
+fn ones(b: &Bitset) -> Vec<usize> {
+    b.ones_iter().collect()
+}
+
+pub fn top_k_matches_cpu(dev: &Arc<Device>) {
+    for layout in sizes(dev) {
+        let n = layout.len();
+        // Few distinct values: many ties at the threshold.
+        let coarse: Vec<f32> = (0..n).map(|i| ((i * 7919) % 13) as f32 * 0.25).collect();
+        let fine: Vec<f32> = values(n, 31, 4.0).iter().map(|x| x * x).collect();
+        let mut signed = values(n, 32, 4.0);
+        if n > 2 {
+            signed[1] = -0.0;
+            signed[2] = 0.0;
+        }
+        let ks = if emulated(dev) {
+            vec![0, 1, n / 3, n, n + 5]
+        } else {
+            vec![0, 1, n / 3, n / 2, n.saturating_sub(1), n, n + 5]
+        };
+        let reprs = if emulated(dev) && n > 1000 {
+            vec![Repr::List]
+        } else {
+            vec![Repr::Flat, Repr::List]
+        };
+        for (name, scores) in [("coarse", &coarse), ("fine", &fine), ("signed", &signed)] {
+            for &k in &ks {
+                let want = samkit_core::select::top_k_mask(scores, k);
+                for &repr in &reprs {
+                    let ds = Buf::<f32>::upload(dev, &layout, scores, repr);
+                    let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+                    let got = with_buf!(&ds, |b| ops.top_k_mask::<f32, _>(b, k).unwrap());
+                    assert_eq!(got.count_ones(), k.min(n), "{name} n={n} k={k}");
+                    assert!(got == want, "{name} n={n} k={k} {repr:?}: masks differ");
+                }
+            }
+        }
+        // Scores stored in bf16 select by their (converted) values.
+        let r: Vec<f32> = fine
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        let want = samkit_core::select::top_k_mask(&r, n / 2);
+        let ds = Buf::<half::bf16>::upload(dev, &layout, &fine, Repr::Flat);
+        let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+        let got = with_buf!(&ds, |b| ops.top_k_mask::<half::bf16, _>(b, n / 2).unwrap());
+        assert!(got == want, "bf16 scores n={n}");
+    }
+}
+
+pub fn ssam_d_masks_match_cpu(dev: &Arc<Device>) {
+    for layout in sizes(dev) {
+        let n = layout.len();
+        let chunks = Chunks::new(&layout);
+        let cases: &[(usize, u64)] = if emulated(dev) {
+            &[(n / 2, 7u64), (1, 3)]
+        } else {
+            &[(n / 2, 7u64), (n - n / 10, 1 << 40), (1, 3)]
+        };
+        for &(live, seed) in cases {
+            let want = samkit_core::sparse::random_mask(n, live, seed);
+            let mut ops = Ops::<f32>::new(dev, layout.clone()).unwrap();
+            let got = ops.random_mask(live, seed).unwrap();
+            assert!(got == want, "random mask n={n} live={live}");
+            let mut g = values(n, seed ^ 5, 2.0);
+            // Ties in |g| across signs and exact zeros.
+            for i in (0..n).step_by(17) {
+                g[i] = if i % 2 == 0 { 0.5 } else { -0.5 };
+            }
+            let gs = chunks.split(layout.split(&g).unwrap());
+            for (rate, update) in [(0.2f32, 1u32), (0.5, 7), (0.0, 2), (1.0, 3)] {
+                let want =
+                    samkit_core::sparse::drop_grow(&chunks, &gs, &got, n, rate, seed, update);
+                for repr in [Repr::Flat, Repr::List] {
+                    let dg = Buf::<f32>::upload(dev, &layout, &g, repr);
+                    let d = with_buf!(&dg, |b| ops.drop_grow(b, &got, rate, seed, update).unwrap());
+                    assert_eq!(d.count_ones(), live, "drop/grow keeps L n={n}");
+                    assert!(
+                        d == want,
+                        "drop/grow n={n} live={live} rate={rate}: {:?}",
+                        {
+                            let (a, b) = (ones(&d), ones(&want));
+                            a.iter().zip(&b).position(|(x, y)| x != y)
+                        }
+                    );
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The optimizer
+
+/// A separable quadratic plus a cubic term plus per-batch noise: the gradient at `w + e` differs
+/// non-linearly from the one at `w`. Part 1 (quadratic) is ImbSAM's head, part 2 its tail.
+pub struct Problem {
+    pub layout: Layout,
+    curv: Vec<f32>,
+    center: Vec<f32>,
+}
+
+impl Problem {
+    pub fn new(layout: Layout) -> Self {
+        let n = layout.len();
+        Problem {
+            curv: values(n, 101, 2.0).iter().map(|x| 1.5 + x).collect(),
+            center: values(n, 102, 1.0),
+            layout,
+        }
+    }
+
+    pub fn init(&self) -> Vec<f32> {
+        values(self.layout.len(), 103, 1.6)
+    }
+
+    pub fn grad(&self, w: &[f32], batch: u64, part: u8) -> Vec<f32> {
+        let noise = values(w.len(), 1000 + batch, 0.2);
+        w.iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let d = x - self.center[i];
+                let q = self.curv[i] * d;
+                let t = 0.5 * d * d * d + noise[i];
+                match part {
+                    1 => q,
+                    2 => t,
+                    _ => q + t,
+                }
+            })
+            .collect()
+    }
+
+    pub fn fisher(&self, w: &[f32], samples: usize) -> Vec<f32> {
+        let mut f = vec![0f32; w.len()];
+        for s in 0..samples {
+            let g = self.grad(w, 5000 + s as u64, 0);
+            samkit_core::passes::fisher_accumulate(&mut f, &g);
+        }
+        f
+    }
+}
+
+pub fn sgd_momentum() -> BaseOptimizer {
+    BaseOptimizer::Sgd(Sgd {
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        ..Sgd::default()
+    })
+}
+
+pub fn bases() -> Vec<(&'static str, BaseOptimizer)> {
+    vec![
+        ("sgd-momentum", sgd_momentum()),
+        (
+            "sgd-nesterov-damp0",
+            BaseOptimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                weight_decay: 1e-3,
+                ..Sgd::default()
+            }),
+        ),
+        ("sgd-plain", BaseOptimizer::sgd(0.05, 0.0, 0.0)),
+        (
+            "sgd-dampening",
+            BaseOptimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.8,
+                dampening: 0.3,
+                ..Sgd::default()
+            }),
+        ),
+        (
+            "adam",
+            BaseOptimizer::Adam(Adam {
+                lr: 1e-2,
+                weight_decay: 1e-2,
+                ..Adam::default()
+            }),
+        ),
+        (
+            "adamw",
+            BaseOptimizer::AdamW(Adam {
+                lr: 1e-2,
+                weight_decay: 5e-2,
+                ..Adam::default()
+            }),
+        ),
+        ("rmsprop", BaseOptimizer::RmsProp(RmsProp::default())),
+        (
+            "rmsprop-centered-momentum",
+            BaseOptimizer::RmsProp(RmsProp {
+                lr: 1e-2,
+                momentum: 0.5,
+                centered: true,
+                weight_decay: 1e-3,
+                ..RmsProp::default()
+            }),
+        ),
+        (
+            "rmsprop-centered",
+            BaseOptimizer::RmsProp(RmsProp {
+                centered: true,
+                ..RmsProp::default()
+            }),
+        ),
+    ]
+}
+
+pub fn rules() -> Vec<(&'static str, Rule)> {
+    let fisher = |norm| {
+        Rule::Ssam(Ssam {
+            interval: 2,
+            norm,
+            mask: MaskKind::Fisher { samples: 3 },
+            ..Ssam::fisher()
+        })
+    };
+    vec![
+        ("base", Rule::Base),
+        ("sam", Rule::Sam(Sam::default())),
+        (
+            "sam-adaptive",
+            Rule::Sam(Sam {
+                rho: 0.5,
+                adaptive: true,
+            }),
+        ),
+        ("asam", Rule::Asam(Asam::default())),
+        (
+            "asam-filterwise",
+            Rule::Asam(Asam {
+                filterwise: true,
+                ..Asam::default()
+            }),
+        ),
+        ("friendlysam", Rule::FriendlySam(FriendlySam::default())),
+        ("ssam-f", fisher(SsamNorm::Masked)),
+        ("ssam-f-full", fisher(SsamNorm::Full)),
+        (
+            "ssam-d",
+            Rule::Ssam(Ssam {
+                interval: 2,
+                ..Ssam::dynamic(11)
+            }),
+        ),
+        (
+            "ssam-d-cosine",
+            Rule::Ssam(Ssam {
+                interval: 1,
+                sparsity: 0.3,
+                mask: MaskKind::Dynamic {
+                    drop: DropRate::Cosine {
+                        r0: 0.5,
+                        total_steps: 6,
+                    },
+                    seed: 5,
+                },
+                ..Ssam::fisher()
+            }),
+        ),
+        ("imbsam", Rule::ImbSam(ImbSam::default())),
+        (
+            "imbsam-kappa2",
+            Rule::ImbSam(ImbSam {
+                kappa: 2.0,
+                ..ImbSam::default()
+            }),
+        ),
+        ("gsam", Rule::Gsam(Gsam::default())),
+        (
+            "gsam-alpha0",
+            Rule::Gsam(Gsam {
+                alpha: 0.0,
+                ..Gsam::default()
+            }),
+        ),
+        (
+            "gsam-schedule",
+            Rule::Gsam(Gsam {
+                rho_max: 0.1,
+                rho_min: 0.01,
+                lr_max: 0.05,
+                lr_min: 0.001,
+                alpha: 0.3,
+            }),
+        ),
+        (
+            "looksam",
+            Rule::LookSam(LookSam {
+                k: 2,
+                ..LookSam::default()
+            }),
+        ),
+        (
+            "looksam-per-tensor",
+            Rule::LookSam(LookSam {
+                k: 3,
+                per_tensor: true,
+                ..LookSam::default()
+            }),
+        ),
+    ]
+}
+
+/// Where to put a non-finite value: `(step, pass)`, pass 1 or 2.
+pub type Poison = Option<(usize, u8)>;
+
+fn poisoned(mut g: Vec<f32>, at: Poison, step: usize, pass: u8) -> Vec<f32> {
+    if at == Some((step, pass)) {
+        let i = g.len() / 2;
+        g[i] = if pass == 1 { f32::NAN } else { f32::INFINITY };
+    }
+    g
+}
+
+fn compare_state<T: Elem>(
+    dev: &Device,
+    cpu: &Optimizer,
+    gpu: &mut GpuOptimizer<T>,
+    w: &[f32],
+    dw: &Buf<T>,
+    tol: f64,
+    what: &str,
+) {
+    assert_close(&dw.download(dev), w, tol, &format!("{what}: weights"));
+    for name in cpu.base().state_buffers() {
+        let want = cpu.base_state(name).unwrap();
+        let got = gpu.base_state(name).unwrap().unwrap();
+        assert_close(&got, want, 1e-6, &format!("{what}: {name}"));
+    }
+    let s = gpu.status().unwrap();
+    assert_eq!(s.steps, cpu.steps(), "{what}: steps");
+    assert_eq!(s.skipped, cpu.skipped_steps(), "{what}: skipped");
+    assert_eq!(s.mask_updates, cpu.mask_updates(), "{what}: mask updates");
+    assert_eq!(
+        gpu.mask().unwrap().as_ref(),
+        cpu.mask(),
+        "{what}: sparse masks differ"
+    );
+    let m = gpu.friendly_momentum().unwrap();
+    assert_close(
+        &m,
+        cpu.friendly_momentum(),
+        1e-6,
+        &format!("{what}: FriendlySAM m"),
+    );
+}
+
+/// Runs `steps` steps of `rule` with `base` on the CPU and the device from the same weights, the
+/// device fed the gradients of the CPU trajectory, and compares everything after every pass.
+#[allow(clippy::too_many_arguments)]
+pub fn run_pair(
+    dev: &Arc<Device>,
+    layout: &Layout,
+    name: &str,
+    rule: &Rule,
+    base: &BaseOptimizer,
+    steps: usize,
+    repr: Repr,
+    poison: Poison,
+) {
+    let p = Problem::new(layout.clone());
+    let mut cpu = Optimizer::new(layout.clone(), rule.clone(), base.clone()).unwrap();
+    let mut gpu =
+        GpuOptimizer::<f32>::new(dev, layout.clone(), rule.clone(), base.clone()).unwrap();
+    let mut w = p.init();
+    let mut dw = Buf::<f32>::upload(dev, layout, &w, repr);
+    let what = format!("{name}/{} {repr:?}", base.name());
+    assert_eq!(
+        gpu.mask().unwrap().as_ref(),
+        cpu.mask(),
+        "{what}: initial mask"
+    );
+    for t in 0..steps {
+        let what = format!("{what} step {t}");
+        if t == 3 {
+            let lr = base.lr() * 0.5;
+            cpu.set_lr(lr).unwrap();
+            gpu.set_lr(lr).unwrap();
+        }
+        let want_fisher = cpu.needs_fisher();
+        assert_eq!(
+            gpu.needs_fisher().unwrap(),
+            want_fisher,
+            "{what}: needs_fisher"
+        );
+        if let Some(s) = want_fisher {
+            let f = p.fisher(&w, s);
+            cpu.set_fisher(&f).unwrap();
+            let df = Buf::<f32>::upload(dev, layout, &f, Repr::Flat);
+            with_buf!(&df, |b| gpu.set_fisher::<f32, _>(b).unwrap());
+        }
+        let before = w.clone();
+        let (fo, gfo) = if cpu.needs_head_tail() {
+            let head = poisoned(p.grad(&w, t as u64, 1), poison, t, 1);
+            let tail = (t != 2).then(|| p.grad(&w, t as u64, 2));
+            let fo = cpu.first_step_split(&mut w, &head, tail.as_ref()).unwrap();
+            let dh = Buf::<f32>::upload(dev, layout, &head, repr);
+            let dt = tail
+                .as_ref()
+                .map(|t| Buf::<f32>::upload(dev, layout, t, repr));
+            let gfo = match (&mut dw, &dh, &dt) {
+                (Buf::Flat(w), Buf::Flat(h), t) => {
+                    let t = t.as_ref().map(|t| match t {
+                        Buf::Flat(t) => t,
+                        _ => unreachable!(),
+                    });
+                    gpu.first_step_split(w, h, t).unwrap()
+                }
+                (Buf::List(w), Buf::List(h), t) => {
+                    let t = t.as_ref().map(|t| match t {
+                        Buf::List(t) => t,
+                        _ => unreachable!(),
+                    });
+                    gpu.first_step_split(w, h, t).unwrap()
+                }
+                _ => unreachable!(),
+            };
+            (fo, gfo)
+        } else {
+            let g = poisoned(p.grad(&w, t as u64, 0), poison, t, 1);
+            let fo = cpu.first_step(&mut w, &g).unwrap();
+            let dg = Buf::<f32>::upload(dev, layout, &g, repr);
+            let gfo = match (&mut dw, &dg) {
+                (Buf::Flat(w), Buf::Flat(g)) => gpu.first_step(w, g).unwrap(),
+                (Buf::List(w), Buf::List(g)) => gpu.first_step(w, g).unwrap(),
+                _ => unreachable!(),
+            };
+            (fo, gfo)
+        };
+        let second = |gpu: &mut GpuOptimizer<f32>, dw: &mut Buf<f32>, g2: &[f32]| {
+            let dg2 = Buf::<f32>::upload(dev, layout, g2, repr);
+            match (dw, &dg2) {
+                (Buf::Flat(w), Buf::Flat(g)) => gpu.second_step(w, g).unwrap(),
+                (Buf::List(w), Buf::List(g)) => gpu.second_step(w, g).unwrap(),
+                _ => unreachable!(),
+            }
+        };
+        match fo {
+            FirstOutcome::Perturbed => {
+                assert_eq!(gfo, FirstOutcome::Perturbed, "{what}");
+                assert_close(
+                    &dw.download(dev),
+                    &w,
+                    1e-6,
+                    &format!("{what}: perturbed weights"),
+                );
+                let part = if cpu.needs_head_tail() { 2 } else { 0 };
+                let g2 = poisoned(p.grad(&w, t as u64, part), poison, t, 2);
+                let out = cpu.second_step(&mut w, &g2).unwrap();
+                second(&mut gpu, &mut dw, &g2);
+                if out == samkit_core::Outcome::Skipped {
+                    assert_bits(&w, &before, &format!("{what}: cpu restore"));
+                    assert_bits(&dw.download(dev), &before, &format!("{what}: gpu restore"));
+                }
+            }
+            FirstOutcome::Applied => assert_eq!(gfo, FirstOutcome::Applied, "{what}"),
+            FirstOutcome::Skipped => {
+                // The device decides the skip itself: whatever it answered, the weights must not
+                // have moved, and a second step (with any gradient) completes the skip.
+                if gfo == FirstOutcome::Perturbed {
+                    assert_bits(&dw.download(dev), &before, &format!("{what}: unperturbed"));
+                    second(&mut gpu, &mut dw, &before);
+                }
+                assert_bits(&dw.download(dev), &before, &format!("{what}: skipped step"));
+                assert_eq!(
+                    gpu.last_outcome().unwrap(),
+                    Some(samkit_core::Outcome::Skipped)
+                );
+            }
+        }
+        compare_state(dev, &cpu, &mut gpu, &w, &dw, 1e-6, &what);
+    }
+}
+
+pub fn every_rule_matches_cpu(dev: &Arc<Device>) {
+    let layout = mixed_layout();
+    for (name, rule) in rules() {
+        for repr in [Repr::Flat, Repr::List] {
+            run_pair(dev, &layout, name, &rule, &sgd_momentum(), 6, repr, None);
+        }
+        println!("{name}: matches the CPU over 6 steps (flat arena and list)");
+    }
+}
+
+pub fn every_base_optimizer_matches_cpu(dev: &Arc<Device>) {
+    let layout = mixed_layout();
+    let picks = ["sam", "gsam", "looksam", "imbsam", "friendlysam"];
+    for (bname, base) in bases() {
+        for (name, rule) in rules().into_iter().filter(|(n, _)| picks.contains(n)) {
+            run_pair(dev, &layout, name, &rule, &base, 5, Repr::Flat, None);
+        }
+        println!("{bname}: matches the CPU");
+    }
+}
+
+pub fn non_finite_gradients_skip_exactly(dev: &Arc<Device>) {
+    let layout = mixed_layout();
+    for (name, rule) in rules() {
+        for poison in [Some((1, 1)), Some((2, 2)), Some((0, 1))] {
+            run_pair(
+                dev,
+                &layout,
+                name,
+                &rule,
+                &sgd_momentum(),
+                4,
+                Repr::Flat,
+                poison,
+            );
+        }
+    }
+    for (_, base) in bases() {
+        run_pair(
+            dev,
+            &layout,
+            "sam",
+            &Rule::Sam(Sam::default()),
+            &base,
+            3,
+            Repr::List,
+            Some((1, 2)),
+        );
+    }
+}
+
+/// The 62 ResNet-18 segments (11,173,962 parameters on a GPU): SAM, GSAM, LookSAM with SGD
+/// momentum, two steps each, flat arena and list.
+pub fn resnet18_matches_cpu(dev: &Arc<Device>) {
+    let layout = sizes(dev).pop().unwrap();
+    let picks = [
+        "sam",
+        "asam-filterwise",
+        "gsam",
+        "looksam-per-tensor",
+        "ssam-d",
+        "friendlysam",
+    ];
+    for (name, rule) in rules().into_iter().filter(|(n, _)| picks.contains(n)) {
+        for repr in [Repr::Flat, Repr::List] {
+            run_pair(dev, &layout, name, &rule, &sgd_momentum(), 2, repr, None);
+        }
+    }
+    for size in sizes(dev) {
+        run_pair(
+            dev,
+            &size,
+            "sam",
+            &Rule::Sam(Sam::default()),
+            &sgd_momentum(),
+            2,
+            Repr::Flat,
+            None,
+        );
+    }
+}
+
+/// One step in bf16 or f16 against the CPU on the same (representable) values, rounded.
+pub fn half_precision_step<T: Elem>(dev: &Arc<Device>, ulp: f64) {
+    let layout = mixed_layout();
+    let p = Problem::new(layout.clone());
+    let round =
+        |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| T::from_f32(x).to_f32()).collect() };
+    for (name, rule) in rules().into_iter().filter(|(n, _)| {
+        [
+            "sam",
+            "asam",
+            "gsam",
+            "friendlysam",
+            "ssam-d",
+            "looksam",
+            "imbsam",
+            "base",
+        ]
+        .contains(n)
+    }) {
+        for (bname, base) in bases()
+            .into_iter()
+            .filter(|(n, _)| ["sgd-momentum", "adam", "rmsprop"].contains(n))
+        {
+            let mut cpu = Optimizer::new(layout.clone(), rule.clone(), base.clone()).unwrap();
+            let mut gpu =
+                GpuOptimizer::<T>::new(dev, layout.clone(), rule.clone(), base.clone()).unwrap();
+            let mut w = round(p.init());
+            let mut dw = Buf::<T>::upload(dev, &layout, &w, Repr::Flat);
+            let Buf::Flat(dws) = &mut dw else {
+                unreachable!()
+            };
+            let g = round(p.grad(&w, 0, 1));
+            let dg = dev
+                .stream()
+                .clone_htod(&g.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>())
+                .unwrap();
+            let (fo, gfo) = if cpu.needs_head_tail() {
+                let t = round(p.grad(&w, 0, 2));
+                let dt = dev
+                    .stream()
+                    .clone_htod(&t.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>())
+                    .unwrap();
+                (
+                    cpu.first_step_split(&mut w, &g, Some(&t)).unwrap(),
+                    gpu.first_step_split(dws, &dg, Some(&dt)).unwrap(),
+                )
+            } else {
+                (
+                    cpu.first_step(&mut w, &g).unwrap(),
+                    gpu.first_step(dws, &dg).unwrap(),
+                )
+            };
+            assert_eq!(fo, gfo);
+            if fo == FirstOutcome::Perturbed {
+                let got = round(
+                    dev.stream()
+                        .clone_dtoh(dws)
+                        .unwrap()
+                        .into_iter()
+                        .map(T::to_f32)
+                        .collect(),
+                );
+                check_ulp(
+                    &got,
+                    &round(w.clone()),
+                    ulp,
+                    &format!("{name}/{bname} perturbed"),
+                );
+                // Pass 2 from the device's (rounded) perturbed weights, for both.
+                let g2 = round(p.grad(&got, 1, 0));
+                let dg2 = dev
+                    .stream()
+                    .clone_htod(&g2.iter().map(|&x| T::from_f32(x)).collect::<Vec<T>>())
+                    .unwrap();
+                cpu.second_step(&mut w, &g2).unwrap();
+                gpu.second_step(dws, &dg2).unwrap();
+            }
+            let got: Vec<f32> = dev
+                .stream()
+                .clone_dtoh(dws)
+                .unwrap()
+                .into_iter()
+                .map(T::to_f32)
+                .collect();
+            check_ulp(&got, &round(w.clone()), ulp, &format!("{name}/{bname}"));
+            for s in cpu.base().state_buffers() {
+                assert_close(
+                    &gpu.base_state(s).unwrap().unwrap(),
+                    cpu.base_state(s).unwrap(),
+                    1e-6,
+                    s,
+                );
+            }
+        }
+    }
+}
+
+#[track_caller]
+fn check_ulp(got: &[f32], want: &[f32], ulp: f64, what: &str) {
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let lim = ulp * (b.abs() as f64).max(f32::MIN_POSITIVE as f64 * 1e3);
+        assert!(
+            ((a - b).abs() as f64) <= lim,
+            "{what}: element {i}: gpu {a:e} vs cpu {b:e} (more than one unit in the last place)"
+        );
+    }
+}
+
+/// The closure form gives what the CPU's closure form gives.
+pub fn closure_form_matches_cpu(dev: &Arc<Device>) {
+    use samkit_core::{Eval, GradRequest, Pass};
+    let layout = mixed_layout();
+    let p = Arc::new(Problem::new(layout.clone()));
+    for (name, rule) in rules() {
+        let base = sgd_momentum();
+        let mut cpu = Optimizer::new(layout.clone(), rule.clone(), base.clone()).unwrap();
+        let mut gpu = GpuOptimizer::<f32>::new(dev, layout.clone(), rule.clone(), base).unwrap();
+        let mut w = p.init();
+        let mut dw = dev.stream().clone_htod(&w).unwrap();
+        for t in 0..5u64 {
+            let cp = p.clone();
+            let rc = cpu
+                .step(&mut w, |req, w: &Vec<f32>, out: &mut [f32]| {
+                    let g = match req {
+                        GradRequest::Batch(_) => cp.grad(w, t, 0),
+                        GradRequest::Head => cp.grad(w, t, 1),
+                        GradRequest::Tail(_) => cp.grad(w, t, 2),
+                        GradRequest::Fisher { samples } => cp.fisher(w, samples),
+                    };
+                    out.copy_from_slice(&g);
+                    Ok(Eval {
+                        loss: 1.0,
+                        samples: 1,
+                    })
+                })
+                .unwrap();
+            let gp = p.clone();
+            let dev2 = dev.clone();
+            let rg = gpu
+                .step(
+                    &mut dw,
+                    |req, w: &CudaSlice<f32>, out: &mut CudaSlice<f32>| {
+                        let wh = dev2.stream().clone_dtoh(w).unwrap();
+                        let g = match req {
+                            GradRequest::Batch(_) => gp.grad(&wh, t, 0),
+                            GradRequest::Head => gp.grad(&wh, t, 1),
+                            GradRequest::Tail(Pass::Clean | Pass::Perturbed) => gp.grad(&wh, t, 2),
+                            GradRequest::Fisher { samples } => gp.fisher(&wh, samples),
+                        };
+                        dev2.stream().memcpy_htod(&g, out).unwrap();
+                        Ok(Eval {
+                            loss: 1.0,
+                            samples: 1,
+                        })
+                    },
+                )
+                .unwrap();
+            assert_eq!(rg, rc, "{name} step {t}: reports");
+            // Trajectories may drift apart by rounding, each step's gradient coming from its
+            // own weights: compare loosely.
+            assert_close(
+                &dev.stream().clone_dtoh(&dw).unwrap(),
+                &w,
+                1e-4,
+                &format!("{name} step {t}"),
+            );
+        }
     }
 }

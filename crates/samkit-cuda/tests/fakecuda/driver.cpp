@@ -4,27 +4,28 @@
 // device pointers are host pointers, every stream operation runs to completion at once, a
 // module's kernels are the CPU builds of kernels/*.cu (emu.h) linked into this library, found by
 // name in the registries the test harness generates. Launches run each block as blockDim.x
-// threads, the blocks one after another.
+// fibers, the blocks one after another.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
-#include <thread>
+#include <ucontext.h>
 #include <vector>
 
 #include "emu.h"
 
-thread_local uint3 threadIdx;
-thread_local uint3 blockIdx;
-thread_local dim3 blockDim;
-thread_local dim3 gridDim;
+uint3 threadIdx;
+uint3 blockIdx;
+dim3 blockDim;
+dim3 gridDim;
 namespace emu {
-thread_local Warp* warp;
-thread_local Block* block;
-thread_local unsigned lane;
+Warp* warp;
+Block* block;
+unsigned lane;
 }  // namespace emu
 
 extern "C" const emu::Kern emu_reg_norm[];
@@ -211,43 +212,105 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void*, int, size_t)
     return OK;
 }
 
-static void run_block(const emu::Kern* k, void** params, unsigned b, unsigned grid, unsigned threads) {
-    auto bar = std::make_unique<std::barrier<>>((std::ptrdiff_t)threads);
-    emu::Block blk{bar.get(), {0}};
-    const unsigned nwarps = (threads + 31) / 32;
-    std::vector<std::unique_ptr<std::barrier<>>> wbars;
-    std::vector<emu::Warp> warps(nwarps);
+// The threads of a block are fibers (ucontext) run round-robin by one scheduler: a thread runs
+// until it waits at a barrier or returns. Launches are serialised (one scheduler at a time).
+namespace fib {
+constexpr unsigned MAX = 1024;
+constexpr size_t STACK = 256 * 1024;
+ucontext_t sched;
+ucontext_t ctx[MAX];
+char* stacks[MAX];
+bool done[MAX];
+unsigned cur, nthreads;
+const emu::Kern* kern;
+void** params;
+emu::Block* blk;
+emu::Warp* warps;
+
+void enter(unsigned t) {
+    cur = t;
+    threadIdx = uint3{t, 0, 0};
+    emu::block = blk;
+    emu::warp = &warps[t / 32];
+    emu::lane = t % 32;
+}
+
+// An exited thread no longer takes part in the barriers of the others.
+void drop(emu::Bar* b) {
+    b->expected--;
+    if (b->arrived > 0 && b->arrived == b->expected) {
+        b->arrived = 0;
+        b->gen++;
+    }
+}
+
+void entry() {
+    const unsigned t = cur;
+    kern->fn(params);
+    drop(&warps[t / 32].bar);
+    drop(&blk->bar);
+    done[t] = true;
+}
+
+void run_block(const emu::Kern* k, void** p, unsigned b, unsigned g, unsigned n) {
+    const unsigned nwarps = (n + 31) / 32;
+    std::vector<emu::Warp> ws(nwarps);
     for (unsigned w = 0; w < nwarps; w++) {
-        const unsigned width = std::min(32u, threads - 32 * w);
-        wbars.push_back(std::make_unique<std::barrier<>>((std::ptrdiff_t)width));
-        warps[w].bar = wbars.back().get();
-        warps[w].width = width;
+        ws[w].width = std::min(32u, n - 32 * w);
+        ws[w].bar = emu::Bar{ws[w].width, 0, 0};
     }
-    std::vector<std::thread> ts;
-    ts.reserve(threads);
-    for (unsigned t = 0; t < threads; t++) {
-        ts.emplace_back([&, t] {
-            threadIdx = uint3{t, 0, 0};
-            blockIdx = uint3{b, 0, 0};
-            blockDim = dim3{threads, 1, 1};
-            gridDim = dim3{grid, 1, 1};
-            emu::block = &blk;
-            emu::warp = &warps[t / 32];
-            emu::lane = t % 32;
-            k->fn(params);
-            // An exited thread no longer takes part in the barriers of the others.
-            emu::warp->bar->arrive_and_drop();
-            blk.bar->arrive_and_drop();
-        });
+    emu::Block bl{emu::Bar{n, 0, 0}, 0};
+    kern = k;
+    params = p;
+    blk = &bl;
+    warps = ws.data();
+    nthreads = n;
+    blockIdx = uint3{b, 0, 0};
+    blockDim = dim3{n, 1, 1};
+    gridDim = dim3{g, 1, 1};
+    for (unsigned t = 0; t < n; t++) {
+        if (!stacks[t]) stacks[t] = static_cast<char*>(std::malloc(STACK));
+        getcontext(&ctx[t]);
+        ctx[t].uc_stack.ss_sp = stacks[t];
+        ctx[t].uc_stack.ss_size = STACK;
+        ctx[t].uc_link = &sched;
+        makecontext(&ctx[t], (void (*)())entry, 0);
+        done[t] = false;
     }
-    for (auto& th : ts) th.join();
+    unsigned left = n;
+    while (left > 0) {
+        for (unsigned t = 0; t < n; t++) {
+            if (done[t]) continue;
+            enter(t);
+            swapcontext(&sched, &ctx[t]);
+            if (done[t]) left--;
+        }
+    }
+}
+}  // namespace fib
+
+void emu::wait(emu::Bar* b) {
+    const unsigned g = b->gen;
+    if (++b->arrived == b->expected) {
+        b->arrived = 0;
+        b->gen++;
+        return;
+    }
+    const unsigned t = fib::cur;
+    while (b->gen == g) {
+        swapcontext(&fib::ctx[t], &fib::sched);
+        fib::enter(t);
+    }
 }
 
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned, void*, void** params, void**) {
     if (gy != 1 || gz != 1 || by != 1 || bz != 1 || bx == 0 || bx > 1024) return ERR_INVALID_VALUE;
     const emu::Kern* k = static_cast<const emu::Kern*>(f);
-    for (unsigned b = 0; b < gx; b++) run_block(k, params, b, gx, bx);
+    // One launch at a time: __shared__ variables are function statics.
+    static std::mutex one;
+    std::lock_guard<std::mutex> lock(one);
+    for (unsigned b = 0; b < gx; b++) fib::run_block(k, params, b, gx, bx);
     return OK;
 }
 

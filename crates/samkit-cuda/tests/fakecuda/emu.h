@@ -1,13 +1,12 @@
 // emu.h: just enough of the CUDA C++ language to run samkit's kernels on the CPU, for the tests of
 // machines without a GPU. Force-included (g++ -include emu.h) before each kernels/*.cu.
 //
-// A block runs as blockDim.x std::threads (blocks one after another); __shared__ variables are
-// function statics (shared by the threads of the running block); __syncthreads is a barrier;
-// warp intrinsics exchange values through per-warp slots between two barriers; atomics are GCC
-// atomics on host memory. Device pointers are host pointers (see driver.cpp).
+// A block runs as blockDim.x fibers of one OS thread (blocks one after another); __shared__
+// variables are function statics (shared by the threads of the running block); __syncthreads is a
+// barrier; warp intrinsics exchange values through per-warp slots between two barriers; atomics
+// are GCC atomics on host memory. Device pointers are host pointers (see driver.cpp).
 #pragma once
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -48,37 +47,43 @@ struct Kern {
     const char* name;
     void (*fn)(void**);
 };
+// The threads of a block are fibers of one OS thread (driver.cpp); a barrier yields until every
+// live participant has arrived.
+struct Bar {
+    unsigned expected, arrived, gen;
+};
+void wait(Bar* b);
 struct Warp {
-    std::barrier<>* bar;
+    Bar bar;
     unsigned long long slot[32];
     unsigned width;
 };
 struct Block {
-    std::barrier<>* bar;
-    std::atomic<int> acc;
+    Bar bar;
+    int acc;
 };
-extern thread_local Warp* warp;
-extern thread_local Block* block;
-extern thread_local unsigned lane;
+extern Warp* warp;
+extern Block* block;
+extern unsigned lane;
 }  // namespace emu
 
-extern thread_local uint3 threadIdx;
-extern thread_local uint3 blockIdx;
-extern thread_local dim3 blockDim;
-extern thread_local dim3 gridDim;
+extern uint3 threadIdx;
+extern uint3 blockIdx;
+extern dim3 blockDim;
+extern dim3 gridDim;
 
-inline void __syncthreads() { emu::block->bar->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp->bar->arrive_and_wait(); }
+inline void __syncthreads() { emu::wait(&emu::block->bar); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(&emu::warp->bar); }
 
 inline int __syncthreads_or(int p) {
     emu::Block* b = emu::block;
-    b->bar->arrive_and_wait();
-    if (p) b->acc.store(1);
-    b->bar->arrive_and_wait();
-    const int r = b->acc.load();
-    b->bar->arrive_and_wait();
-    if (threadIdx.x == 0) b->acc.store(0);
-    b->bar->arrive_and_wait();
+    emu::wait(&b->bar);
+    if (p) b->acc = 1;
+    emu::wait(&b->bar);
+    const int r = b->acc;
+    emu::wait(&b->bar);
+    if (threadIdx.x == 0) b->acc = 0;
+    emu::wait(&b->bar);
     return r;
 }
 
@@ -87,14 +92,15 @@ template <class T> inline T shfl(T v, int src, bool valid) {
     static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
     unsigned long long bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
-    warp->slot[lane] = bits;
-    warp->bar->arrive_and_wait();
+    Warp* w = warp;
+    w->slot[lane] = bits;
+    wait(&w->bar);
     T r = v;
-    if (valid && src >= 0 && (unsigned)src < warp->width) {
-        const unsigned long long b = warp->slot[src];
+    if (valid && src >= 0 && (unsigned)src < w->width) {
+        const unsigned long long b = w->slot[src];
         std::memcpy(&r, &b, sizeof(T));
     }
-    warp->bar->arrive_and_wait();
+    wait(&w->bar);
     return r;
 }
 }  // namespace emu
@@ -104,12 +110,13 @@ template <class T> inline T __shfl_up_sync(unsigned, T v, int d) { return emu::s
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int m) { return emu::shfl(v, (int)(emu::lane ^ (unsigned)m), true); }
 
 inline unsigned __ballot_sync(unsigned, int p) {
-    emu::warp->slot[emu::lane] = p ? 1 : 0;
-    emu::warp->bar->arrive_and_wait();
+    emu::Warp* w = emu::warp;
+    w->slot[emu::lane] = p ? 1 : 0;
+    emu::wait(&w->bar);
     unsigned r = 0;
-    for (unsigned i = 0; i < emu::warp->width; i++)
-        if (emu::warp->slot[i]) r |= 1u << i;
-    emu::warp->bar->arrive_and_wait();
+    for (unsigned i = 0; i < w->width; i++)
+        if (w->slot[i]) r |= 1u << i;
+    emu::wait(&w->bar);
     return r;
 }
 

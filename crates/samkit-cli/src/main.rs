@@ -7,6 +7,8 @@
 //! Exit codes: 0 success, 2 a bad flag or value, 1 a failure while running.
 mod error;
 mod gif;
+mod hessian;
+mod landscape;
 mod linalg;
 mod linreg;
 mod output;
@@ -43,6 +45,12 @@ enum Command {
     Compare(train::cmd::CompareCmd),
     /// Train ResNet-18 with one optimizer, with checkpoints and resume.
     Train(train::cmd::TrainCmd),
+    /// Loss surface around a checkpoint along two filter-normalised directions, and the
+    /// line between two checkpoints.
+    Landscape(landscape::LandscapeArgs),
+    /// Top Hessian eigenvalues (power iteration, Lanczos) and trace (Hutchinson) at a
+    /// checkpoint.
+    Hessian(hessian::HessianArgs),
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
@@ -52,6 +60,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Linreg(a) => linreg::run(a, &mut out),
         Command::Compare(a) => train::cmd::compare(a, &mut out),
         Command::Train(a) => train::cmd::train(a, &mut out),
+        Command::Landscape(a) => landscape::run(a, &mut out),
+        Command::Hessian(a) => hessian::run(a, &mut out),
     }
 }
 

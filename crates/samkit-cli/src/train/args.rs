@@ -55,6 +55,16 @@ pub struct DataArgs {
     pub no_augment: bool,
 }
 
+impl DataArgs {
+    pub fn data_name(&self) -> &'static str {
+        match self.data {
+            DataSource::Synthetic => "synthetic",
+            DataSource::Cifar10 => "CIFAR-10",
+            DataSource::Cifar100 => "CIFAR-100",
+        }
+    }
+}
+
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
 pub struct ModelArgs {
     /// ResNet-18 stem width (64 = the standard 11.2M-parameter model).

@@ -2,4 +2,5 @@
 //! built on it (`train`, `compare`, `bench`).
 pub mod args;
 pub mod cmd;
+pub mod probe;
 pub mod trainer;

@@ -143,6 +143,14 @@ impl Trainer {
         })
     }
 
+    pub fn normalize(&self) -> Normalize {
+        self.norm
+    }
+
+    pub fn train_set(&self) -> &Arc<Dataset> {
+        &self.train
+    }
+
     pub fn steps_per_epoch(&self) -> usize {
         let full = (self.train.len() / self.cfg.batch).max(1);
         self.cfg.steps_per_epoch.map_or(full, |s| s.min(full))

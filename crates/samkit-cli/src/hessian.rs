@@ -1,0 +1,550 @@
+//! `samkit hessian`: the top eigenvalues of the loss Hessian at a checkpoint, by power
+//! iteration (with deflation) and by Lanczos (full re-orthogonalisation), and its trace by
+//! Hutchinson's estimator — the survey's "future work" (PyHessian's methods).
+//!
+//! The network stack has explicit first-order backward passes, so a Hessian-vector product is
+//! a central difference of two gradients, `Hv ≈ (∇L(w + εv) − ∇L(w − εv)) / 2ε` with `‖v‖ = 1`,
+//! over a fixed sample set with batch norm in inference mode (a deterministic function of w).
+//! On a smooth loss this is the Hessian to O(ε²) (the tests recover a known spectrum). A ReLU
+//! network is only piecewise smooth: units whose activation changes sign within ±εv add to
+//! the difference, so the estimates depend on ε (PyHessian's exact double-backward product
+//! ignores those kinks). The command reports the ε it used; compare runs at equal ε.
+use std::path::PathBuf;
+
+use clap::Args;
+use samkit_core::philox::PhiloxRng;
+use serde::Serialize;
+
+use crate::error::{check, CliError, Result};
+use crate::output::{write_json, Output};
+use crate::plot::{self, Axes, Series};
+use crate::progress;
+use crate::train::probe::{trained, Probe};
+
+#[derive(Args, Debug)]
+pub struct HessianArgs {
+    /// Checkpoint folder written by `samkit train` (its `checkpoint/`).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Training images the loss is averaged over.
+    #[arg(long, default_value_t = 256)]
+    pub samples: usize,
+    /// Eigenvalues to find by power iteration with deflation.
+    #[arg(long, default_value_t = 2)]
+    pub top: usize,
+    /// Power iterations per eigenvalue.
+    #[arg(long, default_value_t = 15)]
+    pub power_iters: usize,
+    /// Lanczos steps (0: skip).
+    #[arg(long, default_value_t = 20)]
+    pub lanczos: usize,
+    /// Hutchinson probes for the trace (0: skip).
+    #[arg(long, default_value_t = 10)]
+    pub hutchinson: usize,
+    /// Finite-difference step ε of the Hessian-vector product (relative to ‖w‖ / √N).
+    #[arg(long, default_value_t = 1e-2)]
+    pub fd_eps: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "results/hessian")]
+    pub out: PathBuf,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn normalise(v: &mut [f32]) -> f64 {
+    let n = dot(v, v).sqrt();
+    if n > 0.0 {
+        for x in v.iter_mut() {
+            *x = (*x as f64 / n) as f32;
+        }
+    }
+    n
+}
+
+/// `v ← v − Σ (v·q) q` for orthonormal `qs`.
+fn orthogonalise(v: &mut [f32], qs: &[Vec<f32>]) {
+    for q in qs {
+        let c = dot(v, q) as f32;
+        for (x, &y) in v.iter_mut().zip(q) {
+            *x -= c * y;
+        }
+    }
+}
+
+/// Hessian-vector products by central differences of a gradient oracle `grad(w, out)`.
+pub struct Hvp<G> {
+    grad: G,
+    w: Vec<f32>,
+    eps: f64,
+    plus: Vec<f32>,
+    minus: Vec<f32>,
+    wp: Vec<f32>,
+    pub count: usize,
+}
+
+impl<G: FnMut(&[f32], &mut [f32]) -> Result<f64>> Hvp<G> {
+    /// Products at `w`, with `ε = rel_eps · ‖w‖/√N` (the typical weight magnitude).
+    pub fn new(grad: G, w: Vec<f32>, rel_eps: f64) -> Self {
+        let n = w.len();
+        let eps = rel_eps * (dot(&w, &w) / n as f64).sqrt().max(1e-3);
+        Hvp {
+            grad,
+            w,
+            eps,
+            plus: vec![0.0; n],
+            minus: vec![0.0; n],
+            wp: vec![0.0; n],
+            count: 0,
+        }
+    }
+
+    /// `out ← H v` for a unit vector `v`.
+    pub fn apply(&mut self, v: &[f32], out: &mut [f32]) -> Result<()> {
+        let e = self.eps as f32;
+        for s in [1.0f32, -1.0] {
+            for ((p, &w), &d) in self.wp.iter_mut().zip(&self.w).zip(v) {
+                *p = w + s * e * d;
+            }
+            let g = if s > 0.0 {
+                &mut self.plus
+            } else {
+                &mut self.minus
+            };
+            (self.grad)(&self.wp, g)?;
+        }
+        for ((o, &a), &b) in out.iter_mut().zip(&self.plus).zip(&self.minus) {
+            *o = ((a as f64 - b as f64) / (2.0 * self.eps)) as f32;
+        }
+        self.count += 1;
+        Ok(())
+    }
+}
+
+/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations (for Lanczos' small
+/// tridiagonal matrix).
+pub fn symmetric_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
+    let n = a.len();
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i][j] * a[i][j])
+            .sum();
+        if off < 1e-22 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                if a[p][q].abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+                let t = theta.signum().max(0.0) * 2.0 - 1.0;
+                let t = t / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for row in a.iter_mut() {
+                    let (akp, akq) = (row[p], row[q]);
+                    row[p] = c * akp - s * akq;
+                    row[q] = s * akp + c * akq;
+                }
+                let (rp, rq) = (a[p].clone(), a[q].clone());
+                for k in 0..n {
+                    a[p][k] = c * rp[k] - s * rq[k];
+                    a[q][k] = s * rp[k] + c * rq[k];
+                }
+            }
+        }
+    }
+    let mut ev: Vec<f64> = (0..n).map(|i| a[i][i]).collect();
+    ev.sort_by(|x, y| y.total_cmp(x));
+    ev
+}
+
+#[derive(Serialize)]
+struct Report {
+    checkpoint: String,
+    optimizer: String,
+    samples: usize,
+    fd_eps: f64,
+    power: Vec<Vec<f64>>,
+    top_eigenvalues_power: Vec<f64>,
+    lanczos_ritz_values: Vec<f64>,
+    trace_hutchinson: Option<(f64, f64)>,
+    hessian_vector_products: usize,
+}
+
+/// Power iteration for the `top` largest-magnitude eigenvalues, deflating found vectors.
+fn power<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+    h: &mut Hvp<G>,
+    n: usize,
+    top: usize,
+    iters: usize,
+    seed: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<Vec<f64>>> {
+    let mut found: Vec<Vec<f32>> = Vec::new();
+    let mut traces = Vec::new();
+    let mut hv = vec![0f32; n];
+    for k in 0..top {
+        let mut rng = PhiloxRng::new(seed, 100 + k as u32);
+        let mut v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        orthogonalise(&mut v, &found);
+        normalise(&mut v);
+        let mut trace = Vec::new();
+        for _ in 0..iters {
+            h.apply(&v, &mut hv)?;
+            bar.inc(1);
+            let lambda = dot(&v, &hv);
+            trace.push(lambda);
+            v.copy_from_slice(&hv);
+            orthogonalise(&mut v, &found);
+            if normalise(&mut v) == 0.0 {
+                break;
+            }
+        }
+        found.push(v);
+        traces.push(trace);
+    }
+    Ok(traces)
+}
+
+/// Lanczos with full re-orthogonalisation; returns the Ritz values, largest first.
+fn lanczos<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+    h: &mut Hvp<G>,
+    n: usize,
+    m: usize,
+    seed: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<f64>> {
+    let mut rng = PhiloxRng::new(seed, 200);
+    let mut q: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    normalise(&mut q);
+    let mut qs: Vec<Vec<f32>> = vec![q];
+    let (mut alpha, mut beta) = (Vec::new(), Vec::new());
+    let mut w = vec![0f32; n];
+    for j in 0..m {
+        h.apply(&qs[j], &mut w)?;
+        bar.inc(1);
+        let a = dot(&w, &qs[j]);
+        alpha.push(a);
+        orthogonalise(&mut w, &qs);
+        orthogonalise(&mut w, &qs);
+        let b = normalise(&mut w);
+        if j + 1 == m || b < 1e-10 {
+            break;
+        }
+        beta.push(b);
+        qs.push(w.clone());
+    }
+    let k = alpha.len();
+    let mut t = vec![vec![0.0; k]; k];
+    for i in 0..k {
+        t[i][i] = alpha[i];
+        if i + 1 < k {
+            t[i][i + 1] = beta[i];
+            t[i + 1][i] = beta[i];
+        }
+    }
+    Ok(symmetric_eigenvalues(t))
+}
+
+pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
+    check::count("samples", a.samples, 1, 1_000_000)?;
+    check::count("top", a.top, 0, 100)?;
+    check::count("power-iters", a.power_iters, 1, 10_000)?;
+    check::count("lanczos", a.lanczos, 0, 500)?;
+    check::count("hutchinson", a.hutchinson, 0, 100_000)?;
+    check::positive("fd-eps", a.fd_eps)?;
+    let (mut t, data) = trained(&a.checkpoint)?;
+    let optimizer = t.cfg.optimizer.clone();
+    out.say(format!(
+        "checkpoint {} ({optimizer}); data: {data}",
+        a.checkpoint.display()
+    ));
+    let train = t.train_set().clone();
+    let probe = Probe::new(&t, &train, a.samples)?;
+    let n = t.params.len();
+    let w0 = t.params.clone();
+    let mut h = Hvp::new(
+        |w: &[f32], g: &mut [f32]| probe.grad(&mut t, w, g),
+        w0,
+        a.fd_eps,
+    );
+    let fd_eps = h.eps;
+    let total = a.top * a.power_iters + a.lanczos + a.hutchinson;
+    let bar = progress::bar(total as u64, "hessian-vector products");
+    let power_traces = power(&mut h, n, a.top, a.power_iters, a.seed, &bar)?;
+    let ritz = if a.lanczos > 0 {
+        lanczos(&mut h, n, a.lanczos, a.seed, &bar)?
+    } else {
+        Vec::new()
+    };
+    let trace = if a.hutchinson > 0 {
+        let mut rng = PhiloxRng::new(a.seed, 300);
+        let mut hv = vec![0f32; n];
+        let mut est = Vec::new();
+        let scale = (n as f64).sqrt() as f32;
+        for _ in 0..a.hutchinson {
+            // Rademacher v with ‖v‖² = N, applied as the unit vector v/√N.
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.next_u32() & 1 == 1 {
+                        1.0 / scale
+                    } else {
+                        -1.0 / scale
+                    }
+                })
+                .collect();
+            h.apply(&v, &mut hv)?;
+            bar.inc(1);
+            est.push(dot(&v, &hv) * n as f64);
+        }
+        let m = est.iter().sum::<f64>() / est.len() as f64;
+        let var = est.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (est.len().max(2) - 1) as f64;
+        Some((m, (var / est.len() as f64).sqrt()))
+    } else {
+        None
+    };
+    bar.finish_and_clear();
+    let tops: Vec<f64> = power_traces
+        .iter()
+        .filter_map(|t| t.last().copied())
+        .collect();
+    out.say(format!(
+        "{} parameters, {} samples, ε = {fd_eps:.3e}, {} Hessian-vector products",
+        n,
+        probe.samples(),
+        h.count
+    ));
+    out.say("(finite-difference products on a piecewise-linear network: the estimates depend on ε; compare checkpoints at equal --fd-eps)");
+    for (k, l) in tops.iter().enumerate() {
+        out.say(format!("power iteration: λ{} = {l:.5}", k + 1));
+    }
+    if !ritz.is_empty() {
+        let show: Vec<String> = ritz.iter().take(5).map(|x| format!("{x:.5}")).collect();
+        out.say(format!(
+            "lanczos ({} steps): largest Ritz values {}",
+            a.lanczos,
+            show.join(", ")
+        ));
+        out.say(format!(
+            "lanczos: smallest Ritz value {:.5}",
+            ritz.last().copied().unwrap_or(0.0)
+        ));
+    }
+    if let Some((m, se)) = trace {
+        out.say(format!(
+            "hutchinson ({} probes): trace = {m:.4} ± {se:.4}",
+            a.hutchinson
+        ));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| CliError::io(&a.out, e))?;
+    plot::init_fonts();
+    let png = a.out.join("power_iteration.png");
+    let series: Vec<Series> = power_traces
+        .iter()
+        .enumerate()
+        .map(|(k, tr)| {
+            Series::line(
+                format!("λ{}", k + 1),
+                plot::palette(k),
+                tr.iter()
+                    .enumerate()
+                    .map(|(i, &v)| ((i + 1) as f64, v))
+                    .collect(),
+            )
+            .with_markers()
+        })
+        .collect();
+    if !series.is_empty() {
+        plot::png(&png, (900, 600), |area| {
+            plot::line_chart(
+                area,
+                &Axes::new(
+                    format!("Power iteration at {optimizer}'s checkpoint (Rayleigh quotient)"),
+                    "iteration",
+                    "eigenvalue estimate",
+                ),
+                &series,
+            )
+        })?;
+        out.wrote(png);
+    }
+    let json = a.out.join("hessian.json");
+    write_json(
+        &json,
+        &Report {
+            checkpoint: a.checkpoint.display().to_string(),
+            optimizer,
+            samples: probe.samples(),
+            fd_eps,
+            power: power_traces,
+            top_eigenvalues_power: tops,
+            lanczos_ritz_values: ritz,
+            trace_hutchinson: trace,
+            hessian_vector_products: h.count,
+        },
+    )?;
+    out.wrote(json);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quadratic with known spectrum: `L(w) = ½ Σ λ_i w_i²`, gradient `λ ⊙ w`.
+    fn quadratic(lambdas: Vec<f64>) -> impl FnMut(&[f32], &mut [f32]) -> Result<f64> {
+        move |w, g| {
+            for ((o, &x), &l) in g.iter_mut().zip(w).zip(&lambdas) {
+                *o = (l * x as f64) as f32;
+            }
+            Ok(0.0)
+        }
+    }
+
+    #[test]
+    fn power_lanczos_and_hutchinson_recover_a_known_spectrum() {
+        let n = 200;
+        let lambdas: Vec<f64> = (0..n)
+            .map(|i| {
+                if i == 7 {
+                    9.0
+                } else if i == 50 {
+                    5.0
+                } else {
+                    (i % 10) as f64 * 0.1 - 0.3
+                }
+            })
+            .collect();
+        let trace: f64 = lambdas.iter().sum();
+        let w: Vec<f32> = (0..n).map(|i| 0.1 + 0.001 * i as f32).collect();
+        let mut h = Hvp::new(quadratic(lambdas), w, 1e-2);
+        let bar = indicatif::ProgressBar::hidden();
+        let p = power(&mut h, n, 2, 60, 1, &bar).unwrap();
+        assert!(
+            (p[0].last().unwrap() - 9.0).abs() < 1e-3,
+            "{:?}",
+            p[0].last()
+        );
+        assert!(
+            (p[1].last().unwrap() - 5.0).abs() < 1e-2,
+            "{:?}",
+            p[1].last()
+        );
+        let ritz = lanczos(&mut h, n, 30, 2, &bar).unwrap();
+        assert!(
+            (ritz[0] - 9.0).abs() < 1e-3 && (ritz[1] - 5.0).abs() < 1e-3,
+            "{ritz:?}"
+        );
+        // Hutchinson's estimate of the trace, as in `run`.
+        let mut rng = PhiloxRng::new(3, 300);
+        let mut hv = vec![0f32; n];
+        let scale = (n as f64).sqrt() as f32;
+        let mut est = 0.0;
+        let probes = 200;
+        for _ in 0..probes {
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    if rng.next_u32() & 1 == 1 {
+                        1.0 / scale
+                    } else {
+                        -1.0 / scale
+                    }
+                })
+                .collect();
+            h.apply(&v, &mut hv).unwrap();
+            est += dot(&v, &hv) * n as f64 / probes as f64;
+        }
+        // Rademacher probes are exact for a diagonal Hessian.
+        assert!(
+            (est - trace).abs() < 1e-3 * trace.abs().max(1.0),
+            "{est} vs {trace}"
+        );
+    }
+
+    #[test]
+    fn jacobi_finds_the_eigenvalues_of_a_tridiagonal_matrix() {
+        // 1-D Laplacian tridiag(-1, 2, -1): eigenvalues 2 − 2cos(kπ/(n+1)).
+        let n = 8;
+        let mut a = vec![vec![0.0; n]; n];
+        for i in 0..n {
+            a[i][i] = 2.0;
+            if i + 1 < n {
+                a[i][i + 1] = -1.0;
+                a[i + 1][i] = -1.0;
+            }
+        }
+        let ev = symmetric_eigenvalues(a);
+        for (k, &e) in ev.iter().enumerate() {
+            let want = 2.0 - 2.0 * ((n - k) as f64 * std::f64::consts::PI / (n + 1) as f64).cos();
+            assert!((e - want).abs() < 1e-9, "{k}: {e} vs {want}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod model_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::train::args::{DataArgs, DataSource};
+    use crate::train::trainer::Trainer;
+
+    fn tiny() -> (Trainer, Probe) {
+        let data = DataArgs {
+            data: DataSource::Synthetic,
+            data_dir: None,
+            train_size: 64,
+            test_size: 16,
+            long_tail: None,
+            label_noise: None,
+            no_augment: true,
+        };
+        let (split, norm) = crate::train::args::load_data(&data, 0).unwrap();
+        let cfg = crate::train::args::RunConfig {
+            optimizer: "sgd".into(),
+            rule: samkit_core::Rule::Base,
+            base: samkit_core::BaseOptimizer::sgd(0.1, 0.0, 0.0),
+            schedule: samkit_core::LrSchedule::constant(0.1),
+            epochs: 1,
+            batch: 16,
+            steps_per_epoch: None,
+            width: 2,
+            label_smoothing: 0.0,
+            augment: false,
+            seed: 0,
+            data,
+        };
+        let t = Trainer::new(cfg, Arc::new(split.train), Arc::new(split.test), norm).unwrap();
+        let train = t.train_set().clone();
+        let p = Probe::new(&t, &train, 32).unwrap();
+        (t, p)
+    }
+
+    #[test]
+    fn eval_mode_gradient_matches_the_loss() {
+        let (mut t, p) = tiny();
+        let w = t.params.clone();
+        let n = w.len();
+        let mut g = vec![0f32; n];
+        p.grad(&mut t, &w, &mut g).unwrap();
+        let mut rng = PhiloxRng::new(5, 5);
+        let mut d: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        normalise(&mut d);
+        let h = 1e-2f32;
+        let at = |s: f32, t: &mut Trainer| {
+            let ws: Vec<f32> = w.iter().zip(&d).map(|(a, b)| a + s * h * b).collect();
+            p.loss_acc(t, &ws).unwrap().0
+        };
+        let fd = (at(1.0, &mut t) - at(-1.0, &mut t)) / (2.0 * h as f64);
+        let an = dot(&g, &d);
+        assert!(
+            (fd - an).abs() < 2e-2 * an.abs().max(1e-3),
+            "fd {fd} vs analytic {an}"
+        );
+    }
+}

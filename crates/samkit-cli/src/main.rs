@@ -51,6 +51,8 @@ enum Command {
     /// Top Hessian eigenvalues (power iteration, Lanczos) and trace (Hutchinson) at a
     /// checkpoint.
     Hessian(hessian::HessianArgs),
+    /// Cost per step of each optimizer on ResNet-18, phase by phase.
+    Bench(train::bench::BenchArgs),
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
@@ -62,6 +64,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Train(a) => train::cmd::train(a, &mut out),
         Command::Landscape(a) => landscape::run(a, &mut out),
         Command::Hessian(a) => hessian::run(a, &mut out),
+        Command::Bench(a) => train::bench::run(a, &mut out),
     }
 }
 

@@ -1,0 +1,128 @@
+//! `samkit bench`: what each optimizer of the family costs per step on ResNet-18, phase by
+//! phase (pass 1, perturbation, pass 2, restore + update, mask update), on one fixed batch.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+use samkit_data::loader::make_batch;
+use serde::Serialize;
+
+use super::args::{self, DataArgs, Device, ModelArgs, RuleArgs, TrainArgs};
+use super::cmd::require_cpu;
+use super::trainer::{Phases, Trainer};
+use crate::error::{check, Result};
+use crate::output::{write_json, Output};
+use crate::progress;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Optimizers to time, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sgd,sam,asam,friendlysam,ssam-f,ssam-d"
+    )]
+    pub optimizers: Vec<String>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    /// Timed steps per optimizer (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub rule: RuleArgs,
+    #[arg(long, default_value = "results/bench")]
+    pub out: PathBuf,
+}
+
+#[derive(Serialize)]
+struct Row {
+    optimizer: String,
+    /// Mean seconds per step of each phase (mask updates amortised over the steps).
+    mean: Phases,
+    /// Median seconds of a whole step.
+    median_step: f64,
+    steps: usize,
+}
+
+pub fn run(a: &BenchArgs, out: &mut Output) -> Result<()> {
+    require_cpu(a.device)?;
+    check::count("steps", a.steps, 1, 100_000)?;
+    check::non_empty("optimizers", &a.optimizers)?;
+    let n = a.data.train_size;
+    let configs = a
+        .optimizers
+        .iter()
+        .map(|o| args::run_config(o, a.device, &a.data, &a.model, &a.train, &a.rule, n))
+        .collect::<Result<Vec<_>>>()?;
+    let (split, norm) = args::load_data(&a.data, a.train.seed)?;
+    let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+    let batch = configs[0].batch.min(train.len());
+    let idx: Vec<usize> = (0..batch).collect();
+    let b = make_batch(&train, &idx, None, &norm, (0, 0));
+    let bar = progress::bar((configs.len() * (a.steps + 1)) as u64, "bench");
+    let mut rows = Vec::new();
+    for cfg in configs {
+        let mut t = Trainer::new(cfg, train.clone(), test.clone(), norm)?;
+        if rows.is_empty() {
+            out.say(format!(
+                "ResNet-18 width {} ({} parameters), batch {batch}, {} threads, {} timed steps after 1 warm-up",
+                t.cfg.width,
+                t.params.len(),
+                rayon::current_num_threads(),
+                a.steps
+            ));
+        }
+        t.step(&b)?;
+        bar.inc(1);
+        let mut sum = Phases::default();
+        let mut totals = Vec::new();
+        for _ in 0..a.steps {
+            let log = t.step(&b)?;
+            sum.add(&log.seconds);
+            totals.push(log.seconds.total());
+            bar.inc(1);
+        }
+        totals.sort_by(f64::total_cmp);
+        rows.push(Row {
+            optimizer: t.cfg.optimizer.clone(),
+            mean: sum.scaled(1.0 / a.steps as f64),
+            median_step: totals[totals.len() / 2],
+            steps: a.steps,
+        });
+    }
+    bar.finish_and_clear();
+    let sgd = rows
+        .iter()
+        .find(|r| r.optimizer == "sgd")
+        .map(|r| r.mean.total());
+    out.say(format!(
+        "{:<12} {:>9} {:>8} | {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "optimizer", "ms/step", "vs SGD", "pass1", "perturb", "pass2", "update", "mask"
+    ));
+    for r in &rows {
+        let m = &r.mean;
+        out.say(format!(
+            "{:<12} {:>9.1} {:>8} | {:>9.1} {:>9.2} {:>9.1} {:>9.2} {:>9.2}",
+            r.optimizer,
+            1e3 * m.total(),
+            sgd.map_or("-".into(), |s| format!("{:.2}×", m.total() / s)),
+            1e3 * m.pass1,
+            1e3 * m.perturb,
+            1e3 * m.pass2,
+            1e3 * m.update,
+            1e3 * m.mask
+        ));
+    }
+    out.say("(mean ms per step; mask updates amortised over the timed steps)");
+    std::fs::create_dir_all(&a.out).map_err(|e| crate::error::CliError::io(&a.out, e))?;
+    let json = a.out.join("bench.json");
+    write_json(&json, &rows)?;
+    out.wrote(json);
+    Ok(())
+}

@@ -196,6 +196,27 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Sets the perturbation radius of the next steps (a schedule such as `ρ_t = c/√t`).
+    /// GSAM ties ρ to the learning rate instead; the plain base optimizer has none.
+    pub fn set_rho(&mut self, rho: f32) -> Result<()> {
+        crate::error::check_finite_nonneg("rho", rho)?;
+        match &mut self.rule {
+            Rule::Sam(c) => c.rho = rho,
+            Rule::Asam(c) => c.rho = rho,
+            Rule::FriendlySam(c) => c.rho = rho,
+            Rule::Ssam(c) => c.rho = rho,
+            Rule::ImbSam(c) => c.rho = rho,
+            Rule::LookSam(c) => c.rho = rho,
+            Rule::Gsam(_) | Rule::Base => {
+                return Err(Error::Protocol(format!(
+                    "{} has no settable ρ (GSAM derives ρ_t from the learning rate)",
+                    self.rule.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
     /// Completed steps.
     pub fn steps(&self) -> u64 {
         self.st.step

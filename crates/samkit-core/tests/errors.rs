@@ -224,3 +224,26 @@ fn state_files_are_checked() {
     o.load_state_bytes(&bytes, path).unwrap();
     assert_eq!(o.steps(), 2);
 }
+
+#[test]
+fn rho_can_follow_a_schedule() {
+    let n = layout().len();
+    let mut opt = new(Rule::Sam(Sam::default()), BaseOptimizer::sgd(0.1, 0.0, 0.0)).unwrap();
+    opt.set_rho(0.2).unwrap();
+    assert_eq!(
+        opt.rule(),
+        &Rule::Sam(Sam {
+            rho: 0.2,
+            adaptive: false
+        })
+    );
+    assert!(opt.set_rho(-1.0).is_err());
+    assert!(opt.set_rho(f32::NAN).is_err());
+    let mut w = vec![0f32; n];
+    let g: Vec<f32> = (0..n).map(|i| i as f32 - 5.0).collect();
+    opt.first_step(&mut w, &g).unwrap();
+    let norm = w.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 0.2).abs() < 1e-6);
+    let mut base = new(Rule::Base, BaseOptimizer::sgd(0.1, 0.0, 0.0)).unwrap();
+    assert!(base.set_rho(0.1).is_err());
+}

@@ -159,13 +159,15 @@ pub fn run_once(
     let mut w: Vec<f32> = p.w_start.iter().map(|&v| v as f32).collect();
     let mut out = Vec::with_capacity(checks.len());
     let mut next = 0;
-    // SGD without momentum keeps no state, so a fresh optimizer per step for SAM's ρ_t is
-    // the same as one optimizer whose ρ changes (samkit-core has no ρ setter).
-    let mut sgd_opt = Optimizer::new(
-        layout.clone(),
-        Rule::Base,
-        BaseOptimizer::sgd(1.0, 0.0, 0.0),
-    )?;
+    // One optimizer per run; η_t and (for SAM) ρ_t are set before every step.
+    let rule = match sam {
+        None => Rule::Base,
+        Some(c) => Rule::Sam(Sam {
+            rho: c as f32,
+            adaptive: false,
+        }),
+    };
+    let mut opt = Optimizer::new(layout.clone(), rule, BaseOptimizer::sgd(1.0, 0.0, 0.0))?;
     let mut y = vec![0.0; d];
     for t in 1..=t_max {
         let eta = (1.0 / (p.beta * t as f64)) as f32;
@@ -191,22 +193,11 @@ pub fn run_once(
                 samples: 1,
             })
         };
-        match sam {
-            None => {
-                sgd_opt.set_lr(eta)?;
-                sgd_opt.step(&mut w, oracle)?;
-            }
-            Some(c) => {
-                let rho = (c / (t as f64).sqrt()) as f32;
-                let rule = Rule::Sam(Sam {
-                    rho,
-                    adaptive: false,
-                });
-                let mut opt =
-                    Optimizer::new(layout.clone(), rule, BaseOptimizer::sgd(eta, 0.0, 0.0))?;
-                opt.step(&mut w, oracle)?;
-            }
+        opt.set_lr(eta)?;
+        if let Some(c) = sam {
+            opt.set_rho((c / (t as f64).sqrt()) as f32)?;
         }
+        opt.step(&mut w, oracle)?;
         if checks.get(next) == Some(&t) {
             let wf: Vec<f64> = w.iter().map(|&v| v as f64).collect();
             out.push(p.excess(&wf));

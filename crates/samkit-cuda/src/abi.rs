@@ -406,6 +406,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<Ctl>(), 120);
         assert_eq!(std::mem::size_of::<SelState>(), 24);
         assert_eq!(std::mem::size_of::<NormArgs>(), 136);
-        assert_eq!(std::mem::size_of::<FinArgs>(), 136);
+        assert_eq!(std::mem::size_of::<FinArgs>(), 144);
     }
 }

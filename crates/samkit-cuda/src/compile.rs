@@ -310,6 +310,36 @@ pub fn compile(family: Family, target: Target) -> Result<Compiled> {
     })
 }
 
+/// A hash of everything in a family's image that does not depend on NVRTC: its source, the
+/// header and the host's struct sizes. Names prebuilt cubins (see [`prebuilt_name`]).
+pub fn source_hash(family: Family) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let sizes: String = crate::abi::sizes()
+        .iter()
+        .map(|(n, s)| format!("{n}={s};"))
+        .collect();
+    for part in [family.source, HEADER, sizes.as_str()] {
+        for &b in part.as_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The file name of a prebuilt cubin: `<family>-sm_<arch>-<source hash>.cubin`. A device loads
+/// one from `SAMKIT_CUDA_CUBIN_DIR` when it exists for its exact architecture (no NVRTC needed);
+/// the compile check writes them to `SAMKIT_WRITE_CUBINS`.
+pub fn prebuilt_name(family: Family, arch: u32) -> String {
+    format!(
+        "{}-sm_{arch}-{:016x}.cubin",
+        family.name,
+        source_hash(family)
+    )
+}
+
 /// Compiles one family, once per process and target.
 pub fn compile_cached(family: Family, target: Target) -> Result<Arc<Compiled>> {
     type Cache = Mutex<HashMap<(&'static str, Target), Arc<Compiled>>>;

@@ -97,7 +97,12 @@ impl Device {
         let sm_count =
             ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         let name = ctx.name()?;
-        let target = compile::target_for(cc.0, cc.1)?;
+        let arch = (cc.0 * 10 + cc.1) as u32;
+        let target = if prebuilt(compile::NORM, arch).is_some() {
+            Target::Cubin(arch)
+        } else {
+            compile::target_for(cc.0, cc.1)?
+        };
         Ok(Arc::new(Device {
             ctx,
             stream,
@@ -216,15 +221,19 @@ impl Device {
         Ok(k)
     }
 
-    /// Blocks for a grid-stride kernel over `work` items (units, words): every SM filled to the
-    /// kernel's occupancy, never more blocks than items. Results never depend on it.
+    /// Blocks for a grid-stride kernel over `work` items (units, words): the device filled to the
+    /// kernel's occupancy, never more blocks than items, and as few as keep the rounds of the
+    /// grid-stride loop even (2.6 rounds of a full grid take 3 rounds either way; 3 even rounds
+    /// of a slightly smaller grid finish together). Results never depend on it.
     pub(crate) fn grid(&self, k: &Kernel, work: usize) -> u32 {
-        let mut full = self.sm_count as usize * k.blocks_per_sm as usize;
+        let mut full = (self.sm_count as usize * k.blocks_per_sm as usize).max(1);
         let cap = self.max_blocks.load(Ordering::Relaxed) as usize;
         if cap > 0 {
             full = full.min(cap);
         }
-        work.clamp(1, full.max(1)) as u32
+        let work = work.max(1);
+        let rounds = work.div_ceil(full);
+        work.div_ceil(rounds) as u32
     }
 
     /// Caps the grid of the streaming kernels (`None`: as many blocks as fit on the device).
@@ -274,7 +283,21 @@ fn image_key(family: Family, target: Target) -> Result<u64> {
     Ok(h)
 }
 
+/// A prebuilt cubin of `SAMKIT_CUDA_CUBIN_DIR` for this family and architecture, if any.
+fn prebuilt(family: Family, arch: u32) -> Option<PathBuf> {
+    let dir = std::env::var_os("SAMKIT_CUDA_CUBIN_DIR").filter(|v| !v.is_empty())?;
+    let f = PathBuf::from(dir).join(compile::prebuilt_name(family, arch));
+    f.is_file().then_some(f)
+}
+
 fn load_or_compile(family: Family, target: Target) -> Result<Vec<u8>> {
+    if let Target::Cubin(arch) = target {
+        if let Some(f) = prebuilt(family, arch) {
+            if let Ok(bytes) = std::fs::read(&f) {
+                return Ok(bytes);
+            }
+        }
+    }
     let file = cache_dir().and_then(|d| {
         image_key(family, target)
             .ok()

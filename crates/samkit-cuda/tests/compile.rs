@@ -4,7 +4,7 @@
 //!
 //! Needs NVRTC and the CUDA headers (see `samkit_cuda::env`), not a GPU. Without them the test
 //! prints one skip line, unless `SAMKIT_REQUIRE_NVRTC=1`, when it fails.
-use samkit_cuda::compile::{compile, nvrtc_version, Target, FAMILIES};
+use samkit_cuda::compile::{compile, nvrtc_version, prebuilt_name, Target, FAMILIES};
 
 #[test]
 fn every_kernel_compiles_clean_for_sm80_and_sm90() {
@@ -20,6 +20,9 @@ fn every_kernel_compiles_clean_for_sm80_and_sm90() {
     let paths = samkit_cuda::env::cuda_paths();
     let (maj, min) = nvrtc_version().expect("nvrtc version");
     println!("NVRTC {maj}.{min}: {}", paths.origin);
+    // `SAMKIT_WRITE_CUBINS=<dir>`: keep the cubins, for a GPU machine without NVRTC
+    // (`SAMKIT_CUDA_CUBIN_DIR`, see scripts/gpu-check.sh).
+    let keep = std::env::var_os("SAMKIT_WRITE_CUBINS").map(std::path::PathBuf::from);
     let mut failures = Vec::new();
     let mut count = 0;
     for arch in [80u32, 90] {
@@ -51,6 +54,10 @@ fn every_kernel_compiles_clean_for_sm80_and_sm90() {
                     );
                     if let Err(e) = c.check_clean() {
                         failures.push(e.to_string());
+                    } else if let Some(dir) = &keep {
+                        std::fs::create_dir_all(dir).expect("SAMKIT_WRITE_CUBINS");
+                        std::fs::write(dir.join(prebuilt_name(fam, arch)), &c.image)
+                            .expect("writing a cubin");
                     }
                 }
                 Err(e) => failures.push(e.to_string()),

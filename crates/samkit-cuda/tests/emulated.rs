@@ -10,14 +10,30 @@ use std::sync::Arc;
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
+    use common::fake::NoFake;
     match common::fake::device() {
         Ok(d) => Some(d),
-        Err(e) if !common::fake::required() => {
+        Err(NoFake::Unavailable(e)) if !common::fake::required() => {
             println!("skip: no CPU emulation of CUDA ({e})");
             None
         }
-        Err(e) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
+        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
+        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
     }
 }
 
 parity_tests!(dev);
+
+/// The benchmark code runs end to end (the times of the emulation mean nothing).
+#[test]
+fn bench_table_runs() {
+    let Some(d) = dev() else { return };
+    let layout = samkit_core::Layout::mlp(&[64, 300, 10]).unwrap();
+    let rows = samkit_cuda::bench::kernel_table(&d, Some(layout), 2).unwrap();
+    assert_eq!(rows.len(), samkit_cuda::bench::BENCHES.len());
+    for r in &rows {
+        assert!(r.time_us >= 0.0, "{r:?}");
+        assert_ne!(r.deterministic, Some(false), "{r:?}");
+    }
+    println!("{}", samkit_cuda::bench::format_table(&d, 3310, &rows));
+}

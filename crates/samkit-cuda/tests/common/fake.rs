@@ -83,7 +83,6 @@ fn hash(parts: &[&[u8]]) -> u64 {
 
 /// Builds `libcuda.so.1` (cached by the hash of its sources) and returns its path.
 fn build() -> Result<PathBuf, String> {
-    run(Command::new(cxx()).arg("--version")).map_err(|e| format!("no C++ compiler: {e}"))?;
     let mut srcs: Vec<Vec<u8>> = Vec::new();
     for f in FAMILIES {
         srcs.push(std::fs::read(kernels_dir().join(format!("{f}.cu"))).map_err(|e| e.to_string())?);
@@ -161,22 +160,37 @@ fn build() -> Result<PathBuf, String> {
     Ok(lib)
 }
 
-/// The fake device, or `None` with the reason (a real driver is installed, no C++ compiler, no
-/// NVRTC). `SAMKIT_REQUIRE_EMULATION=1` turns a missing compiler or NVRTC into a failure.
-pub fn device() -> Result<Arc<Device>, String> {
-    static DEV: OnceLock<Result<Arc<Device>, String>> = OnceLock::new();
+/// Why there is no fake device.
+#[derive(Clone, Debug)]
+pub enum NoFake {
+    /// Nothing to emulate with here (a real driver is installed, no C++ compiler, no NVRTC):
+    /// the tests print one skip line.
+    Unavailable(String),
+    /// The emulator failed to build or to open: the tests fail.
+    Broken(String),
+}
+
+/// The fake device. `SAMKIT_REQUIRE_EMULATION=1` turns a missing compiler or NVRTC into a
+/// failure too.
+pub fn device() -> Result<Arc<Device>, NoFake> {
+    static DEV: OnceLock<Result<Arc<Device>, NoFake>> = OnceLock::new();
     DEV.get_or_init(|| {
+        use NoFake::*;
         if samkit_cuda::device::driver_present() {
-            return Err("a CUDA driver is installed: the GPU parity tests run instead".into());
+            return Err(Unavailable(
+                "a CUDA driver is installed: the GPU parity tests run instead".into(),
+            ));
         }
-        samkit_cuda::env::ensure_nvrtc().map_err(|e| e.to_string())?;
-        samkit_cuda::env::include_dir().map_err(|e| e.to_string())?;
-        let lib = build()?;
+        samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
+        samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
+        run(Command::new(cxx()).arg("--version"))
+            .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
+        let lib = build().map_err(Broken)?;
         // SAFETY: our own test library; its initialisers are the C++ runtime's. Leaked so it
         // stays loaded: cudarc then finds it by its soname.
-        let l = unsafe { libloading::Library::new(&lib) }.map_err(|e| e.to_string())?;
+        let l = unsafe { libloading::Library::new(&lib) }.map_err(|e| Broken(e.to_string()))?;
         std::mem::forget(l);
-        Device::open(0).map_err(|e| e.to_string())
+        Device::open(0).map_err(|e| Broken(e.to_string()))
     })
     .clone()
 }

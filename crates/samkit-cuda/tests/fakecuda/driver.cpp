@@ -212,13 +212,15 @@ CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int* n, void*, int, size_t)
     return OK;
 }
 
-// The threads of a block are fibers (ucontext) run round-robin by one scheduler: a thread runs
-// until it waits at a barrier or returns. Launches are serialised (one scheduler at a time).
+}  // extern "C"
+
+// The threads of a block are fibers run round-robin by one scheduler: a thread runs until it
+// waits at a barrier or returns. Launches are serialised (one scheduler at a time). On x86-64 a
+// fiber switch saves the callee-saved registers and swaps stacks (a dozen instructions); else
+// ucontext.
 namespace fib {
 constexpr unsigned MAX = 1024;
 constexpr size_t STACK = 256 * 1024;
-ucontext_t sched;
-ucontext_t ctx[MAX];
 char* stacks[MAX];
 bool done[MAX];
 unsigned cur, nthreads;
@@ -244,13 +246,70 @@ void drop(emu::Bar* b) {
     }
 }
 
-void entry() {
+void body() {
     const unsigned t = cur;
     kern->fn(params);
     drop(&warps[t / 32].bar);
     drop(&blk->bar);
     done[t] = true;
 }
+
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl emu_switch
+    .type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size emu_switch, .-emu_switch
+)");
+void* sched_sp;
+void* sp[MAX];
+
+[[noreturn]] void trampoline() {
+    body();
+    emu_switch(&sp[cur], sched_sp);
+    __builtin_unreachable();
+}
+
+void prepare(unsigned t) {
+    auto top = reinterpret_cast<uintptr_t>(stacks[t] + STACK) & ~uintptr_t(15);
+    auto* s = reinterpret_cast<void**>(top);
+    *--s = nullptr;                                   // alignment: rsp ≡ 8 (mod 16) on entry
+    *--s = reinterpret_cast<void*>(&trampoline);      // popped by ret
+    for (int i = 0; i < 6; i++) *--s = nullptr;       // rbp rbx r12 r13 r14 r15
+    sp[t] = s;
+}
+void resume(unsigned t) { emu_switch(&sched_sp, sp[t]); }
+void yield(unsigned t) { emu_switch(&sp[t], sched_sp); }
+#else
+ucontext_t sched;
+ucontext_t ctx[MAX];
+void prepare(unsigned t) {
+    getcontext(&ctx[t]);
+    ctx[t].uc_stack.ss_sp = stacks[t];
+    ctx[t].uc_stack.ss_size = STACK;
+    ctx[t].uc_link = &sched;
+    makecontext(&ctx[t], (void (*)())body, 0);
+}
+void resume(unsigned t) { swapcontext(&sched, &ctx[t]); }
+void yield(unsigned t) { swapcontext(&ctx[t], &sched); }
+#endif
 
 void run_block(const emu::Kern* k, void** p, unsigned b, unsigned g, unsigned n) {
     const unsigned nwarps = (n + 31) / 32;
@@ -270,11 +329,7 @@ void run_block(const emu::Kern* k, void** p, unsigned b, unsigned g, unsigned n)
     gridDim = dim3{g, 1, 1};
     for (unsigned t = 0; t < n; t++) {
         if (!stacks[t]) stacks[t] = static_cast<char*>(std::malloc(STACK));
-        getcontext(&ctx[t]);
-        ctx[t].uc_stack.ss_sp = stacks[t];
-        ctx[t].uc_stack.ss_size = STACK;
-        ctx[t].uc_link = &sched;
-        makecontext(&ctx[t], (void (*)())entry, 0);
+        prepare(t);
         done[t] = false;
     }
     unsigned left = n;
@@ -282,7 +337,7 @@ void run_block(const emu::Kern* k, void** p, unsigned b, unsigned g, unsigned n)
         for (unsigned t = 0; t < n; t++) {
             if (done[t]) continue;
             enter(t);
-            swapcontext(&sched, &ctx[t]);
+            resume(t);
             if (done[t]) left--;
         }
     }
@@ -297,11 +352,10 @@ void emu::wait(emu::Bar* b) {
         return;
     }
     const unsigned t = fib::cur;
-    while (b->gen == g) {
-        swapcontext(&fib::ctx[t], &fib::sched);
-        fib::enter(t);
-    }
+    while (b->gen == g) fib::yield(t);
 }
+
+extern "C" {
 
 CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned, void*, void** params, void**) {

@@ -53,16 +53,19 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
         bool vec = sk_al16(g) && (!w || sk_al16(w)) && (!chk || sk_al16(chk));
         if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev) && sk_al16(mnext);
         const bool weight = u.kind == SK_KIND_WEIGHT;
-        u32 fl = 1;
+        // Filter-wise scales: element j of the unit is in filter (seg_off + j) / fl of its
+        // segment, i.e. q0 + (r0 + j) / fl with one 64-bit division per unit and 32-bit ones after.
+        u32 fl = 1, r0 = 0;
         const float* ft = nullptr;
         if (SCALE == SCALE_FILTER && weight) {
             fl = a.ft_len[u.seg];
-            ft = a.ft + a.ft_start[u.seg];
+            ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
+            r0 = (u32)(u.seg_off % fl);
         }
         double acc = 0.0;
         bool bad = false;
         const u32 npk = (u.len + N - 1) / N;
-        for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
+        auto pack = [&](u32 p) {
             const u32 off = p * N;
             const u32 cnt = min((u32)N, u.len - off);
             const bool v = vec && cnt == (u32)N;
@@ -106,11 +109,19 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
                 } else if (SCALE == SCALE_ABSW_PLUS) {
                     if (weight) d *= fabsf(sk_f32(wp.e[k])) + a.eta;
                 } else if (SCALE == SCALE_FILTER) {
-                    if (weight) d *= ft[(u.seg_off + off + k) / fl];
+                    if (weight) d *= ft[(r0 + off + k) / fl];
                 }
                 if (k < (int)cnt) acc += (double)d * (double)d;
             }
             if (BASE == BASE_FRIENDLY && a.ema) sk_stf<T>(mnext + off, next, cnt, v);
+        };
+        // The plain norm reads one buffer only: unrolled so that several of its packs' loads are
+        // in flight per thread.
+        if constexpr (BASE == BASE_GRAD && SCALE == SCALE_ONE) {
+#pragma unroll 4
+            for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) pack(p);
+        } else {
+            for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) pack(p);
         }
         const int any_bad = __syncthreads_or(bad);
         const double s = sk_block_sum<SK_BLOCK>(acc, sh);
@@ -161,6 +172,7 @@ template <class T> __device__ __forceinline__ void dot_body(const DotArgs& a) {
         double xy = 0.0, yy = 0.0;
         bool bad = false;
         const u32 npk = (u.len + N - 1) / N;
+#pragma unroll 4
         for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
             const u32 off = p * N;
             const u32 cnt = min((u32)N, u.len - off);

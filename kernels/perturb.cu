@@ -51,11 +51,14 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
         bool vec = sk_al16(w) && sk_al16(wo) && sk_al16(g) && (!cs || (sk_al16(cs) && sk_al16(cd)));
         if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev);
         const bool weight = u.kind == SK_KIND_WEIGHT;
-        u32 fl = 1;
+        // Filter-wise scales: element j of the unit is in filter (seg_off + j) / fl of its
+        // segment, i.e. q0 + (r0 + j) / fl with one 64-bit division per unit and 32-bit ones after.
+        u32 fl = 1, r0 = 0;
         const float* ft = nullptr;
         if (SCALE == SCALE_FILTER && weight) {
             fl = a.ft_len[u.seg];
-            ft = a.ft + a.ft_start[u.seg];
+            ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
+            r0 = (u32)(u.seg_off % fl);
         }
         const u32 npk = (u.len + N - 1) / N;
         for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
@@ -96,7 +99,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
                     }
                 } else if (SCALE == SCALE_FILTER) {
                     if (weight) {
-                        const float t = ft[(u.seg_off + off + k) / fl];
+                        const float t = ft[(r0 + off + k) / fl];
                         d = t * (t * d);
                     }
                 }

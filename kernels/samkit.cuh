@@ -10,6 +10,8 @@
 // - Inside a unit, thread t handles the 16-byte packs t, t + SK_BLOCK, ... (4 f32 or 8 bf16/f16
 //   elements), loaded with one 128-bit access when every buffer of the unit is 16-byte aligned and
 //   element by element otherwise; the arithmetic and the summation order are the same either way.
+//   128-bit accesses are streaming (ld/st.global.cs): a step touches every byte once, far more
+//   bytes than L2 holds.
 // - Storage is f32, bf16 or f16; arithmetic is f32, reductions are f64. Compiled with
 //   --fmad=false so that every f32 expression rounds exactly as the CPU reference does.
 #pragma once
@@ -112,7 +114,7 @@ __device__ __forceinline__ bool sk_al16(const void* p) {
 template <class T> __device__ __forceinline__ Pack<T> sk_ld(const T* p, u32 n, bool vec) {
     Pack<T> r;
     if (vec) {
-        *reinterpret_cast<uint4*>(&r) = *reinterpret_cast<const uint4*>(p);
+        *reinterpret_cast<uint4*>(&r) = __ldcs(reinterpret_cast<const uint4*>(p));
     } else {
 #pragma unroll
         for (int k = 0; k < Pack<T>::N; k++) r.e[k] = k < (int)n ? p[k] : sk_from<T>(0.f);
@@ -122,7 +124,7 @@ template <class T> __device__ __forceinline__ Pack<T> sk_ld(const T* p, u32 n, b
 
 template <class T> __device__ __forceinline__ void sk_st(T* p, const Pack<T>& r, u32 n, bool vec) {
     if (vec) {
-        *reinterpret_cast<uint4*>(p) = *reinterpret_cast<const uint4*>(&r);
+        __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(&r));
     } else {
 #pragma unroll
         for (int k = 0; k < Pack<T>::N; k++)
@@ -141,7 +143,7 @@ template <class T> __device__ __forceinline__ FPack<T> sk_ldf(const float* p, u3
     if (vec) {
 #pragma unroll
         for (int k = 0; k < N; k += 4) {
-            float4 v = *reinterpret_cast<const float4*>(p + k);
+            const float4 v = __ldcs(reinterpret_cast<const float4*>(p + k));
             r.e[k] = v.x;
             r.e[k + 1] = v.y;
             r.e[k + 2] = v.z;
@@ -159,7 +161,7 @@ template <class T> __device__ __forceinline__ void sk_stf(float* p, const FPack<
     if (vec) {
 #pragma unroll
         for (int k = 0; k < N; k += 4)
-            *reinterpret_cast<float4*>(p + k) = make_float4(r.e[k], r.e[k + 1], r.e[k + 2], r.e[k + 3]);
+            __stcs(reinterpret_cast<float4*>(p + k), make_float4(r.e[k], r.e[k + 1], r.e[k + 2], r.e[k + 3]));
     } else {
 #pragma unroll
         for (int k = 0; k < N; k++)

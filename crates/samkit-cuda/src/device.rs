@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
 use crate::abi;
@@ -179,18 +177,7 @@ impl Device {
             return Ok(());
         };
         let f = module.load_function(kernel)?;
-        let mut out = self.stream.alloc_zeros::<u32>(want.len())?;
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (1, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut out);
-        // SAFETY: the probe writes `want.len()` u32 values into `out`, which holds exactly that
-        // many; one thread, no other argument.
-        unsafe { b.launch(cfg) }?;
-        let got = self.stream.clone_dtoh(&out)?;
+        let got = crate::ops::abi_probe(&self.stream, &f, want.len())?;
         if got != want {
             return Err(Error::Abi(format!(
                 "{kernel}: kernels report {got:?}, the host expects {want:?}"

@@ -43,6 +43,26 @@ unsafe fn launch<A: DeviceRepr>(
     Ok(())
 }
 
+/// Runs a family's `sk_abi*` probe: one thread writes `n` u32 values (struct sizes, offsets).
+pub(crate) fn abi_probe(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    f: &cudarc::driver::CudaFunction,
+    n: usize,
+) -> Result<Vec<u32>> {
+    let mut out = stream.alloc_zeros::<u32>(n)?;
+    let mut b = stream.launch_builder(f);
+    b.arg(&mut out);
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (1, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the probe's only parameter is a `u32*`; it writes `n` values, which `out` holds
+    // (`n` comes from `abi::expected` for this very kernel).
+    unsafe { b.launch(cfg) }?;
+    Ok(stream.clone_dtoh(&out)?)
+}
+
 fn kernel(dev: &Device, fam: Family, name: &str) -> Result<Kernel> {
     dev.kernel(fam, name)
 }

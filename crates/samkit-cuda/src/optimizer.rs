@@ -251,6 +251,35 @@ impl<T: Elem> GpuOptimizer<T> {
         Ok(())
     }
 
+    /// Sets the perturbation radius of the next steps (a schedule such as `ρ_t = c/√t`), as
+    /// [`samkit_core::Optimizer::set_rho`]. GSAM ties ρ to the learning rate instead; the plain
+    /// base optimizer has none.
+    pub fn set_rho(&mut self, rho: f32) -> Result<()> {
+        if !rho.is_finite() || rho < 0.0 {
+            return Err(CoreError::InvalidHyperparameter {
+                name: "rho",
+                value: rho.to_string(),
+                why: "must be finite and >= 0",
+            }
+            .into());
+        }
+        match &mut self.rule {
+            Rule::Sam(c) => c.rho = rho,
+            Rule::Asam(c) => c.rho = rho,
+            Rule::FriendlySam(c) => c.rho = rho,
+            Rule::Ssam(c) => c.rho = rho,
+            Rule::ImbSam(c) => c.rho = rho,
+            Rule::LookSam(c) => c.rho = rho,
+            Rule::Gsam(_) | Rule::Base => {
+                return Err(protocol(format!(
+                    "{} has no settable ρ (GSAM derives ρ_t from the learning rate)",
+                    self.rule.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
     /// True between `first_step` returning `Perturbed` and `second_step`.
     pub fn is_perturbed(&self) -> bool {
         matches!(self.phase, Phase::Perturbed { .. })

@@ -651,6 +651,11 @@ pub fn run_pair(
             cpu.set_lr(lr).unwrap();
             gpu.set_lr(lr).unwrap();
         }
+        if t == 4 {
+            // A ρ schedule: same answer on both (GSAM and the base rule refuse).
+            let (a, b) = (cpu.set_rho(0.03), gpu.set_rho(0.03));
+            assert_eq!(a.is_ok(), b.is_ok(), "{what}: set_rho");
+        }
         let want_fisher = cpu.needs_fisher();
         assert_eq!(
             gpu.needs_fisher().unwrap(),

@@ -396,5 +396,33 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
             }
         ));
     }
+    let row = |k: &str| rows.iter().find(|r| r.kernel == k);
+    let streaming: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.kernel != "copy" && r.kernel != "sam_step" && r.frac_copy.is_finite())
+        .collect();
+    if let Some(worst) = streaming
+        .iter()
+        .min_by(|a, b| a.frac_copy.total_cmp(&b.frac_copy))
+    {
+        s.push_str(&format!(
+            "slowest streaming kernel: {} at {:.0}% of the copy bandwidth (target >= 80%)\n",
+            worst.kernel,
+            100.0 * worst.frac_copy
+        ));
+    }
+    if let Some(r) = row("sam_step") {
+        s.push_str(&format!(
+            "SAM optimizer side (norm + perturbation + restore + SGD momentum): {:.2}x its byte \
+             floor of 40 B/param at the copy bandwidth (target <= 1.25x)\n",
+            1.0 / r.frac_copy
+        ));
+    }
+    if let Some(r) = row("topk_fisher") {
+        s.push_str(&format!(
+            "Fisher top-k mask over {params} scores: {:.1} us (target < 150 us)\n",
+            r.time_us
+        ));
+    }
     s
 }

@@ -294,7 +294,7 @@ impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
 #[derive(Clone, Copy)]
 pub(crate) struct Tab<'a, T> {
     pub addr: u64,
-    _p: PhantomData<(&'a (), *const T)>,
+    _p: PhantomData<(&'a (), fn() -> T)>,
 }
 
 impl<T> Tab<'_, T> {
@@ -306,7 +306,7 @@ impl<T> Tab<'_, T> {
 /// The address table of a crate-owned flat arena of the layout's length, built once.
 pub(crate) struct FlatTable<T> {
     table: DevBuf<u64>,
-    _p: PhantomData<*const T>,
+    _p: PhantomData<fn() -> T>,
 }
 
 impl<T> FlatTable<T> {

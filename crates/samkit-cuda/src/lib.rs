@@ -30,3 +30,17 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use optimizer::{GpuOptimizer, Status};
 pub use standalone::Ops;
+
+#[cfg(test)]
+mod tests {
+    /// The optimizer and the standalone kernels move between threads like the CPU optimizer.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<crate::GpuOptimizer<f32>>();
+        check::<crate::GpuOptimizer<half::bf16>>();
+        check::<crate::Ops<half::f16>>();
+        check::<crate::Device>();
+        check::<crate::bench::KernelBench>();
+    }
+}

@@ -289,12 +289,15 @@ impl<T: DeviceRepr + ValidAsZeroBits> DevBuf<T> {
     }
 }
 
+/// Ties a table to the borrow it was made from and to its element type (`Send + Sync`).
+type Marker<'a, T> = PhantomData<(&'a (), fn() -> T)>;
+
 /// A validated table of per-segment addresses of a buffer of `T` on the device, usable for the
 /// call it was made for (`'a` borrows the buffer).
 #[derive(Clone, Copy)]
 pub(crate) struct Tab<'a, T> {
     pub addr: u64,
-    _p: PhantomData<(&'a (), fn() -> T)>,
+    _p: Marker<'a, T>,
 }
 
 impl<T> Tab<'_, T> {

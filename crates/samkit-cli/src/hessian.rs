@@ -123,46 +123,6 @@ impl<G: FnMut(&[f32], &mut [f32]) -> Result<f64>> Hvp<G> {
     }
 }
 
-/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations (for Lanczos' small
-/// tridiagonal matrix).
-pub fn symmetric_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
-    let n = a.len();
-    for _sweep in 0..100 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i][j] * a[i][j])
-            .sum();
-        if off < 1e-22 {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                if a[p][q].abs() < 1e-300 {
-                    continue;
-                }
-                let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
-                let t = theta.signum().max(0.0) * 2.0 - 1.0;
-                let t = t / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for row in a.iter_mut() {
-                    let (akp, akq) = (row[p], row[q]);
-                    row[p] = c * akp - s * akq;
-                    row[q] = s * akp + c * akq;
-                }
-                let (rp, rq) = (a[p].clone(), a[q].clone());
-                for k in 0..n {
-                    a[p][k] = c * rp[k] - s * rq[k];
-                    a[q][k] = s * rp[k] + c * rq[k];
-                }
-            }
-        }
-    }
-    let mut ev: Vec<f64> = (0..n).map(|i| a[i][i]).collect();
-    ev.sort_by(|x, y| y.total_cmp(x));
-    ev
-}
-
 #[derive(Serialize)]
 struct Report {
     checkpoint: String,
@@ -248,7 +208,9 @@ fn lanczos<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
             t[i + 1][i] = beta[i];
         }
     }
-    Ok(symmetric_eigenvalues(t))
+    let mut ev = crate::linalg::sym_eigenvalues(&t);
+    ev.reverse();
+    Ok(ev)
 }
 
 pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
@@ -464,25 +426,6 @@ mod tests {
             (est - trace).abs() < 1e-3 * trace.abs().max(1.0),
             "{est} vs {trace}"
         );
-    }
-
-    #[test]
-    fn jacobi_finds_the_eigenvalues_of_a_tridiagonal_matrix() {
-        // 1-D Laplacian tridiag(-1, 2, -1): eigenvalues 2 − 2cos(kπ/(n+1)).
-        let n = 8;
-        let mut a = vec![vec![0.0; n]; n];
-        for i in 0..n {
-            a[i][i] = 2.0;
-            if i + 1 < n {
-                a[i][i + 1] = -1.0;
-                a[i + 1][i] = -1.0;
-            }
-        }
-        let ev = symmetric_eigenvalues(a);
-        for (k, &e) in ev.iter().enumerate() {
-            let want = 2.0 - 2.0 * ((n - k) as f64 * std::f64::consts::PI / (n + 1) as f64).cos();
-            assert!((e - want).abs() < 1e-9, "{k}: {e} vs {want}");
-        }
     }
 }
 

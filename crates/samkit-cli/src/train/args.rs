@@ -191,6 +191,41 @@ pub struct RuleArgs {
     pub looksam_alpha: f32,
 }
 
+/// Device, data, model, schedule and rule flags: everything that defines a run but the
+/// optimizer's name.
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub rule: RuleArgs,
+}
+
+impl RunArgs {
+    /// The run configuration of optimizer `name`.
+    pub fn config(&self, name: &str) -> Result<RunConfig> {
+        let train_len = match self.data.data {
+            DataSource::Synthetic => self.data.train_size,
+            DataSource::Cifar10 | DataSource::Cifar100 => 50_000,
+        };
+        run_config(
+            name,
+            self.device,
+            &self.data,
+            &self.model,
+            &self.train,
+            &self.rule,
+            train_len,
+        )
+    }
+}
+
 /// The optimizers `--optimizers` and `--optimizer` accept.
 pub const OPTIMIZERS: [&str; 10] = [
     "sgd",

@@ -7,7 +7,7 @@ use clap::Args;
 use samkit_data::loader::make_batch;
 use serde::Serialize;
 
-use super::args::{self, DataArgs, Device, ModelArgs, RuleArgs, TrainArgs};
+use super::args::{self, RunArgs};
 use super::cmd::require_cpu;
 use super::trainer::{Phases, Trainer};
 use crate::error::{check, Result};
@@ -23,19 +23,11 @@ pub struct BenchArgs {
         default_value = "sgd,sam,asam,friendlysam,ssam-f,ssam-d"
     )]
     pub optimizers: Vec<String>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: Device,
     /// Timed steps per optimizer (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
     #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    #[command(flatten)]
-    pub rule: RuleArgs,
+    pub run: RunArgs,
     #[arg(long, default_value = "results/bench")]
     pub out: PathBuf,
 }
@@ -51,16 +43,15 @@ struct Row {
 }
 
 pub fn run(a: &BenchArgs, out: &mut Output) -> Result<()> {
-    require_cpu(a.device)?;
+    require_cpu(a.run.device)?;
     check::count("steps", a.steps, 1, 100_000)?;
     check::non_empty("optimizers", &a.optimizers)?;
-    let n = a.data.train_size;
     let configs = a
         .optimizers
         .iter()
-        .map(|o| args::run_config(o, a.device, &a.data, &a.model, &a.train, &a.rule, n))
+        .map(|o| a.run.config(o))
         .collect::<Result<Vec<_>>>()?;
-    let (split, norm) = args::load_data(&a.data, a.train.seed)?;
+    let (split, norm) = args::load_data(&a.run.data, a.run.train.seed)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));
     let batch = configs[0].batch.min(train.len());
     let idx: Vec<usize> = (0..batch).collect();

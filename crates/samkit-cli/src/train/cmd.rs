@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Serialize;
 
-use super::args::{self, DataArgs, Device, ModelArgs, RuleArgs, RunConfig, TrainArgs};
+use super::args::{self, Device, RunArgs, RunConfig};
 use super::trainer::{EpochLog, Phases, StepLog, Trainer};
 use crate::error::{CliError, Result};
 use crate::output::{write_json, Output};
@@ -20,16 +20,8 @@ pub struct TrainCmd {
     /// gsam, looksam.
     #[arg(long, default_value = "sam")]
     pub optimizer: String,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: Device,
     #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    #[command(flatten)]
-    pub rule: RuleArgs,
+    pub run: RunArgs,
     /// Output folder: steps.jsonl, epochs.csv, summary.json, checkpoint/.
     #[arg(long, default_value = "results/train")]
     pub out: PathBuf,
@@ -55,16 +47,8 @@ pub struct CompareCmd {
         default_value = "sgd,sam,asam,friendlysam,ssam-f,ssam-d"
     )]
     pub optimizers: Vec<String>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: Device,
     #[command(flatten)]
-    pub data: DataArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub train: TrainArgs,
-    #[command(flatten)]
-    pub rule: RuleArgs,
+    pub run: RunArgs,
     /// Output folder: compare.json, batch_loss.png, accuracy.png, step_cost.png.
     #[arg(long, default_value = "results/compare")]
     pub out: PathBuf,
@@ -186,10 +170,11 @@ fn train_loop(
 }
 
 pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
-    require_cpu(cmd.device)?;
+    require_cpu(cmd.run.device)?;
     let (cfg, resume_state) = match &cmd.resume {
         Some(dir) => {
-            if cmd.train.epochs.is_some() || cmd.train.batch.is_some() || cmd.train.lr.is_some() {
+            let t = &cmd.run.train;
+            if t.epochs.is_some() || t.batch.is_some() || t.lr.is_some() {
                 return Err(CliError::invalid(
                     "resume",
                     "a resumed run keeps its saved configuration: drop --epochs, --batch and --lr",
@@ -198,18 +183,7 @@ pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
             let st = Trainer::read_state(dir)?;
             (st.config.clone(), Some(st))
         }
-        None => {
-            let cfg = args::run_config(
-                &cmd.optimizer,
-                cmd.device,
-                &cmd.data,
-                &cmd.model,
-                &cmd.train,
-                &cmd.rule,
-                train_len(&cmd.data)?,
-            )?;
-            (cfg, None)
-        }
+        None => (cmd.run.config(&cmd.optimizer)?, None),
     };
     let (split, norm) = args::load_data(&cfg.data, cfg.seed)?;
     out.say(format!("data: {}", split.description));
@@ -267,14 +241,6 @@ pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
     Ok(())
 }
 
-/// The size of the training set the flags describe (for the schedule's step count).
-fn train_len(d: &DataArgs) -> Result<usize> {
-    Ok(match d.data {
-        args::DataSource::Synthetic => d.train_size,
-        _ => 50_000,
-    })
-}
-
 /// One optimizer's outcome in a comparison.
 #[derive(Serialize)]
 struct CompareRow {
@@ -290,20 +256,15 @@ struct CompareRow {
 }
 
 pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
-    require_cpu(cmd.device)?;
+    require_cpu(cmd.run.device)?;
     crate::error::check::non_empty("optimizers", &cmd.optimizers)?;
     // Validate every optimizer's flags before any training starts.
-    let n = train_len(&cmd.data)?;
     let configs = cmd
         .optimizers
         .iter()
-        .map(|o| {
-            args::run_config(
-                o, cmd.device, &cmd.data, &cmd.model, &cmd.train, &cmd.rule, n,
-            )
-        })
+        .map(|o| cmd.run.config(o))
         .collect::<Result<Vec<_>>>()?;
-    let (split, norm) = args::load_data(&cmd.data, cmd.train.seed)?;
+    let (split, norm) = args::load_data(&cmd.run.data, cmd.run.train.seed)?;
     out.say(format!("data: {}", split.description));
     out.ensure_dir(&cmd.out)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));

@@ -132,13 +132,13 @@ run() {
         echo "gpu-check: compute-sanitizer ($san)"
         if [ "$(left)" -gt 40 ]; then
             rc_mem=0
-            timeout "$(( $(left) / 2 ))" "$san" --tool memcheck --error-exitcode 9 \
+            SAMKIT_PARITY_MAX=100000 timeout "$(( $(left) / 2 ))" "$san" --tool memcheck --error-exitcode 9 \
                 "$dir/bin/parity" --test-threads=1 every_rule top_k ssam_d non_finite \
                 > "$out/memcheck.log" 2>&1 || rc_mem=$?
         fi
         if [ "$(left)" -gt 20 ]; then
             rc_race=0
-            timeout "$(( $(left) - 10 ))" "$san" --tool racecheck --error-exitcode 9 \
+            SAMKIT_PARITY_MAX=100000 timeout "$(( $(left) - 10 ))" "$san" --tool racecheck --error-exitcode 9 \
                 "$dir/bin/parity" --test-threads=1 every_rule top_k ssam_d \
                 > "$out/racecheck.log" 2>&1 || rc_race=$?
         fi

@@ -90,6 +90,13 @@ pub fn sizes(dev: &Device) -> Vec<Layout> {
     } else {
         v.push(Layout::resnet18(10, 64).unwrap());
     }
+    // `SAMKIT_PARITY_MAX=<n>`: only layouts of at most n parameters (compute-sanitizer runs).
+    if let Some(max) = std::env::var("SAMKIT_PARITY_MAX")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        v.retain(|l| l.len() <= max);
+    }
     v
 }
 
@@ -214,7 +221,7 @@ pub fn norm_and_dot_match_cpu(dev: &Arc<Device>) {
 
 /// Same bits whatever the grid, run after run.
 pub fn reductions_are_deterministic(dev: &Arc<Device>) {
-    let layout = sizes(dev).pop().unwrap();
+    let layout = sizes(dev).pop().expect("a layout");
     let x = values(layout.len(), 9, 3.0);
     let dx = dev.stream().clone_htod(&x).unwrap();
     let mut ops = Ops::<f32>::new(dev, layout).unwrap();
@@ -805,7 +812,7 @@ pub fn non_finite_gradients_skip_exactly(dev: &Arc<Device>) {
 /// The 62 ResNet-18 segments (11,173,962 parameters on a GPU): SAM, GSAM, LookSAM with SGD
 /// momentum, two steps each, flat arena and list.
 pub fn resnet18_matches_cpu(dev: &Arc<Device>) {
-    let layout = sizes(dev).pop().unwrap();
+    let layout = sizes(dev).pop().expect("a layout");
     let picks = [
         "sam",
         "asam-filterwise",

@@ -6,10 +6,10 @@
 //!   fused with the base optimizer and the GSAM/LookSAM/ImbSAM combination), the Fisher
 //!   accumulation, the global top-k mask and SSAM-D's drop/grow.
 //! - [`compile`]: NVRTC straight to a cubin for the device (no PTX JIT), ptxas' report per
-//!   kernel; [`env`]: where NVRTC and the CUDA headers come from (no GPU needed to compile).
+//!   kernel; [`env`](mod@env): where NVRTC and the CUDA headers come from (no GPU needed to compile).
 //! - [`Device`]: context, stream, kernels compiled at first use and cached per device (and on
 //!   disk); [`GpuOptimizer`]: the optimizer; [`Ops`]: the kernels one by one (norms, dot
-//!   products, Fisher, masks); [`bench`]: the kernel timing table.
+//!   products, Fisher, masks); [`bench`](mod@bench): the kernel timing table.
 //!
 //! Everything builds on a machine without CUDA: the driver and NVRTC are loaded at run time, and
 //! [`Device::open`] answers [`Error::NoDevice`] when there is no driver or no GPU.

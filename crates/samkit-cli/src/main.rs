@@ -5,6 +5,7 @@
 //!   (excess risk of SGD and SAM on noisy least squares against the bound).
 //!
 //! Exit codes: 0 success, 2 a bad flag or value, 1 a failure while running.
+mod bench_kernels;
 mod error;
 mod gif;
 mod hessian;
@@ -53,6 +54,8 @@ enum Command {
     Hessian(hessian::HessianArgs),
     /// Cost per step of each optimizer on ResNet-18, phase by phase.
     Bench(train::bench::BenchArgs),
+    /// The CUDA optimizer kernels: time, GB/s, fraction of copy bandwidth.
+    BenchKernels(bench_kernels::BenchKernelsArgs),
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
@@ -65,6 +68,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Landscape(a) => landscape::run(a, &mut out),
         Command::Hessian(a) => hessian::run(a, &mut out),
         Command::Bench(a) => train::bench::run(a, &mut out),
+        Command::BenchKernels(a) => bench_kernels::run(a, &mut out),
     }
 }
 

@@ -117,7 +117,9 @@ fn bench_optimizers(c: &mut Criterion) {
     let g = fill(n, 7);
     let g2 = fill(n, 9);
     let mut group = c.benchmark_group("optimizer_step_resnet18");
-    group.sample_size(20).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Bytes(8 * n as u64));
     group.bench_function("memcpy (8 B/param)", |b| {
         let src = fill(n, 3);
@@ -151,8 +153,15 @@ fn bench_optimizers(c: &mut Criterion) {
         summary.push((name, bpp, t, floor));
     }
     group.finish();
-    println!("\nmemcpy bandwidth: {:.2} GB/s ({} threads)", copy_bw / 1e9, rayon::current_num_threads());
-    println!("{:<16} {:>8} {:>10} {:>10} {:>10} {:>8}", "rule", "B/param", "time ms", "GB/s", "floor ms", "ratio");
+    println!(
+        "\nmemcpy bandwidth: {:.2} GB/s ({} threads)",
+        copy_bw / 1e9,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<16} {:>8} {:>10} {:>10} {:>10} {:>8}",
+        "rule", "B/param", "time ms", "GB/s", "floor ms", "ratio"
+    );
     for (name, bpp, t, floor) in summary {
         let gbs = (bpp * n as u64) as f64 / t / 1e9;
         println!(
@@ -174,7 +183,9 @@ fn bench_mask_updates(c: &mut Criterion) {
     let mask = sparse::random_mask(n, live, 1);
     let units = chunks.split(layout.split(&g).unwrap());
     let mut group = c.benchmark_group("mask_update_resnet18");
-    group.sample_size(10).measurement_time(Duration::from_secs(4));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Bytes(4 * n as u64));
     group.bench_function("ssam-d drop/grow 20%", |b| {
         b.iter(|| black_box(sparse::drop_grow(&chunks, &units, &mask, n, 0.2, 1, 1)))

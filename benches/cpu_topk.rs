@@ -25,7 +25,9 @@ fn bench_topk(c: &mut Criterion) {
     let s = scores(n);
     let k = n / 2;
     let mut group = c.benchmark_group("topk_resnet18");
-    group.sample_size(10).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(5));
     group.throughput(Throughput::Bytes(4 * n as u64));
     group.bench_function("memcpy scores", |b| {
         let mut dst = vec![0f32; n];

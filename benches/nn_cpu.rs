@@ -8,9 +8,12 @@
 //!   mode.
 //!
 //! After the criterion groups, a side-by-side run measures PyTorch on the same machine
-//! (`tools/anchors/torch_cpu_resnet.py`, same model, batch and threads) right before our own
-//! medians and prints the ratios; set `SAMKIT_TORCH_PYTHON` to the interpreter (default
-//! `/work/.venv-torch/bin/python` when it exists; `SAMKIT_TORCH_PYTHON=none` skips it).
+//! (`tools/anchors/torch_cpu_resnet.py`: same model, batch, optimizer and threads) and
+//! samkit-nn alternately, two rounds, and prints one JSON line with the times and ratios
+//! (ratios of minimum times, the least disturbed by other work on a shared machine, and of
+//! medians). `SAMKIT_TORCH_PYTHON` names the interpreter (default
+//! `/work/.venv-torch/bin/python` when it exists; `none` skips the side-by-side);
+//! `SAMKIT_BENCH_SIDE_BY_SIDE_ONLY=1` skips the criterion groups.
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -97,7 +100,8 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-fn median(mut f: impl FnMut(), reps: usize) -> f64 {
+/// Median and minimum of `reps` timed calls after one warm-up call.
+fn timed(mut f: impl FnMut(), reps: usize) -> (f64, f64) {
     f();
     let mut t: Vec<f64> = (0..reps)
         .map(|_| {
@@ -107,20 +111,18 @@ fn median(mut f: impl FnMut(), reps: usize) -> f64 {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    t[reps / 2]
+    (t[reps / 2], t[0])
 }
 
-/// PyTorch and samkit-nn back to back, in this process's run.
-fn side_by_side(threads: usize) {
-    let python = std::env::var("SAMKIT_TORCH_PYTHON")
-        .unwrap_or_else(|_| "/work/.venv-torch/bin/python".into());
+fn torch_anchor(
+    python: &str,
+    threads: usize,
+    reps: usize,
+    fisher: bool,
+) -> Option<serde_json::Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/anchors/torch_cpu_resnet.py");
-    if python == "none" || !Path::new(&python).exists() {
-        eprintln!("side-by-side: no PyTorch interpreter (SAMKIT_TORCH_PYTHON), skipped");
-        return;
-    }
-    let reps = 5;
-    let out = std::process::Command::new(&python)
+    let fisher = if fisher { "128" } else { "0" };
+    let out = std::process::Command::new(python)
         .arg(&script)
         .args([
             "--threads",
@@ -128,49 +130,91 @@ fn side_by_side(threads: usize) {
             "--reps",
             &reps.to_string(),
             "--fisher",
-            "128",
+            fisher,
         ])
         .output();
-    let torch: serde_json::Value = match out {
-        Ok(o) if o.status.success() => match serde_json::from_slice(&o.stdout) {
-            Ok(v) => v,
-            Err(e) => return eprintln!("side-by-side: bad anchor output ({e})"),
-        },
+    match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout)
+            .map_err(|e| eprintln!("side-by-side: bad anchor output ({e})"))
+            .ok(),
         Ok(o) => {
-            return eprintln!(
+            eprintln!(
                 "side-by-side: anchor failed: {}",
                 String::from_utf8_lossy(&o.stderr)
-            )
+            );
+            None
         }
-        Err(e) => return eprintln!("side-by-side: cannot run {python}: {e}"),
-    };
+        Err(e) => {
+            eprintln!("side-by-side: cannot run {python}: {e}");
+            None
+        }
+    }
+}
+
+/// PyTorch and samkit-nn alternately, two rounds, in this process's run; ratios of the
+/// minimum times (the least disturbed by other work on a shared machine) and of the medians.
+fn side_by_side(threads: usize) {
+    let python = std::env::var("SAMKIT_TORCH_PYTHON")
+        .unwrap_or_else(|_| "/work/.venv-torch/bin/python".into());
+    if python == "none" || !Path::new(&python).exists() {
+        eprintln!("side-by-side: no PyTorch interpreter (SAMKIT_TORCH_PYTHON), skipped");
+        return;
+    }
+    let reps = 3;
     let mut s = setup(BATCH);
-    let mut opt = Optimizer::new(s.model.layout().clone(), Rule::Base, sgd()).unwrap();
-    let ours_sgd = median(|| step(&mut s, &mut opt), reps);
-    let ours_fwd = median(
-        || drop(s.model.forward(&s.w, &s.x, BnMode::Eval).unwrap()),
-        reps,
-    );
-    let mut opt =
+    let mut sgd_opt = Optimizer::new(s.model.layout().clone(), Rule::Base, sgd()).unwrap();
+    let mut sam_opt =
         Optimizer::new(s.model.layout().clone(), Rule::Sam(Sam::default()), sgd()).unwrap();
-    let ours_sam = median(|| step(&mut s, &mut opt), reps);
     let mut f = vec![0.0; s.w.len()];
-    let ours_fisher = median(|| fisher(&mut s, &mut f), 3);
-    let t = |k: &str| torch[k].as_f64().unwrap_or(f64::NAN);
+    let (mut torch_step, mut torch_fwd, mut ours_step, mut ours_fwd) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut torch_fisher = f64::NAN;
+    let mut torch_first = serde_json::Value::Null;
+    for round in 0..2 {
+        let Some(t) = torch_anchor(&python, threads, reps, round == 0) else {
+            return;
+        };
+        let g = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
+        torch_step.push((g("sgd_train_step_s"), g("sgd_train_step_min_s")));
+        torch_fwd.push(g("forward_s"));
+        if round == 0 {
+            torch_fisher = g("fisher_s");
+            torch_first = t.clone();
+        }
+        ours_step.push(timed(|| step(&mut s, &mut sgd_opt), reps));
+        ours_fwd.push(
+            timed(
+                || drop(s.model.forward(&s.w, &s.x, BnMode::Eval).unwrap()),
+                reps,
+            )
+            .0,
+        );
+    }
+    let ours_sam = timed(|| step(&mut s, &mut sam_opt), reps);
+    let ours_fisher = timed(|| fisher(&mut s, &mut f), 1).0;
+    let min = |v: &[(f64, f64)]| v.iter().map(|x| x.1).fold(f64::INFINITY, f64::min);
+    let med = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64;
+    let fmin = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let summary = serde_json::json!({
         "threads": threads,
         "batch": BATCH,
-        "torch": torch,
+        "loadavg_after": load.trim(),
+        "torch_first_round": torch_first,
+        "torch": { "sgd_step_min_s": min(&torch_step), "sgd_step_median_s": med(&torch_step), "forward_min_s": fmin(&torch_fwd), "fisher_128_s": torch_fisher },
         "samkit_nn": {
-            "sgd_train_step_s": ours_sgd,
-            "sam_train_step_s": ours_sam,
-            "forward_s": ours_fwd,
+            "sgd_step_min_s": min(&ours_step),
+            "sgd_step_median_s": med(&ours_step),
+            "sam_step_median_s": ours_sam.0,
+            "forward_min_s": fmin(&ours_fwd),
             "fisher_128_s": ours_fisher,
         },
-        "ratio_sgd_step_ours_over_torch": ours_sgd / t("sgd_train_step_s"),
-        "ratio_forward_ours_over_torch": ours_fwd / t("forward_s"),
-        "ratio_fisher_ours_over_torch": ours_fisher / t("fisher_s"),
-        "fisher_128_over_sgd_step": ours_fisher / ours_sgd,
+        "ratio_sgd_step_min_ours_over_torch": min(&ours_step) / min(&torch_step),
+        "ratio_sgd_step_median_ours_over_torch": med(&ours_step) / med(&torch_step),
+        "ratio_forward_min_ours_over_torch": fmin(&ours_fwd) / fmin(&torch_fwd),
+        "ratio_fisher_ours_over_torch": ours_fisher / torch_fisher,
+        "ours_fisher_128_over_sgd_step_median": ours_fisher / med(&ours_step),
+        "ours_sam_over_sgd_step_median": ours_sam.0 / med(&ours_step),
     });
     println!("side-by-side: {summary}");
 }

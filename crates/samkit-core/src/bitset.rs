@@ -1,6 +1,21 @@
 //! A fixed-length bitset over the flat parameter index space (Sparse SAM's masks).
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Eight 0.0/1.0 floats for each byte value, little-endian bit order.
+static BYTE_TO_FLOATS: [[f32; 8]; 256] = {
+    let mut t = [[0f32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut k = 0;
+        while k < 8 {
+            t[b][k] = ((b >> k) & 1) as f32;
+            k += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bitset {
     len: usize,
@@ -79,12 +94,32 @@ impl Bitset {
         })
     }
 
-    /// Writes `mask[i] as f32` (0 or 1) for `i in start..start + out.len()`.
+    /// Writes `mask[i] as f32` (0 or 1) for `i in start..start + out.len()`: a byte of the
+    /// mask at a time through a table of eight floats per byte value, scalar at the ends.
     #[inline]
     pub fn expand(&self, start: usize, out: &mut [f32]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            let i = start + j;
-            *o = ((self.words[i >> 6] >> (i & 63)) & 1) as f32;
+        let end = start + out.len();
+        let bytes: &[u8] = bytemuck::cast_slice(&self.words);
+        let mut i = start;
+        let mut o = out;
+        let bit = |i: usize| ((bytes[i >> 3] >> (i & 7)) & 1) as f32;
+        while i < end && i & 7 != 0 {
+            o[0] = bit(i);
+            o = &mut o[1..];
+            i += 1;
+        }
+        let whole = (end - i) / 8;
+        let (body, tail) = o.split_at_mut(whole * 8);
+        for (dst, &b) in body
+            .chunks_exact_mut(8)
+            .zip(&bytes[i >> 3..(i >> 3) + whole])
+        {
+            dst.copy_from_slice(&BYTE_TO_FLOATS[b as usize]);
+        }
+        i += whole * 8;
+        for t in tail.iter_mut() {
+            *t = bit(i);
+            i += 1;
         }
     }
 
@@ -170,5 +205,20 @@ mod tests {
         let mut e = [0f32; 3];
         b.expand(63, &mut e);
         assert_eq!(e, [1.0, 1.0, 0.0]);
+        // Every start and length against the bit-by-bit definition.
+        let mut r = Bitset::zeros(300);
+        for i in (0..300).filter(|i| (i * 7) % 11 < 5) {
+            r.set(i, true);
+        }
+        for start in 0..40 {
+            for len in 0..80 {
+                let mut out = vec![9f32; len];
+                r.expand(start, &mut out);
+                let want: Vec<f32> = (start..start + len)
+                    .map(|i| r.get(i) as u8 as f32)
+                    .collect();
+                assert_eq!(out, want, "start {start} len {len}");
+            }
+        }
     }
 }

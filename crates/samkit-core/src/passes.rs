@@ -126,6 +126,8 @@ impl Dir<'_> {
             Base::Grad => out.copy_from_slice(g),
             Base::Masked(mask) => {
                 mask.expand(info.global + start, out);
+                // m·g with m ∈ {0, 1}; a select keeps a non-finite g out of masked-off
+                // coordinates (the finiteness check sees all of g separately).
                 for (o, &x) in out.iter_mut().zip(g) {
                     *o = if *o != 0.0 { x } else { 0.0 };
                 }

@@ -125,8 +125,8 @@ pub fn select_top_k(units: &[ChunkInfo], n: usize, k: usize, src: &impl KeySourc
     let total: u64 = h_hi.iter().sum();
     let k = k as u64;
     let take_all = k >= total;
-    let (threshold, need_eq) = if take_all {
-        (0u32, u64::MAX)
+    let (threshold, need_eq, all_eq) = if take_all {
+        (0u32, u64::MAX, true)
     } else {
         let (b_hi, above_hi) = boundary(&h_hi, k);
         let h_lo = histogram(units, src, |key| {
@@ -134,11 +134,13 @@ pub fn select_top_k(units: &[ChunkInfo], n: usize, k: usize, src: &impl KeySourc
         });
         let (b_lo, above_lo) = boundary(&h_lo, k - above_hi);
         let t = ((b_hi as u32) << 16) | b_lo as u32;
-        (t, k - above_hi - above_lo)
+        let need = k - above_hi - above_lo;
+        (t, need, need == h_lo[b_lo])
     };
 
-    // How many threshold-equal keys each unit holds, so each unit knows its rank offset.
-    let eq_counts: Vec<u64> = if take_all {
+    // How many threshold-equal keys each unit holds, so each unit knows its rank offset; not
+    // needed when every threshold-equal key is taken (no tie to break).
+    let eq_counts: Vec<u64> = if all_eq {
         vec![0; units.len()]
     } else {
         units
@@ -167,32 +169,24 @@ pub fn select_top_k(units: &[ChunkInfo], n: usize, k: usize, src: &impl KeySourc
     let out = AtomicBitset::zeros(n);
     units.par_iter().enumerate().for_each(|(u, info)| {
         let mut rank = eq_before[u];
-        let mut word = usize::MAX;
         let mut bits = 0u64;
-        for_each_tile(src, u, info, |start, keys, valid| {
-            for (j, (&key, &v)) in keys.iter().zip(valid).enumerate() {
-                let take = v
-                    && (take_all
-                        || key > threshold
-                        || (key == threshold && {
-                            rank += 1;
-                            rank <= need_eq
-                        }));
-                if take {
-                    let i = info.global + start + j;
-                    if i >> 6 != word {
-                        if word != usize::MAX {
-                            out.or_word(word, bits);
-                        }
-                        word = i >> 6;
-                        bits = 0;
-                    }
-                    bits |= 1u64 << (i & 63);
+        let mut i = info.global;
+        for_each_tile(src, u, info, |_, keys, valid| {
+            // Branch-free: a random half of the keys is taken, which a branch would mispredict.
+            for (&key, &v) in keys.iter().zip(valid) {
+                let eq = v & (key == threshold);
+                rank += eq as u64;
+                let take = v & (take_all | (key > threshold) | (eq & (rank <= need_eq)));
+                bits |= (take as u64) << (i & 63);
+                i += 1;
+                if i & 63 == 0 {
+                    out.or_word((i >> 6) - 1, bits);
+                    bits = 0;
                 }
             }
         });
-        if word != usize::MAX {
-            out.or_word(word, bits);
+        if i & 63 != 0 {
+            out.or_word(i >> 6, bits);
         }
     });
     out.finish()

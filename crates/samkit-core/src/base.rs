@@ -210,19 +210,35 @@ impl BaseOptimizer {
             BaseOptimizer::Sgd(c) => {
                 let (lr, mu, wd) = (sc.lr, c.momentum, c.weight_decay);
                 let damp = 1.0 - c.dampening;
+                // `d + wd·w` with wd = 0 is `d` for every finite w, so the loops below need no
+                // branch on it and vectorise; each variant is its own loop for the same reason.
+                let grads = d.iter().zip(w).map(|(&d, &w)| d + wd * w);
                 if mu == 0.0 {
-                    for i in 0..n {
-                        let g = if wd != 0.0 { d[i] + wd * w[i] } else { d[i] };
-                        out[i] = w[i] - lr * g;
+                    for ((o, &wv), g) in out.iter_mut().zip(w).zip(grads) {
+                        *o = wv - lr * g;
                     }
                 } else {
                     let b = &mut s0[..n];
-                    for i in 0..n {
-                        let g = if wd != 0.0 { d[i] + wd * w[i] } else { d[i] };
-                        let m = if sc.first { g } else { mu * b[i] + damp * g };
-                        b[i] = m;
-                        let step = if c.nesterov { g + mu * m } else { m };
-                        out[i] = w[i] - lr * step;
+                    let it = out.iter_mut().zip(w).zip(b.iter_mut()).zip(grads);
+                    match (sc.first, c.nesterov) {
+                        (true, false) => it.for_each(|(((o, &wv), b), g)| {
+                            *b = g;
+                            *o = wv - lr * g;
+                        }),
+                        (true, true) => it.for_each(|(((o, &wv), b), g)| {
+                            *b = g;
+                            *o = wv - lr * (g + mu * g);
+                        }),
+                        (false, false) => it.for_each(|(((o, &wv), b), g)| {
+                            let m = mu * *b + damp * g;
+                            *b = m;
+                            *o = wv - lr * m;
+                        }),
+                        (false, true) => it.for_each(|(((o, &wv), b), g)| {
+                            let m = mu * *b + damp * g;
+                            *b = m;
+                            *o = wv - lr * (g + mu * m);
+                        }),
                     }
                 }
             }

@@ -183,6 +183,7 @@ pub fn norm_pass(
     let chk = also_check
         .map(<[_]>::to_vec)
         .unwrap_or_else(|| empty_units(n));
+    let plain = matches!((dir.base, dir.scale, &ema), (Base::Grad, Scale::One, None));
     let w = w.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
     let m = m.map(<[_]>::to_vec).unwrap_or_else(|| empty_units(n));
     let (ema, mut next) = match ema {
@@ -205,6 +206,12 @@ pub fn norm_pass(
             while s < info.len {
                 let e = TILE.min(info.len - s);
                 let gt = &g[s..s + e];
+                if plain {
+                    // Σ g² in f64 cannot overflow from f32 values: it is finite iff g is.
+                    lanes.add_squares(gt);
+                    s += e;
+                    continue;
+                }
                 let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
                 bad += poison(gt);
                 let d = &mut dir_t[..e];
@@ -229,7 +236,11 @@ pub fn norm_pass(
                 }
                 s += e;
             }
-            (lanes.total(), bad)
+            let total = lanes.total();
+            if !total.is_finite() {
+                bad = f32::NAN;
+            }
+            (total, bad)
         })
         .collect();
     let parts: Vec<f64> = partial.iter().map(|p| p.0).collect();
@@ -264,6 +275,7 @@ pub fn perturb_pass(
     };
     let mut w = w;
     let mut w_old = w_old;
+    let plain = matches!((dir.base, dir.scale), (Base::Grad, Scale::One));
     chunks
         .infos()
         .par_iter()
@@ -273,10 +285,18 @@ pub fn perturb_pass(
         .zip(m.par_iter())
         .zip(csrc.par_iter().zip(cdst.par_iter_mut()))
         .for_each(|(((((info, w), w_old), g), m), (csrc, cdst))| {
-            w_old.copy_from_slice(w);
             if let Some(d) = cdst.as_deref_mut() {
                 d.copy_from_slice(csrc);
             }
+            if plain {
+                // One sweep: save, then step along g.
+                for ((wv, o), &gv) in w.iter_mut().zip(w_old.iter_mut()).zip(g.iter()) {
+                    *o = *wv;
+                    *wv += gv * scale;
+                }
+                return;
+            }
+            w_old.copy_from_slice(w);
             let mut dir_t = [0f32; TILE];
             let mut t_t = [0f32; TILE];
             let mut s = 0;
@@ -334,7 +354,9 @@ pub fn dot_pass(chunks: &Chunks, x: Option<&[&[f32]]>, y: &[&[f32]]) -> DotOut {
             if !x.is_empty() {
                 xy.add_products(x, y);
             }
-            (xy.total(), yy.total(), poison(y))
+            // Σ y² in f64 is finite iff y is (f32 squares cannot overflow it).
+            let yy = yy.total();
+            (xy.total(), yy, if yy.is_finite() { 0.0 } else { f32::NAN })
         })
         .collect();
     let xy_parts: Vec<f64> = parts.iter().map(|p| p.0).collect();
@@ -467,9 +489,10 @@ pub fn update_pass(
                     let e = TILE.min(len - s);
                     let xt = &x[s..s + e];
                     let d = &mut d_t[..e];
+                    let direct = y.is_empty() && a == 1.0;
                     if y.is_empty() {
-                        if a == 1.0 {
-                            d.copy_from_slice(xt);
+                        if direct {
+                            // The direction is x itself, passed without a copy below.
                         } else {
                             for (o, &xv) in d.iter_mut().zip(xt) {
                                 *o = a * xv;
@@ -494,7 +517,13 @@ pub fn update_pass(
                         &src[s..s + e]
                     };
                     let (t0, t1, t2) = (sub(s0, s, e), sub(s1, s, e), sub(s2, s, e));
-                    opt.apply(sc, wsrc, d, &mut w[s..s + e], TileState { s: [t0, t1, t2] });
+                    opt.apply(
+                        sc,
+                        wsrc,
+                        if direct { xt } else { d },
+                        &mut w[s..s + e],
+                        TileState { s: [t0, t1, t2] },
+                    );
                     s += e;
                 }
                 gv.total()

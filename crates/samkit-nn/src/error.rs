@@ -23,11 +23,20 @@ pub enum Error {
     },
     #[error(transparent)]
     Core(#[from] samkit_core::Error),
+    /// The CUDA backend: no device, a missing library (cuDNN, cuBLAS, NVRTC) or a failed call.
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// True when the error means "there is no usable CUDA device here" (tests print a skip
+    /// line instead of failing).
+    pub fn is_no_device(&self) -> bool {
+        matches!(self, Error::Cuda(e) if e.is_no_device())
+    }
+
     pub(crate) fn shape(what: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape {
             what,

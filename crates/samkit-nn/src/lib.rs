@@ -38,6 +38,7 @@
 pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
+pub mod cuda;
 pub mod error;
 pub mod init;
 pub mod mlp;
@@ -47,6 +48,7 @@ pub mod tensor;
 
 pub use backend::{Activation, Backend, BnConfig, BnMode, Conv2d, Dims, ParamGrad};
 pub use cpu::Cpu;
+pub use cuda::Cuda;
 pub use error::{Error, Result};
 pub use mlp::Mlp;
 pub use model::{

@@ -25,11 +25,13 @@ pub enum Device {
     Cuda(usize),
 }
 
-/// The memory behind a tensor. The CUDA backend adds its own variant beside `Cpu`.
+/// The memory behind a tensor: host values, or a device buffer of the CUDA backend (shared
+/// when the tensor is cloned; see [`crate::cuda::DeviceStorage`]).
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Storage {
     Cpu(Vec<f32>),
+    Cuda(crate::cuda::DeviceStorage),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -73,9 +75,30 @@ impl Tensor {
     }
 
     pub fn device(&self) -> Device {
-        match self.storage {
+        match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(d) => Device::Cuda(d.ordinal()),
         }
+    }
+
+    /// A tensor over `storage` holding exactly `shape.iter().product()` values.
+    pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        let len = match &storage {
+            Storage::Cpu(v) => v.len(),
+            Storage::Cuda(d) => d.len(),
+        };
+        if n != len || shape.is_empty() {
+            return Err(Error::shape(
+                "tensor",
+                format!("{len} values for shape {shape:?}"),
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            dtype: DType::F32,
+            storage,
+        })
     }
 
     pub fn storage(&self) -> &Storage {
@@ -91,22 +114,26 @@ impl Tensor {
         self.len() == 0
     }
 
-    /// The values of a CPU tensor, row-major.
+    /// The values of a CPU tensor, row-major (an error for a device tensor: download it with
+    /// `Cuda::to_host` first).
     pub fn as_slice(&self) -> Result<&[f32]> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(d) => Err(d.not_on_host()),
         }
     }
 
     pub fn as_mut_slice(&mut self) -> Result<&mut [f32]> {
         match &mut self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(d) => Err(d.not_on_host()),
         }
     }
 
     pub fn into_vec(self) -> Result<Vec<f32>> {
         match self.storage {
             Storage::Cpu(v) => Ok(v),
+            Storage::Cuda(d) => Err(d.not_on_host()),
         }
     }
 

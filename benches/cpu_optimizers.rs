@@ -54,10 +54,12 @@ fn bytes_per_param(rule: &Rule) -> u64 {
     }
 }
 
-/// A copy split over the rayon pool, as the optimizer passes are.
+/// A copy split into one contiguous part per rayon thread (each a plain `memcpy`, which uses
+/// streaming stores at this size): the fastest copy this machine does.
 fn par_copy(dst: &mut [f32], src: &[f32]) {
-    dst.par_chunks_mut(CHUNK)
-        .zip(src.par_chunks(CHUNK))
+    let per = src.len().div_ceil(rayon::current_num_threads()).max(CHUNK);
+    dst.par_chunks_mut(per)
+        .zip(src.par_chunks(per))
         .for_each(|(d, s)| d.copy_from_slice(s));
 }
 

@@ -141,11 +141,12 @@ impl Cuda {
     }
 
     fn plan(&mut self, key: ConvKey) -> Result<&ConvPlan> {
-        if !self.convs.contains_key(&key) {
-            let p = ConvPlan::new(key, self.search_math())?;
-            self.convs.insert(key, p);
-        }
-        Ok(&self.convs[&key])
+        use std::collections::hash_map::Entry;
+        let math = self.search_math();
+        Ok(match self.convs.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(ConvPlan::new(key, math)?),
+        })
     }
 
     /// A temporary workspace for a benchmark: the limit, or less when that much is not free.

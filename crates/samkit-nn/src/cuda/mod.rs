@@ -302,11 +302,11 @@ impl Cuda {
 
     /// A cached NCHW tensor descriptor.
     fn tensor_desc(&mut self, d: [usize; 4]) -> Result<&dnn::TensorDesc> {
-        if !self.tensors.contains_key(&d) {
-            let t = dnn::TensorDesc::nchw(d[0], d[1], d[2], d[3])?;
-            self.tensors.insert(d, t);
-        }
-        Ok(&self.tensors[&d])
+        use std::collections::hash_map::Entry;
+        Ok(match self.tensors.entry(d) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(dnn::TensorDesc::nchw(d[0], d[1], d[2], d[3])?),
+        })
     }
 
     /// Label-smoothed cross-entropy (ALGORITHMS.md) of `[n, k]` logits on the device: the

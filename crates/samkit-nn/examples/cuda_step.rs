@@ -351,6 +351,7 @@ fn run(a: &Args) -> Res<Value> {
         "tf32": opts.tf32,
         "memory_format": "NCHW",
         "algo_search": format!("{:?}", opts.algo),
+        "cudarc_event_tracking": opts.event_tracking,
         "warmup_steps": a.warmup.max(1),
         "optimizers": results,
         "cudnn_workspace_bytes": ws,

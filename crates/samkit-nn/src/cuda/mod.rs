@@ -77,6 +77,11 @@ pub struct CudaOptions {
     /// Values of the scratch buffer that holds a chunk of per-sample weight gradients
     /// (SSAM-F's Fisher); a convolution's samples are processed `budget / weights` at a time.
     pub per_sample_budget: usize,
+    /// Keep cudarc's cross-stream event tracking on the device's context object. Off by default:
+    /// the backend (and samkit-cuda's optimizer on the same `Device`) use one stream, and the
+    /// tracking costs two driver calls per buffer per operation. Turn it on when buffers of
+    /// this `Device` are also used on other streams of its context.
+    pub event_tracking: bool,
 }
 
 impl Default for CudaOptions {
@@ -87,13 +92,15 @@ impl Default for CudaOptions {
             deterministic: false,
             workspace_limit: 1 << 30,
             per_sample_budget: 1 << 25,
+            event_tracking: false,
         }
     }
 }
 
 impl CudaOptions {
     /// The defaults, overridden by `SAMKIT_CUDNN_ALGO` (`benchmark` | `heuristic`),
-    /// `SAMKIT_CUDNN_DETERMINISTIC=1`, `SAMKIT_CUDNN_WORKSPACE_MB`, `SAMKIT_TF32=1`.
+    /// `SAMKIT_CUDNN_DETERMINISTIC=1`, `SAMKIT_CUDNN_WORKSPACE_MB`, `SAMKIT_TF32=1`,
+    /// `SAMKIT_CUDA_EVENT_TRACKING=1`.
     pub fn from_env() -> Self {
         let mut o = CudaOptions::default();
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
@@ -104,6 +111,7 @@ impl CudaOptions {
         }
         o.deterministic = var("SAMKIT_CUDNN_DETERMINISTIC").is_some_and(|v| v == "1");
         o.tf32 = var("SAMKIT_TF32").is_some_and(|v| v == "1");
+        o.event_tracking = var("SAMKIT_CUDA_EVENT_TRACKING").is_some_and(|v| v == "1");
         if let Some(mb) = var("SAMKIT_CUDNN_WORKSPACE_MB").and_then(|v| v.parse::<usize>().ok()) {
             o.workspace_limit = mb << 20;
         }
@@ -183,6 +191,14 @@ impl Cuda {
         libs::ensure()?;
         let stream = dev.stream().clone();
         dev.context().bind_to_thread()?;
+        if !opts.event_tracking {
+            // SAFETY: cudarc's contract for untracked buffers is that the user orders their uses
+            // across streams. Every buffer made from here on through this context object is
+            // allocated, used and freed on `dev.stream()` alone (this backend and samkit-cuda's
+            // optimizer), where the stream orders them; `CudaOptions::event_tracking` documents
+            // the exception.
+            unsafe { dev.context().disable_event_tracking() };
+        }
         let dnn = dnn::DnnHandle::new(&stream)?;
         let blas = dnn::BlasHandle::new(&stream, opts.tf32)?;
         let kernels = kernels::Kernels::load(dev, &stream)?;

@@ -10,6 +10,7 @@ use samkit_core::philox::PhiloxRng;
 pub struct Rng(PhiloxRng);
 
 impl Rng {
+    #[cfg(test)]
     pub fn new(seed: u64) -> Self {
         Rng(PhiloxRng::new(seed, 0))
     }
@@ -21,11 +22,13 @@ impl Rng {
         Rng(PhiloxRng::new(key, (id as u32).wrapping_add(1)))
     }
 
+    #[cfg(test)]
     pub fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }
 
     /// Uniform in `[0, 1)`.
+    #[cfg(test)]
     pub fn uniform(&mut self) -> f64 {
         self.0.uniform_f64()
     }

@@ -27,12 +27,6 @@ impl Rng {
         self.0.next_u64()
     }
 
-    /// Uniform in `[0, 1)`.
-    #[cfg(test)]
-    pub fn uniform(&mut self) -> f64 {
-        self.0.uniform_f64()
-    }
-
     /// Uniform index in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
         self.0.below(n as u64) as usize

@@ -651,3 +651,33 @@ impl Backend for Cuda {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arena_addresses_are_bounds_checked() {
+        assert_eq!(at(1000, 3, 5, 8, "x").unwrap(), 1012);
+        assert!(at(1000, 4, 5, 8, "x").is_err());
+        assert!(at(1000, usize::MAX, 2, 8, "x").is_err());
+        assert_eq!(at(0, 0, 0, 0, "x").unwrap(), 0);
+    }
+
+    #[test]
+    fn defaults_are_exact_fp32_with_benchmarked_algorithms() {
+        let o = CudaOptions::default();
+        assert!(!o.tf32 && !o.deterministic && !o.event_tracking);
+        assert_eq!(o.algo, AlgoSearch::Benchmark);
+        assert!(o.workspace_limit >= 1 << 20 && o.per_sample_budget >= 1 << 20);
+    }
+
+    #[test]
+    fn the_backend_and_device_tensors_move_between_threads() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Cuda>();
+        send::<ResNet18<Cuda>>();
+        send_sync::<Tensor>();
+    }
+}

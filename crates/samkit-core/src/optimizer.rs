@@ -78,7 +78,8 @@ pub struct StepReport {
     pub mask_updated: bool,
 }
 
-/// Everything that persists between steps; saved and loaded by [`crate::state`].
+/// Everything that persists between steps; saved and loaded by [`crate::state`] (through
+/// [`crate::state::PortableState`]).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct State {
     /// Completed (not skipped) steps: the `t` of ALGORITHMS.md.
@@ -250,6 +251,12 @@ impl Optimizer {
     /// FriendlySAM's `m` (empty before its first step).
     pub fn friendly_momentum(&self) -> &[f32] {
         &self.st.fsam_m
+    }
+
+    /// LookSAM's `g_v`, the component of the SAM gradient orthogonal to the clean gradient
+    /// (empty before its first completed step, and for the other rules).
+    pub fn looksam_gv(&self) -> &[f32] {
+        &self.st.look_gv
     }
 
     /// True between `first_step` returning `Perturbed` and `second_step`.

@@ -8,7 +8,7 @@
 //! - [`compile`]: NVRTC straight to a cubin for the device (no PTX JIT), ptxas' report per
 //!   kernel; [`env`](mod@env): where NVRTC and the CUDA headers come from (no GPU needed to compile).
 //! - [`Device`]: context, stream, kernels compiled at first use and cached per device (and on
-//!   disk); [`GpuOptimizer`]: the optimizer; [`Ops`]: the kernels one by one (norms, dot
+//!   disk); [`GpuOptimizer`]: the optimizer, with the CPU optimizer's state files; [`Ops`]: the kernels one by one (norms, dot
 //!   products, Fisher, masks); [`bench`](mod@bench): the kernel timing table.
 //!
 //! Everything builds on a machine without CUDA: the driver and NVRTC are loaded at run time, and

@@ -18,6 +18,11 @@
 //!   copy, so they wait for the previous step. LookSAM and Sparse SAM read it at the start of
 //!   `first_step` (their schedule depends on the count of completed steps); the other rules never
 //!   wait.
+//!
+//! State files are the CPU optimizer's ([`samkit_core::state`]): [`GpuOptimizer::save_state`],
+//! [`GpuOptimizer::load_state`] and their byte forms write and read the same safetensors bytes
+//! as [`samkit_core::Optimizer`], so a state moves between the two in either direction, and a
+//! resumed run continues bit-identically to an uninterrupted one on the same device.
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, PinnedHostSlice};
@@ -33,6 +38,8 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::{self, DirExtra, DirKind, Filters, Fin, Keys, Second, SelBufs};
 use crate::plan::{Plan, Work};
+
+mod state;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -364,22 +371,11 @@ impl<T: Elem> GpuOptimizer<T> {
     /// The committed sparse mask (`None` for other rules, and for SSAM-F before its first
     /// completed step). Downloads it.
     pub fn mask(&mut self) -> Result<Option<Bitset>> {
-        let Some(masks) = &self.masks else {
+        if self.masks.is_none() {
             return Ok(None);
-        };
-        let c = self.work.ctl(self.dev.stream())?;
-        if let Rule::Ssam(s) = &self.rule {
-            if matches!(s.mask, MaskKind::Fisher { .. }) && c.mask_updates == 0 {
-                return Ok(None);
-            }
         }
-        let words = self.plan.words;
-        let all = masks.download(self.dev.stream())?;
-        let slot = &all[c.mask_cur as usize * words..(c.mask_cur as usize + 1) * words];
-        let bytes: Vec<u8> = slot.iter().flat_map(|w| w.to_le_bytes()).collect();
-        Bitset::from_bytes(self.plan.n, &bytes)
-            .ok_or_else(|| Error::Abi("mask size".into()))
-            .map(Some)
+        let c = self.work.ctl(self.dev.stream())?;
+        self.committed_mask(&c)
     }
 
     /// A base-optimizer state buffer by its torch name (`momentum_buffer`, `exp_avg`, ...),

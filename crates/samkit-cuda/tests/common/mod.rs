@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 pub mod fake;
 pub mod parity;
+pub mod resume;
 
 /// The parity tests, each on the device `$dev()` returns (`None`: skipped, after one line).
 #[macro_export]
@@ -72,6 +73,24 @@ macro_rules! parity_tests {
         fn f16_step_within_one_ulp() {
             if let Some(d) = $dev() {
                 common::parity::half_precision_step::<half::f16>(&d, 1.0 / 1024.0);
+            }
+        }
+        #[test]
+        fn state_resume_is_bit_identical() {
+            if let Some(d) = $dev() {
+                common::resume::resume_is_bit_identical(&d);
+            }
+        }
+        #[test]
+        fn state_files_interchange_with_cpu() {
+            if let Some(d) = $dev() {
+                common::resume::states_interchange_with_cpu(&d);
+            }
+        }
+        #[test]
+        fn state_errors_match_cpu() {
+            if let Some(d) = $dev() {
+                common::resume::state_errors(&d);
             }
         }
         #[test]

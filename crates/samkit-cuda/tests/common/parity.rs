@@ -624,6 +624,20 @@ fn compare_state<T: Elem>(
         1e-6,
         &format!("{what}: FriendlySAM m"),
     );
+    assert_gv(&gpu.look_gv().unwrap(), cpu.looksam_gv(), what);
+}
+
+/// LookSAM's `g_v`: the device's buffer is zeros where the CPU has none yet.
+#[track_caller]
+pub fn assert_gv(gpu: &[f32], cpu: &[f32], what: &str) {
+    if cpu.is_empty() {
+        assert!(
+            gpu.iter().all(|&x| x == 0.0),
+            "{what}: LookSAM g_v on the device before the first SAM step"
+        );
+    } else {
+        assert_close(gpu, cpu, 1e-6, &format!("{what}: LookSAM g_v"));
+    }
 }
 
 /// Runs `steps` steps of `rule` with `base` on the CPU and the device from the same weights, the

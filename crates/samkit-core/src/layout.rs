@@ -176,7 +176,7 @@ impl Layout {
         Ok(())
     }
 
-    /// The ResNet-18 of CIFAR training (3×3 stem, no max-pool, [2,2,2,2] basic blocks, 1×1
+    /// The ResNet-18 of CIFAR training (3×3 stem, no max-pool, `[2, 2, 2, 2]` basic blocks, 1×1
     /// conv + BN shortcuts), with PyTorch `state_dict` names in `model.parameters()` order.
     /// `width` is the stem width (64 for the standard model, 11,173,962 parameters with 10
     /// classes); smaller widths give narrow variants for CPU runs.

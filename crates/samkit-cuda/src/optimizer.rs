@@ -25,7 +25,10 @@
 //! resumed run continues bit-identically to an uninterrupted one on the same device.
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, PinnedHostSlice};
+use std::time::Duration;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use samkit_core::rules::EPS_P;
 use samkit_core::{
     BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout, MaskKind,
@@ -85,6 +88,10 @@ pub struct GpuOptimizer<T: Elem> {
     /// SSAM-F: a mask from `set_fisher` waits in the pending slot.
     fisher_ready: bool,
     scratch: Option<[CudaSlice<T>; 2]>,
+    /// Events around SSAM-D's drop/grow (see [`GpuOptimizer::time_mask_updates`]), and whether
+    /// they hold an update not yet taken.
+    mask_events: Option<[CudaEvent; 2]>,
+    mask_recorded: bool,
 }
 
 type Opt<'a, T> = Option<Tab<'a, T>>;
@@ -195,6 +202,8 @@ impl<T: Elem> GpuOptimizer<T> {
             phase: Phase::Idle,
             fisher_ready: false,
             scratch: None,
+            mask_events: None,
+            mask_recorded: false,
         };
         if let Rule::Ssam(c) = &opt.rule {
             if let MaskKind::Dynamic { seed, .. } = c.mask {
@@ -295,6 +304,34 @@ impl<T: Elem> GpuOptimizer<T> {
     /// Whether the rule takes separate head and tail gradients (ImbSAM).
     pub fn needs_head_tail(&self) -> bool {
         matches!(self.rule, Rule::ImbSam(_))
+    }
+
+    /// Times SSAM-D's drop/grow, which runs inside `first_step`, with CUDA events, for
+    /// [`GpuOptimizer::take_mask_time`] (off by default: it costs two event records per mask
+    /// update and nothing otherwise).
+    pub fn time_mask_updates(&mut self, on: bool) -> Result<()> {
+        if !on {
+            self.mask_events = None;
+            self.mask_recorded = false;
+        } else if self.mask_events.is_none() {
+            let ctx = self.dev.context();
+            let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+            self.mask_events = Some([ctx.new_event(flags)?, ctx.new_event(flags)?]);
+        }
+        Ok(())
+    }
+
+    /// Device time of the mask update enqueued by the last `first_step` (SSAM-D's drop/grow),
+    /// once; `None` when that step updated no mask or timing is off. Waits for the update to
+    /// finish on the device (not for the rest of the step). The CPU optimizer's
+    /// `take_mask_time` answers the same question.
+    pub fn take_mask_time(&mut self) -> Result<Option<Duration>> {
+        if !std::mem::take(&mut self.mask_recorded) {
+            return Ok(None);
+        }
+        let [start, end] = self.mask_events.as_ref().expect("events while recorded");
+        let ms = start.elapsed_ms(end)?;
+        Ok(Some(Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3)))
     }
 
     fn record_status(&mut self) -> Result<()> {
@@ -580,7 +617,14 @@ impl<T: Elem> GpuOptimizer<T> {
                     MaskKind::Fisher { .. } => std::mem::take(&mut self.fisher_ready),
                     MaskKind::Dynamic { drop, seed } if t > 0 && t % c.interval == 0 => {
                         let update = (t / c.interval) as u32;
+                        if let Some([start, _]) = &self.mask_events {
+                            start.record(&stream)?;
+                        }
                         self.drop_grow(gt, drop.at(t), *seed, update)?;
+                        if let Some([_, end]) = &self.mask_events {
+                            end.record(&stream)?;
+                            self.mask_recorded = true;
+                        }
                         true
                     }
                     MaskKind::Dynamic { .. } => false,

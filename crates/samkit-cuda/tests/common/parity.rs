@@ -657,6 +657,7 @@ pub fn run_pair(
     let mut cpu = Optimizer::new(layout.clone(), rule.clone(), base.clone()).unwrap();
     let mut gpu =
         GpuOptimizer::<f32>::new(dev, layout.clone(), rule.clone(), base.clone()).unwrap();
+    gpu.time_mask_updates(true).unwrap();
     let mut w = p.init();
     let mut dw = Buf::<f32>::upload(dev, layout, &w, repr);
     let what = format!("{name}/{} {repr:?}", base.name());
@@ -688,6 +689,7 @@ pub fn run_pair(
             cpu.set_fisher(&f).unwrap();
             let df = Buf::<f32>::upload(dev, layout, &f, Repr::Flat);
             with_buf!(&df, |b| gpu.set_fisher::<f32, _>(b).unwrap());
+            cpu.take_mask_time();
         }
         let before = w.clone();
         let (fo, gfo) = if cpu.needs_head_tail() {
@@ -727,6 +729,16 @@ pub fn run_pair(
             };
             (fo, gfo)
         };
+        // Both time the mask updates that run inside the first step (SSAM-D's drop/grow; on a
+        // skipped step the device may have enqueued one that is then discarded).
+        let (gpu_mask, cpu_mask) = (gpu.take_mask_time().unwrap(), cpu.take_mask_time());
+        if fo != FirstOutcome::Skipped {
+            assert_eq!(
+                gpu_mask.is_some(),
+                cpu_mask.is_some(),
+                "{what}: mask update timed"
+            );
+        }
         let second = |gpu: &mut GpuOptimizer<f32>, dw: &mut Buf<f32>, g2: &[f32]| {
             let dg2 = Buf::<f32>::upload(dev, layout, g2, repr);
             match (dw, &dg2) {

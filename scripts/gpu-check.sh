@@ -10,13 +10,18 @@
 #                                        with its kernel table, compute-sanitizer memcheck and
 #                                        racecheck on the parity tests when the tool is there;
 #                                        logs and OUT/summary.json (under 8 minutes on an H200);
-#                                        samkit-nn's part (as run-nn) before the sanitizer
+#                                        samkit-nn's part (as run-nn) and the CLI's (as run-cli)
+#                                        before the sanitizer
 #   scripts/gpu-check.sh run-nn DIR OUT  on the GPU machine, samkit-nn only (about 3 minutes):
 #                                        CPU vs CUDA parity of every layer, ResNet-18, the Fisher
 #                                        and a SAM step (bin/cuda_parity), the batch-128 ResNet-18
 #                                        train step per phase and optimizer (bin/cuda_step), and
 #                                        PyTorch's step beside it when torch is installed
 #                                        (tools/anchors/torch_gpu_resnet.py); OUT/nn-summary.json
+#   scripts/gpu-check.sh run-cli DIR OUT on the GPU machine, `samkit --device cuda` only (about 2
+#                                        minutes): the CUDA trainer against the CPU trainer for every
+#                                        rule, resume on the device, compare and bench
+#                                        (bin/cuda_training with bin/samkit); OUT/cli-summary.json
 #   scripts/gpu-check.sh all [OUT]       build and run, on a GPU machine with a Rust toolchain
 #
 # `run` sets the library path from the Python nvidia packages (libnvrtc, libcudart) and points
@@ -57,13 +62,16 @@ build() {
     echo "gpu-check: building samkit-nn's CUDA parity tests and train-step bench"
     cargo test -p samkit-nn --release --test cuda_parity --no-run --message-format=json 2>/dev/null | artifacts > "$dir/nn-tests.txt"
     cargo build -p samkit-nn --release --example cuda_step --message-format=json 2>/dev/null | artifacts > "$dir/nn-examples.txt"
+    echo "gpu-check: building the samkit binary and its --device cuda tests"
+    cargo build -p samkit-cli --release --bin samkit --message-format=json 2>/dev/null | artifacts > "$dir/cli.txt"
+    cargo test -p samkit-cli --release --test cuda_training --no-run --message-format=json 2>/dev/null | artifacts >> "$dir/cli.txt"
     local name path
     while read -r name path; do
         case "$name" in
-            parity|compile|cuda_kernels|cuda_parity|cuda_step) objcopy --strip-debug "$path" "$dir/bin/$name" ;;
+            parity|compile|cuda_kernels|cuda_parity|cuda_step|samkit|cuda_training) objcopy --strip-debug "$path" "$dir/bin/$name" ;;
         esac
-    done < <(cat "$dir/tests.txt" "$dir/benches.txt" "$dir/nn-tests.txt" "$dir/nn-examples.txt")
-    for b in parity compile cuda_kernels cuda_parity cuda_step; do
+    done < <(cat "$dir/tests.txt" "$dir/benches.txt" "$dir/nn-tests.txt" "$dir/nn-examples.txt" "$dir/cli.txt")
+    for b in parity compile cuda_kernels cuda_parity cuda_step samkit cuda_training; do
         [ -x "$dir/bin/$b" ] || die "binary $b was not built"
     done
     # The cubins, from the compile check (NVRTC here; scripts/install-nvrtc.sh installs it).
@@ -189,6 +197,42 @@ sys.exit(0 if s["ok"] else 1)
 EOF
 }
 
+# The samkit CLI on the device: the CUDA trainer against the CPU trainer for every rule, resume,
+# compare and bench (args: DIR OUT SECONDS); OUT/cli-summary.json.
+cli_checks() {
+    local dir="$1" out="$2" budget="$3" rc=0 t0
+    t0=$(date +%s)
+    echo "gpu-check: samkit --device cuda (trainer parity with the CPU, resume, compare, bench)"
+    SAMKIT_BIN="$dir/bin/samkit" SAMKIT_TEST_TMP="$out/cli-runs" SAMKIT_REQUIRE_CUDA=1 \
+        timeout "$budget" "$dir/bin/cuda_training" --nocapture --test-threads=1 > "$out/cli.log" 2>&1 || rc=$?
+    tail -3 "$out/cli.log"
+    python3 - "$out" "$rc" "$(( $(date +%s) - t0 ))" <<'EOF'
+import json, os, re, sys
+out, rc, secs = sys.argv[1:]
+try:
+    log = open(os.path.join(out, "cli.log")).read()
+except OSError:
+    log = ""
+m = re.findall(r"test result: (\w+)\. (\d+) passed; (\d+) failed", log)
+s = {"exit": int(rc), "seconds": int(secs), "log": "cli.log"}
+if m:
+    s.update(result=m[-1][0], passed=int(m[-1][1]), failed=int(m[-1][2]))
+s["ok"] = int(rc) == 0 and bool(m)
+json.dump(s, open(os.path.join(out, "cli-summary.json"), "w"), indent=2)
+print(json.dumps(s))
+sys.exit(0 if s["ok"] else 1)
+EOF
+}
+
+run_cli() {
+    local dir="${1:?run-cli DIR OUT}" out="${2:?run-cli DIR OUT}"
+    dir="$(cd "$dir" && pwd)"
+    mkdir -p "$out"
+    out="$(cd "$out" && pwd)"
+    setup_env "$dir" "$out"
+    cli_checks "$dir" "$out" "${GPU_CHECK_BUDGET_S:-150}"
+}
+
 run_nn() {
     local dir="${1:?run-nn DIR OUT}" out="${2:?run-nn DIR OUT}"
     dir="$(cd "$dir" && pwd)"
@@ -221,6 +265,7 @@ run() {
 
     # samkit-nn (its own summary, OUT/nn-summary.json); the sanitizer gets what is left.
     nn_checks "$dir" "$out" "$(( $(left) > 260 ? 200 : $(left) / 2 ))" || true
+    cli_checks "$dir" "$out" "$(( $(left) > 200 ? 120 : $(left) / 2 ))" || true
 
     local san
     if san="$(find_sanitizer)"; then
@@ -276,14 +321,15 @@ summary = {
     "racecheck": dict(exit=code(rc_r), **(counts("racecheck.log") or {})),
 }
 # Every parity test skipped means there was no device: not a pass.
-try:
-    summary["nn"] = json.load(open(os.path.join(out, "nn-summary.json")))
-except (OSError, ValueError):
-    summary["nn"] = None
+for key, f in (("nn", "nn-summary.json"), ("cli", "cli-summary.json")):
+    try:
+        summary[key] = json.load(open(os.path.join(out, f)))
+    except (OSError, ValueError):
+        summary[key] = None
 summary["device_found"] = summary["parity"].get("skipped", 0) == 0 and bench is not None
 ok = summary["device_found"] and summary["parity"]["exit"] == 0 and summary["bench"]["exit"] == 0 and \
      summary["memcheck"]["exit"] in (0, "skipped") and summary["racecheck"]["exit"] in (0, "skipped") and \
-     bool(summary["nn"] and summary["nn"]["ok"])
+     bool(summary["nn"] and summary["nn"]["ok"]) and bool(summary["cli"] and summary["cli"]["ok"])
 summary["ok"] = ok
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 print(json.dumps(summary, indent=2)[:4000])
@@ -295,10 +341,11 @@ case "$cmd" in
     build) build "$@" ;;
     run) run "$@" ;;
     run-nn) run_nn "$@" ;;
+    run-cli) run_cli "$@" ;;
     all)
         out="${1:-$ROOT/target/gpu-check-results}"
         build "$ROOT/target/gpu-check"
         run "$ROOT/target/gpu-check" "$out"
         ;;
-    *) sed -n '2,28p' "$0"; exit 2 ;;
+    *) sed -n '2,33p' "$0"; exit 2 ;;
 esac

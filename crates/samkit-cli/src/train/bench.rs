@@ -7,8 +7,10 @@ use clap::Args;
 use samkit_data::loader::make_batch;
 use serde::Serialize;
 
+use super::args::Device;
 use super::args::{self, RunArgs};
-use super::cmd::require_cpu;
+use super::cmd::MakeTrainer;
+use super::engine::Engine;
 use super::trainer::{Phases, Trainer};
 use crate::error::{check, Result};
 use crate::output::{write_json, Output};
@@ -43,7 +45,13 @@ struct Row {
 }
 
 pub fn run(a: &BenchArgs, out: &mut Output) -> Result<()> {
-    require_cpu(a.run.device)?;
+    match a.run.device {
+        Device::Cpu => run_on(a, out, Trainer::new),
+        Device::Cuda => run_on(a, out, Trainer::cuda),
+    }
+}
+
+fn run_on<E: Engine>(a: &BenchArgs, out: &mut Output, make: impl MakeTrainer<E>) -> Result<()> {
     check::count("steps", a.steps, 1, 100_000)?;
     check::non_empty("optimizers", &a.optimizers)?;
     let configs = a
@@ -59,13 +67,13 @@ pub fn run(a: &BenchArgs, out: &mut Output) -> Result<()> {
     let bar = progress::bar((configs.len() * (a.steps + 1)) as u64, "bench");
     let mut rows = Vec::new();
     for cfg in configs {
-        let mut t = Trainer::new(cfg, train.clone(), test.clone(), norm)?;
+        let mut t = make(cfg, train.clone(), test.clone(), norm)?;
         if rows.is_empty() {
             out.say(format!(
-                "ResNet-18 width {} ({} parameters), batch {batch}, {} threads, {} timed steps after 1 warm-up",
+                "ResNet-18 width {} ({} parameters), batch {batch}, {}, {} timed steps after 1 warm-up",
                 t.cfg.width,
-                t.params.len(),
-                rayon::current_num_threads(),
+                t.engine.param_count(),
+                t.engine.describe(),
                 a.steps
             ));
         }

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use clap::Args;
 use serde::Serialize;
 
+use samkit_data::{Dataset, Normalize};
+
 use super::args::{self, Device, RunArgs, RunConfig};
-use super::trainer::{EpochLog, Phases, StepLog, Trainer};
+use super::engine::Engine;
+use super::trainer::{EpochLog, Phases, StepLog, Trainer, TrainerState};
 use crate::error::{CliError, Result};
 use crate::output::{write_json, Output};
 use crate::plot::{self, Axes, Series};
@@ -54,16 +57,15 @@ pub struct CompareCmd {
     pub out: PathBuf,
 }
 
-pub fn require_cpu(device: Device) -> Result<()> {
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda => Err(CliError::invalid(
-            "device",
-            "cuda: the CUDA network stack (cuDNN/cuBLAS layers) is not built yet; the CUDA \
-             optimizer kernels are available to Rust trainers through the samkit-cuda crate. \
-             Use --device cpu.",
-        )),
-    }
+/// Builds a trainer for a run configuration on one device (`Trainer::new`, `Trainer::cuda`).
+pub trait MakeTrainer<E: Engine>:
+    Fn(RunConfig, Arc<Dataset>, Arc<Dataset>, Normalize) -> Result<Trainer<E>>
+{
+}
+
+impl<E: Engine, F> MakeTrainer<E> for F where
+    F: Fn(RunConfig, Arc<Dataset>, Arc<Dataset>, Normalize) -> Result<Trainer<E>>
+{
 }
 
 /// Appends JSON lines to a file.
@@ -137,12 +139,12 @@ fn epoch_line(name: &str, e: &EpochLog) -> String {
 }
 
 /// Trains `trainer` until `epochs` epochs are done, reporting each step and epoch.
-fn train_loop(
-    trainer: &mut Trainer,
+fn train_loop<E: Engine>(
+    trainer: &mut Trainer<E>,
     epochs: u32,
     out: &mut Output,
     mut on_step: impl FnMut(&StepLog) -> Result<()>,
-    mut on_epoch: impl FnMut(&mut Trainer, &EpochLog) -> Result<()>,
+    mut on_epoch: impl FnMut(&mut Trainer<E>, &EpochLog) -> Result<()>,
 ) -> Result<()> {
     let name = trainer.cfg.optimizer.clone();
     let per = trainer.steps_per_epoch() as u64;
@@ -170,7 +172,13 @@ fn train_loop(
 }
 
 pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
-    require_cpu(cmd.run.device)?;
+    match cmd.run.device {
+        Device::Cpu => train_on(cmd, out, Trainer::new),
+        Device::Cuda => train_on(cmd, out, Trainer::cuda),
+    }
+}
+
+fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<E>) -> Result<()> {
     let (cfg, resume_state) = match &cmd.resume {
         Some(dir) => {
             let t = &cmd.run.train;
@@ -180,7 +188,7 @@ pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
                     "a resumed run keeps its saved configuration: drop --epochs, --batch and --lr",
                 ));
             }
-            let st = Trainer::read_state(dir)?;
+            let st = TrainerState::read(dir)?;
             (st.config.clone(), Some(st))
         }
         None => (cmd.run.config(&cmd.optimizer)?, None),
@@ -193,7 +201,8 @@ pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
         Some(s) => s.min(planned),
         None => planned,
     };
-    let mut t = Trainer::new(cfg, Arc::new(split.train), Arc::new(split.test), norm)?;
+    let mut t = make(cfg, Arc::new(split.train), Arc::new(split.test), norm)?;
+    out.say(format!("device: {}", t.engine.describe()));
     if let (Some(dir), Some(st)) = (&cmd.resume, resume_state) {
         t.load(dir, st)?;
         out.say(format!(
@@ -208,7 +217,7 @@ pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
         t.cfg.optimizer,
         t.cfg.base.name(),
         t.cfg.width,
-        t.params.len(),
+        t.engine.param_count(),
         t.steps_per_epoch(),
         epochs
     ));
@@ -256,7 +265,17 @@ struct CompareRow {
 }
 
 pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
-    require_cpu(cmd.run.device)?;
+    match cmd.run.device {
+        Device::Cpu => compare_on(cmd, out, Trainer::new),
+        Device::Cuda => compare_on(cmd, out, Trainer::cuda),
+    }
+}
+
+fn compare_on<E: Engine>(
+    cmd: &CompareCmd,
+    out: &mut Output,
+    make: impl MakeTrainer<E>,
+) -> Result<()> {
     crate::error::check::non_empty("optimizers", &cmd.optimizers)?;
     // Validate every optimizer's flags before any training starts.
     let configs = cmd
@@ -271,12 +290,13 @@ pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
     let mut rows = Vec::new();
     for cfg in configs {
         let epochs = cfg.epochs;
-        let mut t = Trainer::new(cfg, train.clone(), test.clone(), norm)?;
+        let mut t = make(cfg, train.clone(), test.clone(), norm)?;
         if rows.is_empty() {
+            out.say(format!("device: {}", t.engine.describe()));
             out.say(format!(
                 "model: ResNet-18 width {} ({} parameters), batch {}, {} steps/epoch, {} epochs, seed {}",
                 t.cfg.width,
-                t.params.len(),
+                t.engine.param_count(),
                 t.cfg.batch,
                 t.steps_per_epoch(),
                 epochs,

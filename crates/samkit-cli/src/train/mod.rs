@@ -3,5 +3,6 @@
 pub mod args;
 pub mod bench;
 pub mod cmd;
+pub mod engine;
 pub mod probe;
 pub mod trainer;

@@ -9,7 +9,7 @@ use samkit_data::Dataset;
 use samkit_nn::{BnMode, Model, Tensor};
 
 use super::args;
-use super::trainer::Trainer;
+use super::trainer::{Trainer, TrainerState};
 use crate::error::{CliError, Result};
 
 pub struct Probe {
@@ -24,7 +24,7 @@ fn nn_err(e: samkit_nn::Error) -> CliError {
 
 /// A trainer restored from a checkpoint folder written by `samkit train`, with its data.
 pub fn trained(dir: &Path) -> Result<(Trainer, String)> {
-    let st = Trainer::read_state(dir)?;
+    let st = TrainerState::read(dir)?;
     let (split, norm) = args::load_data(&st.config.data, st.config.seed)?;
     let mut t = Trainer::new(
         st.config.clone(),
@@ -67,7 +67,11 @@ impl Probe {
     pub fn loss_acc(&self, t: &mut Trainer, params: &[f32]) -> Result<(f64, f64)> {
         let (mut loss, mut correct) = (0.0, 0usize);
         for (x, y) in &self.batches {
-            let logits = t.model.forward(params, x, BnMode::Eval).map_err(nn_err)?;
+            let logits = t
+                .engine
+                .model
+                .forward(params, x, BnMode::Eval)
+                .map_err(nn_err)?;
             let z = logits.as_slice().map_err(nn_err)?;
             let ones = vec![1.0; y.len()];
             let per =
@@ -94,6 +98,7 @@ impl Probe {
         for (x, y) in &self.batches {
             let w = vec![1.0 / n; y.len()];
             let l = t
+                .engine
                 .model
                 .forward_backward(params, x, y.into(), &w, BnMode::Eval, &mut part)
                 .map_err(nn_err)?;

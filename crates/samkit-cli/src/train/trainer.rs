@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use samkit_core::philox::PhiloxRng;
-use samkit_core::{FirstOutcome, Optimizer, Outcome, Rule};
+use samkit_core::{FirstOutcome, Rule};
 use samkit_data::loader::{make_batch, BatchIter, EpochPlan};
 use samkit_data::{Augment, Batch, Dataset, Normalize};
-use samkit_nn::{mean_weights, BnMode, Model, ResNet18, ResNetConfig, Tensor};
+use samkit_nn::{mean_weights, BnMode, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::args::RunConfig;
+use super::engine::{nn_err, CpuEngine, CudaEngine, Engine, Grad};
 use crate::error::{CliError, Result};
 
 /// Seconds spent in each phase of a step (or summed over steps).
@@ -88,59 +89,82 @@ pub struct TrainerState {
     pub history: Vec<EpochLog>,
 }
 
-pub struct Trainer {
+impl TrainerState {
+    /// Reads a checkpoint directory's `trainer.json`.
+    pub fn read(dir: &Path) -> Result<TrainerState> {
+        let path = dir.join("trainer.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| CliError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|source| CliError::Json { path, source })
+    }
+}
+
+pub struct Trainer<E: Engine = CpuEngine> {
     pub cfg: RunConfig,
-    pub model: ResNet18,
-    pub params: Vec<f32>,
-    pub opt: Optimizer,
+    pub engine: E,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
     norm: Normalize,
     /// ImbSAM's tail classes.
     tail: Vec<bool>,
-    grad: Vec<f32>,
-    grad2: Vec<f32>,
     pub epoch: u32,
     pub step: u64,
     pub history: Vec<EpochLog>,
 }
 
-fn nn_err(e: samkit_nn::Error) -> CliError {
-    CliError::Run(e.to_string())
-}
-
-impl Trainer {
+impl Trainer<CpuEngine> {
+    /// A trainer on the CPU.
     pub fn new(
         cfg: RunConfig,
         train: Arc<Dataset>,
         test: Arc<Dataset>,
         norm: Normalize,
     ) -> Result<Self> {
-        let mut mc = ResNetConfig::new(train.classes, cfg.width);
-        mc.label_smoothing = cfg.label_smoothing;
-        let model = ResNet18::cpu(mc).map_err(nn_err)?;
-        let params = model.init_params(cfg.seed);
-        let opt = Optimizer::new(model.layout().clone(), cfg.rule.clone(), cfg.base.clone())?;
+        let engine = CpuEngine::new(&cfg, train.classes)?;
+        Ok(Self::with_engine(cfg, engine, train, test, norm))
+    }
+}
+
+impl Trainer<CudaEngine> {
+    /// A trainer on the CUDA device of `SAMKIT_CUDA_DEVICE` (default 0); without one, an
+    /// invalid `--device` error.
+    pub fn cuda(
+        cfg: RunConfig,
+        train: Arc<Dataset>,
+        test: Arc<Dataset>,
+        norm: Normalize,
+    ) -> Result<Self> {
+        let engine = CudaEngine::new(&cfg, train.classes)?;
+        Ok(Self::with_engine(cfg, engine, train, test, norm))
+    }
+}
+
+fn tensor(b: &Batch) -> Result<Tensor> {
+    Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(nn_err)
+}
+
+impl<E: Engine> Trainer<E> {
+    pub fn with_engine(
+        cfg: RunConfig,
+        engine: E,
+        train: Arc<Dataset>,
+        test: Arc<Dataset>,
+        norm: Normalize,
+    ) -> Self {
         let tail = match &cfg.rule {
             Rule::ImbSam(c) => c.tail_classes(&train.class_counts()),
             _ => vec![false; train.classes],
         };
-        let n = params.len();
-        Ok(Trainer {
+        Trainer {
             cfg,
-            model,
-            params,
-            opt,
+            engine,
             train,
             test,
             norm,
             tail,
-            grad: vec![0.0; n],
-            grad2: vec![0.0; n],
             epoch: 0,
             step: 0,
             history: Vec::new(),
-        })
+        }
     }
 
     pub fn normalize(&self) -> Normalize {
@@ -160,10 +184,6 @@ impl Trainer {
         self.tail.iter().filter(|&&t| t).count()
     }
 
-    fn tensor(b: &Batch) -> Result<Tensor> {
-        Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(nn_err)
-    }
-
     /// SSAM-F's empirical Fisher over `samples` training images (no augmentation), drawn
     /// with a stream keyed by the step, so a resumed run draws the same ones.
     fn fisher(&mut self, samples: usize) -> Result<()> {
@@ -171,35 +191,32 @@ impl Trainer {
         let idx: Vec<usize> = (0..samples)
             .map(|_| rng.below(self.train.len() as u64) as usize)
             .collect();
-        self.grad2.fill(0.0);
+        self.engine.fisher_begin()?;
         for chunk in idx.chunks(self.cfg.batch) {
             let b = make_batch(&self.train, chunk, None, &self.norm, (self.cfg.seed, 0));
-            let x = Self::tensor(&b)?;
-            self.model
-                .per_sample_grad_sq(&self.params, &x, (&b.labels).into(), &mut self.grad2)
-                .map_err(nn_err)?;
+            let x = self.engine.stage(tensor(&b)?)?;
+            self.engine.fisher_add(&x, &b.labels)?;
         }
-        self.opt.set_fisher(&self.grad2)?;
-        Ok(())
+        self.engine.fisher_end()
     }
 
-    /// One step of the optimizer on one batch, each phase timed.
+    /// One step of the optimizer on one batch, each phase timed (marks: 0 before the mask
+    /// update, 1 before pass 1, 2 before the first step, 3 after it, 4 after pass 2, 5 after
+    /// the second step).
     pub fn step(&mut self, b: &Batch) -> Result<StepLog> {
         let lr = self.cfg.schedule.lr_at(self.step);
-        self.opt.set_lr(lr)?;
-        let mut sec = Phases::default();
-        if let Some(n) = self.opt.needs_fisher() {
-            let t = Instant::now();
-            self.fisher(n)?;
-            self.opt.take_mask_time();
-            sec.mask = t.elapsed().as_secs_f64();
-        }
-        let x = Self::tensor(b)?;
+        self.engine.set_lr(lr)?;
+        let x = self.engine.stage(tensor(b)?)?;
         let bsz = b.labels.len();
-        let imb = self.opt.needs_head_tail();
-        let t = Instant::now();
-        let (loss, tail_w) = if imb {
-            let is_tail: Vec<bool> = b.labels.iter().map(|&y| self.tail[y]).collect();
+        let labels = &b.labels[..];
+        self.engine.mark(0)?;
+        let fisher = self.engine.needs_fisher()?;
+        if let Some(n) = fisher {
+            self.fisher(n)?;
+        }
+        self.engine.mark(1)?;
+        let (loss, tail_w) = if self.engine.needs_head_tail() {
+            let is_tail: Vec<bool> = labels.iter().map(|&y| self.tail[y]).collect();
             let w = |want: bool| -> Vec<f32> {
                 is_tail
                     .iter()
@@ -207,100 +224,68 @@ impl Trainer {
                     .collect()
             };
             let (hw, tw) = (w(false), w(true));
-            let h = self
-                .model
-                .forward_backward(
-                    &self.params,
-                    &x,
-                    (&b.labels).into(),
-                    &hw,
-                    BnMode::Train,
-                    &mut self.grad,
-                )
-                .map_err(nn_err)?;
+            let e = &mut self.engine;
+            let h = e.forward_backward(&x, labels, &hw, BnMode::Train, Grad::First)?;
             let kappa = match &self.cfg.rule {
                 Rule::ImbSam(c) => c.kappa as f64,
                 _ => 1.0,
             };
-            let tl = self
-                .model
-                .forward_backward(
-                    &self.params,
-                    &x,
-                    (&b.labels).into(),
-                    &tw,
-                    BnMode::TrainNoUpdate,
-                    &mut self.grad2,
-                )
-                .map_err(nn_err)?;
+            let tl = e.forward_backward(&x, labels, &tw, BnMode::TrainNoUpdate, Grad::Second)?;
             (h.loss + kappa * tl.loss, Some((tw, tl.samples)))
         } else {
-            let l = self
-                .model
-                .forward_backward(
-                    &self.params,
-                    &x,
-                    (&b.labels).into(),
-                    &mean_weights(bsz),
-                    BnMode::Train,
-                    &mut self.grad,
-                )
-                .map_err(nn_err)?;
+            let l = self.engine.forward_backward(
+                &x,
+                labels,
+                &mean_weights(bsz),
+                BnMode::Train,
+                Grad::First,
+            )?;
             (l.loss, None)
         };
-        sec.pass1 = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let first = match &tail_w {
-            Some((_, n)) => {
-                let tail = (*n > 0).then_some(&self.grad2[..]);
-                self.opt
-                    .first_step_split(&mut self.params[..], &self.grad[..], tail)?
-            }
-            None => self.opt.first_step(&mut self.params[..], &self.grad[..])?,
-        };
-        let first_secs = t.elapsed().as_secs_f64();
-        let mask_secs = self.opt.take_mask_time().map_or(0.0, |d| d.as_secs_f64());
-        sec.mask += mask_secs;
+        self.engine.mark(2)?;
+        let first = self
+            .engine
+            .first_step(tail_w.as_ref().map(|(_, n)| *n > 0))?;
+        self.engine.mark(3)?;
         let mut perturbed_loss = None;
-        let skipped = match first {
-            FirstOutcome::Perturbed => {
-                sec.perturb = first_secs - mask_secs;
-                let t = Instant::now();
-                let weights = tail_w.map(|(w, _)| w).unwrap_or_else(|| mean_weights(bsz));
-                let l2 = self
-                    .model
-                    .forward_backward(
-                        &self.params,
-                        &x,
-                        (&b.labels).into(),
-                        &weights,
-                        BnMode::TrainNoUpdate,
-                        &mut self.grad2,
-                    )
-                    .map_err(nn_err);
-                let l2 = match l2 {
+        if first == FirstOutcome::Perturbed {
+            let weights = tail_w.map(|(w, _)| w).unwrap_or_else(|| mean_weights(bsz));
+            let e = &mut self.engine;
+            let l2 =
+                match e.forward_backward(&x, labels, &weights, BnMode::TrainNoUpdate, Grad::Second)
+                {
                     Ok(l) => l,
-                    Err(e) => {
-                        self.opt.abort(&mut self.params[..])?;
-                        return Err(e);
+                    Err(err) => {
+                        e.abort()?;
+                        return Err(err);
                     }
                 };
-                perturbed_loss = Some(l2.loss);
-                sec.pass2 = t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let out = self
-                    .opt
-                    .second_step(&mut self.params[..], &self.grad2[..])?;
-                sec.update = t.elapsed().as_secs_f64();
-                out == Outcome::Skipped
-            }
-            FirstOutcome::Applied => {
-                sec.update = first_secs - mask_secs;
-                false
-            }
-            FirstOutcome::Skipped => true,
+            perturbed_loss = Some(l2.loss);
+            e.mark(4)?;
+            e.second_step()?;
+            e.mark(5)?;
+        }
+        let e = &mut self.engine;
+        let in_first = e.take_mask_time()?.unwrap_or(0.0);
+        let mut sec = Phases {
+            mask: in_first,
+            pass1: e.seconds(1, 2)?,
+            ..Phases::default()
         };
+        if fisher.is_some() {
+            sec.mask += e.seconds(0, 1)?;
+        }
+        let first_secs = (e.seconds(2, 3)? - in_first).max(0.0);
+        match first {
+            FirstOutcome::Perturbed => {
+                sec.perturb = first_secs;
+                sec.pass2 = e.seconds(3, 4)?;
+                sec.update = e.seconds(4, 5)?;
+            }
+            FirstOutcome::Applied => sec.update = first_secs,
+            FirstOutcome::Skipped => {}
+        }
+        let skipped = first == FirstOutcome::Skipped || e.last_skipped()?;
         let log = StepLog {
             epoch: self.epoch,
             step: self.step,
@@ -323,14 +308,10 @@ impl Trainer {
         let classes = ds.classes;
         for chunk in idx.chunks(256) {
             let b = make_batch(ds, chunk, None, &self.norm, (0, 0));
-            let x = Self::tensor(&b)?;
-            let logits = self
-                .model
-                .forward(&self.params, &x, BnMode::Eval)
-                .map_err(nn_err)?;
-            let z = logits.as_slice().map_err(nn_err)?;
+            let x = self.engine.stage(tensor(&b)?)?;
+            let z = self.engine.logits(&x)?;
             let per = samkit_core::loss::smooth_cross_entropy(
-                z,
+                &z,
                 &b.labels,
                 classes,
                 0.0,
@@ -363,7 +344,7 @@ impl Trainer {
         let limit = self.steps_per_epoch();
         let iter =
             BatchIter::new(self.train.clone(), plan).map_err(|e| CliError::Run(e.to_string()))?;
-        let skipped_before = self.opt.skipped_steps();
+        let skipped_before = self.engine.skipped_steps()?;
         let t0 = Instant::now();
         let mut sum = Phases::default();
         let (mut loss, mut steps, mut images) = (0.0, 0u64, 0usize);
@@ -384,7 +365,7 @@ impl Trainer {
             train_loss: loss / steps.max(1) as f64,
             test_loss,
             test_accuracy,
-            skipped_steps: self.opt.skipped_steps() - skipped_before,
+            skipped_steps: self.engine.skipped_steps()? - skipped_before,
             step_seconds: sum.scaled(1.0 / steps.max(1) as f64),
             images_per_second: images as f64 / wall.max(1e-9),
         };
@@ -397,9 +378,7 @@ impl Trainer {
     /// `trainer.json` into `dir`, each atomically.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
-        samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.model, &self.params)
-            .map_err(nn_err)?;
-        self.opt.save_state(dir.join("optimizer.safetensors"))?;
+        self.engine.save(dir)?;
         let state = TrainerState {
             config: self.cfg.clone(),
             epoch: self.epoch,
@@ -414,22 +393,9 @@ impl Trainer {
             .map_err(nn_err)
     }
 
-    /// Reads a checkpoint directory's `trainer.json`.
-    pub fn read_state(dir: &Path) -> Result<TrainerState> {
-        let path = dir.join("trainer.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| CliError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| CliError::Json { path, source })
-    }
-
     /// Restores a trainer (built from the checkpoint's own config) to the checkpoint.
     pub fn load(&mut self, dir: &Path, state: TrainerState) -> Result<()> {
-        samkit_nn::checkpoint::load(
-            dir.join("model.safetensors"),
-            &mut self.model,
-            &mut self.params,
-        )
-        .map_err(nn_err)?;
-        self.opt.load_state(dir.join("optimizer.safetensors"))?;
+        self.engine.load(dir)?;
         self.epoch = state.epoch;
         self.step = state.step;
         self.history = state.history;

@@ -26,7 +26,8 @@
 #
 # `run` sets the library path from the Python nvidia packages (libnvrtc, libcudart) and points
 # samkit-cuda at the prebuilt cubins (SAMKIT_CUDA_CUBIN_DIR) and at a kernel cache inside OUT.
-# Environment: CARGO_TARGET_DIR (build), GPU_CHECK_BUDGET_S (run, default 450; run-nn, 200).
+# Environment: CARGO_TARGET_DIR (build), GPU_CHECK_BUDGET_S (run, default 450; run-nn, 200;
+# run-cli, 150).
 # samkit-nn finds cuDNN and cuBLAS through the same library path (PyTorch's nvidia wheels).
 set -euo pipefail
 
@@ -224,22 +225,14 @@ sys.exit(0 if s["ok"] else 1)
 EOF
 }
 
-run_cli() {
-    local dir="${1:?run-cli DIR OUT}" out="${2:?run-cli DIR OUT}"
+# One part of `run` alone (args: CHECKS DEFAULT_SECONDS DIR OUT).
+run_part() {
+    local checks="$1" secs="$2" dir="${3:?DIR OUT}" out="${4:?DIR OUT}"
     dir="$(cd "$dir" && pwd)"
     mkdir -p "$out"
     out="$(cd "$out" && pwd)"
     setup_env "$dir" "$out"
-    cli_checks "$dir" "$out" "${GPU_CHECK_BUDGET_S:-150}"
-}
-
-run_nn() {
-    local dir="${1:?run-nn DIR OUT}" out="${2:?run-nn DIR OUT}"
-    dir="$(cd "$dir" && pwd)"
-    mkdir -p "$out"
-    out="$(cd "$out" && pwd)"
-    setup_env "$dir" "$out"
-    nn_checks "$dir" "$out" "${GPU_CHECK_BUDGET_S:-200}"
+    "$checks" "$dir" "$out" "${GPU_CHECK_BUDGET_S:-$secs}"
 }
 
 run() {
@@ -340,12 +333,12 @@ EOF
 case "$cmd" in
     build) build "$@" ;;
     run) run "$@" ;;
-    run-nn) run_nn "$@" ;;
-    run-cli) run_cli "$@" ;;
+    run-nn) run_part nn_checks 200 "$@" ;;
+    run-cli) run_part cli_checks 150 "$@" ;;
     all)
         out="${1:-$ROOT/target/gpu-check-results}"
         build "$ROOT/target/gpu-check"
         run "$ROOT/target/gpu-check" "$out"
         ;;
-    *) sed -n '2,33p' "$0"; exit 2 ;;
+    *) sed -n '2,31p' "$0"; exit 2 ;;
 esac

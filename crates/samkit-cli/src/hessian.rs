@@ -228,8 +228,8 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     ));
     let train = t.train_set().clone();
     let probe = Probe::new(&t, &train, a.samples)?;
-    let n = t.engine.params.len();
-    let w0 = t.engine.params.clone();
+    let n = t.engine.net.params.len();
+    let w0 = t.engine.net.params.clone();
     let mut h = Hvp::new(
         |w: &[f32], g: &mut [f32]| probe.grad(&mut t, w, g),
         w0,
@@ -471,7 +471,7 @@ mod model_tests {
     #[test]
     fn eval_mode_gradient_matches_the_loss() {
         let (mut t, p) = tiny();
-        let w = t.engine.params.clone();
+        let w = t.engine.net.params.clone();
         let n = w.len();
         let mut g = vec![0f32; n];
         p.grad(&mut t, &w, &mut g).unwrap();

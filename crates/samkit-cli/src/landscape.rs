@@ -101,8 +101,8 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
     ));
     let train = t.train_set().clone();
     let probe = Probe::new(&t, &train, a.samples)?;
-    let w0 = t.engine.params.clone();
-    let layout = t.engine.model.layout().clone();
+    let w0 = t.engine.net.params.clone();
+    let layout = t.engine.net.model.layout().clone();
     let d1 = filter_normalised_direction(&layout, &w0, a.seed, 1);
     let d2 = filter_normalised_direction(&layout, &w0, a.seed, 2);
     let coords: Vec<f64> = (0..a.grid)
@@ -232,16 +232,16 @@ fn interpolate(
     out: &mut Output,
 ) -> Result<Line> {
     let nn = |e: samkit_nn::Error| CliError::Run(e.to_string());
-    let buf_a = t.engine.model.buffers().map_err(nn)?;
+    let buf_a = t.engine.net.model.buffers().map_err(nn)?;
     let (mut other, _) = trained(dir)?;
-    if other.engine.model.layout() != t.engine.model.layout() {
+    if other.engine.net.model.layout() != t.engine.net.model.layout() {
         return Err(CliError::invalid(
             "to",
             format!("{} holds a different model", dir.display()),
         ));
     }
-    let wb = other.engine.params.clone();
-    let buf_b = other.engine.model.buffers().map_err(nn)?;
+    let wb = other.engine.net.params.clone();
+    let buf_b = other.engine.net.model.buffers().map_err(nn)?;
     out.say(format!(
         "interpolating to {} ({})",
         dir.display(),
@@ -273,12 +273,12 @@ fn interpolate(
                 m
             })
             .collect();
-        t.engine.model.set_buffers(&mixed).map_err(nn)?;
+        t.engine.net.model.set_buffers(&mixed).map_err(nn)?;
         let (l, a) = probe.loss_acc(t, &w)?;
         loss.push(l);
         acc.push(a);
     }
-    t.engine.model.set_buffers(&buf_a).map_err(nn)?;
+    t.engine.net.model.set_buffers(&buf_a).map_err(nn)?;
     Ok(Line {
         to: dir.display().to_string(),
         t: ts,

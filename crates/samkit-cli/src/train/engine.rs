@@ -4,6 +4,7 @@
 //! The trainer drives either through [`Engine`], so a step is written once. Phases are timed
 //! with `Instant` on the CPU and with CUDA events on the device, where the host runs ahead of
 //! the work it enqueues.
+use std::borrow::BorrowMut;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +13,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use samkit_core::{FirstOutcome, Optimizer, Outcome};
 use samkit_cuda::GpuOptimizer;
-use samkit_nn::{BnMode, Cuda, Losses, Model, ResNet18, ResNetConfig, Tensor};
+use samkit_nn::{Backend, BnMode, Cpu, Cuda, Losses, Model, ResNet18, ResNetConfig, Tensor};
 
 use super::args::RunConfig;
 use crate::error::{CliError, Result};
@@ -94,39 +95,89 @@ fn driver_err(e: cudarc::driver::DriverError) -> CliError {
 }
 
 /// The model a run trains, on backend `B`, with its label smoothing.
-fn resnet<B: samkit_nn::Backend>(
-    backend: B,
-    cfg: &RunConfig,
-    classes: usize,
-) -> Result<ResNet18<B>> {
+fn resnet<B: Backend>(backend: B, cfg: &RunConfig, classes: usize) -> Result<ResNet18<B>> {
     let mut mc = ResNetConfig::new(classes, cfg.width);
     mc.label_smoothing = cfg.label_smoothing;
     ResNet18::new(backend, mc).map_err(nn_err)
 }
 
+/// A model with its parameters and two gradient buffers, `A` holding a backend arena (a host
+/// `Vec<f32>`, a `CudaSlice<f32>`): the passes, written once for both devices.
+pub struct Net<B: Backend, A> {
+    pub model: ResNet18<B>,
+    pub params: A,
+    grad: A,
+    grad2: A,
+}
+
+impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
+    fn forward_backward(
+        &mut self,
+        x: &Tensor,
+        labels: &[usize],
+        weights: &[f32],
+        mode: BnMode,
+        into: Grad,
+    ) -> Result<Losses> {
+        let g = match into {
+            Grad::First => &mut self.grad,
+            Grad::Second => &mut self.grad2,
+        };
+        self.model
+            .forward_backward(
+                self.params.borrow(),
+                x,
+                labels.into(),
+                weights,
+                mode,
+                g.borrow_mut(),
+            )
+            .map_err(nn_err)
+    }
+
+    fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
+        let z = self
+            .model
+            .forward(self.params.borrow(), x, BnMode::Eval)
+            .map_err(nn_err)?;
+        Ok(z.as_slice().map_err(nn_err)?.to_vec())
+    }
+
+    fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
+        self.model
+            .per_sample_grad_sq(
+                self.params.borrow(),
+                x,
+                labels.into(),
+                self.grad2.borrow_mut(),
+            )
+            .map_err(nn_err)?;
+        Ok(())
+    }
+}
+
 /// The CPU: host vectors and the reference optimizer.
 pub struct CpuEngine {
-    pub model: ResNet18,
-    pub params: Vec<f32>,
+    pub net: Net<Cpu, Vec<f32>>,
     pub opt: Optimizer,
-    grad: Vec<f32>,
-    grad2: Vec<f32>,
     last_skipped: bool,
     marks: [Option<Instant>; MARKS],
 }
 
 impl CpuEngine {
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
-        let model = resnet(samkit_nn::Cpu::new(), cfg, classes)?;
+        let model = resnet(Cpu::new(), cfg, classes)?;
         let params = model.init_params(cfg.seed);
         let opt = Optimizer::new(model.layout().clone(), cfg.rule.clone(), cfg.base.clone())?;
         let n = params.len();
         Ok(CpuEngine {
-            model,
-            params,
+            net: Net {
+                model,
+                params,
+                grad: vec![0.0; n],
+                grad2: vec![0.0; n],
+            },
             opt,
-            grad: vec![0.0; n],
-            grad2: vec![0.0; n],
             last_skipped: false,
             marks: [None; MARKS],
         })
@@ -147,7 +198,7 @@ impl Engine for CpuEngine {
     }
 
     fn param_count(&self) -> usize {
-        self.params.len()
+        self.net.params.len()
     }
 
     fn set_lr(&mut self, lr: f32) -> Result<()> {
@@ -174,37 +225,24 @@ impl Engine for CpuEngine {
         mode: BnMode,
         into: Grad,
     ) -> Result<Losses> {
-        let g = match into {
-            Grad::First => &mut self.grad,
-            Grad::Second => &mut self.grad2,
-        };
-        self.model
-            .forward_backward(&self.params, x, labels.into(), weights, mode, g)
-            .map_err(nn_err)
+        self.net.forward_backward(x, labels, weights, mode, into)
     }
 
     fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
-        let z = self
-            .model
-            .forward(&self.params, x, BnMode::Eval)
-            .map_err(nn_err)?;
-        Ok(z.as_slice().map_err(nn_err)?.to_vec())
+        self.net.logits(x)
     }
 
     fn fisher_begin(&mut self) -> Result<()> {
-        self.grad2.fill(0.0);
+        self.net.grad2.fill(0.0);
         Ok(())
     }
 
     fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
-        self.model
-            .per_sample_grad_sq(&self.params, x, labels.into(), &mut self.grad2)
-            .map_err(nn_err)?;
-        Ok(())
+        self.net.fisher_add(x, labels)
     }
 
     fn fisher_end(&mut self) -> Result<()> {
-        self.opt.set_fisher(&self.grad2)?;
+        self.opt.set_fisher(&self.net.grad2)?;
         // The top-k is timed with the Fisher by the trainer's marks.
         self.opt.take_mask_time();
         Ok(())
@@ -213,11 +251,13 @@ impl Engine for CpuEngine {
     fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome> {
         let out = match split {
             Some(has_tail) => {
-                let tail = has_tail.then_some(&self.grad2[..]);
+                let tail = has_tail.then_some(&self.net.grad2[..]);
                 self.opt
-                    .first_step_split(&mut self.params[..], &self.grad[..], tail)?
+                    .first_step_split(&mut self.net.params[..], &self.net.grad[..], tail)?
             }
-            None => self.opt.first_step(&mut self.params[..], &self.grad[..])?,
+            None => self
+                .opt
+                .first_step(&mut self.net.params[..], &self.net.grad[..])?,
         };
         self.last_skipped = out == FirstOutcome::Skipped;
         Ok(out)
@@ -226,13 +266,13 @@ impl Engine for CpuEngine {
     fn second_step(&mut self) -> Result<()> {
         let out = self
             .opt
-            .second_step(&mut self.params[..], &self.grad2[..])?;
+            .second_step(&mut self.net.params[..], &self.net.grad2[..])?;
         self.last_skipped = out == Outcome::Skipped;
         Ok(())
     }
 
     fn abort(&mut self) -> Result<()> {
-        Ok(self.opt.abort(&mut self.params[..])?)
+        Ok(self.opt.abort(&mut self.net.params[..])?)
     }
 
     fn last_skipped(&mut self) -> Result<bool> {
@@ -258,16 +298,20 @@ impl Engine for CpuEngine {
     }
 
     fn save(&mut self, dir: &Path) -> Result<()> {
-        samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.model, &self.params)
-            .map_err(nn_err)?;
+        samkit_nn::checkpoint::save(
+            dir.join("model.safetensors"),
+            &mut self.net.model,
+            &self.net.params,
+        )
+        .map_err(nn_err)?;
         Ok(self.opt.save_state(dir.join("optimizer.safetensors"))?)
     }
 
     fn load(&mut self, dir: &Path) -> Result<()> {
         samkit_nn::checkpoint::load(
             dir.join("model.safetensors"),
-            &mut self.model,
-            &mut self.params,
+            &mut self.net.model,
+            &mut self.net.params,
         )
         .map_err(nn_err)?;
         Ok(self.opt.load_state(dir.join("optimizer.safetensors"))?)
@@ -278,10 +322,7 @@ impl Engine for CpuEngine {
 /// parameters and gradients in device arenas, no host synchronisation inside a step except
 /// where the host needs a value (the losses, which the model reads to compute the loss).
 pub struct CudaEngine {
-    model: ResNet18<Cuda>,
-    params: CudaSlice<f32>,
-    grad: CudaSlice<f32>,
-    grad2: CudaSlice<f32>,
+    net: Net<Cuda, CudaSlice<f32>>,
     opt: GpuOptimizer<f32>,
     stream: Arc<CudaStream>,
     events: Vec<CudaEvent>,
@@ -337,10 +378,12 @@ impl CudaEngine {
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(driver_err)?;
         Ok(CudaEngine {
-            model,
-            params,
-            grad,
-            grad2,
+            net: Net {
+                model,
+                params,
+                grad,
+                grad2,
+            },
             opt,
             stream,
             events,
@@ -350,9 +393,10 @@ impl CudaEngine {
     }
 
     fn host_params(&mut self) -> Result<Vec<f32>> {
-        self.model
+        self.net
+            .model
             .backend_mut()
-            .arena_to_host(&self.params)
+            .arena_to_host(&self.net.params)
             .map_err(nn_err)
     }
 }
@@ -363,7 +407,7 @@ impl Engine for CudaEngine {
     }
 
     fn param_count(&self) -> usize {
-        self.params.len()
+        self.net.params.len()
     }
 
     fn set_lr(&mut self, lr: f32) -> Result<()> {
@@ -379,7 +423,7 @@ impl Engine for CudaEngine {
     }
 
     fn stage(&mut self, x: Tensor) -> Result<Tensor> {
-        self.model.backend_mut().to_device(&x).map_err(nn_err)
+        self.net.model.backend_mut().to_device(&x).map_err(nn_err)
     }
 
     fn forward_backward(
@@ -390,60 +434,49 @@ impl Engine for CudaEngine {
         mode: BnMode,
         into: Grad,
     ) -> Result<Losses> {
-        let g = match into {
-            Grad::First => &mut self.grad,
-            Grad::Second => &mut self.grad2,
-        };
-        self.model
-            .forward_backward(&self.params, x, labels.into(), weights, mode, g)
-            .map_err(nn_err)
+        self.net.forward_backward(x, labels, weights, mode, into)
     }
 
     fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
-        let z = self
-            .model
-            .forward(&self.params, x, BnMode::Eval)
-            .map_err(nn_err)?;
-        Ok(z.as_slice().map_err(nn_err)?.to_vec())
+        self.net.logits(x)
     }
 
     fn fisher_begin(&mut self) -> Result<()> {
         self.stream
-            .memset_zeros(&mut self.grad2)
+            .memset_zeros(&mut self.net.grad2)
             .map_err(driver_err)
     }
 
     fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
-        self.model
-            .per_sample_grad_sq(&self.params, x, labels.into(), &mut self.grad2)
-            .map_err(nn_err)?;
-        Ok(())
+        self.net.fisher_add(x, labels)
     }
 
     fn fisher_end(&mut self) -> Result<()> {
-        self.opt.set_fisher::<f32, _>(&self.grad2).map_err(gpu_err)
+        self.opt
+            .set_fisher::<f32, _>(&self.net.grad2)
+            .map_err(gpu_err)
     }
 
     fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome> {
         match split {
             Some(has_tail) => {
-                let tail = has_tail.then_some(&self.grad2);
+                let tail = has_tail.then_some(&self.net.grad2);
                 self.opt
-                    .first_step_split(&mut self.params, &self.grad, tail)
+                    .first_step_split(&mut self.net.params, &self.net.grad, tail)
             }
-            None => self.opt.first_step(&mut self.params, &self.grad),
+            None => self.opt.first_step(&mut self.net.params, &self.net.grad),
         }
         .map_err(gpu_err)
     }
 
     fn second_step(&mut self) -> Result<()> {
         self.opt
-            .second_step(&mut self.params, &self.grad2)
+            .second_step(&mut self.net.params, &self.net.grad2)
             .map_err(gpu_err)
     }
 
     fn abort(&mut self) -> Result<()> {
-        self.opt.abort(&mut self.params).map_err(gpu_err)
+        self.opt.abort(&mut self.net.params).map_err(gpu_err)
     }
 
     fn last_skipped(&mut self) -> Result<bool> {
@@ -480,7 +513,7 @@ impl Engine for CudaEngine {
 
     fn save(&mut self, dir: &Path) -> Result<()> {
         let host = self.host_params()?;
-        samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.model, &host)
+        samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.net.model, &host)
             .map_err(nn_err)?;
         self.opt
             .save_state(dir.join("optimizer.safetensors"))
@@ -489,12 +522,21 @@ impl Engine for CudaEngine {
 
     fn load(&mut self, dir: &Path) -> Result<()> {
         let mut host = self.host_params()?;
-        samkit_nn::checkpoint::load(dir.join("model.safetensors"), &mut self.model, &mut host)
-            .map_err(nn_err)?;
+        samkit_nn::checkpoint::load(
+            dir.join("model.safetensors"),
+            &mut self.net.model,
+            &mut host,
+        )
+        .map_err(nn_err)?;
         self.opt
             .load_state(dir.join("optimizer.safetensors"))
             .map_err(gpu_err)?;
-        self.params = self.model.backend_mut().arena_from(&host).map_err(nn_err)?;
+        self.net.params = self
+            .net
+            .model
+            .backend_mut()
+            .arena_from(&host)
+            .map_err(nn_err)?;
         Ok(())
     }
 }

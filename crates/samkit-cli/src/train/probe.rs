@@ -69,6 +69,7 @@ impl Probe {
         for (x, y) in &self.batches {
             let logits = t
                 .engine
+                .net
                 .model
                 .forward(params, x, BnMode::Eval)
                 .map_err(nn_err)?;
@@ -99,6 +100,7 @@ impl Probe {
             let w = vec![1.0 / n; y.len()];
             let l = t
                 .engine
+                .net
                 .model
                 .forward_backward(params, x, y.into(), &w, BnMode::Eval, &mut part)
                 .map_err(nn_err)?;

@@ -31,6 +31,9 @@ pub const MARKS: usize = 6;
 
 /// The operations a training step needs, on one device.
 pub trait Engine {
+    type B: Backend;
+    /// A parameter or gradient buffer.
+    type A: BorrowMut<<Self::B as Backend>::Arena>;
     /// One line for the output: where the run executes.
     fn describe(&self) -> String;
     fn param_count(&self) -> usize;
@@ -41,20 +44,10 @@ pub trait Engine {
     fn needs_head_tail(&self) -> bool;
     /// A host batch where the passes read it (uploaded once for both passes on a device).
     fn stage(&mut self, x: Tensor) -> Result<Tensor>;
-    fn forward_backward(
-        &mut self,
-        x: &Tensor,
-        labels: &[usize],
-        weights: &[f32],
-        mode: BnMode,
-        into: Grad,
-    ) -> Result<Losses>;
-    /// Logits `[N, classes]` on the host, batch norm in inference mode.
-    fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>>;
+    /// The model, its parameters and gradient buffers: the forward and backward passes.
+    fn net(&mut self) -> &mut Net<Self::B, Self::A>;
     /// Zeroes the Fisher accumulator (the second gradient buffer).
     fn fisher_begin(&mut self) -> Result<()>;
-    /// Adds the per-sample squared gradients of a sub-batch.
-    fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()>;
     /// Hands the accumulated Fisher to the optimizer (its top-k is part of the mask time).
     fn fisher_end(&mut self) -> Result<()>;
     /// The optimizer's first step with the first gradient; `split = Some(has_tail)` is
@@ -111,7 +104,7 @@ pub struct Net<B: Backend, A> {
 }
 
 impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
-    fn forward_backward(
+    pub fn forward_backward(
         &mut self,
         x: &Tensor,
         labels: &[usize],
@@ -135,7 +128,8 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
             .map_err(nn_err)
     }
 
-    fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
+    /// Logits `[N, classes]` on the host, batch norm in inference mode.
+    pub fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
         let z = self
             .model
             .forward(self.params.borrow(), x, BnMode::Eval)
@@ -143,7 +137,8 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
         Ok(z.as_slice().map_err(nn_err)?.to_vec())
     }
 
-    fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
+    /// Adds the per-sample squared gradients of a sub-batch to the second buffer.
+    pub fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
         self.model
             .per_sample_grad_sq(
                 self.params.borrow(),
@@ -193,6 +188,13 @@ fn mark_of(marks: &[Option<Instant>], slot: usize) -> Result<Instant> {
 }
 
 impl Engine for CpuEngine {
+    type B = Cpu;
+    type A = Vec<f32>;
+
+    fn net(&mut self) -> &mut Net<Cpu, Vec<f32>> {
+        &mut self.net
+    }
+
     fn describe(&self) -> String {
         format!("CPU, {} threads", rayon::current_num_threads())
     }
@@ -217,28 +219,9 @@ impl Engine for CpuEngine {
         Ok(x)
     }
 
-    fn forward_backward(
-        &mut self,
-        x: &Tensor,
-        labels: &[usize],
-        weights: &[f32],
-        mode: BnMode,
-        into: Grad,
-    ) -> Result<Losses> {
-        self.net.forward_backward(x, labels, weights, mode, into)
-    }
-
-    fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
-        self.net.logits(x)
-    }
-
     fn fisher_begin(&mut self) -> Result<()> {
         self.net.grad2.fill(0.0);
         Ok(())
-    }
-
-    fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
-        self.net.fisher_add(x, labels)
     }
 
     fn fisher_end(&mut self) -> Result<()> {
@@ -402,6 +385,13 @@ impl CudaEngine {
 }
 
 impl Engine for CudaEngine {
+    type B = Cuda;
+    type A = CudaSlice<f32>;
+
+    fn net(&mut self) -> &mut Net<Cuda, CudaSlice<f32>> {
+        &mut self.net
+    }
+
     fn describe(&self) -> String {
         self.describe.clone()
     }
@@ -426,29 +416,10 @@ impl Engine for CudaEngine {
         self.net.model.backend_mut().to_device(&x).map_err(nn_err)
     }
 
-    fn forward_backward(
-        &mut self,
-        x: &Tensor,
-        labels: &[usize],
-        weights: &[f32],
-        mode: BnMode,
-        into: Grad,
-    ) -> Result<Losses> {
-        self.net.forward_backward(x, labels, weights, mode, into)
-    }
-
-    fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
-        self.net.logits(x)
-    }
-
     fn fisher_begin(&mut self) -> Result<()> {
         self.stream
             .memset_zeros(&mut self.net.grad2)
             .map_err(driver_err)
-    }
-
-    fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
-        self.net.fisher_add(x, labels)
     }
 
     fn fisher_end(&mut self) -> Result<()> {

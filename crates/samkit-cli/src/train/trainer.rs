@@ -195,7 +195,7 @@ impl<E: Engine> Trainer<E> {
         for chunk in idx.chunks(self.cfg.batch) {
             let b = make_batch(&self.train, chunk, None, &self.norm, (self.cfg.seed, 0));
             let x = self.engine.stage(tensor(&b)?)?;
-            self.engine.fisher_add(&x, &b.labels)?;
+            self.engine.net().fisher_add(&x, &b.labels)?;
         }
         self.engine.fisher_end()
     }
@@ -225,15 +225,19 @@ impl<E: Engine> Trainer<E> {
             };
             let (hw, tw) = (w(false), w(true));
             let e = &mut self.engine;
-            let h = e.forward_backward(&x, labels, &hw, BnMode::Train, Grad::First)?;
+            let h = e
+                .net()
+                .forward_backward(&x, labels, &hw, BnMode::Train, Grad::First)?;
             let kappa = match &self.cfg.rule {
                 Rule::ImbSam(c) => c.kappa as f64,
                 _ => 1.0,
             };
-            let tl = e.forward_backward(&x, labels, &tw, BnMode::TrainNoUpdate, Grad::Second)?;
+            let tl =
+                e.net()
+                    .forward_backward(&x, labels, &tw, BnMode::TrainNoUpdate, Grad::Second)?;
             (h.loss + kappa * tl.loss, Some((tw, tl.samples)))
         } else {
-            let l = self.engine.forward_backward(
+            let l = self.engine.net().forward_backward(
                 &x,
                 labels,
                 &mean_weights(bsz),
@@ -251,15 +255,19 @@ impl<E: Engine> Trainer<E> {
         if first == FirstOutcome::Perturbed {
             let weights = tail_w.map(|(w, _)| w).unwrap_or_else(|| mean_weights(bsz));
             let e = &mut self.engine;
-            let l2 =
-                match e.forward_backward(&x, labels, &weights, BnMode::TrainNoUpdate, Grad::Second)
-                {
-                    Ok(l) => l,
-                    Err(err) => {
-                        e.abort()?;
-                        return Err(err);
-                    }
-                };
+            let l2 = match e.net().forward_backward(
+                &x,
+                labels,
+                &weights,
+                BnMode::TrainNoUpdate,
+                Grad::Second,
+            ) {
+                Ok(l) => l,
+                Err(err) => {
+                    e.abort()?;
+                    return Err(err);
+                }
+            };
             perturbed_loss = Some(l2.loss);
             e.mark(4)?;
             e.second_step()?;
@@ -309,7 +317,7 @@ impl<E: Engine> Trainer<E> {
         for chunk in idx.chunks(256) {
             let b = make_batch(ds, chunk, None, &self.norm, (0, 0));
             let x = self.engine.stage(tensor(&b)?)?;
-            let z = self.engine.logits(&x)?;
+            let z = self.engine.net().logits(&x)?;
             let per = samkit_core::loss::smooth_cross_entropy(
                 &z,
                 &b.labels,

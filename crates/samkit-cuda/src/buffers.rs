@@ -153,39 +153,29 @@ flat_read!(CudaSlice<T>);
 flat_read!(CudaView<'_, T>);
 flat_read!(CudaViewMut<'_, T>);
 
-impl<T> DeviceParamsMut<T> for CudaSlice<T> {
-    fn seg_addrs_mut<'a>(
-        &'a mut self,
-        layout: &Layout,
-        stream: &'a CudaStream,
-        what: &'static str,
-        out: &mut Vec<u64>,
-        guards: &mut Guards<'a>,
-    ) -> Result<()> {
-        check_flat(layout, what, self.len())?;
-        let (p, g) = self.device_ptr_mut(stream);
-        flat_addrs::<T>(layout, p, out);
-        guards.push(g);
-        Ok(())
-    }
+macro_rules! flat_write {
+    ($t:ty) => {
+        impl<T> DeviceParamsMut<T> for $t {
+            fn seg_addrs_mut<'a>(
+                &'a mut self,
+                layout: &Layout,
+                stream: &'a CudaStream,
+                what: &'static str,
+                out: &mut Vec<u64>,
+                guards: &mut Guards<'a>,
+            ) -> Result<()> {
+                check_flat(layout, what, self.len())?;
+                let (p, g) = self.device_ptr_mut(stream);
+                flat_addrs::<T>(layout, p, out);
+                guards.push(g);
+                Ok(())
+            }
+        }
+    };
 }
 
-impl<T> DeviceParamsMut<T> for CudaViewMut<'_, T> {
-    fn seg_addrs_mut<'a>(
-        &'a mut self,
-        layout: &Layout,
-        stream: &'a CudaStream,
-        what: &'static str,
-        out: &mut Vec<u64>,
-        guards: &mut Guards<'a>,
-    ) -> Result<()> {
-        check_flat(layout, what, self.len())?;
-        let (p, g) = self.device_ptr_mut(stream);
-        flat_addrs::<T>(layout, p, out);
-        guards.push(g);
-        Ok(())
-    }
-}
+flat_write!(CudaSlice<T>);
+flat_write!(CudaViewMut<'_, T>);
 
 impl<T> DeviceParams<T> for [CudaSlice<T>] {
     fn seg_addrs<'a>(

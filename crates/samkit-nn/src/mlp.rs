@@ -6,7 +6,7 @@ use samkit_core::Layout;
 use crate::backend::{Activation, Backend, BnMode, LinearParams, ParamGrad};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
-use crate::model::{BufferKind, LossKind, Losses, Model, NamedBuffer, Targets};
+use crate::model::{check_arena_len, BufferKind, LossKind, Losses, Model, NamedBuffer, Targets};
 use crate::tensor::Tensor;
 
 struct MlpActs<B: Backend> {
@@ -146,16 +146,7 @@ impl<B: Backend> Mlp<B> {
     }
 
     fn run_forward(&mut self, params: &B::Arena, x: &Tensor) -> Result<usize> {
-        if B::arena_len(params) != self.layout.len() {
-            return Err(Error::shape(
-                "parameters",
-                format!(
-                    "{} values, the layout has {}",
-                    B::arena_len(params),
-                    self.layout.len()
-                ),
-            ));
-        }
+        check_arena_len::<B>("parameters", params, &self.layout)?;
         let n = x.shape()[0];
         if n == 0 || x.len() != n * self.dims[0] {
             return Err(Error::shape(
@@ -244,16 +235,7 @@ impl<B: Backend> Model for Mlp<B> {
         _mode: BnMode,
         grad: &mut B::Arena,
     ) -> Result<Losses> {
-        if B::arena_len(grad) != self.layout.len() {
-            return Err(Error::shape(
-                "gradient",
-                format!(
-                    "{} values, the layout has {}",
-                    B::arena_len(grad),
-                    self.layout.len()
-                ),
-            ));
-        }
+        check_arena_len::<B>("gradient", grad, &self.layout)?;
         let n = self.run_forward(params, x)?;
         let k = self.dims[self.dims.len() - 1];
         let a = self.acts.as_mut().expect("workspace allocated");
@@ -276,16 +258,7 @@ impl<B: Backend> Model for Mlp<B> {
         targets: Targets<'_>,
         out: &mut B::Arena,
     ) -> Result<Losses> {
-        if B::arena_len(out) != self.layout.len() {
-            return Err(Error::shape(
-                "fisher",
-                format!(
-                    "{} values, the layout has {}",
-                    B::arena_len(out),
-                    self.layout.len()
-                ),
-            ));
-        }
+        check_arena_len::<B>("fisher", out, &self.layout)?;
         let n = self.run_forward(params, x)?;
         let k = self.dims[self.dims.len() - 1];
         let a = self.acts.as_mut().expect("workspace allocated");

@@ -61,6 +61,22 @@ pub fn mean_weights(b: usize) -> Vec<f32> {
     vec![1.0 / b.max(1) as f32; b]
 }
 
+/// An error unless `arena` holds exactly the values of `layout` (`what` names the buffer).
+pub(crate) fn check_arena_len<B: Backend>(
+    what: &'static str,
+    arena: &B::Arena,
+    layout: &Layout,
+) -> Result<()> {
+    let have = B::arena_len(arena);
+    if have != layout.len() {
+        return Err(Error::shape(
+            what,
+            format!("{have} values, the layout has {}", layout.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// A non-trainable tensor saved with the model (PyTorch's buffers).
 #[derive(Clone, Debug, PartialEq)]
 pub enum BufferData {

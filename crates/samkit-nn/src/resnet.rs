@@ -9,7 +9,9 @@ use crate::backend::{
 };
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
-use crate::model::{BufferData, BufferKind, LossKind, Losses, Model, NamedBuffer, Targets};
+use crate::model::{
+    check_arena_len, BufferData, BufferKind, LossKind, Losses, Model, NamedBuffer, Targets,
+};
 use crate::tensor::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -289,16 +291,7 @@ impl<B: Backend> ResNet18<B> {
     }
 
     fn check_input(&self, params: &B::Arena, x: &Tensor) -> Result<(usize, usize, usize)> {
-        if B::arena_len(params) != self.layout.len() {
-            return Err(Error::shape(
-                "parameters",
-                format!(
-                    "{} values, the layout has {}",
-                    B::arena_len(params),
-                    self.layout.len()
-                ),
-            ));
-        }
+        check_arena_len::<B>("parameters", params, &self.layout)?;
         let (n, c, h, w) = x.dims4()?;
         if c != 3 || n == 0 {
             return Err(Error::shape(
@@ -586,16 +579,7 @@ impl<B: Backend> Model for ResNet18<B> {
         mode: BnMode,
         grad: &mut B::Arena,
     ) -> Result<Losses> {
-        if B::arena_len(grad) != self.layout.len() {
-            return Err(Error::shape(
-                "gradient",
-                format!(
-                    "{} values, the layout has {}",
-                    B::arena_len(grad),
-                    self.layout.len()
-                ),
-            ));
-        }
+        check_arena_len::<B>("gradient", grad, &self.layout)?;
         let n = self.run_forward(params, x, mode)?;
         let k = self.cfg.num_classes;
         let loss = LossKind::CrossEntropy {
@@ -621,16 +605,7 @@ impl<B: Backend> Model for ResNet18<B> {
         targets: Targets<'_>,
         out: &mut B::Arena,
     ) -> Result<Losses> {
-        if B::arena_len(out) != self.layout.len() {
-            return Err(Error::shape(
-                "fisher",
-                format!(
-                    "{} values, the layout has {}",
-                    B::arena_len(out),
-                    self.layout.len()
-                ),
-            ));
-        }
+        check_arena_len::<B>("fisher", out, &self.layout)?;
         let n = self.run_forward(params, x, BnMode::Eval)?;
         let k = self.cfg.num_classes;
         let loss = LossKind::CrossEntropy {

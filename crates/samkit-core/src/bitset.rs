@@ -123,6 +123,17 @@ impl Bitset {
         }
     }
 
+    /// `self ^ flips`: the bits of `flips` toggled (its bits past `len` are ignored).
+    pub(crate) fn xor_words(&self, flips: &[u64]) -> Bitset {
+        assert_eq!(flips.len(), self.words.len(), "one flip word per word");
+        let mut b = Bitset {
+            len: self.len,
+            words: self.words.iter().zip(flips).map(|(&m, &f)| m ^ f).collect(),
+        };
+        b.clear_tail();
+        b
+    }
+
     /// `self & !drop | grow`, the SSAM-D update.
     pub fn drop_grow(&self, drop: &Bitset, grow: &Bitset) -> Bitset {
         let words = self

@@ -38,7 +38,7 @@ pub fn f32_key(x: f32) -> u32 {
     }
 }
 
-const BINS: usize = 1 << 16;
+pub(crate) const BINS: usize = 1 << 16;
 
 fn for_each_tile(
     src: &impl KeySource,
@@ -104,7 +104,7 @@ fn histogram(
 }
 
 /// The bin holding the `k`-th largest element (1-based), and how many lie in higher bins.
-fn boundary(h: &[u64], k: u64) -> (usize, u64) {
+pub(crate) fn boundary(h: &[u64], k: u64) -> (usize, u64) {
     let mut above = 0u64;
     for b in (0..h.len()).rev() {
         if above + h[b] >= k {

@@ -10,8 +10,9 @@ use super::{at, need, u32_of, Cuda};
 use crate::backend::{BnConfig, BnMode, BnParams, BnState, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
-/// cuDNN's `CUDNN_BN_MIN_EPSILON`.
-const BN_MIN_EPSILON: f64 = 1e-5;
+/// cuDNN's `CUDNN_BN_MIN_EPSILON`: `0.0` since cuDNN 8 (`1e-5` was cuDNN 7's, and PyTorch's
+/// default `eps = 1e-5` as an f32 widens to 9.99999974737875e-6, below that old bound).
+const BN_MIN_EPSILON: f64 = 0.0;
 
 fn check(d: Dims, x: usize, y: usize, c: usize) -> Result<()> {
     if x < d.len() || y < d.len() || c != d.c {
@@ -21,6 +22,18 @@ fn check(d: Dims, x: usize, y: usize, c: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `eps` as cuDNN takes it (f64), or an error when cuDNN would refuse it.
+fn check_eps(eps: f32) -> Result<f64> {
+    let e = eps as f64;
+    if !(e > BN_MIN_EPSILON && e.is_finite()) {
+        return Err(Error::invalid(
+            "eps",
+            format!("cuDNN's batch norm needs a finite eps > {BN_MIN_EPSILON}, got {e}"),
+        ));
+    }
+    Ok(e)
 }
 
 const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
@@ -62,13 +75,7 @@ impl Cuda {
         ] {
             need(what, b.len(), d.c)?;
         }
-        let eps = cfg.eps as f64;
-        if eps < BN_MIN_EPSILON {
-            return Err(Error::invalid(
-                "eps",
-                format!("cuDNN's batch norm needs eps ≥ {BN_MIN_EPSILON}, got {eps}"),
-            ));
-        }
+        let eps = check_eps(cfg.eps)?;
         if mode.uses_batch_stats() && d.n * d.hw() < 2 {
             return Err(Error::invalid(
                 "batch",
@@ -287,5 +294,21 @@ impl Cuda {
             }?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pytorch_default_eps_is_accepted() {
+        // 1e-5 as an f32 widens to 9.99999974737875e-6: below cuDNN 7's minimum, fine for 8+.
+        let eps = BnConfig::default().eps;
+        assert_eq!(check_eps(eps).unwrap(), eps as f64);
+        assert!(check_eps(1e-3).is_ok());
+        for bad in [0.0, -1e-5, f32::NAN, f32::INFINITY] {
+            assert!(check_eps(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -210,6 +210,32 @@ fn cuda_resume_equals_an_uninterrupted_run() {
         h.extend(["--stop-after", "1", "--out", half.to_str().unwrap()]);
         ok(&samkit(&h, &env));
         let ck = half.join("checkpoint");
+        // A device checkpoint continues on the CPU too (the same files): its second epoch there.
+        let on_cpu = tmp("resume-on-cpu");
+        let ck_copy = tmp("resume-checkpoint-copy");
+        std::fs::create_dir_all(&ck_copy).unwrap();
+        for f in ["model.safetensors", "optimizer.safetensors", "trainer.json"] {
+            std::fs::copy(ck.join(f), ck_copy.join(f)).unwrap();
+        }
+        let out = ok(&samkit(
+            &[
+                "train",
+                "--resume",
+                ck_copy.to_str().unwrap(),
+                "--out",
+                on_cpu.to_str().unwrap(),
+            ],
+            &[],
+        ));
+        assert!(
+            out.contains("resumed") && out.contains("device: CPU"),
+            "{out}"
+        );
+        assert_eq!(
+            losses(&on_cpu).len(),
+            3,
+            "{rule}: one epoch of 3 steps on the CPU"
+        );
         let out = ok(&samkit(
             &[
                 "train",
@@ -231,18 +257,14 @@ fn cuda_resume_equals_an_uninterrupted_run() {
                 "{rule}: {file} differs after a resume on the device"
             );
         }
-        // A device checkpoint continues on the CPU (same state format).
-        let cpu = tmp("resume-cpu");
-        ok(&samkit(
-            &[
-                "train",
-                "--resume",
-                ck.to_str().unwrap(),
-                "--out",
-                cpu.to_str().unwrap(),
-            ],
-            &[],
-        ));
+        // The CPU's second epoch follows the device's closely.
+        let (gpu, cpu) = (losses(&full), losses(&on_cpu));
+        for (i, (g, c)) in gpu[3..].iter().zip(&cpu).enumerate() {
+            assert!(
+                rel(*g, *c) < 2e-2,
+                "{rule} epoch 2 step {i}: cuda {gpu:?} cpu {cpu:?}"
+            );
+        }
     }
 }
 

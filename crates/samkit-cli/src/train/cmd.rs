@@ -150,11 +150,24 @@ fn train_loop<E: Engine>(
     let per = trainer.steps_per_epoch() as u64;
     let remaining = epochs.saturating_sub(trainer.epoch) as u64;
     let bar = progress::bar(per * remaining, &name);
+    let batch = trainer.cfg.batch as f64;
+    let mut test_acc = trainer.history.last().map(|e| e.test_accuracy);
     while trainer.epoch < epochs {
         let mut err = None;
+        let started = std::time::Instant::now();
+        let (mut steps, mut loss_sum) = (0u64, 0.0);
         let log = trainer.train_epoch(&mut |s| {
             bar.inc(1);
-            bar.set_message(format!("{name} e{} loss {:.3}", s.epoch + 1, s.loss));
+            steps += 1;
+            loss_sum += s.loss;
+            let rate = steps as f64 * batch / started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "epoch {} loss {:.3} (mean {:.3}) test acc {} {rate:.0} img/s",
+                s.epoch + 1,
+                s.loss,
+                loss_sum / steps as f64,
+                test_acc.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+            ));
             if err.is_none() {
                 if let Err(e) = on_step(s) {
                     err = Some(e);
@@ -164,6 +177,7 @@ fn train_loop<E: Engine>(
         if let Some(e) = err {
             return Err(e);
         }
+        test_acc = Some(log.test_accuracy);
         bar.suspend(|| out.say(epoch_line(&name, &log)));
         on_epoch(trainer, &log)?;
     }

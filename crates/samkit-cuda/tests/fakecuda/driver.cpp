@@ -33,6 +33,7 @@ extern "C" const emu::Kern emu_reg_perturb[];
 extern "C" const emu::Kern emu_reg_update[];
 extern "C" const emu::Kern emu_reg_fisher[];
 extern "C" const emu::Kern emu_reg_select[];
+extern "C" const emu::Kern emu_reg_nn[];
 
 typedef int CUresult;
 typedef unsigned long long CUdeviceptr;
@@ -188,7 +189,7 @@ CUresult cuModuleLoadData(void** m, const void*) {
 }
 CUresult cuModuleUnload(void*) { return OK; }
 CUresult cuModuleGetFunction(void** f, void*, const char* name) {
-    for (const emu::Kern* reg : {emu_reg_norm, emu_reg_perturb, emu_reg_update, emu_reg_fisher, emu_reg_select}) {
+    for (const emu::Kern* reg : {emu_reg_norm, emu_reg_perturb, emu_reg_update, emu_reg_fisher, emu_reg_select, emu_reg_nn}) {
         for (const emu::Kern* k = reg; k->name; k++) {
             if (std::strcmp(k->name, name) == 0) {
                 *f = const_cast<emu::Kern*>(k);

@@ -10,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <utility>
 
 #ifndef __global__
 #define __global__
@@ -47,6 +49,14 @@ struct Kern {
     const char* name;
     void (*fn)(void**);
 };
+// Calls a kernel with cuLaunchKernel's parameter array: p[i] points to the value of parameter i.
+template <class... A, std::size_t... I>
+inline void call_with(void (*f)(A...), void** p, std::index_sequence<I...>) {
+    f(*static_cast<std::remove_cv_t<A>*>(p[I])...);
+}
+template <class... A> inline void call(void (*f)(A...), void** p) {
+    call_with(f, p, std::index_sequence_for<A...>{});
+}
 // The threads of a block are fibers of one OS thread (driver.cpp); a barrier yields until every
 // live participant has arrived.
 struct Bar {
@@ -152,3 +162,12 @@ using std::fabs;
 using std::sqrt;
 inline float fabsf(float x) { return std::fabs(x); }
 inline float sqrtf(float x) { return std::sqrt(x); }
+using std::exp;
+using std::log;
+inline float fmaxf(float a, float b) { return std::fmax(a, b); }
+inline float tanhf(float x) { return std::tanh(x); }
+inline float __int_as_float(int i) {
+    float x;
+    std::memcpy(&x, &i, 4);
+    return x;
+}

@@ -1,0 +1,291 @@
+//! The fake CUDA driver of `crates/samkit-cuda/tests/fakecuda`: the kernels of `kernels/*.cu`
+//! built for the CPU with g++ (through `emu.h`) behind the part of the driver API that cudarc
+//! uses, so that the whole stack (cudarc, NVRTC compilation, the typed launches, the optimizer,
+//! the kernels' logic) runs on machines without a GPU; and the fake cuBLAS and cuDNN beside it
+//! (`fakecublas.cpp`, `fakecudnn.cpp`: reference loops on host memory) for samkit-nn's CUDA
+//! backend. Only where no real driver is installed.
+//!
+//! One implementation for the tests of both crates: samkit-cuda's `tests/common` and
+//! samkit-nn's `tests/common` include this file with `#[path]`. Paths are taken from the
+//! workspace root (both crates live in `crates/<name>`).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use samkit_cuda::Device;
+
+/// The kernel families linked into the fake driver (`kernels/<family>.cu`; `driver.cpp` lists
+/// their registries `emu_reg_<family>`).
+const FAMILIES: [&str; 6] = ["norm", "perturb", "update", "fisher", "select", "nn"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn kernels_dir() -> PathBuf {
+    root().join("kernels")
+}
+
+fn fake_dir() -> PathBuf {
+    root().join("crates/samkit-cuda/tests/fakecuda")
+}
+
+fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "g++".into())
+}
+
+fn common_flags() -> Vec<String> {
+    let mut v = vec![
+        "-std=c++20".to_string(),
+        "-include".into(),
+        fake_dir().join("emu.h").display().to_string(),
+        format!("-I{}", fake_dir().join("include").display()),
+        format!("-I{}", kernels_dir().display()),
+    ];
+    for (name, size) in samkit_cuda::abi::sizes() {
+        v.push(format!("-DSK_ABI_SIZE_{name}={size}"));
+    }
+    v
+}
+
+/// The names of the `extern "C"` kernels of a preprocessed family (`__global__` defined as
+/// `SK_KERNEL_MARK`; `__launch_bounds__` is gone after preprocessing).
+fn kernels_of(pre: &str) -> Vec<String> {
+    let mark = "SK_KERNEL_MARK";
+    let mut out = Vec::new();
+    let mut rest = pre;
+    while let Some(i) = rest.find(mark) {
+        rest = rest[i + mark.len()..].trim_start();
+        rest = rest.strip_prefix("void").expect("kernels return void");
+        let open = rest.find('(').expect("(");
+        out.push(rest[..open].trim().to_string());
+        rest = &rest[open..];
+    }
+    out
+}
+
+fn run(cmd: &mut Command) -> Result<Vec<u8>, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h = h.wrapping_mul(0x0000_0100_0000_01b3) ^ 0xff;
+    }
+    h
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Compiles `units` (each to an object, in parallel) and links them into the shared library
+/// `dir/name` with soname `name`; written under a temporary name, then renamed, so a concurrent
+/// test binary never opens half a library.
+fn compile_lib(
+    dir: &Path,
+    name: &str,
+    units: &[PathBuf],
+    flags: &[String],
+) -> Result<PathBuf, String> {
+    let lib = dir.join(name);
+    let opts = [
+        "-O1",
+        "-fPIC",
+        "-pthread",
+        "-ffp-contract=off",
+        "-fno-fast-math",
+    ];
+    let pid = std::process::id();
+    let mut jobs = Vec::new();
+    for u in units {
+        let stem = u.file_stem().and_then(|s| s.to_str()).unwrap_or("unit");
+        let obj = dir.join(format!("{name}-{stem}.o.tmp{pid}"));
+        let mut cmd = Command::new(cxx());
+        cmd.args(flags)
+            .args(opts)
+            .arg("-c")
+            .arg(u)
+            .arg("-o")
+            .arg(&obj);
+        let child = cmd
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{cmd:?}: {e}"))?;
+        jobs.push((cmd, child, obj));
+    }
+    let mut objs = Vec::new();
+    let mut errs = String::new();
+    for (cmd, child, obj) in jobs {
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            errs.push_str(&format!(
+                "{cmd:?} failed:\n{}\n",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        objs.push(obj);
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let tmp = dir.join(format!("{name}.tmp{pid}"));
+    run(Command::new(cxx())
+        .args(opts)
+        .args(["-shared", &format!("-Wl,-soname,{name}"), "-o"])
+        .arg(&tmp)
+        .args(&objs))?;
+    for o in &objs {
+        let _ = std::fs::remove_file(o);
+    }
+    std::fs::rename(&tmp, &lib).map_err(|e| e.to_string())?;
+    Ok(lib)
+}
+
+/// Builds `libcuda.so.1` (cached by the hash of its sources) and returns its path.
+fn build() -> Result<PathBuf, String> {
+    let mut srcs: Vec<Vec<u8>> = Vec::new();
+    for f in FAMILIES {
+        srcs.push(read(&kernels_dir().join(format!("{f}.cu")))?);
+    }
+    srcs.push(read(&kernels_dir().join("samkit.cuh"))?);
+    for f in [
+        "emu.h",
+        "driver.cpp",
+        "include/cuda_fp16.h",
+        "include/cuda_bf16.h",
+    ] {
+        srcs.push(read(&fake_dir().join(f))?);
+    }
+    let flags = common_flags().join(" ");
+    let mut parts: Vec<&[u8]> = srcs.iter().map(|v| v.as_slice()).collect();
+    parts.push(flags.as_bytes());
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fakecuda-{:016x}", hash(&parts)));
+    let lib = dir.join("libcuda.so.1");
+    if lib.is_file() {
+        return Ok(lib);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut units = vec![fake_dir().join("driver.cpp")];
+    for f in FAMILIES {
+        let src = kernels_dir().join(format!("{f}.cu"));
+        let pre = run(Command::new(cxx())
+            .args(common_flags())
+            .args(["-E", "-P", "-x", "c++", "-D__global__=SK_KERNEL_MARK"])
+            .arg(&src))?;
+        let ks = kernels_of(&String::from_utf8_lossy(&pre));
+        if ks.is_empty() {
+            return Err(format!("no kernel found in {f}.cu"));
+        }
+        let mut w = format!("#include \"{}\"\n", src.display());
+        for name in &ks {
+            w.push_str(&format!(
+                "extern \"C\" void emu_w_{name}(void** p) {{ emu::call({name}, p); }}\n"
+            ));
+        }
+        w.push_str(&format!(
+            "extern \"C\" const emu::Kern emu_reg_{f}[] = {{\n"
+        ));
+        for name in &ks {
+            w.push_str(&format!("    {{\"{name}\", emu_w_{name}}},\n"));
+        }
+        w.push_str("    {nullptr, nullptr},\n};\n");
+        let path = dir.join(format!("{f}_emu.cpp"));
+        std::fs::write(&path, w).map_err(|e| e.to_string())?;
+        units.push(path);
+    }
+    compile_lib(&dir, "libcuda.so.1", &units, &common_flags())
+}
+
+/// Builds the fake `lib` of `fake_dir()/src` (cached by the hash of its source).
+fn build_plain(src: &str, lib: &str) -> Result<PathBuf, String> {
+    let text = read(&fake_dir().join(src))?;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{lib}-{:016x}", hash(&[&text, lib.as_bytes()])));
+    let path = dir.join(lib);
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    compile_lib(
+        &dir,
+        lib,
+        &[fake_dir().join(src)],
+        &["-std=c++20".to_string()],
+    )
+}
+
+/// Opens `lib` and leaks the handle, so it stays loaded and cudarc's `dlopen` of its soname
+/// finds it.
+fn load(lib: &Path) -> Result<(), String> {
+    // SAFETY: our own test library; its initialisers are the C++ runtime's.
+    let l =
+        unsafe { libloading::Library::new(lib) }.map_err(|e| format!("{}: {e}", lib.display()))?;
+    std::mem::forget(l);
+    Ok(())
+}
+
+/// Why there is no fake device.
+#[derive(Clone, Debug)]
+pub enum NoFake {
+    /// Nothing to emulate with here (a real driver is installed, no C++ compiler, no NVRTC):
+    /// the tests print one skip line.
+    Unavailable(String),
+    /// The emulator failed to build or to open: the tests fail.
+    Broken(String),
+}
+
+/// The fake device. `SAMKIT_REQUIRE_EMULATION=1` turns a missing compiler or NVRTC into a
+/// failure too.
+pub fn device() -> Result<Arc<Device>, NoFake> {
+    static DEV: OnceLock<Result<Arc<Device>, NoFake>> = OnceLock::new();
+    DEV.get_or_init(|| {
+        use NoFake::*;
+        if samkit_cuda::device::driver_present() {
+            return Err(Unavailable(
+                "a CUDA driver is installed: the GPU parity tests run instead".into(),
+            ));
+        }
+        samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
+        samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
+        run(Command::new(cxx()).arg("--version"))
+            .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
+        load(&build().map_err(Broken)?).map_err(Broken)?;
+        Device::open(0).map_err(|e| Broken(e.to_string()))
+    })
+    .clone()
+}
+
+/// The fake device with the fake cuBLAS (`libcublas.so`) and cuDNN (`libcudnn.so`) loaded.
+/// Their sonames are the first names cudarc's loader tries (`get_lib_name_candidates`), so
+/// cudarc opens these even where a real cuBLAS or cuDNN is on the loader's path.
+pub fn device_with_dnn() -> Result<Arc<Device>, NoFake> {
+    static LIBS: OnceLock<Result<(), NoFake>> = OnceLock::new();
+    let d = device()?;
+    LIBS.get_or_init(|| {
+        let blas = build_plain("fakecublas.cpp", "libcublas.so").map_err(NoFake::Broken)?;
+        let dnn = build_plain("fakecudnn.cpp", "libcudnn.so").map_err(NoFake::Broken)?;
+        load(&blas).map_err(NoFake::Broken)?;
+        load(&dnn).map_err(NoFake::Broken)
+    })
+    .clone()?;
+    Ok(d)
+}
+
+/// Whether a missing emulator must fail the test run.
+pub fn required() -> bool {
+    std::env::var("SAMKIT_REQUIRE_EMULATION").is_ok_and(|v| v == "1")
+}

@@ -1,0 +1,48 @@
+//! The CPU vs CUDA parity tests of samkit-nn (`tests/common/parity.rs`) on the CPU emulation of a
+//! device: samkit-cuda's fake driver (`crates/samkit-cuda/tests/fakecuda`, with `kernels/nn.cu`
+//! built by g++) and the fake cuBLAS and cuDNN beside it (reference loops written from the
+//! cuBLAS and cuDNN API references). Where no GPU is, this checks all of the backend's
+//! plumbing: descriptors, algorithm searches, arena offsets, the launch arguments of the nn.cu
+//! kernels, the stream, the models on the CUDA backend, and a SAM step with `GpuOptimizer`.
+//! The model tests use ResNet-18 at width 8 and batch 8 (`SAMKIT_EMULATION_RESNET_WIDTH`,
+//! `SAMKIT_EMULATION_RESNET_BATCH` override them; the layer tests keep their sizes).
+//!
+//! Skipped, with one line, where a real driver is installed (`cuda_parity.rs` runs the same
+//! tests on the GPU) or where g++ or NVRTC is missing (`SAMKIT_REQUIRE_EMULATION=1` makes that a
+//! failure).
+mod common;
+
+use common::fake::NoFake;
+use common::parity::Env;
+use samkit_nn::cuda::CudaOptions;
+
+/// A size of the model tests, overridden by the variable `name`.
+fn size(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn env() -> Option<Env> {
+    match common::fake::device_with_dnn() {
+        Ok(dev) => Some(Env {
+            dev,
+            width: size("SAMKIT_EMULATION_RESNET_WIDTH", 8),
+            batch: size("SAMKIT_EMULATION_RESNET_BATCH", 8),
+            required: true,
+            opts: CudaOptions {
+                workspace_limit: 4 << 20,
+                ..CudaOptions::default()
+            },
+        }),
+        Err(NoFake::Unavailable(e)) if !common::fake::required() => {
+            println!("skip: no CPU emulation of CUDA ({e})");
+            None
+        }
+        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
+        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
+    }
+}
+
+nn_parity_tests!(env);

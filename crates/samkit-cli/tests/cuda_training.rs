@@ -1,313 +1,61 @@
-//! `--device cuda` end to end: the CUDA trainer (cuDNN/cuBLAS ResNet-18 and samkit-cuda's
-//! optimizer) follows the CPU trainer's trajectory for every rule, resumes exactly, and its
-//! commands write what the CPU ones write. Without a GPU the device is refused with exit code 2
-//! and these tests print one skip line (`SAMKIT_REQUIRE_CUDA=1` makes that a failure).
+//! `--device cuda` end to end on a real device: the CUDA trainer (cuDNN/cuBLAS ResNet-18 and
+//! samkit-cuda's optimizer) follows the CPU trainer's trajectory for every rule, resumes exactly,
+//! and its commands write what the CPU ones write (`cuda_cli/`). Without a GPU the device is
+//! refused with exit code 2 and these tests print one skip line (`SAMKIT_REQUIRE_CUDA=1` makes
+//! that a failure); `cuda_emulated.rs` runs the same tests on the CPU emulation of a device.
 //!
 //! `scripts/gpu-check.sh` runs this binary on a GPU machine with `SAMKIT_BIN` pointing at the
 //! `samkit` binary it carried there.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod cuda_cli;
 
-fn bin() -> PathBuf {
-    std::env::var_os("SAMKIT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_samkit")))
-}
+use cuda_cli::Ctx;
 
-fn samkit(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(bin());
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
+fn ctx() -> Ctx {
+    Ctx {
+        env: Vec::new(),
+        rules: vec![
+            "sgd",
+            "sam",
+            "sam-adaptive",
+            "asam",
+            "friendlysam",
+            "ssam-f",
+            "ssam-d",
+            "imbsam",
+            "gsam",
+            "looksam",
+        ],
+        required: false,
+        tag: "cuda-train",
     }
-    c.output().expect("the samkit binary runs")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
-fn ok(o: &Output) -> String {
-    let (out, err) = text(o);
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{err}",
-        o.status.code()
-    );
-    out
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let base = std::env::var_os("SAMKIT_TEST_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    let dir = base.join(format!("cuda-train-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-/// Whether a CUDA device is usable; otherwise checks the refusal and prints the skip line.
-fn cuda_available() -> bool {
-    let mut a = vec![
-        "bench",
-        "--device",
-        "cuda",
-        "--optimizers",
-        "sgd",
-        "--steps",
-        "1",
-    ];
-    a.extend(TINY);
-    let out = tmp("probe");
-    a.extend(["--out", out.to_str().unwrap()]);
-    let o = samkit(&a, &[]);
-    if o.status.success() {
-        return true;
-    }
-    let (_, err) = text(&o);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "a missing device is a usage error: {err}"
-    );
-    assert!(
-        err.contains("no usable CUDA device") && err.contains("--device cpu"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    if std::env::var("SAMKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
-        panic!("SAMKIT_REQUIRE_CUDA=1 but: {err}");
-    }
-    println!("skip: no CUDA device ({})", err.trim());
-    false
-}
-
-const TINY: [&str; 14] = [
-    "--width",
-    "4",
-    "--train-size",
-    "128",
-    "--test-size",
-    "64",
-    "--batch",
-    "32",
-    "--steps-per-epoch",
-    "3",
-    "--fisher-samples",
-    "16",
-    "--mask-interval",
-    "2",
-];
-
-/// Per-step training losses of a `samkit train` output folder.
-fn losses(dir: &Path) -> Vec<f64> {
-    let s = std::fs::read_to_string(dir.join("steps.jsonl")).expect("steps.jsonl");
-    s.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-            v["loss"].as_f64().expect("loss")
-        })
-        .collect()
-}
-
-fn rel(a: f64, b: f64) -> f64 {
-    (a - b).abs() / a.abs().max(b.abs()).max(1e-12)
 }
 
 #[test]
 fn without_a_device_cuda_is_refused_clearly() {
     // Either refused with exit code 2 and the reason, or (on a GPU machine) it runs.
-    let _ = cuda_available();
+    let _ = cuda_cli::cuda_available(&ctx());
 }
 
 #[test]
 fn cuda_trainer_follows_the_cpu_trainer() {
-    if !cuda_available() {
-        return;
-    }
-    let env = [("SAMKIT_CUDNN_DETERMINISTIC", "1")];
-    let rules = [
-        "sgd",
-        "sam",
-        "sam-adaptive",
-        "asam",
-        "friendlysam",
-        "ssam-f",
-        "ssam-d",
-        "imbsam",
-        "gsam",
-        "looksam",
-    ];
-    for rule in rules {
-        let mut runs = Vec::new();
-        for device in ["cpu", "cuda"] {
-            let dir = tmp(&format!("{rule}-{device}"));
-            let mut a = vec![
-                "train",
-                "--device",
-                device,
-                "--optimizer",
-                rule,
-                "--epochs",
-                "2",
-            ];
-            a.extend(TINY);
-            a.extend(["--out", dir.to_str().unwrap()]);
-            let out = ok(&samkit(&a, &env));
-            if device == "cuda" {
-                assert!(out.contains("device: CUDA"), "{out}");
-            }
-            runs.push(losses(&dir));
-        }
-        let (cpu, gpu) = (&runs[0], &runs[1]);
-        assert_eq!(cpu.len(), gpu.len(), "{rule}: step count");
-        // The first loss sees identical weights (only the summation order differs); the
-        // trajectories then drift apart by rounding, slowly over 6 steps.
-        assert!(
-            rel(cpu[0], gpu[0]) < 1e-4,
-            "{rule}: first loss {cpu:?} vs {gpu:?}"
-        );
-        for (i, (c, g)) in cpu.iter().zip(gpu).enumerate() {
-            assert!(g.is_finite(), "{rule} step {i}: {g}");
-            assert!(
-                rel(*c, *g) < 2e-2,
-                "{rule} step {i}: cpu {cpu:?} cuda {gpu:?}"
-            );
-        }
-        println!("{rule}: cpu {cpu:?}\n{rule}: cuda {gpu:?}");
+    let c = ctx();
+    if cuda_cli::cuda_available(&c) {
+        cuda_cli::cuda_trainer_follows_the_cpu_trainer(&c);
     }
 }
 
 #[test]
 fn cuda_resume_equals_an_uninterrupted_run() {
-    if !cuda_available() {
-        return;
-    }
-    // The same convolution algorithms in every process, all deterministic.
-    let env = [
-        ("SAMKIT_CUDNN_DETERMINISTIC", "1"),
-        ("SAMKIT_CUDNN_ALGO", "heuristic"),
-    ];
-    let (full, half) = (tmp("resume-full"), tmp("resume-half"));
-    for rule in ["friendlysam", "ssam-d"] {
-        let mut a = vec![
-            "train",
-            "--device",
-            "cuda",
-            "--optimizer",
-            rule,
-            "--epochs",
-            "2",
-        ];
-        a.extend(TINY);
-        let mut f = a.clone();
-        f.extend(["--out", full.to_str().unwrap()]);
-        ok(&samkit(&f, &env));
-        let mut h = a.clone();
-        h.extend(["--stop-after", "1", "--out", half.to_str().unwrap()]);
-        ok(&samkit(&h, &env));
-        let ck = half.join("checkpoint");
-        // A device checkpoint continues on the CPU too (the same files): its second epoch there.
-        let on_cpu = tmp("resume-on-cpu");
-        let ck_copy = tmp("resume-checkpoint-copy");
-        std::fs::create_dir_all(&ck_copy).unwrap();
-        for f in ["model.safetensors", "optimizer.safetensors", "trainer.json"] {
-            std::fs::copy(ck.join(f), ck_copy.join(f)).unwrap();
-        }
-        let out = ok(&samkit(
-            &[
-                "train",
-                "--resume",
-                ck_copy.to_str().unwrap(),
-                "--out",
-                on_cpu.to_str().unwrap(),
-            ],
-            &[],
-        ));
-        assert!(
-            out.contains("resumed") && out.contains("device: CPU"),
-            "{out}"
-        );
-        assert_eq!(
-            losses(&on_cpu).len(),
-            3,
-            "{rule}: one epoch of 3 steps on the CPU"
-        );
-        let out = ok(&samkit(
-            &[
-                "train",
-                "--device",
-                "cuda",
-                "--resume",
-                ck.to_str().unwrap(),
-                "--out",
-                half.to_str().unwrap(),
-            ],
-            &env,
-        ));
-        assert!(out.contains("resumed"), "{out}");
-        for file in ["model.safetensors", "optimizer.safetensors"] {
-            let x = std::fs::read(full.join("checkpoint").join(file)).unwrap();
-            let y = std::fs::read(half.join("checkpoint").join(file)).unwrap();
-            assert!(
-                x == y,
-                "{rule}: {file} differs after a resume on the device"
-            );
-        }
-        // The CPU's second epoch follows the device's closely.
-        let (gpu, cpu) = (losses(&full), losses(&on_cpu));
-        for (i, (g, c)) in gpu[3..].iter().zip(&cpu).enumerate() {
-            assert!(
-                rel(*g, *c) < 2e-2,
-                "{rule} epoch 2 step {i}: cuda {gpu:?} cpu {cpu:?}"
-            );
-        }
+    let c = ctx();
+    if cuda_cli::cuda_available(&c) {
+        cuda_cli::cuda_resume_equals_an_uninterrupted_run(&c);
     }
 }
 
 #[test]
 fn cuda_compare_and_bench_write_their_files() {
-    if !cuda_available() {
-        return;
+    let c = ctx();
+    if cuda_cli::cuda_available(&c) {
+        cuda_cli::cuda_compare_and_bench_write_their_files(&c);
     }
-    let dir = tmp("compare");
-    let mut a = vec![
-        "compare",
-        "--device",
-        "cuda",
-        "--optimizers",
-        "sgd,sam,ssam-f,ssam-d",
-        "--epochs",
-        "1",
-    ];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let out = ok(&samkit(&a, &[]));
-    assert!(out.contains("pass2/pass1"), "{out}");
-    for f in ["compare.json", "batch_loss.png", "accuracy.png"] {
-        assert!(dir.join(f).exists(), "{f} missing:\n{out}");
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
-    for row in v.as_array().unwrap() {
-        let s = &row["step_seconds"];
-        let name = row["optimizer"].as_str().unwrap();
-        assert!(s["pass1"].as_f64().unwrap() > 0.0, "{name}: {s}");
-        if name != "sgd" {
-            assert!(s["pass2"].as_f64().unwrap() > 0.0, "{name}: {s}");
-        }
-        if name.starts_with("ssam") {
-            assert!(s["mask"].as_f64().unwrap() > 0.0, "{name}: {s}");
-        }
-    }
-    let bdir = tmp("bench");
-    let mut b = vec!["bench", "--device", "cuda", "--steps", "2"];
-    b.extend(TINY);
-    b.extend(["--out", bdir.to_str().unwrap()]);
-    let out = ok(&samkit(&b, &[]));
-    assert!(out.contains("CUDA"), "{out}");
-    assert!(bdir.join("bench.json").exists());
 }

@@ -285,6 +285,26 @@ pub fn device_with_dnn() -> Result<Arc<Device>, NoFake> {
     Ok(d)
 }
 
+/// The fake driver, cuBLAS and cuDNN built but not loaded here: for a child process (the
+/// `samkit` binary), whose loader finds them through `LD_LIBRARY_PATH`.
+pub fn library_files() -> Result<Vec<PathBuf>, NoFake> {
+    use NoFake::*;
+    if samkit_cuda::device::driver_present() {
+        return Err(Unavailable(
+            "a CUDA driver is installed: the GPU tests run instead".into(),
+        ));
+    }
+    samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
+    samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
+    run(Command::new(cxx()).arg("--version"))
+        .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
+    Ok(vec![
+        build().map_err(Broken)?,
+        build_plain("fakecublas.cpp", "libcublas.so").map_err(Broken)?,
+        build_plain("fakecudnn.cpp", "libcudnn.so").map_err(Broken)?,
+    ])
+}
+
 /// Whether a missing emulator must fail the test run.
 pub fn required() -> bool {
     std::env::var("SAMKIT_REQUIRE_EMULATION").is_ok_and(|v| v == "1")

@@ -248,21 +248,29 @@ pub enum NoFake {
     Broken(String),
 }
 
+/// Whether the emulation can be built and used here: no real driver (the GPU tests run there),
+/// NVRTC with its headers, a C++ compiler.
+fn available() -> Result<(), NoFake> {
+    use NoFake::Unavailable;
+    if samkit_cuda::device::driver_present() {
+        return Err(Unavailable(
+            "a CUDA driver is installed: the GPU tests run instead".into(),
+        ));
+    }
+    samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
+    samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
+    run(Command::new(cxx()).arg("--version"))
+        .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
+    Ok(())
+}
+
 /// The fake device. `SAMKIT_REQUIRE_EMULATION=1` turns a missing compiler or NVRTC into a
 /// failure too.
 pub fn device() -> Result<Arc<Device>, NoFake> {
     static DEV: OnceLock<Result<Arc<Device>, NoFake>> = OnceLock::new();
     DEV.get_or_init(|| {
         use NoFake::*;
-        if samkit_cuda::device::driver_present() {
-            return Err(Unavailable(
-                "a CUDA driver is installed: the GPU parity tests run instead".into(),
-            ));
-        }
-        samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
-        samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
-        run(Command::new(cxx()).arg("--version"))
-            .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
+        available()?;
         load(&build().map_err(Broken)?).map_err(Broken)?;
         Device::open(0).map_err(|e| Broken(e.to_string()))
     })
@@ -289,15 +297,7 @@ pub fn device_with_dnn() -> Result<Arc<Device>, NoFake> {
 /// `samkit` binary), whose loader finds them through `LD_LIBRARY_PATH`.
 pub fn library_files() -> Result<Vec<PathBuf>, NoFake> {
     use NoFake::*;
-    if samkit_cuda::device::driver_present() {
-        return Err(Unavailable(
-            "a CUDA driver is installed: the GPU tests run instead".into(),
-        ));
-    }
-    samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
-    samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
-    run(Command::new(cxx()).arg("--version"))
-        .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
+    available()?;
     Ok(vec![
         build().map_err(Broken)?,
         build_plain("fakecublas.cpp", "libcublas.so").map_err(Broken)?,

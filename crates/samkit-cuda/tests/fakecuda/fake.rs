@@ -296,13 +296,20 @@ pub fn device_with_dnn() -> Result<Arc<Device>, NoFake> {
 /// The fake driver, cuBLAS and cuDNN built but not loaded here: for a child process (the
 /// `samkit` binary), whose loader finds them through `LD_LIBRARY_PATH`.
 pub fn library_files() -> Result<Vec<PathBuf>, NoFake> {
-    use NoFake::*;
-    available()?;
-    Ok(vec![
-        build().map_err(Broken)?,
-        build_plain("fakecublas.cpp", "libcublas.so").map_err(Broken)?,
-        build_plain("fakecudnn.cpp", "libcudnn.so").map_err(Broken)?,
-    ])
+    // Once per process: the tests of a binary ask at the same time, and the temporary files of
+    // a build are named by the process.
+    static FILES: OnceLock<Result<Vec<PathBuf>, NoFake>> = OnceLock::new();
+    FILES
+        .get_or_init(|| {
+            use NoFake::Broken;
+            available()?;
+            Ok(vec![
+                build().map_err(Broken)?,
+                build_plain("fakecublas.cpp", "libcublas.so").map_err(Broken)?,
+                build_plain("fakecudnn.cpp", "libcudnn.so").map_err(Broken)?,
+            ])
+        })
+        .clone()
 }
 
 /// Whether a missing emulator must fail the test run.

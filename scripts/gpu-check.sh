@@ -87,7 +87,7 @@ build() {
         die "the compile check of kernels/nn.cu failed"
     fi
     mkdir -p "$dir/anchors"
-    cp "$ROOT/tools/anchors/torch_gpu_resnet.py" "$dir/anchors/"
+    cp "$ROOT/tools/anchors/torch_gpu_resnet.py" "$ROOT/tools/anchors/cifar_resnet.py" "$dir/anchors/"
     git -C "$ROOT" rev-parse HEAD > "$dir/revision" 2>/dev/null || echo unknown > "$dir/revision"
     echo "gpu-check: $(du -sh "$dir" | cut -f1) in $dir ($(ls "$dir/cubins" | wc -l) cubins)"
 }

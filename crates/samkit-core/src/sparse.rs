@@ -69,6 +69,12 @@ pub fn random_mask(n: usize, live: usize, seed: u64) -> Bitset {
     select_top_k(chunks.infos(), n, live, &BufferKeys { keys: &keys })
 }
 
+/// How many indices an SSAM-D update drops (and grows) with `live` of `n` indices live at
+/// drop rate `rate`: `⌊live·rate⌋`, at most the dead count. The device optimizer uses the same.
+pub fn swap_count(live: usize, n: usize, rate: f32) -> usize {
+    (((live as f64) * rate as f64).floor() as usize).min(n - live)
+}
+
 /// SSAM-D's update: drop `⌊L·rate⌋` live indices with the smallest `|g|`, then grow as many
 /// among the indices dead before this update, by the smallest Philox keys of `update`.
 ///
@@ -88,8 +94,7 @@ pub fn drop_grow(
     update: u32,
 ) -> Bitset {
     let live = mask.count_ones();
-    let k = ((live as f64) * rate as f64).floor() as usize;
-    let k = k.min(n - live);
+    let k = swap_count(live, n, rate);
     if k == 0 {
         return mask.clone();
     }
@@ -325,8 +330,7 @@ fn drop_grow_by_selections(
     update: u32,
 ) -> Bitset {
     let live = mask.count_ones();
-    let k = ((live as f64) * rate as f64).floor() as usize;
-    let k = k.min(n - live);
+    let k = swap_count(live, n, rate);
     if k == 0 {
         return mask.clone();
     }

@@ -876,7 +876,7 @@ impl<T: Elem> GpuOptimizer<T> {
         };
         let n = self.plan.n;
         let live = c.live_count(n);
-        let k = (((live as f64) * rate as f64).floor() as usize).min(n - live) as u64;
+        let k = samkit_core::sparse::swap_count(live, n, rate) as u64;
         let masks = self.masks.as_ref().expect("mask slots");
         let sel = self.sel.as_mut().expect("selection buffers");
         if k == 0 {

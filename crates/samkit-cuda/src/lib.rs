@@ -24,12 +24,14 @@ mod ops;
 pub mod optimizer;
 pub mod plan;
 pub mod standalone;
+pub mod variants;
 
 pub use buffers::{DeviceParams, DeviceParamsMut, Elem};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use optimizer::{GpuOptimizer, Status};
 pub use standalone::Ops;
+pub use variants::{StepVariant, TopkVariant, Variants};
 
 #[cfg(test)]
 mod tests {

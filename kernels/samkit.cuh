@@ -25,6 +25,12 @@ typedef unsigned long long u64;
 #define SK_WARPS (SK_BLOCK / 32)
 #define SK_UNIT 4096
 #define SK_FIN_BLOCK 256
+// Kernels whose indexing assumes a block shape (a stride of SK_BLOCK, a fixed warp count) trap
+// on any other shape: a wrong launch fails loudly instead of silently skipping elements.
+#define SK_REQUIRE_BLOCK(n)                      \
+    do {                                         \
+        if (blockDim.x != (n)) __trap();         \
+    } while (0)
 // The host passes its struct sizes as -DSK_ABI_SIZE_<name>=<bytes> (abi.rs); every family checks
 // its structures against them at compile time.
 #define SK_ABI_CHECK(T) static_assert(sizeof(T) == SK_ABI_SIZE_##T, #T " differs from crates/samkit-cuda/src/abi.rs")

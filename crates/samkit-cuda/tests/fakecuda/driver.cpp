@@ -345,6 +345,12 @@ void run_block(const emu::Kern* k, void** p, unsigned b, unsigned g, unsigned n)
 }
 }  // namespace fib
 
+// Provisional: a trap aborts the test process with a message (to be turned into a failed launch).
+void emu::trap() {
+    std::fprintf(stderr, "fake CUDA: __trap() in block %u thread %u\n", blockIdx.x, threadIdx.x);
+    std::abort();
+}
+
 void emu::wait(emu::Bar* b) {
     const unsigned g = b->gen;
     if (++b->arrived == b->expected) {

@@ -130,6 +130,27 @@ inline unsigned __ballot_sync(unsigned, int p) {
     return r;
 }
 
+// Provisional: the fake driver turns a trap into a failed launch (see driver.cpp).
+namespace emu {
+[[noreturn]] void trap();
+}
+[[noreturn]] inline void __trap() { emu::trap(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+template <class T> inline unsigned __match_any_sync(unsigned, T v) {
+    static_assert(sizeof(T) <= 8, "match of at most 8 bytes");
+    unsigned long long bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    emu::Warp* w = emu::warp;
+    w->slot[emu::lane] = bits;
+    emu::wait(&w->bar);
+    unsigned r = 0;
+    for (unsigned i = 0; i < w->width; i++)
+        if (w->slot[i] == bits) r |= 1u << i;
+    emu::wait(&w->bar);
+    return r;
+}
+
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }

@@ -41,6 +41,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::{self, DirExtra, DirKind, Filters, Fin, Keys, Second, SelBufs};
 use crate::plan::{Plan, Work};
+use crate::variants::Variants;
 
 mod state;
 
@@ -92,6 +93,8 @@ pub struct GpuOptimizer<T: Elem> {
     /// they hold an update not yet taken.
     mask_events: Option<[CudaEvent; 2]>,
     mask_recorded: bool,
+    /// The kernel arrangement (see [`crate::variants`]); every variant gives the same bits.
+    variants: Variants,
 }
 
 type Opt<'a, T> = Option<Tab<'a, T>>;
@@ -204,6 +207,7 @@ impl<T: Elem> GpuOptimizer<T> {
             scratch: None,
             mask_events: None,
             mask_recorded: false,
+            variants: Variants::default(),
         };
         if let Rule::Ssam(c) = &opt.rule {
             if let MaskKind::Dynamic { seed, .. } = c.mask {
@@ -293,6 +297,21 @@ impl<T: Elem> GpuOptimizer<T> {
                 )))
             }
         }
+        Ok(())
+    }
+
+    /// The kernel arrangement of the next steps.
+    pub fn variants(&self) -> Variants {
+        self.variants
+    }
+
+    /// Selects the kernel arrangement of the next steps (default: [`Variants::default`], today's
+    /// kernels). Every variant gives the same bits (the parity tests check it); they differ in
+    /// launches and memory traffic only. Not while the weights are perturbed: the two passes of
+    /// a step use one arrangement.
+    pub fn set_variants(&mut self, v: Variants) -> Result<()> {
+        self.expect_idle("set_variants")?;
+        self.variants = v;
         Ok(())
     }
 

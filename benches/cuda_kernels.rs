@@ -58,6 +58,7 @@ fn main() {
                     "gb_s": if r.gb_s.is_finite() { Some(r.gb_s) } else { None },
                     "fraction_of_copy": if r.frac_copy.is_finite() { Some(r.frac_copy) } else { None },
                     "deterministic": r.deterministic,
+                    "launches": r.launches,
                 })
             })
             .collect();

@@ -7,6 +7,11 @@
 // - sk_filter_norms_*: ASAM's filter scales.
 // - sk_finalize: the second stage. Sums the per-unit partials in a fixed order (f64), per segment
 //   when asked, ORs the flags into the skip decision and derives the step's scalars on the device.
+// - sk_norm_*_fused, sk_dot_*_fused (the fused step variant, crates/samkit-cuda/src/variants.rs):
+//   the same first stage, then the last block to finish (a ticket counter) runs sk_finalize's
+//   body: one launch instead of two, the same bits (same partials, same fixed order and tree).
+//
+// Every kernel here whose indexing assumes a block shape traps on any other (SK_REQUIRE_BLOCK).
 #include "samkit.cuh"
 
 enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2 };
@@ -132,8 +137,11 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
     }
 }
 
-#define SK_NORM(NAME, T, SUF, BASE, SCALE) \
-    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_norm_##NAME##_##SUF(NormArgs a) { norm_body<T, BASE, SCALE>(a); }
+#define SK_NORM(NAME, T, SUF, BASE, SCALE)                                                      \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_norm_##NAME##_##SUF(NormArgs a) { \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                             \
+        norm_body<T, BASE, SCALE>(a);                                                           \
+    }
 
 #define SK_NORM_ALL(T, SUF)                                       \
     SK_NORM(plain, T, SUF, BASE_GRAD, SCALE_ONE)                  \
@@ -201,9 +209,15 @@ template <class T> __device__ __forceinline__ void dot_body(const DotArgs& a) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_f32(DotArgs a) { dot_body<float>(a); }
-extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_bf16(DotArgs a) { dot_body<__nv_bfloat16>(a); }
-extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_f16(DotArgs a) { dot_body<__half>(a); }
+#define SK_DOT(T, SUF)                                                                 \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_##SUF(DotArgs a) { \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                  \
+        dot_body<T>(a);                                                              \
+    }
+
+SK_DOT(float, f32)
+SK_DOT(__nv_bfloat16, bf16)
+SK_DOT(__half, f16)
 
 // ---------------------------------------------------------------------------------------------
 
@@ -290,16 +304,24 @@ struct FinArgs {
     u32 pad;
 };
 
-extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a) {
-    __shared__ double sh[SK_FIN_BLOCK / 32];
+// Loads of the per-unit partials. FRESH (the fused variant): they were written by other blocks of
+// the running launch, so they are read past the SM's non-coherent L1 (volatile); the values, hence
+// the bits, are the same either way.
+template <bool FRESH, class V> __device__ __forceinline__ V fin_ld(const V* p, u32 i) {
+    return FRESH ? reinterpret_cast<const volatile V*>(p)[i] : p[i];
+}
+
+// The second stage, run by one block of SK_FIN_BLOCK threads (sk_finalize, or the last block of a
+// fused first stage). `sh` holds SK_FIN_BLOCK / 32 doubles.
+template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a, double* sh) {
     Ctl* ctl = a.ctl;
     // Global sums: fixed strided per-thread sums, then a fixed tree.
     double sa = 0.0, sb = 0.0;
     bool bad = false;
     for (u32 i = threadIdx.x; i < a.n_units; i += SK_FIN_BLOCK) {
-        sa += a.pa[i];
-        if (a.pb) sb += a.pb[i];
-        if (a.bad) bad |= a.bad[i] != 0;
+        sa += fin_ld<FRESH>(a.pa, i);
+        if (a.pb) sb += fin_ld<FRESH>(a.pb, i);
+        if (a.bad) bad |= fin_ld<FRESH>(a.bad, i) != 0;
     }
     const double A = sk_block_sum<SK_FIN_BLOCK>(sa, sh);
     const double B = a.pb ? sk_block_sum<SK_FIN_BLOCK>(sb, sh) : 0.0;
@@ -309,7 +331,7 @@ extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a
         const u32 lane = threadIdx.x & 31;
         for (u32 s = threadIdx.x >> 5; s < a.n_segs; s += SK_FIN_BLOCK / 32) {
             double v = 0.0;
-            for (u32 i = a.seg_units[s] + lane; i < a.seg_units[s + 1]; i += 32) v += a.pa[i];
+            for (u32 i = a.seg_units[s] + lane; i < a.seg_units[s + 1]; i += 32) v += fin_ld<FRESH>(a.pa, i);
             v = sk_warp_sum(v);
             if (lane == 0) a.seg_tmp[s] = v;
         }
@@ -394,6 +416,74 @@ extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a
         ctl->sc_bc2_sqrt = 1.f;
     }
 }
+
+extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a) {
+    SK_REQUIRE_BLOCK(SK_FIN_BLOCK);
+    __shared__ double sh[SK_FIN_BLOCK / 32];
+    fin_body<false>(a, sh);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused step variant: first stage and second stage in one launch.
+// ---------------------------------------------------------------------------------------------
+
+// The last block of the launch runs the second stage with the block it already has.
+static_assert(SK_FIN_BLOCK == SK_BLOCK, "the fused second stage runs on a streaming block");
+
+// True in every thread of the last block to finish. `ticket` is zero between launches: thread 0
+// of each block publishes its block's partials (__threadfence: they are visible device-wide
+// before the ticket is taken) and takes a ticket; the block that takes the last one sees every
+// block's partials and resets the ticket for the next launch (stream order).
+__device__ __forceinline__ bool sk_last_block(u32* ticket) {
+    __shared__ u32 last;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const u32 t = atomicAdd(ticket, 1u);
+        last = t == gridDim.x - 1 ? 1u : 0u;
+        if (last) *ticket = 0u;
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last != 0;
+}
+
+// The second stage after a first stage that wrote the partials f.pa / f.pb / f.bad.
+__device__ __forceinline__ void sk_fin_tail(const FinArgs& f, u32* ticket) {
+    __shared__ double sh[SK_FIN_BLOCK / 32];
+    if (sk_last_block(ticket)) fin_body<true>(f, sh);
+}
+
+#define SK_NORM_FUSED(NAME, T, SUF, BASE, SCALE)                                                       \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK)                                             \
+        sk_norm_##NAME##_##SUF##_fused(NormArgs a, FinArgs f, u32* ticket) {                           \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                                    \
+        norm_body<T, BASE, SCALE>(a);                                                                  \
+        sk_fin_tail(f, ticket);                                                                        \
+    }
+
+#define SK_NORM_FUSED_ALL(T, SUF)                                      \
+    SK_NORM_FUSED(plain, T, SUF, BASE_GRAD, SCALE_ONE)                 \
+    SK_NORM_FUSED(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)             \
+    SK_NORM_FUSED(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)            \
+    SK_NORM_FUSED(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER)        \
+    SK_NORM_FUSED(masked, T, SUF, BASE_MASKED, SCALE_ONE)              \
+    SK_NORM_FUSED(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)
+
+SK_NORM_FUSED_ALL(float, f32)
+SK_NORM_FUSED_ALL(__nv_bfloat16, bf16)
+SK_NORM_FUSED_ALL(__half, f16)
+
+#define SK_DOT_FUSED(T, SUF)                                                                         \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_##SUF##_fused(DotArgs a, FinArgs f, \
+                                                                               u32* ticket) {       \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                                  \
+        dot_body<T>(a);                                                                              \
+        sk_fin_tail(f, ticket);                                                                      \
+    }
+
+SK_DOT_FUSED(float, f32)
+SK_DOT_FUSED(__nv_bfloat16, bf16)
+SK_DOT_FUSED(__half, f16)
 
 // Sizes of the shared structures, checked by the host against its own (abi.rs).
 extern "C" __global__ void sk_abi(u32* out) {

@@ -110,8 +110,10 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
     }
 }
 
+// The SK_BLOCK stride of perturb_body assumes SK_BLOCK threads: any other shape traps.
 #define SK_PERTURB(NAME, T, SUF, BASE, SCALE)                                                      \
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_perturb_##NAME##_##SUF(PerturbArgs a) { \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                                \
         perturb_body<T, BASE, SCALE>(a);                                                           \
     }
 

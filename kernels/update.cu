@@ -7,6 +7,11 @@
 // global; LookSAM's side output g_v = x − c·g with its per-unit ‖g_v‖². When ctl->skip is set the
 // pass only restores w ← w_old (bit-exact) and leaves every state buffer untouched.
 // sk_restore_<t>: w ← w_old. sk_commit: the step's counters and buffer flips (one thread).
+// sk_update_<opt>_<t>_fused (the fused step variant, crates/samkit-cuda/src/variants.rs): the same
+// update, then the last block to finish (a ticket counter) does sk_commit's work: one launch
+// instead of two, the same bits.
+//
+// Every kernel here whose indexing assumes a block shape traps on any other (SK_REQUIRE_BLOCK).
 #include "samkit.cuh"
 
 enum { OPT_SGD = 0, OPT_ADAM = 1, OPT_ADAMW = 2, OPT_RMSPROP = 3 };
@@ -208,11 +213,59 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
     }
 }
 
+struct CommitArgs {
+    Ctl* ctl;
+    u32 fsam;          // FriendlySAM: the next m becomes current
+    u32 mask_pending;  // a new mask becomes current
+};
+
+// The end of a step: counters and buffer flips (one thread).
+__device__ __forceinline__ void commit_body(const CommitArgs& a) {
+    Ctl* c = a.ctl;
+    if (c->skip) {
+        c->skipped += 1;
+        return;
+    }
+    c->step += 1;
+    c->base_steps += 1;
+    if (a.fsam) {
+        c->fsam_cur ^= 1u;
+        c->fsam_init = 1u;
+    }
+    if (a.mask_pending) {
+        c->mask_cur ^= 1u;
+        c->mask_updates += 1;
+    }
+}
+
+// True in every thread of the last block to finish (as in norm.cu). `ticket` is zero between
+// launches: thread 0 of each block makes its block's writes visible device-wide (__threadfence)
+// and takes a ticket; the block that takes the last one runs after every other block has read
+// the step state, and resets the ticket for the next launch (stream order).
+__device__ __forceinline__ bool sk_last_block(u32* ticket) {
+    __shared__ u32 last;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const u32 t = atomicAdd(ticket, 1u);
+        last = t == gridDim.x - 1 ? 1u : 0u;
+        if (last) *ticket = 0u;
+    }
+    __syncthreads();
+    return last != 0;
+}
+
 // MINB blocks of SK_BLOCK threads per SM at least: enough loads in flight to stream at full
 // bandwidth (the compile check fails if the register cap makes ptxas spill).
 #define SK_UPDATE(NAME, T, SUF, OPT, MINB)                                                           \
     extern "C" __global__ void __launch_bounds__(SK_BLOCK, MINB) sk_update_##NAME##_##SUF(UpdateArgs a) { \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                                  \
         update_body<T, OPT>(a);                                                                      \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK, MINB)                                     \
+        sk_update_##NAME##_##SUF##_fused(UpdateArgs a, CommitArgs c, u32* ticket) {                  \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                                  \
+        update_body<T, OPT>(a);                                                                      \
+        if (sk_last_block(ticket) && threadIdx.x == 0) commit_body(c);                               \
     }
 
 // f32 packs are 4 elements, 16-bit packs 8 (with 32 bytes of each f32 state buffer), hence the
@@ -254,35 +307,21 @@ template <class T> __device__ __forceinline__ void restore_body(const RestoreArg
     }
 }
 
-extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_restore_f32(RestoreArgs a) { restore_body<float>(a); }
-extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_restore_bf16(RestoreArgs a) { restore_body<__nv_bfloat16>(a); }
-extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_restore_f16(RestoreArgs a) { restore_body<__half>(a); }
+#define SK_RESTORE(T, SUF)                                                                     \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_restore_##SUF(RestoreArgs a) { \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                          \
+        restore_body<T>(a);                                                                  \
+    }
+
+SK_RESTORE(float, f32)
+SK_RESTORE(__nv_bfloat16, bf16)
+SK_RESTORE(__half, f16)
 
 // ---------------------------------------------------------------------------------------------
 
-struct CommitArgs {
-    Ctl* ctl;
-    u32 fsam;          // FriendlySAM: the next m becomes current
-    u32 mask_pending;  // a new mask becomes current
-};
-
 extern "C" __global__ void sk_commit(CommitArgs a) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    Ctl* c = a.ctl;
-    if (c->skip) {
-        c->skipped += 1;
-        return;
-    }
-    c->step += 1;
-    c->base_steps += 1;
-    if (a.fsam) {
-        c->fsam_cur ^= 1u;
-        c->fsam_init = 1u;
-    }
-    if (a.mask_pending) {
-        c->mask_cur ^= 1u;
-        c->mask_updates += 1;
-    }
+    commit_body(a);
 }
 
 extern "C" __global__ void sk_abi_update(u32* out) {

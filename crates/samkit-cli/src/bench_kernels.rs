@@ -49,6 +49,7 @@ pub fn run(a: &BenchKernelsArgs, out: &mut Output) -> Result<()> {
                 serde_json::json!({
                     "kernel": r.kernel, "time_us": r.time_us, "bytes_per_param": r.bytes_per_param,
                     "gb_s": r.gb_s, "frac_copy": r.frac_copy, "deterministic": r.deterministic,
+                    "launches": r.launches,
                 })
             })
             .collect();

@@ -1,6 +1,9 @@
 //! Kernel timings for `samkit bench-kernels` and the criterion bench: GPU time from CUDA events,
 //! the L2 cache flushed before every repeat, bandwidth against a device-to-device copy of the
 //! same size measured in the same run.
+//!
+//! Kernel variants (see [`crate::variants`]) are timed side by side in one run: a row
+//! `name[variant]` per variant, with the kernel launches of one run of it.
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
@@ -13,6 +16,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{self, DirExtra, DirKind, Fin, Keys, Second, SelBufs};
 use crate::plan::{Plan, Work};
+use crate::variants::{StepVariant, TopkVariant};
 
 /// One line of the table.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,6 +32,8 @@ pub struct Row {
     pub frac_copy: f64,
     /// Two runs gave the same bits (norms, masks); `None` where not applicable.
     pub deterministic: Option<bool>,
+    /// Kernel launches of one run (copies and memsets not counted).
+    pub launches: u64,
 }
 
 /// Every benchmark, in table order, with its bytes per parameter (`None`: not a streaming
@@ -36,6 +42,10 @@ pub const BENCHES: &[(&str, Option<f64>)] = &[
     ("copy", Some(8.0)),
     ("norm", Some(4.0)),
     ("dot", Some(8.0)),
+    // The norm and its second stage (the step's scalars): two launches, or one with the second
+    // stage in the norm kernel's last block.
+    ("norm_fin[separate]", Some(4.0)),
+    ("norm_fin[fused]", Some(4.0)),
     ("perturb", Some(16.0)),
     ("update_sgd_momentum", Some(20.0)),
     ("update_gsam", Some(24.0)),
@@ -43,9 +53,14 @@ pub const BENCHES: &[(&str, Option<f64>)] = &[
     ("fisher", Some(12.0)),
     // norm (4) + perturbation (16) + restore and SGD-momentum update (20): the byte floor of the
     // optimizer side of a SAM step. The pass-2 finiteness check reads g2 once more (4 B).
-    ("sam_step", Some(40.0)),
-    ("topk_fisher", None),
-    ("ssam_d_drop_grow", None),
+    ("sam_step[separate]", Some(40.0)),
+    ("sam_step[fused]", Some(40.0)),
+    // The top-k arrangements: SSAM-F's Fisher mask over every parameter (k = n/2), SSAM-D's
+    // drop and grow selections and the mask update (half the indices live, rate 0.2).
+    ("topk_fisher[baseline]", None),
+    ("topk_fisher[vectorized]", None),
+    ("ssam_d_drop_grow[baseline]", None),
+    ("ssam_d_drop_grow[vectorized]", None),
 ];
 
 /// Buffers and kernels of the benchmarks, over one layout of f32 parameters.
@@ -150,6 +165,19 @@ impl KernelBench {
 
     /// Enqueues one run of benchmark `name` (see [`BENCHES`]).
     pub fn run(&mut self, name: &str) -> Result<()> {
+        // The top-k arrangement of the selections (`topk_fisher[vectorized]`, ...).
+        let (name, topk) = match name.split_once('[') {
+            Some((base, "baseline]")) => (base, TopkVariant::Baseline),
+            Some((base, "vectorized]")) => (base, TopkVariant::Vectorized),
+            _ => (name, TopkVariant::Baseline),
+        };
+        self.sel.topk = topk;
+        let (name, step) = match name.split_once('[') {
+            Some((base, "fused]")) => (base, StepVariant::Fused),
+            Some((base, "separate]")) => (base, StepVariant::Separate),
+            _ => (name, StepVariant::Separate),
+        };
+        let fused = step == StepVariant::Fused;
         let (wt, gt, g2t, ft) = (self.tab(0)?, self.tab(1)?, self.tab(2)?, self.tab(3)?);
         let (dev, plan, work) = (&self.dev, &self.plan, &self.work);
         let stream = dev.stream().clone();
@@ -160,8 +188,30 @@ impl KernelBench {
         let x = DirExtra::default();
         match name {
             "copy" => stream.memcpy_dtod(&self.w, &mut self.copy_dst)?,
-            "norm" => ops::norm::<f32>(dev, plan, work, DirKind::Plain, gt, None, None, x, false)?,
-            "dot" => ops::dot::<f32>(dev, plan, work, Some(gt), g2t)?,
+            "norm" => ops::norm::<f32>(
+                dev,
+                plan,
+                work,
+                DirKind::Plain,
+                gt,
+                None,
+                None,
+                x,
+                false,
+                None,
+            )?,
+            "dot" => ops::dot::<f32>(dev, plan, work, Some(gt), g2t, None)?,
+            "norm_fin" => {
+                let mut f = Fin::new(abi::FIN_NORM);
+                f.rho = 0.05;
+                f.eps = 1e-12;
+                let fa = fused.then(|| ops::fin_args(plan, work, None, f));
+                let k = DirKind::Plain;
+                ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
+                if !fused {
+                    ops::finalize(dev, plan, work, None, f)?;
+                }
+            }
             "perturb" => {
                 ops::perturb::<f32>(dev, plan, work, DirKind::Plain, wt, w_old, gt, x, None)?
             }
@@ -178,6 +228,7 @@ impl KernelBench {
                 Second::None,
                 false,
                 None,
+                None,
             )?,
             "update_gsam" => ops::update::<f32>(
                 dev,
@@ -191,6 +242,7 @@ impl KernelBench {
                 g2t,
                 Second::Typed(aux),
                 false,
+                None,
                 None,
             )?,
             "update_adam" => ops::update::<f32>(
@@ -206,23 +258,33 @@ impl KernelBench {
                 Second::None,
                 false,
                 None,
+                None,
             )?,
             "fisher" => {
                 let (f, _g) = self.copy_dst.device_ptr_mut(&stream);
                 ops::fisher::<f32>(dev, plan, f, gt)?
             }
             "sam_step" => {
-                ops::norm::<f32>(dev, plan, work, DirKind::Plain, gt, None, None, x, false)?;
+                // SAM + SGD momentum, as GpuOptimizer enqueues it in the chosen arrangement.
+                let k = DirKind::Plain;
                 let mut f = Fin::new(abi::FIN_NORM);
                 f.rho = 0.05;
                 f.eps = 1e-12;
-                ops::finalize(dev, plan, work, None, f)?;
-                ops::perturb::<f32>(dev, plan, work, DirKind::Plain, wt, w_old, gt, x, None)?;
-                ops::dot::<f32>(dev, plan, work, None, g2t)?;
+                let fa = fused.then(|| ops::fin_args(plan, work, None, f));
+                ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
+                if !fused {
+                    ops::finalize(dev, plan, work, None, f)?;
+                }
+                ops::perturb::<f32>(dev, plan, work, k, wt, w_old, gt, x, None)?;
                 let mut f = Fin::new(abi::FIN_SECOND);
                 f.with_b = true;
                 f.lr = 0.1;
-                ops::finalize(dev, plan, work, Some(&self.sgd), f)?;
+                let fa = fused.then(|| ops::fin_args(plan, work, Some(&self.sgd), f));
+                ops::dot::<f32>(dev, plan, work, None, g2t, fa.as_ref())?;
+                if !fused {
+                    ops::finalize(dev, plan, work, Some(&self.sgd), f)?;
+                }
+                let commit = fused.then(|| ops::commit_args(work, false, false));
                 ops::update::<f32>(
                     dev,
                     plan,
@@ -236,8 +298,11 @@ impl KernelBench {
                     Second::None,
                     false,
                     None,
+                    commit.as_ref(),
                 )?;
-                ops::commit(dev, work, false, false)?;
+                if !fused {
+                    ops::commit(dev, work, false, false)?;
+                }
             }
             "topk_fisher" => {
                 let k = (plan.n / 2) as u64;
@@ -277,7 +342,7 @@ impl KernelBench {
         let stream = self.dev.stream().clone();
         let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
         let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        if name == "ssam_d_drop_grow" {
+        if name.starts_with("ssam_d_drop_grow") {
             // A mask with half the indices live.
             let words = vec![0x5555_5555_5555_5555u64; 2 * self.plan.words];
             stream.memcpy_htod(&words, &mut self.masks.slice)?;
@@ -308,20 +373,44 @@ impl KernelBench {
                     let c = b.work.ctl(&stream)?;
                     Ok(vec![c.g_sq.to_bits(), c.yy.to_bits()])
                 }
-                "topk_fisher" => {
+                n if n.starts_with("topk_fisher") => {
                     b.run(name)?;
                     b.sel.a.download(&stream)
+                }
+                // Both slots: the committed mask (never changed here) and the updated one.
+                n if n.starts_with("ssam_d_drop_grow") => {
+                    b.run(name)?;
+                    b.masks.download(&stream)
+                }
+                n if n.starts_with("norm_fin[") => {
+                    b.run(name)?;
+                    let c = b.work.ctl(&stream)?;
+                    Ok(vec![
+                        c.g_sq.to_bits(),
+                        c.scale.to_bits() as u64,
+                        c.skip as u64,
+                    ])
                 }
                 _ => Ok(Vec::new()),
             }
         };
-        if !matches!(name, "norm" | "dot" | "topk_fisher") {
+        if !(matches!(name, "norm" | "dot")
+            || ["norm_fin[", "topk_fisher", "ssam_d_drop_grow"]
+                .iter()
+                .any(|p| name.starts_with(p)))
+        {
             return Ok(None);
         }
         let a = probe(self)?;
         let b = probe(self)?;
         Ok(Some(a == b))
     }
+}
+
+/// Kernel launches enqueued so far by the calling thread (the optimizer's and the bench's), e.g.
+/// to count the launches of a step.
+pub fn launches_on_this_thread() -> u64 {
+    ops::launches_on_this_thread()
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -337,7 +426,10 @@ pub fn kernel_table(dev: &Arc<Device>, layout: Option<Layout>, repeats: usize) -
     let mut rows = Vec::new();
     let mut copy_gbs = f64::NAN;
     for &(name, bytes) in BENCHES {
+        let before = ops::launches_on_this_thread();
         let mut t = b.time(name, repeats.max(1))?;
+        // Every run (the warm-up and the repeats) enqueues the same kernels.
+        let launches = (ops::launches_on_this_thread() - before) / (t.len() as u64 + 1);
         let time = median(&mut t);
         let bpp = bytes.unwrap_or(f64::NAN);
         let gb_s = bpp * n / time / 1e9;
@@ -351,6 +443,7 @@ pub fn kernel_table(dev: &Arc<Device>, layout: Option<Layout>, repeats: usize) -
             gb_s,
             frac_copy: gb_s / copy_gbs,
             deterministic: b.deterministic(name)?,
+            launches,
         });
     }
     Ok(rows)
@@ -367,8 +460,8 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
         params
     );
     s.push_str(&format!(
-        "{:<22} {:>10} {:>8} {:>9} {:>8} {:>6}\n",
-        "kernel", "time (us)", "B/param", "GB/s", "of copy", "det."
+        "{:<22} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8}\n",
+        "kernel", "time (us)", "B/param", "GB/s", "of copy", "det.", "launches"
     ));
     for r in rows {
         let num = |x: f64, p: usize| {
@@ -379,7 +472,7 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
             }
         };
         s.push_str(&format!(
-            "{:<22} {:>10} {:>8} {:>9} {:>8} {:>6}\n",
+            "{:<22} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8}\n",
             r.kernel,
             num(r.time_us, 1),
             num(r.bytes_per_param, 0),
@@ -393,13 +486,15 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
                 Some(true) => "yes",
                 Some(false) => "NO",
                 None => "-",
-            }
+            },
+            r.launches
         ));
     }
-    let row = |k: &str| rows.iter().find(|r| r.kernel == k);
     let streaming: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.kernel != "copy" && r.kernel != "sam_step" && r.frac_copy.is_finite())
+        .filter(|r| {
+            r.kernel != "copy" && !r.kernel.starts_with("sam_step") && r.frac_copy.is_finite()
+        })
         .collect();
     if let Some(worst) = streaming
         .iter()
@@ -411,16 +506,20 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
             100.0 * worst.frac_copy
         ));
     }
-    if let Some(r) = row("sam_step") {
+    for r in rows.iter().filter(|r| r.kernel.starts_with("sam_step")) {
         s.push_str(&format!(
-            "SAM optimizer side (norm + perturbation + restore + SGD momentum): {:.2}x its byte \
-             floor of 40 B/param at the copy bandwidth (target <= 1.25x)\n",
-            1.0 / r.frac_copy
+            "SAM optimizer side {} (norm + perturbation + restore + SGD momentum): {:.2}x its \
+             byte floor of 40 B/param at the copy bandwidth (target <= 1.25x), {} launches per \
+             step\n",
+            r.kernel.trim_start_matches("sam_step"),
+            1.0 / r.frac_copy,
+            r.launches
         ));
     }
-    if let Some(r) = row("topk_fisher") {
+    for r in rows.iter().filter(|r| r.kernel.starts_with("topk_fisher")) {
         s.push_str(&format!(
-            "Fisher top-k mask over {params} scores: {:.1} us (target < 150 us)\n",
+            "Fisher top-k mask {} over {params} scores: {:.1} us (target < 150 us)\n",
+            r.kernel.trim_start_matches("topk_fisher"),
             r.time_us
         ));
     }

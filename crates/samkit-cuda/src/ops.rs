@@ -19,6 +19,22 @@ use crate::compile::{self, Family};
 use crate::device::{Device, Kernel};
 use crate::error::Result;
 use crate::plan::{Plan, Work};
+use crate::variants::TopkVariant;
+
+thread_local! {
+    /// Kernel launches enqueued by this thread (for the bench's launches-per-step column and the
+    /// tests that count them).
+    static LAUNCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Kernel launches enqueued so far by the calling thread (all devices).
+pub(crate) fn launches_on_this_thread() -> u64 {
+    LAUNCHES.with(|c| c.get())
+}
+
+fn count_launch() {
+    LAUNCHES.with(|c| c.set(c.get() + 1));
+}
 
 /// Enqueues `k` with `args` as its only parameter.
 ///
@@ -32,11 +48,40 @@ unsafe fn launch<A: DeviceRepr>(
     block: u32,
     args: &A,
 ) -> Result<()> {
+    count_launch();
     let mut b = dev.stream().launch_builder(&k.func);
     b.arg(args);
     let cfg = LaunchConfig {
         grid_dim: (grid.max(1), 1, 1),
         block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    b.launch(cfg)?;
+    Ok(())
+}
+
+/// Enqueues a fused kernel (`*_fused`, the [`crate::StepVariant::Fused`] arrangement): its first
+/// stage's arguments, its second stage's, and the ticket counter that finds the last block.
+///
+/// # Safety
+/// As [`launch`], for both argument structs; `ticket` is the work's one `u32` counter, zero
+/// between launches (the kernel's last block resets it).
+unsafe fn launch_fused<A: DeviceRepr, B: DeviceRepr>(
+    dev: &Device,
+    k: &Kernel,
+    grid: u32,
+    args: &A,
+    second: &B,
+    ticket: u64,
+) -> Result<()> {
+    count_launch();
+    let mut b = dev.stream().launch_builder(&k.func);
+    b.arg(args);
+    b.arg(second);
+    b.arg(&ticket);
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (abi::BLOCK, 1, 1),
         shared_mem_bytes: 0,
     };
     b.launch(cfg)?;
@@ -172,11 +217,17 @@ pub(crate) fn norm<T: Elem>(
     chk: Option<Tab<T>>,
     x: DirExtra,
     ema: bool,
+    fin: Option<&FinArgs>,
 ) -> Result<()> {
     let k = kernel(
         dev,
         compile::NORM,
-        &format!("sk_norm_{}_{}", kind.name(), T::SUFFIX),
+        &format!(
+            "sk_norm_{}_{}{}",
+            kind.name(),
+            T::SUFFIX,
+            fused_suffix(fin.is_some())
+        ),
     )?;
     assert!(!kind.needs_w() || w.is_some(), "{kind:?} needs the weights");
     assert!(kind != DirKind::Friendly || x.m.is_some());
@@ -204,9 +255,25 @@ pub(crate) fn norm<T: Elem>(
         eta: x.eta,
         ema: ema as u32,
     };
+    let grid = dev.grid(&k, plan.n_units);
     // SAFETY: see the module docs; `part` and `bad` hold one entry per unit, the FriendlySAM
-    // slots 2·n floats, the mask slots 2·words words, the filter tables one entry per segment.
-    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+    // slots 2·n floats, the mask slots 2·words words, the filter tables one entry per segment;
+    // the second stage reads the partials the first stage wrote (see `fin_args`).
+    unsafe {
+        match fin {
+            Some(f) => launch_fused(dev, &k, grid, &a, f, work.ticket.addr),
+            None => launch(dev, &k, grid, abi::BLOCK, &a),
+        }
+    }
+}
+
+/// The kernel-name suffix of a stage with its second stage folded in.
+fn fused_suffix(fused: bool) -> &'static str {
+    if fused {
+        "_fused"
+    } else {
+        ""
+    }
 }
 
 /// Per-unit `⟨x, y⟩` into `work.pa`, `‖y‖²` into `work.pb`, non-finite flags of `y`.
@@ -216,8 +283,13 @@ pub(crate) fn dot<T: Elem>(
     work: &Work,
     x: Option<Tab<T>>,
     y: Tab<T>,
+    fin: Option<&FinArgs>,
 ) -> Result<()> {
-    let k = kernel(dev, compile::NORM, &format!("sk_dot_{}", T::SUFFIX))?;
+    let k = kernel(
+        dev,
+        compile::NORM,
+        &format!("sk_dot_{}{}", T::SUFFIX, fused_suffix(fin.is_some())),
+    )?;
     let a = DotArgs {
         units: plan.units.addr,
         x: Tab::addr(x),
@@ -228,8 +300,15 @@ pub(crate) fn dot<T: Elem>(
         n_units: plan.n_units as u32,
         pad: 0,
     };
-    // SAFETY: see the module docs; the partials hold one entry per unit.
-    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+    let grid = dev.grid(&k, plan.n_units);
+    // SAFETY: see the module docs; the partials hold one entry per unit; the second stage reads
+    // the partials the first stage wrote (see `fin_args`).
+    unsafe {
+        match fin {
+            Some(f) => launch_fused(dev, &k, grid, &a, f, work.ticket.addr),
+            None => launch(dev, &k, grid, abi::BLOCK, &a),
+        }
+    }
 }
 
 /// `T_f = ‖w_f‖ + η` for every filter of every weight segment.
@@ -309,11 +388,20 @@ pub(crate) fn finalize(
     f: Fin,
 ) -> Result<()> {
     let k = kernel(dev, compile::NORM, "sk_finalize")?;
+    let a = fin_args(plan, work, base, f);
+    // SAFETY: see the module docs; one block; per-unit inputs hold n_units entries, per-segment
+    // buffers n_segs, `seg_units` n_segs + 1.
+    unsafe { launch(dev, &k, 1, abi::FIN_BLOCK, &a) }
+}
+
+/// The second stage's arguments: for [`finalize`], or folded into [`norm`], [`dot`] (the fused
+/// variant), where the launch's last block runs it over the partials its blocks wrote.
+pub(crate) fn fin_args(plan: &Plan, work: &Work, base: Option<&BaseOptimizer>, f: Fin) -> FinArgs {
     let (adam, beta1, beta2) = match base {
         Some(BaseOptimizer::Adam(c)) | Some(BaseOptimizer::AdamW(c)) => (1, c.beta1, c.beta2),
         _ => (0, 0.0, 0.0),
     };
-    let a = FinArgs {
+    FinArgs {
         pa: work.pa.addr,
         pb: if f.with_b { work.pb.addr } else { 0 },
         bad: if f.with_bad { work.bad.addr } else { 0 },
@@ -339,10 +427,7 @@ pub(crate) fn finalize(
         beta1,
         beta2,
         pad: 0,
-    };
-    // SAFETY: see the module docs; one block; per-unit inputs hold n_units entries, per-segment
-    // buffers n_segs, `seg_units` n_segs + 1.
-    unsafe { launch(dev, &k, 1, abi::FIN_BLOCK, &a) }
+    }
 }
 
 /// Pass 2: `w_old ← w; w ← w + s·dir` (unless the step is skipped), with an optional copy.
@@ -416,6 +501,7 @@ pub(crate) fn update<T: Elem>(
     y: Second<T>,
     per_seg_b: bool,
     side: Option<(Tab<T>, &DevBuf<f32>, bool)>,
+    commit: Option<&CommitArgs>,
 ) -> Result<()> {
     let (name, mut a) = match opt {
         BaseOptimizer::Sgd(c) => (
@@ -463,7 +549,11 @@ pub(crate) fn update<T: Elem>(
     let k = kernel(
         dev,
         compile::UPDATE,
-        &format!("sk_update_{name}_{}", T::SUFFIX),
+        &format!(
+            "sk_update_{name}_{}{}",
+            T::SUFFIX,
+            fused_suffix(commit.is_some())
+        ),
     )?;
     let need = opt.state_buffers().len();
     assert!(
@@ -495,9 +585,16 @@ pub(crate) fn update<T: Elem>(
     a.s2 = state[2].map_or(0, |b| b.addr);
     a.ctl = work.ctl.addr;
     a.n_units = plan.n_units as u32;
+    let grid = dev.grid(&k, plan.n_units);
     // SAFETY: see the module docs; state buffers and g_v hold n floats, w is read (as the
-    // source when `src` is none) and written by the same thread, element by element.
-    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
+    // source when `src` is none) and written by the same thread, element by element; the
+    // commit touches the step state only, after every block has read it.
+    unsafe {
+        match commit {
+            Some(c) => launch_fused(dev, &k, grid, &a, c, work.ticket.addr),
+            None => launch(dev, &k, grid, abi::BLOCK, &a),
+        }
+    }
 }
 
 /// `w ← w_old`.
@@ -517,13 +614,18 @@ pub(crate) fn restore<T: Elem>(dev: &Device, plan: &Plan, w: Tab<T>, w_old: Tab<
 /// The end of a step: counters, FriendlySAM's and the mask's slot flips.
 pub(crate) fn commit(dev: &Device, work: &Work, fsam: bool, mask_pending: bool) -> Result<()> {
     let k = kernel(dev, compile::UPDATE, "sk_commit")?;
-    let a = CommitArgs {
+    let a = commit_args(work, fsam, mask_pending);
+    // SAFETY: see the module docs; one thread touches the step state only.
+    unsafe { launch(dev, &k, 1, 32, &a) }
+}
+
+/// The commit's arguments: for [`commit`], or folded into [`update`] (the fused variant).
+pub(crate) fn commit_args(work: &Work, fsam: bool, mask_pending: bool) -> CommitArgs {
+    CommitArgs {
         ctl: work.ctl.addr,
         fsam: fsam as u32,
         mask_pending: mask_pending as u32,
-    };
-    // SAFETY: see the module docs; one thread touches the step state only.
-    unsafe { launch(dev, &k, 1, 32, &a) }
+    }
 }
 
 /// `F += g ⊙ g` over a flat f32 Fisher buffer at `f` of the layout's length.
@@ -550,6 +652,11 @@ pub(crate) struct SelBufs {
     /// first).
     pub a: DevBuf<u64>,
     pub b: DevBuf<u64>,
+    /// The kernel arrangement of the selections (see [`crate::variants`]).
+    pub topk: TopkVariant,
+    /// Vectorized: SSAM-D's Philox keys, `UNIT` per unit (allocated by the first grow or initial
+    /// mask that needs them).
+    keys: Option<DevBuf<u32>>,
 }
 
 impl SelBufs {
@@ -561,7 +668,20 @@ impl SelBufs {
             eq_base: DevBuf::zeros(stream, plan.n_units * abi::WARPS)?,
             a: DevBuf::zeros(stream, plan.words)?,
             b: DevBuf::zeros(stream, plan.words)?,
+            topk: TopkVariant::default(),
+            keys: None,
         })
+    }
+
+    fn keys(
+        &mut self,
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+        plan: &Plan,
+    ) -> Result<u64> {
+        if self.keys.is_none() {
+            self.keys = Some(DevBuf::zeros(stream, plan.n_units * abi::UNIT)?);
+        }
+        Ok(self.keys.as_ref().map_or(0, |k| k.addr))
     }
 }
 
@@ -623,6 +743,27 @@ pub(crate) fn select<T: Elem>(
         pass: 0,
         pad: 0,
     };
+    if sel.topk == TopkVariant::Vectorized {
+        if matches!(keys, Keys::Grow(..) | Keys::Init(..)) {
+            // The Philox keys: computed by pass 0, loaded by the later passes.
+            a.src = sel.keys(&stream, plan)?;
+        }
+        let hist = kernel(dev, compile::SELECT, &format!("sk_selv_hist_{suffix}"))?;
+        let count = kernel(dev, compile::SELECT, &format!("sk_selv_count_{suffix}"))?;
+        let write = kernel(dev, compile::SELECT, &format!("sk_selv_write_{suffix}"))?;
+        for pass in 0..3 {
+            a.pass = pass;
+            // SAFETY: see the module docs; the histogram holds HIST_BINS counters, the state one
+            // SelState (its ticket is 0 between launches); the mask (drop, grow) has two slots of
+            // `words` words; the key buffer (grow, init) UNIT keys per unit, written by pass 0
+            // only, one thread per pack.
+            unsafe { launch(dev, &hist, dev.grid(&hist, plan.n_units), abi::BLOCK, &a) }?;
+        }
+        // SAFETY: as above; `eq` and `eq_base` hold n_units · WARPS entries.
+        unsafe { launch(dev, &count, dev.grid(&count, plan.n_units), abi::BLOCK, &a) }?;
+        // SAFETY: as above; `out` holds `words` words, written with atomic ORs.
+        return unsafe { launch(dev, &write, dev.grid(&write, plan.n_units), abi::BLOCK, &a) };
+    }
     let hist = kernel(dev, compile::SELECT, &format!("sk_sel_hist_{suffix}"))?;
     let scan = kernel(dev, compile::SELECT, "sk_sel_scan")?;
     let count = kernel(dev, compile::SELECT, &format!("sk_sel_count_{suffix}"))?;

@@ -35,13 +35,13 @@ use samkit_core::{
     Outcome, Pass, Rule, SsamNorm, StepReport,
 };
 
-use crate::abi::{self, Ctl};
+use crate::abi::{self, Ctl, FinArgs};
 use crate::buffers::{Arena, DevBuf, DeviceParams, DeviceParamsMut, Elem, Guards, Tab, TableCache};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::{self, DirExtra, DirKind, Filters, Fin, Keys, Second, SelBufs};
 use crate::plan::{Plan, Work};
-use crate::variants::Variants;
+use crate::variants::{StepVariant, Variants};
 
 mod state;
 
@@ -107,6 +107,22 @@ struct Spec {
     sigma: f32,
     lambda: f32,
     eta: f32,
+}
+
+/// The first stage of a two-stage reduction (per-unit partials, then [`ops::finalize`]).
+#[derive(Clone, Copy)]
+enum Reduce<'a, T> {
+    /// [`ops::norm`]: kind, gradient, weights, second finiteness check, extras, FriendlySAM's EMA.
+    Norm(
+        DirKind,
+        Tab<'a, T>,
+        Opt<'a, T>,
+        Opt<'a, T>,
+        DirExtra<'a>,
+        bool,
+    ),
+    /// [`ops::dot`]: `⟨x, y⟩`, `‖y‖²`.
+    Dot(Opt<'a, T>, Tab<'a, T>),
 }
 
 fn read_tab<'a, T: Elem, B: DeviceParams<T> + ?Sized>(
@@ -312,6 +328,9 @@ impl<T: Elem> GpuOptimizer<T> {
     pub fn set_variants(&mut self, v: Variants) -> Result<()> {
         self.expect_idle("set_variants")?;
         self.variants = v;
+        if let Some(sel) = &mut self.sel {
+            sel.topk = v.topk;
+        }
         Ok(())
     }
 
@@ -493,6 +512,71 @@ impl<T: Elem> GpuOptimizer<T> {
         self.aux.as_ref().expect("aux buffer").tab()
     }
 
+    fn fused(&self) -> bool {
+        self.variants.step == StepVariant::Fused
+    }
+
+    /// A reduction and its second stage: two launches, or one with [`StepVariant::Fused`] (the
+    /// last block runs the second stage; same bits).
+    fn reduce(&self, r: Reduce<T>, base: Option<&BaseOptimizer>, f: Fin) -> Result<()> {
+        let (dev, plan, work) = (&self.dev, &self.plan, &self.work);
+        let fa: Option<FinArgs> = self.fused().then(|| ops::fin_args(plan, work, base, f));
+        match r {
+            Reduce::Norm(kind, g, w, chk, x, ema) => {
+                ops::norm::<T>(dev, plan, work, kind, g, w, chk, x, ema, fa.as_ref())?
+            }
+            Reduce::Dot(x, y) => ops::dot::<T>(dev, plan, work, x, y, fa.as_ref())?,
+        }
+        if fa.is_none() {
+            ops::finalize(dev, plan, work, base, f)?;
+        }
+        Ok(())
+    }
+
+    /// Pass 3 and the end of the step: the update, LookSAM's `‖g_v‖²` (`gv`), the commit.
+    /// [`StepVariant::Fused`] folds the commit into the update (its last block); the `‖g_v‖²`
+    /// reduction then follows the commit, which does not touch what it reads or writes.
+    #[allow(clippy::too_many_arguments)]
+    fn update_commit(
+        &self,
+        wt: Tab<T>,
+        src: Opt<T>,
+        x: Tab<T>,
+        y: Second<T>,
+        per_seg_b: bool,
+        side: Option<(Tab<T>, &DevBuf<f32>, bool)>,
+        gv: Option<Fin>,
+        fsam: bool,
+        mask_pending: bool,
+    ) -> Result<()> {
+        let (dev, plan, work) = (&self.dev, &self.plan, &self.work);
+        let commit = self
+            .fused()
+            .then(|| ops::commit_args(work, fsam, mask_pending));
+        ops::update::<T>(
+            dev,
+            plan,
+            work,
+            &self.base,
+            self.lr,
+            self.state_refs(),
+            wt,
+            src,
+            x,
+            y,
+            per_seg_b,
+            side,
+            commit.as_ref(),
+        )?;
+        if let Some(f) = gv {
+            ops::finalize(dev, plan, work, None, f)?;
+        }
+        if commit.is_none() {
+            ops::commit(dev, work, fsam, mask_pending)?;
+        }
+        Ok(())
+    }
+
     /// SSAM-F: hands over `F = Σ_i (∇ℓ_i)²` (any element type); the mask becomes its top `L`
     /// entries at the next step. Computed on the device into the pending mask slot.
     pub fn set_fisher<S: Elem, G: DeviceParams<S> + ?Sized>(&mut self, fisher: &G) -> Result<()> {
@@ -585,10 +669,14 @@ impl<T: Elem> GpuOptimizer<T> {
         )?;
         let rule = self.rule.clone();
         let out = match rule {
-            Rule::Base => {
-                ops::dot::<T>(&self.dev, &self.plan, &self.work, None, gt)?;
-                self.apply_in_place(wt, gt, false, false, Fin::new(abi::FIN_CHECK))
-            }
+            Rule::Base => self.apply_in_place(
+                Reduce::Dot(None, gt),
+                wt,
+                gt,
+                false,
+                false,
+                Fin::new(abi::FIN_CHECK),
+            ),
             Rule::Sam(c) => {
                 let kind = if c.adaptive {
                     DirKind::Adaptive
@@ -705,22 +793,12 @@ impl<T: Elem> GpuOptimizer<T> {
                     )
                 } else {
                     let x = DirExtra::default();
-                    ops::norm::<T>(
-                        &self.dev,
-                        &self.plan,
-                        &self.work,
-                        DirKind::Plain,
-                        gt,
-                        None,
-                        None,
-                        x,
-                        false,
-                    )?;
+                    let r = Reduce::Norm(DirKind::Plain, gt, None, None, x, false);
                     let mut f = Fin::new(abi::FIN_LOOK1);
                     f.alpha = c.alpha;
                     f.per_seg = c.per_tensor;
                     // g + b·(g_v − 0·g), b from ‖g‖ and ‖g_v‖ on the device.
-                    self.apply_in_place(wt, gt, true, c.per_tensor, f)
+                    self.apply_in_place(r, wt, gt, true, c.per_tensor, f)
                 }
             }
             Rule::ImbSam(_) => unreachable!("handled above"),
@@ -778,10 +856,14 @@ impl<T: Elem> GpuOptimizer<T> {
             &mut guards,
         )?;
         let out = match tt {
-            None => {
-                ops::dot::<T>(&self.dev, &self.plan, &self.work, None, ht)?;
-                self.apply_in_place(wt, ht, false, false, Fin::new(abi::FIN_CHECK))
-            }
+            None => self.apply_in_place(
+                Reduce::Dot(None, ht),
+                wt,
+                ht,
+                false,
+                false,
+                Fin::new(abi::FIN_CHECK),
+            ),
             Some(tt) => {
                 let aux = self.aux_tab();
                 let p = DirKind::Plain;
@@ -805,9 +887,10 @@ impl<T: Elem> GpuOptimizer<T> {
     }
 
     /// A one-pass step `w ← update(w, x)`, or `w ← update(w, x + b·(g_v − 0·x))` with LookSAM's
-    /// `g_v`, after `fin` checked the gradient.
+    /// `g_v`, after the reduction `r` and its second stage `fin` checked the gradient.
     fn apply_in_place(
         &mut self,
+        r: Reduce<T>,
         wt: Tab<T>,
         x: Tab<T>,
         with_gv: bool,
@@ -820,22 +903,8 @@ impl<T: Elem> GpuOptimizer<T> {
         } else {
             Second::None
         };
-        ops::finalize(&self.dev, &self.plan, &self.work, Some(&self.base), fin)?;
-        ops::update::<T>(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            &self.base,
-            self.lr,
-            self.state_refs(),
-            wt,
-            None,
-            x,
-            y,
-            per_seg_b,
-            None,
-        )?;
-        ops::commit(&self.dev, &self.work, false, false)?;
+        self.reduce(r, Some(&self.base), fin)?;
+        self.update_commit(wt, None, x, y, per_seg_b, None, None, false, false)?;
         self.record_status()?;
         Ok(FirstOutcome::Applied)
     }
@@ -871,14 +940,11 @@ impl<T: Elem> GpuOptimizer<T> {
         };
         let mask_pending = x.mask.is_some_and(|m| m.1);
         let wr = norm_kind.needs_w().then_some(wt);
-        ops::norm::<T>(
-            &self.dev, &self.plan, &self.work, norm_kind, gt, wr, chk, x, fsam,
-        )?;
         let mut f = Fin::new(abi::FIN_NORM);
         f.rho = rho;
         f.eps = eps;
         f.per_seg = per_seg;
-        ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
+        self.reduce(Reduce::Norm(norm_kind, gt, wr, chk, x, fsam), None, f)?;
         let w_old = self.w_old.tab();
         ops::perturb::<T>(
             &self.dev, &self.plan, &self.work, pert_kind, wt, w_old, gt, x, copy,
@@ -969,13 +1035,6 @@ impl<T: Elem> GpuOptimizer<T> {
         self.phase = Phase::Idle;
         let uses_aux = matches!(self.rule, Rule::Gsam(_) | Rule::LookSam(_));
         let aux = self.aux.as_ref().map(|a| a.tab());
-        ops::dot::<T>(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            aux.filter(|_| uses_aux),
-            g2t,
-        )?;
         let mut f = Fin::new(abi::FIN_SECOND);
         f.with_b = true;
         f.lr = self.lr;
@@ -1005,29 +1064,19 @@ impl<T: Elem> GpuOptimizer<T> {
             }
             _ => {}
         }
-        ops::finalize(&self.dev, &self.plan, &self.work, Some(&self.base), f)?;
-        let w_old = self.w_old.tab();
-        ops::update::<T>(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            &self.base,
-            self.lr,
-            self.state_refs(),
-            wt,
-            Some(w_old),
-            g2t,
-            y,
-            false,
-            side,
+        self.reduce(
+            Reduce::Dot(aux.filter(|_| uses_aux), g2t),
+            Some(&self.base),
+            f,
         )?;
-        if side.is_some() {
+        let w_old = self.w_old.tab();
+        let gv = side.is_some().then(|| {
             let mut f = Fin::new(abi::FIN_GV);
             f.with_bad = false;
             f.per_seg = per_tensor;
-            ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
-        }
-        ops::commit(&self.dev, &self.work, fsam, mask_pending)?;
+            f
+        });
+        self.update_commit(wt, Some(w_old), g2t, y, false, side, gv, fsam, mask_pending)?;
         drop(guards);
         self.record_status()
     }

@@ -77,6 +77,8 @@ pub(crate) struct Work {
     pub seg_gv: DevBuf<f64>,
     pub coef_b_seg: DevBuf<f32>,
     pub coef_c_seg: DevBuf<f32>,
+    /// The fused kernels' last-block counter: zero between launches (the last block resets it).
+    pub ticket: DevBuf<u32>,
 }
 
 impl Work {
@@ -91,6 +93,7 @@ impl Work {
             seg_gv: DevBuf::zeros(stream, plan.n_segs)?,
             coef_b_seg: DevBuf::zeros(stream, plan.n_segs)?,
             coef_c_seg: DevBuf::zeros(stream, plan.n_segs)?,
+            ticket: DevBuf::zeros(stream, 1)?,
         })
     }
 

@@ -12,6 +12,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::{self, DirExtra, DirKind, Fin, Keys, SelBufs};
 use crate::plan::{Plan, Work};
+use crate::variants::Variants;
 
 /// Standalone kernels over one layout, for buffers of `T`.
 pub struct Ops<T: Elem> {
@@ -21,6 +22,7 @@ pub struct Ops<T: Elem> {
     sel: SelBufs,
     masks: DevBuf<u64>,
     tables: TableCache,
+    variants: Variants,
     _p: std::marker::PhantomData<T>,
 }
 
@@ -51,6 +53,7 @@ impl<T: Elem> Ops<T> {
             plan,
             dev: dev.clone(),
             tables: TableCache::new(16),
+            variants: Variants::default(),
             _p: std::marker::PhantomData,
         })
     }
@@ -61,6 +64,22 @@ impl<T: Elem> Ops<T> {
 
     pub fn device(&self) -> &Arc<Device> {
         &self.dev
+    }
+
+    /// The kernel arrangement of the next calls.
+    pub fn variants(&self) -> Variants {
+        self.variants
+    }
+
+    /// Selects the kernel arrangement of the next calls (default: today's kernels). Every
+    /// variant gives the same bits; the top-k masks and SSAM-D's masks follow `v.topk`.
+    pub fn set_variants(&mut self, v: Variants) {
+        self.variants = v;
+        self.sel.topk = v.topk;
+    }
+
+    fn fused(&self) -> bool {
+        self.variants.step == crate::variants::StepVariant::Fused
     }
 
     fn tab<'a, S: Elem, B: DeviceParams<S> + ?Sized>(
@@ -92,6 +111,11 @@ impl<T: Elem> Ops<T> {
         let mut guards = Vec::new();
         let xt = Self::tab(&mut self.tables, &self.plan, &stream, x, "x", &mut guards)?;
         let d = DirExtra::default();
+        let f = Fin::new(abi::FIN_SUM);
+        // The fused arrangement: the second stage in the norm kernel's last block.
+        let fa = self
+            .fused()
+            .then(|| ops::fin_args(&self.plan, &self.work, None, f));
         ops::norm::<T>(
             &self.dev,
             &self.plan,
@@ -102,14 +126,11 @@ impl<T: Elem> Ops<T> {
             None,
             d,
             false,
+            fa.as_ref(),
         )?;
-        ops::finalize(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            None,
-            Fin::new(abi::FIN_SUM),
-        )?;
+        if fa.is_none() {
+            ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
+        }
         drop(guards);
         self.read_sum()
     }
@@ -120,10 +141,15 @@ impl<T: Elem> Ops<T> {
         let mut guards = Vec::new();
         let xt = Self::tab(&mut self.tables, &self.plan, &stream, x, "x", &mut guards)?;
         let yt = Self::tab(&mut self.tables, &self.plan, &stream, y, "y", &mut guards)?;
-        ops::dot::<T>(&self.dev, &self.plan, &self.work, Some(xt), yt)?;
         let mut f = Fin::new(abi::FIN_SUM);
         f.with_b = true;
-        ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
+        let fa = self
+            .fused()
+            .then(|| ops::fin_args(&self.plan, &self.work, None, f));
+        ops::dot::<T>(&self.dev, &self.plan, &self.work, Some(xt), yt, fa.as_ref())?;
+        if fa.is_none() {
+            ops::finalize(&self.dev, &self.plan, &self.work, None, f)?;
+        }
         drop(guards);
         self.read_sum()
     }

@@ -10,7 +10,9 @@ struct FisherArgs {
     u32 pad;
 };
 
+// Packs p, p + SK_BLOCK, ...: assumes SK_BLOCK threads and traps on any other block shape.
 template <class T> __device__ __forceinline__ void fisher_body(const FisherArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
     constexpr int N = Pack<T>::N;
     for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
         const Unit u = a.units[ui];

@@ -11,6 +11,9 @@
 // Key sources: SSAM-F's Fisher scores (f32_key of f32, bf16 or f16 values), SSAM-D's drop keys (!f32_key(|g|) among live
 // indices), grow keys (!philox among dead indices) and initial keys (!philox, update 0).
 // sk_mask_combine writes the resulting mask into a slot chosen on the device.
+//
+// Two arrangements of the same selection (crates/samkit-cuda/src/variants.rs, TopkVariant):
+// sk_sel_* (Baseline) and sk_selv_* (Vectorized, below): same keys, passes, ranking and bits.
 #include "samkit.cuh"
 
 enum { SRC_SCORES = 0, SRC_DROP = 1, SRC_GROW = 2, SRC_INIT = 3 };
@@ -21,11 +24,14 @@ struct SelState {
     u64 total;      // candidates
     u32 prefix;     // key bits fixed so far; the threshold after the last pass
     u32 take_all;   // k >= total: every candidate is taken
+    u32 ticket;     // Vectorized: blocks done with the current launch (0 between launches)
+    u32 eq_all;     // after the last pass: every threshold-equal candidate is taken
 };
 
 struct SelArgs {
     const Unit* units;
-    const u64* src;   // T table: the scores (SRC_SCORES) or the gradient (SRC_DROP)
+    const u64* src;   // T table: the scores (SRC_SCORES) or the gradient (SRC_DROP); Vectorized
+                      // grow and init: the key buffer (u32, unit ui at ui * SK_UNIT)
     const u64* mask;  // two bitset slots; the committed one is ctl->mask_cur
     const Ctl* ctl;
     u64* hist;        // SK_HIST_BINS counters, zeroed
@@ -73,6 +79,7 @@ template <int SRC, class T> __device__ __forceinline__ const void* sel_base(cons
 }
 
 template <int SRC, class T> __device__ __forceinline__ void hist_body(const SelArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
     __shared__ u32 h[2048];
     const u32 pass = a.pass;
     u32 prefix = 0;
@@ -101,7 +108,8 @@ template <int SRC, class T> __device__ __forceinline__ void hist_body(const SelA
 }
 
 // Sub-range of a unit handled by warp w in the count and write passes: contiguous, a multiple of
-// 32 elements long, in flat-index order across the warps.
+// 32 elements long, in flat-index order across the warps. Assumes SK_BLOCK threads (SK_WARPS
+// warps): the callers trap on any other block shape.
 __device__ __forceinline__ void warp_range(u32 len, u32 w, u32& lo, u32& hi) {
     const u32 span = ((len + SK_BLOCK - 1) / SK_BLOCK) * 32;
     lo = min(len, w * span);
@@ -109,6 +117,7 @@ __device__ __forceinline__ void warp_range(u32 len, u32 w, u32& lo, u32& hi) {
 }
 
 template <int SRC, class T> __device__ __forceinline__ void count_body(const SelArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
     if (a.st->take_all) return;
     const u32 thr = a.st->prefix;
     const u32 lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -130,6 +139,7 @@ template <int SRC, class T> __device__ __forceinline__ void count_body(const Sel
 }
 
 template <int SRC, class T> __device__ __forceinline__ void write_body(const SelArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
     const bool take_all = a.st->take_all != 0;
     const u32 thr = a.st->prefix;
     const u64 need = a.st->k_rem;
@@ -190,11 +200,14 @@ __device__ __forceinline__ u64 warp_incl_scan(u64 v, u32 lane) {
     return v;
 }
 
-// One warp: the boundary bin of pass `a.pass` (launched with 32 threads).
-extern "C" __global__ void __launch_bounds__(32) sk_sel_scan(SelArgs a) {
-    const u32 lane = threadIdx.x & 31;
+// One warp (all 32 lanes): the boundary bin of pass `a.pass` from the merged histogram. Lane L
+// sums the L-th chunk of bins counted from the top; the first lane whose inclusive sum reaches
+// k_rem holds the boundary bin and alone writes the new prefix and k_rem (pass 0: lane 0 alone
+// writes the totals, and the prefix only when every candidate is taken). The histogram is read
+// through a volatile pointer: in the Vectorized variant other blocks of the same launch wrote it.
+__device__ __forceinline__ void sel_scan_warp(const SelArgs& a, u32 lane) {
     const u32 pass = a.pass, bins = pass_bins(pass), shift = pass_shift(pass);
-    const u64* h = a.hist + pass_off(pass);
+    const volatile u64* h = a.hist + pass_off(pass);
     SelState* st = a.st;
     u64 k_rem;
     if (pass == 0) {
@@ -206,8 +219,10 @@ extern "C" __global__ void __launch_bounds__(32) sk_sel_scan(SelArgs a) {
         if (lane == 0) {
             st->total = t;
             st->take_all = all ? 1u : 0u;
-            st->prefix = 0;
-            st->k_rem = a.k;
+            if (all) {
+                st->prefix = 0;
+                st->k_rem = a.k;
+            }
         }
         if (all) return;
         k_rem = a.k;
@@ -215,7 +230,6 @@ extern "C" __global__ void __launch_bounds__(32) sk_sel_scan(SelArgs a) {
         if (st->take_all) return;
         k_rem = st->k_rem;
     }
-    // Lane L holds the L-th chunk of bins counted from the top.
     const u32 c = bins / 32;
     const u32 top = bins - lane * c;  // bins [top - c, top)
     u64 cs = 0;
@@ -234,34 +248,323 @@ extern "C" __global__ void __launch_bounds__(32) sk_sel_scan(SelArgs a) {
         }
         st->prefix = (pass == 0 ? 0u : st->prefix) | (b << shift);
         st->k_rem = k_rem - acc;
+        // After the last pass: the threshold bin holds exactly the candidates still to take.
+        if (pass == 2) st->eq_all = h[b] == k_rem - acc ? 1u : 0u;
     }
 }
 
-// One block: eq_base = exclusive prefix sums of eq (n_units × SK_WARPS entries).
-#define SK_SCAN_BLOCK 1024
-extern "C" __global__ void __launch_bounds__(SK_SCAN_BLOCK) sk_sel_eq_scan(SelArgs a) {
-    __shared__ u64 sh[SK_SCAN_BLOCK / 32];
-    if (a.st->take_all) return;
+// Baseline: one warp, launched with 32 threads after each histogram pass.
+extern "C" __global__ void __launch_bounds__(32) sk_sel_scan(SelArgs a) {
+    SK_REQUIRE_BLOCK(32);
+    sel_scan_warp(a, threadIdx.x & 31);
+}
+
+// One block of NT threads: eq_base = exclusive prefix sums of eq (n_units × SK_WARPS entries).
+// `eq` is read through a volatile pointer (Vectorized: other blocks of the launch wrote it).
+template <int NT> __device__ __forceinline__ void eq_scan_block(const SelArgs& a, u64* sh) {
+    const volatile u32* eq = a.eq;
     const u64 m = (u64)a.n_units * SK_WARPS;
-    const u64 chunk = (m + SK_SCAN_BLOCK - 1) / SK_SCAN_BLOCK;
+    const u64 chunk = (m + NT - 1) / NT;
     const u64 lo = min(m, (u64)threadIdx.x * chunk), hi = min(m, lo + chunk);
     u64 s = 0;
-    for (u64 i = lo; i < hi; i++) s += a.eq[i];
+    for (u64 i = lo; i < hi; i++) s += eq[i];
     const u32 lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const u64 incl = warp_incl_scan(s, lane);
     if (lane == 31) sh[w] = incl;
     __syncthreads();
     if (w == 0) {
-        const u64 v = sh[lane];
-        sh[lane] = warp_incl_scan(v, lane) - v;
+        const u64 v = lane < NT / 32 ? sh[lane] : 0;
+        const u64 ex = warp_incl_scan(v, lane) - v;
+        if (lane < NT / 32) sh[lane] = ex;
     }
     __syncthreads();
     u64 run = sh[w] + incl - s;
     for (u64 i = lo; i < hi; i++) {
         a.eq_base[i] = run;
-        run += a.eq[i];
+        run += eq[i];
     }
 }
+
+// Baseline: one block of SK_SCAN_BLOCK threads.
+#define SK_SCAN_BLOCK 1024
+extern "C" __global__ void __launch_bounds__(SK_SCAN_BLOCK) sk_sel_eq_scan(SelArgs a) {
+    SK_REQUIRE_BLOCK(SK_SCAN_BLOCK);
+    __shared__ u64 sh[SK_SCAN_BLOCK / 32];
+    if (a.st->take_all) return;
+    eq_scan_block<SK_SCAN_BLOCK>(a, sh);
+}
+
+// =============================================================================================
+// Variant (c), TopkVariant::Vectorized: the same selection with fewer launches and atomics.
+// - Keys are loaded 16 bytes at a time (4 f32 or 8 bf16/f16 scores or gradients, 4 u32 keys),
+//   with the default cache policy: the five passes re-read the same bytes, which L2 may keep.
+// - Histogram updates are aggregated per warp: the lanes whose keys fall in one bin
+//   (__match_any_sync) add their count with one shared-memory atomic.
+// - The boundary-bin scan runs in the last block to finish each histogram pass, the eq-count
+//   scan in the last block of the count pass (a ticket counter, SelState::ticket): no one-warp
+//   or one-block launches. Integer sums, hence the same result whatever block finishes last.
+// - SSAM-D's Philox keys (grow, the initial mask) are computed once per mask update, by pass 0,
+//   into the key buffer (unit ui at ui * SK_UNIT: every pack 16-byte aligned); passes 1 and 2,
+//   the count and the write load them.
+// - When the threshold bin holds exactly the candidates still to take (the common case for
+//   continuous scores), the count pass does nothing and the write takes key >= threshold.
+// Every loop around a warp intrinsic is warp-uniform: the 32 lanes take part with a full mask.
+
+#define SK_FULL 0xffffffffu
+
+// A 16-byte load with the default cache policy, or element by element.
+template <class T> __device__ __forceinline__ Pack<T> sel_ld(const T* p, u32 n, bool vec) {
+    Pack<T> r;
+    if (vec) {
+        *reinterpret_cast<uint4*>(&r) = *reinterpret_cast<const uint4*>(p);
+    } else {
+#pragma unroll
+        for (int k = 0; k < Pack<T>::N; k++) r.e[k] = k < (int)n ? p[k] : sk_from<T>(0.f);
+    }
+    return r;
+}
+
+// Bits i0 .. i0 + n - 1 of a bitset (n <= 8, every index inside the bitset).
+__device__ __forceinline__ u32 sel_bits(const u64* w, u64 i0, u32 n) {
+    const u64 wi = i0 >> 6;
+    const u32 sh = (u32)(i0 & 63);
+    u64 v = w[wi] >> sh;
+    if (sh + n > 64) v |= w[wi + 1] << (64 - sh);
+    return (u32)v & ((1u << n) - 1u);
+}
+
+// The keys of pack p of unit ui (elements p·N .. p·N + N − 1 of the unit, those below `end`)
+// and which of them are candidates (bit k: element p·N + k). `fill`: pass 0 of the Philox
+// sources computes the keys and stores them; later passes load them.
+template <int SRC, class T, int N>
+__device__ __forceinline__ u32 sel_vkeys(const SelArgs& a, const u64* cur, const Unit& u, u32 ui, u32 p, u32 end,
+                                         bool fill, u32 (&key)[N]) {
+    static_assert(N == Pack<T>::N, "one pack of T");
+    static_assert(SRC == SRC_SCORES || SRC == SRC_DROP || N == 4, "keys are packed 4 to 16 bytes");
+    const u32 off = p * N;
+    if (off >= end) {
+#pragma unroll
+        for (int k = 0; k < N; k++) key[k] = 0;
+        return 0;
+    }
+    const u32 cnt = min((u32)N, end - off);
+    u32 valid = (1u << cnt) - 1u;
+    if (SRC == SRC_SCORES || SRC == SRC_DROP) {
+        const T* base = reinterpret_cast<const T*>(a.src[u.seg]) + u.seg_off + off;
+        const Pack<T> pk = sel_ld(base, cnt, cnt == (u32)N && sk_al16(base));
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+            const float x = sk_f32(pk.e[k]);
+            key[k] = SRC == SRC_SCORES ? sk_f32_key(x) : ~sk_f32_key(fabsf(x));
+        }
+    } else {
+        u32* kb = reinterpret_cast<u32*>(const_cast<u64*>(a.src)) + (u64)ui * SK_UNIT + off;
+        if (fill) {
+            // The whole pack, also past the unit's end: it stays inside the unit's slot.
+#pragma unroll
+            for (int k = 0; k < N; k++) key[k] = ~sk_index_key(a.seed, a.update, u.global + off + k);
+            *reinterpret_cast<uint4*>(kb) = make_uint4(key[0], key[1], key[2], key[3]);
+        } else {
+            const uint4 v = *reinterpret_cast<const uint4*>(kb);
+            key[0] = v.x;
+            key[1] = v.y;
+            key[2] = v.z;
+            key[3] = v.w;
+        }
+    }
+    if (SRC == SRC_DROP) valid &= sel_bits(cur, u.global + off, cnt);
+    if (SRC == SRC_GROW) valid &= ~sel_bits(cur, u.global + off, cnt);
+    return valid;
+}
+
+// True in every thread of the last block of the launch to get here; that block then sees the
+// results of every other block. The counter is back to 0 for the next launch.
+__device__ __forceinline__ bool sel_last_block(SelState* st) {
+    __shared__ u32 last;
+    __threadfence();  // this block's results are visible device-wide before its ticket
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(&st->ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
+        if (last) st->ticket = 0;
+    }
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    return true;
+}
+
+template <int SRC, class T> __device__ __forceinline__ void vhist_body(const SelArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
+    constexpr int N = Pack<T>::N;
+    __shared__ u32 h[2048];
+    const u32 pass = a.pass;
+    u32 prefix = 0;
+    if (pass > 0) {
+        if (a.st->take_all) return;
+        prefix = a.st->prefix;
+    }
+    const u32 shift = pass_shift(pass), bins = pass_bins(pass);
+    const u32 hs = pass == 0 ? 0u : shift + (pass == 2 ? 10u : 11u);
+    for (u32 i = threadIdx.x; i < bins; i += SK_BLOCK) h[i] = 0;
+    __syncthreads();
+    const u32 lane = threadIdx.x & 31;
+    const u64* cur = a.mask ? a.mask + (u64)a.ctl->mask_cur * a.words : nullptr;
+    for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
+        const Unit u = a.units[ui];
+        const u32 npk = (u.len + N - 1) / N;
+        for (u32 p0 = threadIdx.x - lane; p0 < npk; p0 += SK_BLOCK) {
+            u32 key[N];
+            u32 valid = sel_vkeys<SRC, T, N>(a, cur, u, ui, p0 + lane, u.len, pass == 0, key);
+            if (pass > 0) {
+#pragma unroll
+                for (int k = 0; k < N; k++)
+                    if ((key[k] >> hs) != (prefix >> hs)) valid &= ~(1u << k);
+            }
+            // Passes 1 and 2: most warps hold no key inside the prefix.
+            if (__ballot_sync(SK_FULL, valid != 0) == 0) continue;
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                const bool on = (valid >> k) & 1u;
+                const u32 bin = on ? (key[k] >> shift) & (bins - 1) : 0xffffffffu;
+                const u32 peers = __match_any_sync(SK_FULL, bin);
+                if (on && lane == (u32)(__ffs(peers) - 1)) atomicAdd(&h[bin], (u32)__popc(peers));
+            }
+        }
+    }
+    __syncthreads();
+    u64* gh = a.hist + pass_off(pass);
+    for (u32 i = threadIdx.x; i < bins; i += SK_BLOCK)
+        if (h[i]) atomicAdd(&gh[i], (u64)h[i]);
+    if (sel_last_block(a.st) && threadIdx.x < 32) sel_scan_warp(a, threadIdx.x);
+}
+
+template <int SRC, class T> __device__ __forceinline__ void vcount_body(const SelArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
+    constexpr int N = Pack<T>::N;
+    __shared__ u64 sh[SK_WARPS];
+    if (a.st->take_all || a.st->eq_all) return;
+    const u32 thr = a.st->prefix;
+    const u32 lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const u64* cur = a.mask ? a.mask + (u64)a.ctl->mask_cur * a.words : nullptr;
+    for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
+        const Unit u = a.units[ui];
+        u32 lo, hi;
+        warp_range(u.len, w, lo, hi);
+        u32 c = 0;
+        for (u32 p = lo / N + lane; p * N < hi; p += 32) {
+            u32 key[N];
+            const u32 v = sel_vkeys<SRC, T, N>(a, cur, u, ui, p, hi, false, key);
+#pragma unroll
+            for (int k = 0; k < N; k++) c += ((v >> k) & 1u) && key[k] == thr ? 1u : 0u;
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) c += __shfl_down_sync(SK_FULL, c, o);
+        if (lane == 0) a.eq[(u64)ui * SK_WARPS + w] = c;
+    }
+    if (sel_last_block(a.st)) eq_scan_block<SK_BLOCK>(a, sh);
+}
+
+// Bit i of x (i < 64/N) to bit N·i.
+template <int N> __device__ __forceinline__ u64 sel_spread(u32 v) {
+    u64 x = v;
+    if (N == 4) {
+        x &= 0xffffull;
+        x = (x | (x << 24)) & 0x000000ff000000ffull;
+        x = (x | (x << 12)) & 0x000f000f000f000full;
+        x = (x | (x << 6)) & 0x0303030303030303ull;
+        x = (x | (x << 3)) & 0x1111111111111111ull;
+    } else {
+        x &= 0xffull;
+        x = (x | (x << 28)) & 0x0000000f0000000full;
+        x = (x | (x << 14)) & 0x0003000300030003ull;
+        x = (x | (x << 7)) & 0x0101010101010101ull;
+    }
+    return x;
+}
+
+template <int SRC, class T> __device__ __forceinline__ void vwrite_body(const SelArgs& a) {
+    SK_REQUIRE_BLOCK(SK_BLOCK);
+    constexpr int N = Pack<T>::N;
+    constexpr u32 L = 64 / N;  // lanes whose packs make one 64-bit word of the result
+    const bool take_all = a.st->take_all != 0;
+    const bool eq_all = !take_all && a.st->eq_all != 0;
+    const bool rank_eq = !take_all && !eq_all;
+    const u32 thr = a.st->prefix;
+    const u64 need = a.st->k_rem;
+    const u32 lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const u64* cur = a.mask ? a.mask + (u64)a.ctl->mask_cur * a.words : nullptr;
+    for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
+        const Unit u = a.units[ui];
+        u32 lo, hi;
+        warp_range(u.len, w, lo, hi);
+        u64 rank = rank_eq ? a.eq_base[(u64)ui * SK_WARPS + w] : 0;
+        for (u32 s = lo; s < hi; s += 32 * N) {
+            u32 key[N];
+            const u32 v = sel_vkeys<SRC, T, N>(a, cur, u, ui, s / N + lane, hi, false, key);
+            u32 take = 0, eqm = 0;
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                if (!((v >> k) & 1u)) continue;
+                if (take_all || key[k] > thr)
+                    take |= 1u << k;
+                else if (key[k] == thr)
+                    eqm |= 1u << k;
+            }
+            if (rank_eq) {
+                // Threshold-equal candidates ranked in flat-index order: lane by lane, then k.
+                const u64 c = (u64)__popc(eqm);
+                const u64 incl = warp_incl_scan(c, lane);
+                u64 tot = c;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) tot += __shfl_xor_sync(SK_FULL, tot, o);
+                u64 r = rank + incl - c;
+#pragma unroll
+                for (int k = 0; k < N; k++) {
+                    if (!((eqm >> k) & 1u)) continue;
+                    r++;
+                    if (r <= need) take |= 1u << k;
+                }
+                rank += tot;
+            } else {
+                take |= eqm;
+            }
+            u32 b[N];
+#pragma unroll
+            for (int k = 0; k < N; k++) b[k] = __ballot_sync(SK_FULL, (take >> k) & 1u);
+            // Lane m < N/2 assembles the word of elements s + 64·m .. s + 64·m + 63.
+            if (lane < (u32)(N / 2)) {
+                u64 x = 0;
+#pragma unroll
+                for (int k = 0; k < N; k++) x |= sel_spread<N>((b[k] >> (lane * L)) & ((1u << L) - 1u)) << k;
+                if (x) {
+                    const u64 gi0 = u.global + s + (u64)lane * 64;
+                    const u64 word = gi0 >> 6;
+                    const u32 sh = (u32)(gi0 & 63);
+                    const u64 lo64 = x << sh;
+                    if (lo64) atomicOr(&a.out[word], lo64);
+                    if (sh) {
+                        const u64 hi64 = x >> (64 - sh);
+                        if (hi64) atomicOr(&a.out[word + 1], hi64);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#define SK_SELV(NAME, SRC, T)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_selv_hist_##NAME(SelArgs a) { vhist_body<SRC, T>(a); }   \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_selv_count_##NAME(SelArgs a) { vcount_body<SRC, T>(a); } \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_selv_write_##NAME(SelArgs a) { vwrite_body<SRC, T>(a); }
+
+SK_SELV(scores_f32, SRC_SCORES, float)
+SK_SELV(scores_bf16, SRC_SCORES, __nv_bfloat16)
+SK_SELV(scores_f16, SRC_SCORES, __half)
+SK_SELV(drop_f32, SRC_DROP, float)
+SK_SELV(drop_bf16, SRC_DROP, __nv_bfloat16)
+SK_SELV(drop_f16, SRC_DROP, __half)
+SK_SELV(grow, SRC_GROW, float)
+SK_SELV(init, SRC_INIT, float)
 
 // ---------------------------------------------------------------------------------------------
 

@@ -261,6 +261,10 @@ pub struct SelState {
     pub total: u64,
     pub prefix: u32,
     pub take_all: u32,
+    /// Vectorized top-k: blocks done with the current launch (0 between launches).
+    pub ticket: u32,
+    /// Every threshold-equal candidate is taken (set by the last pass).
+    pub eq_all: u32,
 }
 
 #[repr(C)]
@@ -404,7 +408,7 @@ mod tests {
     fn host_layouts_have_no_surprises() {
         assert_eq!(std::mem::size_of::<Unit>(), 32);
         assert_eq!(std::mem::size_of::<Ctl>(), 120);
-        assert_eq!(std::mem::size_of::<SelState>(), 24);
+        assert_eq!(std::mem::size_of::<SelState>(), 32);
         assert_eq!(std::mem::size_of::<NormArgs>(), 136);
         assert_eq!(std::mem::size_of::<FinArgs>(), 144);
     }

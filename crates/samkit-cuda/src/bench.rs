@@ -460,7 +460,7 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
         params
     );
     s.push_str(&format!(
-        "{:<22} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8}\n",
+        "{:<28} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8}\n",
         "kernel", "time (us)", "B/param", "GB/s", "of copy", "det.", "launches"
     ));
     for r in rows {
@@ -472,7 +472,7 @@ pub fn format_table(dev: &Device, params: usize, rows: &[Row]) -> String {
             }
         };
         s.push_str(&format!(
-            "{:<22} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8}\n",
+            "{:<28} {:>10} {:>8} {:>9} {:>8} {:>6} {:>8}\n",
             r.kernel,
             num(r.time_us, 1),
             num(r.bytes_per_param, 0),

@@ -18,6 +18,32 @@ use samkit_cuda::Device;
 /// their registries `emu_reg_<family>`).
 const FAMILIES: [&str; 6] = ["norm", "perturb", "update", "fisher", "select", "nn"];
 
+/// The deliberately broken (and fixed) kernels of `tests/emulator_catches.rs`, a family of the
+/// emulator only (`fake_dir()/catches.cu`).
+const TEST_FAMILY: &str = "catches";
+
+/// `SAMKIT_FAKE_SANITIZE=1`: build the kernels and the fake libraries with
+/// `-fsanitize=address,undefined` (into their own cache directories). The test binary must then
+/// run with the sanitizer runtimes preloaded (`scripts/test-sanitized.sh`).
+fn sanitize() -> bool {
+    std::env::var("SAMKIT_FAKE_SANITIZE").is_ok_and(|v| v == "1")
+}
+
+fn sanitize_flags() -> Vec<String> {
+    if sanitize() {
+        [
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer",
+            "-g",
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -34,34 +60,97 @@ fn cxx() -> String {
     std::env::var("CXX").unwrap_or_else(|_| "g++".into())
 }
 
+/// The C++ compiler, without the sanitizer runtimes a sanitized test run preloads.
+fn compiler() -> Command {
+    let mut c = Command::new(cxx());
+    c.env_remove("LD_PRELOAD");
+    c
+}
+
 fn common_flags() -> Vec<String> {
-    let mut v = vec![
+    let mut v = sanitize_flags();
+    v.extend([
         "-std=c++20".to_string(),
         "-include".into(),
         fake_dir().join("emu.h").display().to_string(),
         format!("-I{}", fake_dir().join("include").display()),
         format!("-I{}", kernels_dir().display()),
-    ];
+    ]);
     for (name, size) in samkit_cuda::abi::sizes() {
         v.push(format!("-DSK_ABI_SIZE_{name}={size}"));
     }
     v
 }
 
-/// The names of the `extern "C"` kernels of a preprocessed family (`__global__` defined as
-/// `SK_KERNEL_MARK`; `__launch_bounds__` is gone after preprocessing).
-fn kernels_of(pre: &str) -> Vec<String> {
-    let mark = "SK_KERNEL_MARK";
-    let mut out = Vec::new();
-    let mut rest = pre;
-    while let Some(i) = rest.find(mark) {
-        rest = rest[i + mark.len()..].trim_start();
-        rest = rest.strip_prefix("void").expect("kernels return void");
-        let open = rest.find('(').expect("(");
-        out.push(rest[..open].trim().to_string());
-        rest = &rest[open..];
+/// One `extern "C"` kernel of a preprocessed family: its name and the arguments of its
+/// `__launch_bounds__` (C++ expressions), if any.
+struct KernelDecl {
+    name: String,
+    bounds: Option<String>,
+}
+
+const KERNEL_MARK: &str = "SK_KERNEL_MARK";
+const BOUNDS_MARK: &str = "SK_LAUNCH_BOUNDS";
+
+/// The text inside the parentheses that open `s` (balanced), and what follows them.
+fn parenthesised(s: &str) -> Option<(&str, &str)> {
+    let s = s.trim_start().strip_prefix('(')?;
+    let mut depth = 1usize;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((&s[..i], &s[i + 1..]));
+                }
+            }
+            _ => {}
+        }
     }
-    out
+    None
+}
+
+/// The kernels of a preprocessed family (`__global__` defined as `SK_KERNEL_MARK`,
+/// `__launch_bounds__(...)` as `SK_LAUNCH_BOUNDS(...)`, before or after `__global__`).
+fn kernels_of(pre: &str) -> Result<Vec<KernelDecl>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = pre[at..].find(KERNEL_MARK).map(|i| i + at) {
+        // Bounds written before `__global__`, in the same declaration.
+        let start = pre[..i].rfind([';', '}']).map_or(0, |j| j + 1);
+        let mut bounds = pre[start..i]
+            .find(BOUNDS_MARK)
+            .and_then(|j| parenthesised(&pre[start + j + BOUNDS_MARK.len()..i]))
+            .map(|(b, _)| b.to_string());
+        let mut rest = &pre[i + KERNEL_MARK.len()..];
+        let name = loop {
+            rest = rest.trim_start();
+            if let Some(r) = rest.strip_prefix(BOUNDS_MARK) {
+                let (b, r) = parenthesised(r).ok_or("unbalanced __launch_bounds__")?;
+                bounds = Some(b.to_string());
+                rest = r;
+                continue;
+            }
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .ok_or("a kernel declaration runs to the end")?;
+            if end == 0 {
+                return Err(format!(
+                    "cannot read the kernel declaration at: {}",
+                    &rest[..rest.len().min(80)]
+                ));
+            }
+            let (word, r) = rest.split_at(end);
+            rest = r;
+            if rest.trim_start().starts_with('(') {
+                break word.to_string();
+            }
+        };
+        out.push(KernelDecl { name, bounds });
+        at = i + KERNEL_MARK.len();
+    }
+    Ok(out)
 }
 
 fn run(cmd: &mut Command) -> Result<Vec<u8>, String> {
@@ -113,7 +202,7 @@ fn compile_lib(
     for u in units {
         let stem = u.file_stem().and_then(|s| s.to_str()).unwrap_or("unit");
         let obj = dir.join(format!("{name}-{stem}.o.tmp{pid}"));
-        let mut cmd = Command::new(cxx());
+        let mut cmd = compiler();
         cmd.args(flags)
             .args(opts)
             .arg("-c")
@@ -142,8 +231,9 @@ fn compile_lib(
         return Err(errs);
     }
     let tmp = dir.join(format!("{name}.tmp{pid}"));
-    run(Command::new(cxx())
+    run(compiler()
         .args(opts)
+        .args(sanitize_flags())
         .args(["-shared", &format!("-Wl,-soname,{name}"), "-o"])
         .arg(&tmp)
         .args(&objs))?;
@@ -154,11 +244,75 @@ fn compile_lib(
     Ok(lib)
 }
 
+/// The families linked into the driver, with their sources: `kernels/*.cu` and the test family.
+fn family_sources() -> Vec<(&'static str, PathBuf)> {
+    let mut v: Vec<(&'static str, PathBuf)> = FAMILIES
+        .iter()
+        .map(|f| (*f, kernels_dir().join(format!("{f}.cu"))))
+        .collect();
+    v.push((TEST_FAMILY, fake_dir().join(format!("{TEST_FAMILY}.cu"))));
+    v
+}
+
+/// The cache directory of a build: `stem`, `-asan` when sanitized, the hash of its inputs.
+fn cache_dir(stem: &str, parts: &[&[u8]]) -> PathBuf {
+    let kind = if sanitize() { "-asan" } else { "" };
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{stem}{kind}-{:016x}", hash(parts)))
+}
+
+/// The wrapper of family `f` (source `src`, preprocessed `pre`): the family compiled with its
+/// own section of `__shared__` variables, a thunk per kernel and the registry `emu_reg_<f>`
+/// with each kernel's shared section and `__launch_bounds__`.
+fn wrapper(f: &str, src: &Path, pre: &str) -> Result<String, String> {
+    let ks = kernels_of(pre).map_err(|e| format!("{f}: {e}"))?;
+    if ks.is_empty() {
+        return Err(format!("no kernel found in {}", src.display()));
+    }
+    let sec = format!("emu_shared_{f}");
+    // The family inside an unnamed namespace: its templates and inline functions (those of
+    // samkit.cuh too) become local to the family, so that their __shared__ statics are plain
+    // variables of this family's section (GCC refuses COMDAT and plain variables in one named
+    // section, and a COMDAT copy would be shared with another family's section).
+    let mut w = format!(
+        "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n\
+         #undef EMU_SHARED_SECTION\n#define EMU_SHARED_SECTION \"{sec}\"\n\
+         namespace {{\n#include \"{}\"\n}}\n",
+        src.display()
+    );
+    // The section exists even in a family without __shared__ variables.
+    w.push_str(&format!(
+        "static char emu_anchor_{f} __attribute__((section(\"{sec}\"), used));\n\
+         extern \"C\" char __start_{sec}[], __stop_{sec}[];\n"
+    ));
+    for k in &ks {
+        let name = &k.name;
+        w.push_str(&format!(
+            "extern \"C\" void emu_w_{name}(void** p) {{ emu::call({name}, p); }}\n"
+        ));
+    }
+    w.push_str(&format!(
+        "extern \"C\" const emu::Kern emu_reg_{f}[] = {{\n"
+    ));
+    for k in &ks {
+        let name = &k.name;
+        let (max, min) = match &k.bounds {
+            Some(b) => (format!("emu::lb({b})"), format!("emu::lb_min_blocks({b})")),
+            None => ("0".to_string(), "0".to_string()),
+        };
+        w.push_str(&format!(
+            "    {{\"{name}\", emu_w_{name}, __start_{sec}, __stop_{sec}, {max}, {min}}},\n"
+        ));
+    }
+    w.push_str("    {nullptr, nullptr, nullptr, nullptr, 0, 0},\n};\n");
+    Ok(w)
+}
+
 /// Builds `libcuda.so.1` (cached by the hash of its sources) and returns its path.
 fn build() -> Result<PathBuf, String> {
+    let fams = family_sources();
     let mut srcs: Vec<Vec<u8>> = Vec::new();
-    for f in FAMILIES {
-        srcs.push(read(&kernels_dir().join(format!("{f}.cu")))?);
+    for (_, src) in &fams {
+        srcs.push(read(src)?);
     }
     srcs.push(read(&kernels_dir().join("samkit.cuh"))?);
     for f in [
@@ -172,37 +326,23 @@ fn build() -> Result<PathBuf, String> {
     let flags = common_flags().join(" ");
     let mut parts: Vec<&[u8]> = srcs.iter().map(|v| v.as_slice()).collect();
     parts.push(flags.as_bytes());
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fakecuda-{:016x}", hash(&parts)));
+    let dir = cache_dir("fakecuda", &parts);
     let lib = dir.join("libcuda.so.1");
     if lib.is_file() {
         return Ok(lib);
     }
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut units = vec![fake_dir().join("driver.cpp")];
-    for f in FAMILIES {
-        let src = kernels_dir().join(format!("{f}.cu"));
-        let pre = run(Command::new(cxx())
+    for (f, src) in &fams {
+        let pre = run(compiler()
             .args(common_flags())
-            .args(["-E", "-P", "-x", "c++", "-D__global__=SK_KERNEL_MARK"])
-            .arg(&src))?;
-        let ks = kernels_of(&String::from_utf8_lossy(&pre));
-        if ks.is_empty() {
-            return Err(format!("no kernel found in {f}.cu"));
-        }
-        let mut w = format!("#include \"{}\"\n", src.display());
-        for name in &ks {
-            w.push_str(&format!(
-                "extern \"C\" void emu_w_{name}(void** p) {{ emu::call({name}, p); }}\n"
-            ));
-        }
-        w.push_str(&format!(
-            "extern \"C\" const emu::Kern emu_reg_{f}[] = {{\n"
-        ));
-        for name in &ks {
-            w.push_str(&format!("    {{\"{name}\", emu_w_{name}}},\n"));
-        }
-        w.push_str("    {nullptr, nullptr},\n};\n");
+            .args(["-E", "-P", "-x", "c++"])
+            .arg(format!("-D__global__={KERNEL_MARK}"))
+            .arg(format!(
+                "-D__launch_bounds__(...)={BOUNDS_MARK}(__VA_ARGS__)"
+            ))
+            .arg(src))?;
+        let w = wrapper(f, src, &String::from_utf8_lossy(&pre))?;
         let path = dir.join(format!("{f}_emu.cpp"));
         std::fs::write(&path, w).map_err(|e| e.to_string())?;
         units.push(path);
@@ -213,19 +353,16 @@ fn build() -> Result<PathBuf, String> {
 /// Builds the fake `lib` of `fake_dir()/src` (cached by the hash of its source).
 fn build_plain(src: &str, lib: &str) -> Result<PathBuf, String> {
     let text = read(&fake_dir().join(src))?;
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{lib}-{:016x}", hash(&[&text, lib.as_bytes()])));
+    let mut flags = sanitize_flags();
+    flags.push("-std=c++20".to_string());
+    let joined = flags.join(" ");
+    let dir = cache_dir(lib, &[&text, lib.as_bytes(), joined.as_bytes()]);
     let path = dir.join(lib);
     if path.is_file() {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    compile_lib(
-        &dir,
-        lib,
-        &[fake_dir().join(src)],
-        &["-std=c++20".to_string()],
-    )
+    compile_lib(&dir, lib, &[fake_dir().join(src)], &flags)
 }
 
 /// Opens `lib` and leaks the handle, so it stays loaded and cudarc's `dlopen` of its soname

@@ -244,6 +244,9 @@ __device__ __forceinline__ void commit_body(const CommitArgs& a) {
 // the step state, and resets the ticket for the next launch (stream order).
 __device__ __forceinline__ bool sk_last_block(u32* ticket) {
     __shared__ u32 last;
+    // Every warp of the block is done (its partials written, its reads of the step state made)
+    // before the block takes its ticket.
+    __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
         const u32 t = atomicAdd(ticket, 1u);

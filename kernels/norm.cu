@@ -430,26 +430,6 @@ extern "C" __global__ void __launch_bounds__(SK_FIN_BLOCK) sk_finalize(FinArgs a
 // The last block of the launch runs the second stage with the block it already has.
 static_assert(SK_FIN_BLOCK == SK_BLOCK, "the fused second stage runs on a streaming block");
 
-// True in every thread of the last block to finish. `ticket` is zero between launches: thread 0
-// of each block publishes its block's partials (__threadfence: they are visible device-wide
-// before the ticket is taken) and takes a ticket; the block that takes the last one sees every
-// block's partials and resets the ticket for the next launch (stream order).
-__device__ __forceinline__ bool sk_last_block(u32* ticket) {
-    __shared__ u32 last;
-    // Every warp of the block is done (its partials written, its reads of the step state made)
-    // before the block takes its ticket.
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const u32 t = atomicAdd(ticket, 1u);
-        last = t == gridDim.x - 1 ? 1u : 0u;
-        if (last) *ticket = 0u;
-    }
-    __syncthreads();
-    if (last) __threadfence();
-    return last != 0;
-}
-
 // The second stage after a first stage that wrote the partials f.pa / f.pb / f.bad.
 __device__ __forceinline__ void sk_fin_tail(const FinArgs& f, u32* ticket) {
     __shared__ double sh[SK_FIN_BLOCK / 32];

@@ -200,6 +200,25 @@ template <int NT> __device__ __forceinline__ double sk_block_sum(double v, doubl
     return r;
 }
 
+// True in every thread of the last block of the launch to get here (a ticket counter that is zero
+// between launches); that block then sees what every other block wrote, and resets the counter
+// for the next launch (stream order). Every thread fences its own writes before the block takes
+// its ticket, so it holds whichever threads wrote the results; a block takes its ticket only when
+// all its warps are done (their results written, their reads of shared state made).
+__device__ __forceinline__ bool sk_last_block(u32* ticket) {
+    __shared__ u32 last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
+        if (last) *ticket = 0u;
+    }
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bitsets, order-preserving keys and Philox4x32-10 (same conventions as samkit-core)
 // ---------------------------------------------------------------------------------------------

@@ -377,22 +377,6 @@ __device__ __forceinline__ u32 sel_vkeys(const SelArgs& a, const u64* cur, const
     return valid;
 }
 
-// True in every thread of the last block of the launch to get here; that block then sees the
-// results of every other block. The counter is back to 0 for the next launch.
-__device__ __forceinline__ bool sel_last_block(SelState* st) {
-    __shared__ u32 last;
-    __threadfence();  // this block's results are visible device-wide before its ticket
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(&st->ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
-        if (last) st->ticket = 0;
-    }
-    __syncthreads();
-    if (!last) return false;
-    __threadfence();
-    return true;
-}
-
 template <int SRC, class T> __device__ __forceinline__ void vhist_body(const SelArgs& a) {
     SK_REQUIRE_BLOCK(SK_BLOCK);
     constexpr int N = Pack<T>::N;
@@ -435,7 +419,7 @@ template <int SRC, class T> __device__ __forceinline__ void vhist_body(const Sel
     u64* gh = a.hist + pass_off(pass);
     for (u32 i = threadIdx.x; i < bins; i += SK_BLOCK)
         if (h[i]) atomicAdd(&gh[i], (u64)h[i]);
-    if (sel_last_block(a.st) && threadIdx.x < 32) sel_scan_warp(a, threadIdx.x);
+    if (sk_last_block(&a.st->ticket) && threadIdx.x < 32) sel_scan_warp(a, threadIdx.x);
 }
 
 template <int SRC, class T> __device__ __forceinline__ void vcount_body(const SelArgs& a) {
@@ -461,7 +445,7 @@ template <int SRC, class T> __device__ __forceinline__ void vcount_body(const Se
         for (int o = 16; o > 0; o >>= 1) c += __shfl_down_sync(SK_FULL, c, o);
         if (lane == 0) a.eq[(u64)ui * SK_WARPS + w] = c;
     }
-    if (sel_last_block(a.st)) eq_scan_block<SK_BLOCK>(a, sh);
+    if (sk_last_block(&a.st->ticket)) eq_scan_block<SK_BLOCK>(a, sh);
 }
 
 // Bit i of x (i < 64/N) to bit N·i.

@@ -238,25 +238,6 @@ __device__ __forceinline__ void commit_body(const CommitArgs& a) {
     }
 }
 
-// True in every thread of the last block to finish (as in norm.cu). `ticket` is zero between
-// launches: thread 0 of each block makes its block's writes visible device-wide (__threadfence)
-// and takes a ticket; the block that takes the last one runs after every other block has read
-// the step state, and resets the ticket for the next launch (stream order).
-__device__ __forceinline__ bool sk_last_block(u32* ticket) {
-    __shared__ u32 last;
-    // Every warp of the block is done (its partials written, its reads of the step state made)
-    // before the block takes its ticket.
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const u32 t = atomicAdd(ticket, 1u);
-        last = t == gridDim.x - 1 ? 1u : 0u;
-        if (last) *ticket = 0u;
-    }
-    __syncthreads();
-    return last != 0;
-}
-
 // MINB blocks of SK_BLOCK threads per SM at least: enough loads in flight to stream at full
 // bandwidth (the compile check fails if the register cap makes ptxas spill).
 #define SK_UPDATE(NAME, T, SUF, OPT, MINB)                                                           \

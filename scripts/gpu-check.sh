@@ -24,18 +24,21 @@
 #   scripts/gpu-check.sh run-nn DIR OUT    the same as run --only nn
 #   scripts/gpu-check.sh run-cli DIR OUT   the same as run --only cli
 #   scripts/gpu-check.sh rehearse [--bundle DIR] OUT
-#       here, no GPU: the whole `run` against the CPU emulation of a device (the fake driver,
-#       cuBLAS and cuDNN of crates/samkit-cuda/tests/fakecuda, first on the library path), on
-#       small configurations with rehearsal caps, no sanitizer (absent); builds the test-profile
-#       bundle first (DIR, default target/gpu-check-test) unless --bundle names a built one.
-#       Fails unless OUT holds at most 8 files, none deeper than 2 folders, and a summary.json
-#       with every stage, its time, cap and verdict, the sanitizer fields, device "emulated",
-#       parity tests that really ran, and ok.
+#       here, no GPU (CI runs it after `cargo test --workspace`; about a minute): the runner's
+#       own tests, then the whole `run` against the CPU emulation of a device (the fake driver,
+#       cuBLAS and cuDNN of crates/samkit-cuda/tests/fakecuda, first on the library path) with
+#       the same staging, files and summary, on small configurations and rehearsal caps: parity
+#       up to 100k parameters, the kernel table through `samkit bench-kernels --width 4`, four
+#       samkit-nn layer tests and a width-4 batch-2 step, the CLI's device probe, no sanitizer
+#       (absent). Builds the test-profile bundle target/gpu-check-test first unless --bundle
+#       names a built one. Fails unless OUT holds at most 8 files, none deeper than 2 folders,
+#       and a summary.json with every stage, its time, cap and verdict, the sanitizer fields,
+#       device "emulated", parity tests that really ran on it, and ok.
 #   scripts/gpu-check.sh all [OUT]         build and run, on a GPU machine with a Rust toolchain
 #
 # On the GPU machine (the device tool; DIR carried, 64 MiB with the tree):
 #   run: command "bash scripts/gpu-check.sh run target/gpu-check \$OUT", carry
-#   ["target/gpu-check"], timeout_s 540 (420 s of caps, a minute of margin).
+#   ["target/gpu-check"], timeout_s 480 (420 s of caps, a minute of margin).
 # The runner is tools/gpu-check/run.py (summary fields and verdicts are described there).
 # Environment: CARGO_TARGET_DIR (build); GPU_CHECK_CAPS="parity=100,memcheck=20,..." and
 # GPU_CHECK_TOTAL_S (run); GPU_CHECK_SANITIZER=<path>|none (run).

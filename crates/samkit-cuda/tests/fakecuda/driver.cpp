@@ -358,7 +358,8 @@ uint3 err_block, err_thread;
 
 void enter(unsigned t) {
     cur = t;
-    threadIdx = uint3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
+    if (blockDim.y == 1 && blockDim.z == 1) threadIdx = uint3{t, 0, 0};
+    else threadIdx = uint3{t % blockDim.x, (t / blockDim.x) % blockDim.y, t / (blockDim.x * blockDim.y)};
 }
 
 void set_error(int code, const std::string& what) {
@@ -393,7 +394,7 @@ bool resolve(unsigned w, unsigned m) {
     const unsigned first = (unsigned)__builtin_ctz(m);
     for (unsigned bits = m; bits; bits &= bits - 1) {
         const unsigned l = (unsigned)__builtin_ctz(bits);
-        if (g[l].op != g[first].op || std::strcmp(g[l].name, g[first].name) != 0) {
+        if (g[l].op != g[first].op || (g[l].name != g[first].name && std::strcmp(g[l].name, g[first].name) != 0)) {
             set_error(ERR_ILLEGAL_INSTRUCTION, "warp " + std::to_string(w) + ": lane " + std::to_string(first) +
                                                    " is in " + g[first].name + " and lane " + std::to_string(l) +
                                                    " in " + g[l].name + ", with the same mask " + lanes(m));
@@ -404,10 +405,14 @@ bool resolve(unsigned w, unsigned m) {
     const emu::Op op = g[first].op;
     if (op == emu::OP_REDUCE_AND) acc = ~0ull;
     if (op == emu::OP_REDUCE_MIN) acc = 0xffffffffull;
-    for (unsigned bits = m; bits; bits &= bits - 1) {
+    bool all_equal = true;
+    // Shuffles (most collectives) need no aggregate.
+    const bool aggregate = op != emu::OP_SHFL && op != emu::OP_SYNCWARP;
+    for (unsigned bits = aggregate ? m : 0; bits; bits &= bits - 1) {
         const unsigned l = (unsigned)__builtin_ctz(bits);
         const unsigned long long v = g[l].val;
         if (v) ballot |= 1ull << l;
+        if (v != g[first].val) all_equal = false;
         switch (op) {
             case emu::OP_REDUCE_ADD: acc = (acc + v) & 0xffffffffull; break;
             case emu::OP_REDUCE_MIN: acc = std::min(acc, v & 0xffffffffull); break;
@@ -418,9 +423,6 @@ bool resolve(unsigned w, unsigned m) {
             default: break;
         }
     }
-    bool all_equal = true;
-    for (unsigned bits = m; bits; bits &= bits - 1)
-        if (g[__builtin_ctz(bits)].val != g[first].val) all_equal = false;
     for (unsigned bits = m; bits; bits &= bits - 1) {
         const unsigned l = (unsigned)__builtin_ctz(bits);
         Thread& x = g[l];
@@ -655,12 +657,25 @@ bool run_block(unsigned n) {
     // Shared memory as a new block finds it: whatever the last one left, here poison.
     if (kern->shared_end > kern->shared_begin)
         std::memset(kern->shared_begin, POISON_BYTE, (size_t)(kern->shared_end - kern->shared_begin));
-    std::vector<unsigned> run(n), next;
+    static std::vector<unsigned> run, next;
+    run.resize(n);
     for (unsigned t = 0; t < n; t++) run[t] = t;
     bool sel[MAX / 32];
     while (!run.empty()) {
         if (shuffle) {
-            for (size_t i = run.size(); i > 1; i--) std::swap(run[i - 1], run[rng.below(i)]);
+            // Fisher-Yates with 16 random bits per draw (four per call): the bias is irrelevant here.
+            unsigned long long bits = 0;
+            unsigned left = 0;
+            for (size_t i = run.size(); i > 1; i--) {
+                if (left == 0) {
+                    bits = rng.next();
+                    left = 4;
+                }
+                const size_t j = (size_t)(((bits & 0xffff) * i) >> 16);
+                bits >>= 16;
+                left--;
+                std::swap(run[i - 1], run[j]);
+            }
             bool any = false;
             for (unsigned w = 0; w < nw; w++) sel[w] = (rng.next() & warps[w].lag) == 0;
             for (unsigned t : run) any = any || sel[t / 32];

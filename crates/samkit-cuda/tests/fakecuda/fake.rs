@@ -5,6 +5,19 @@
 //! (`fakecublas.cpp`, `fakecudnn.cpp`: reference loops on host memory) for samkit-nn's CUDA
 //! backend. Only where no real driver is installed.
 //!
+//! The emulated device is adversarial (see `emu.h` and `driver.cpp`): shuffled thread, warp and
+//! block order, poisoned shared and fresh memory, canaries around exact allocations, warp
+//! collectives checked against their masks, the launch limits of an sm_90 part with 132 SMs.
+//! Each family is compiled inside an unnamed namespace with its `__shared__` variables in its
+//! own section, and its registry records each kernel's `__launch_bounds__` (read from the
+//! family preprocessed with marker definitions). Besides `kernels/*.cu`, the driver links the
+//! broken/fixed test kernels of `catches.cu` (`tests/emulator_catches.rs`).
+//!
+//! Knobs: `SAMKIT_FAKE_SEED=<n>` picks the schedule (default 1; 0 runs in order), e.g.
+//! `SAMKIT_FAKE_SEED=7 cargo test -p samkit-cuda --test emulated`; `SAMKIT_FAKE_SMS=<n>` the SM
+//! count; `SAMKIT_FAKE_SANITIZE=1` builds everything with `-fsanitize=address,undefined` into
+//! separate cache directories (`scripts/test-sanitized.sh` preloads the runtimes).
+//!
 //! One implementation for the tests of both crates: samkit-cuda's `tests/common` and
 //! samkit-nn's `tests/common` include this file with `#[path]`. Paths are taken from the
 //! workspace root (both crates live in `crates/<name>`).

@@ -233,8 +233,10 @@ rehearse() {
     t1=$(date +%s)
     local libs="$dir/meta/fake-libs.txt"
     fake_libs "$libs" "$dir/meta/fake-libs.log"
-    rm -rf "$out"
+    # Only the runner's own files are cleared (OUT must hold nothing else: it is checked below).
     mkdir -p "$out"
+    rm -f "$out"/summary.json "$out"/logs.tar.gz "$out"/bench.json "$out"/nn-step.json \
+        "$out"/torch-resnet.json "$out"/.*.tmp
     t2=$(date +%s)
     local rc=0
     GPU_CHECK_SANITIZER=none python3 "$ROOT/tools/gpu-check/run.py" --mode emulated \

@@ -271,6 +271,10 @@ class Runner:
         if total > TOTAL_CAP_S:
             raise SystemExit(f"gpu-check: the stage caps sum to {total} s, over {TOTAL_CAP_S} s")
         os.makedirs(self.out, exist_ok=True)
+        # A table of an earlier run left in OUT would read as this run's.
+        for f in ["summary.json", "logs.tar.gz", *TABLES]:
+            if os.path.isfile(os.path.join(self.out, f)):
+                os.remove(os.path.join(self.out, f))
         if args.scratch:
             self.scratch = os.path.abspath(args.scratch)
             os.makedirs(self.scratch, exist_ok=True)

@@ -40,8 +40,9 @@
 #   run: command "bash scripts/gpu-check.sh run target/gpu-check \$OUT", carry
 #   ["target/gpu-check"], timeout_s 480 (420 s of caps, a minute of margin).
 # The runner is tools/gpu-check/run.py (summary fields and verdicts are described there).
-# Environment: CARGO_TARGET_DIR (build); GPU_CHECK_CAPS="parity=100,memcheck=20,..." and
-# GPU_CHECK_TOTAL_S (run); GPU_CHECK_SANITIZER=<path>|none (run).
+# Environment: CARGO_TARGET_DIR, GPU_CHECK_ARCHS (build: the cubins' architectures, default
+# "80 90"); GPU_CHECK_CAPS="parity=100,memcheck=20,...", GPU_CHECK_TOTAL_S,
+# GPU_CHECK_SANITIZER=<path>|none (run).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -165,6 +166,16 @@ build() {
         cat "$dir/meta/nn-compile.log" >&2
         die "the compile check of kernels/nn.cu failed"
     fi
+    # GPU_CHECK_ARCHS="90" keeps only the H200's cubins (the sm_80 ones are half the cubins'
+    # size); a GPU without a cubin of its architecture compiles the kernels with NVRTC there.
+    local c arch keep
+    for c in "$dir"/cubins/*.cubin; do
+        keep=0
+        for arch in ${GPU_CHECK_ARCHS:-80 90}; do
+            case "$c" in *-sm_"$arch"-*) keep=1 ;; esac
+        done
+        [ "$keep" = 1 ] || rm -f "$c"
+    done
     cp "$ROOT/tools/anchors/torch_gpu_resnet.py" "$ROOT/tools/anchors/cifar_resnet.py" "$dir/anchors/"
     git -C "$ROOT" rev-parse HEAD > "$dir/revision" 2>/dev/null || echo unknown > "$dir/revision"
     if ! git -C "$ROOT" diff --quiet HEAD 2>/dev/null; then
@@ -259,5 +270,5 @@ case "$cmd" in
         build "$ROOT/target/gpu-check"
         run "$ROOT/target/gpu-check" "$out"
         ;;
-    *) sed -n '2,44p' "$0"; exit 2 ;;
+    *) sed -n '2,45p' "$0"; exit 2 ;;
 esac

@@ -249,9 +249,10 @@ rehearse() {
     rm -f "$out"/summary.json "$out"/logs.tar.gz "$out"/bench.json "$out"/nn-step.json \
         "$out"/torch-resnet.json "$out"/.*.tmp
     t2=$(date +%s)
-    local rc=0
+    local rc=0 scratch="$ROOT/target/gpu-check-rehearsal-scratch"
+    rm -rf "$scratch"
     GPU_CHECK_SANITIZER=none python3 "$ROOT/tools/gpu-check/run.py" --mode emulated \
-        --bundle "$dir" --out "$out" --fake-libs "$libs" || rc=$?
+        --bundle "$dir" --out "$out" --fake-libs "$libs" --scratch "$scratch" || rc=$?
     echo "gpu-check: rehearsal: build $((t1 - t0)) s, fake libraries $((t2 - t1)) s, run $(( $(date +%s) - t2 )) s (exit $rc)"
     python3 "$ROOT/tools/gpu-check/run.py" --verify "$out" --expect-device emulated --require-ok \
         || die "rehearsal: $out is not what the GPU machine must bring back"

@@ -22,15 +22,19 @@
 //   real context would stay broken).
 // - Launch limits of an sm_90 device: blocks of at most 1024 threads (1024, 1024, 64) and at most
 //   the kernel's __launch_bounds__ (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES); grids below
-//   (2^31, 65536, 65536); dynamic shared memory within 48 KiB unless cuFuncSetAttribute raised
-//   the limit (at most 227 KiB). 132 SMs (SAMKIT_FAKE_SMS overrides) and the occupancy of an
-//   H100/H200: min(32, 2048 / threads) blocks per SM, limited by 228 KiB of shared memory.
+//   (2^31, 65536, 65536); dynamic shared memory within 48 KiB (less the static part) unless
+//   cuFuncSetAttribute raised the limit (at most 227 KiB). 132 SMs (SAMKIT_FAKE_SMS overrides)
+//   and the occupancy of an H100/H200: min(32, 2048 / threads) blocks per SM, limited by the
+//   65536 registers and 228 KiB of shared memory of an SM. A kernel's registers and static shared
+//   memory are read from the cubin given to cuModuleLoadData (NVRTC's sm_90 build of the same
+//   source), as cuFuncGetAttribute reports them; without a cubin, 32 registers and none.
 #include <algorithm>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <elf.h>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -169,28 +173,105 @@ struct Rng {
 // Kernels: attributes set through cuFuncSetAttribute.
 // ---------------------------------------------------------------------------------------------
 
+// What the cubin given to cuModuleLoadData says of a kernel (NVRTC's build of the same source for
+// sm_90): its registers per thread and static shared memory. Kernels without one (a PTX module,
+// the test family) get REGS_PER_THREAD and no static shared memory.
+struct CubinInfo {
+    int regs = REGS_PER_THREAD;
+    int smem = 0;
+};
+static std::mutex g_cubin_mu;
+static std::map<std::string, CubinInfo> g_cubin;
+
+// Reads an ELF cubin: the size of `.nv.shared.<kernel>` is the kernel's static shared memory plus
+// the 1 KiB an sm_90 block reserves; the attribute table `.nv.info` holds EIATTR_REGCOUNT
+// entries (format EIFMT_SVAL, payload: symbol index, registers).
+static void read_cubin(const void* image) {
+    constexpr unsigned char EIFMT_SVAL = 0x04, EIATTR_REGCOUNT = 0x2f;
+    const unsigned char* p = static_cast<const unsigned char*>(image);
+    if (!p || std::memcmp(p, ELFMAG, SELFMAG) != 0 || p[EI_CLASS] != ELFCLASS64) return;
+    Elf64_Ehdr eh;
+    std::memcpy(&eh, p, sizeof eh);
+    if (eh.e_shentsize != sizeof(Elf64_Shdr) || eh.e_shstrndx >= eh.e_shnum) return;
+    auto section = [&](unsigned i) {
+        Elf64_Shdr s;
+        std::memcpy(&s, p + eh.e_shoff + (size_t)i * sizeof(Elf64_Shdr), sizeof s);
+        return s;
+    };
+    const Elf64_Shdr names = section(eh.e_shstrndx);
+    auto name_of = [&](const Elf64_Shdr& s) { return reinterpret_cast<const char*>(p + names.sh_offset + s.sh_name); };
+    Elf64_Shdr symtab{}, info{};
+    std::lock_guard<std::mutex> l(g_cubin_mu);
+    for (unsigned i = 0; i < eh.e_shnum; i++) {
+        const Elf64_Shdr s = section(i);
+        const char* name = name_of(s);
+        if (s.sh_type == SHT_SYMTAB) symtab = s;
+        if (std::strcmp(name, ".nv.info") == 0) info = s;
+        if (std::strncmp(name, ".nv.shared.", 11) == 0 && std::strncmp(name + 11, "reserved.", 9) != 0)
+            g_cubin[name + 11].smem = (int)(s.sh_size >= (size_t)SHARED_RESERVED_PER_BLOCK ? s.sh_size - SHARED_RESERVED_PER_BLOCK : s.sh_size);
+    }
+    if (!symtab.sh_size || !info.sh_size || symtab.sh_link >= eh.e_shnum) return;
+    const Elf64_Shdr strtab = section(symtab.sh_link);
+    for (size_t o = info.sh_offset; o + 4 <= info.sh_offset + info.sh_size;) {
+        const unsigned char fmt = p[o], attr = p[o + 1];
+        unsigned short size = 0;
+        std::memcpy(&size, p + o + 2, 2);
+        if (fmt != EIFMT_SVAL) {
+            o += 4;
+            continue;
+        }
+        if (attr == EIATTR_REGCOUNT && size == 8) {
+            unsigned sym = 0, regs = 0;
+            std::memcpy(&sym, p + o + 4, 4);
+            std::memcpy(&regs, p + o + 8, 4);
+            if ((sym + 1) * sizeof(Elf64_Sym) <= symtab.sh_size) {
+                Elf64_Sym y;
+                std::memcpy(&y, p + symtab.sh_offset + (size_t)sym * sizeof(Elf64_Sym), sizeof y);
+                g_cubin[reinterpret_cast<const char*>(p + strtab.sh_offset + y.st_name)].regs = (int)regs;
+            }
+        }
+        o += 4 + size;
+    }
+}
+
+static CubinInfo cubin_info(const emu::Kern* k) {
+    std::lock_guard<std::mutex> l(g_cubin_mu);
+    auto it = g_cubin.find(k->name);
+    return it == g_cubin.end() ? CubinInfo{} : it->second;
+}
+
+// The kernel's limit on dynamic shared memory: 48 KiB with the static part unless
+// cuFuncSetAttribute set it (-1: not set).
 struct FuncState {
-    int max_dynamic_shared = SHARED_PER_BLOCK_DEFAULT;
+    int max_dynamic_shared = -1;
 };
 static std::mutex g_func_mu;
 static std::map<const emu::Kern*, FuncState> g_funcs;
 
-static FuncState func_state(const emu::Kern* k) {
-    std::lock_guard<std::mutex> l(g_func_mu);
-    return g_funcs[k];
+static int max_dynamic_shared(const emu::Kern* k) {
+    int v;
+    {
+        std::lock_guard<std::mutex> l(g_func_mu);
+        v = g_funcs[k].max_dynamic_shared;
+    }
+    return v >= 0 ? v : std::max(0, SHARED_PER_BLOCK_DEFAULT - cubin_info(k).smem);
 }
 
 static unsigned max_threads(const emu::Kern* k) {
     return k->max_threads ? std::min(k->max_threads, MAX_THREADS_PER_BLOCK) : MAX_THREADS_PER_BLOCK;
 }
 
+// Registers of one warp: allocated in units of 256.
+static int warp_regs(int regs) { return ((regs * 32 + 255) / 256) * 256; }
+
 // Resident blocks per SM for `threads` threads and `dynamic` bytes of dynamic shared memory.
 static int occupancy(const emu::Kern* k, int threads, size_t dynamic) {
     if (threads <= 0 || (unsigned)threads > max_threads(k)) return 0;
+    const CubinInfo c = cubin_info(k);
     const int warps = (threads + 31) / 32;
     int n = std::min(MAX_BLOCKS_PER_SM, (MAX_THREADS_PER_SM / 32) / warps);
-    n = std::min(n, REGS_PER_SM / (warps * 32 * REGS_PER_THREAD));
-    const size_t smem = dynamic + SHARED_RESERVED_PER_BLOCK;
+    n = std::min(n, (REGS_PER_SM / warp_regs(std::max(c.regs, 1))) / warps);
+    const size_t smem = (size_t)c.smem + dynamic + SHARED_RESERVED_PER_BLOCK;
     n = std::min<long long>(n, (long long)(SHARED_PER_SM / smem));
     return n;
 }
@@ -896,7 +977,8 @@ CUresult cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
 }
 CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(d, v, n); }
 
-CUresult cuModuleLoadData(void** m, const void*) {
+CUresult cuModuleLoadData(void** m, const void* image) {
+    read_cubin(image);
     *m = &g_module_obj;
     return OK;
 }
@@ -934,12 +1016,11 @@ CUresult cuFuncGetAttribute(int* v, int attr, void* f) {
     if (!k) return ERR_INVALID_HANDLE;
     switch (attr) {
         case FA_MAX_THREADS_PER_BLOCK: *v = (int)max_threads(k); break;
-        // The CPU build cannot tell one kernel's static shared memory from its family's.
-        case FA_SHARED_SIZE_BYTES: *v = 0; break;
-        case FA_NUM_REGS: *v = REGS_PER_THREAD; break;
+        case FA_SHARED_SIZE_BYTES: *v = cubin_info(k).smem; break;
+        case FA_NUM_REGS: *v = cubin_info(k).regs; break;
         case FA_PTX_VERSION:
         case FA_BINARY_VERSION: *v = 90; break;
-        case FA_MAX_DYNAMIC_SHARED_SIZE_BYTES: *v = func_state(k).max_dynamic_shared; break;
+        case FA_MAX_DYNAMIC_SHARED_SIZE_BYTES: *v = max_dynamic_shared(k); break;
         case FA_PREFERRED_SHARED_MEMORY_CARVEOUT: *v = -1; break;
         default: *v = 0; break;
     }
@@ -949,9 +1030,10 @@ CUresult cuFuncSetAttribute(void* f, int attr, int v) {
     const emu::Kern* k = static_cast<const emu::Kern*>(f);
     if (!k) return ERR_INVALID_HANDLE;
     if (attr == FA_MAX_DYNAMIC_SHARED_SIZE_BYTES) {
-        if (v < 0 || v > SHARED_PER_BLOCK_OPTIN) {
+        const int limit = SHARED_PER_BLOCK_OPTIN - cubin_info(k).smem;
+        if (v < 0 || v > limit) {
             std::fprintf(stderr, "fake CUDA: cuFuncSetAttribute(%s): %d bytes of dynamic shared memory, above %d\n",
-                         k->name, v, SHARED_PER_BLOCK_OPTIN);
+                         k->name, v, limit);
             return ERR_INVALID_VALUE;
         }
         std::lock_guard<std::mutex> l(g_func_mu);
@@ -1002,7 +1084,12 @@ CUresult cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned
         return launch_error(k, g, b, ERR_LAUNCH_OUT_OF_RESOURCES,
                             std::to_string(threads) + " threads per block, above the kernel's __launch_bounds__(" +
                                 std::to_string(max_threads(k)) + ")");
-    const int dyn_limit = func_state(k).max_dynamic_shared;
+    const int regs = cubin_info(k).regs;
+    if ((long long)((threads + 31) / 32) * warp_regs(regs) > REGS_PER_SM)
+        return launch_error(k, g, b, ERR_LAUNCH_OUT_OF_RESOURCES,
+                            std::to_string(threads) + " threads of " + std::to_string(regs) +
+                                " registers each, above the 65536 registers of an SM");
+    const int dyn_limit = max_dynamic_shared(k);
     if ((long long)smem > dyn_limit)
         return launch_error(k, g, b, ERR_INVALID_VALUE,
                             std::to_string(smem) + " bytes of dynamic shared memory, above the kernel's limit of " +

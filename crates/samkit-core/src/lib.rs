@@ -6,6 +6,8 @@
 //!   rates.
 //! - [`rules`] and [`optimizer`]: SAM, ASAM, FriendlySAM, SSAM-F/D, ImbSAM, GSAM, LookSAM behind
 //!   one step protocol, with state saved by [`state`].
+//! - [`protocol`]: that protocol as a trait, [`SamOptimizer`], shared with the CUDA optimizer,
+//!   and [`drive_step`], the closure form of a step for any backend.
 //! - [`passes`]: the fused streaming passes (the CPU twins of the CUDA kernels); [`select`],
 //!   [`bitset`], [`philox`], [`sparse`]: masks.
 //! - [`loss`]: the label-smoothed cross-entropy of ALGORITHMS.md.
@@ -21,6 +23,7 @@ pub mod optimizer;
 pub mod params;
 pub mod passes;
 pub mod philox;
+pub mod protocol;
 pub mod rules;
 pub mod schedule;
 pub mod select;
@@ -33,6 +36,7 @@ pub use error::{Error, Result};
 pub use layout::{Layout, ParamKind, Segment};
 pub use optimizer::{Eval, FirstOutcome, GradRequest, Optimizer, Outcome, Pass, StepReport};
 pub use params::{Params, ParamsMut};
+pub use protocol::{drive_step, NoHooks, SamOptimizer, Status, StepHooks, StepPhase};
 pub use rules::{
     Asam, DropRate, FriendlySam, Gsam, ImbSam, LookSam, MaskKind, Rule, Sam, Ssam, SsamNorm,
 };

@@ -17,6 +17,7 @@ use crate::passes::{
     dot_pass, norm_pass, per_segment, perturb_pass, restore_pass, update_pass, Base, Coef, Combine,
     Dir, Ema, FilterScales, Scale, Second, SideGv,
 };
+use crate::protocol::{drive_step, NoHooks, SamOptimizer, Status};
 use crate::rules::{MaskKind, Rule, SsamNorm, EPS_P};
 use crate::sparse;
 
@@ -130,6 +131,8 @@ pub struct Optimizer {
     scratch: [Vec<f32>; 2],
     /// Time spent on the last mask computation (top-k or drop/grow), for phase timings.
     mask_time: Option<Duration>,
+    /// Whether the last step was skipped (for [`Status::last_skipped`]).
+    last_skipped: bool,
 }
 
 impl Optimizer {
@@ -169,6 +172,7 @@ impl Optimizer {
             fisher_mask: None,
             scratch: [Vec::new(), Vec::new()],
             mask_time: None,
+            last_skipped: false,
         })
     }
 
@@ -234,6 +238,17 @@ impl Optimizer {
 
     pub fn mask_updates(&self) -> u64 {
         self.st.mask_updates
+    }
+
+    /// The counters after the last step (the same answer as `GpuOptimizer::status`).
+    pub fn status(&self) -> Status {
+        Status {
+            steps: self.st.step,
+            skipped: self.st.skipped,
+            base_steps: self.st.base_steps,
+            mask_updates: self.st.mask_updates,
+            last_skipped: self.last_skipped,
+        }
     }
 
     /// Time of the most recent mask computation (SSAM-F's top-k in `set_fisher`, SSAM-D's
@@ -324,6 +339,7 @@ impl Optimizer {
 
     fn skip(&mut self) -> FirstOutcome {
         self.st.skipped += 1;
+        self.last_skipped = true;
         FirstOutcome::Skipped
     }
 
@@ -368,6 +384,7 @@ impl Optimizer {
         );
         self.st.base_steps += 1;
         self.st.step += 1;
+        self.last_skipped = false;
         Ok(())
     }
 
@@ -383,7 +400,7 @@ impl Optimizer {
                 "ImbSAM takes separate head and tail gradients: call first_step_split".into(),
             ));
         }
-        if let Some(n) = self.needs_fisher() {
+        if let Some(n) = Optimizer::needs_fisher(self) {
             return Err(Error::Protocol(format!(
                 "SSAM-F needs the Fisher information over {n} samples at step {}: call set_fisher \
                  first",
@@ -740,6 +757,7 @@ impl Optimizer {
                 .split_mut(w.segments_mut(&self.layout, "weights")?);
             restore_pass(ws, &self.chunks.split_flat(&self.w_old));
             self.st.skipped += 1;
+            self.last_skipped = true;
             return Ok(Outcome::Skipped);
         }
         let segs = self.layout.segments().len();
@@ -837,11 +855,14 @@ impl Optimizer {
         }
         self.st.base_steps += 1;
         self.st.step += 1;
+        self.last_skipped = false;
         Ok(Outcome::Applied)
     }
 
     /// One whole step through a gradient oracle: `oracle(request, weights, grad_out)` writes
-    /// the requested gradient (flat, in layout order) into `grad_out` and reports the loss.
+    /// the requested gradient (flat, in layout order) into `grad_out` and reports the loss. For
+    /// [`GradRequest::Fisher`] the buffer starts at zero, so an oracle may accumulate into it.
+    /// This is [`drive_step`] with the optimizer's own gradient buffers and no hooks.
     pub fn step<P, F>(&mut self, w: &mut P, mut oracle: F) -> Result<StepReport>
     where
         P: ParamsMut + ?Sized,
@@ -852,63 +873,16 @@ impl Optimizer {
         for b in bufs.iter_mut() {
             b.resize(n, 0.0);
         }
-        let r = self.step_with(w, &mut oracle, &mut bufs);
+        let [g, g2] = &mut bufs;
+        let zeroing = |req: GradRequest, w: &P, out: &mut [f32]| {
+            if matches!(req, GradRequest::Fisher { .. }) {
+                out.fill(0.0);
+            }
+            oracle(req, w, out)
+        };
+        let r = drive_step(self, w, (&mut g[..], &mut g2[..]), zeroing, &mut NoHooks);
         self.scratch = bufs;
         r
-    }
-
-    fn step_with<P, F>(
-        &mut self,
-        w: &mut P,
-        oracle: &mut F,
-        bufs: &mut [Vec<f32>; 2],
-    ) -> Result<StepReport>
-    where
-        P: ParamsMut + ?Sized,
-        F: FnMut(GradRequest, &P, &mut [f32]) -> Result<Eval>,
-    {
-        let [g, g2] = bufs;
-        let mut mask_updated = false;
-        if let Some(samples) = self.needs_fisher() {
-            g.fill(0.0);
-            oracle(GradRequest::Fisher { samples }, w, g)?;
-            self.set_fisher(&g[..])?;
-            mask_updated = true;
-        }
-        let updates_before = self.st.mask_updates;
-        let (first, loss, pass2) = if let Rule::ImbSam(c) = &self.rule {
-            let kappa = c.kappa as f64;
-            let head = oracle(GradRequest::Head, w, g)?;
-            let tail = oracle(GradRequest::Tail(Pass::Clean), w, g2)?;
-            let loss = head.loss + kappa * tail.loss;
-            let tail_grad = (tail.samples > 0).then_some(&g2[..]);
-            let first = self.first_step_split(w, &g[..], tail_grad)?;
-            (first, loss, GradRequest::Tail(Pass::Perturbed))
-        } else {
-            let e = oracle(GradRequest::Batch(Pass::Clean), w, g)?;
-            let first = self.first_step(w, &g[..])?;
-            (first, e.loss, GradRequest::Batch(Pass::Perturbed))
-        };
-        let (outcome, perturbed_loss) = match first {
-            FirstOutcome::Applied => (Outcome::Applied, None),
-            FirstOutcome::Skipped => (Outcome::Skipped, None),
-            FirstOutcome::Perturbed => {
-                let e = match oracle(pass2, w, g2) {
-                    Ok(e) => e,
-                    Err(err) => {
-                        self.abort(w)?;
-                        return Err(err);
-                    }
-                };
-                (self.second_step(w, &g2[..])?, Some(e.loss))
-            }
-        };
-        Ok(StepReport {
-            outcome,
-            loss,
-            perturbed_loss,
-            mask_updated: mask_updated || self.st.mask_updates > updates_before,
-        })
     }
 
     /// Abandons a perturbed step: restores the weights exactly, leaves all state as it was.
@@ -938,5 +912,79 @@ fn perturb_scale(rho: f32, norm: f64, eps: f64) -> f32 {
         (rho as f64 / (norm + eps)) as f32
     } else {
         0.0
+    }
+}
+
+/// The protocol on host buffers of any shape ([`Params`] / [`ParamsMut`]): the inherent methods
+/// of the same names, with [`Optimizer::status`] and [`Optimizer::take_mask_time`].
+impl<P, G> SamOptimizer<P, G> for Optimizer
+where
+    P: ParamsMut + ?Sized,
+    G: Params + ?Sized,
+{
+    type Error = Error;
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    fn base(&self) -> &BaseOptimizer {
+        &self.base
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        Optimizer::set_lr(self, lr)
+    }
+
+    fn set_rho(&mut self, rho: f32) -> Result<()> {
+        Optimizer::set_rho(self, rho)
+    }
+
+    fn is_perturbed(&self) -> bool {
+        Optimizer::is_perturbed(self)
+    }
+
+    fn needs_fisher(&mut self) -> Result<Option<usize>> {
+        Ok(Optimizer::needs_fisher(self))
+    }
+
+    fn needs_head_tail(&self) -> bool {
+        Optimizer::needs_head_tail(self)
+    }
+
+    fn set_fisher(&mut self, fisher: &G) -> Result<()> {
+        Optimizer::set_fisher(self, fisher)
+    }
+
+    fn first_step(&mut self, w: &mut P, g: &G) -> Result<FirstOutcome> {
+        Optimizer::first_step(self, w, g)
+    }
+
+    fn first_step_split(&mut self, w: &mut P, head: &G, tail: Option<&G>) -> Result<FirstOutcome> {
+        Optimizer::first_step_split(self, w, head, tail)
+    }
+
+    fn second_step(&mut self, w: &mut P, g2: &G) -> Result<Outcome> {
+        Optimizer::second_step(self, w, g2)
+    }
+
+    fn abort(&mut self, w: &mut P) -> Result<()> {
+        Optimizer::abort(self, w)
+    }
+
+    fn status(&mut self) -> Result<Status> {
+        Ok(Optimizer::status(self))
+    }
+
+    fn take_mask_time(&mut self) -> Result<Option<Duration>> {
+        Ok(Optimizer::take_mask_time(self))
     }
 }

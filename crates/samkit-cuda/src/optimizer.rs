@@ -10,10 +10,14 @@
 //! there. What differs from the CPU because of that:
 //!
 //! - A non-finite gradient is detected on the device. The step is skipped exactly as on the CPU
-//!   (weights and every state buffer left as they were, the skip counted), but `first_step` still
-//!   answers `Perturbed` (the weights are then unperturbed, and the gradient of pass 2 is
-//!   discarded) or `Applied`. [`GpuOptimizer::last_outcome`] and the closure form report the
-//!   outcome; they wait for the step's small status copy.
+//!   (weights and every state buffer left as they were, the skip counted), and the outcomes are
+//!   the CPU's: `first_step` answers `Skipped`, `second_step` answers `Skipped` when the gradient
+//!   of pass 2 is the non-finite one. To answer, `first_step` waits for its skip decision (a
+//!   small pinned copy) and `second_step` for the end of the step. With
+//!   [`GpuOptimizer::set_sync_outcomes`]`(false)` `first_step` does not wait: it answers
+//!   `Perturbed` or `Applied` whatever the gradient (the weights are then unperturbed and the
+//!   gradient of pass 2 is discarded), a pass-1 skip surfaces from `second_step`, and a skipped
+//!   one-pass step only in [`GpuOptimizer::status`].
 //! - Counters ([`GpuOptimizer::steps`], ...) and [`GpuOptimizer::needs_fisher`] read that status
 //!   copy, so they wait for the previous step. LookSAM and Sparse SAM read it at the start of
 //!   `first_step` (their schedule depends on the count of completed steps); the other rules never
@@ -31,8 +35,8 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use samkit_core::rules::EPS_P;
 use samkit_core::{
-    BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout, MaskKind,
-    Outcome, Pass, Rule, SsamNorm, StepReport,
+    drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
+    MaskKind, NoHooks, Outcome, Rule, SamOptimizer, SsamNorm, StepReport,
 };
 
 use crate::abi::{self, Ctl, FinArgs};
@@ -51,17 +55,8 @@ enum Phase {
     Perturbed { mask_pending: bool, fsam: bool },
 }
 
-/// The optimizer's counters as of the last completed (or skipped) step.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Status {
-    /// Completed steps (the `t` of ALGORITHMS.md).
-    pub steps: u64,
-    pub skipped: u64,
-    pub base_steps: u64,
-    pub mask_updates: u64,
-    /// Whether the last step was skipped.
-    pub last_skipped: bool,
-}
+/// The optimizer's counters as of the last completed (or skipped) step (the CPU optimizer's).
+pub use samkit_core::Status;
 
 pub struct GpuOptimizer<T: Elem> {
     dev: Arc<Device>,
@@ -95,6 +90,8 @@ pub struct GpuOptimizer<T: Elem> {
     mask_recorded: bool,
     /// The kernel arrangement (see [`crate::variants`]); every variant gives the same bits.
     variants: Variants,
+    /// Whether `first_step` waits for its skip decision (see [`GpuOptimizer::set_sync_outcomes`]).
+    sync_outcomes: bool,
 }
 
 type Opt<'a, T> = Option<Tab<'a, T>>;
@@ -224,6 +221,7 @@ impl<T: Elem> GpuOptimizer<T> {
             mask_events: None,
             mask_recorded: false,
             variants: Variants::default(),
+            sync_outcomes: true,
         };
         if let Rule::Ssam(c) = &opt.rule {
             if let MaskKind::Dynamic { seed, .. } = c.mask {
@@ -334,6 +332,18 @@ impl<T: Elem> GpuOptimizer<T> {
         Ok(())
     }
 
+    /// Whether `first_step` waits for its skip decision to answer `Skipped` (default: yes, the
+    /// CPU optimizer's outcomes). Off, `first_step` never waits on the host and answers
+    /// `Perturbed` or `Applied`; a skip of pass 1 then surfaces from `second_step` (which waits
+    /// for the end of the step either way) and, for one-pass steps, from [`GpuOptimizer::status`].
+    pub fn set_sync_outcomes(&mut self, on: bool) {
+        self.sync_outcomes = on;
+    }
+
+    pub fn sync_outcomes(&self) -> bool {
+        self.sync_outcomes
+    }
+
     /// True between `first_step` returning `Perturbed` and `second_step`.
     pub fn is_perturbed(&self) -> bool {
         matches!(self.phase, Phase::Perturbed { .. })
@@ -416,15 +426,38 @@ impl<T: Elem> GpuOptimizer<T> {
 
     /// The outcome of the last step (`None` before the first one).
     pub fn last_outcome(&mut self) -> Result<Option<Outcome>> {
-        let s = self.status()?;
-        if s.steps + s.skipped == 0 {
-            return Ok(None);
+        Ok(self.status()?.last_outcome())
+    }
+
+    /// With [`GpuOptimizer::sync_outcomes`], turns what `first_step` enqueued into the CPU's
+    /// outcome: waits for the skip decision and, on a skip, completes the step (the commit counts
+    /// it; the weights were not touched).
+    fn settle_first(&mut self, out: FirstOutcome) -> Result<FirstOutcome> {
+        if !self.sync_outcomes {
+            return Ok(out);
         }
-        Ok(Some(if s.last_skipped {
-            Outcome::Skipped
-        } else {
-            Outcome::Applied
-        }))
+        match out {
+            FirstOutcome::Applied => {
+                // The one-pass step recorded its status at its end.
+                let skipped = self.sync_status()?.skip != 0;
+                Ok(if skipped { FirstOutcome::Skipped } else { out })
+            }
+            FirstOutcome::Perturbed => {
+                // Keep the counters of the previous step, then read the decision of this one.
+                self.sync_status()?;
+                let stream = self.dev.stream().clone();
+                stream.memcpy_dtoh(&self.work.ctl.slice, &mut self.status)?;
+                let skip = self.status.as_slice()?[0].skip != 0;
+                if !skip {
+                    return Ok(out);
+                }
+                self.phase = Phase::Idle;
+                ops::commit(&self.dev, &self.work, false, false)?;
+                self.record_status()?;
+                Ok(FirstOutcome::Skipped)
+            }
+            FirstOutcome::Skipped => Ok(out),
+        }
     }
 
     /// Whether the next step needs the Fisher information (SSAM-F, every `K` steps); reads the
@@ -804,7 +837,7 @@ impl<T: Elem> GpuOptimizer<T> {
             Rule::ImbSam(_) => unreachable!("handled above"),
         };
         drop(guards);
-        out
+        self.settle_first(out?)
     }
 
     /// ImbSAM's pass 1: the gradients of `Σ_{i∉tail} ℓ_i / B` and `Σ_{i∈tail} ℓ_i / B` (without
@@ -883,7 +916,7 @@ impl<T: Elem> GpuOptimizer<T> {
             }
         };
         drop(guards);
-        out
+        self.settle_first(out?)
     }
 
     /// A one-pass step `w ← update(w, x)`, or `w ← update(w, x + b·(g_v − 0·x))` with LookSAM's
@@ -1003,8 +1036,9 @@ impl<T: Elem> GpuOptimizer<T> {
     }
 
     /// Pass 2: `g2` is the gradient at the perturbed weights (ImbSAM: of the tail loss, without
-    /// `κ`). Restores the weights exactly and applies the base optimizer, in one pass.
-    pub fn second_step<W, G>(&mut self, w: &mut W, g2: &G) -> Result<()>
+    /// `κ`). Restores the weights exactly and applies the base optimizer, in one pass. Waits for
+    /// the end of the step to answer its outcome (`Skipped` when a gradient was non-finite).
+    pub fn second_step<W, G>(&mut self, w: &mut W, g2: &G) -> Result<Outcome>
     where
         W: DeviceParamsMut<T> + ?Sized,
         G: DeviceParams<T> + ?Sized,
@@ -1078,7 +1112,12 @@ impl<T: Elem> GpuOptimizer<T> {
         });
         self.update_commit(wt, Some(w_old), g2t, y, false, side, gv, fsam, mask_pending)?;
         drop(guards);
-        self.record_status()
+        self.record_status()?;
+        Ok(if self.sync_status()?.skip != 0 {
+            Outcome::Skipped
+        } else {
+            Outcome::Applied
+        })
     }
 
     /// Abandons a perturbed step: restores the weights exactly, leaves all state as it was.
@@ -1103,7 +1142,8 @@ impl<T: Elem> GpuOptimizer<T> {
 
     /// One whole step through a gradient oracle: `oracle(request, weights, grad_out)` writes the
     /// requested gradient (flat, in layout order, on the device) into `grad_out` and reports the
-    /// loss. Waits at the end for the step's status, to report its outcome.
+    /// loss; for [`GradRequest::Fisher`] the buffer starts at zero, so an oracle may accumulate
+    /// into it. This is [`drive_step`] with the optimizer's own gradient buffers and no hooks.
     pub fn step<W, F>(&mut self, w: &mut W, mut oracle: F) -> Result<StepReport>
     where
         W: DeviceParamsMut<T> + ?Sized,
@@ -1119,68 +1159,90 @@ impl<T: Elem> GpuOptimizer<T> {
                 ]
             }
         };
-        let r = self.step_with(w, &mut oracle, &mut g, &mut g2);
+        let stream = self.dev.stream().clone();
+        let zeroing = |req: GradRequest, w: &W, out: &mut CudaSlice<T>| {
+            if matches!(req, GradRequest::Fisher { .. }) {
+                stream.memset_zeros(out)?;
+            }
+            oracle(req, w, out)
+        };
+        let r = drive_step(self, w, (&mut g, &mut g2), zeroing, &mut NoHooks);
         self.scratch = Some([g, g2]);
         r
     }
+}
 
-    fn step_with<W, F>(
-        &mut self,
-        w: &mut W,
-        oracle: &mut F,
-        g: &mut CudaSlice<T>,
-        g2: &mut CudaSlice<T>,
-    ) -> Result<StepReport>
-    where
-        W: DeviceParamsMut<T> + ?Sized,
-        F: FnMut(GradRequest, &W, &mut CudaSlice<T>) -> Result<Eval>,
-    {
-        let before = self.sync_status()?;
-        let mut mask_updated = false;
-        if let Some(samples) = self.needs_fisher()? {
-            self.dev.stream().memset_zeros(g)?;
-            oracle(GradRequest::Fisher { samples }, &*w, g)?;
-            self.set_fisher::<T, _>(&*g)?;
-            mask_updated = true;
-        }
-        let (first, loss, pass2) = if let Rule::ImbSam(c) = &self.rule {
-            let kappa = c.kappa as f64;
-            let head = oracle(GradRequest::Head, &*w, g)?;
-            let tail = oracle(GradRequest::Tail(Pass::Clean), &*w, g2)?;
-            let loss = head.loss + kappa * tail.loss;
-            let tail_grad = (tail.samples > 0).then_some(&*g2);
-            let first = self.first_step_split(w, &*g, tail_grad)?;
-            (first, loss, GradRequest::Tail(Pass::Perturbed))
-        } else {
-            let e = oracle(GradRequest::Batch(Pass::Clean), &*w, g)?;
-            let first = self.first_step(w, &*g)?;
-            (first, e.loss, GradRequest::Batch(Pass::Perturbed))
-        };
-        let perturbed_loss = match first {
-            FirstOutcome::Perturbed => {
-                let e = match oracle(pass2, &*w, g2) {
-                    Ok(e) => e,
-                    Err(err) => {
-                        self.abort(w)?;
-                        return Err(err);
-                    }
-                };
-                self.second_step(w, &*g2)?;
-                Some(e.loss)
-            }
-            _ => None,
-        };
-        let after = self.sync_status()?;
-        let outcome = if after.skipped > before.skipped {
-            Outcome::Skipped
-        } else {
-            Outcome::Applied
-        };
-        Ok(StepReport {
-            outcome,
-            loss,
-            perturbed_loss,
-            mask_updated: mask_updated || after.mask_updates > before.mask_updates,
-        })
+/// The protocol on device buffers (a flat `CudaSlice<T>` arena or one slice per segment): the
+/// inherent methods of the same names.
+impl<T, W, G> SamOptimizer<W, G> for GpuOptimizer<T>
+where
+    T: Elem,
+    W: DeviceParamsMut<T> + ?Sized,
+    G: DeviceParams<T> + ?Sized,
+{
+    type Error = Error;
+
+    fn layout(&self) -> &Layout {
+        &self.plan.layout
+    }
+
+    fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    fn base(&self) -> &BaseOptimizer {
+        &self.base
+    }
+
+    fn lr(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_lr(&mut self, lr: f32) -> Result<()> {
+        GpuOptimizer::set_lr(self, lr)
+    }
+
+    fn set_rho(&mut self, rho: f32) -> Result<()> {
+        GpuOptimizer::set_rho(self, rho)
+    }
+
+    fn is_perturbed(&self) -> bool {
+        GpuOptimizer::is_perturbed(self)
+    }
+
+    fn needs_fisher(&mut self) -> Result<Option<usize>> {
+        GpuOptimizer::needs_fisher(self)
+    }
+
+    fn needs_head_tail(&self) -> bool {
+        GpuOptimizer::needs_head_tail(self)
+    }
+
+    fn set_fisher(&mut self, fisher: &G) -> Result<()> {
+        GpuOptimizer::set_fisher::<T, G>(self, fisher)
+    }
+
+    fn first_step(&mut self, w: &mut W, g: &G) -> Result<FirstOutcome> {
+        GpuOptimizer::first_step(self, w, g)
+    }
+
+    fn first_step_split(&mut self, w: &mut W, head: &G, tail: Option<&G>) -> Result<FirstOutcome> {
+        GpuOptimizer::first_step_split(self, w, head, tail)
+    }
+
+    fn second_step(&mut self, w: &mut W, g2: &G) -> Result<Outcome> {
+        GpuOptimizer::second_step(self, w, g2)
+    }
+
+    fn abort(&mut self, w: &mut W) -> Result<()> {
+        GpuOptimizer::abort(self, w)
+    }
+
+    fn status(&mut self) -> Result<Status> {
+        GpuOptimizer::status(self)
+    }
+
+    fn take_mask_time(&mut self) -> Result<Option<Duration>> {
+        GpuOptimizer::take_mask_time(self)
     }
 }

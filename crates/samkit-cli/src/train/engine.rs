@@ -441,8 +441,10 @@ impl Engine for CudaEngine {
     }
 
     fn second_step(&mut self) -> Result<()> {
+        // The outcome is also the optimizer's status, which `last_skipped` reads.
         self.opt
             .second_step(&mut self.net.params, &self.net.grad2)
+            .map(|_| ())
             .map_err(gpu_err)
     }
 

@@ -59,6 +59,12 @@ macro_rules! parity_tests {
             }
         }
         #[test]
+        fn unsynced_outcomes_surface_from_second_step() {
+            if let Some(d) = $dev() {
+                common::parity::unsynced_outcomes_surface_from_second_step(&d);
+            }
+        }
+        #[test]
         fn resnet18_and_issue_sizes_match_cpu() {
             if let Some(d) = $dev() {
                 common::parity::resnet18_matches_cpu(&d);

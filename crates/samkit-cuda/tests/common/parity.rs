@@ -934,11 +934,12 @@ pub fn run_pair_with(
                 let g2 = poisoned(p.grad(&w, t as u64, part), poison, t, 2);
                 let out = cpu.second_step(&mut w, &g2).unwrap();
                 let l0 = launches();
-                second(&mut gpu, &mut dw, &g2);
+                assert_eq!(second(&mut gpu, &mut dw, &g2), out, "{what}: second_step");
                 let l1 = launches();
                 for tw in &mut twins {
                     let l = launches();
-                    second(&mut tw.gpu, &mut tw.dw, &g2);
+                    let o = second(&mut tw.gpu, &mut tw.dw, &g2);
+                    assert_eq!(o, out, "{what} [{}]: second_step", tw.v.name());
                     tw.launches.0 += l1 - l0;
                     tw.launches.1 += launches() - l;
                 }
@@ -949,15 +950,9 @@ pub fn run_pair_with(
             }
             FirstOutcome::Applied => assert_eq!(gfo, FirstOutcome::Applied, "{what}"),
             FirstOutcome::Skipped => {
-                // The device decides the skip itself: whatever it answered, the weights must not
-                // have moved, and a second step (with any gradient) completes the skip.
-                if gfo == FirstOutcome::Perturbed {
-                    assert_bits(&dw.download(dev), &before, &format!("{what}: unperturbed"));
-                    second(&mut gpu, &mut dw, &before);
-                    for tw in &mut twins {
-                        second(&mut tw.gpu, &mut tw.dw, &before);
-                    }
-                }
+                // The device decides the skip and first_step waits for it: the CPU's outcome.
+                assert_eq!(gfo, FirstOutcome::Skipped, "{what}");
+                assert!(!gpu.is_perturbed(), "{what}: idle after a skip");
                 assert_bits(&dw.download(dev), &before, &format!("{what}: skipped step"));
                 assert_eq!(
                     gpu.last_outcome().unwrap(),
@@ -1049,6 +1044,47 @@ pub fn non_finite_gradients_skip_exactly(dev: &Arc<Device>) {
             Repr::List,
             Some((1, 2)),
         );
+    }
+}
+
+/// With `set_sync_outcomes(false)` `first_step` never waits: a non-finite gradient of pass 1
+/// answers `Perturbed` (weights untouched) and the skip surfaces from `second_step`; a skipped
+/// one-pass step answers `Applied` and shows in `status`.
+pub fn unsynced_outcomes_surface_from_second_step(dev: &Arc<Device>) {
+    use samkit_core::{Outcome, Status};
+    let layout = mixed_layout();
+    let p = Problem::new(layout.clone());
+    let w = p.init();
+    let bad = poisoned(p.grad(&w, 0, 0), Some((0, 1)), 0, 1);
+    for (rule, first) in [
+        (Rule::Sam(Sam::default()), FirstOutcome::Perturbed),
+        (Rule::Base, FirstOutcome::Applied),
+    ] {
+        let mut gpu =
+            GpuOptimizer::<f32>::new(dev, layout.clone(), rule.clone(), sgd_momentum()).unwrap();
+        assert!(gpu.sync_outcomes());
+        gpu.set_sync_outcomes(false);
+        let mut dw = dev.stream().clone_htod(&w).unwrap();
+        let dg = dev.stream().clone_htod(&bad).unwrap();
+        assert_eq!(gpu.first_step(&mut dw, &dg).unwrap(), first, "{rule:?}");
+        if first == FirstOutcome::Perturbed {
+            assert_eq!(
+                gpu.second_step(&mut dw, &dg).unwrap(),
+                Outcome::Skipped,
+                "{rule:?}"
+            );
+        }
+        assert_bits(
+            &dev.stream().clone_dtoh(&dw).unwrap(),
+            &w,
+            &format!("{rule:?}: skipped"),
+        );
+        let want = Status {
+            skipped: 1,
+            last_skipped: true,
+            ..Status::default()
+        };
+        assert_eq!(gpu.status().unwrap(), want, "{rule:?}");
     }
 }
 

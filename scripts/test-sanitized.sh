@@ -23,6 +23,9 @@ for lib in "$asan" "$ubsan"; do
 done
 export SAMKIT_FAKE_SANITIZE=1
 export SAMKIT_REQUIRE_EMULATION=1
+# Fewer SMs, so smaller grids: this job looks for memory errors and undefined behaviour, which do
+# not need hundreds of blocks (the plain emulated suites run with 132 SMs).
+export SAMKIT_FAKE_SMS=${SAMKIT_FAKE_SMS:-16}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:detect_odr_violation=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 host=$(rustc -vV | sed -n 's/^host: //p')

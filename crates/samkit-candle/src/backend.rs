@@ -22,8 +22,8 @@ mod sealed {
 /// A samkit optimizer that steps candle Vars in place: [`samkit_core::Optimizer`] (CPU Vars)
 /// and, with the `cuda` feature, `samkit_cuda::GpuOptimizer<f32>` (CUDA Vars).
 pub trait Backend: sealed::Sealed + SamOptimizer<ParamVars, VarGrads, Error = Error> {
-    /// Refuses Vars on a device this optimizer cannot reach.
-    fn check_device(vars: &ParamVars) -> Result<()>;
+    /// Refuses Vars on a device (or CUDA stream) this optimizer does not work on.
+    fn check_device(&self, vars: &ParamVars) -> Result<()>;
 }
 
 /// The host protocol on the Vars' slices.
@@ -31,7 +31,7 @@ type HostW<'a> = [&'a mut [f32]];
 type HostG<'a> = [&'a [f32]];
 
 impl Backend for samkit_core::Optimizer {
-    fn check_device(vars: &ParamVars) -> Result<()> {
+    fn check_device(&self, vars: &ParamVars) -> Result<()> {
         if !vars.device().is_cpu() {
             return Err(Error::Mismatch(format!(
                 "the Vars are on {:?}; samkit_core::Optimizer steps CPU Vars (the `cuda` feature \

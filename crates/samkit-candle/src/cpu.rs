@@ -87,6 +87,12 @@ impl<'t> ReadGuards<'t> {
         }
     }
 
+    /// Each tensor's storage and layout, for a backend that reads them its own way.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub fn storages(&self) -> impl Iterator<Item = (&Storage, &Layout)> {
+        self.guards.iter().map(|(g, l)| (&**g, *l))
+    }
+
     /// The data of each tensor; an error for a tensor that is not contiguous f32 on the CPU.
     pub fn slices(&self) -> Result<Vec<&[f32]>> {
         self.guards

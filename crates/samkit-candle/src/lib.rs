@@ -30,6 +30,8 @@
 //! ```
 pub mod backend;
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod error;
 pub mod optimizer;
 pub mod vars;
@@ -38,6 +40,9 @@ pub use backend::Backend;
 pub use error::{Error, Result};
 pub use optimizer::{no_tail, CandleSam};
 pub use vars::{ParamVar, ParamVars, VarGrads, BUFFER_SUFFIXES};
+
+#[cfg(feature = "cuda")]
+pub use samkit_cuda::GpuOptimizer;
 
 pub use samkit_core::{
     BaseOptimizer, FirstOutcome, GradRequest, Outcome, ParamKind, Pass, Rule, SamOptimizer,

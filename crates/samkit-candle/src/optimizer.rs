@@ -31,8 +31,6 @@ const SOME_SAMPLES: usize = 1;
 pub struct CandleSam<O> {
     vars: ParamVars,
     opt: O,
-    /// The gradient buffers of the closure form (pass 1, pass 2).
-    scratch: (VarGrads, VarGrads),
 }
 
 impl<O: Backend> CandleSam<O> {
@@ -47,12 +45,8 @@ impl<O: Backend> CandleSam<O> {
                 vars.layout().len()
             )));
         }
-        O::check_device(&vars)?;
-        Ok(CandleSam {
-            vars,
-            opt,
-            scratch: Default::default(),
-        })
+        opt.check_device(&vars)?;
+        Ok(CandleSam { vars, opt })
     }
 
     pub fn vars(&self) -> &ParamVars {
@@ -143,11 +137,16 @@ impl<O: Backend> CandleSam<O> {
             let loss = loss_fn(request).map_err(|source| Error::LossFn { request, source })?;
             answer(request, vars, &loss, out)
         };
-        let (g, g2) = &mut self.scratch;
-        let r = drive_step(&mut self.opt, &mut self.vars, (g, g2), oracle, hooks);
-        // The gradients are not needed between steps; dropping them frees candle's memory.
-        self.scratch = Default::default();
-        r
+        // The oracle replaces these with candle's gradients; they are dropped with the step, so
+        // candle's memory is not held between steps.
+        let (mut g, mut g2) = (VarGrads::default(), VarGrads::default());
+        drive_step(
+            &mut self.opt,
+            &mut self.vars,
+            (&mut g, &mut g2),
+            oracle,
+            hooks,
+        )
     }
 }
 

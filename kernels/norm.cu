@@ -2,7 +2,8 @@
 //
 // - sk_norm_*: pass 1. Per unit Σ (T ⊙ base(g))² in f64 and the non-finite flag of g, with
 //   FriendlySAM's EMA of m fused in. Variants: plain, adaptive (T = |w|), ASAM element-wise
-//   (T = |w| + η on weights), ASAM filter-wise (T = ‖w_f‖ + η), masked (M ⊙ g), FriendlySAM.
+//   (T = |w| + η on weights), ASAM filter-wise (T = ‖w_f‖ + η), masked (M ⊙ g), FriendlySAM
+//   and adaptive FriendlySAM (T = |w| on its d).
 // - sk_dot_*: per unit <x, y>, ‖y‖² and the non-finite flag of y (GSAM, LookSAM, pass-2 check).
 // - sk_filter_norms_*: ASAM's filter scales.
 // - sk_finalize: the second stage. Sums the per-unit partials in a fixed order (f64), per segment
@@ -149,7 +150,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
     SK_NORM(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)             \
     SK_NORM(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER)         \
     SK_NORM(masked, T, SUF, BASE_MASKED, SCALE_ONE)               \
-    SK_NORM(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)
+    SK_NORM(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)           \
+    SK_NORM(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
 
 SK_NORM_ALL(float, f32)
 SK_NORM_ALL(__nv_bfloat16, bf16)
@@ -287,7 +289,11 @@ struct FinArgs {
     double* seg_gv;         // per segment ‖g_v‖² (LookSAM per tensor)
     float* coef_b_seg;      // per segment b (LookSAM per tensor, one-pass steps)
     float* coef_c_seg;      // per segment c (LookSAM per tensor, SAM steps)
-    double eps;             // perturbation: ρ / (‖d‖ + eps)
+    double eps;             // FIN_NORM: ρ / (‖d‖ + eps); FIN_SECOND (GSAM): <g, g_p> / (‖g_p‖² + eps);
+                            // FIN_LOOK1 (per tensor): α‖g‖ / (‖g_v‖ + eps). From samkit_core::rules.
+    double beta1;           // Adam's β1, β2 and lr as torch holds them (f64, as written)
+    double beta2;
+    double lr_hyper;
     u32 n_units;
     u32 n_segs;
     u32 mode;
@@ -299,8 +305,6 @@ struct FinArgs {
     float coef_a;           // host-known coefficients (FIN_CHECK, FIN_SECOND for plain rules)
     float coef_b;
     float lr;
-    float beta1;
-    float beta2;
     u32 pad;
 };
 
@@ -349,9 +353,9 @@ template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a,
             if (mode == FIN_NORM) {
                 a.seg_gsq[s] = v;
             } else if (mode == FIN_LOOK1) {
-                // pytorch_optimizer.LookSAM adds 1e-8 to the per-tensor ‖g_v‖.
+                // pytorch_optimizer.LookSAM adds an eps (rules::EPS_LOOKSAM) to the per-tensor ‖g_v‖.
                 const double gv = sqrt(a.seg_gv[s]);
-                a.coef_b_seg[s] = gv + 1e-8 > 0.0 ? (float)((double)a.alpha * sqrt(v) / (gv + 1e-8)) : 0.f;
+                a.coef_b_seg[s] = gv + a.eps > 0.0 ? (float)((double)a.alpha * sqrt(v) / (gv + a.eps)) : 0.f;
             } else if (mode == FIN_SECOND && a.rule == RULE_LOOKSAM) {
                 const double gg = a.seg_gsq[s];
                 a.coef_c_seg[s] = gg > 0.0 ? (float)(v / gg) : 0.f;
@@ -396,7 +400,7 @@ template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a,
             // g_p − α·(g − proj·g_p), proj = <g, g_p> / (‖g_p‖² + eps_p): x = g_p, y = g.
             ctl->coef_a = 1.f;
             ctl->coef_b = -a.alpha;
-            ctl->coef_p = (float)(A / (B + 1e-12));
+            ctl->coef_p = (float)(A / (B + a.eps));
         } else if (a.rule == RULE_LOOKSAM && !a.per_seg) {
             const double gg = ctl->g_sq;
             ctl->coef_c = gg > 0.0 ? (float)(A / gg) : 0.f;
@@ -407,9 +411,9 @@ template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a,
     ctl->sc_first = t == 1 ? 1u : 0u;
     ctl->sc_lr = a.lr;
     if (a.adam) {
-        const double bc1 = 1.0 - sk_powi((double)a.beta1, (int)t);
-        const double bc2 = 1.0 - sk_powi((double)a.beta2, (int)t);
-        ctl->sc_step_size = (float)((double)a.lr / bc1);
+        const double bc1 = 1.0 - sk_powi(a.beta1, (int)t);
+        const double bc2 = 1.0 - sk_powi(a.beta2, (int)t);
+        ctl->sc_step_size = (float)(a.lr_hyper / bc1);
         ctl->sc_bc2_sqrt = (float)sqrt(bc2);
     } else {
         ctl->sc_step_size = 0.f;
@@ -450,7 +454,8 @@ __device__ __forceinline__ void sk_fin_tail(const FinArgs& f, u32* ticket) {
     SK_NORM_FUSED(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)            \
     SK_NORM_FUSED(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER)        \
     SK_NORM_FUSED(masked, T, SUF, BASE_MASKED, SCALE_ONE)              \
-    SK_NORM_FUSED(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)
+    SK_NORM_FUSED(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)          \
+    SK_NORM_FUSED(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
 
 SK_NORM_FUSED_ALL(float, f32)
 SK_NORM_FUSED_ALL(__nv_bfloat16, bf16)

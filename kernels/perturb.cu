@@ -123,7 +123,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
     SK_PERTURB(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)     \
     SK_PERTURB(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER) \
     SK_PERTURB(masked, T, SUF, BASE_MASKED, SCALE_ONE)       \
-    SK_PERTURB(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)
+    SK_PERTURB(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)   \
+    SK_PERTURB(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
 
 SK_PERTURB_ALL(float, f32)
 SK_PERTURB_ALL(__nv_bfloat16, bf16)

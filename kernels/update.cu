@@ -37,15 +37,17 @@ struct UpdateArgs {
     u32 centered;
     u32 has_momentum;        // SGD / RMSprop: momentum != 0
     float momentum;
-    float damp;              // SGD: 1 − dampening
+    float one_m_dampening;   // SGD: 1 − dampening (BaseConsts, as every constant here)
     float weight_decay;
-    float b1;                // Adam: 1 − β1
+    float one_m_beta1;       // Adam: 1 − β1
     float beta2;
     float one_m_beta2;       // Adam: 1 − β2
     float eps;
     float wscale;            // AdamW: 1 − lr·λ
     float alpha;             // RMSprop: α
     float one_m_alpha;       // RMSprop: 1 − α
+    u32 amsgrad;             // Adam: s2 = max(s2, v), the denominator from s2
+    u32 maximize;            // Adam: the gradient is negated first
 };
 
 // The scalars of one update, read once per block from the device-resident step state.
@@ -64,22 +66,29 @@ template <int OPT> struct Step {
         if (OPT == OPT_SGD) {
             const float g = wd != 0.f ? d + wd * w : d;
             if (!a.has_momentum) return w - c.lr * g;
-            const float m = c.first ? g : a.momentum * s0 + a.damp * g;
+            const float m = c.first ? g : a.momentum * s0 + a.one_m_dampening * g;
             s0 = m;
             const float step = a.nesterov ? g + a.momentum * m : m;
             return w - c.lr * step;
         } else if (OPT == OPT_ADAM || OPT == OPT_ADAMW) {
-            float g = d;
+            float g = a.maximize ? -d : d;
             float wi = w;
             if (wd != 0.f) {
                 if (OPT == OPT_ADAMW) wi *= a.wscale;
                 else g += wd * wi;
             }
-            const float mi = s0 + (g - s0) * a.b1;
+            const float mi = s0 + (g - s0) * a.one_m_beta1;
             const float vi = s1 * a.beta2 + a.one_m_beta2 * g * g;
             s0 = mi;
             s1 = vi;
-            const float denom = sqrtf(vi) / c.bc2_sqrt + a.eps;
+            float vd = vi;
+            if (a.amsgrad) {
+                // torch.maximum: NaN-propagating, which fmaxf is not (a NaN step is skipped
+                // before any state changes, so the two agree on every step that runs).
+                vd = fmaxf(s2, vi);
+                s2 = vd;
+            }
+            const float denom = sqrtf(vd) / c.bc2_sqrt + a.eps;
             return wi - c.step_size * (mi / denom);
         } else {
             // State after square_avg: the momentum buffer first, if any, then grad_avg.
@@ -109,7 +118,7 @@ template <int OPT> struct Step {
 template <int OPT> __device__ __forceinline__ int n_state(const UpdateArgs& a) {
     if (OPT == OPT_SGD) return a.has_momentum ? 1 : 0;
     if (OPT == OPT_RMSPROP) return 1 + (a.has_momentum ? 1 : 0) + (a.centered ? 1 : 0);
-    return 2;
+    return a.amsgrad ? 3 : 2;
 }
 
 template <class T, int OPT> __device__ __forceinline__ void update_body(const UpdateArgs& a) {

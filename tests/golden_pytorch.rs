@@ -34,6 +34,9 @@ use serde_json::Value;
 
 /// `max|a − b| / max(max|b|, 1e-3)` per step.
 const TOL: f64 = 1e-5;
+/// Adam and RMSprop form `1 − β`, `1 − α` in f64 as torch does (samkit_core::base); with the
+/// f32 forms their trajectories were ~1.5e-6 away (RMSprop), with torch's ~3e-7 at most.
+const TOL_DERIVED: f64 = 5e-7;
 
 /// Every golden file, each checked by a test below.
 const CASES: &[&str] = &[
@@ -132,6 +135,9 @@ fn parse_base(b: &Value) -> BaseOptimizer {
                 beta2: betas[1],
                 eps: f32_of(b, "eps"),
                 weight_decay: f32_of(b, "weight_decay"),
+                // Options the generator may record (absent: torch's defaults, False).
+                amsgrad: b.get("amsgrad").and_then(Value::as_bool).unwrap_or(false),
+                maximize: b.get("maximize").and_then(Value::as_bool).unwrap_or(false),
             };
             if kind == "adam" {
                 BaseOptimizer::Adam(c)
@@ -158,11 +164,15 @@ fn parse_rule(r: &Value) -> Rule {
         "sam" => Rule::Sam(Sam {
             rho: f32_of(r, "rho"),
             adaptive: bool_of(r, "adaptive"),
+            eps_p: None,
+            grad_centralization: false,
         }),
         "friendlysam" => Rule::FriendlySam(FriendlySam {
             rho: f32_of(r, "rho"),
             sigma: f32_of(r, "sigma"),
             lambda: f32_of(r, "lmbda"),
+            adaptive: false,
+            eps_p: None,
         }),
         "gsam" => Rule::Gsam(Gsam {
             rho_max: f32_of(r, "rho_max"),
@@ -170,6 +180,7 @@ fn parse_rule(r: &Value) -> Rule {
             alpha: f32_of(r, "alpha"),
             lr_max: f32_of(r, "max_lr"),
             lr_min: f32_of(r, "min_lr"),
+            eps_p: None,
         }),
         // pytorch_optimizer.LookSAM is per-tensor (g_v, ‖g‖ and ‖g_v‖ of each tensor).
         "looksam" => Rule::LookSam(LookSam {
@@ -177,11 +188,13 @@ fn parse_rule(r: &Value) -> Rule {
             k: r["k"].as_u64().expect("k"),
             alpha: f32_of(r, "alpha"),
             per_tensor: true,
+            eps_p: None,
         }),
         "asam" => Rule::Asam(Asam {
             rho: f32_of(r, "rho"),
             eta: f32_of(r, "eta"),
             filterwise: false,
+            eps_p: None,
         }),
         other => panic!("unknown rule {other}"),
     }
@@ -437,17 +450,17 @@ fn sgd_nesterov() {
 
 #[test]
 fn adam_with_weight_decay() {
-    check("adam_wd", TOL);
+    check("adam_wd", TOL_DERIVED);
 }
 
 #[test]
 fn adamw_with_weight_decay() {
-    check("adamw_wd", TOL);
+    check("adamw_wd", TOL_DERIVED);
 }
 
 #[test]
 fn rmsprop_plain() {
-    check("rmsprop_plain", TOL);
+    check("rmsprop_plain", TOL_DERIVED);
 }
 
 #[test]

@@ -102,8 +102,35 @@ impl Layout {
         Ok(self)
     }
 
+    /// A layout from a trainer's list of tensors: `(name, shape)` in order, each tensor's kind
+    /// inferred from its PyTorch-style name by [`ParamKind::from_name`] (`….weight` is a weight,
+    /// everything else, `….bias` included, a bias). Use this (or [`Layout::from_kinds`]) for any
+    /// model whose rules treat the kinds differently (ASAM, ImbSAM's and the norm-layer rules).
+    pub fn from_named<S: AsRef<str>>(tensors: &[(S, &[usize])]) -> Result<Self> {
+        let mut l = Layout::new();
+        for (name, shape) in tensors {
+            l.push(name.as_ref(), shape)?;
+        }
+        Ok(l)
+    }
+
+    /// A layout from `(name, shape, kind)` with explicit kinds, for names that do not follow the
+    /// PyTorch convention.
+    pub fn from_kinds<S: AsRef<str>>(tensors: &[(S, &[usize], ParamKind)]) -> Result<Self> {
+        let mut l = Layout::new();
+        for (name, shape, kind) in tensors {
+            l.push_with_kind(name.as_ref(), shape, *kind)?;
+        }
+        Ok(l)
+    }
+
     /// A layout with one unnamed-weight segment per slice length: the shape of a list of
     /// tensors handed over by a trainer that has no arena of its own.
+    ///
+    /// Every slice is marked a [`ParamKind::Weight`] of shape `[len]`: right for SAM, GSAM,
+    /// FriendlySAM, Sparse SAM and LookSAM, which ignore kinds and shapes, but ASAM would scale
+    /// biases as weights (and filter-wise ASAM needs shapes). Give names or kinds with
+    /// [`Layout::from_named`] / [`Layout::from_kinds`] for those.
     pub fn from_lengths(lengths: &[usize]) -> Result<Self> {
         let mut l = Layout::new();
         for (i, &n) in lengths.iter().enumerate() {
@@ -267,5 +294,33 @@ mod tests {
         assert!(l.push("a", &[3]).is_err());
         assert!(l.split(&[1.0; 3]).is_err());
         assert!(Layout::mlp(&[3]).is_err());
+    }
+
+    #[test]
+    fn named_layouts_classify_biases() {
+        let w: &[usize] = &[4, 3];
+        let b: &[usize] = &[4];
+        let l = Layout::from_named(&[("fc.weight", w), ("fc.bias", b), ("bn.weight", b)]).unwrap();
+        let kinds: Vec<_> = l.segments().iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [ParamKind::Weight, ParamKind::Bias, ParamKind::Weight]
+        );
+        assert_eq!(l.segment("fc.weight").unwrap().filter_len(), 3);
+        assert_eq!(l.len(), 20);
+        // The same model through explicit kinds, and the old constructor's all-weight view.
+        let k = Layout::from_kinds(&[
+            ("a", w, ParamKind::Weight),
+            ("b", b, ParamKind::Bias),
+            ("c", b, ParamKind::Weight),
+        ])
+        .unwrap();
+        assert_eq!(
+            k.segments().iter().map(|s| s.kind).collect::<Vec<_>>(),
+            kinds
+        );
+        let flat = Layout::from_lengths(&[12, 4, 4]).unwrap();
+        assert!(flat.segments().iter().all(|s| s.kind == ParamKind::Weight));
+        assert!(Layout::from_named(&[("x.bias", &[0usize][..])]).is_err());
     }
 }

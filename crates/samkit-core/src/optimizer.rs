@@ -14,11 +14,11 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::params::{Params, ParamsMut};
 use crate::passes::{
-    dot_pass, norm_pass, per_segment, perturb_pass, restore_pass, update_pass, Base, Coef, Combine,
-    Dir, Ema, FilterScales, Scale, Second, SideGv,
+    centralized, dot_pass, norm_pass, per_segment, perturb_pass, restore_pass, update_pass, Base,
+    Coef, Combine, Dir, Ema, FilterScales, Scale, Second, SideGv,
 };
 use crate::protocol::{drive_step, NoHooks, SamOptimizer, Status};
-use crate::rules::{MaskKind, Rule, SsamNorm, EPS_P};
+use crate::rules::{MaskKind, Rule, SsamNorm, EPS_LOOKSAM};
 use crate::sparse;
 
 /// Which gradient the closure form asks for.
@@ -204,22 +204,7 @@ impl Optimizer {
     /// Sets the perturbation radius of the next steps (a schedule such as `ρ_t = c/√t`).
     /// GSAM ties ρ to the learning rate instead; the plain base optimizer has none.
     pub fn set_rho(&mut self, rho: f32) -> Result<()> {
-        crate::error::check_finite_nonneg("rho", rho)?;
-        match &mut self.rule {
-            Rule::Sam(c) => c.rho = rho,
-            Rule::Asam(c) => c.rho = rho,
-            Rule::FriendlySam(c) => c.rho = rho,
-            Rule::Ssam(c) => c.rho = rho,
-            Rule::ImbSam(c) => c.rho = rho,
-            Rule::LookSam(c) => c.rho = rho,
-            Rule::Gsam(_) | Rule::Base => {
-                return Err(Error::Protocol(format!(
-                    "{} has no settable ρ (GSAM derives ρ_t from the learning rate)",
-                    self.rule.name()
-                )))
-            }
-        }
-        Ok(())
+        self.rule.set_rho(rho)
     }
 
     /// Completed steps.
@@ -410,6 +395,8 @@ impl Optimizer {
         let g_u = self.chunks.split(g.segments(&self.layout, "gradient")?);
         let t = self.st.step;
         let rule = self.rule.clone();
+        // The rule's eps_p, or its value in ALGORITHMS.md (Rule::perturb_eps).
+        let eps = rule.perturb_eps();
         match rule {
             Rule::Base => {
                 let n = dot_pass(&self.chunks, None, &g_u);
@@ -425,7 +412,14 @@ impl Optimizer {
                     base: Base::Grad,
                     scale,
                 };
-                self.perturb_by(w, &g_u, dir, dir, c.rho, EPS_P, None)
+                if c.grad_centralization {
+                    // pytorch_optimizer's use_gc: the norm of g, the perturbation along the
+                    // centralized g.
+                    let gc = centralized(&self.layout, &g.segments(&self.layout, "gradient")?);
+                    let gc_u = self.chunks.split_flat(&gc);
+                    return self.perturb_along(w, &g_u, &gc_u, dir, c.rho, eps);
+                }
+                self.perturb_by(w, &g_u, dir, dir, c.rho, eps, None)
             }
             Rule::Asam(c) => {
                 let fs;
@@ -440,23 +434,23 @@ impl Optimizer {
                     base: Base::Grad,
                     scale,
                 };
-                self.perturb_by(w, &g_u, dir, dir, c.rho, 1e-16, None)
+                self.perturb_by(w, &g_u, dir, dir, c.rho, eps, None)
             }
             Rule::FriendlySam(c) => {
                 let first = self.st.fsam_m.is_empty();
-                let dir = if first {
-                    Dir::PLAIN
+                // Adaptive: T = |w| on FriendlySAM's direction, as adaptive SAM on g.
+                let scale = if c.adaptive { Scale::AbsW } else { Scale::One };
+                let base = if first {
+                    Base::Grad
                 } else {
-                    Dir {
-                        base: Base::Friendly { sigma: c.sigma },
-                        scale: Scale::One,
-                    }
+                    Base::Friendly { sigma: c.sigma }
                 };
+                let dir = Dir { base, scale };
                 let ema = Ema {
                     lambda: c.lambda,
                     first,
                 };
-                self.perturb_by(w, &g_u, dir, dir, c.rho, EPS_P, Some(ema))
+                self.perturb_by(w, &g_u, dir, dir, c.rho, eps, Some(ema))
             }
             Rule::Ssam(c) => {
                 let n = self.layout.len();
@@ -496,8 +490,8 @@ impl Optimizer {
                     scale: Scale::One,
                 };
                 let (norm_dir, eps) = match c.norm {
-                    SsamNorm::Masked => (masked, EPS_P),
-                    SsamNorm::Full => (Dir::PLAIN, 1e-7),
+                    SsamNorm::Masked => (masked, eps),
+                    SsamNorm::Full => (Dir::PLAIN, eps),
                 };
                 let out = self.perturb_by(w, &g_u, norm_dir, masked, c.rho, eps, None);
                 self.st.mask = current;
@@ -509,11 +503,11 @@ impl Optimizer {
             }
             Rule::Gsam(c) => {
                 let rho = c.rho_at(self.lr);
-                self.perturb_copy(w, &g_u, &g_u, rho, EPS_P, false)
+                self.perturb_copy(w, &g_u, &g_u, rho, eps, false)
             }
             Rule::LookSam(c) => {
                 if t % c.k == 0 {
-                    return self.perturb_copy(w, &g_u, &g_u, c.rho, EPS_P, c.per_tensor);
+                    return self.perturb_copy(w, &g_u, &g_u, c.rho, eps, c.per_tensor);
                 }
                 let out = norm_pass(&self.chunks, Dir::PLAIN, &g_u, None, None, None, None);
                 if !out.finite {
@@ -532,11 +526,11 @@ impl Optimizer {
                 let per: Vec<f32>;
                 let b = if c.per_tensor {
                     let g_sq = per_segment(&self.chunks, &out.parts, segs);
-                    // pytorch_optimizer.LookSAM adds 1e-8 to the per-tensor ‖g_v‖.
+                    // pytorch_optimizer.LookSAM adds an eps to the per-tensor ‖g_v‖.
                     per = g_sq
                         .iter()
                         .zip(&gv_sq)
-                        .map(|(&a, &b)| coef(a, b, 1e-8))
+                        .map(|(&a, &b)| coef(a, b, EPS_LOOKSAM))
                         .collect();
                     Coef::PerSegment(&per)
                 } else {
@@ -593,7 +587,7 @@ impl Optimizer {
                 let t_u = self
                     .chunks
                     .split(tail.segments(&self.layout, "tail gradient")?);
-                self.perturb_copy_checked(w, &t_u, &h_u, c.rho, 1e-16)
+                self.perturb_copy_checked(w, &t_u, &h_u, c.rho, self.rule.perturb_eps())
             }
         }
     }
@@ -650,6 +644,41 @@ impl Optimizer {
             g_sq: vec![out.sum_sq],
             new_mask: None,
             fsam_next: ema.is_some(),
+        });
+        Ok(FirstOutcome::Perturbed)
+    }
+
+    /// SAM with gradient centralization: the norm (and the non-finite check) of `g`, the
+    /// perturbation along `d` (the centralized `g`).
+    fn perturb_along<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        g_u: &[&[f32]],
+        d_u: &[&[f32]],
+        dir: Dir,
+        rho: f32,
+        eps: f64,
+    ) -> Result<FirstOutcome> {
+        let out = {
+            let w_ro = matches!(dir.scale, Scale::AbsW)
+                .then(|| w.segments(&self.layout, "weights"))
+                .transpose()?
+                .map(|s| self.chunks.split(s));
+            norm_pass(&self.chunks, dir, g_u, w_ro.as_deref(), None, None, None)
+        };
+        if !out.finite {
+            return Ok(self.skip());
+        }
+        let scale = perturb_scale(rho, out.norm(), eps);
+        let ws = self
+            .chunks
+            .split_mut(w.segments_mut(&self.layout, "weights")?);
+        let olds = self.chunks.split_flat_mut(&mut self.w_old);
+        perturb_pass(&self.chunks, dir, scale, ws, olds, d_u, None, None);
+        self.phase = Phase::Perturbed(Pending {
+            g_sq: vec![out.sum_sq],
+            new_mask: None,
+            fsam_next: false,
         });
         Ok(FirstOutcome::Perturbed)
     }
@@ -773,7 +802,7 @@ impl Optimizer {
         let (combine_a, combine_y, side_c) = match &rule {
             Rule::Gsam(c) => {
                 // g_p − α·(g − proj·g_p), with proj = ⟨g, g_p⟩ / (‖g_p‖² + eps_p).
-                let proj = (dots.xy / (dots.yy + EPS_P)) as f32;
+                let proj = (dots.xy / (dots.yy + rule.perturb_eps())) as f32;
                 let y = Second {
                     y: &aux_all[..],
                     b: Coef::Global(-c.alpha),

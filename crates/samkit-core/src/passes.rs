@@ -47,6 +47,26 @@ impl FilterScales {
     }
 }
 
+/// Gradient centralization (pytorch_optimizer's `centralize_gradient(g, gc_conv_only=False)`):
+/// a flat copy of `g` in which every segment of two or more dimensions has the mean over all
+/// dimensions but the first subtracted, filter by filter; 1-D segments are copied unchanged. The
+/// mean is summed in f64 (deterministic, whatever the thread count) and rounded once.
+pub fn centralized(layout: &Layout, g: &[&[f32]]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(layout.len());
+    for (s, gs) in layout.segments().iter().zip(g) {
+        if s.shape.len() < 2 {
+            out.extend_from_slice(gs);
+            continue;
+        }
+        let fl = s.filter_len();
+        for row in gs.chunks(fl) {
+            let mean = (row.iter().map(|&x| x as f64).sum::<f64>() / fl as f64) as f32;
+            out.extend(row.iter().map(|&x| x - mean));
+        }
+    }
+    out
+}
+
 /// The factor `T` of scale-aware rules, elementwise.
 #[derive(Clone, Copy)]
 pub enum Scale<'a> {

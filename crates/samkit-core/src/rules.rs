@@ -3,14 +3,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_finite_nonneg, check_unit_interval, Error, Result};
 
-/// `eps_p`: added to a norm before dividing by it, unless a rule says otherwise.
+// Every epsilon of the family, one constant per meaning, used by the CPU optimizer and handed to
+// the CUDA kernels as arguments (no kernel holds its own copy).
+
+/// `eps_p`: added to a norm before dividing by it, unless a rule says otherwise; also GSAM's
+/// projection `⟨g, g_p⟩ / (‖g_p‖² + eps_p)`.
 pub const EPS_P: f64 = 1e-12;
+/// ASAM's perturbation denominator `‖T ⊙ g‖ + 1e-16` (the official code).
+pub const EPS_ASAM: f64 = 1e-16;
+/// ImbSAM's perturbation denominator `‖g_t‖ + 1e-16` (the official code).
+pub const EPS_IMBSAM: f64 = 1e-16;
+/// Sparse SAM with `norm = full`: `‖g‖ + 1e-7` (the official code).
+pub const EPS_SSAM_FULL: f64 = 1e-7;
+/// LookSAM per tensor: `α·‖g‖ / (‖g_v‖ + 1e-8)` (pytorch_optimizer.LookSAM).
+pub const EPS_LOOKSAM: f64 = 1e-8;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sam {
     pub rho: f32,
     /// `e = ρ·w²⊙g / ‖|w|⊙g‖` (the `adaptive=True` of the PyTorch implementations).
     pub adaptive: bool,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
+    /// Gradient centralization (pytorch_optimizer's `SAM(use_gc=True)`): the perturbation
+    /// follows `g` with the mean over all dimensions but the first subtracted from every
+    /// segment of two or more dimensions (conv and linear weights); the norm is still `‖g‖`'s,
+    /// as in the reference. Segments of [`crate::Layout::from_lengths`] are 1-D: give shapes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grad_centralization: bool,
 }
 
 impl Default for Sam {
@@ -18,6 +40,8 @@ impl Default for Sam {
         Sam {
             rho: 0.05,
             adaptive: false,
+            eps_p: None,
+            grad_centralization: false,
         }
     }
 }
@@ -28,6 +52,10 @@ pub struct Asam {
     pub eta: f32,
     /// `T` constant over each output filter: `‖w_f‖ + η`.
     pub filterwise: bool,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
 }
 
 impl Default for Asam {
@@ -36,6 +64,7 @@ impl Default for Asam {
             rho: 0.5,
             eta: 0.01,
             filterwise: false,
+            eps_p: None,
         }
     }
 }
@@ -45,6 +74,14 @@ pub struct FriendlySam {
     pub rho: f32,
     pub sigma: f32,
     pub lambda: f32,
+    /// `e = ρ·w²⊙d / ‖|w|⊙d‖` (pytorch_optimizer's `FriendlySAM(adaptive=True)`), `d` the
+    /// FriendlySAM direction.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adaptive: bool,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
 }
 
 impl Default for FriendlySam {
@@ -53,6 +90,8 @@ impl Default for FriendlySam {
             rho: 0.05,
             sigma: 1.0,
             lambda: 0.9,
+            adaptive: false,
+            eps_p: None,
         }
     }
 }
@@ -63,7 +102,7 @@ impl Default for FriendlySam {
 pub enum SsamNorm {
     /// `‖M ⊙ g‖` (the survey's eq. 3, `‖e‖ = ρ`).
     Masked,
-    /// `‖g‖ + 1e-7` (the official code).
+    /// `‖g‖ + 1e-7` (the official code, [`EPS_SSAM_FULL`]).
     Full,
 }
 
@@ -111,6 +150,10 @@ pub struct Ssam {
     pub interval: u64,
     pub norm: SsamNorm,
     pub mask: MaskKind,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
 }
 
 impl Ssam {
@@ -121,6 +164,7 @@ impl Ssam {
             interval: 5,
             norm: SsamNorm::Masked,
             mask: MaskKind::Fisher { samples: 128 },
+            eps_p: None,
         }
     }
 
@@ -148,6 +192,10 @@ pub struct ImbSam {
     pub tau: usize,
     /// Weight of the tail loss (2 reproduces the official code).
     pub kappa: f32,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
 }
 
 impl Default for ImbSam {
@@ -156,6 +204,7 @@ impl Default for ImbSam {
             rho: 0.05,
             tau: 20,
             kappa: 1.0,
+            eps_p: None,
         }
     }
 }
@@ -175,6 +224,10 @@ pub struct Gsam {
     /// The learning-rate range `ρ_t` follows; equal values give the constant `ρ_max`.
     pub lr_max: f32,
     pub lr_min: f32,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
 }
 
 impl Default for Gsam {
@@ -185,6 +238,7 @@ impl Default for Gsam {
             alpha: 0.4,
             lr_max: 0.1,
             lr_min: 0.1,
+            eps_p: None,
         }
     }
 }
@@ -208,6 +262,10 @@ pub struct LookSam {
     pub alpha: f32,
     /// Per-tensor `g_v` and norms, as `pytorch_optimizer.LookSAM` (default: global vectors).
     pub per_tensor: bool,
+    /// The perturbation epsilon `ρ / (‖d‖ + eps_p)` (pytorch_optimizer's `perturb_eps`); `None` is
+    /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
 }
 
 impl Default for LookSam {
@@ -217,6 +275,7 @@ impl Default for LookSam {
             k: 5,
             alpha: 0.7,
             per_tensor: false,
+            eps_p: None,
         }
     }
 }
@@ -254,7 +313,83 @@ impl Rule {
         }
     }
 
+    /// Sets the perturbation radius `ρ` (a schedule such as `ρ_t = c/√t`), validated. GSAM ties
+    /// ρ to the learning rate instead (`rho_max`/`rho_min`), and the plain base optimizer has
+    /// none: both are errors, and the rule is left unchanged on any error.
+    pub fn set_rho(&mut self, rho: f32) -> Result<()> {
+        check_finite_nonneg("rho", rho)?;
+        match self {
+            Rule::Sam(c) => c.rho = rho,
+            Rule::Asam(c) => c.rho = rho,
+            Rule::FriendlySam(c) => c.rho = rho,
+            Rule::Ssam(c) => c.rho = rho,
+            Rule::ImbSam(c) => c.rho = rho,
+            Rule::LookSam(c) => c.rho = rho,
+            Rule::Gsam(_) | Rule::Base => {
+                return Err(Error::Protocol(format!(
+                    "{} has no settable ρ (GSAM derives ρ_t from the learning rate)",
+                    self.name()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The perturbation radius of the rule (GSAM: `rho_max`; the base optimizer: none).
+    pub fn rho(&self) -> Option<f32> {
+        match self {
+            Rule::Base => None,
+            Rule::Sam(c) => Some(c.rho),
+            Rule::Asam(c) => Some(c.rho),
+            Rule::FriendlySam(c) => Some(c.rho),
+            Rule::Ssam(c) => Some(c.rho),
+            Rule::ImbSam(c) => Some(c.rho),
+            Rule::Gsam(c) => Some(c.rho_max),
+            Rule::LookSam(c) => Some(c.rho),
+        }
+    }
+
+    /// The epsilon of the rule's perturbation denominator `ρ / (‖d‖ + eps)`: the rule's
+    /// `eps_p` when set, else its value in ALGORITHMS.md (the base optimizer has no
+    /// perturbation and answers [`EPS_P`]). GSAM's projection `⟨g, g_p⟩ / (‖g_p‖² + eps)` uses
+    /// the same value, as the official code's `perturb_eps`.
+    pub fn perturb_eps(&self) -> f64 {
+        self.eps_override()
+            .unwrap_or_else(|| self.default_perturb_eps())
+    }
+
+    fn eps_override(&self) -> Option<f64> {
+        match self {
+            Rule::Base => None,
+            Rule::Sam(c) => c.eps_p,
+            Rule::Asam(c) => c.eps_p,
+            Rule::FriendlySam(c) => c.eps_p,
+            Rule::Ssam(c) => c.eps_p,
+            Rule::ImbSam(c) => c.eps_p,
+            Rule::Gsam(c) => c.eps_p,
+            Rule::LookSam(c) => c.eps_p,
+        }
+    }
+
+    /// The perturbation epsilon ALGORITHMS.md gives the rule.
+    pub fn default_perturb_eps(&self) -> f64 {
+        match self {
+            Rule::Asam(_) => EPS_ASAM,
+            Rule::ImbSam(_) => EPS_IMBSAM,
+            Rule::Ssam(Ssam {
+                norm: SsamNorm::Full,
+                ..
+            }) => EPS_SSAM_FULL,
+            _ => EPS_P,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if let Some(eps) = self.eps_override() {
+            if !(eps.is_finite() && eps >= 0.0) {
+                return Err(Error::hyper("eps_p", eps, "must be finite and >= 0"));
+            }
+        }
         match self {
             Rule::Base => {}
             Rule::Sam(c) => check_finite_nonneg("rho", c.rho)?,

@@ -87,6 +87,8 @@ fn adaptive_sam_step() {
     let rule = Rule::Sam(Sam {
         rho: rho as f32,
         adaptive: true,
+        eps_p: None,
+        grad_centralization: false,
     });
     let mut opt = Optimizer::new(layout(), rule, sgd()).unwrap();
     let mut w = f32s(&W0);
@@ -111,6 +113,7 @@ fn asam_step_elementwise_and_filterwise() {
         rho: rho as f32,
         eta: eta as f32,
         filterwise: false,
+        eps_p: None,
     });
     let mut opt = Optimizer::new(layout(), rule, sgd()).unwrap();
     let mut w = f32s(&W0);
@@ -134,6 +137,7 @@ fn asam_step_elementwise_and_filterwise() {
         rho: rho as f32,
         eta: eta as f32,
         filterwise: true,
+        eps_p: None,
     });
     let mut opt = Optimizer::new(l, rule, sgd()).unwrap();
     let mut w = f32s(&W0);
@@ -235,6 +239,7 @@ fn imbsam_step() {
         rho: rho as f32,
         tau: 20,
         kappa: kappa as f32,
+        eps_p: None,
     });
     let mut opt = Optimizer::new(layout(), rule, sgd()).unwrap();
     let mut w = f32s(&W0);
@@ -269,6 +274,7 @@ fn looksam_reuses_the_orthogonal_component() {
         k: 2,
         alpha: alpha as f32,
         per_tensor: false,
+        eps_p: None,
     });
     let mut opt = Optimizer::new(layout(), rule, sgd()).unwrap();
     let mut w = f32s(&W0);

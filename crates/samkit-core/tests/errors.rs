@@ -27,6 +27,8 @@ fn bad_hyperparameters_are_rejected_with_their_name() {
             Rule::Sam(Sam {
                 rho: -0.1,
                 adaptive: false,
+                eps_p: None,
+                grad_centralization: false,
             }),
             "rho",
         ),
@@ -34,6 +36,8 @@ fn bad_hyperparameters_are_rejected_with_their_name() {
             Rule::Sam(Sam {
                 rho: f32::NAN,
                 adaptive: false,
+                eps_p: None,
+                grad_centralization: false,
             }),
             "rho",
         ),
@@ -41,6 +45,8 @@ fn bad_hyperparameters_are_rejected_with_their_name() {
             Rule::Sam(Sam {
                 rho: f32::INFINITY,
                 adaptive: false,
+                eps_p: None,
+                grad_centralization: false,
             }),
             "rho",
         ),
@@ -234,7 +240,9 @@ fn rho_can_follow_a_schedule() {
         opt.rule(),
         &Rule::Sam(Sam {
             rho: 0.2,
-            adaptive: false
+            adaptive: false,
+            eps_p: None,
+            grad_centralization: false,
         })
     );
     assert!(opt.set_rho(-1.0).is_err());

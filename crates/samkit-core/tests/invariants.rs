@@ -14,10 +14,14 @@ fn rules_with_rho(rho: f32) -> Vec<Rule> {
         Rule::Sam(Sam {
             rho,
             adaptive: false,
+            eps_p: None,
+            grad_centralization: false,
         }),
         Rule::Sam(Sam {
             rho,
             adaptive: true,
+            eps_p: None,
+            grad_centralization: false,
         }),
         Rule::Asam(Asam {
             rho,
@@ -119,6 +123,8 @@ fn sam(rho: f32) -> Rule {
     Rule::Sam(Sam {
         rho,
         adaptive: false,
+        eps_p: None,
+        grad_centralization: false,
     })
 }
 
@@ -282,6 +288,7 @@ fn asam_scaled_perturbation_norm_is_rho() {
         rho,
         eta,
         filterwise: false,
+        eps_p: None,
     });
     let (a, b) = perturbation(&p, rule, 3);
     let mut s = 0.0;

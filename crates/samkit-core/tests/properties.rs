@@ -64,7 +64,7 @@ proptest! {
     ) {
         prop_assume!(g.iter().any(|&x| x != 0.0));
         let layout = Layout::flat(g.len()).unwrap();
-        let rule = Rule::Sam(Sam { rho, adaptive: false });
+        let rule = Rule::Sam(Sam { rho, adaptive: false, eps_p: None, grad_centralization: false });
         let mut opt = Optimizer::new(layout, rule, BaseOptimizer::sgd(0.1, 0.0, 0.0)).unwrap();
         let mut w = vec![0f32; g.len()];
         opt.first_step(&mut w, &g).unwrap();
@@ -110,6 +110,8 @@ fn all_rules() -> Vec<Rule> {
         Rule::Sam(Sam {
             rho: 0.5,
             adaptive: true,
+            eps_p: None,
+            grad_centralization: false,
         }),
         Rule::Asam(Asam::default()),
         Rule::Asam(Asam {

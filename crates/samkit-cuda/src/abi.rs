@@ -153,6 +153,9 @@ pub struct FinArgs {
     pub coef_b_seg: u64,
     pub coef_c_seg: u64,
     pub eps: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub lr_hyper: f64,
     pub n_units: u32,
     pub n_segs: u32,
     pub mode: u32,
@@ -164,8 +167,6 @@ pub struct FinArgs {
     pub coef_a: f32,
     pub coef_b: f32,
     pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
     pub pad: u32,
 }
 
@@ -215,15 +216,17 @@ pub struct UpdateArgs {
     pub centered: u32,
     pub has_momentum: u32,
     pub momentum: f32,
-    pub damp: f32,
+    pub one_m_dampening: f32,
     pub weight_decay: f32,
-    pub b1: f32,
+    pub one_m_beta1: f32,
     pub beta2: f32,
     pub one_m_beta2: f32,
     pub eps: f32,
     pub wscale: f32,
     pub alpha: f32,
     pub one_m_alpha: f32,
+    pub amsgrad: u32,
+    pub maximize: u32,
 }
 
 #[repr(C)]
@@ -410,6 +413,6 @@ mod tests {
         assert_eq!(std::mem::size_of::<Ctl>(), 120);
         assert_eq!(std::mem::size_of::<SelState>(), 32);
         assert_eq!(std::mem::size_of::<NormArgs>(), 136);
-        assert_eq!(std::mem::size_of::<FinArgs>(), 144);
+        assert_eq!(std::mem::size_of::<FinArgs>(), 160);
     }
 }

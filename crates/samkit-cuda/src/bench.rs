@@ -204,7 +204,7 @@ impl KernelBench {
             "norm_fin" => {
                 let mut f = Fin::new(abi::FIN_NORM);
                 f.rho = 0.05;
-                f.eps = 1e-12;
+                f.eps = samkit_core::rules::EPS_P;
                 let fa = fused.then(|| ops::fin_args(plan, work, None, f));
                 let k = DirKind::Plain;
                 ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
@@ -269,7 +269,7 @@ impl KernelBench {
                 let k = DirKind::Plain;
                 let mut f = Fin::new(abi::FIN_NORM);
                 f.rho = 0.05;
-                f.eps = 1e-12;
+                f.eps = samkit_core::rules::EPS_P;
                 let fa = fused.then(|| ops::fin_args(plan, work, None, f));
                 ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
                 if !fused {

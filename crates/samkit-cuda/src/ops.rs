@@ -126,6 +126,8 @@ pub(crate) enum DirKind {
     Masked,
     /// `g − σ·m` after FriendlySAM's first step.
     Friendly,
+    /// FriendlySAM's direction with `T = |w|` (adaptive FriendlySAM).
+    FriendlyAdaptive,
 }
 
 impl DirKind {
@@ -137,14 +139,20 @@ impl DirKind {
             DirKind::AsamFilter => "asam_filter",
             DirKind::Masked => "masked",
             DirKind::Friendly => "friendly",
+            DirKind::FriendlyAdaptive => "friendly_adaptive",
         }
     }
 
     pub fn needs_w(self) -> bool {
         matches!(
             self,
-            DirKind::Adaptive | DirKind::Asam | DirKind::AsamFilter
+            DirKind::Adaptive | DirKind::Asam | DirKind::AsamFilter | DirKind::FriendlyAdaptive
         )
+    }
+
+    /// FriendlySAM's directions: they read `m` and write its EMA.
+    pub fn is_friendly(self) -> bool {
+        matches!(self, DirKind::Friendly | DirKind::FriendlyAdaptive)
     }
 }
 
@@ -230,7 +238,7 @@ pub(crate) fn norm<T: Elem>(
         ),
     )?;
     assert!(!kind.needs_w() || w.is_some(), "{kind:?} needs the weights");
-    assert!(kind != DirKind::Friendly || x.m.is_some());
+    assert!(!kind.is_friendly() || x.m.is_some());
     assert!(kind != DirKind::Masked || x.mask.is_some());
     assert!(kind != DirKind::AsamFilter || x.filters.is_some());
     let a = NormArgs {
@@ -397,9 +405,11 @@ pub(crate) fn finalize(
 /// The second stage's arguments: for [`finalize`], or folded into [`norm`], [`dot`] (the fused
 /// variant), where the launch's last block runs it over the partials its blocks wrote.
 pub(crate) fn fin_args(plan: &Plan, work: &Work, base: Option<&BaseOptimizer>, f: Fin) -> FinArgs {
-    let (adam, beta1, beta2) = match base {
-        Some(BaseOptimizer::Adam(c)) | Some(BaseOptimizer::AdamW(c)) => (1, c.beta1, c.beta2),
-        _ => (0, 0.0, 0.0),
+    // Adam's bias corrections are formed on the device from β1, β2 and lr as torch holds them
+    // (BaseOptimizer::scalars).
+    let (adam, beta1, beta2) = match base.and_then(BaseOptimizer::adam_betas) {
+        Some((b1, b2)) => (1, b1, b2),
+        None => (0, 0.0, 0.0),
     };
     FinArgs {
         pa: work.pa.addr,
@@ -424,6 +434,7 @@ pub(crate) fn fin_args(plan: &Plan, work: &Work, base: Option<&BaseOptimizer>, f
         coef_a: f.coef_a,
         coef_b: f.coef_b,
         lr: f.lr,
+        lr_hyper: samkit_core::base::hyper_f64(f.lr),
         beta1,
         beta2,
         pad: 0,
@@ -448,7 +459,7 @@ pub(crate) fn perturb<T: Elem>(
         compile::PERTURB,
         &format!("sk_perturb_{}_{}", kind.name(), T::SUFFIX),
     )?;
-    assert!(kind != DirKind::Friendly || x.m.is_some());
+    assert!(!kind.is_friendly() || x.m.is_some());
     assert!(kind != DirKind::Masked || x.mask.is_some());
     assert!(kind != DirKind::AsamFilter || x.filters.is_some());
     let a = PerturbArgs {
@@ -503,6 +514,8 @@ pub(crate) fn update<T: Elem>(
     side: Option<(Tab<T>, &DevBuf<f32>, bool)>,
     commit: Option<&CommitArgs>,
 ) -> Result<()> {
+    // The derived constants exactly as the CPU forms them (BaseOptimizer::consts).
+    let k = opt.consts(lr);
     let (name, mut a) = match opt {
         BaseOptimizer::Sgd(c) => (
             "sgd",
@@ -510,7 +523,7 @@ pub(crate) fn update<T: Elem>(
                 nesterov: c.nesterov as u32,
                 has_momentum: (c.momentum != 0.0) as u32,
                 momentum: c.momentum,
-                damp: 1.0 - c.dampening,
+                one_m_dampening: k.one_m_dampening,
                 weight_decay: c.weight_decay,
                 ..UpdateArgs::default()
             },
@@ -523,12 +536,14 @@ pub(crate) fn update<T: Elem>(
             },
             UpdateArgs {
                 weight_decay: c.weight_decay,
-                b1: 1.0 - c.beta1,
+                one_m_beta1: k.one_m_beta1,
                 beta2: c.beta2,
-                one_m_beta2: 1.0 - c.beta2,
+                one_m_beta2: k.one_m_beta2,
                 eps: c.eps,
                 // AdamW: `w *= 1 − lr·λ`, with this step's learning rate.
-                wscale: 1.0 - lr * c.weight_decay,
+                wscale: k.wscale,
+                amsgrad: c.amsgrad as u32,
+                maximize: c.maximize as u32,
                 ..UpdateArgs::default()
             },
         ),
@@ -541,7 +556,7 @@ pub(crate) fn update<T: Elem>(
                 weight_decay: c.weight_decay,
                 eps: c.eps,
                 alpha: c.alpha,
-                one_m_alpha: 1.0 - c.alpha,
+                one_m_alpha: k.one_m_alpha,
                 ..UpdateArgs::default()
             },
         ),

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
-use samkit_core::rules::EPS_P;
+use samkit_core::rules::EPS_LOOKSAM;
 use samkit_core::{
     drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
     MaskKind, NoHooks, Outcome, Rule, SamOptimizer, SsamNorm, StepReport,
@@ -156,6 +156,16 @@ impl<T: Elem> GpuOptimizer<T> {
     pub fn new(dev: &Arc<Device>, layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
         rule.validate()?;
         base.validate()?;
+        if matches!(&rule, Rule::Sam(c) if c.grad_centralization) {
+            // The per-filter means need a reduction kernel of their own (README: options and
+            // their gaps); refusing beats silently perturbing along the raw gradient.
+            return Err(CoreError::InvalidHyperparameter {
+                name: "grad_centralization",
+                value: "true".into(),
+                why: "is not implemented on the GPU yet; samkit_core::Optimizer has it",
+            }
+            .into());
+        }
         if layout.is_empty() {
             return Err(CoreError::InvalidLayout("the layout has no parameters".into()).into());
         }
@@ -289,29 +299,7 @@ impl<T: Elem> GpuOptimizer<T> {
     /// [`samkit_core::Optimizer::set_rho`]. GSAM ties ρ to the learning rate instead; the plain
     /// base optimizer has none.
     pub fn set_rho(&mut self, rho: f32) -> Result<()> {
-        if !rho.is_finite() || rho < 0.0 {
-            return Err(CoreError::InvalidHyperparameter {
-                name: "rho",
-                value: rho.to_string(),
-                why: "must be finite and >= 0",
-            }
-            .into());
-        }
-        match &mut self.rule {
-            Rule::Sam(c) => c.rho = rho,
-            Rule::Asam(c) => c.rho = rho,
-            Rule::FriendlySam(c) => c.rho = rho,
-            Rule::Ssam(c) => c.rho = rho,
-            Rule::ImbSam(c) => c.rho = rho,
-            Rule::LookSam(c) => c.rho = rho,
-            Rule::Gsam(_) | Rule::Base => {
-                return Err(protocol(format!(
-                    "{} has no settable ρ (GSAM derives ρ_t from the learning rate)",
-                    self.rule.name()
-                )))
-            }
-        }
-        Ok(())
+        Ok(self.rule.set_rho(rho)?)
     }
 
     /// The kernel arrangement of the next steps.
@@ -701,6 +689,8 @@ impl<T: Elem> GpuOptimizer<T> {
             &mut guards,
         )?;
         let rule = self.rule.clone();
+        // The rule's eps_p, or its value in ALGORITHMS.md (Rule::perturb_eps).
+        let eps = rule.perturb_eps();
         let out = match rule {
             Rule::Base => self.apply_in_place(
                 Reduce::Dot(None, gt),
@@ -723,7 +713,7 @@ impl<T: Elem> GpuOptimizer<T> {
                     gt,
                     None,
                     c.rho,
-                    EPS_P,
+                    eps,
                     Spec::default(),
                     None,
                     false,
@@ -741,7 +731,7 @@ impl<T: Elem> GpuOptimizer<T> {
                     eta: c.eta,
                     ..Spec::default()
                 };
-                self.perturb_by(kind, kind, wt, gt, None, c.rho, 1e-16, x, None, false)
+                self.perturb_by(kind, kind, wt, gt, None, c.rho, eps, x, None, false)
             }
             Rule::FriendlySam(c) => {
                 let x = Spec {
@@ -749,8 +739,12 @@ impl<T: Elem> GpuOptimizer<T> {
                     lambda: c.lambda,
                     ..Spec::default()
                 };
-                let k = DirKind::Friendly;
-                self.perturb_by(k, k, wt, gt, None, c.rho, EPS_P, x, None, false)
+                let k = if c.adaptive {
+                    DirKind::FriendlyAdaptive
+                } else {
+                    DirKind::Friendly
+                };
+                self.perturb_by(k, k, wt, gt, None, c.rho, eps, x, None, false)
             }
             Rule::Ssam(c) => {
                 let pending = match &c.mask {
@@ -774,8 +768,8 @@ impl<T: Elem> GpuOptimizer<T> {
                     ..Spec::default()
                 };
                 let (norm_kind, eps) = match c.norm {
-                    SsamNorm::Masked => (DirKind::Masked, EPS_P),
-                    SsamNorm::Full => (DirKind::Plain, 1e-7),
+                    SsamNorm::Masked => (DirKind::Masked, eps),
+                    SsamNorm::Full => (DirKind::Plain, eps),
                 };
                 self.perturb_by(
                     norm_kind,
@@ -801,7 +795,7 @@ impl<T: Elem> GpuOptimizer<T> {
                     gt,
                     None,
                     rho,
-                    EPS_P,
+                    eps,
                     Spec::default(),
                     Some((gt, aux)),
                     false,
@@ -819,7 +813,7 @@ impl<T: Elem> GpuOptimizer<T> {
                         gt,
                         None,
                         c.rho,
-                        EPS_P,
+                        eps,
                         x,
                         Some((gt, aux)),
                         c.per_tensor,
@@ -828,6 +822,8 @@ impl<T: Elem> GpuOptimizer<T> {
                     let x = DirExtra::default();
                     let r = Reduce::Norm(DirKind::Plain, gt, None, None, x, false);
                     let mut f = Fin::new(abi::FIN_LOOK1);
+                    // α‖g‖ / (‖g_v‖ + eps) per tensor (the global form has no eps).
+                    f.eps = EPS_LOOKSAM;
                     f.alpha = c.alpha;
                     f.per_seg = c.per_tensor;
                     // g + b·(g_v − 0·g), b from ‖g‖ and ‖g_v‖ on the device.
@@ -908,7 +904,7 @@ impl<T: Elem> GpuOptimizer<T> {
                     tt,
                     Some(ht),
                     c.rho,
-                    1e-16,
+                    self.rule.perturb_eps(),
                     x,
                     Some((ht, aux)),
                     false,
@@ -957,7 +953,7 @@ impl<T: Elem> GpuOptimizer<T> {
         copy: Option<(Tab<T>, Tab<T>)>,
         per_seg: bool,
     ) -> Result<FirstOutcome> {
-        let fsam = norm_kind == DirKind::Friendly;
+        let fsam = norm_kind.is_friendly();
         let uses_mask = norm_kind == DirKind::Masked || pert_kind == DirKind::Masked;
         let x = DirExtra {
             m: self.fsam.as_ref().filter(|_| fsam),
@@ -1071,6 +1067,8 @@ impl<T: Elem> GpuOptimizer<T> {
         let aux = self.aux.as_ref().map(|a| a.tab());
         let mut f = Fin::new(abi::FIN_SECOND);
         f.with_b = true;
+        // GSAM's projection ⟨g, g_p⟩ / (‖g_p‖² + eps_p).
+        f.eps = self.rule.perturb_eps();
         f.lr = self.lr;
         let mut y = Second::None;
         let mut side = None;

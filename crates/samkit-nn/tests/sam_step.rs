@@ -78,6 +78,8 @@ fn rules() -> Vec<Rule> {
         Rule::Sam(Sam {
             adaptive: true,
             rho: 0.5,
+            eps_p: None,
+            grad_centralization: false,
         }),
         Rule::Asam(Asam::default()),
         Rule::FriendlySam(FriendlySam::default()),

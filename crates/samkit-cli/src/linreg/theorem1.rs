@@ -165,6 +165,8 @@ pub fn run_once(
         Some(c) => Rule::Sam(Sam {
             rho: c as f32,
             adaptive: false,
+            eps_p: None,
+            grad_centralization: false,
         }),
     };
     let mut opt = Optimizer::new(layout.clone(), rule, BaseOptimizer::sgd(1.0, 0.0, 0.0))?;

@@ -152,6 +152,8 @@ pub fn rules(p: &TrainParams) -> Vec<(&'static str, Rule)> {
             Rule::Sam(Sam {
                 rho,
                 adaptive: false,
+                eps_p: None,
+                grad_centralization: false,
             }),
         ),
         (

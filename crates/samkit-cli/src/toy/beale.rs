@@ -39,6 +39,8 @@ pub fn rules(rho: f32, lr: f32) -> Vec<(&'static str, Rule)> {
             Rule::Sam(Sam {
                 rho,
                 adaptive: false,
+                eps_p: None,
+                grad_centralization: false,
             }),
         ),
         (

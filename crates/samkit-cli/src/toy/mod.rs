@@ -347,6 +347,8 @@ mod tests {
         let sam = Rule::Sam(samkit_core::Sam {
             rho: 0.0,
             adaptive: false,
+            eps_p: None,
+            grad_centralization: false,
         });
         let b = trajectory(sam, sgd, &[1.0], 3, quad).unwrap();
         assert_eq!(a, b);

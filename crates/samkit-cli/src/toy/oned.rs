@@ -59,6 +59,8 @@ pub fn run(
                 Rule::Sam(Sam {
                     rho: rho as f32,
                     adaptive: false,
+                    eps_p: None,
+                    grad_centralization: false,
                 }),
                 lr,
                 x0,
@@ -198,6 +200,8 @@ mod tests {
         let rule = Rule::Sam(Sam {
             rho: 0.1,
             adaptive: false,
+            eps_p: None,
+            grad_centralization: false,
         });
         let p = path(rule, 0.01, 1.0, 1).unwrap();
         assert_eq!(p.len(), 2);

@@ -46,6 +46,8 @@ pub fn escape_time(
     let rule = Rule::Sam(Sam {
         rho: p.rho as f32,
         adaptive: false,
+        eps_p: None,
+        grad_centralization: false,
     });
     let base = BaseOptimizer::sgd(p.lr as f32, gamma as f32, 0.0);
     let mut opt = Optimizer::new(Layout::flat(2)?, rule, base)?;

@@ -115,6 +115,12 @@ pub struct TrainArgs {
     pub weight_decay: f32,
     #[arg(long)]
     pub nesterov: bool,
+    /// Adam/AdamW: divide by the running maximum of the second moment (torch's amsgrad).
+    #[arg(long)]
+    pub amsgrad: bool,
+    /// Adam/AdamW: ascend the loss instead of descending it (torch's maximize).
+    #[arg(long)]
+    pub maximize: bool,
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleKind>,
     /// Step schedule: epochs at which the rate is multiplied by --gamma.
@@ -138,9 +144,16 @@ pub struct RuleArgs {
     /// Perturbation radius ρ (default: each rule's own, 0.05 for the survey's rules).
     #[arg(long)]
     pub rho: Option<f32>,
-    /// SAM: the adaptive variant (w² ⊙ g).
+    /// SAM and FriendlySAM: the adaptive variant (e ∝ w² ⊙ d, the norm over |w| ⊙ d).
     #[arg(long)]
     pub adaptive: bool,
+    /// The perturbation epsilon eps_p in ρ / (‖d‖ + eps_p) (default: each rule's value in
+    /// docs/ALGORITHMS.md: 1e-12, ASAM and ImbSAM 1e-16, SSAM with --ssam-full-norm 1e-7).
+    #[arg(long)]
+    pub perturb_eps: Option<f64>,
+    /// SAM: gradient centralization of the perturbation (pytorch_optimizer's use_gc; CPU only).
+    #[arg(long)]
+    pub grad_centralization: bool,
     /// ASAM: η in T = |w| + η.
     #[arg(long, default_value_t = 0.01)]
     pub asam_eta: f32,
@@ -302,12 +315,16 @@ fn base_optimizer(t: &TrainArgs, lr: f32) -> BaseOptimizer {
         BaseKind::Adam => BaseOptimizer::Adam(Adam {
             lr,
             weight_decay: wd,
+            amsgrad: t.amsgrad,
+            maximize: t.maximize,
             ..Adam::default()
         }),
         BaseKind::Adamw => BaseOptimizer::AdamW(Adam {
             lr,
             weight_decay: wd,
-            ..Adam::default()
+            amsgrad: t.amsgrad,
+            maximize: t.maximize,
+            ..Adam::adamw()
         }),
         BaseKind::Rmsprop => BaseOptimizer::RmsProp(RmsProp {
             lr,
@@ -337,26 +354,34 @@ pub fn rule(
             SsamNorm::Masked
         },
         mask,
+        eps_p: r.perturb_eps,
     };
     let rule = match name {
         "sgd" | "base" => Rule::Base,
         "sam" => Rule::Sam(Sam {
             rho: rho(0.05),
             adaptive: r.adaptive,
+            eps_p: r.perturb_eps,
+            grad_centralization: r.grad_centralization,
         }),
         "sam-adaptive" => Rule::Sam(Sam {
             rho: rho(0.5),
             adaptive: true,
+            eps_p: r.perturb_eps,
+            grad_centralization: r.grad_centralization,
         }),
         "asam" => Rule::Asam(Asam {
             rho: rho(0.5),
             eta: r.asam_eta,
             filterwise: r.filterwise,
+            eps_p: r.perturb_eps,
         }),
         "friendlysam" => Rule::FriendlySam(FriendlySam {
             rho: rho(0.05),
             sigma: r.sigma,
             lambda: r.lambda,
+            adaptive: r.adaptive,
+            eps_p: r.perturb_eps,
         }),
         "ssam-f" => Rule::Ssam(ssam(MaskKind::Fisher {
             samples: r.fisher_samples,
@@ -376,6 +401,7 @@ pub fn rule(
             rho: rho(0.05),
             tau: r.tau,
             kappa: r.kappa,
+            eps_p: r.perturb_eps,
         }),
         "gsam" => Rule::Gsam(Gsam {
             rho_max: rho(0.05),
@@ -383,12 +409,14 @@ pub fn rule(
             alpha: r.gsam_alpha,
             lr_max: lr_range.0,
             lr_min: lr_range.1,
+            eps_p: r.perturb_eps,
         }),
         "looksam" => Rule::LookSam(LookSam {
             rho: rho(0.1),
             k: r.looksam_k,
             alpha: r.looksam_alpha,
             per_tensor: false,
+            eps_p: r.perturb_eps,
         }),
         other => {
             return Err(CliError::invalid(

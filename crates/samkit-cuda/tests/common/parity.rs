@@ -507,6 +507,23 @@ pub fn bases() -> Vec<(&'static str, BaseOptimizer)> {
                 ..Adam::default()
             }),
         ),
+        (
+            "adamw-amsgrad-maximize",
+            BaseOptimizer::AdamW(Adam {
+                lr: 1e-2,
+                amsgrad: true,
+                maximize: true,
+                ..Adam::adamw()
+            }),
+        ),
+        (
+            "adam-amsgrad",
+            BaseOptimizer::Adam(Adam {
+                lr: 1e-2,
+                amsgrad: true,
+                ..Adam::default()
+            }),
+        ),
         ("rmsprop", BaseOptimizer::RmsProp(RmsProp::default())),
         (
             "rmsprop-centered-momentum",
@@ -545,6 +562,8 @@ pub fn rules() -> Vec<(&'static str, Rule)> {
             Rule::Sam(Sam {
                 rho: 0.5,
                 adaptive: true,
+                eps_p: None,
+                grad_centralization: false,
             }),
         ),
         ("asam", Rule::Asam(Asam::default())),
@@ -556,6 +575,13 @@ pub fn rules() -> Vec<(&'static str, Rule)> {
             }),
         ),
         ("friendlysam", Rule::FriendlySam(FriendlySam::default())),
+        (
+            "friendlysam-adaptive",
+            Rule::FriendlySam(FriendlySam {
+                adaptive: true,
+                ..FriendlySam::default()
+            }),
+        ),
         ("ssam-f", fisher(SsamNorm::Masked)),
         ("ssam-f-full", fisher(SsamNorm::Full)),
         (
@@ -604,6 +630,15 @@ pub fn rules() -> Vec<(&'static str, Rule)> {
                 lr_max: 0.05,
                 lr_min: 0.001,
                 alpha: 0.3,
+                // A large perturbation epsilon reaches the norm and the projection kernels.
+                eps_p: Some(1e-2),
+            }),
+        ),
+        (
+            "sam-eps",
+            Rule::Sam(Sam {
+                eps_p: Some(0.5),
+                ..Sam::default()
             }),
         ),
         (
@@ -980,6 +1015,15 @@ pub fn run_pair_with(
 
 pub fn every_rule_matches_cpu(dev: &Arc<Device>) {
     let layout = mixed_layout();
+    // SAM's gradient centralization is CPU-only: the GPU refuses it, naming the option.
+    let gc = Rule::Sam(Sam {
+        grad_centralization: true,
+        ..Sam::default()
+    });
+    match GpuOptimizer::<f32>::new(dev, layout.clone(), gc, sgd_momentum()) {
+        Ok(_) => panic!("grad_centralization was accepted on the GPU"),
+        Err(e) => assert!(e.to_string().contains("grad_centralization"), "{e}"),
+    }
     for (name, rule) in rules() {
         let twins = variants_for(&rule);
         for repr in [Repr::Flat, Repr::List] {

@@ -8,7 +8,7 @@ use samkit_core::Layout;
 use samkit_cuda::bench::{format_table, kernel_table};
 use samkit_cuda::device::Device;
 
-use crate::error::{check, CliError, Result};
+use crate::error::{check, Result};
 use crate::output::{write_json, Output};
 
 #[derive(Args, Debug)]
@@ -39,8 +39,7 @@ pub fn run(a: &BenchKernelsArgs, out: &mut Output) -> Result<()> {
     };
     let layout = Layout::resnet18(10, a.width)?;
     let n = layout.len();
-    let rows =
-        kernel_table(&dev, Some(layout), a.repeats).map_err(|e| CliError::Run(e.to_string()))?;
+    let rows = kernel_table(&dev, Some(layout), a.repeats)?;
     out.say(format_table(&dev, n, &rows));
     if let Some(p) = &a.json {
         let v: Vec<serde_json::Value> = rows

@@ -23,7 +23,19 @@ pub enum CliError {
     Plot { path: PathBuf, detail: String },
     #[error("optimizer error: {0}")]
     Core(#[from] samkit_core::Error),
-    /// A failure of the network stack, the data pipeline or a checkpoint while running.
+    /// The network stack (samkit-nn): a shape, a checkpoint, cuDNN/cuBLAS.
+    #[error(transparent)]
+    Nn(#[from] samkit_nn::Error),
+    /// The CUDA optimizer or kernels (its samkit-core errors become [`CliError::Core`]).
+    #[error("CUDA: {0}")]
+    Cuda(#[source] samkit_cuda::Error),
+    /// A CUDA driver call made by the trainer itself (events, copies).
+    #[error("CUDA: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+    /// The data pipeline (samkit-data).
+    #[error(transparent)]
+    Data(#[from] samkit_data::DataError),
+    /// A broken invariant of the run itself (a time mark never recorded).
     #[error("{0}")]
     Run(String),
     #[error("cannot serialize {path}: {source}")]
@@ -32,6 +44,15 @@ pub enum CliError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl From<samkit_cuda::Error> for CliError {
+    fn from(e: samkit_cuda::Error) -> Self {
+        match e {
+            samkit_cuda::Error::Core(c) => CliError::Core(c),
+            e => CliError::Cuda(e),
+        }
+    }
 }
 
 impl CliError {
@@ -130,5 +151,38 @@ pub mod check {
         } else {
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn library_errors_keep_their_cause_and_exit_with_1() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let nn: CliError = samkit_nn::Error::Io {
+            path: "model.safetensors".into(),
+            source: io,
+        }
+        .into();
+        assert!(matches!(nn, CliError::Nn(_)));
+        assert_eq!(nn.exit_code(), EXIT_FAILURE);
+        // transparent: the nn error's own source (the I/O error) is the next link.
+        let cause = nn.source().expect("a cause");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some(), "{cause}");
+
+        let cuda: CliError = samkit_cuda::Error::Abi("struct sizes".into()).into();
+        assert!(matches!(cuda, CliError::Cuda(_)));
+        assert_eq!(cuda.exit_code(), EXIT_FAILURE);
+        assert!(cuda.to_string().starts_with("CUDA: "), "{cuda}");
+        let cause = cuda.source().expect("a cause");
+        assert!(cause.downcast_ref::<samkit_cuda::Error>().is_some());
+
+        let protocol = samkit_core::Error::Protocol("second_step first".into());
+        let core: CliError = samkit_cuda::Error::Core(protocol).into();
+        assert!(matches!(core, CliError::Core(_)), "{core:?}");
     }
 }

@@ -231,8 +231,7 @@ fn interpolate(
     points: usize,
     out: &mut Output,
 ) -> Result<Line> {
-    let nn = |e: samkit_nn::Error| CliError::Run(e.to_string());
-    let buf_a = t.engine.net.model.buffers().map_err(nn)?;
+    let buf_a = t.engine.net.model.buffers()?;
     let (mut other, _) = trained(dir)?;
     if other.engine.net.model.layout() != t.engine.net.model.layout() {
         return Err(CliError::invalid(
@@ -241,7 +240,7 @@ fn interpolate(
         ));
     }
     let wb = other.engine.net.params.clone();
-    let buf_b = other.engine.net.model.buffers().map_err(nn)?;
+    let buf_b = other.engine.net.model.buffers()?;
     out.say(format!(
         "interpolating to {} ({})",
         dir.display(),
@@ -273,12 +272,12 @@ fn interpolate(
                 m
             })
             .collect();
-        t.engine.net.model.set_buffers(&mixed).map_err(nn)?;
+        t.engine.net.model.set_buffers(&mixed)?;
         let (l, a) = probe.loss_acc(t, &w)?;
         loss.push(l);
         acc.push(a);
     }
-    t.engine.net.model.set_buffers(&buf_a).map_err(nn)?;
+    t.engine.net.model.set_buffers(&buf_a)?;
     Ok(Line {
         to: dir.display().to_string(),
         t: ts,

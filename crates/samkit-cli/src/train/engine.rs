@@ -72,26 +72,11 @@ pub trait Engine {
     fn load(&mut self, dir: &Path) -> Result<()>;
 }
 
-pub fn nn_err(e: samkit_nn::Error) -> CliError {
-    CliError::Run(e.to_string())
-}
-
-fn gpu_err(e: samkit_cuda::Error) -> CliError {
-    match e {
-        samkit_cuda::Error::Core(c) => CliError::Core(c),
-        e => CliError::Run(format!("CUDA: {e}")),
-    }
-}
-
-fn driver_err(e: cudarc::driver::DriverError) -> CliError {
-    CliError::Run(format!("CUDA: {e}"))
-}
-
 /// The model a run trains, on backend `B`, with its label smoothing.
 fn resnet<B: Backend>(backend: B, cfg: &RunConfig, classes: usize) -> Result<ResNet18<B>> {
     let mut mc = ResNetConfig::new(classes, cfg.width);
     mc.label_smoothing = cfg.label_smoothing;
-    ResNet18::new(backend, mc).map_err(nn_err)
+    ResNet18::new(backend, mc).map_err(CliError::from)
 }
 
 /// A model with its parameters and two gradient buffers, `A` holding a backend arena (a host
@@ -125,7 +110,7 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
                 mode,
                 g.borrow_mut(),
             )
-            .map_err(nn_err)
+            .map_err(CliError::from)
     }
 
     /// Logits `[N, classes]` on the host, batch norm in inference mode.
@@ -133,8 +118,8 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
         let z = self
             .model
             .forward(self.params.borrow(), x, BnMode::Eval)
-            .map_err(nn_err)?;
-        Ok(z.as_slice().map_err(nn_err)?.to_vec())
+            .map_err(CliError::from)?;
+        Ok(z.as_slice().map_err(CliError::from)?.to_vec())
     }
 
     /// Adds the per-sample squared gradients of a sub-batch to the second buffer.
@@ -146,7 +131,7 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
                 labels.into(),
                 self.grad2.borrow_mut(),
             )
-            .map_err(nn_err)?;
+            .map_err(CliError::from)?;
         Ok(())
     }
 }
@@ -286,7 +271,7 @@ impl Engine for CpuEngine {
             &mut self.net.model,
             &self.net.params,
         )
-        .map_err(nn_err)?;
+        .map_err(CliError::from)?;
         Ok(self.opt.save_state(dir.join("optimizer.safetensors"))?)
     }
 
@@ -296,7 +281,7 @@ impl Engine for CpuEngine {
             &mut self.net.model,
             &mut self.net.params,
         )
-        .map_err(nn_err)?;
+        .map_err(CliError::from)?;
         Ok(self.opt.load_state(dir.join("optimizer.safetensors"))?)
     }
 }
@@ -324,7 +309,7 @@ impl CudaEngine {
                     format!("cuda: no usable CUDA device ({e}); run with --device cpu"),
                 )
             } else {
-                nn_err(e)
+                CliError::Nn(e)
             }
         })?;
         let gpu = cuda.gpu().clone();
@@ -344,22 +329,25 @@ impl CudaEngine {
         let mut model = resnet(cuda, cfg, classes)?;
         let host = model.init_params(cfg.seed);
         let be = model.backend_mut();
-        let params = be.arena_from(&host).map_err(nn_err)?;
-        let grad = be.arena_zeros(host.len()).map_err(nn_err)?;
-        let grad2 = be.arena_zeros(host.len()).map_err(nn_err)?;
+        let params = be.arena_from(&host).map_err(CliError::from)?;
+        let grad = be.arena_zeros(host.len()).map_err(CliError::from)?;
+        let grad2 = be.arena_zeros(host.len()).map_err(CliError::from)?;
         let mut opt = GpuOptimizer::<f32>::new(
             &gpu,
             model.layout().clone(),
             cfg.rule.clone(),
             cfg.base.clone(),
         )
-        .map_err(gpu_err)?;
-        opt.time_mask_updates(true).map_err(gpu_err)?;
+        .map_err(CliError::from)?;
+        opt.time_mask_updates(true).map_err(CliError::from)?;
+        // The trainer enqueues pass 2 without waiting for pass 1's skip decision; a skip then
+        // surfaces from second_step's status, which `last_skipped` reads.
+        opt.set_sync_outcomes(false);
         let ctx = gpu.context().clone();
         let events = (0..MARKS)
             .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(driver_err)?;
+            .map_err(CliError::from)?;
         Ok(CudaEngine {
             net: Net {
                 model,
@@ -380,7 +368,7 @@ impl CudaEngine {
             .model
             .backend_mut()
             .arena_to_host(&self.net.params)
-            .map_err(nn_err)
+            .map_err(CliError::from)
     }
 }
 
@@ -401,11 +389,11 @@ impl Engine for CudaEngine {
     }
 
     fn set_lr(&mut self, lr: f32) -> Result<()> {
-        self.opt.set_lr(lr).map_err(gpu_err)
+        self.opt.set_lr(lr).map_err(CliError::from)
     }
 
     fn needs_fisher(&mut self) -> Result<Option<usize>> {
-        self.opt.needs_fisher().map_err(gpu_err)
+        self.opt.needs_fisher().map_err(CliError::from)
     }
 
     fn needs_head_tail(&self) -> bool {
@@ -413,19 +401,23 @@ impl Engine for CudaEngine {
     }
 
     fn stage(&mut self, x: Tensor) -> Result<Tensor> {
-        self.net.model.backend_mut().to_device(&x).map_err(nn_err)
+        self.net
+            .model
+            .backend_mut()
+            .to_device(&x)
+            .map_err(CliError::from)
     }
 
     fn fisher_begin(&mut self) -> Result<()> {
         self.stream
             .memset_zeros(&mut self.net.grad2)
-            .map_err(driver_err)
+            .map_err(CliError::from)
     }
 
     fn fisher_end(&mut self) -> Result<()> {
         self.opt
             .set_fisher::<f32, _>(&self.net.grad2)
-            .map_err(gpu_err)
+            .map_err(CliError::from)
     }
 
     fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome> {
@@ -437,7 +429,7 @@ impl Engine for CudaEngine {
             }
             None => self.opt.first_step(&mut self.net.params, &self.net.grad),
         }
-        .map_err(gpu_err)
+        .map_err(CliError::from)
     }
 
     fn second_step(&mut self) -> Result<()> {
@@ -445,29 +437,31 @@ impl Engine for CudaEngine {
         self.opt
             .second_step(&mut self.net.params, &self.net.grad2)
             .map(|_| ())
-            .map_err(gpu_err)
+            .map_err(CliError::from)
     }
 
     fn abort(&mut self) -> Result<()> {
-        self.opt.abort(&mut self.net.params).map_err(gpu_err)
+        self.opt.abort(&mut self.net.params).map_err(CliError::from)
     }
 
     fn last_skipped(&mut self) -> Result<bool> {
-        let out = self.opt.last_outcome().map_err(gpu_err)?;
+        let out = self.opt.last_outcome().map_err(CliError::from)?;
         Ok(out == Some(Outcome::Skipped))
     }
 
     fn skipped_steps(&mut self) -> Result<u64> {
-        self.opt.skipped_steps().map_err(gpu_err)
+        self.opt.skipped_steps().map_err(CliError::from)
     }
 
     fn take_mask_time(&mut self) -> Result<Option<f64>> {
-        let t = self.opt.take_mask_time().map_err(gpu_err)?;
+        let t = self.opt.take_mask_time().map_err(CliError::from)?;
         Ok(t.map(|d| d.as_secs_f64()))
     }
 
     fn mark(&mut self, slot: usize) -> Result<()> {
-        self.events[slot].record(&self.stream).map_err(driver_err)?;
+        self.events[slot]
+            .record(&self.stream)
+            .map_err(CliError::from)?;
         self.recorded[slot] = true;
         Ok(())
     }
@@ -480,17 +474,17 @@ impl Engine for CudaEngine {
         }
         let ms = self.events[from]
             .elapsed_ms(&self.events[to])
-            .map_err(driver_err)?;
+            .map_err(CliError::from)?;
         Ok(f64::from(ms.max(0.0)) / 1e3)
     }
 
     fn save(&mut self, dir: &Path) -> Result<()> {
         let host = self.host_params()?;
         samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.net.model, &host)
-            .map_err(nn_err)?;
+            .map_err(CliError::from)?;
         self.opt
             .save_state(dir.join("optimizer.safetensors"))
-            .map_err(gpu_err)
+            .map_err(CliError::from)
     }
 
     fn load(&mut self, dir: &Path) -> Result<()> {
@@ -500,16 +494,16 @@ impl Engine for CudaEngine {
             &mut self.net.model,
             &mut host,
         )
-        .map_err(nn_err)?;
+        .map_err(CliError::from)?;
         self.opt
             .load_state(dir.join("optimizer.safetensors"))
-            .map_err(gpu_err)?;
+            .map_err(CliError::from)?;
         self.net.params = self
             .net
             .model
             .backend_mut()
             .arena_from(&host)
-            .map_err(nn_err)?;
+            .map_err(CliError::from)?;
         Ok(())
     }
 }

@@ -18,10 +18,6 @@ pub struct Probe {
     classes: usize,
 }
 
-fn nn_err(e: samkit_nn::Error) -> CliError {
-    CliError::Run(e.to_string())
-}
-
 /// A trainer restored from a checkpoint folder written by `samkit train`, with its data.
 pub fn trained(dir: &Path) -> Result<(Trainer, String)> {
     let st = TrainerState::read(dir)?;
@@ -48,7 +44,7 @@ impl Probe {
             .chunks(256)
             .map(|c| {
                 let b = make_batch(ds, c, None, &t.normalize(), (0, 0));
-                let x = Tensor::from_vec(b.x, &[c.len(), 3, 32, 32]).map_err(nn_err)?;
+                let x = Tensor::from_vec(b.x, &[c.len(), 3, 32, 32]).map_err(CliError::from)?;
                 Ok((x, b.labels))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -72,8 +68,8 @@ impl Probe {
                 .net
                 .model
                 .forward(params, x, BnMode::Eval)
-                .map_err(nn_err)?;
-            let z = logits.as_slice().map_err(nn_err)?;
+                .map_err(CliError::from)?;
+            let z = logits.as_slice().map_err(CliError::from)?;
             let ones = vec![1.0; y.len()];
             let per =
                 samkit_core::loss::smooth_cross_entropy(z, y, self.classes, 0.0, &ones, None)?;
@@ -103,7 +99,7 @@ impl Probe {
                 .net
                 .model
                 .forward_backward(params, x, y.into(), &w, BnMode::Eval, &mut part)
-                .map_err(nn_err)?;
+                .map_err(CliError::from)?;
             loss += l.loss;
             for (o, &p) in out.iter_mut().zip(&part) {
                 *o += p;

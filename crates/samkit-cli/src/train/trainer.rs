@@ -13,7 +13,7 @@ use samkit_nn::{mean_weights, BnMode, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::args::RunConfig;
-use super::engine::{nn_err, CpuEngine, CudaEngine, Engine, Grad};
+use super::engine::{CpuEngine, CudaEngine, Engine, Grad};
 use crate::error::{CliError, Result};
 
 /// Seconds spent in each phase of a step (or summed over steps).
@@ -139,7 +139,7 @@ impl Trainer<CudaEngine> {
 }
 
 fn tensor(b: &Batch) -> Result<Tensor> {
-    Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(nn_err)
+    Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(CliError::from)
 }
 
 impl<E: Engine> Trainer<E> {
@@ -350,8 +350,7 @@ impl<E: Engine> Trainer<E> {
             prefetch: 2,
         };
         let limit = self.steps_per_epoch();
-        let iter =
-            BatchIter::new(self.train.clone(), plan).map_err(|e| CliError::Run(e.to_string()))?;
+        let iter = BatchIter::new(self.train.clone(), plan)?;
         let skipped_before = self.engine.skipped_steps()?;
         let t0 = Instant::now();
         let mut sum = Phases::default();
@@ -398,7 +397,7 @@ impl<E: Engine> Trainer<E> {
             source,
         })?;
         samkit_nn::checkpoint::write_atomic(&dir.join("trainer.json"), text.as_bytes())
-            .map_err(nn_err)
+            .map_err(CliError::from)
     }
 
     /// Restores a trainer (built from the checkpoint's own config) to the checkpoint.

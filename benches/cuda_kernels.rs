@@ -4,11 +4,14 @@
 //!
 //! Over the CIFAR ResNet-18 layout (11,173,962 f32 parameters, 62 segments). Without a GPU it
 //! prints `no CUDA device: skipping` and exits 0. `SAMKIT_BENCH_JSON=<file>` also writes the
-//! table as JSON (scripts/gpu-check.sh).
+//! table as JSON (scripts/gpu-check.sh). Test plumbing for the rehearsal of the GPU check on the
+//! emulated device (where the 11.2M layout takes minutes per kernel): `SAMKIT_BENCH_WIDTH=<w>`
+//! benches the ResNet-18 layout of width `w`, `SAMKIT_BENCH_QUICK=1` takes few, short samples.
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use samkit_cuda::bench::{format_table, kernel_table, KernelBench, BENCHES};
+use samkit_core::Layout;
 use samkit_cuda::Device;
 
 fn main() {
@@ -23,12 +26,28 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let mut b = KernelBench::new(&dev, None).expect("bench buffers");
+    let layout = match std::env::var("SAMKIT_BENCH_WIDTH") {
+        Err(_) => None,
+        Ok(w) => match w.parse::<usize>().ok().map(|w| Layout::resnet18(10, w)) {
+            Some(Ok(l)) => Some(l),
+            _ => {
+                eprintln!("cuda_kernels: SAMKIT_BENCH_WIDTH={w} is not a ResNet-18 width");
+                std::process::exit(2);
+            }
+        },
+    };
+    let quick = std::env::var("SAMKIT_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let mut b = KernelBench::new(&dev, layout.clone()).expect("bench buffers");
     let n = b.params() as u64;
+    let (samples, warm_up, measure, repeats) = if quick {
+        (10, Duration::from_millis(1), Duration::from_millis(10), 2)
+    } else {
+        (20, Duration::from_millis(300), Duration::from_secs(2), 50)
+    };
     let mut c = Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_secs(2))
+        .sample_size(samples)
+        .warm_up_time(warm_up)
+        .measurement_time(measure)
         .configure_from_args();
     {
         let mut group = c.benchmark_group("cuda");
@@ -45,7 +64,7 @@ fn main() {
     }
     c.final_summary();
     drop(b);
-    let rows = kernel_table(&dev, None, 50).expect("kernel table");
+    let rows = kernel_table(&dev, layout, repeats).expect("kernel table");
     println!("\n{}", format_table(&dev, n as usize, &rows));
     if let Some(path) = std::env::var_os("SAMKIT_BENCH_JSON") {
         let json: Vec<serde_json::Value> = rows

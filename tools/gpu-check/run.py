@@ -84,17 +84,16 @@ PROFILES = {
         "cli_args": ["--test-threads=1"],
     },
     "emulated": {
-        "caps": {"parity": 120, "bench": 60, "nn": 60, "cli": 60, "sanitizer": 20},
+        "caps": {"parity": 120, "bench": 100, "nn": 60, "cli": 60, "sanitizer": 20},
         "parts": {"nn-parity": 40, "nn-step": 15, "torch": 5,
                   "memcheck": 5, "racecheck": 5, "synccheck": 5, "initcheck": 5},
         "parity_args": ["--test-threads=2"],
         "parity_env": {"SAMKIT_PARITY_MAX": "100000"},
-        # The same kernel table (samkit_cuda::bench::kernel_table) through `samkit
-        # bench-kernels` on a width-4 ResNet-18 layout: the criterion bench has the 11.2M
-        # layout only, minutes per kernel on the emulator.
-        "bench_argv": ["{bin}/samkit", "bench-kernels", "--width", "4", "--repeats", "2",
-                       "--json", "{json}"],
-        "bench_args": [],
+        # The criterion bench of the bundle on a width-4 ResNet-18 layout with few, short
+        # samples (the 11.2M layout takes minutes per kernel on the emulator).
+        "bench_argv": None,
+        "bench_args": ["--bench"],
+        "bench_env": {"SAMKIT_BENCH_WIDTH": "4", "SAMKIT_BENCH_QUICK": "1"},
         "nn_parity_args": ["--test-threads=2", "linear_matches_cpu", "mlp_matches_cpu",
                            "device_loss_matches_samkit_core", "relu_add_activations"],
         "step_args": ["--batch", "2", "--width", "4", "--steps", "1", "--warmup", "0",
@@ -519,7 +518,7 @@ class Runner:
         out = os.path.join(self.scratch, "bench.json")
         if os.path.exists(out):
             os.remove(out)
-        env = {"SAMKIT_BENCH_JSON": out}
+        env = {"SAMKIT_BENCH_JSON": out, **p.get("bench_env", {})}
         if p["bench_argv"]:
             argv = [a.format(bin=os.path.join(self.bundle, "bin"), json=out) for a in p["bench_argv"]]
         else:

@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use samkit_cuda::bench::{format_table, kernel_table, KernelBench, BENCHES};
 use samkit_core::Layout;
+use samkit_cuda::bench::{format_table, kernel_table, KernelBench, BENCHES};
 use samkit_cuda::Device;
 
 fn main() {

@@ -235,3 +235,24 @@ fn from_varmap_sorts_names_classifies_biases_and_skips_running_stats() {
         ]
     );
 }
+
+/// The Vars are reached through one nested in-place op per Var: a model of many tensors steps on
+/// a test thread's default 2 MiB stack.
+#[test]
+fn a_thousand_vars_step_on_a_small_stack() {
+    const VARS: usize = 1000;
+    let params = (0..VARS)
+        .map(|i| ParamVar::new(format!("l{i}.weight"), var(&[i as f32, 1.0])))
+        .collect();
+    let mut opt = CandleSam::new(ParamVars::new(params).expect("vars"), sam(), sgd()).expect("opt");
+    let t = tensors(&opt);
+    let report = opt.step(|_| half_sq(&t)).expect("step");
+    assert_eq!(report.outcome, Outcome::Applied);
+    // ½‖w‖²: SAM's step is w ← w − lr·(w + e) with e along w, so every weight shrinks.
+    let after = values(&opt);
+    assert!(
+        after[VARS - 1][0] < (VARS - 1) as f32,
+        "{:?}",
+        after[VARS - 1]
+    );
+}

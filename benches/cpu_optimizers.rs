@@ -88,6 +88,7 @@ fn rules() -> Vec<Rule> {
         Rule::Sam(Sam {
             rho: 0.5,
             adaptive: true,
+            ..Sam::default()
         }),
         Rule::Asam(Asam::default()),
         Rule::FriendlySam(FriendlySam::default()),

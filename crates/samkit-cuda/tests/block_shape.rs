@@ -23,16 +23,7 @@ use samkit_cuda::abi::{
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
-    use fake::NoFake;
-    match fake::device() {
-        Ok(d) => Some(d),
-        Err(NoFake::Unavailable(e)) if !fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            None
-        }
-        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
-        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
-    }
+    fake::device_or_skip()
 }
 
 /// The fake driver ignores the module image and finds kernels by name, samkit's included.

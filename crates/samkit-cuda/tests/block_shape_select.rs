@@ -22,16 +22,7 @@ use samkit_cuda::abi::{self, Ctl, FisherArgs, SelArgs, SelState};
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
-    use fake::NoFake;
-    match fake::device() {
-        Ok(d) => Some(d),
-        Err(NoFake::Unavailable(e)) if !fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            None
-        }
-        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
-        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
-    }
+    fake::device_or_skip()
 }
 
 /// One launch of `name` over 2 blocks of `block` threads with `args` as its only parameter.

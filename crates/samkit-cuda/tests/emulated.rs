@@ -10,16 +10,7 @@ use std::sync::Arc;
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
-    use common::fake::NoFake;
-    match common::fake::device() {
-        Ok(d) => Some(d),
-        Err(NoFake::Unavailable(e)) if !common::fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            None
-        }
-        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
-        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
-    }
+    common::fake::device_or_skip()
 }
 
 parity_tests!(dev);

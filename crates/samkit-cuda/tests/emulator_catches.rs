@@ -26,16 +26,7 @@ const BLOCK: u32 = 256;
 const MANY_BLOCKS: u32 = 96;
 
 fn dev() -> Option<Arc<Device>> {
-    use fake::NoFake;
-    match fake::device() {
-        Ok(d) => Some(d),
-        Err(NoFake::Unavailable(e)) if !fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            None
-        }
-        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
-        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
-    }
+    fake::device_or_skip()
 }
 
 /// The test kernels' module: the fake driver ignores the image and finds kernels by name.

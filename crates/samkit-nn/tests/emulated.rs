@@ -21,7 +21,6 @@
 //! failure).
 mod common;
 
-use common::fake::NoFake;
 use common::parity::Env;
 use samkit_nn::cuda::CudaOptions;
 
@@ -34,24 +33,17 @@ fn size(name: &str, default: usize) -> usize {
 }
 
 fn env() -> Option<Env> {
-    match common::fake::device_with_dnn() {
-        Ok(dev) => Some(Env {
-            dev,
-            width: size("SAMKIT_EMULATION_RESNET_WIDTH", 8),
-            batch: size("SAMKIT_EMULATION_RESNET_BATCH", 8),
-            required: true,
-            opts: CudaOptions {
-                workspace_limit: 4 << 20,
-                ..CudaOptions::default()
-            },
-        }),
-        Err(NoFake::Unavailable(e)) if !common::fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            None
-        }
-        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
-        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
-    }
+    let dev = common::fake::or_skip(common::fake::device_with_dnn())?;
+    Some(Env {
+        dev,
+        width: size("SAMKIT_EMULATION_RESNET_WIDTH", 8),
+        batch: size("SAMKIT_EMULATION_RESNET_BATCH", 8),
+        required: true,
+        opts: CudaOptions {
+            workspace_limit: 4 << 20,
+            ..CudaOptions::default()
+        },
+    })
 }
 
 nn_parity_tests!(env);

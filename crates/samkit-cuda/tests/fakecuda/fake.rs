@@ -466,3 +466,23 @@ pub fn library_files() -> Result<Vec<PathBuf>, NoFake> {
 pub fn required() -> bool {
     std::env::var("SAMKIT_REQUIRE_EMULATION").is_ok_and(|v| v == "1")
 }
+
+/// The result of [`device`] or [`device_with_dnn`] for a test: the device, or `None` after one
+/// skip line where there is nothing to emulate with (a failure under
+/// `SAMKIT_REQUIRE_EMULATION=1`); a broken emulator fails the test.
+pub fn or_skip<T>(r: Result<T, NoFake>) -> Option<T> {
+    match r {
+        Ok(d) => Some(d),
+        Err(NoFake::Unavailable(e)) if !required() => {
+            println!("skip: no CPU emulation of CUDA ({e})");
+            None
+        }
+        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
+        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
+    }
+}
+
+/// The fake device, or `None` after one skip line (see [`or_skip`]).
+pub fn device_or_skip() -> Option<Arc<Device>> {
+    or_skip(device())
+}

@@ -160,11 +160,11 @@ build() {
         cat "$dir/meta/compile.log" >&2
         die "the compile check failed (NVRTC missing? run scripts/install-nvrtc.sh)"
     fi
-    # samkit-nn's kernels (kernels/nn.cu), the same way.
+    # samkit-nn's kernels (crates/samkit-kernels/kernels/nn.cu), the same way.
     if ! SAMKIT_REQUIRE_NVRTC=1 SAMKIT_WRITE_CUBINS="$dir/cubins" "$dir/bin/cuda_parity" nn_kernels_compile \
         > "$dir/meta/nn-compile.log" 2>&1; then
         cat "$dir/meta/nn-compile.log" >&2
-        die "the compile check of kernels/nn.cu failed"
+        die "the compile check of crates/samkit-kernels/kernels/nn.cu failed"
     fi
     # GPU_CHECK_ARCHS="90" keeps only the H200's cubins (the sm_80 ones are half the cubins'
     # size); a GPU without a cubin of its architecture compiles the kernels with NVRTC there.

@@ -1,4 +1,4 @@
-//! The fused streaming passes of a SAM step: the CPU twins of `kernels/*.cu`.
+//! The fused streaming passes of a SAM step: the CPU twins of samkit-kernels' `kernels/*.cu`.
 //!
 //! A step is at most three passes over memory: a norm (with the non-finite check and, for
 //! FriendlySAM, the EMA fused in), a perturbation (`w_old ← w; w ← w + s·dir`), and the restore

@@ -1,4 +1,4 @@
-//! The structures shared with the kernels, field for field as in `kernels/*.cu`.
+//! The structures shared with the kernels, field for field as in samkit-kernels' `kernels/*.cu`.
 //!
 //! Every device pointer is a `u64` (`CUdeviceptr`), every struct is `#[repr(C)]` with its 8-byte
 //! fields first, so the layouts agree on every target. The `sk_abi*` kernels report the kernels'

@@ -14,40 +14,13 @@ use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use crate::env;
 use crate::error::{Error, Result};
 
-/// The header every family includes.
-pub const HEADER_NAME: &str = "samkit.cuh";
-pub const HEADER: &str = include_str!("../../../kernels/samkit.cuh");
+// The sources and their registry live in samkit-kernels; re-exported here so that the compile
+// API (`compile(family, target)`) and its inputs are named from one module.
+pub use samkit_kernels::{Family, FISHER, HEADER, HEADER_NAME, NORM, PERTURB, SELECT, UPDATE};
 
-/// One kernel source file of `kernels/`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Family {
-    pub name: &'static str,
-    pub source: &'static str,
-}
-
-pub const NORM: Family = Family {
-    name: "norm",
-    source: include_str!("../../../kernels/norm.cu"),
-};
-pub const PERTURB: Family = Family {
-    name: "perturb",
-    source: include_str!("../../../kernels/perturb.cu"),
-};
-pub const UPDATE: Family = Family {
-    name: "update",
-    source: include_str!("../../../kernels/update.cu"),
-};
-pub const FISHER: Family = Family {
-    name: "fisher",
-    source: include_str!("../../../kernels/fisher.cu"),
-};
-pub const SELECT: Family = Family {
-    name: "select",
-    source: include_str!("../../../kernels/select.cu"),
-};
-
-/// Every family, in the order the compile check reports them.
-pub const FAMILIES: [Family; 5] = [NORM, PERTURB, UPDATE, FISHER, SELECT];
+/// The optimizer's families, in the order the compile check reports them (samkit-nn's `nn`
+/// family is `samkit_kernels::NN`).
+pub const FAMILIES: [Family; 5] = samkit_kernels::OPTIMIZER_FAMILIES;
 
 /// What NVRTC produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

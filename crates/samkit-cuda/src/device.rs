@@ -146,7 +146,10 @@ impl Device {
         Ok(())
     }
 
-    fn module(&self, family: Family) -> Result<Arc<CudaModule>> {
+    /// The module of `family` on this device: a prebuilt cubin of `SAMKIT_CUDA_CUBIN_DIR`, else
+    /// the disk cache, else NVRTC; loaded once per device and ABI-checked when the family has an
+    /// `sk_abi*` probe. samkit-nn loads its `nn` family through this too (one loader, one cache).
+    pub fn module(&self, family: Family) -> Result<Arc<CudaModule>> {
         if let Some(m) = self.modules.lock().expect("modules").get(family.name) {
             return Ok(m.clone());
         }

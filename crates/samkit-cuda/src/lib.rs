@@ -1,7 +1,8 @@
 //! samkit-cuda: the CUDA kernels of the SAM family, launched through cudarc, with the step
 //! protocol of [`samkit_core::Optimizer`] on device buffers.
 //!
-//! - `kernels/*.cu` (one file per family, `kernels/samkit.cuh` shared): the fused streaming
+//! - the kernel sources, in the `samkit-kernels` crate (re-exported as [`samkit_kernels`]; one
+//!   `.cu` per family, `samkit.cuh` shared): the fused streaming
 //!   passes of a step (norm with the non-finite check and FriendlySAM's EMA, perturbation, restore
 //!   fused with the base optimizer and the GSAM/LookSAM/ImbSAM combination), the Fisher
 //!   accumulation, the global top-k mask and SSAM-D's drop/grow.
@@ -25,6 +26,8 @@ pub mod optimizer;
 pub mod plan;
 pub mod standalone;
 pub mod variants;
+
+pub use samkit_kernels;
 
 pub use buffers::{DeviceParams, DeviceParamsMut, Elem};
 pub use device::Device;

@@ -350,7 +350,7 @@ pub(crate) fn filter_norms<T: Elem>(dev: &Device, f: &Filters, w: Tab<T>, eta: f
     }
 }
 
-/// Parameters of the second reduction stage (see `FIN_*` in `kernels/norm.cu`).
+/// Parameters of the second reduction stage (see `FIN_*` in `samkit-kernels/kernels/norm.cu`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fin {
     pub mode: u32,
@@ -800,7 +800,7 @@ pub(crate) fn select<T: Elem>(
     unsafe { launch(dev, &write, dev.grid(&write, plan.n_units), abi::BLOCK, &a) }
 }
 
-/// Writes a mask slot from the selection results (see `COMB_*` in `kernels/select.cu`).
+/// Writes a mask slot from the selection results (see `COMB_*` in `samkit-kernels/kernels/select.cu`).
 pub(crate) fn mask_combine(
     dev: &Device,
     plan: &Plan,

@@ -1,6 +1,6 @@
 //! CPU vs CUDA parity of samkit-nn on a real device: the bodies of `tests/common/parity.rs`
 //! (every layer, ResNet-18 at width 64 and batch 8, the Fisher, an MLP, the device loss, a SAM
-//! step through samkit-cuda's `GpuOptimizer`), and the NVRTC build of `kernels/nn.cu`.
+//! step through samkit-cuda's `GpuOptimizer`), and the NVRTC build of samkit-kernels' `kernels/nn.cu`.
 //! `tests/emulated.rs` runs the same bodies on the CPU emulation of a device.
 //!
 //! Without a CUDA device every test prints one `skip: no CUDA device (...)` line and passes;
@@ -48,7 +48,7 @@ nn_parity_tests!(env);
 // The kernels build
 // ---------------------------------------------------------------------------------------------
 
-/// `kernels/nn.cu` compiles with NVRTC to sm_80 and sm_90 cubins without an error, a warning or
+/// samkit-kernels' `kernels/nn.cu` compiles with NVRTC to sm_80 and sm_90 cubins without an error, a warning or
 /// a spill (no GPU needed). `SAMKIT_WRITE_CUBINS=<dir>` keeps the cubins for a GPU machine
 /// without NVRTC (`SAMKIT_CUDA_CUBIN_DIR`, see scripts/gpu-check.sh).
 #[test]

@@ -1,5 +1,5 @@
 //! The CPU vs CUDA parity tests of samkit-nn (`tests/common/parity.rs`) on the CPU emulation of a
-//! device: samkit-cuda's fake driver (`crates/samkit-cuda/tests/fakecuda`, with `kernels/nn.cu`
+//! device: samkit-cuda's fake driver (`crates/samkit-cuda/tests/fakecuda`, with samkit-kernels' `kernels/nn.cu`
 //! built by g++) and the fake cuBLAS and cuDNN beside it (reference loops written from the
 //! cuBLAS and cuDNN API references). Where no GPU is, this checks all of the backend's
 //! plumbing: descriptors, algorithm searches, arena offsets, the launch arguments of the nn.cu

@@ -2,7 +2,7 @@
 //
 // It implements the part of the driver API that cudarc calls for samkit-cuda, on host memory:
 // device pointers are host pointers, every stream operation runs to completion at once, a
-// module's kernels are the CPU builds of kernels/*.cu (emu.h) linked into this library, found by
+// module's kernels are the CPU builds of crates/samkit-kernels/kernels/*.cu (emu.h) linked into this library, found by
 // name in the registries the test harness generates (fake.rs; the image given to
 // cuModuleLoadData is ignored).
 //

@@ -1,5 +1,5 @@
 // emu.h: just enough of the CUDA C++ language to run samkit's kernels on the CPU, for the tests of
-// machines without a GPU. Force-included (g++ -include emu.h) before each kernels/*.cu.
+// machines without a GPU. Force-included (g++ -include emu.h) before each samkit-kernels/kernels/*.cu.
 //
 // The emulation is adversarial, so that what a sequential run would hide fails here as it could
 // on the GPU (driver.cpp runs it; SAMKIT_FAKE_SEED picks the schedule):

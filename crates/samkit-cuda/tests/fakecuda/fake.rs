@@ -1,4 +1,4 @@
-//! The fake CUDA driver of `crates/samkit-cuda/tests/fakecuda`: the kernels of `kernels/*.cu`
+//! The fake CUDA driver of `crates/samkit-cuda/tests/fakecuda`: the kernels of samkit-kernels' `kernels/*.cu`
 //! built for the CPU with g++ (through `emu.h`) behind the part of the driver API that cudarc
 //! uses, so that the whole stack (cudarc, NVRTC compilation, the typed launches, the optimizer,
 //! the kernels' logic) runs on machines without a GPU; and the fake cuBLAS and cuDNN beside it
@@ -10,7 +10,7 @@
 //! collectives checked against their masks, the launch limits of an sm_90 part with 132 SMs.
 //! Each family is compiled inside an unnamed namespace with its `__shared__` variables in its
 //! own section, and its registry records each kernel's `__launch_bounds__` (read from the
-//! family preprocessed with marker definitions). Besides `kernels/*.cu`, the driver links the
+//! family preprocessed with marker definitions). Besides those, the driver links the
 //! broken/fixed test kernels of `catches.cu` (`tests/emulator_catches.rs`).
 //!
 //! Knobs: `SAMKIT_FAKE_SEED=<n>` picks the schedule (default 1; 0 runs in order), e.g.
@@ -27,9 +27,9 @@ use std::sync::{Arc, OnceLock};
 
 use samkit_cuda::Device;
 
-/// The kernel families linked into the fake driver (`kernels/<family>.cu`; `driver.cpp` lists
-/// their registries `emu_reg_<family>`).
-const FAMILIES: [&str; 6] = ["norm", "perturb", "update", "fisher", "select", "nn"];
+/// The kernel families linked into the fake driver: every family of samkit-kernels' registry
+/// (`<family>.cu`; `driver.cpp` lists their registries `emu_reg_<family>`).
+const FAMILIES: [samkit_cuda::samkit_kernels::Family; 6] = samkit_cuda::samkit_kernels::FAMILIES;
 
 /// The deliberately broken (and fixed) kernels of `tests/emulator_catches.rs`, a family of the
 /// emulator only (`fake_dir()/catches.cu`).
@@ -61,8 +61,9 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The `.cu` files and `samkit.cuh` on disk (the samkit-kernels crate's `kernels/`).
 fn kernels_dir() -> PathBuf {
-    root().join("kernels")
+    samkit_cuda::samkit_kernels::kernels_dir()
 }
 
 fn fake_dir() -> PathBuf {
@@ -257,11 +258,11 @@ fn compile_lib(
     Ok(lib)
 }
 
-/// The families linked into the driver, with their sources: `kernels/*.cu` and the test family.
+/// The families linked into the driver, with their sources: samkit-kernels' `kernels/*.cu` and the test family.
 fn family_sources() -> Vec<(&'static str, PathBuf)> {
     let mut v: Vec<(&'static str, PathBuf)> = FAMILIES
         .iter()
-        .map(|f| (*f, kernels_dir().join(format!("{f}.cu"))))
+        .map(|f| (f.name, kernels_dir().join(format!("{}.cu", f.name))))
         .collect();
     v.push((TEST_FAMILY, fake_dir().join(format!("{TEST_FAMILY}.cu"))));
     v

@@ -1,6 +1,7 @@
-//! The kernels of `kernels/nn.cu`: built like samkit-cuda's families (a prebuilt cubin from
-//! `SAMKIT_CUDA_CUBIN_DIR`, else the disk cache of `SAMKIT_CUDA_CACHE`, else NVRTC with
-//! samkit-cuda's options), loaded once per backend, and launched by one typed function each.
+//! The kernels of samkit-kernels' `nn.cu`: loaded by samkit-cuda's loader like the optimizer's
+//! families (`Device::module`: a prebuilt cubin from `SAMKIT_CUDA_CUBIN_DIR`, else the disk cache
+//! of `SAMKIT_CUDA_CACHE`, else NVRTC with samkit-cuda's options; once per device), and launched
+//! by one typed function each.
 //!
 //! The common safety argument of every launch: the arguments are pushed in the order and with
 //! the types of the kernel's parameter list in `nn.cu` (addresses as `u64`, counts as the
@@ -8,79 +9,19 @@
 //! backend's stream whose length the caller checked against the counts passed with it; the
 //! buffers live until the launch is enqueued and are freed in stream order afterwards (cudarc);
 //! every kernel runs `NN_BLOCK` threads per block, which its indexing assumes.
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
-use samkit_cuda::compile::{self, Family, Target};
+use samkit_cuda::compile::Family;
 use samkit_cuda::Device;
 
 use super::error::CudaError;
 
-/// The kernel source, in the same form as samkit-cuda's families (it includes `samkit.cuh`).
-pub const NN: Family = Family {
-    name: "nn",
-    source: include_str!("../../../../kernels/nn.cu"),
-};
+/// The kernel source, from the registry of samkit-kernels (it includes `samkit.cuh`).
+pub const NN: Family = samkit_kernels::NN;
 
 /// Threads per block of every kernel of `nn.cu`.
 pub const NN_BLOCK: u32 = 256;
-
-fn env_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-}
-
-/// `SAMKIT_CUDA_CACHE` as samkit-cuda reads it (default `~/.cache/samkit/kernels`, `off`).
-fn cache_dir() -> Option<PathBuf> {
-    match std::env::var_os("SAMKIT_CUDA_CACHE") {
-        Some(v) if v == "off" || v == "0" => None,
-        Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-        _ => env_path("HOME").map(|h| h.join(".cache/samkit/kernels")),
-    }
-}
-
-/// The image of `nn.cu` for `target`: prebuilt, cached or compiled (and then cached).
-fn image(target: Target) -> Result<Vec<u8>, CudaError> {
-    if let Target::Cubin(arch) = target {
-        if let Some(dir) = env_path("SAMKIT_CUDA_CUBIN_DIR") {
-            if let Ok(b) = std::fs::read(dir.join(compile::prebuilt_name(NN, arch))) {
-                if !b.is_empty() {
-                    return Ok(b);
-                }
-            }
-        }
-    }
-    let (maj, min) = compile::nvrtc_version()?;
-    let file = cache_dir().map(|d| {
-        d.join(format!(
-            "nn-{target}-{:016x}-nvrtc{maj}.{min}.bin",
-            compile::source_hash(NN)
-        ))
-    });
-    if let Some(f) = &file {
-        if let Ok(b) = std::fs::read(f) {
-            if !b.is_empty() {
-                return Ok(b);
-            }
-        }
-    }
-    let c = compile::compile_cached(NN, target)?;
-    c.check_clean()?;
-    if let Some(f) = &file {
-        if let Some(dir) = f.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        // Write then rename, so a concurrent reader never sees half a file.
-        let tmp = f.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, &c.image).is_ok() {
-            let _ = std::fs::rename(&tmp, f);
-        }
-    }
-    Ok(c.image.clone())
-}
 
 /// The loaded kernels of `nn.cu`.
 pub(crate) struct Kernels {
@@ -114,16 +55,9 @@ fn cfg(blocks: u32) -> LaunchConfig {
 
 impl Kernels {
     pub fn load(dev: &Device, stream: &Arc<CudaStream>) -> Result<Self, CudaError> {
-        let img = image(dev.target())?;
-        let ptx = match dev.target() {
-            Target::Cubin(_) => Ptx::from_binary(img),
-            Target::Ptx(_) => Ptx::from_src(
-                String::from_utf8_lossy(&img)
-                    .trim_end_matches('\0')
-                    .to_string(),
-            ),
-        };
-        let module = dev.context().load_module(ptx)?;
+        // samkit-cuda's loader: the same prebuilt cubins, disk cache and per-device module cache
+        // as the optimizer's families.
+        let module = dev.module(NN)?;
         let f = |name: &str| module.load_function(name);
         Ok(Kernels {
             stream: stream.clone(),

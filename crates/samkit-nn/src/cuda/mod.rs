@@ -1,5 +1,5 @@
 //! The CUDA backend: cuDNN convolutions and batch norm, cuBLAS GEMMs for linear layers, and the
-//! small kernels of `kernels/nn.cu`, on one stream shared with samkit-cuda's optimizer.
+//! small kernels of samkit-kernels' `kernels/nn.cu`, on one stream shared with samkit-cuda's optimizer.
 //!
 //! - Activations are NCHW f32 device buffers (`Buf = CudaSlice<f32>`); parameters and gradients
 //!   are one flat arena (`Arena = CudaSlice<f32>`, laid out as the model's

@@ -417,7 +417,7 @@ impl Optimizer {
                     // centralized g.
                     let gc = centralized(&self.layout, &g.segments(&self.layout, "gradient")?);
                     let gc_u = self.chunks.split_flat(&gc);
-                    return self.perturb_along(w, &g_u, &gc_u, dir, c.rho, eps);
+                    return self.perturb_with(w, &g_u, &gc_u, dir, dir, c.rho, eps, None);
                 }
                 self.perturb_by(w, &g_u, dir, dir, c.rho, eps, None)
             }
@@ -604,6 +604,23 @@ impl Optimizer {
         eps: f64,
         ema: Option<Ema>,
     ) -> Result<FirstOutcome> {
+        self.perturb_with(w, g_u, g_u, norm_dir, pert_dir, rho, eps, ema)
+    }
+
+    /// [`Self::perturb_by`] with the norm (and the non-finite check) of `g_u` and the
+    /// perturbation along `d_u` (SAM with gradient centralization: `d` is the centralized `g`).
+    #[allow(clippy::too_many_arguments)]
+    fn perturb_with<P: ParamsMut + ?Sized>(
+        &mut self,
+        w: &mut P,
+        g_u: &[&[f32]],
+        d_u: &[&[f32]],
+        norm_dir: Dir,
+        pert_dir: Dir,
+        rho: f32,
+        eps: f64,
+        ema: Option<Ema>,
+    ) -> Result<FirstOutcome> {
         let needs_w = matches!(
             norm_dir.scale,
             Scale::AbsW | Scale::AbsWPlus(_) | Scale::Filter(_)
@@ -639,46 +656,11 @@ impl Optimizer {
             .chunks
             .split_mut(w.segments_mut(&self.layout, "weights")?);
         let olds = self.chunks.split_flat_mut(&mut self.w_old);
-        perturb_pass(&self.chunks, pert_dir, scale, ws, olds, g_u, m_opt, None);
+        perturb_pass(&self.chunks, pert_dir, scale, ws, olds, d_u, m_opt, None);
         self.phase = Phase::Perturbed(Pending {
             g_sq: vec![out.sum_sq],
             new_mask: None,
             fsam_next: ema.is_some(),
-        });
-        Ok(FirstOutcome::Perturbed)
-    }
-
-    /// SAM with gradient centralization: the norm (and the non-finite check) of `g`, the
-    /// perturbation along `d` (the centralized `g`).
-    fn perturb_along<P: ParamsMut + ?Sized>(
-        &mut self,
-        w: &mut P,
-        g_u: &[&[f32]],
-        d_u: &[&[f32]],
-        dir: Dir,
-        rho: f32,
-        eps: f64,
-    ) -> Result<FirstOutcome> {
-        let out = {
-            let w_ro = matches!(dir.scale, Scale::AbsW)
-                .then(|| w.segments(&self.layout, "weights"))
-                .transpose()?
-                .map(|s| self.chunks.split(s));
-            norm_pass(&self.chunks, dir, g_u, w_ro.as_deref(), None, None, None)
-        };
-        if !out.finite {
-            return Ok(self.skip());
-        }
-        let scale = perturb_scale(rho, out.norm(), eps);
-        let ws = self
-            .chunks
-            .split_mut(w.segments_mut(&self.layout, "weights")?);
-        let olds = self.chunks.split_flat_mut(&mut self.w_old);
-        perturb_pass(&self.chunks, dir, scale, ws, olds, d_u, None, None);
-        self.phase = Phase::Perturbed(Pending {
-            g_sq: vec![out.sum_sq],
-            new_mask: None,
-            fsam_next: false,
         });
         Ok(FirstOutcome::Perturbed)
     }

@@ -9,8 +9,10 @@
 //! fingerprint, rule, base optimizer, lr, counters, the mask's length, LookSAM's `‖g_v‖²`);
 //! the tensors are `base.<torch name>` (f32, one per buffer of the base optimizer),
 //! `friendlysam.m` (f32), `ssam.mask` (u8: the bitset's u64 words, little-endian) and
-//! `looksam.gv` (f32), each present only when the optimizer has it.
-use std::collections::HashMap;
+//! `looksam.gv` (f32), each present only when the optimizer has it. The metadata key
+//! [`checksum::KEY`] holds a checksum of every tensor, verified on load (files written before
+//! checksums existed have no such key and load unverified).
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -87,6 +89,8 @@ pub struct PortableState {
 /// The decoded metadata of a state file, before the tensors are read.
 struct Header {
     meta: Meta,
+    /// The value under [`checksum::KEY`], when the file has one.
+    checksums: Option<String>,
 }
 
 impl Header {
@@ -109,7 +113,12 @@ impl Header {
                 ),
             ));
         }
-        Ok(Header { meta })
+        let checksums = md
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(checksum::KEY))
+            .cloned();
+        Ok(Header { meta, checksums })
     }
 
     /// The layout, rule and base optimizer of the file against those of an optimizer.
@@ -128,6 +137,9 @@ impl Header {
     fn into_state(self, bytes: &[u8], path: &Path) -> Result<PortableState> {
         let meta = self.meta;
         let st = SafeTensors::deserialize(bytes).map_err(|e| state_err(path, e.to_string()))?;
+        if let Some(sums) = &self.checksums {
+            checksum::verify(&st, sums).map_err(|e| state_err(path, e))?;
+        }
         let read_f32 = |name: &str| -> Result<Option<Vec<f32>>> {
             let t = match st.tensor(name) {
                 Ok(t) => t,
@@ -274,8 +286,8 @@ impl PortableState {
             ));
         }
         let json = serde_json::to_string(&meta).expect("metadata serialises");
-        let info = HashMap::from([("samkit".to_string(), json)]);
-        safetensors::serialize(views, Some(info)).map_err(|e| Error::Protocol(e.to_string()))
+        let info = BTreeMap::from([("samkit".to_string(), json)]);
+        checksum::serialize(views, info).map_err(Error::Protocol)
     }
 
     /// Decodes a state file without checking it against an optimizer (see [`Self::check`]);
@@ -431,6 +443,144 @@ impl PortableState {
         }
         if !self.lr.is_finite() || self.lr <= 0.0 {
             return Err(state_err(path, format!("learning rate {}", self.lr)));
+        }
+        Ok(())
+    }
+}
+
+/// Per-tensor checksums in the metadata of the safetensors files samkit writes (model
+/// checkpoints and optimizer states): safetensors itself checks the header's offsets and
+/// sizes but not the data, so a flipped bit in a tensor would load silently.
+///
+/// The metadata key [`KEY`] holds a JSON object `{"algorithm": "fnv1a64", "tensors":
+/// {"<name>": "<16 hex digits>", ...}}`: the 64-bit FNV-1a hash ([`fnv1a64`]) of each tensor's
+/// little-endian bytes as stored. FNV-1a is a non-cryptographic hash that catches bit flips,
+/// truncated or overwritten data; it does not defend against deliberate tampering. A file
+/// without the key (written before checksums existed, or by another tool such as
+/// `safetensors.torch.save_file`) loads unverified.
+pub mod checksum {
+    use std::collections::BTreeMap;
+
+    use safetensors::tensor::TensorView;
+    use safetensors::SafeTensors;
+    use serde::{Deserialize, Serialize};
+
+    /// The metadata key of the checksums.
+    pub const KEY: &str = "samkit.checksums";
+    /// The only algorithm written and read.
+    pub const ALGORITHM: &str = "fnv1a64";
+
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// The 64-bit FNV-1a hash of `bytes` (Fowler, Noll, Vo; offset basis and prime of the
+    /// reference).
+    pub fn fnv1a64(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(FNV_OFFSET, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+        })
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sums {
+        algorithm: String,
+        tensors: BTreeMap<String, String>,
+    }
+
+    /// The metadata value for tensors given as (name, stored bytes).
+    pub fn encode<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> String {
+        let sums = Sums {
+            algorithm: ALGORITHM.into(),
+            tensors: tensors
+                .into_iter()
+                .map(|(n, b)| (n.to_string(), format!("{:016x}", fnv1a64(b))))
+                .collect(),
+        };
+        serde_json::to_string(&sums).expect("checksums serialise")
+    }
+
+    /// Bytes of the 8-byte little-endian header length that starts a safetensors file.
+    const LEN_BYTES: usize = 8;
+
+    /// `safetensors::serialize` with `metadata` and the checksums of `tensors` under [`KEY`],
+    /// the metadata keys in sorted order: safetensors writes its metadata from a `HashMap`,
+    /// whose order changes from run to run, and a resumed run must write the same bytes as an
+    /// uninterrupted one. The tensors' part of the header is safetensors' own (sorted by
+    /// dtype, then name); the metadata is spliced in front of it and the header re-padded
+    /// with spaces to a multiple of 8 bytes, as safetensors pads it.
+    pub fn serialize(
+        tensors: Vec<(String, TensorView<'_>)>,
+        mut metadata: BTreeMap<String, String>,
+    ) -> Result<Vec<u8>, String> {
+        metadata.insert(
+            KEY.to_string(),
+            encode(tensors.iter().map(|(n, v)| (n.as_str(), v.data()))),
+        );
+        let plain = safetensors::serialize(tensors, None).map_err(|e| e.to_string())?;
+        let n = plain
+            .get(..LEN_BYTES)
+            .and_then(|b| <[u8; LEN_BYTES]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or("safetensors wrote no header length")?;
+        let header = plain
+            .get(LEN_BYTES..LEN_BYTES + n)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .map(str::trim_end)
+            .and_then(|h| h.strip_prefix('{'))
+            .ok_or("safetensors wrote a header that is not a JSON object")?;
+        let meta = serde_json::to_string(&metadata).map_err(|e| e.to_string())?;
+        let sep = if header.trim_start().starts_with('}') {
+            ""
+        } else {
+            ","
+        };
+        let mut head = format!("{{\"__metadata__\":{meta}{sep}{header}").into_bytes();
+        head.resize(head.len().next_multiple_of(LEN_BYTES), b' ');
+        let data = &plain[LEN_BYTES + n..];
+        let mut out = Vec::with_capacity(LEN_BYTES + head.len() + data.len());
+        out.extend((head.len() as u64).to_le_bytes());
+        out.extend(head);
+        out.extend_from_slice(data);
+        Ok(out)
+    }
+
+    /// Checks every tensor of `st` against the metadata value `sums`: each tensor must have a
+    /// checksum, each checksum a tensor, and the data must hash to it. The error names the
+    /// tensor (the caller adds the file).
+    pub fn verify(st: &SafeTensors, sums: &str) -> Result<(), String> {
+        let sums: Sums = serde_json::from_str(sums)
+            .map_err(|e| format!("unreadable checksums in the metadata ({e}): the file is corrupt"))?;
+        if sums.algorithm != ALGORITHM {
+            return Err(format!(
+                "checksum algorithm `{}`, this version reads `{ALGORITHM}`",
+                sums.algorithm
+            ));
+        }
+        let mut names = st.names();
+        names.sort_unstable();
+        for name in &names {
+            let stored = sums
+                .tensors
+                .get(*name)
+                .ok_or_else(|| format!("tensor `{name}` has no checksum: the file is corrupt"))?;
+            let data = st
+                .tensor(name)
+                .map_err(|e| format!("tensor `{name}`: {e}"))?
+                .data();
+            let actual = format!("{:016x}", fnv1a64(data));
+            if *stored != actual {
+                return Err(format!(
+                    "tensor `{name}` fails its checksum ({ALGORITHM} {actual}, stored {stored}): \
+                     the file is corrupt"
+                ));
+            }
+        }
+        if let Some(orphan) = sums.tensors.keys().find(|k| !names.contains(&k.as_str())) {
+            return Err(format!(
+                "checksum for tensor `{orphan}`, which the file does not hold: the file is corrupt"
+            ));
         }
         Ok(())
     }
@@ -626,6 +776,108 @@ mod tests {
                 assert_eq!(o.looksam_gv(), opt.looksam_gv());
             }
         }
+    }
+
+    /// `bytes` re-serialised with the metadata `edit` makes.
+    fn with_metadata(
+        bytes: &[u8],
+        edit: impl FnOnce(&mut std::collections::HashMap<String, String>),
+    ) -> Vec<u8> {
+        let (_, md) = SafeTensors::read_metadata(bytes).unwrap();
+        let mut meta = md.metadata().clone().unwrap();
+        edit(&mut meta);
+        let st = SafeTensors::deserialize(bytes).unwrap();
+        let mut tensors = st.tensors();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        safetensors::serialize(tensors, Some(meta)).unwrap()
+    }
+
+    #[test]
+    fn a_flipped_bit_in_any_tensor_is_refused_by_name() {
+        let p = Path::new("opt.safetensors");
+        let (_, opt) = run(rules()[5].clone(), 3);
+        let bytes = opt.state_bytes().unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let data_start = bytes.len() - st.tensors().iter().map(|t| t.1.data().len()).sum::<usize>();
+        let (n, _) = SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(data_start, 8 + n);
+        for (name, t) in st.tensors() {
+            // The first byte of this tensor's data, by its offset in the buffer.
+            let at = t.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x10;
+            let mut o = Optimizer::new(layout(), opt.rule().clone(), opt.base().clone()).unwrap();
+            match o.load_state_bytes(&bad, p) {
+                Err(Error::State { path, detail }) => {
+                    assert_eq!(path, "opt.safetensors");
+                    assert!(
+                        detail.contains(&format!("tensor `{name}` fails its checksum")),
+                        "{detail}"
+                    );
+                }
+                other => panic!("{name}: expected a checksum error, got {other:?}"),
+            }
+        }
+        // A checksum for a tensor that is not there, or none for one that is.
+        let extra = with_metadata(&bytes, |m| {
+            let v = m[checksum::KEY].replace("\"base.", "\"gone.");
+            m.insert(checksum::KEY.into(), v);
+        });
+        let e = PortableState::from_bytes(&extra, p).unwrap_err().to_string();
+        assert!(e.contains("has no checksum"), "{e}");
+        let garbled = with_metadata(&bytes, |m| {
+            m.insert(checksum::KEY.into(), "{".into());
+        });
+        let e = PortableState::from_bytes(&garbled, p).unwrap_err().to_string();
+        assert!(e.contains("unreadable checksums"), "{e}");
+    }
+
+    #[test]
+    fn states_written_before_checksums_still_load() {
+        let p = Path::new("s");
+        let (_, opt) = run(rules()[1].clone(), 3);
+        let bytes = opt.state_bytes().unwrap();
+        let old = with_metadata(&bytes, |m| {
+            m.remove(checksum::KEY);
+        });
+        let back = PortableState::from_bytes(&old, p).unwrap();
+        assert_eq!(back, opt.portable_state().unwrap());
+    }
+
+    #[test]
+    fn checksummed_files_are_safetensors_with_sorted_metadata() {
+        let data = [1f32, 2.0, 3.0];
+        for tensors in [vec![], vec![("x".to_string(), 3usize)]] {
+            let views: Vec<(String, TensorView)> = tensors
+                .iter()
+                .map(|(n, len)| {
+                    let v = TensorView::new(Dtype::F32, vec![*len], f32_bytes(&data[..*len]));
+                    (n.clone(), v.unwrap())
+                })
+                .collect();
+            let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+            let bytes = checksum::serialize(views, meta).unwrap();
+            let (n, md) = SafeTensors::read_metadata(&bytes).unwrap();
+            assert_eq!(n % 8, 0);
+            let md = md.metadata().clone().unwrap();
+            assert_eq!(md["format"], "pt");
+            let st = SafeTensors::deserialize(&bytes).unwrap();
+            checksum::verify(&st, &md[checksum::KEY]).unwrap();
+            assert_eq!(st.len(), tensors.len());
+            let head = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+            assert!(
+                head.find("\"format\"") < head.find(checksum::KEY),
+                "{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn fnv1a64_matches_the_reference_vectors() {
+        // From the FNV reference test suite (Landon Curt Noll).
+        assert_eq!(checksum::fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(checksum::fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(checksum::fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -1,25 +1,15 @@
 //! The `--device cuda` tests of `cuda_cli/` on the CPU emulation of a device: the `samkit`
-//! binary finds the fake driver, cuBLAS and cuDNN of `crates/samkit-cuda/tests/fakecuda` through
+//! binary finds the fake driver, cuBLAS and cuDNN of samkit-testkit through
 //! its library path, so the CUDA trainer (engine, CUDA events, `GpuOptimizer`, the cuDNN/cuBLAS
 //! ResNet-18) runs end to end where no GPU is. Skipped, with one line, where a real driver is
 //! installed (`cuda_training.rs` runs there) or where g++ or NVRTC is missing
 //! (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure).
 mod cuda_cli;
-#[path = "../../samkit-cuda/tests/fakecuda/fake.rs"]
-#[allow(dead_code)]
-mod fake;
 
 use cuda_cli::Ctx;
 
 fn ctx() -> Option<Ctx> {
-    let libs = match fake::library_files() {
-        Ok(l) => l,
-        Err(fake::NoFake::Unavailable(e)) if !fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            return None;
-        }
-        Err(e) => panic!("the CPU emulation of CUDA is not available: {e:?}"),
-    };
+    let libs = samkit_testkit::or_skip(samkit_testkit::library_files())?;
     let mut path: Vec<String> = libs
         .iter()
         .filter_map(|l| l.parent().map(|d| d.display().to_string()))

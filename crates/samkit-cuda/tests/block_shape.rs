@@ -1,7 +1,7 @@
 //! The streaming kernels index their units with a stride of `SK_BLOCK` threads (and the
 //! finalize with `SK_FIN_BLOCK`), and keep one shared slot per warp of that shape: launched with
 //! any other block size they would silently skip or double-count elements. They start with
-//! `SK_REQUIRE_BLOCK`, which traps; the emulator of `tests/fakecuda` turns a trap into a failed
+//! `SK_REQUIRE_BLOCK`, which traps; the emulator of samkit-testkit turns a trap into a failed
 //! launch (`CUDA_ERROR_LAUNCH_FAILED`). Each kernel below fails with the wrong shapes and runs
 //! with the right one, on the same arguments (no unit to process, a valid step state), so the
 //! failure is the shape's.
@@ -9,10 +9,6 @@
 //! A test binary of its own: a trap is a launch failure, which on a GPU would end the context.
 //! Skipped, with one line, where a real driver is installed or the emulator cannot be built
 //! (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure).
-#[allow(dead_code)]
-#[path = "fakecuda/fake.rs"]
-mod fake;
-
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUresult;
@@ -23,7 +19,7 @@ use samkit_cuda::abi::{
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
-    fake::device_or_skip()
+    samkit_testkit::device_or_skip()
 }
 
 /// The fake driver ignores the module image and finds kernels by name, samkit's included.

@@ -2,7 +2,7 @@
 //! unit, `SK_WARPS` warp ranges per unit (`warp_range`), one warp for `sk_sel_scan`,
 //! `SK_SCAN_BLOCK` threads for `sk_sel_eq_scan`. Launched with any other shape they would skip
 //! or double-count candidates, so each starts with `SK_REQUIRE_BLOCK`, which traps; the emulator
-//! of `tests/fakecuda` turns a trap into a failed launch. Each kernel below fails with wrong
+//! of samkit-testkit turns a trap into a failed launch. Each kernel below fails with wrong
 //! shapes and runs with the right one, on the same arguments (no unit to process, valid
 //! selection state and histogram), so the failure is the shape's. (`sk_mask_combine` strides by
 //! `blockDim.x` and runs with any shape.)
@@ -10,10 +10,6 @@
 //! A test binary of its own: a trap is a launch failure, which on a GPU would end the context.
 //! Skipped, with one line, where a real driver is installed or the emulator cannot be built
 //! (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure).
-#[allow(dead_code)]
-#[path = "fakecuda/fake.rs"]
-mod fake;
-
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUresult;
@@ -22,7 +18,7 @@ use samkit_cuda::abi::{self, Ctl, FisherArgs, SelArgs, SelState};
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
-    fake::device_or_skip()
+    samkit_testkit::device_or_skip()
 }
 
 /// One launch of `name` over 2 blocks of `block` threads with `args` as its only parameter.

@@ -1,4 +1,4 @@
-//! The GPU parity tests, run on the CPU through the fake CUDA driver of `tests/fakecuda` (the
+//! The GPU parity tests, run on the CPU through the fake CUDA driver of samkit-testkit (the
 //! kernels built with g++): where no GPU is, they still check the whole stack (cudarc, NVRTC,
 //! the typed launches, the optimizer) and the kernels' logic against samkit-core. Skipped, with
 //! one line, where a real driver is installed (`parity.rs` runs the same scenarios on the GPU)
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use samkit_cuda::Device;
 
 fn dev() -> Option<Arc<Device>> {
-    common::fake::device_or_skip()
+    samkit_testkit::device_or_skip()
 }
 
 parity_tests!(dev);

@@ -1,6 +1,6 @@
-//! The emulator of `tests/fakecuda` must fail what a sequential CPU run would let pass and an
+//! The emulator of samkit-testkit must fail what a sequential CPU run would let pass and an
 //! H200 would not: each test launches a deliberately broken kernel and its fixed twin
-//! (`tests/fakecuda/catches.cu`, a kernel family of the emulator only) and asserts that the
+//! (samkit-testkit's `fakecuda/catches.cu`, a kernel family of the emulator only) and asserts that the
 //! broken one fails (a wrong result or a launch error) and the fixed one passes.
 //!
 //! Skipped, with one line, where a real driver is installed or the emulator cannot be built
@@ -8,10 +8,6 @@
 //! `SAMKIT_FAKE_SEED`; every assertion here holds for any seed but 0 (in order: then only the
 //! write-after-read race goes unchecked): the broken kernels are caught in every block, or in
 //! enough blocks that no schedule lets all of them pass.
-#[allow(dead_code)]
-#[path = "fakecuda/fake.rs"]
-mod fake;
-
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -26,7 +22,7 @@ const BLOCK: u32 = 256;
 const MANY_BLOCKS: u32 = 96;
 
 fn dev() -> Option<Arc<Device>> {
-    fake::device_or_skip()
+    samkit_testkit::device_or_skip()
 }
 
 /// The test kernels' module: the fake driver ignores the image and finds kernels by name.
@@ -70,11 +66,6 @@ fn run_in_out(
     // SAFETY: the kernel takes (const float*, float*) and reads/writes grid·BLOCK elements.
     unsafe { b.launch(cfg(grid, BLOCK)) }.expect("launch");
     s.clone_dtoh(&out).expect("dtoh")
-}
-
-/// `SAMKIT_FAKE_SEED=0`: the emulator runs threads, warps and blocks in order (no shuffling).
-fn in_order() -> bool {
-    std::env::var("SAMKIT_FAKE_SEED").is_ok_and(|v| v.trim() == "0")
 }
 
 fn ramp(n: usize) -> Vec<f32> {
@@ -130,7 +121,7 @@ fn emulator_catches_a_missing_syncthreads() {
         MANY_BLOCKS as usize,
         MANY_BLOCKS,
     );
-    if in_order() {
+    if samkit_testkit::knobs::in_order() {
         println!("SAMKIT_FAKE_SEED=0 runs in order: a write-after-read race cannot show");
     } else {
         assert_ne!(
@@ -353,7 +344,7 @@ fn emulator_runs_a_last_block_ticket_and_warp_matching() {
 #[test]
 fn emulated_device_has_the_sms_and_occupancy_of_an_h200() {
     let Some(d) = dev() else { return };
-    if std::env::var_os("SAMKIT_FAKE_SMS").is_none() {
+    if !samkit_testkit::knobs::sms_overridden() {
         assert_eq!(d.sm_count(), 132);
     }
     let f = func(&d, "emu_test_scale");

@@ -1,6 +1,5 @@
 //! The CPU vs CUDA parity tests of samkit-nn (`tests/common/parity.rs`) on the CPU emulation of a
-//! device: samkit-cuda's fake driver (`crates/samkit-cuda/tests/fakecuda`, with samkit-kernels' `kernels/nn.cu`
-//! built by g++) and the fake cuBLAS and cuDNN beside it (reference loops written from the
+//! device: samkit-testkit's fake driver (with samkit-kernels' `kernels/nn.cu` built by g++) and the fake cuBLAS and cuDNN beside it (reference loops written from the
 //! cuBLAS and cuDNN API references). Where no GPU is, this checks all of the backend's
 //! plumbing: descriptors, algorithm searches, arena offsets, the launch arguments of the nn.cu
 //! kernels, the stream, the models on the CUDA backend, and a SAM step with `GpuOptimizer`.
@@ -33,7 +32,7 @@ fn size(name: &str, default: usize) -> usize {
 }
 
 fn env() -> Option<Env> {
-    let dev = common::fake::or_skip(common::fake::device_with_dnn())?;
+    let dev = samkit_testkit::or_skip(samkit_testkit::device_with_dnn())?;
     Some(Env {
         dev,
         width: size("SAMKIT_EMULATION_RESNET_WIDTH", 8),

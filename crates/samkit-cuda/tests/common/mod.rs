@@ -1,8 +1,6 @@
 //! Shared by the GPU parity tests (`tests/parity.rs`, real device) and their CPU emulation
-//! (`tests/emulated.rs`, the fake driver of `tests/fakecuda`).
+//! (`tests/emulated.rs`, the fake driver of samkit-testkit).
 #![allow(dead_code)]
-#[path = "../fakecuda/fake.rs"]
-pub mod fake;
 pub mod parity;
 pub mod resume;
 

@@ -1,9 +1,7 @@
 //! Shared by the CPU vs CUDA parity tests of samkit-nn on a real device (`tests/cuda_parity.rs`)
 //! and on the CPU emulation of one (`tests/emulated.rs`: the fake driver, cuBLAS and cuDNN of
-//! `crates/samkit-cuda/tests/fakecuda`, whose loader is shared with samkit-cuda's tests).
+//! samkit-testkit, shared with samkit-cuda's tests).
 #![allow(dead_code)]
-#[path = "../../../samkit-cuda/tests/fakecuda/fake.rs"]
-pub mod fake;
 pub mod parity;
 
 /// The parity tests, each in the [`parity::Env`] that `$env()` returns (`None`: skipped, after

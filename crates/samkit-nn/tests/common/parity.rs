@@ -1,6 +1,6 @@
 //! The bodies of the CPU vs CUDA parity tests of samkit-nn, shared by `tests/cuda_parity.rs`
 //! (a real device) and `tests/emulated.rs` (the fake driver, cuBLAS and cuDNN of
-//! `crates/samkit-cuda/tests/fakecuda`, on the CPU): every layer of the [`Backend`] trait, a whole
+//! samkit-testkit, on the CPU): every layer of the [`Backend`] trait, a whole
 //! ResNet-18 forward and backward, batch-norm running statistics, SSAM-F's per-sample Fisher, an
 //! MLP, the device loss, and a SAM step through samkit-cuda's `GpuOptimizer` on `ResNet18<Cuda>`
 //! against `samkit_core::Optimizer` on `ResNet18<Cpu>`.

@@ -1,31 +1,20 @@
-//! The fake CUDA driver, cuBLAS and cuDNN of `tests/fakecuda` as files on disk, for
+//! The fake CUDA driver, cuBLAS and cuDNN of `fakecuda/` as files on disk, for
 //! `scripts/gpu-check.sh rehearse`: it runs the GPU check's carried binaries (bin/parity,
 //! bin/cuda_kernels, ...) against them by putting their folder first on `LD_LIBRARY_PATH`, so
 //! the script's staging, caps and summary are exercised end to end where no GPU is. One
-//! implementation of the libraries: this binary asks `fake.rs` for them (built once, cached by
-//! the hash of their sources under the target directory) instead of the script compiling them
-//! with flags of its own.
+//! implementation of the libraries: this binary asks the test kit for them (built once, cached
+//! by the hash of their sources under the target directory) instead of the script compiling
+//! them with flags of its own.
 //!
 //! `SAMKIT_FAKE_LIBS_LIST=<file>` writes their paths there, one a line, in the order driver,
 //! cuBLAS, cuDNN. Skipped, with one line, where a real driver is installed or g++ or NVRTC is
 //! missing (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure).
-#[path = "fakecuda/fake.rs"]
-#[allow(dead_code)]
-mod fake;
-
-/// The file names the GPU binaries' loaders look for: cudarc opens the driver by its soname
-/// and samkit-nn tries `libcublas.so` and `libcudnn.so` first.
-const NAMES: [&str; 3] = ["libcuda.so.1", "libcublas.so", "libcudnn.so"];
+use samkit_testkit::{library_files, or_skip, LIBRARY_NAMES};
 
 #[test]
 fn fake_libraries_are_built_and_listed() {
-    let libs = match fake::library_files() {
-        Ok(l) => l,
-        Err(fake::NoFake::Unavailable(e)) if !fake::required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            return;
-        }
-        Err(e) => panic!("the CPU emulation of CUDA is not available: {e:?}"),
+    let Some(libs) = or_skip(library_files()) else {
+        return;
     };
     let names: Vec<String> = libs
         .iter()
@@ -35,10 +24,15 @@ fn fake_libraries_are_built_and_listed() {
                 .unwrap_or_default()
         })
         .collect();
-    assert_eq!(names, NAMES, "{libs:?}");
+    assert_eq!(names, LIBRARY_NAMES, "{libs:?}");
     for l in &libs {
         let meta = std::fs::metadata(l).unwrap_or_else(|e| panic!("{}: {e}", l.display()));
         assert!(meta.is_file() && meta.len() > 0, "{}", l.display());
+        assert!(
+            l.starts_with(samkit_testkit::cache_root()),
+            "{} is outside the cache",
+            l.display()
+        );
     }
     if let Some(list) = std::env::var_os("SAMKIT_FAKE_LIBS_LIST") {
         let text: String = libs.iter().map(|l| format!("{}\n", l.display())).collect();

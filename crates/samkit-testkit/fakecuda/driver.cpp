@@ -64,7 +64,7 @@ extern "C" const emu::Kern emu_reg_update[];
 extern "C" const emu::Kern emu_reg_fisher[];
 extern "C" const emu::Kern emu_reg_select[];
 extern "C" const emu::Kern emu_reg_nn[];
-// The deliberately broken test kernels of tests/emulator_catches.rs (tests/fakecuda/catches.cu).
+// The deliberately broken test kernels of samkit-cuda's tests/emulator_catches.rs (catches.cu).
 extern "C" const emu::Kern emu_reg_catches[];
 
 typedef int CUresult;

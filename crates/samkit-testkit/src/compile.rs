@@ -1,49 +1,27 @@
-//! The fake CUDA driver of `crates/samkit-cuda/tests/fakecuda`: the kernels of samkit-kernels' `kernels/*.cu`
-//! built for the CPU with g++ (through `emu.h`) behind the part of the driver API that cudarc
-//! uses, so that the whole stack (cudarc, NVRTC compilation, the typed launches, the optimizer,
-//! the kernels' logic) runs on machines without a GPU; and the fake cuBLAS and cuDNN beside it
-//! (`fakecublas.cpp`, `fakecudnn.cpp`: reference loops on host memory) for samkit-nn's CUDA
-//! backend. Only where no real driver is installed.
-//!
-//! The emulated device is adversarial (see `emu.h` and `driver.cpp`): shuffled thread, warp and
-//! block order, poisoned shared and fresh memory, canaries around exact allocations, warp
-//! collectives checked against their masks, the launch limits of an sm_90 part with 132 SMs.
-//! Each family is compiled inside an unnamed namespace with its `__shared__` variables in its
-//! own section, and its registry records each kernel's `__launch_bounds__` (read from the
-//! family preprocessed with marker definitions). Besides those, the driver links the
-//! broken/fixed test kernels of `catches.cu` (`tests/emulator_catches.rs`).
-//!
-//! Knobs: `SAMKIT_FAKE_SEED=<n>` picks the schedule (default 1; 0 runs in order), e.g.
-//! `SAMKIT_FAKE_SEED=7 cargo test -p samkit-cuda --test emulated`; `SAMKIT_FAKE_SMS=<n>` the SM
-//! count; `SAMKIT_FAKE_SANITIZE=1` builds everything with `-fsanitize=address,undefined` into
-//! separate cache directories (`scripts/test-sanitized.sh` preloads the runtimes).
-//!
-//! One implementation for the tests of both crates: samkit-cuda's `tests/common` and
-//! samkit-nn's `tests/common` include this file with `#[path]`. Paths are taken from the
-//! workspace root (both crates live in `crates/<name>`).
+//! Building the fake libraries: the kernel families preprocessed to find their kernels and
+//! `__launch_bounds__`, wrapped with a registry each, compiled with g++ through `emu.h` and
+//! linked with `driver.cpp` into `libcuda.so.1`; `fakecublas.cpp` and `fakecudnn.cpp` into
+//! `libcublas.so` and `libcudnn.so`. Each library is cached by the hash of its inputs (sources,
+//! flags) under [`crate::cache_root`].
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
 
-use samkit_cuda::Device;
+use crate::{fake_dir, knobs};
 
 /// The kernel families linked into the fake driver: every family of samkit-kernels' registry
-/// (`<family>.cu`; `driver.cpp` lists their registries `emu_reg_<family>`).
+/// (`<family>.cu`; `driver.cpp` lists their registries `emu_reg_<family>`, so the array's
+/// length is spelled out: a new family fails to compile here until the driver lists it).
 const FAMILIES: [samkit_cuda::samkit_kernels::Family; 6] = samkit_cuda::samkit_kernels::FAMILIES;
 
-/// The deliberately broken (and fixed) kernels of `tests/emulator_catches.rs`, a family of the
-/// emulator only (`fake_dir()/catches.cu`).
+/// The deliberately broken (and fixed) kernels of samkit-cuda's `tests/emulator_catches.rs`, a
+/// family of the emulator only (`fakecuda/catches.cu`).
 const TEST_FAMILY: &str = "catches";
 
-/// `SAMKIT_FAKE_SANITIZE=1`: build the kernels and the fake libraries with
-/// `-fsanitize=address,undefined` (into their own cache directories). The test binary must then
-/// run with the sanitizer runtimes preloaded (`scripts/test-sanitized.sh`).
-fn sanitize() -> bool {
-    std::env::var("SAMKIT_FAKE_SANITIZE").is_ok_and(|v| v == "1")
-}
+/// The fake driver's file name, its soname: the name cudarc's loader opens.
+const DRIVER: &str = crate::LIBRARY_NAMES[0];
 
 fn sanitize_flags() -> Vec<String> {
-    if sanitize() {
+    if knobs::sanitize() {
         [
             "-fsanitize=address,undefined",
             "-fno-sanitize-recover=undefined",
@@ -57,20 +35,12 @@ fn sanitize_flags() -> Vec<String> {
     }
 }
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// The `.cu` files and `samkit.cuh` on disk (the samkit-kernels crate's `kernels/`).
 fn kernels_dir() -> PathBuf {
     samkit_cuda::samkit_kernels::kernels_dir()
 }
 
-fn fake_dir() -> PathBuf {
-    root().join("crates/samkit-cuda/tests/fakecuda")
-}
-
-fn cxx() -> String {
+pub(crate) fn cxx() -> String {
     std::env::var("CXX").unwrap_or_else(|_| "g++".into())
 }
 
@@ -167,7 +137,7 @@ fn kernels_of(pre: &str) -> Result<Vec<KernelDecl>, String> {
     Ok(out)
 }
 
-fn run(cmd: &mut Command) -> Result<Vec<u8>, String> {
+pub(crate) fn run(cmd: &mut Command) -> Result<Vec<u8>, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
@@ -268,10 +238,11 @@ fn family_sources() -> Vec<(&'static str, PathBuf)> {
     v
 }
 
-/// The cache directory of a build: `stem`, `-asan` when sanitized, the hash of its inputs.
+/// The cache directory of a build: `stem`, `-asan` when sanitized, the hash of its inputs, under
+/// [`crate::cache_root`].
 fn cache_dir(stem: &str, parts: &[&[u8]]) -> PathBuf {
-    let kind = if sanitize() { "-asan" } else { "" };
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{stem}{kind}-{:016x}", hash(parts)))
+    let kind = if knobs::sanitize() { "-asan" } else { "" };
+    crate::cache_root().join(format!("{stem}{kind}-{:016x}", hash(parts)))
 }
 
 /// The wrapper of family `f` (source `src`, preprocessed `pre`): the family compiled with its
@@ -322,7 +293,7 @@ fn wrapper(f: &str, src: &Path, pre: &str) -> Result<String, String> {
 }
 
 /// Builds `libcuda.so.1` (cached by the hash of its sources) and returns its path.
-fn build() -> Result<PathBuf, String> {
+pub(crate) fn build() -> Result<PathBuf, String> {
     let fams = family_sources();
     let mut srcs: Vec<Vec<u8>> = Vec::new();
     for (_, src) in &fams {
@@ -341,7 +312,7 @@ fn build() -> Result<PathBuf, String> {
     let mut parts: Vec<&[u8]> = srcs.iter().map(|v| v.as_slice()).collect();
     parts.push(flags.as_bytes());
     let dir = cache_dir("fakecuda", &parts);
-    let lib = dir.join("libcuda.so.1");
+    let lib = dir.join(DRIVER);
     if lib.is_file() {
         return Ok(lib);
     }
@@ -361,11 +332,11 @@ fn build() -> Result<PathBuf, String> {
         std::fs::write(&path, w).map_err(|e| e.to_string())?;
         units.push(path);
     }
-    compile_lib(&dir, "libcuda.so.1", &units, &common_flags())
+    compile_lib(&dir, DRIVER, &units, &common_flags())
 }
 
 /// Builds the fake `lib` of `fake_dir()/src` (cached by the hash of its source).
-fn build_plain(src: &str, lib: &str) -> Result<PathBuf, String> {
+pub(crate) fn build_plain(src: &str, lib: &str) -> Result<PathBuf, String> {
     let text = read(&fake_dir().join(src))?;
     let mut flags = sanitize_flags();
     flags.push("-std=c++20".to_string());
@@ -381,7 +352,7 @@ fn build_plain(src: &str, lib: &str) -> Result<PathBuf, String> {
 
 /// Opens `lib` and leaks the handle, so it stays loaded and cudarc's `dlopen` of its soname
 /// finds it.
-fn load(lib: &Path) -> Result<(), String> {
+pub(crate) fn load(lib: &Path) -> Result<(), String> {
     // SAFETY: our own test library; its initialisers are the C++ runtime's.
     let l =
         unsafe { libloading::Library::new(lib) }.map_err(|e| format!("{}: {e}", lib.display()))?;
@@ -389,101 +360,56 @@ fn load(lib: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Why there is no fake device.
-#[derive(Clone, Debug)]
-pub enum NoFake {
-    /// Nothing to emulate with here (a real driver is installed, no C++ compiler, no NVRTC):
-    /// the tests print one skip line.
-    Unavailable(String),
-    /// The emulator failed to build or to open: the tests fail.
-    Broken(String),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Whether the emulation can be built and used here: no real driver (the GPU tests run there),
-/// NVRTC with its headers, a C++ compiler.
-fn available() -> Result<(), NoFake> {
-    use NoFake::Unavailable;
-    if samkit_cuda::device::driver_present() {
-        return Err(Unavailable(
-            "a CUDA driver is installed: the GPU tests run instead".into(),
-        ));
+    #[test]
+    fn kernels_and_launch_bounds_are_read_from_a_preprocessed_family() {
+        let pre = format!(
+            "static int helper(int a) {{ return a; }}\n\
+             extern \"C\" {KERNEL_MARK} void plain(float* x) {{ x[0] = helper(1); }}\n\
+             extern \"C\" {KERNEL_MARK} {BOUNDS_MARK}(256, (2)) void after(float* x) {{}}\n\
+             template <int N> struct S {{}};\n\
+             extern \"C\" {BOUNDS_MARK}(1024) {KERNEL_MARK} void before(const S<2>* s) {{}}\n"
+        );
+        let ks = kernels_of(&pre).expect("three kernels");
+        let got: Vec<(&str, Option<&str>)> = ks
+            .iter()
+            .map(|k| (k.name.as_str(), k.bounds.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("plain", None),
+                ("after", Some("256, (2)")),
+                ("before", Some("1024")),
+            ]
+        );
     }
-    samkit_cuda::env::ensure_nvrtc().map_err(|e| Unavailable(e.to_string()))?;
-    samkit_cuda::env::include_dir().map_err(|e| Unavailable(e.to_string()))?;
-    run(Command::new(cxx()).arg("--version"))
-        .map_err(|e| Unavailable(format!("no C++ compiler: {e}")))?;
-    Ok(())
-}
 
-/// The fake device. `SAMKIT_REQUIRE_EMULATION=1` turns a missing compiler or NVRTC into a
-/// failure too.
-pub fn device() -> Result<Arc<Device>, NoFake> {
-    static DEV: OnceLock<Result<Arc<Device>, NoFake>> = OnceLock::new();
-    DEV.get_or_init(|| {
-        use NoFake::*;
-        available()?;
-        load(&build().map_err(Broken)?).map_err(Broken)?;
-        Device::open(0).map_err(|e| Broken(e.to_string()))
-    })
-    .clone()
-}
-
-/// The fake device with the fake cuBLAS (`libcublas.so`) and cuDNN (`libcudnn.so`) loaded.
-/// Their sonames are the first names cudarc's loader tries (`get_lib_name_candidates`), so
-/// cudarc opens these even where a real cuBLAS or cuDNN is on the loader's path.
-pub fn device_with_dnn() -> Result<Arc<Device>, NoFake> {
-    static LIBS: OnceLock<Result<(), NoFake>> = OnceLock::new();
-    let d = device()?;
-    LIBS.get_or_init(|| {
-        let blas = build_plain("fakecublas.cpp", "libcublas.so").map_err(NoFake::Broken)?;
-        let dnn = build_plain("fakecudnn.cpp", "libcudnn.so").map_err(NoFake::Broken)?;
-        load(&blas).map_err(NoFake::Broken)?;
-        load(&dnn).map_err(NoFake::Broken)
-    })
-    .clone()?;
-    Ok(d)
-}
-
-/// The fake driver, cuBLAS and cuDNN built but not loaded here: for a child process (the
-/// `samkit` binary), whose loader finds them through `LD_LIBRARY_PATH`.
-pub fn library_files() -> Result<Vec<PathBuf>, NoFake> {
-    // Once per process: the tests of a binary ask at the same time, and the temporary files of
-    // a build are named by the process.
-    static FILES: OnceLock<Result<Vec<PathBuf>, NoFake>> = OnceLock::new();
-    FILES
-        .get_or_init(|| {
-            use NoFake::Broken;
-            available()?;
-            Ok(vec![
-                build().map_err(Broken)?,
-                build_plain("fakecublas.cpp", "libcublas.so").map_err(Broken)?,
-                build_plain("fakecudnn.cpp", "libcudnn.so").map_err(Broken)?,
-            ])
-        })
-        .clone()
-}
-
-/// Whether a missing emulator must fail the test run.
-pub fn required() -> bool {
-    std::env::var("SAMKIT_REQUIRE_EMULATION").is_ok_and(|v| v == "1")
-}
-
-/// The result of [`device`] or [`device_with_dnn`] for a test: the device, or `None` after one
-/// skip line where there is nothing to emulate with (a failure under
-/// `SAMKIT_REQUIRE_EMULATION=1`); a broken emulator fails the test.
-pub fn or_skip<T>(r: Result<T, NoFake>) -> Option<T> {
-    match r {
-        Ok(d) => Some(d),
-        Err(NoFake::Unavailable(e)) if !required() => {
-            println!("skip: no CPU emulation of CUDA ({e})");
-            None
-        }
-        Err(NoFake::Unavailable(e)) => panic!("SAMKIT_REQUIRE_EMULATION=1 but {e}"),
-        Err(NoFake::Broken(e)) => panic!("the CPU emulation of CUDA is broken: {e}"),
+    #[test]
+    fn an_unreadable_kernel_declaration_is_an_error() {
+        let unbalanced = format!("{KERNEL_MARK} {BOUNDS_MARK}(256 void k() {{}}");
+        assert!(kernels_of(&unbalanced).is_err());
+        let truncated = format!("{KERNEL_MARK} void");
+        assert!(kernels_of(&truncated).is_err());
     }
-}
 
-/// The fake device, or `None` after one skip line (see [`or_skip`]).
-pub fn device_or_skip() -> Option<Arc<Device>> {
-    or_skip(device())
+    #[test]
+    fn parenthesised_text_is_balanced() {
+        assert_eq!(parenthesised(" (a(b)c) rest"), Some(("a(b)c", " rest")));
+        assert_eq!(parenthesised("(a(b)"), None);
+        assert_eq!(parenthesised("a)"), None);
+    }
+
+    #[test]
+    fn cache_directories_differ_with_any_input() {
+        let a = cache_dir("lib", &[b"one", b"two"]);
+        assert_eq!(a, cache_dir("lib", &[b"one", b"two"]));
+        assert_ne!(a, cache_dir("lib", &[b"one", b"tw0"]));
+        // The parts are delimited: moving a byte from one part to the next changes the hash.
+        assert_ne!(a, cache_dir("lib", &[b"onet", b"wo"]));
+        assert!(a.starts_with(crate::cache_root()));
+    }
 }

@@ -26,7 +26,7 @@
 #   scripts/gpu-check.sh rehearse [--bundle DIR] OUT
 #       here, no GPU (CI runs it after `cargo test --workspace`; about a minute): the runner's
 #       own tests, then the whole `run` against the CPU emulation of a device (the fake driver,
-#       cuBLAS and cuDNN of crates/samkit-cuda/tests/fakecuda, first on the library path) with
+#       cuBLAS and cuDNN of crates/samkit-testkit/fakecuda, first on the library path) with
 #       the same staging, files and summary, on small configurations and rehearsal caps: parity
 #       up to 100k parameters, the kernel table through `samkit bench-kernels --width 4`, four
 #       samkit-nn layer tests and a width-4 batch-2 step, the CLI's device probe, no sanitizer
@@ -211,8 +211,9 @@ run() {
 }
 
 fake_libs() {
-    # The fake driver, cuBLAS and cuDNN (one line each into FILE), built by fake.rs through the
-    # test binary crates/samkit-cuda/tests/fake_libs.rs (the same build the emulated tests use).
+    # The fake driver, cuBLAS and cuDNN (one line each into FILE), built by samkit-testkit through
+    # its test binary crates/samkit-testkit/tests/fake_libs.rs (the same build, and the same
+    # cache under target/tmp, as the emulated tests).
     local file="$1" log="$2" exe
     exe="$(cargo_json "$log" test --workspace --no-run --test fake_libs | awk '$1 == "fake_libs" && $2 == "test" {print $4}' | tail -1)"
     [ -x "$exe" ] || die "the fake_libs test binary was not built"

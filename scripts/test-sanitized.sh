@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The ASan/UBSan job of CI: the emulated GPU suites of samkit-cuda with the kernels and the fake
-# driver built with -fsanitize=address,undefined (SAMKIT_FAKE_SANITIZE=1, its own cache under
-# target/tmp). An out-of-bounds access of a kernel on host memory, a use after free or undefined
-# behaviour in a kernel stops the run with a report.
+# driver of crates/samkit-testkit built with -fsanitize=address,undefined
+# (SAMKIT_FAKE_SANITIZE=1, its own cache under target/tmp). An out-of-bounds access of a kernel
+# on host memory, a use after free or undefined behaviour in a kernel stops the run with a report.
 #
 # The test binaries are not instrumented, so the sanitizer runtimes are preloaded into them (and
 # only them: cargo's runner) and leak checking is off (Rust and NVRTC allocations live to exit).
-# The compilers fake.rs starts run without the preload.
+# The compilers that samkit-testkit starts run without the preload.
 #
 # Usage: scripts/test-sanitized.sh [extra cargo test arguments]
 set -euo pipefail

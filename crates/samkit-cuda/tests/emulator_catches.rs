@@ -1,7 +1,7 @@
 //! The emulator of samkit-testkit must fail what a sequential CPU run would let pass and an
 //! H200 would not: each test launches a deliberately broken kernel and its fixed twin
-//! (samkit-testkit's `fakecuda/catches.cu`, a kernel family of the emulator only) and asserts that the
-//! broken one fails (a wrong result or a launch error) and the fixed one passes.
+//! (samkit-testkit's `fakecuda/catches.cu`, a kernel family of the emulator only) and asserts
+//! that the broken one fails (a wrong result or a launch error) and the fixed one passes.
 //!
 //! Skipped, with one line, where a real driver is installed or the emulator cannot be built
 //! (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure). The schedule depends on

@@ -47,6 +47,9 @@ const CASES: &[&str] = &[
     "adamw_wd",
     "rmsprop_plain",
     "rmsprop_momentum_centered_wd",
+    "sgd_maximize",
+    "sgd_nesterov_maximize",
+    "rmsprop_maximize",
     "sam_sgd",
     "sam_adaptive_sgd",
     "sam_adam",
@@ -96,6 +99,14 @@ fn bool_of(v: &Value, key: &str) -> bool {
         .unwrap_or_else(|| panic!("`{key}` is not a bool in {v}"))
 }
 
+/// An option the generator records only when set (absent: torch's default, False).
+fn opt_bool(v: &Value, key: &str) -> bool {
+    match v.get(key) {
+        None => false,
+        Some(_) => bool_of(v, key),
+    }
+}
+
 fn f32s(v: &Value) -> Vec<f32> {
     v.as_array()
         .expect("an array of numbers")
@@ -126,6 +137,7 @@ fn parse_base(b: &Value) -> BaseOptimizer {
             dampening: f32_of(b, "dampening"),
             nesterov: bool_of(b, "nesterov"),
             weight_decay: f32_of(b, "weight_decay"),
+            maximize: opt_bool(b, "maximize"),
         }),
         kind @ ("adam" | "adamw") => {
             let betas = f32s(&b["betas"]);
@@ -135,9 +147,8 @@ fn parse_base(b: &Value) -> BaseOptimizer {
                 beta2: betas[1],
                 eps: f32_of(b, "eps"),
                 weight_decay: f32_of(b, "weight_decay"),
-                // Options the generator may record (absent: torch's defaults, False).
-                amsgrad: b.get("amsgrad").and_then(Value::as_bool).unwrap_or(false),
-                maximize: b.get("maximize").and_then(Value::as_bool).unwrap_or(false),
+                amsgrad: opt_bool(b, "amsgrad"),
+                maximize: opt_bool(b, "maximize"),
             };
             if kind == "adam" {
                 BaseOptimizer::Adam(c)
@@ -152,6 +163,7 @@ fn parse_base(b: &Value) -> BaseOptimizer {
             momentum: f32_of(b, "momentum"),
             centered: bool_of(b, "centered"),
             weight_decay: f32_of(b, "weight_decay"),
+            maximize: opt_bool(b, "maximize"),
         }),
         other => panic!("unknown base optimizer {other}"),
     }
@@ -466,6 +478,49 @@ fn rmsprop_plain() {
 #[test]
 fn rmsprop_momentum_centered_weight_decay() {
     check("rmsprop_momentum_centered_wd", TOL);
+}
+
+/// A maximize case: checks the trajectory, then that the same run without `maximize` is far
+/// from the reference (the loss rises under maximize, so the two runs part at once), so that
+/// the case tests the option and not only the rest of the optimizer.
+fn check_maximize(name: &str) {
+    check(name, TOL);
+    let mut g = load(name);
+    match &mut g.base {
+        BaseOptimizer::Sgd(c) => c.maximize = false,
+        BaseOptimizer::RmsProp(c) => c.maximize = false,
+        other => panic!("{name}: {} is not a maximize case here", other.name()),
+    }
+    let (descent, _) = replay_both(&g, &g.rule);
+    let worst = rel_errors(&descent, &g.traj)
+        .into_iter()
+        .fold(0.0, f64::max);
+    println!("{name} without maximize (not the reference): worst {worst:.3e}");
+    assert!(
+        worst > 1e4 * TOL,
+        "{name}: the run without maximize should not match the reference ({worst:.3e})"
+    );
+    // Ascent: the loss at the last step is above the first (cross-entropy of a fresh MLP).
+    assert!(g.losses.last() > g.losses.first(), "{name}: {:?}", g.losses);
+}
+
+/// torch: `grad = -grad` first, then the weight decay, the momentum buffer (cloned on the
+/// first step, blended with `1 − dampening` after) and the step.
+#[test]
+fn sgd_maximize() {
+    check_maximize("sgd_maximize");
+}
+
+#[test]
+fn sgd_nesterov_maximize() {
+    check_maximize("sgd_nesterov_maximize");
+}
+
+/// torch: `grad = -grad` first, then the weight decay, `square_avg`, `grad_avg` (centered) and
+/// the momentum buffer from the negated gradient.
+#[test]
+fn rmsprop_maximize() {
+    check_maximize("rmsprop_maximize");
 }
 
 // ---- pytorch_optimizer ---------------------------------------------------------------------

@@ -186,9 +186,14 @@ SGD_M = {"type": "sgd", "lr": 0.05, "momentum": 0.9, "dampening": 0.0, "nesterov
          "weight_decay": 5e-4}
 
 
-def sgd(lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0):
+def sgd(lr, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0, maximize=False):
     return {"type": "sgd", "lr": lr, "momentum": momentum, "dampening": dampening,
-            "nesterov": nesterov, "weight_decay": weight_decay}
+            "nesterov": nesterov, "weight_decay": weight_decay, **_maximize(maximize)}
+
+
+def _maximize(on):
+    # Recorded only when set, so that the files of the other cases stay as they were.
+    return {"maximize": True} if on else {}
 
 
 def adam(kind, lr, weight_decay):
@@ -196,9 +201,9 @@ def adam(kind, lr, weight_decay):
             "weight_decay": weight_decay}
 
 
-def rmsprop(lr, alpha=0.99, momentum=0.0, centered=False, weight_decay=0.0):
+def rmsprop(lr, alpha=0.99, momentum=0.0, centered=False, weight_decay=0.0, maximize=False):
     return {"type": "rmsprop", "lr": lr, "alpha": alpha, "eps": 1e-8, "momentum": momentum,
-            "centered": centered, "weight_decay": weight_decay}
+            "centered": centered, "weight_decay": weight_decay, **_maximize(maximize)}
 
 
 CASES = [
@@ -213,6 +218,14 @@ CASES = [
     ("rmsprop_plain", "torch.optim.RMSprop", rmsprop(0.002), {"type": "base"}),
     ("rmsprop_momentum_centered_wd", "torch.optim.RMSprop",
      rmsprop(0.001, momentum=0.9, centered=True, weight_decay=1e-3), {"type": "base"}),
+    # maximize: the gradient is negated before the weight decay, the momentum and the averages.
+    ("sgd_maximize", "torch.optim.SGD(maximize=True)",
+     sgd(0.05, momentum=0.9, dampening=0.1, weight_decay=5e-4, maximize=True), {"type": "base"}),
+    ("sgd_nesterov_maximize", "torch.optim.SGD(maximize=True)",
+     sgd(0.05, momentum=0.9, nesterov=True, weight_decay=5e-4, maximize=True), {"type": "base"}),
+    ("rmsprop_maximize", "torch.optim.RMSprop(maximize=True)",
+     rmsprop(0.001, momentum=0.9, centered=True, weight_decay=1e-3, maximize=True),
+     {"type": "base"}),
     ("sam_sgd", "pytorch_optimizer.SAM + torch.optim.SGD", dict(SGD_M),
      {"type": "sam", "rho": 0.05, "adaptive": False}),
     ("sam_adaptive_sgd", "pytorch_optimizer.SAM(adaptive=True) + torch.optim.SGD", dict(SGD_M),

@@ -40,6 +40,10 @@ pub struct Sgd {
     pub dampening: f32,
     pub nesterov: bool,
     pub weight_decay: f32,
+    /// Ascend instead of descend: the gradient is negated before the weight decay and the
+    /// momentum (torch's `maximize=True`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maximize: bool,
 }
 
 impl Default for Sgd {
@@ -50,6 +54,7 @@ impl Default for Sgd {
             dampening: 0.0,
             nesterov: false,
             weight_decay: 0.0,
+            maximize: false,
         }
     }
 }
@@ -111,6 +116,10 @@ pub struct RmsProp {
     pub momentum: f32,
     pub centered: bool,
     pub weight_decay: f32,
+    /// Ascend instead of descend: the gradient is negated before the weight decay and the
+    /// averages (torch's `maximize=True`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maximize: bool,
 }
 
 impl Default for RmsProp {
@@ -122,6 +131,7 @@ impl Default for RmsProp {
             momentum: 0.0,
             centered: false,
             weight_decay: 0.0,
+            maximize: false,
         }
     }
 }
@@ -335,9 +345,12 @@ impl BaseOptimizer {
             BaseOptimizer::Sgd(c) => {
                 let (lr, mu, wd) = (sc.lr, c.momentum, c.weight_decay);
                 let damp = sc.k.one_m_dampening;
+                // torch: `grad = -grad if maximize`, before the weight decay. `±1·d` is exact
+                // (a sign flip), so the factor keeps one branch-free loop per variant.
+                let sign = if c.maximize { -1.0f32 } else { 1.0 };
                 // `d + wd·w` with wd = 0 is `d` for every finite w, so the loops below need no
                 // branch on it and vectorise; each variant is its own loop for the same reason.
-                let grads = d.iter().zip(w).map(|(&d, &w)| d + wd * w);
+                let grads = d.iter().zip(w).map(|(&d, &w)| sign * d + wd * w);
                 if mu == 0.0 {
                     for ((o, &wv), g) in out.iter_mut().zip(w).zip(grads) {
                         *o = wv - lr * g;
@@ -416,7 +429,9 @@ impl BaseOptimizer {
                 let mut gavg = gavg;
                 let mut buf = buf;
                 for i in 0..n {
-                    let g = if wd != 0.0 { d[i] + wd * w[i] } else { d[i] };
+                    // torch: `grad = -grad if maximize`, before the weight decay.
+                    let g = if c.maximize { -d[i] } else { d[i] };
+                    let g = if wd != 0.0 { g + wd * w[i] } else { g };
                     let s = a * sq[i] + one_m_a * g * g;
                     sq[i] = s;
                     let avg = match gavg.as_deref_mut() {
@@ -583,6 +598,95 @@ mod tests {
             run(&up, &mut w, &[&[1.0]]);
             assert!(w[0] > 0.0);
         }
+    }
+
+    /// Every SGD and RMSprop variant: `maximize` on `g` is exactly descent on `−g`, weight decay
+    /// included (torch negates the gradient before it), and a positive gradient moves up.
+    #[test]
+    fn sgd_and_rmsprop_maximize_is_descent_on_the_negated_gradient() {
+        let sgd = |momentum, dampening, nesterov, maximize| {
+            BaseOptimizer::Sgd(Sgd {
+                lr: 0.1,
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay: 0.05,
+                maximize,
+            })
+        };
+        let rms = |momentum, centered, maximize| {
+            BaseOptimizer::RmsProp(RmsProp {
+                momentum,
+                centered,
+                weight_decay: 0.05,
+                maximize,
+                ..RmsProp::default()
+            })
+        };
+        let pairs = [
+            (sgd(0.0, 0.0, false, true), sgd(0.0, 0.0, false, false)),
+            (sgd(0.9, 0.1, false, true), sgd(0.9, 0.1, false, false)),
+            (sgd(0.9, 0.0, true, true), sgd(0.9, 0.0, true, false)),
+            (rms(0.0, false, true), rms(0.0, false, false)),
+            (rms(0.9, false, true), rms(0.9, false, false)),
+            (rms(0.0, true, true), rms(0.0, true, false)),
+            (rms(0.9, true, true), rms(0.9, true, false)),
+        ];
+        for (up, down) in pairs {
+            let (mut a, mut b) = (vec![0.5f32, -1.0, 2.0], vec![0.5f32, -1.0, 2.0]);
+            let g: [&[f32]; 3] = [&[0.3, -0.2, 1.0], &[0.1, 0.4, -2.0], &[-0.7, 0.0, 0.25]];
+            let neg: Vec<Vec<f32>> = g.iter().map(|s| s.iter().map(|x| -x).collect()).collect();
+            let neg: Vec<&[f32]> = neg.iter().map(Vec::as_slice).collect();
+            run(&up, &mut a, &g);
+            run(&down, &mut b, &neg);
+            assert_eq!(a, b, "{up:?}");
+            let mut w = vec![0.0f32];
+            run(&up, &mut w, &[&[1.0]]);
+            assert!(w[0] > 0.0, "{up:?}");
+        }
+    }
+
+    /// The order of torch ≥ 1.13 (negate, then add `λ·w`), not torch 1.11's (add `λ·w`, then
+    /// step by `+lr`), which would give `1 + 0.1·(0.5 + 0.01) = 1.051`.
+    #[test]
+    fn sgd_maximize_negates_before_the_weight_decay() {
+        let opt = BaseOptimizer::Sgd(Sgd {
+            lr: 0.1,
+            weight_decay: 0.01,
+            maximize: true,
+            ..Sgd::default()
+        });
+        let mut w = vec![1.0f32];
+        run(&opt, &mut w, &[&[0.5]]);
+        // g = −0.5 + 0.01·1 = −0.49; w = 1 − 0.1·(−0.49) = 1.049, each op rounded in f32.
+        let g = -0.5f32 + 0.01f32 * 1.0;
+        assert_eq!(w[0], 1.0 - 0.1f32 * g);
+        assert!((w[0] as f64 - 1.049).abs() < 1e-6);
+    }
+
+    /// `maximize` is written only when set and read as false when absent, so state files and
+    /// configs from before the field load unchanged.
+    #[test]
+    fn maximize_defaults_to_false_in_serde() {
+        let old_sgd = r#"{"type":"sgd","lr":0.1,"momentum":0.9,"dampening":0.0,"nesterov":false,"weight_decay":0.0}"#;
+        let old_rms = r#"{"type":"rmsprop","lr":0.01,"alpha":0.99,"eps":1e-8,"momentum":0.0,"centered":false,"weight_decay":0.0}"#;
+        for text in [old_sgd, old_rms] {
+            let b: BaseOptimizer = serde_json::from_str(text).expect("an old config");
+            let on = match &b {
+                BaseOptimizer::Sgd(c) => c.maximize,
+                BaseOptimizer::RmsProp(c) => c.maximize,
+                _ => unreachable!(),
+            };
+            assert!(!on);
+            assert!(!serde_json::to_string(&b).unwrap().contains("maximize"));
+        }
+        let up = BaseOptimizer::RmsProp(RmsProp {
+            maximize: true,
+            ..RmsProp::default()
+        });
+        let text = serde_json::to_string(&up).unwrap();
+        assert!(text.contains(r#""maximize":true"#));
+        assert_eq!(serde_json::from_str::<BaseOptimizer>(&text).unwrap(), up);
     }
 
     #[test]

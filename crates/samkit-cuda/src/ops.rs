@@ -525,6 +525,7 @@ pub(crate) fn update<T: Elem>(
                 momentum: c.momentum,
                 one_m_dampening: k.one_m_dampening,
                 weight_decay: c.weight_decay,
+                maximize: c.maximize as u32,
                 ..UpdateArgs::default()
             },
         ),
@@ -557,6 +558,7 @@ pub(crate) fn update<T: Elem>(
                 eps: c.eps,
                 alpha: c.alpha,
                 one_m_alpha: k.one_m_alpha,
+                maximize: c.maximize as u32,
                 ..UpdateArgs::default()
             },
         ),

@@ -47,7 +47,7 @@ struct UpdateArgs {
     float alpha;             // RMSprop: α
     float one_m_alpha;       // RMSprop: 1 − α
     u32 amsgrad;             // Adam: s2 = max(s2, v), the denominator from s2
-    u32 maximize;            // Adam: the gradient is negated first
+    u32 maximize;            // every optimizer: the gradient is negated first (torch's maximize)
 };
 
 // The scalars of one update, read once per block from the device-resident step state.
@@ -63,15 +63,17 @@ template <int OPT> struct Step {
     static __device__ __forceinline__ float run(const UpdateArgs& a, const Sc& c, float w, float d, float& s0,
                                                 float& s1, float& s2) {
         const float wd = a.weight_decay;
+        // torch: `grad = -grad if maximize`, before the weight decay (every base optimizer).
+        const float dm = a.maximize ? -d : d;
         if (OPT == OPT_SGD) {
-            const float g = wd != 0.f ? d + wd * w : d;
+            const float g = wd != 0.f ? dm + wd * w : dm;
             if (!a.has_momentum) return w - c.lr * g;
             const float m = c.first ? g : a.momentum * s0 + a.one_m_dampening * g;
             s0 = m;
             const float step = a.nesterov ? g + a.momentum * m : m;
             return w - c.lr * step;
         } else if (OPT == OPT_ADAM || OPT == OPT_ADAMW) {
-            float g = a.maximize ? -d : d;
+            float g = dm;
             float wi = w;
             if (wd != 0.f) {
                 if (OPT == OPT_ADAMW) wi *= a.wscale;
@@ -92,7 +94,7 @@ template <int OPT> struct Step {
             return wi - c.step_size * (mi / denom);
         } else {
             // State after square_avg: the momentum buffer first, if any, then grad_avg.
-            const float g = wd != 0.f ? d + wd * w : d;
+            const float g = wd != 0.f ? dm + wd * w : dm;
             const float s = a.alpha * s0 + a.one_m_alpha * g * g;
             s0 = s;
             float avg;

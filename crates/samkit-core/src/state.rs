@@ -550,8 +550,9 @@ pub mod checksum {
     /// checksum, each checksum a tensor, and the data must hash to it. The error names the
     /// tensor (the caller adds the file).
     pub fn verify(st: &SafeTensors, sums: &str) -> Result<(), String> {
-        let sums: Sums = serde_json::from_str(sums)
-            .map_err(|e| format!("unreadable checksums in the metadata ({e}): the file is corrupt"))?;
+        let sums: Sums = serde_json::from_str(sums).map_err(|e| {
+            format!("unreadable checksums in the metadata ({e}): the file is corrupt")
+        })?;
         if sums.algorithm != ALGORITHM {
             return Err(format!(
                 "checksum algorithm `{}`, this version reads `{ALGORITHM}`",
@@ -823,12 +824,16 @@ mod tests {
             let v = m[checksum::KEY].replace("\"base.", "\"gone.");
             m.insert(checksum::KEY.into(), v);
         });
-        let e = PortableState::from_bytes(&extra, p).unwrap_err().to_string();
+        let e = PortableState::from_bytes(&extra, p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("has no checksum"), "{e}");
         let garbled = with_metadata(&bytes, |m| {
             m.insert(checksum::KEY.into(), "{".into());
         });
-        let e = PortableState::from_bytes(&garbled, p).unwrap_err().to_string();
+        let e = PortableState::from_bytes(&garbled, p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unreadable checksums"), "{e}");
     }
 
@@ -865,10 +870,7 @@ mod tests {
             checksum::verify(&st, &md[checksum::KEY]).unwrap();
             assert_eq!(st.len(), tensors.len());
             let head = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
-            assert!(
-                head.find("\"format\"") < head.find(checksum::KEY),
-                "{head}"
-            );
+            assert!(head.find("\"format\"") < head.find(checksum::KEY), "{head}");
         }
     }
 

@@ -5,17 +5,24 @@
 //! `safetensors.torch.load_file`), and a PyTorch `state_dict` saved with
 //! `safetensors.torch.save_file` loads here.
 //!
+//! Every file written here also holds a checksum of each tensor's bytes in its metadata
+//! (`samkit.checksums`, see [`samkit_core::state::checksum`]); loading verifies them and
+//! refuses a file whose data changed (a flipped bit, an overwritten block), naming the file and
+//! the tensor. Files without checksums (written before they existed, or by PyTorch) load
+//! unverified.
+//!
 //! Loading checks every name, dtype and shape before touching the model and reports the first
 //! mismatch in `state_dict` order. Saving is atomic: the file is written under a temporary
 //! name in the same directory, synced, then renamed over the destination, so an interrupted
 //! save leaves the previous checkpoint intact.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
+use samkit_core::state::checksum;
 use samkit_core::Layout;
 
 use crate::error::{Error, Result};
@@ -127,12 +134,12 @@ pub fn save<M: Model + ?Sized>(
     }
     let views = owned
         .iter()
-        .map(|(n, d, s, b)| Ok((n.as_str(), TensorView::new(*d, s.clone(), b)?)))
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b)?)))
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| ck_err(path, e.to_string()))?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes =
-        safetensors::serialize(views, Some(meta)).map_err(|e| ck_err(path, e.to_string()))?;
+    // `format: pt` is what PyTorch tooling (transformers' loaders) expects in the metadata.
+    let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = checksum::serialize(views, meta).map_err(|e| ck_err(path, e))?;
     write_atomic(path, &bytes)
 }
 
@@ -180,6 +187,15 @@ pub fn load<M: Model + ?Sized>(
     let bytes = fs::read(path).map_err(|e| io_err(path, e))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| ck_err(path, format!("not a safetensors file: {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| ck_err(path, format!("not a safetensors file: {e}")))?;
+    if let Some(sums) = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(checksum::KEY))
+    {
+        checksum::verify(&st, sums).map_err(|e| ck_err(path, e))?;
+    }
     let layout = model.layout().clone();
     if params.len() != layout.len() {
         return Err(Error::shape(

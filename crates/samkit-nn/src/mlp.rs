@@ -6,7 +6,10 @@ use samkit_core::Layout;
 use crate::backend::{Activation, Backend, BnMode, LinearParams, ParamGrad};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
-use crate::model::{check_arena_len, BufferKind, LossKind, Losses, Model, NamedBuffer, Targets};
+use crate::model::{
+    check_arena_len, mean_weights, BackwardExtent, BufferKind, Kept, LossKind, Losses, Model,
+    NamedBuffer, Targets, Unit,
+};
 use crate::tensor::Tensor;
 
 struct MlpActs<B: Backend> {
@@ -18,6 +21,14 @@ struct MlpActs<B: Backend> {
     host_dout: Vec<f32>,
 }
 
+/// The workspace of a forward without gradient: the input and two ping-pong buffers.
+struct MlpLean<B: Backend> {
+    n: usize,
+    x: B::Buf,
+    io: [B::Buf; 2],
+    host_out: Vec<f32>,
+}
+
 pub struct Mlp<B: Backend = Cpu> {
     backend: B,
     layout: Layout,
@@ -25,7 +36,11 @@ pub struct Mlp<B: Backend = Cpu> {
     act: Activation,
     loss: LossKind,
     layers: Vec<LinearParams>,
+    /// One unit per linear layer.
+    units: Vec<Unit>,
     acts: Option<MlpActs<B>>,
+    kept: Option<Kept>,
+    lean: Option<MlpLean<B>>,
 }
 
 impl Mlp<Cpu> {
@@ -90,6 +105,21 @@ impl<B: Backend> Mlp<B> {
                 bias: Some(segs[2 * i + 1].offset),
             })
             .collect();
+        if segs.len() != 2 * (dims.len() - 1) {
+            return Err(Error::invalid(
+                "layout",
+                format!("{} segments for {} layers", segs.len(), dims.len() - 1),
+            ));
+        }
+        let units = (0..dims.len() - 1)
+            .map(|i| Unit {
+                name: match segs[2 * i].name.split_once('.') {
+                    Some((layer, _)) => layer.to_string(),
+                    None => format!("layer{i}"),
+                },
+                segments: 2 * i..2 * i + 2,
+            })
+            .collect();
         Ok(Mlp {
             backend,
             layout,
@@ -97,8 +127,15 @@ impl<B: Backend> Mlp<B> {
             act,
             loss,
             layers,
+            units,
             acts: None,
+            kept: None,
+            lean: None,
         })
+    }
+
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -127,6 +164,7 @@ impl<B: Backend> Mlp<B> {
         if matches!(&self.acts, Some(a) if a.n >= n) {
             return Ok(());
         }
+        self.kept = None;
         let b = &mut self.backend;
         let h = self
             .dims
@@ -145,9 +183,9 @@ impl<B: Backend> Mlp<B> {
         Ok(())
     }
 
-    fn run_forward(&mut self, params: &B::Arena, x: &Tensor) -> Result<usize> {
+    fn check_input(&self, params: &B::Arena, x: &Tensor) -> Result<usize> {
         check_arena_len::<B>("parameters", params, &self.layout)?;
-        let n = x.shape()[0];
+        let n = x.shape().first().copied().unwrap_or(0);
         if n == 0 || x.len() != n * self.dims[0] {
             return Err(Error::shape(
                 "input",
@@ -158,7 +196,29 @@ impl<B: Backend> Mlp<B> {
                 ),
             ));
         }
+        Ok(n)
+    }
+
+    /// A full forward pass that keeps its activations (for a backward pass, and for passes
+    /// from a later layer).
+    fn run_forward(&mut self, params: &B::Arena, x: &Tensor) -> Result<usize> {
+        let n = self.check_input(params, x)?;
         self.ensure_acts(n)?;
+        self.kept = None;
+        let a = self.acts.as_mut().expect("workspace allocated");
+        self.backend.load_features(x, &mut a.h[0])?;
+        self.run_forward_from(params, n, 0)?;
+        self.kept = Some(Kept {
+            n,
+            mode: BnMode::Train,
+            clean: self.layers.len() - 1,
+        });
+        Ok(n)
+    }
+
+    /// Layers `start..` of a forward pass over the `n` samples in the workspace, from the
+    /// input layer `start` has there.
+    fn run_forward_from(&mut self, params: &B::Arena, n: usize, start: usize) -> Result<()> {
         let Self {
             backend: be,
             layers,
@@ -168,8 +228,7 @@ impl<B: Backend> Mlp<B> {
             ..
         } = self;
         let a = acts.as_mut().expect("workspace allocated");
-        be.load_features(x, &mut a.h[0])?;
-        for (i, l) in layers.iter().enumerate() {
+        for (i, l) in layers.iter().enumerate().skip(start) {
             let (inp, out) = a.h.split_at_mut(i + 1);
             be.linear_forward(n, *l, &inp[i], params, &mut out[0])?;
             if i + 1 < layers.len() {
@@ -178,15 +237,59 @@ impl<B: Backend> Mlp<B> {
         }
         let k = dims[dims.len() - 1];
         be.download(&a.h[layers.len()], &mut a.host_out[..n * k])?;
+        Ok(())
+    }
+
+    /// A forward pass in the workspace of [`Model::forward`] (outputs in its `host_out`).
+    fn run_forward_lean(&mut self, params: &B::Arena, x: &Tensor) -> Result<usize> {
+        let n = self.check_input(params, x)?;
+        if !matches!(&self.lean, Some(l) if l.n >= n) {
+            let b = &mut self.backend;
+            let max = n * self.dims.iter().max().copied().unwrap_or(1);
+            self.lean = Some(MlpLean {
+                n,
+                x: b.alloc(n * self.dims[0])?,
+                io: [b.alloc(max)?, b.alloc(max)?],
+                host_out: vec![0.0; n * self.dims[self.dims.len() - 1]],
+            });
+        }
+        let Self {
+            backend: be,
+            layers,
+            lean,
+            act,
+            dims,
+            ..
+        } = self;
+        let l = lean.as_mut().expect("workspace allocated");
+        be.load_features(x, &mut l.x)?;
+        for (i, layer) in layers.iter().enumerate() {
+            let [i0, i1] = &mut l.io;
+            // Layer i reads the input (i = 0) or the other ping-pong buffer.
+            let (input, out) = match i % 2 {
+                0 => (&*i1, i0),
+                _ => (&*i0, i1),
+            };
+            let input = if i == 0 { &l.x } else { input };
+            be.linear_forward(n, *layer, input, params, out)?;
+            if i + 1 < layers.len() {
+                be.activation_forward(*act, out)?;
+            }
+        }
+        let k = dims[dims.len() - 1];
+        be.download(&l.io[(layers.len() - 1) % 2], &mut l.host_out[..n * k])?;
         Ok(n)
     }
 
+    /// Backward from `host_dout` through layers `stop..` (layer `stop`'s input gradient is
+    /// not computed).
     fn run_backward(
         &mut self,
         params: &B::Arena,
         n: usize,
         pg: ParamGrad,
         grad: &mut B::Arena,
+        stop: usize,
     ) -> Result<()> {
         let Self {
             backend: be,
@@ -200,10 +303,10 @@ impl<B: Backend> Mlp<B> {
         let k = dims[dims.len() - 1];
         let [g0, g1] = &mut a.g;
         be.upload(&a.host_dout[..n * k], g0)?;
-        for (i, l) in layers.iter().enumerate().rev() {
-            let dx = if i > 0 { Some(&mut *g1) } else { None };
+        for (i, l) in layers.iter().enumerate().skip(stop).rev() {
+            let dx = if i > stop { Some(&mut *g1) } else { None };
             be.linear_backward(n, *l, &a.h[i], g0, params, pg, grad, dx)?;
-            if i > 0 {
+            if i > stop {
                 be.activation_backward(*act, &a.h[i], g1)?;
                 std::mem::swap(g0, g1);
             }
@@ -220,10 +323,65 @@ impl<B: Backend> Model for Mlp<B> {
     }
 
     fn forward(&mut self, params: &B::Arena, x: &Tensor, _mode: BnMode) -> Result<Tensor> {
-        let n = self.run_forward(params, x)?;
+        let n = self.run_forward_lean(params, x)?;
         let k = self.dims[self.dims.len() - 1];
-        let a = self.acts.as_ref().expect("workspace allocated");
-        Tensor::from_slice(&a.host_out[..n * k], &[n, k])
+        let l = self.lean.as_ref().expect("workspace allocated");
+        Tensor::from_slice(&l.host_out[..n * k], &[n, k])
+    }
+
+    fn forward_losses(
+        &mut self,
+        params: &B::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        _mode: BnMode,
+    ) -> Result<Losses> {
+        let n = self.run_forward_lean(params, x)?;
+        let k = self.dims[self.dims.len() - 1];
+        let l = self.lean.as_ref().expect("workspace allocated");
+        self.loss
+            .eval(&l.host_out[..n * k], n, k, targets, &mean_weights(n), None)
+    }
+
+    fn units(&self) -> &[Unit] {
+        &self.units
+    }
+
+    fn forward_backward_from(
+        &mut self,
+        params: &B::Arena,
+        start: usize,
+        targets: Targets<'_>,
+        weights: &[f32],
+        backward: BackwardExtent,
+        grad: &mut B::Arena,
+    ) -> Result<Losses> {
+        check_arena_len::<B>("parameters", params, &self.layout)?;
+        check_arena_len::<B>("gradient", grad, &self.layout)?;
+        let (kept, _) = Kept::continue_from(self.kept, start, self.units.len())?;
+        let n = kept.n;
+        // The layers from `start` on are about to be overwritten.
+        self.kept = Some(Kept {
+            clean: start,
+            ..kept
+        });
+        self.run_forward_from(params, n, start)?;
+        let k = self.dims[self.dims.len() - 1];
+        let a = self.acts.as_mut().expect("workspace allocated");
+        let losses = self.loss.eval(
+            &a.host_out[..n * k],
+            n,
+            k,
+            targets,
+            weights,
+            Some(&mut a.host_dout[..n * k]),
+        )?;
+        let stop = match backward {
+            BackwardExtent::Full => 0,
+            BackwardExtent::StopAtStart => start,
+        };
+        self.run_backward(params, n, ParamGrad::Sum, grad, stop)?;
+        Ok(losses)
     }
 
     fn forward_backward(
@@ -247,7 +405,7 @@ impl<B: Backend> Model for Mlp<B> {
             weights,
             Some(&mut a.host_dout[..n * k]),
         )?;
-        self.run_backward(params, n, ParamGrad::Sum, grad)?;
+        self.run_backward(params, n, ParamGrad::Sum, grad, 0)?;
         Ok(losses)
     }
 
@@ -273,7 +431,7 @@ impl<B: Backend> Model for Mlp<B> {
         )?;
         // Samples are independent, so row i of every backpropagated gradient is sample i's
         // own, and each layer's per-sample gradient is the rank-one dy_i·x_iᵀ.
-        self.run_backward(params, n, ParamGrad::PerSampleSq, out)?;
+        self.run_backward(params, n, ParamGrad::PerSampleSq, out, 0)?;
         Ok(losses)
     }
 

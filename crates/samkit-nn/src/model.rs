@@ -1,6 +1,19 @@
 //! What a trainer sees of a model: forward passes, gradients written into one flat buffer laid
 //! out as the model's `samkit_core::Layout`, per-sample squared gradients for SSAM-F, and the
 //! buffers (batch-norm running statistics) a checkpoint carries beside the parameters.
+//!
+//! What the cheaper second passes of ALGORITHMS.md ("Cheaper second passes") need from a model:
+//! - per-sample losses of every pass ([`Losses::per_sample`]), also from a forward without
+//!   gradient ([`Model::forward_losses`], ESAM's SDS, MESA and SAF);
+//! - a forward without gradient that keeps no activation for a backward pass and leaves the
+//!   last training pass's activations alone ([`Model::forward`]);
+//! - passes on a subset of the batch ([`Model::forward_backward_subset`], [`select_samples`]);
+//! - SSAM-L's partial passes: the network as ordered [`Unit`]s ([`Model::units`]) and a pass 2
+//!   that starts at a unit from the input the last full pass kept for it
+//!   ([`Model::forward_backward_from`], with the backward through the whole network or stopping
+//!   at that unit, [`BackwardExtent`]).
+use std::ops::Range;
+
 use samkit_core::{Eval, Layout};
 
 use crate::backend::{Backend, BnMode};
@@ -77,6 +90,158 @@ pub(crate) fn check_arena_len<B: Backend>(
     Ok(())
 }
 
+/// A piece of the network in forward order (ResNet-18: the stem, each basic block, the head;
+/// an MLP: each linear layer) and the parameter segments it owns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// A readable name (`stem`, `layer2.1`, `head`, `fc0`).
+    pub name: String,
+    /// Indices into `Layout::segments()` of the unit's parameters (contiguous: layouts follow
+    /// forward order).
+    pub segments: Range<usize>,
+}
+
+/// The unit that owns segment `segment` (an index into `Layout::segments()`), if any.
+pub fn unit_of_segment(units: &[Unit], segment: usize) -> Option<usize> {
+    units.iter().position(|u| u.segments.contains(&segment))
+}
+
+/// SSAM-L's `u`: the first unit in forward order that owns a segment for which `perturbed`
+/// holds (`None` when no segment is perturbed).
+pub fn first_perturbed_unit(units: &[Unit], perturbed: impl Fn(usize) -> bool) -> Option<usize> {
+    units
+        .iter()
+        .position(|u| u.segments.clone().any(&perturbed))
+}
+
+/// Builds the units of `layout` from the unit each segment name belongs to (`unit_of` returns
+/// the unit's name); an error when a unit's segments are not contiguous.
+pub(crate) fn units_from_layout(
+    layout: &Layout,
+    unit_of: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<Unit>> {
+    let mut units: Vec<Unit> = Vec::new();
+    for (i, seg) in layout.segments().iter().enumerate() {
+        let name = unit_of(&seg.name).ok_or_else(|| {
+            Error::invalid(
+                "layout",
+                format!("segment `{}` belongs to no unit", seg.name),
+            )
+        })?;
+        match units.last_mut() {
+            Some(u) if u.name == name => u.segments.end = i + 1,
+            _ => {
+                if units.iter().any(|u| u.name == name) {
+                    return Err(Error::invalid(
+                        "layout",
+                        format!("the segments of unit `{name}` are not contiguous"),
+                    ));
+                }
+                units.push(Unit {
+                    name,
+                    segments: i..i + 1,
+                });
+            }
+        }
+    }
+    Ok(units)
+}
+
+/// How far the backward pass of [`Model::forward_backward_from`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackwardExtent {
+    /// Through the whole network (SSAM-L `exact`): the units before the start unit are not
+    /// recomputed, their backward uses the activations the last full pass kept; every
+    /// segment's gradient is written.
+    Full,
+    /// Stops at the start unit (SSAM-L `truncated`): the gradients of the units before it are
+    /// left untouched in `grad` (the caller decides what they hold, e.g. pass 1's gradient),
+    /// and no input gradient of the start unit is computed.
+    StopAtStart,
+}
+
+/// Targets of a [`select_samples`] subset, owned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OwnedTargets {
+    Labels(Vec<usize>),
+    Values(Vec<f32>),
+}
+
+impl OwnedTargets {
+    pub fn as_targets(&self) -> Targets<'_> {
+        match self {
+            OwnedTargets::Labels(l) => Targets::Labels(l),
+            OwnedTargets::Values(v) => Targets::Values(v),
+        }
+    }
+}
+
+/// The samples `subset` (indices into the batch, in that order) of a host batch `x` (first
+/// dimension the batch) and of its targets. The indices must be distinct and below the batch
+/// size, and at least one (a prefix of a permutation, `&perm[..k]`, is such a list). Device
+/// tensors are refused: gather on the host before the upload.
+pub fn select_samples(
+    x: &Tensor,
+    targets: Targets<'_>,
+    subset: &[usize],
+) -> Result<(Tensor, OwnedTargets)> {
+    let shape = x.shape();
+    let n = shape.first().copied().unwrap_or(0);
+    if subset.is_empty() {
+        return Err(Error::invalid("subset", "no sample selected".to_string()));
+    }
+    let mut seen = vec![false; n];
+    for &i in subset {
+        if i >= n {
+            return Err(Error::invalid(
+                "subset",
+                format!("sample {i} of a batch of {n}"),
+            ));
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(Error::invalid(
+                "subset",
+                format!("sample {i} selected twice"),
+            ));
+        }
+    }
+    let data = x.as_slice()?;
+    let row = data.len() / n;
+    let mut out = Vec::with_capacity(subset.len() * row);
+    for &i in subset {
+        out.extend_from_slice(&data[i * row..(i + 1) * row]);
+    }
+    let mut sub_shape = shape.to_vec();
+    sub_shape[0] = subset.len();
+    let t = match targets {
+        Targets::Labels(l) => {
+            if l.len() != n {
+                return Err(Error::shape(
+                    "labels",
+                    format!("{} labels for {n} samples", l.len()),
+                ));
+            }
+            OwnedTargets::Labels(subset.iter().map(|&i| l[i]).collect())
+        }
+        Targets::Values(v) => {
+            if v.len() % n != 0 {
+                return Err(Error::shape(
+                    "targets",
+                    format!("{} targets for {n} samples", v.len()),
+                ));
+            }
+            let per = v.len() / n;
+            OwnedTargets::Values(
+                subset
+                    .iter()
+                    .flat_map(|&i| v[i * per..(i + 1) * per].iter().copied())
+                    .collect(),
+            )
+        }
+    };
+    Ok((Tensor::from_vec(out, &sub_shape)?, t))
+}
+
 /// A non-trainable tensor saved with the model (PyTorch's buffers).
 #[derive(Clone, Debug, PartialEq)]
 pub enum BufferData {
@@ -100,12 +265,75 @@ pub trait Model {
 
     /// Outputs (logits) `[N, out]` on the host, without gradients. In [`BnMode::Train`] the
     /// running statistics are updated as a training forward pass would.
+    ///
+    /// Keeps no activation for a backward pass (a small workspace of its own, reused from
+    /// call to call) and leaves what the last pass with gradient kept untouched, so that a
+    /// [`Model::forward_backward_from`] may follow it.
     fn forward(
         &mut self,
         params: &<Self::Backend as Backend>::Arena,
         x: &Tensor,
         mode: BnMode,
     ) -> Result<Tensor>;
+
+    /// A forward without gradient (as [`Model::forward`]) and the per-sample losses of its
+    /// outputs; `loss` is their mean.
+    fn forward_losses(
+        &mut self,
+        params: &<Self::Backend as Backend>::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        mode: BnMode,
+    ) -> Result<Losses>;
+
+    /// The network's units in forward order.
+    fn units(&self) -> &[Unit];
+
+    /// Pass 2 from unit `start` (SSAM-L): the units before `start` are not recomputed; unit
+    /// `start` runs from the input that the last full pass with gradient
+    /// ([`Model::forward_backward`] or [`Model::per_sample_grad_sq`]) computed for it, on
+    /// that pass's batch, at `params`. Returns that batch's per-sample losses (`targets` and
+    /// `weights` as in [`Model::forward_backward`]) and writes the gradient of `Σ wᵢℓᵢ`
+    /// over the segments `backward` covers.
+    ///
+    /// Batch norm uses the batch statistics (the kept pass's mode: the running statistics when
+    /// it ran in [`BnMode::Eval`]) and never updates the running statistics. With the weights
+    /// of the units before `start` unchanged since the kept pass, the losses and the
+    /// gradients written are bit-identical to those of a full
+    /// `forward_backward(.., BnMode::TrainNoUpdate, ..)`.
+    ///
+    /// An error when nothing is kept (no full pass yet, or a pass on another batch shape
+    /// since), or when a pass from an earlier unit ran since the full pass (its activations
+    /// are no longer those of the full pass): a pass from `start` may follow passes from
+    /// units `≥ start`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_backward_from(
+        &mut self,
+        params: &<Self::Backend as Backend>::Arena,
+        start: usize,
+        targets: Targets<'_>,
+        weights: &[f32],
+        backward: BackwardExtent,
+        grad: &mut <Self::Backend as Backend>::Arena,
+    ) -> Result<Losses>;
+
+    /// [`Model::forward_backward`] on the samples `subset` of a host batch (see
+    /// [`select_samples`]): batch norm normalises with the subset's statistics, the gradient
+    /// is that of the subset's mean loss `mean_{i∈subset} ℓᵢ` (ESAM's pass 2 on `B⁺`), and
+    /// the per-sample losses come in `subset` order.
+    fn forward_backward_subset(
+        &mut self,
+        params: &<Self::Backend as Backend>::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        subset: &[usize],
+        mode: BnMode,
+        grad: &mut <Self::Backend as Backend>::Arena,
+    ) -> Result<Losses> {
+        let (xs, ts) = select_samples(x, targets, subset)?;
+        let w = mean_weights(subset.len());
+        self.forward_backward(params, &xs, ts.as_targets(), &w, mode, grad)
+    }
 
     /// Per-sample losses and the gradient of `Σ_i weight_i·ℓ_i`, written over `grad` (laid
     /// out as the parameters).
@@ -235,5 +463,56 @@ impl LossKind {
             per_sample,
             loss,
         })
+    }
+}
+
+/// What the last full pass with gradient left in a model's workspace, for
+/// [`Model::forward_backward_from`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Kept {
+    /// Batch size of the kept pass.
+    pub n: usize,
+    /// The batch-norm mode it ran in.
+    pub mode: BnMode,
+    /// Units `0..=clean` still have the kept pass's inputs (a pass from unit `u` recomputes
+    /// the activations of the units from `u` on, so afterwards only `0..=u` are clean).
+    pub clean: usize,
+}
+
+impl Kept {
+    /// The kept pass a pass from `start` of a network of `units` units may continue, and the
+    /// batch-norm mode of that pass (batch statistics never update the running ones).
+    pub(crate) fn continue_from(
+        kept: Option<Kept>,
+        start: usize,
+        units: usize,
+    ) -> Result<(Kept, BnMode)> {
+        if start >= units {
+            return Err(Error::invalid(
+                "start unit",
+                format!("unit {start} of a network of {units} units"),
+            ));
+        }
+        let k = kept.ok_or_else(|| {
+            Error::invalid(
+                "start unit",
+                "no full pass with gradient is kept for this batch (run forward_backward first)"
+                    .to_string(),
+            )
+        })?;
+        if start > k.clean {
+            return Err(Error::invalid(
+                "start unit",
+                format!(
+                    "unit {start}'s kept input was overwritten by a pass from unit {}",
+                    k.clean
+                ),
+            ));
+        }
+        let mode = match k.mode {
+            BnMode::Eval => BnMode::Eval,
+            BnMode::Train | BnMode::TrainNoUpdate => BnMode::TrainNoUpdate,
+        };
+        Ok((k, mode))
     }
 }

@@ -10,7 +10,8 @@ use crate::backend::{
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::model::{
-    check_arena_len, BufferData, BufferKind, LossKind, Losses, Model, NamedBuffer, Targets,
+    check_arena_len, mean_weights, units_from_layout, BackwardExtent, BufferData, BufferKind, Kept,
+    LossKind, Losses, Model, NamedBuffer, Targets, Unit,
 };
 use crate::tensor::Tensor;
 
@@ -76,6 +77,38 @@ struct Acts<B: Backend> {
     host_dlogits: Vec<f32>,
 }
 
+/// The workspace of a forward without gradient: the block input and output ping-pong, the
+/// intermediates of one block at a time, and batch-norm "saved" statistics of its own (swapped
+/// in for the pass) so that the training workspace's are left as the last pass kept them.
+struct Lean<B: Backend> {
+    n: usize,
+    h: usize,
+    w: usize,
+    x: B::Buf,
+    io: [B::Buf; 2],
+    c1: B::Buf,
+    r1: B::Buf,
+    c2: B::Buf,
+    cs: B::Buf,
+    bs: B::Buf,
+    pooled: B::Buf,
+    logits: B::Buf,
+    host_logits: Vec<f32>,
+    saved: Vec<(B::Buf, B::Buf)>,
+}
+
+/// The buffers one basic block writes in a forward pass.
+struct BlockOut<'a, B: Backend> {
+    c1: &'a mut B::Buf,
+    r1: &'a mut B::Buf,
+    c2: &'a mut B::Buf,
+    shortcut: Option<(&'a mut B::Buf, &'a mut B::Buf)>,
+    out: &'a mut B::Buf,
+}
+
+/// Units: the stem (0), the eight basic blocks (1..=8), the head (9: pooling and linear).
+const HEAD: usize = 9;
+
 pub struct ResNet18<B: Backend = Cpu> {
     backend: B,
     cfg: ResNetConfig,
@@ -85,7 +118,88 @@ pub struct ResNet18<B: Backend = Cpu> {
     linear: LinearParams,
     bn_names: Vec<String>,
     bns: Vec<BnState<B>>,
+    units: Vec<Unit>,
     acts: Option<Acts<B>>,
+    kept: Option<Kept>,
+    lean: Option<Lean<B>>,
+}
+
+/// The unit of a ResNet-18 parameter: `stem` (`conv1`, `bn1`), `layerL.B`, or `head`.
+fn resnet_unit(name: &str) -> Option<String> {
+    if name.starts_with("conv1.") || name.starts_with("bn1.") {
+        Some("stem".into())
+    } else if name.starts_with("linear.") {
+        Some("head".into())
+    } else if name.starts_with("layer") {
+        let mut parts = name.splitn(3, '.');
+        let (l, b) = (parts.next()?, parts.next()?);
+        Some(format!("{l}.{b}"))
+    } else {
+        None
+    }
+}
+
+/// One basic block: `out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+#[allow(clippy::too_many_arguments)]
+fn block_forward<B: Backend>(
+    be: &mut B,
+    bn: BnConfig,
+    mode: BnMode,
+    blk: &Block,
+    d: Dims,
+    input: &B::Buf,
+    params: &B::Arena,
+    bns: &mut [BnState<B>],
+    o: BlockOut<'_, B>,
+) -> Result<Dims> {
+    let dm = blk.c1.conv.out_dims(d);
+    be.conv2d_forward(&blk.c1.conv, d, input, params, blk.c1.w, o.c1)?;
+    be.batch_norm_forward(
+        mode,
+        bn,
+        dm,
+        o.c1,
+        params,
+        blk.c1.bn,
+        &mut bns[blk.c1.bn_idx],
+        None,
+        true,
+        o.r1,
+    )?;
+    be.conv2d_forward(&blk.c2.conv, dm, o.r1, params, blk.c2.w, o.c2)?;
+    let dout = blk.c2.conv.out_dims(dm);
+    let residual = match (&blk.shortcut, o.shortcut) {
+        (Some(sc), Some((cs, bs))) => {
+            be.conv2d_forward(&sc.conv, d, input, params, sc.w, cs)?;
+            be.batch_norm_forward(
+                mode,
+                bn,
+                dout,
+                cs,
+                params,
+                sc.bn,
+                &mut bns[sc.bn_idx],
+                None,
+                false,
+                bs,
+            )?;
+            &*bs
+        }
+        _ => input,
+    };
+    be.batch_norm_forward(
+        mode,
+        bn,
+        dout,
+        o.c2,
+        params,
+        blk.c2.bn,
+        &mut bns[blk.c2.bn_idx],
+        Some(residual),
+        true,
+        o.out,
+    )?;
+    Ok(dout)
 }
 
 fn offset(l: &Layout, name: &str) -> Result<usize> {
@@ -170,13 +284,16 @@ impl<B: Backend> ResNet18<B> {
         Ok(ResNet18 {
             backend,
             cfg,
-            layout,
             stem,
             blocks,
             linear,
             bn_names,
             bns,
+            units: units_from_layout(&layout, resnet_unit)?,
+            layout,
             acts: None,
+            kept: None,
+            lean: None,
         })
     }
 
@@ -244,6 +361,7 @@ impl<B: Backend> ResNet18<B> {
             }
         }
         self.acts = None;
+        self.kept = None;
         let b = &mut self.backend;
         let mut d = Dims::new(n, 3, h, w);
         let x = b.alloc(d.len())?;
@@ -290,6 +408,47 @@ impl<B: Backend> ResNet18<B> {
         Ok(())
     }
 
+    /// The workspace of [`Model::forward`], every buffer as large as the largest activation.
+    fn ensure_lean(&mut self, n: usize, h: usize, w: usize) -> Result<()> {
+        if let Some(l) = &self.lean {
+            if l.n >= n && l.h == h && l.w == w {
+                return Ok(());
+            }
+        }
+        self.lean = None;
+        let b = &mut self.backend;
+        let mut d = self.stem.conv.out_dims(Dims::new(n, 3, h, w));
+        let mut max_len = d.len();
+        for blk in &self.blocks {
+            let m = blk.c1.conv.out_dims(d);
+            d = blk.c2.conv.out_dims(m);
+            max_len = max_len.max(m.len()).max(d.len());
+        }
+        let k = self.cfg.num_classes;
+        let saved = self
+            .bns
+            .iter()
+            .map(|st| Ok((b.alloc(st.channels)?, b.alloc(st.channels)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.lean = Some(Lean {
+            n,
+            h,
+            w,
+            x: b.alloc(n * 3 * h * w)?,
+            io: [b.alloc(max_len)?, b.alloc(max_len)?],
+            c1: b.alloc(max_len)?,
+            r1: b.alloc(max_len)?,
+            c2: b.alloc(max_len)?,
+            cs: b.alloc(max_len)?,
+            bs: b.alloc(max_len)?,
+            pooled: b.alloc(n * d.c)?,
+            logits: b.alloc(n * k)?,
+            host_logits: vec![0.0; n * k],
+            saved,
+        });
+        Ok(())
+    }
+
     fn check_input(&self, params: &B::Arena, x: &Tensor) -> Result<(usize, usize, usize)> {
         check_arena_len::<B>("parameters", params, &self.layout)?;
         let (n, c, h, w) = x.dims4()?;
@@ -302,10 +461,49 @@ impl<B: Backend> ResNet18<B> {
         Ok((n, h, w))
     }
 
-    /// Forward pass over `x`; logits are left in the workspace (device) and on the host.
+    /// Input dimensions of every unit (the head's: the last block's output).
+    fn unit_dims(&self, n: usize, h: usize, w: usize) -> Vec<Dims> {
+        let d0 = Dims::new(n, 3, h, w);
+        let mut dims = Vec::with_capacity(HEAD + 1);
+        dims.push(d0);
+        let mut d = self.stem.conv.out_dims(d0);
+        dims.push(d);
+        for blk in &self.blocks {
+            d = blk.c2.conv.out_dims(blk.c1.conv.out_dims(d));
+            dims.push(d);
+        }
+        dims
+    }
+
+    /// A full forward pass over `x` that keeps its activations for a backward pass (and for
+    /// passes from a later unit); logits are left in the workspace and on the host.
     fn run_forward(&mut self, params: &B::Arena, x: &Tensor, mode: BnMode) -> Result<usize> {
         let (n, h, w) = self.check_input(params, x)?;
         self.ensure_acts(n, h, w)?;
+        // Until it succeeds, the workspace holds a partial pass.
+        self.kept = None;
+        let a = self.acts.as_mut().expect("workspace allocated");
+        self.backend.load_images(x, &mut a.x)?;
+        self.run_forward_from(params, n, 0, mode)?;
+        self.kept = Some(Kept {
+            n,
+            mode,
+            clean: HEAD,
+        });
+        Ok(n)
+    }
+
+    /// The units `start..` of a forward pass over the batch of `n` samples in the workspace,
+    /// from the input that unit `start` has there.
+    fn run_forward_from(
+        &mut self,
+        params: &B::Arena,
+        n: usize,
+        start: usize,
+        mode: BnMode,
+    ) -> Result<()> {
+        let a = self.acts.as_ref().expect("workspace allocated");
+        let dims = self.unit_dims(n, a.h, a.w);
         let Self {
             backend: be,
             cfg,
@@ -318,84 +516,123 @@ impl<B: Backend> ResNet18<B> {
         } = self;
         let a = acts.as_mut().expect("workspace allocated");
         let bn = cfg.bn;
-        be.load_images(x, &mut a.x)?;
-        let d0 = Dims::new(n, 3, h, w);
-        be.conv2d_forward(&stem.conv, d0, &a.x, params, stem.w, &mut a.c0)?;
-        let mut d = stem.conv.out_dims(d0);
+        if start == 0 {
+            be.conv2d_forward(&stem.conv, dims[0], &a.x, params, stem.w, &mut a.c0)?;
+            be.batch_norm_forward(
+                mode,
+                bn,
+                dims[1],
+                &a.c0,
+                params,
+                stem.bn,
+                &mut bns[stem.bn_idx],
+                None,
+                true,
+                &mut a.a0,
+            )?;
+        }
+        for (i, blk) in blocks.iter().enumerate() {
+            if i + 1 < start {
+                continue;
+            }
+            let (prev, cur) = a.blocks.split_at_mut(i);
+            let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
+            let ba = &mut cur[0];
+            let shortcut = match (&mut ba.cs, &mut ba.bs) {
+                (Some(cs), Some(bs)) => Some((cs, bs)),
+                _ => None,
+            };
+            let o = BlockOut {
+                c1: &mut ba.c1,
+                r1: &mut ba.r1,
+                c2: &mut ba.c2,
+                shortcut,
+                out: &mut ba.out,
+            };
+            block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
+        }
+        let last = &a.blocks.last().expect("eight blocks").out;
+        be.avg_pool_forward(dims[HEAD], last, &mut a.pooled)?;
+        be.linear_forward(n, *linear, &a.pooled, params, &mut a.logits)?;
+        let k = cfg.num_classes;
+        be.download(&a.logits, &mut a.host_logits[..n * k])?;
+        Ok(())
+    }
+
+    /// A forward pass in the workspace of [`Model::forward`]; the logits are left in its
+    /// `host_logits`. The batch-norm layers' saved statistics are swapped with the lean
+    /// workspace's for the pass (and back, also on an error).
+    fn run_forward_lean(&mut self, params: &B::Arena, x: &Tensor, mode: BnMode) -> Result<usize> {
+        let (n, h, w) = self.check_input(params, x)?;
+        self.ensure_lean(n, h, w)?;
+        let l = self.lean.as_mut().expect("workspace allocated");
+        for (st, (m, s)) in self.bns.iter_mut().zip(&mut l.saved) {
+            std::mem::swap(&mut st.saved_mean, m);
+            std::mem::swap(&mut st.saved_invstd, s);
+        }
+        let r = self.lean_pass(params, x, n, mode);
+        let l = self.lean.as_mut().expect("workspace allocated");
+        for (st, (m, s)) in self.bns.iter_mut().zip(&mut l.saved) {
+            std::mem::swap(&mut st.saved_mean, m);
+            std::mem::swap(&mut st.saved_invstd, s);
+        }
+        r.map(|()| n)
+    }
+
+    fn lean_pass(&mut self, params: &B::Arena, x: &Tensor, n: usize, mode: BnMode) -> Result<()> {
+        let l = self.lean.as_ref().expect("workspace allocated");
+        let dims = self.unit_dims(n, l.h, l.w);
+        let Self {
+            backend: be,
+            cfg,
+            stem,
+            blocks,
+            linear,
+            bns,
+            lean,
+            ..
+        } = self;
+        let l = lean.as_mut().expect("workspace allocated");
+        let bn = cfg.bn;
+        be.load_images(x, &mut l.x)?;
+        be.conv2d_forward(&stem.conv, dims[0], &l.x, params, stem.w, &mut l.c1)?;
         be.batch_norm_forward(
             mode,
             bn,
-            d,
-            &a.c0,
+            dims[1],
+            &l.c1,
             params,
             stem.bn,
             &mut bns[stem.bn_idx],
             None,
             true,
-            &mut a.a0,
+            &mut l.io[0],
         )?;
+        // The block input alternates between io[0] and io[1].
         for (i, blk) in blocks.iter().enumerate() {
-            let (prev, cur) = a.blocks.split_at_mut(i);
-            let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
-            let ba = &mut cur[0];
-            let dm = blk.c1.conv.out_dims(d);
-            be.conv2d_forward(&blk.c1.conv, d, input, params, blk.c1.w, &mut ba.c1)?;
-            be.batch_norm_forward(
-                mode,
-                bn,
-                dm,
-                &ba.c1,
-                params,
-                blk.c1.bn,
-                &mut bns[blk.c1.bn_idx],
-                None,
-                true,
-                &mut ba.r1,
-            )?;
-            be.conv2d_forward(&blk.c2.conv, dm, &ba.r1, params, blk.c2.w, &mut ba.c2)?;
-            let dout = blk.c2.conv.out_dims(dm);
-            let residual = match (&blk.shortcut, &mut ba.cs, &mut ba.bs) {
-                (Some(sc), Some(cs), Some(bs)) => {
-                    be.conv2d_forward(&sc.conv, d, input, params, sc.w, cs)?;
-                    be.batch_norm_forward(
-                        mode,
-                        bn,
-                        dout,
-                        cs,
-                        params,
-                        sc.bn,
-                        &mut bns[sc.bn_idx],
-                        None,
-                        false,
-                        bs,
-                    )?;
-                    &*bs
-                }
-                _ => input,
+            let [i0, i1] = &mut l.io;
+            let (input, out) = if i % 2 == 0 { (&*i0, i1) } else { (&*i1, i0) };
+            let shortcut = blk.shortcut.map(|_| (&mut l.cs, &mut l.bs));
+            let o = BlockOut {
+                c1: &mut l.c1,
+                r1: &mut l.r1,
+                c2: &mut l.c2,
+                shortcut,
+                out,
             };
-            be.batch_norm_forward(
-                mode,
-                bn,
-                dout,
-                &ba.c2,
-                params,
-                blk.c2.bn,
-                &mut bns[blk.c2.bn_idx],
-                Some(residual),
-                true,
-                &mut ba.out,
-            )?;
-            d = dout;
+            block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
         }
-        let last = &a.blocks.last().expect("eight blocks").out;
-        be.avg_pool_forward(d, last, &mut a.pooled)?;
-        be.linear_forward(n, *linear, &a.pooled, params, &mut a.logits)?;
+        let last = &l.io[blocks.len() % 2];
+        be.avg_pool_forward(dims[HEAD], last, &mut l.pooled)?;
+        be.linear_forward(n, *linear, &l.pooled, params, &mut l.logits)?;
         let k = cfg.num_classes;
-        be.download(&a.logits, &mut a.host_logits[..n * k])?;
-        Ok(n)
+        be.download(&l.logits, &mut l.host_logits[..n * k])?;
+        Ok(())
     }
 
-    /// Backward pass from `host_dlogits` (first `n·k` values) of the last forward pass.
+    /// Backward pass from `host_dlogits` (first `n·k` values) of the last forward pass, through
+    /// the units `stop..` (the input gradient of unit `stop` is not computed).
+    #[allow(clippy::too_many_arguments)]
     fn run_backward(
         &mut self,
         params: &B::Arena,
@@ -403,7 +640,11 @@ impl<B: Backend> ResNet18<B> {
         mode: BnMode,
         pg: ParamGrad,
         grad: &mut B::Arena,
+        stop: usize,
     ) -> Result<()> {
+        let a = self.acts.as_ref().expect("workspace allocated");
+        // Dimensions of every unit's input.
+        let dims = self.unit_dims(n, a.h, a.w);
         let Self {
             backend: be,
             cfg,
@@ -417,34 +658,31 @@ impl<B: Backend> ResNet18<B> {
         let a = acts.as_mut().expect("workspace allocated");
         let k = cfg.num_classes;
         be.upload(&a.host_dlogits[..n * k], &mut a.dlogits)?;
-        be.linear_backward(
-            n,
-            *linear,
-            &a.pooled,
-            &a.dlogits,
-            params,
-            pg,
-            grad,
-            Some(&mut a.dpooled),
-        )?;
-        // Dimensions of every block's input.
-        let d0 = stem.conv.out_dims(Dims::new(n, 3, a.h, a.w));
-        let mut dims = Vec::with_capacity(blocks.len() + 1);
-        dims.push(d0);
-        for blk in blocks.iter() {
-            let d = *dims.last().expect("non-empty");
-            dims.push(blk.c2.conv.out_dims(blk.c1.conv.out_dims(d)));
+        let dpooled = if stop < HEAD {
+            Some(&mut a.dpooled)
+        } else {
+            None
+        };
+        be.linear_backward(n, *linear, &a.pooled, &a.dlogits, params, pg, grad, dpooled)?;
+        if stop == HEAD {
+            return Ok(());
         }
         let [ga, gb, gc] = &mut a.g;
-        be.avg_pool_backward(*dims.last().expect("non-empty"), &a.dpooled, ga)?;
+        be.avg_pool_backward(dims[HEAD], &a.dpooled, ga)?;
         for i in (0..blocks.len()).rev() {
+            let unit = i + 1;
+            if unit < stop {
+                break;
+            }
+            // The last unit of a truncated backward needs no input gradient.
+            let want_dx = unit > stop;
             let blk = &blocks[i];
             let (prev, cur) = a.blocks.split_at(i);
             let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
             let ba = &cur[0];
-            let d = dims[i];
+            let d = dims[unit];
             let dm = blk.c1.conv.out_dims(d);
-            let dout = dims[i + 1];
+            let dout = dims[unit + 1];
             // ga: gradient of the block's output → of the sum before the ReLU.
             be.relu_backward(&ba.out, ga)?;
             be.batch_norm_backward(
@@ -493,7 +731,7 @@ impl<B: Backend> ResNet18<B> {
                 blk.c1.w,
                 pg,
                 grad,
-                Some(gc),
+                if want_dx { Some(&mut *gc) } else { None },
                 false,
             )?;
             match (&blk.shortcut, &ba.cs) {
@@ -519,18 +757,22 @@ impl<B: Backend> ResNet18<B> {
                         sc.w,
                         pg,
                         grad,
-                        Some(gc),
+                        if want_dx { Some(&mut *gc) } else { None },
                         true,
                     )?;
                 }
-                _ => be.add_assign(gc, ga)?,
+                _ if want_dx => be.add_assign(gc, ga)?,
+                _ => {}
+            }
+            if !want_dx {
+                return Ok(());
             }
             std::mem::swap(ga, gc);
         }
         be.relu_backward(&a.a0, ga)?;
         be.batch_norm_backward(
             mode,
-            d0,
+            dims[1],
             &a.c0,
             ga,
             params,
@@ -541,18 +783,15 @@ impl<B: Backend> ResNet18<B> {
             gb,
         )?;
         be.conv2d_backward(
-            &stem.conv,
-            Dims::new(n, 3, a.h, a.w),
-            &a.x,
-            gb,
-            params,
-            stem.w,
-            pg,
-            grad,
-            None,
-            false,
+            &stem.conv, dims[0], &a.x, gb, params, stem.w, pg, grad, None, false,
         )?;
         Ok(())
+    }
+
+    fn loss_kind(&self) -> LossKind {
+        LossKind::CrossEntropy {
+            smoothing: self.cfg.label_smoothing,
+        }
     }
 }
 
@@ -564,10 +803,72 @@ impl<B: Backend> Model for ResNet18<B> {
     }
 
     fn forward(&mut self, params: &B::Arena, x: &Tensor, mode: BnMode) -> Result<Tensor> {
-        let n = self.run_forward(params, x, mode)?;
+        let n = self.run_forward_lean(params, x, mode)?;
         let k = self.cfg.num_classes;
-        let a = self.acts.as_ref().expect("workspace allocated");
-        Tensor::from_slice(&a.host_logits[..n * k], &[n, k])
+        let l = self.lean.as_ref().expect("workspace allocated");
+        Tensor::from_slice(&l.host_logits[..n * k], &[n, k])
+    }
+
+    fn forward_losses(
+        &mut self,
+        params: &B::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        mode: BnMode,
+    ) -> Result<Losses> {
+        let n = self.run_forward_lean(params, x, mode)?;
+        let k = self.cfg.num_classes;
+        let l = self.lean.as_ref().expect("workspace allocated");
+        self.loss_kind().eval(
+            &l.host_logits[..n * k],
+            n,
+            k,
+            targets,
+            &mean_weights(n),
+            None,
+        )
+    }
+
+    fn units(&self) -> &[Unit] {
+        &self.units
+    }
+
+    fn forward_backward_from(
+        &mut self,
+        params: &B::Arena,
+        start: usize,
+        targets: Targets<'_>,
+        weights: &[f32],
+        backward: BackwardExtent,
+        grad: &mut B::Arena,
+    ) -> Result<Losses> {
+        check_arena_len::<B>("parameters", params, &self.layout)?;
+        check_arena_len::<B>("gradient", grad, &self.layout)?;
+        let (kept, mode) = Kept::continue_from(self.kept, start, self.units.len())?;
+        let n = kept.n;
+        let k = self.cfg.num_classes;
+        let loss = self.loss_kind();
+        // The units from `start` on are about to be overwritten.
+        self.kept = Some(Kept {
+            clean: start,
+            ..kept
+        });
+        self.run_forward_from(params, n, start, mode)?;
+        let a = self.acts.as_mut().expect("workspace allocated");
+        let losses = loss.eval(
+            &a.host_logits[..n * k],
+            n,
+            k,
+            targets,
+            weights,
+            Some(&mut a.host_dlogits[..n * k]),
+        )?;
+        let stop = match backward {
+            BackwardExtent::Full => 0,
+            BackwardExtent::StopAtStart => start,
+        };
+        self.run_backward(params, n, mode, ParamGrad::Sum, grad, stop)?;
+        Ok(losses)
     }
 
     fn forward_backward(
@@ -582,9 +883,7 @@ impl<B: Backend> Model for ResNet18<B> {
         check_arena_len::<B>("gradient", grad, &self.layout)?;
         let n = self.run_forward(params, x, mode)?;
         let k = self.cfg.num_classes;
-        let loss = LossKind::CrossEntropy {
-            smoothing: self.cfg.label_smoothing,
-        };
+        let loss = self.loss_kind();
         let a = self.acts.as_mut().expect("workspace allocated");
         let losses = loss.eval(
             &a.host_logits[..n * k],
@@ -594,7 +893,7 @@ impl<B: Backend> Model for ResNet18<B> {
             weights,
             Some(&mut a.host_dlogits[..n * k]),
         )?;
-        self.run_backward(params, n, mode, ParamGrad::Sum, grad)?;
+        self.run_backward(params, n, mode, ParamGrad::Sum, grad, 0)?;
         Ok(losses)
     }
 
@@ -608,9 +907,7 @@ impl<B: Backend> Model for ResNet18<B> {
         check_arena_len::<B>("fisher", out, &self.layout)?;
         let n = self.run_forward(params, x, BnMode::Eval)?;
         let k = self.cfg.num_classes;
-        let loss = LossKind::CrossEntropy {
-            smoothing: self.cfg.label_smoothing,
-        };
+        let loss = self.loss_kind();
         let a = self.acts.as_mut().expect("workspace allocated");
         let ones = vec![1.0; n];
         let losses = loss.eval(
@@ -621,7 +918,7 @@ impl<B: Backend> Model for ResNet18<B> {
             &ones,
             Some(&mut a.host_dlogits[..n * k]),
         )?;
-        self.run_backward(params, n, BnMode::Eval, ParamGrad::PerSampleSq, out)?;
+        self.run_backward(params, n, BnMode::Eval, ParamGrad::PerSampleSq, out, 0)?;
         Ok(losses)
     }
 

@@ -35,9 +35,13 @@ pub enum CliError {
     /// The data pipeline (samkit-data).
     #[error(transparent)]
     Data(#[from] samkit_data::DataError),
-    /// A broken invariant of the run itself (a time mark never recorded).
+    /// A broken invariant of the run itself.
     #[error("{0}")]
     Run(String),
+    /// The trainer (samkit-train): bad input there (a data value, an unusable device) is bad
+    /// input here.
+    #[error(transparent)]
+    Train(#[from] samkit_train::TrainError),
     #[error("cannot serialize {path}: {source}")]
     Json {
         path: PathBuf,
@@ -81,6 +85,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::InvalidValue { .. } => EXIT_USAGE,
+            CliError::Train(e) if e.is_bad_input() => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -184,5 +189,15 @@ mod tests {
         let protocol = samkit_core::Error::Protocol("second_step first".into());
         let core: CliError = samkit_cuda::Error::Core(protocol).into();
         assert!(matches!(core, CliError::Core(_)), "{core:?}");
+
+        // The trainer's errors: its bad input stays bad input, with the same message.
+        let bad: CliError = samkit_train::TrainError::invalid("device", "no GPU").into();
+        assert_eq!(bad.exit_code(), EXIT_USAGE);
+        assert_eq!(bad.to_string(), "invalid value for --device: no GPU");
+        let run: CliError = samkit_train::TrainError::from(samkit_core::Error::Protocol(
+            "second_step first".into(),
+        ))
+        .into();
+        assert_eq!(run.exit_code(), EXIT_FAILURE);
     }
 }

@@ -19,7 +19,7 @@ use crate::error::{check, CliError, Result};
 use crate::output::{write_json, Output};
 use crate::plot::{self, Axes, Series};
 use crate::progress;
-use crate::train::probe::{trained, Probe};
+use samkit_train::probe::{trained, Probe};
 
 #[derive(Args, Debug)]
 pub struct HessianArgs {
@@ -231,7 +231,7 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     let n = t.engine.net.params.len();
     let w0 = t.engine.net.params.clone();
     let mut h = Hvp::new(
-        |w: &[f32], g: &mut [f32]| probe.grad(&mut t, w, g),
+        |w: &[f32], g: &mut [f32]| Ok(probe.grad(&mut t, w, g)?),
         w0,
         a.fd_eps,
     );
@@ -434,11 +434,10 @@ mod model_tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::train::args::{DataArgs, DataSource};
-    use crate::train::trainer::Trainer;
+    use samkit_train::{DataConfig, DataSource, Trainer};
 
     fn tiny() -> (Trainer, Probe) {
-        let data = DataArgs {
+        let data = DataConfig {
             data: DataSource::Synthetic,
             data_dir: None,
             train_size: 64,
@@ -447,8 +446,8 @@ mod model_tests {
             label_noise: None,
             no_augment: true,
         };
-        let (split, norm) = crate::train::args::load_data(&data, 0).unwrap();
-        let cfg = crate::train::args::RunConfig {
+        let (split, norm) = samkit_train::load_data(&data, 0).unwrap();
+        let cfg = samkit_train::RunConfig {
             optimizer: "sgd".into(),
             rule: samkit_core::Rule::Base,
             base: samkit_core::BaseOptimizer::sgd(0.1, 0.0, 0.0),

@@ -7,9 +7,7 @@ use samkit_core::{
     Adam, Asam, BaseOptimizer, DropRate, FriendlySam, Gsam, ImbSam, LookSam, LrSchedule, MaskKind,
     RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
 };
-use samkit_data::cifar::Cifar;
-use samkit_data::synthetic::SyntheticSpec;
-use samkit_data::{transform, Normalize, Split};
+use samkit_train::{DataConfig, RunConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check, CliError, Result};
@@ -55,12 +53,27 @@ pub struct DataArgs {
     pub no_augment: bool,
 }
 
+impl From<DataSource> for samkit_train::DataSource {
+    fn from(d: DataSource) -> Self {
+        match d {
+            DataSource::Synthetic => samkit_train::DataSource::Synthetic,
+            DataSource::Cifar10 => samkit_train::DataSource::Cifar10,
+            DataSource::Cifar100 => samkit_train::DataSource::Cifar100,
+        }
+    }
+}
+
 impl DataArgs {
-    pub fn data_name(&self) -> &'static str {
-        match self.data {
-            DataSource::Synthetic => "synthetic",
-            DataSource::Cifar10 => "CIFAR-10",
-            DataSource::Cifar100 => "CIFAR-100",
+    /// The library's data configuration (what `trainer.json` records).
+    pub fn config(&self) -> DataConfig {
+        DataConfig {
+            data: self.data.into(),
+            data_dir: self.data_dir.clone(),
+            train_size: self.train_size,
+            test_size: self.test_size,
+            long_tail: self.long_tail,
+            label_noise: self.label_noise,
+            no_augment: self.no_augment,
         }
     }
 }
@@ -118,7 +131,7 @@ pub struct TrainArgs {
     /// Adam/AdamW: divide by the running maximum of the second moment (torch's amsgrad).
     #[arg(long)]
     pub amsgrad: bool,
-    /// Adam/AdamW: ascend the loss instead of descending it (torch's maximize).
+    /// Ascend the loss instead of descending it (torch's maximize; every base optimizer).
     #[arg(long)]
     pub maximize: bool,
     #[arg(long, value_enum)]
@@ -253,23 +266,6 @@ pub const OPTIMIZERS: [&str; 10] = [
     "looksam",
 ];
 
-/// Everything a training run needs, resolved from the flags.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunConfig {
-    pub optimizer: String,
-    pub rule: Rule,
-    pub base: BaseOptimizer,
-    pub schedule: LrSchedule,
-    pub epochs: u32,
-    pub batch: usize,
-    pub steps_per_epoch: Option<usize>,
-    pub width: usize,
-    pub label_smoothing: f32,
-    pub augment: bool,
-    pub seed: u64,
-    pub data: DataArgs,
-}
-
 impl TrainArgs {
     /// `(epochs, batch, lr, schedule)` with the preset and the CPU defaults applied.
     fn resolved(&self, device: Device) -> (u32, usize, f32, ScheduleKind, Vec<u64>) {
@@ -311,6 +307,7 @@ fn base_optimizer(t: &TrainArgs, lr: f32) -> BaseOptimizer {
             dampening: 0.0,
             nesterov: t.nesterov,
             weight_decay: wd,
+            maximize: t.maximize,
         }),
         BaseKind::Adam => BaseOptimizer::Adam(Adam {
             lr,
@@ -330,6 +327,7 @@ fn base_optimizer(t: &TrainArgs, lr: f32) -> BaseOptimizer {
             lr,
             momentum: t.momentum.unwrap_or(0.0),
             weight_decay: wd,
+            maximize: t.maximize,
             ..RmsProp::default()
         }),
     }
@@ -505,54 +503,6 @@ pub fn run_config(
         label_smoothing: model.label_smoothing,
         augment: !data.no_augment,
         seed: t.seed,
-        data: data.clone(),
+        data: data.config(),
     })
-}
-
-/// Loads or generates the data the flags name, with the long-tail and noise transforms.
-pub fn load_data(d: &DataArgs, seed: u64) -> Result<(Split, Normalize)> {
-    let bad = |flag: &'static str| {
-        move |e: samkit_data::DataError| CliError::invalid(flag, e.to_string())
-    };
-    let (mut split, norm) = match d.data {
-        DataSource::Synthetic => {
-            check::count("train-size", d.train_size, 1, 10_000_000)?;
-            check::count("test-size", d.test_size, 1, 10_000_000)?;
-            let spec = SyntheticSpec {
-                train: d.train_size,
-                test: d.test_size,
-                seed,
-                ..SyntheticSpec::default()
-            };
-            let s = samkit_data::synthetic::generate(&spec).map_err(bad("data"))?;
-            let n = Normalize::fit(&s.train);
-            (s, n)
-        }
-        DataSource::Cifar10 | DataSource::Cifar100 => {
-            let which = if d.data == DataSource::Cifar10 {
-                Cifar::C10
-            } else {
-                Cifar::C100
-            };
-            let s =
-                samkit_data::cifar::load(which, d.data_dir.as_deref()).map_err(bad("data-dir"))?;
-            let n = if which == Cifar::C10 {
-                Normalize::CIFAR10
-            } else {
-                Normalize::CIFAR100
-            };
-            (s, n)
-        }
-    };
-    if let Some(f) = d.long_tail {
-        split.train = transform::long_tail(&split.train, f, seed).map_err(bad("long-tail"))?;
-        split.description += &format!("; long-tailed with imbalance factor {f}");
-    }
-    if let Some(r) = d.label_noise {
-        let (noisy, flipped) =
-            transform::label_noise(&split.train, r, seed).map_err(bad("label-noise"))?;
-        split.train = noisy;
-        split.description += &format!("; symmetric label noise {r} ({flipped} labels changed)");
-    }
-    Ok((split, norm))
 }

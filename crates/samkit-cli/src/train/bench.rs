@@ -7,11 +7,11 @@ use clap::Args;
 use samkit_data::loader::make_batch;
 use serde::Serialize;
 
-use super::args::Device;
-use super::args::{self, RunArgs};
+use samkit_train::engine::Engine;
+use samkit_train::{load_data, Phases, Trainer};
+
+use super::args::{Device, RunArgs};
 use super::cmd::MakeTrainer;
-use super::engine::Engine;
-use super::trainer::{Phases, Trainer};
 use crate::error::{check, Result};
 use crate::output::{write_json, Output};
 use crate::progress;
@@ -59,7 +59,7 @@ fn run_on<E: Engine>(a: &BenchArgs, out: &mut Output, make: impl MakeTrainer<E>)
         .iter()
         .map(|o| a.run.config(o))
         .collect::<Result<Vec<_>>>()?;
-    let (split, norm) = args::load_data(&a.run.data, a.run.train.seed)?;
+    let (split, norm) = load_data(&a.run.data.config(), a.run.train.seed)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));
     let batch = configs[0].batch.min(train.len());
     let idx: Vec<usize> = (0..batch).collect();

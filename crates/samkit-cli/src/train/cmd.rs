@@ -9,9 +9,10 @@ use serde::Serialize;
 
 use samkit_data::{Dataset, Normalize};
 
-use super::args::{self, Device, RunArgs, RunConfig};
-use super::engine::Engine;
-use super::trainer::{EpochLog, Phases, StepLog, Trainer, TrainerState};
+use samkit_train::engine::Engine;
+use samkit_train::{load_data, EpochLog, Phases, RunConfig, StepLog, Trainer, TrainerState};
+
+use super::args::{Device, RunArgs};
 use crate::error::{CliError, Result};
 use crate::output::{write_json, Output};
 use crate::plot::{self, Axes, Series};
@@ -59,12 +60,12 @@ pub struct CompareCmd {
 
 /// Builds a trainer for a run configuration on one device (`Trainer::new`, `Trainer::cuda`).
 pub trait MakeTrainer<E: Engine>:
-    Fn(RunConfig, Arc<Dataset>, Arc<Dataset>, Normalize) -> Result<Trainer<E>>
+    Fn(RunConfig, Arc<Dataset>, Arc<Dataset>, Normalize) -> samkit_train::Result<Trainer<E>>
 {
 }
 
 impl<E: Engine, F> MakeTrainer<E> for F where
-    F: Fn(RunConfig, Arc<Dataset>, Arc<Dataset>, Normalize) -> Result<Trainer<E>>
+    F: Fn(RunConfig, Arc<Dataset>, Arc<Dataset>, Normalize) -> samkit_train::Result<Trainer<E>>
 {
 }
 
@@ -207,7 +208,7 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
         }
         None => (cmd.run.config(&cmd.optimizer)?, None),
     };
-    let (split, norm) = args::load_data(&cfg.data, cfg.seed)?;
+    let (split, norm) = load_data(&cfg.data, cfg.seed)?;
     out.say(format!("data: {}", split.description));
     let planned = cfg.epochs;
     let epochs = match cmd.stop_after {
@@ -297,7 +298,7 @@ fn compare_on<E: Engine>(
         .iter()
         .map(|o| cmd.run.config(o))
         .collect::<Result<Vec<_>>>()?;
-    let (split, norm) = args::load_data(&cmd.run.data, cmd.run.train.seed)?;
+    let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;
     out.say(format!("data: {}", split.description));
     out.ensure_dir(&cmd.out)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));

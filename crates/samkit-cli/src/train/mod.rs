@@ -3,6 +3,3 @@
 pub mod args;
 pub mod bench;
 pub mod cmd;
-pub mod engine;
-pub mod probe;
-pub mod trainer;

@@ -8,9 +8,9 @@ use samkit_data::loader::make_batch;
 use samkit_data::Dataset;
 use samkit_nn::{BnMode, Model, Tensor};
 
-use super::args;
-use super::trainer::{Trainer, TrainerState};
-use crate::error::{CliError, Result};
+use crate::config::load_data;
+use crate::error::{Result, TrainError};
+use crate::trainer::{Trainer, TrainerState};
 
 pub struct Probe {
     batches: Vec<(Tensor, Vec<usize>)>,
@@ -21,7 +21,7 @@ pub struct Probe {
 /// A trainer restored from a checkpoint folder written by `samkit train`, with its data.
 pub fn trained(dir: &Path) -> Result<(Trainer, String)> {
     let st = TrainerState::read(dir)?;
-    let (split, norm) = args::load_data(&st.config.data, st.config.seed)?;
+    let (split, norm) = load_data(&st.config.data, st.config.seed)?;
     let mut t = Trainer::new(
         st.config.clone(),
         Arc::new(split.train),
@@ -37,14 +37,14 @@ impl Probe {
     pub fn new(t: &Trainer, ds: &Dataset, samples: usize) -> Result<Self> {
         let n = samples.min(ds.len());
         if n == 0 {
-            return Err(CliError::invalid("samples", "must be >= 1"));
+            return Err(TrainError::invalid("samples", "must be >= 1"));
         }
         let idx: Vec<usize> = (0..n).collect();
         let batches = idx
             .chunks(256)
             .map(|c| {
                 let b = make_batch(ds, c, None, &t.normalize(), (0, 0));
-                let x = Tensor::from_vec(b.x, &[c.len(), 3, 32, 32]).map_err(CliError::from)?;
+                let x = Tensor::from_vec(b.x, &[c.len(), 3, 32, 32]).map_err(TrainError::from)?;
                 Ok((x, b.labels))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -68,8 +68,8 @@ impl Probe {
                 .net
                 .model
                 .forward(params, x, BnMode::Eval)
-                .map_err(CliError::from)?;
-            let z = logits.as_slice().map_err(CliError::from)?;
+                .map_err(TrainError::from)?;
+            let z = logits.as_slice().map_err(TrainError::from)?;
             let ones = vec![1.0; y.len()];
             let per =
                 samkit_core::loss::smooth_cross_entropy(z, y, self.classes, 0.0, &ones, None)?;
@@ -99,7 +99,7 @@ impl Probe {
                 .net
                 .model
                 .forward_backward(params, x, y.into(), &w, BnMode::Eval, &mut part)
-                .map_err(CliError::from)?;
+                .map_err(TrainError::from)?;
             loss += l.loss;
             for (o, &p) in out.iter_mut().zip(&part) {
                 *o += p;

@@ -15,8 +15,8 @@ use samkit_core::{FirstOutcome, Optimizer, Outcome};
 use samkit_cuda::GpuOptimizer;
 use samkit_nn::{Backend, BnMode, Cpu, Cuda, Losses, Model, ResNet18, ResNetConfig, Tensor};
 
-use super::args::RunConfig;
-use crate::error::{CliError, Result};
+use crate::config::RunConfig;
+use crate::error::{Result, TrainError};
 
 /// Which gradient buffer a pass writes: the first (pass 1; ImbSAM's head) or the second
 /// (pass 2; ImbSAM's tail in both passes; SSAM-F's Fisher).
@@ -76,7 +76,7 @@ pub trait Engine {
 fn resnet<B: Backend>(backend: B, cfg: &RunConfig, classes: usize) -> Result<ResNet18<B>> {
     let mut mc = ResNetConfig::new(classes, cfg.width);
     mc.label_smoothing = cfg.label_smoothing;
-    ResNet18::new(backend, mc).map_err(CliError::from)
+    ResNet18::new(backend, mc).map_err(TrainError::from)
 }
 
 /// A model with its parameters and two gradient buffers, `A` holding a backend arena (a host
@@ -110,7 +110,7 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
                 mode,
                 g.borrow_mut(),
             )
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     /// Logits `[N, classes]` on the host, batch norm in inference mode.
@@ -118,8 +118,8 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
         let z = self
             .model
             .forward(self.params.borrow(), x, BnMode::Eval)
-            .map_err(CliError::from)?;
-        Ok(z.as_slice().map_err(CliError::from)?.to_vec())
+            .map_err(TrainError::from)?;
+        Ok(z.as_slice().map_err(TrainError::from)?.to_vec())
     }
 
     /// Adds the per-sample squared gradients of a sub-batch to the second buffer.
@@ -131,7 +131,7 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
                 labels.into(),
                 self.grad2.borrow_mut(),
             )
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         Ok(())
     }
 }
@@ -169,7 +169,7 @@ fn mark_of(marks: &[Option<Instant>], slot: usize) -> Result<Instant> {
         .get(slot)
         .copied()
         .flatten()
-        .ok_or_else(|| CliError::Run(format!("time mark {slot} was not recorded")))
+        .ok_or_else(|| TrainError::Run(format!("time mark {slot} was not recorded")))
 }
 
 impl Engine for CpuEngine {
@@ -271,7 +271,7 @@ impl Engine for CpuEngine {
             &mut self.net.model,
             &self.net.params,
         )
-        .map_err(CliError::from)?;
+        .map_err(TrainError::from)?;
         Ok(self.opt.save_state(dir.join("optimizer.safetensors"))?)
     }
 
@@ -281,7 +281,7 @@ impl Engine for CpuEngine {
             &mut self.net.model,
             &mut self.net.params,
         )
-        .map_err(CliError::from)?;
+        .map_err(TrainError::from)?;
         Ok(self.opt.load_state(dir.join("optimizer.safetensors"))?)
     }
 }
@@ -304,12 +304,12 @@ impl CudaEngine {
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
         let cuda = Cuda::open_default().map_err(|e| {
             if e.is_no_device() {
-                CliError::invalid(
+                TrainError::invalid(
                     "device",
                     format!("cuda: no usable CUDA device ({e}); run with --device cpu"),
                 )
             } else {
-                CliError::Nn(e)
+                TrainError::Nn(e)
             }
         })?;
         let gpu = cuda.gpu().clone();
@@ -329,17 +329,17 @@ impl CudaEngine {
         let mut model = resnet(cuda, cfg, classes)?;
         let host = model.init_params(cfg.seed);
         let be = model.backend_mut();
-        let params = be.arena_from(&host).map_err(CliError::from)?;
-        let grad = be.arena_zeros(host.len()).map_err(CliError::from)?;
-        let grad2 = be.arena_zeros(host.len()).map_err(CliError::from)?;
+        let params = be.arena_from(&host).map_err(TrainError::from)?;
+        let grad = be.arena_zeros(host.len()).map_err(TrainError::from)?;
+        let grad2 = be.arena_zeros(host.len()).map_err(TrainError::from)?;
         let mut opt = GpuOptimizer::<f32>::new(
             &gpu,
             model.layout().clone(),
             cfg.rule.clone(),
             cfg.base.clone(),
         )
-        .map_err(CliError::from)?;
-        opt.time_mask_updates(true).map_err(CliError::from)?;
+        .map_err(TrainError::from)?;
+        opt.time_mask_updates(true).map_err(TrainError::from)?;
         // The trainer enqueues pass 2 without waiting for pass 1's skip decision; a skip then
         // surfaces from second_step's status, which `last_skipped` reads.
         opt.set_sync_outcomes(false);
@@ -347,7 +347,7 @@ impl CudaEngine {
         let events = (0..MARKS)
             .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         Ok(CudaEngine {
             net: Net {
                 model,
@@ -368,7 +368,7 @@ impl CudaEngine {
             .model
             .backend_mut()
             .arena_to_host(&self.net.params)
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 }
 
@@ -389,11 +389,11 @@ impl Engine for CudaEngine {
     }
 
     fn set_lr(&mut self, lr: f32) -> Result<()> {
-        self.opt.set_lr(lr).map_err(CliError::from)
+        self.opt.set_lr(lr).map_err(TrainError::from)
     }
 
     fn needs_fisher(&mut self) -> Result<Option<usize>> {
-        self.opt.needs_fisher().map_err(CliError::from)
+        self.opt.needs_fisher().map_err(TrainError::from)
     }
 
     fn needs_head_tail(&self) -> bool {
@@ -405,19 +405,19 @@ impl Engine for CudaEngine {
             .model
             .backend_mut()
             .to_device(&x)
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     fn fisher_begin(&mut self) -> Result<()> {
         self.stream
             .memset_zeros(&mut self.net.grad2)
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     fn fisher_end(&mut self) -> Result<()> {
         self.opt
             .set_fisher::<f32, _>(&self.net.grad2)
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome> {
@@ -429,7 +429,7 @@ impl Engine for CudaEngine {
             }
             None => self.opt.first_step(&mut self.net.params, &self.net.grad),
         }
-        .map_err(CliError::from)
+        .map_err(TrainError::from)
     }
 
     fn second_step(&mut self) -> Result<()> {
@@ -437,31 +437,33 @@ impl Engine for CudaEngine {
         self.opt
             .second_step(&mut self.net.params, &self.net.grad2)
             .map(|_| ())
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     fn abort(&mut self) -> Result<()> {
-        self.opt.abort(&mut self.net.params).map_err(CliError::from)
+        self.opt
+            .abort(&mut self.net.params)
+            .map_err(TrainError::from)
     }
 
     fn last_skipped(&mut self) -> Result<bool> {
-        let out = self.opt.last_outcome().map_err(CliError::from)?;
+        let out = self.opt.last_outcome().map_err(TrainError::from)?;
         Ok(out == Some(Outcome::Skipped))
     }
 
     fn skipped_steps(&mut self) -> Result<u64> {
-        self.opt.skipped_steps().map_err(CliError::from)
+        self.opt.skipped_steps().map_err(TrainError::from)
     }
 
     fn take_mask_time(&mut self) -> Result<Option<f64>> {
-        let t = self.opt.take_mask_time().map_err(CliError::from)?;
+        let t = self.opt.take_mask_time().map_err(TrainError::from)?;
         Ok(t.map(|d| d.as_secs_f64()))
     }
 
     fn mark(&mut self, slot: usize) -> Result<()> {
         self.events[slot]
             .record(&self.stream)
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         self.recorded[slot] = true;
         Ok(())
     }
@@ -469,22 +471,22 @@ impl Engine for CudaEngine {
     fn seconds(&mut self, from: usize, to: usize) -> Result<f64> {
         for s in [from, to] {
             if !self.recorded.get(s).copied().unwrap_or(false) {
-                return Err(CliError::Run(format!("time mark {s} was not recorded")));
+                return Err(TrainError::Run(format!("time mark {s} was not recorded")));
             }
         }
         let ms = self.events[from]
             .elapsed_ms(&self.events[to])
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         Ok(f64::from(ms.max(0.0)) / 1e3)
     }
 
     fn save(&mut self, dir: &Path) -> Result<()> {
         let host = self.host_params()?;
         samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.net.model, &host)
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         self.opt
             .save_state(dir.join("optimizer.safetensors"))
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     fn load(&mut self, dir: &Path) -> Result<()> {
@@ -494,16 +496,16 @@ impl Engine for CudaEngine {
             &mut self.net.model,
             &mut host,
         )
-        .map_err(CliError::from)?;
+        .map_err(TrainError::from)?;
         self.opt
             .load_state(dir.join("optimizer.safetensors"))
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         self.net.params = self
             .net
             .model
             .backend_mut()
             .arena_from(&host)
-            .map_err(CliError::from)?;
+            .map_err(TrainError::from)?;
         Ok(())
     }
 }

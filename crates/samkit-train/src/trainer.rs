@@ -12,9 +12,9 @@ use samkit_data::{Augment, Batch, Dataset, Normalize};
 use samkit_nn::{mean_weights, BnMode, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::args::RunConfig;
-use super::engine::{CpuEngine, CudaEngine, Engine, Grad};
-use crate::error::{CliError, Result};
+use crate::config::RunConfig;
+use crate::engine::{CpuEngine, CudaEngine, Engine, Grad};
+use crate::error::{Result, TrainError};
 
 /// Seconds spent in each phase of a step (or summed over steps).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -93,8 +93,8 @@ impl TrainerState {
     /// Reads a checkpoint directory's `trainer.json`.
     pub fn read(dir: &Path) -> Result<TrainerState> {
         let path = dir.join("trainer.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| CliError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| CliError::Json { path, source })
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|source| TrainError::Json { path, source })
     }
 }
 
@@ -139,7 +139,7 @@ impl Trainer<CudaEngine> {
 }
 
 fn tensor(b: &Batch) -> Result<Tensor> {
-    Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(CliError::from)
+    Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(TrainError::from)
 }
 
 impl<E: Engine> Trainer<E> {
@@ -384,7 +384,7 @@ impl<E: Engine> Trainer<E> {
     /// Writes `model.safetensors` (PyTorch names), `optimizer.safetensors` and
     /// `trainer.json` into `dir`, each atomically.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
         self.engine.save(dir)?;
         let state = TrainerState {
             config: self.cfg.clone(),
@@ -392,12 +392,12 @@ impl<E: Engine> Trainer<E> {
             step: self.step,
             history: self.history.clone(),
         };
-        let text = serde_json::to_string_pretty(&state).map_err(|source| CliError::Json {
+        let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::Json {
             path: dir.join("trainer.json"),
             source,
         })?;
         samkit_nn::checkpoint::write_atomic(&dir.join("trainer.json"), text.as_bytes())
-            .map_err(CliError::from)
+            .map_err(TrainError::from)
     }
 
     /// Restores a trainer (built from the checkpoint's own config) to the checkpoint.

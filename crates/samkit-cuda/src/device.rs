@@ -79,13 +79,10 @@ impl Device {
         Self::with_stream(ctx, stream)
     }
 
-    /// Opens the device named by `SAMKIT_CUDA_DEVICE` (default 0).
+    /// Opens device 0, CUDA's default device. Another device is [`Device::open`]'s ordinal,
+    /// chosen by the caller (a trainer's option), never read from the environment.
     pub fn open_default() -> Result<Arc<Device>> {
-        let ordinal = std::env::var("SAMKIT_CUDA_DEVICE")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Self::open(ordinal)
+        Self::open(0)
     }
 
     /// Uses a caller's context and stream (a trainer's own stream: the optimizer's kernels are

@@ -36,18 +36,16 @@ impl Default for Cpu {
 }
 
 impl Cpu {
-    /// Convolutions spread over as many threads as rayon's current pool;
-    /// `SAMKIT_COL_BUDGET` sets the im2col chunk size in elements (for tuning).
+    /// Convolutions spread over as many threads as rayon's current pool, in im2col chunks of
+    /// [`DEFAULT_COL_BUDGET`] elements ([`Cpu::with_threads`] and [`Cpu::with_col_budget`]
+    /// change them; nothing is read from the environment).
     pub fn new() -> Self {
         Cpu {
             gemm: Gemm {
                 threads: rayon::current_num_threads(),
             },
             threads: rayon::current_num_threads(),
-            col_budget: std::env::var("SAMKIT_COL_BUDGET")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_COL_BUDGET),
+            col_budget: DEFAULT_COL_BUDGET,
             conv_bufs: Vec::new(),
             tmp: Vec::new(),
             tmp2: Vec::new(),

@@ -98,24 +98,15 @@ impl Default for CudaOptions {
 }
 
 impl CudaOptions {
-    /// The defaults, overridden by `SAMKIT_CUDNN_ALGO` (`benchmark` | `heuristic`),
-    /// `SAMKIT_CUDNN_DETERMINISTIC=1`, `SAMKIT_CUDNN_WORKSPACE_MB`, `SAMKIT_TF32=1`,
-    /// `SAMKIT_CUDA_EVENT_TRACKING=1`.
-    pub fn from_env() -> Self {
-        let mut o = CudaOptions::default();
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        if let Some(v) = var("SAMKIT_CUDNN_ALGO") {
-            if v.eq_ignore_ascii_case("heuristic") {
-                o.algo = AlgoSearch::Heuristic;
-            }
+    /// The defaults with the choices that make GPU runs reproducible across processes (what an
+    /// exact resume on the device needs): deterministic algorithms only, chosen by cuDNN's
+    /// heuristics rather than by timing (a benchmark can pick another algorithm per run).
+    pub fn reproducible() -> Self {
+        CudaOptions {
+            algo: AlgoSearch::Heuristic,
+            deterministic: true,
+            ..CudaOptions::default()
         }
-        o.deterministic = var("SAMKIT_CUDNN_DETERMINISTIC").is_some_and(|v| v == "1");
-        o.tf32 = var("SAMKIT_TF32").is_some_and(|v| v == "1");
-        o.event_tracking = var("SAMKIT_CUDA_EVENT_TRACKING").is_some_and(|v| v == "1");
-        if let Some(mb) = var("SAMKIT_CUDNN_WORKSPACE_MB").and_then(|v| v.parse::<usize>().ok()) {
-            o.workspace_limit = mb << 20;
-        }
-        o
     }
 }
 
@@ -175,16 +166,21 @@ fn u32_of(v: usize, what: &'static str) -> Result<u32> {
 
 impl Cuda {
     /// The backend on `dev`'s stream (the one samkit-cuda's optimizer uses), with
-    /// [`CudaOptions::from_env`].
+    /// [`CudaOptions::default`].
     pub fn new(dev: &Arc<GpuDevice>) -> Result<Self> {
-        Self::with_options(dev, CudaOptions::from_env())
+        Self::with_options(dev, CudaOptions::default())
     }
 
-    /// The backend on the device of `SAMKIT_CUDA_DEVICE` (default 0). Without a driver or a
-    /// GPU this is an error for which [`Error::is_no_device`] holds.
+    /// The backend on device `ordinal` with `opts`. Without a driver or a GPU this is an error
+    /// for which [`Error::is_no_device`] holds.
+    pub fn open(ordinal: usize, opts: CudaOptions) -> Result<Self> {
+        let dev = GpuDevice::open(ordinal).map_err(CudaError::from)?;
+        Self::with_options(&dev, opts)
+    }
+
+    /// The backend on device 0 with [`CudaOptions::default`] (see [`Cuda::open`]).
     pub fn open_default() -> Result<Self> {
-        let dev = GpuDevice::open_default().map_err(CudaError::from)?;
-        Self::new(&dev)
+        Self::open(0, CudaOptions::default())
     }
 
     pub fn with_options(dev: &Arc<GpuDevice>, opts: CudaOptions) -> Result<Self> {

@@ -4,7 +4,14 @@
 //!
 //! Every random choice (shuffle order, crop offsets, flips) comes from a Philox stream keyed by
 //! (seed, epoch, sample), so a batch does not depend on thread timing, and resuming at a given
-//! epoch reproduces it.
+//! epoch (or at a batch within it, [`BatchIter::starting_at`]) reproduces it.
+//!
+//! Every batch carries the dataset indices of its samples ([`Batch::indices`]): sample `i` is
+//! `Dataset::image(i)` with label `labels[i]` in every epoch, whatever its position in the
+//! shuffled order, and a resumed run sees the same indices in the same batches. Per-sample
+//! state kept across epochs (SAF's ring buffer of past logits) is keyed by them; they lie in
+//! `0..dataset.len()` of the dataset given to the loader (for a transformed set, such as
+//! `transform::long_tail`'s subset, indices into that set, as stable as its seed).
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -76,8 +83,20 @@ impl Augment {
 pub struct Batch {
     pub x: Vec<f32>,
     pub labels: Vec<usize>,
-    /// Indices of the samples in the dataset.
+    /// Indices of the samples in the dataset, in batch order: stable across epochs and
+    /// resumes (see the module documentation).
     pub indices: Vec<usize>,
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
 }
 
 /// Writes sample `img` into `out` (`3·32·32` floats), augmented with `rng` if asked.
@@ -155,6 +174,26 @@ pub struct EpochPlan {
     pub prefetch: usize,
 }
 
+impl EpochPlan {
+    /// The dataset indices of every batch of this epoch over a dataset of `len` samples, in
+    /// the order [`BatchIter`] yields them (the same shuffle, the same cut, the last batch
+    /// dropped when short and `drop_last`), without preparing any image.
+    pub fn batch_indices(&self, len: usize) -> Result<Vec<Vec<usize>>> {
+        if self.batch == 0 {
+            return Err(DataError::invalid("batch size", 0, "must be > 0"));
+        }
+        let mut order: Vec<usize> = (0..len).collect();
+        if let Some(seed) = self.shuffle_seed {
+            PhiloxRng::new(seed, 0x5348_0000 ^ self.epoch).shuffle(&mut order);
+        }
+        let mut chunks: Vec<Vec<usize>> = order.chunks(self.batch).map(<[usize]>::to_vec).collect();
+        if self.drop_last && chunks.last().is_some_and(|c| c.len() < self.batch) {
+            chunks.pop();
+        }
+        Ok(chunks)
+    }
+}
+
 /// The batches of one epoch, prepared on a worker thread.
 pub struct BatchIter {
     rx: Receiver<Batch>,
@@ -164,17 +203,22 @@ pub struct BatchIter {
 
 impl BatchIter {
     pub fn new(ds: Arc<Dataset>, plan: EpochPlan) -> Result<Self> {
-        if plan.batch == 0 {
-            return Err(DataError::invalid("batch size", 0, "must be > 0"));
+        Self::starting_at(ds, plan, 0)
+    }
+
+    /// The batches `first..` of the epoch (a run resumed within an epoch): the same samples,
+    /// indices and augmentation as those batches of [`BatchIter::new`]. `first` may equal the
+    /// number of batches (nothing left); beyond it is an error.
+    pub fn starting_at(ds: Arc<Dataset>, plan: EpochPlan, first: usize) -> Result<Self> {
+        let mut chunks = plan.batch_indices(ds.len())?;
+        if first > chunks.len() {
+            return Err(DataError::invalid(
+                "first batch",
+                first,
+                "beyond the last batch of the epoch",
+            ));
         }
-        let mut order: Vec<usize> = (0..ds.len()).collect();
-        if let Some(seed) = plan.shuffle_seed {
-            PhiloxRng::new(seed, 0x5348_0000 ^ plan.epoch).shuffle(&mut order);
-        }
-        let mut chunks: Vec<Vec<usize>> = order.chunks(plan.batch).map(<[usize]>::to_vec).collect();
-        if plan.drop_last && chunks.last().is_some_and(|c| c.len() < plan.batch) {
-            chunks.pop();
-        }
+        chunks.drain(..first);
         let batches = chunks.len();
         let (tx, rx) = sync_channel(plan.prefetch.max(1));
         let key = (plan.shuffle_seed.unwrap_or(0), plan.epoch);
@@ -199,7 +243,8 @@ impl BatchIter {
         })
     }
 
-    /// Number of batches in this epoch.
+    /// Number of batches this iterator yields (the epoch's, less those skipped by
+    /// [`BatchIter::starting_at`]).
     pub fn batches(&self) -> usize {
         self.batches
     }
@@ -272,6 +317,51 @@ mod tests {
         let mut it = BatchIter::new(ds, plan(2)).unwrap();
         it.next();
         drop(it);
+    }
+
+    #[test]
+    fn batch_indices_are_the_dataset_samples_in_every_epoch() {
+        let ds = tiny();
+        for epoch in 0..3 {
+            let p = plan(epoch);
+            let batches: Vec<Batch> = BatchIter::new(ds.clone(), p.clone()).unwrap().collect();
+            let planned = p.batch_indices(ds.len()).unwrap();
+            assert_eq!(
+                batches
+                    .iter()
+                    .map(|b| b.indices.clone())
+                    .collect::<Vec<_>>(),
+                planned,
+                "epoch {epoch}: the planned indices are the loaded ones"
+            );
+            for b in &batches {
+                assert_eq!(b.len(), b.indices.len());
+                for (j, &i) in b.indices.iter().enumerate() {
+                    assert!(i < ds.len());
+                    assert_eq!(b.labels[j], ds.labels[i] as usize);
+                    // Sample i's image (and augmentation) depends on i and the epoch only,
+                    // not on where the shuffle put it.
+                    let alone = make_batch(&ds, &[i], p.augment, &p.normalize, (7, epoch));
+                    assert_eq!(&b.x[j * IMAGE_BYTES..(j + 1) * IMAGE_BYTES], &alone.x[..]);
+                }
+            }
+        }
+        let mut p = plan(0);
+        p.batch = 0;
+        assert!(p.batch_indices(10).is_err());
+    }
+
+    #[test]
+    fn a_resumed_epoch_yields_the_same_batches_and_indices() {
+        let ds = tiny();
+        let whole: Vec<Batch> = BatchIter::new(ds.clone(), plan(1)).unwrap().collect();
+        for first in 0..=whole.len() {
+            let it = BatchIter::starting_at(ds.clone(), plan(1), first).unwrap();
+            assert_eq!(it.batches(), whole.len() - first);
+            let rest: Vec<Batch> = it.collect();
+            assert_eq!(rest, whole[first..], "resumed at batch {first}");
+        }
+        assert!(BatchIter::starting_at(ds, plan(1), whole.len() + 1).is_err());
     }
 
     #[test]

@@ -308,6 +308,182 @@ pub struct CombArgs {
     pub pad: u32,
 }
 
+// ---------------------------------------------------------------------------------------------
+// samkit-nn's family (`nn.cu`): one argument struct per kernel, launched by
+// crates/samkit-nn/src/cuda/kernels.rs. Pointers are device addresses of f32 buffers (u32 for
+// the labels); element counts that index a whole activation are u64, dimensions u32.
+// ---------------------------------------------------------------------------------------------
+
+/// Threads per block of every kernel of `nn.cu` (`NN_BLOCK`; the kernels trap on another shape).
+pub const NN_BLOCK: u32 = 256;
+
+/// `sk_nn_relu_mask`: `dy[i] ← 0` where `y[i] ≤ 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnReluMaskArgs {
+    pub y: u64,
+    pub dy: u64,
+    pub n: u64,
+}
+
+/// `sk_nn_add`: `dst ← dst + src`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnAddArgs {
+    pub dst: u64,
+    pub src: u64,
+    pub n: u64,
+}
+
+/// `sk_nn_residual_relu`: `y ← act(y + r)` (`r` = 0: no residual).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnResidualReluArgs {
+    pub y: u64,
+    pub r: u64,
+    pub n: u64,
+    pub relu: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_act` and `sk_nn_act_bwd`'s `kind`: ReLU.
+pub const NN_ACT_RELU: u32 = 0;
+/// `sk_nn_act` and `sk_nn_act_bwd`'s `kind`: tanh.
+pub const NN_ACT_TANH: u32 = 1;
+
+/// `sk_nn_act`: `x ← act(x)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnActArgs {
+    pub x: u64,
+    pub n: u64,
+    pub kind: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_act_bwd`: `dy ← dy ⊙ act'` from the activation's output `y`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnActBwdArgs {
+    pub y: u64,
+    pub dy: u64,
+    pub n: u64,
+    pub kind: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_square`: `y ← x ⊙ x`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnSquareArgs {
+    pub x: u64,
+    pub y: u64,
+    pub n: u64,
+}
+
+/// `sk_nn_sq_accumulate`: `dst[j] += Σ_{b < count} src[b·stride + j]²`, `j < len`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnSqAccumulateArgs {
+    pub src: u64,
+    pub dst: u64,
+    pub len: u64,
+    pub stride: u64,
+    pub count: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_bias_add`: `y[r, o] += b[o]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnBiasAddArgs {
+    pub y: u64,
+    pub b: u64,
+    pub rows: u64,
+    pub out: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_col_sum`: `out[c] (+)= Σ_r f(x[r, c])`, `f` = identity or square.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnColSumArgs {
+    pub x: u64,
+    pub out: u64,
+    pub rows: u32,
+    pub cols: u32,
+    pub square: u32,
+    pub accumulate: u32,
+}
+
+/// `sk_nn_avgpool_fwd`: `y[r] = inv · Σ_j x[r·hw + j]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnAvgPoolFwdArgs {
+    pub x: u64,
+    pub y: u64,
+    pub rows: u64,
+    pub inv: f64,
+    pub hw: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_avgpool_bwd`: `dx[r·hw + j] = dy[r] · inv`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnAvgPoolBwdArgs {
+    pub dy: u64,
+    pub dx: u64,
+    pub rows: u64,
+    pub hw: u32,
+    pub inv: f32,
+}
+
+/// `sk_nn_bn_eval_stats`: the saved statistics of batch norm in eval mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnBnEvalStatsArgs {
+    pub rmean: u64,
+    pub rvar: u64,
+    pub smean: u64,
+    pub sinvstd: u64,
+    pub eps: f64,
+    pub c: u32,
+    pub pad: u32,
+}
+
+/// `sk_nn_bn_eval_bwd`: batch-norm backward with fixed statistics.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnBnEvalBwdArgs {
+    pub x: u64,
+    pub dy: u64,
+    pub gamma: u64,
+    pub mean: u64,
+    pub invstd: u64,
+    pub dgamma: u64,
+    pub dbeta: u64,
+    pub dx: u64,
+    pub n: u32,
+    pub c: u32,
+    pub hw: u32,
+    pub psq: u32,
+}
+
+/// `sk_nn_smooth_ce`: label-smoothed cross-entropy (`dz` = 0: no gradient).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnSmoothCeArgs {
+    pub z: u64,
+    pub labels: u64,
+    pub w: u64,
+    pub loss: u64,
+    pub dz: u64,
+    pub n: u64,
+    pub k: u32,
+    pub smoothing: f32,
+}
+
 device_repr!(
     Unit,
     Ctl,
@@ -323,7 +499,21 @@ device_repr!(
     FisherArgs,
     SelState,
     SelArgs,
-    CombArgs
+    CombArgs,
+    NnReluMaskArgs,
+    NnAddArgs,
+    NnResidualReluArgs,
+    NnActArgs,
+    NnActBwdArgs,
+    NnSquareArgs,
+    NnSqAccumulateArgs,
+    NnBiasAddArgs,
+    NnColSumArgs,
+    NnAvgPoolFwdArgs,
+    NnAvgPoolBwdArgs,
+    NnBnEvalStatsArgs,
+    NnBnEvalBwdArgs,
+    NnSmoothCeArgs
 );
 
 /// `(name, size)` of every shared struct, passed to NVRTC as `-DSK_ABI_SIZE_<name>=<size>` so the
@@ -345,6 +535,20 @@ pub fn sizes() -> Vec<(&'static str, u32)> {
         ("SelState", sz::<SelState>()),
         ("SelArgs", sz::<SelArgs>()),
         ("CombArgs", sz::<CombArgs>()),
+        ("NnReluMaskArgs", sz::<NnReluMaskArgs>()),
+        ("NnAddArgs", sz::<NnAddArgs>()),
+        ("NnResidualReluArgs", sz::<NnResidualReluArgs>()),
+        ("NnActArgs", sz::<NnActArgs>()),
+        ("NnActBwdArgs", sz::<NnActBwdArgs>()),
+        ("NnSquareArgs", sz::<NnSquareArgs>()),
+        ("NnSqAccumulateArgs", sz::<NnSqAccumulateArgs>()),
+        ("NnBiasAddArgs", sz::<NnBiasAddArgs>()),
+        ("NnColSumArgs", sz::<NnColSumArgs>()),
+        ("NnAvgPoolFwdArgs", sz::<NnAvgPoolFwdArgs>()),
+        ("NnAvgPoolBwdArgs", sz::<NnAvgPoolBwdArgs>()),
+        ("NnBnEvalStatsArgs", sz::<NnBnEvalStatsArgs>()),
+        ("NnBnEvalBwdArgs", sz::<NnBnEvalBwdArgs>()),
+        ("NnSmoothCeArgs", sz::<NnSmoothCeArgs>()),
     ]
 }
 
@@ -352,13 +556,15 @@ fn sz<T>() -> u32 {
     std::mem::size_of::<T>() as u32
 }
 
-/// What each family's `sk_abi*` kernel must report: `(family, kernel, values)`.
+/// What each family's `sk_abi*` kernel must report: `(family, kernel, values)`, for every family
+/// of samkit-kernels' registry (its probe kernel named there). `Device::module` runs the probe
+/// and refuses the family when the report differs.
 pub fn expected() -> Vec<(&'static str, &'static str, Vec<u32>)> {
     use std::mem::offset_of;
     vec![
         (
-            "norm",
-            "sk_abi",
+            samkit_kernels::NORM.name,
+            samkit_kernels::NORM.abi_probe,
             vec![
                 sz::<Unit>(),
                 sz::<Ctl>(),
@@ -375,13 +581,13 @@ pub fn expected() -> Vec<(&'static str, &'static str, Vec<u32>)> {
             ],
         ),
         (
-            "perturb",
-            "sk_abi_perturb",
+            samkit_kernels::PERTURB.name,
+            samkit_kernels::PERTURB.abi_probe,
             vec![sz::<PerturbArgs>(), offset_of!(PerturbArgs, n_units) as u32],
         ),
         (
-            "update",
-            "sk_abi_update",
+            samkit_kernels::UPDATE.name,
+            samkit_kernels::UPDATE.abi_probe,
             vec![
                 sz::<UpdateArgs>(),
                 offset_of!(UpdateArgs, n_units) as u32,
@@ -389,15 +595,47 @@ pub fn expected() -> Vec<(&'static str, &'static str, Vec<u32>)> {
                 sz::<CommitArgs>(),
             ],
         ),
-        ("fisher", "sk_abi_fisher", vec![sz::<FisherArgs>()]),
         (
-            "select",
-            "sk_abi_select",
+            samkit_kernels::FISHER.name,
+            samkit_kernels::FISHER.abi_probe,
+            vec![sz::<FisherArgs>()],
+        ),
+        (
+            samkit_kernels::SELECT.name,
+            samkit_kernels::SELECT.abi_probe,
             vec![
                 sz::<SelState>(),
                 sz::<SelArgs>(),
                 offset_of!(SelArgs, n_units) as u32,
                 sz::<CombArgs>(),
+            ],
+        ),
+        (
+            samkit_kernels::NN.name,
+            samkit_kernels::NN.abi_probe,
+            vec![
+                NN_BLOCK,
+                sz::<NnReluMaskArgs>(),
+                sz::<NnAddArgs>(),
+                sz::<NnResidualReluArgs>(),
+                sz::<NnActArgs>(),
+                sz::<NnActBwdArgs>(),
+                sz::<NnSquareArgs>(),
+                sz::<NnSqAccumulateArgs>(),
+                sz::<NnBiasAddArgs>(),
+                sz::<NnColSumArgs>(),
+                sz::<NnAvgPoolFwdArgs>(),
+                sz::<NnAvgPoolBwdArgs>(),
+                sz::<NnBnEvalStatsArgs>(),
+                sz::<NnBnEvalBwdArgs>(),
+                sz::<NnSmoothCeArgs>(),
+                offset_of!(NnSqAccumulateArgs, count) as u32,
+                offset_of!(NnAvgPoolFwdArgs, inv) as u32,
+                offset_of!(NnAvgPoolBwdArgs, inv) as u32,
+                offset_of!(NnBnEvalStatsArgs, eps) as u32,
+                offset_of!(NnBnEvalBwdArgs, n) as u32,
+                offset_of!(NnSmoothCeArgs, n) as u32,
+                offset_of!(NnSmoothCeArgs, smoothing) as u32,
             ],
         ),
     ]
@@ -414,5 +652,44 @@ mod tests {
         assert_eq!(std::mem::size_of::<SelState>(), 32);
         assert_eq!(std::mem::size_of::<NormArgs>(), 136);
         assert_eq!(std::mem::size_of::<FinArgs>(), 160);
+        assert_eq!(std::mem::size_of::<NnReluMaskArgs>(), 24);
+        assert_eq!(std::mem::size_of::<NnAvgPoolFwdArgs>(), 40);
+        assert_eq!(std::mem::size_of::<NnBnEvalBwdArgs>(), 80);
+        assert_eq!(std::mem::size_of::<NnSmoothCeArgs>(), 56);
+    }
+
+    #[test]
+    fn every_registered_family_has_one_expected_report_under_its_probe() {
+        let exp = expected();
+        for f in crate::samkit_kernels::FAMILIES {
+            let reports: Vec<_> = exp.iter().filter(|(name, _, _)| *name == f.name).collect();
+            assert_eq!(reports.len(), 1, "{}: one expected report", f.name);
+            let (_, kernel, values) = reports[0];
+            assert_eq!(*kernel, f.abi_probe, "{}: the registry's probe", f.name);
+            assert!(
+                !values.is_empty(),
+                "{}: the probe reports something",
+                f.name
+            );
+        }
+        assert_eq!(exp.len(), crate::samkit_kernels::FAMILIES.len());
+    }
+
+    #[test]
+    fn every_shared_struct_is_checked_by_a_static_assert() {
+        // A struct of `sizes()` that no source checks with SK_ABI_CHECK would only be caught by a
+        // probe, if one reports it; every struct gets the compile-time check.
+        let sources: Vec<&str> = crate::samkit_kernels::FAMILIES
+            .iter()
+            .map(|f| f.source)
+            .chain([crate::samkit_kernels::HEADER])
+            .collect();
+        for (name, _) in sizes() {
+            let check = format!("SK_ABI_CHECK({name});");
+            assert!(
+                sources.iter().any(|s| s.contains(&check)),
+                "{name}: no `{check}` in samkit-kernels' sources"
+            );
+        }
     }
 }

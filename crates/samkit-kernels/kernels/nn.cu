@@ -1,13 +1,18 @@
 // nn.cu: the small kernels of samkit-nn's CUDA backend (crates/samkit-nn/src/cuda): everything a
 // ResNet-18 or an MLP needs beside cuDNN's convolutions and batch norm and cuBLAS's GEMMs.
 //
-// Conventions (mirrored by crates/samkit-nn/src/cuda/kernels.rs, which launches them):
-// - Activations are NCHW f32, contiguous; a buffer is passed as its device address.
-// - Scalar arguments, one per parameter (no argument struct): pointers are 64-bit addresses,
-//   counts are u64 when they index a whole activation and u32 when they are a dimension.
+// Conventions (mirrored by crates/samkit-cuda/src/abi.rs, which declares the argument structs
+// field for field, and crates/samkit-nn/src/cuda/kernels.rs, which launches them):
+// - Activations are NCHW f32, contiguous.
+// - Every kernel takes one argument struct by value, 8-byte fields (device pointers, 64-bit
+//   counts, doubles) first; element counts that index a whole activation are u64, dimensions
+//   u32. The struct sizes are checked against the host's with static_assert when this file
+//   compiles (-DSK_ABI_SIZE_<name>, from abi.rs) and reported with key offsets and NN_BLOCK by
+//   the sk_abi_nn probe, which samkit-cuda runs when it loads the family.
 // - Element-wise kernels are grid-stride loops over 64-bit indices with NN_BLOCK threads; their
 //   results do not depend on the grid. Reductions that the CPU backend does in f64 are done in
-//   f64 here too, in a fixed order per output (the same bits whatever the grid).
+//   f64 here too, in a fixed order per output (the same bits whatever the grid). Every kernel
+//   traps on another block shape (its indexing assumes NN_BLOCK).
 // - Built with the options of samkit-cuda (`--fmad=false`, IEEE division and square root), so
 //   f32 expressions round as the CPU backend's do.
 #include "samkit.cuh"
@@ -18,26 +23,160 @@ __device__ __forceinline__ u64 nn_tid() { return (u64)blockIdx.x * NN_BLOCK + th
 __device__ __forceinline__ u64 nn_stride() { return (u64)gridDim.x * NN_BLOCK; }
 
 // ---------------------------------------------------------------------------------------------
+// Argument structs (abi.rs: `Nn*Args`)
+// ---------------------------------------------------------------------------------------------
+
+struct NnReluMaskArgs {
+    const float* y;  // n, the ReLU's output
+    float* dy;       // n, masked in place
+    u64 n;
+};
+
+struct NnAddArgs {
+    float* dst;  // n
+    const float* src;  // n
+    u64 n;
+};
+
+struct NnResidualReluArgs {
+    float* y;        // n
+    const float* r;  // n, or null for no residual
+    u64 n;
+    u32 relu;
+    u32 pad;
+};
+
+struct NnActArgs {
+    float* x;  // n, in place
+    u64 n;
+    u32 kind;  // 0 = ReLU, 1 = tanh
+    u32 pad;
+};
+
+struct NnActBwdArgs {
+    const float* y;  // n, the activation's output
+    float* dy;       // n, in place
+    u64 n;
+    u32 kind;  // 0 = ReLU, 1 = tanh
+    u32 pad;
+};
+
+struct NnSquareArgs {
+    const float* x;  // n
+    float* y;        // n
+    u64 n;
+};
+
+struct NnSqAccumulateArgs {
+    const float* src;  // (count − 1)·stride + len
+    float* dst;        // len
+    u64 len;
+    u64 stride;
+    u32 count;
+    u32 pad;
+};
+
+struct NnBiasAddArgs {
+    float* y;        // rows·out
+    const float* b;  // out
+    u64 rows;
+    u32 out;
+    u32 pad;
+};
+
+struct NnColSumArgs {
+    const float* x;  // rows·cols
+    float* out;      // cols
+    u32 rows;
+    u32 cols;
+    u32 square;
+    u32 accumulate;
+};
+
+struct NnAvgPoolFwdArgs {
+    const float* x;  // rows·hw
+    float* y;        // rows
+    u64 rows;
+    double inv;  // 1 / hw
+    u32 hw;
+    u32 pad;
+};
+
+struct NnAvgPoolBwdArgs {
+    const float* dy;  // rows
+    float* dx;        // rows·hw
+    u64 rows;
+    u32 hw;
+    float inv;  // 1 / hw
+};
+
+struct NnBnEvalStatsArgs {
+    const float* rmean;  // c each
+    const float* rvar;
+    float* smean;
+    float* sinvstd;
+    double eps;
+    u32 c;
+    u32 pad;
+};
+
+struct NnBnEvalBwdArgs {
+    const float* x;  // n·c·hw (NCHW)
+    const float* dy;
+    const float* gamma;  // c each
+    const float* mean;
+    const float* invstd;
+    float* dgamma;
+    float* dbeta;
+    float* dx;  // n·c·hw
+    u32 n;
+    u32 c;
+    u32 hw;
+    u32 psq;  // 1: per-sample squared gradients, added
+};
+
+struct NnSmoothCeArgs {
+    const float* z;     // n·k logits
+    const u32* labels;  // n, below k
+    const float* w;     // n
+    float* loss;        // n
+    float* dz;          // n·k, or null for no gradient
+    u64 n;
+    u32 k;  // ≥ 2
+    float smoothing;
+};
+
+// ---------------------------------------------------------------------------------------------
 // Element-wise
 // ---------------------------------------------------------------------------------------------
 
 // dy ← dy ⊙ [y > 0] (ReLU backward from the ReLU's output; a NaN output keeps its gradient, as
 // on the CPU).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_relu_mask(const float* __restrict__ y, float* __restrict__ dy, u64 n) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_relu_mask(NnReluMaskArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ y = a.y;
+    float* __restrict__ dy = a.dy;
+    const u64 n = a.n;
     for (u64 i = nn_tid(); i < n; i += nn_stride())
         if (y[i] <= 0.f) dy[i] = 0.f;
 }
 
 // dst ← dst + src.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_add(float* __restrict__ dst, const float* __restrict__ src, u64 n) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_add(NnAddArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    float* __restrict__ dst = a.dst;
+    const float* __restrict__ src = a.src;
+    const u64 n = a.n;
     for (u64 i = nn_tid(); i < n; i += nn_stride()) dst[i] = dst[i] + src[i];
 }
 
 // y ← act(y + r): the residual add (r may be null) and ReLU (relu != 0) after batch norm.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_residual_relu(float* __restrict__ y, const float* __restrict__ r, u64 n, u32 relu) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_residual_relu(NnResidualReluArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    float* __restrict__ y = a.y;
+    const float* __restrict__ r = a.r;
+    const u64 n = a.n;
+    const u32 relu = a.relu;
     for (u64 i = nn_tid(); i < n; i += nn_stride()) {
         float v = y[i];
         if (r) v = v + r[i];
@@ -47,13 +186,21 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 }
 
 // x ← act(x) in place: kind 0 = ReLU, 1 = tanh.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_act(float* __restrict__ x, u64 n, u32 kind) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_act(NnActArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    float* __restrict__ x = a.x;
+    const u64 n = a.n;
+    const u32 kind = a.kind;
     for (u64 i = nn_tid(); i < n; i += nn_stride()) x[i] = kind == 0 ? fmaxf(x[i], 0.f) : tanhf(x[i]);
 }
 
 // dy ← dy ⊙ act'(·) from the activation's output y: kind 0 = ReLU, 1 = tanh (1 − y²).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_act_bwd(const float* __restrict__ y, float* __restrict__ dy, u64 n, u32 kind) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_act_bwd(NnActBwdArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ y = a.y;
+    float* __restrict__ dy = a.dy;
+    const u64 n = a.n;
+    const u32 kind = a.kind;
     for (u64 i = nn_tid(); i < n; i += nn_stride()) {
         const float v = y[i];
         if (kind == 0) {
@@ -65,8 +212,11 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 }
 
 // y ← x ⊙ x.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_square(const float* __restrict__ x, float* __restrict__ y, u64 n) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_square(NnSquareArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ x = a.x;
+    float* __restrict__ y = a.y;
+    const u64 n = a.n;
     for (u64 i = nn_tid(); i < n; i += nn_stride()) {
         const float v = x[i];
         y[i] = v * v;
@@ -75,8 +225,12 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 
 // dst[j] ← dst[j] + Σ_b src[b·stride + j]² for j < len, b < count: the per-sample squared
 // gradients of a chunk of samples (SSAM-F's Fisher), added in sample order.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_sq_accumulate(const float* __restrict__ src, float* __restrict__ dst, u64 len, u64 stride, u32 count) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_sq_accumulate(NnSqAccumulateArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ src = a.src;
+    float* __restrict__ dst = a.dst;
+    const u64 len = a.len, stride = a.stride;
+    const u32 count = a.count;
     for (u64 j = nn_tid(); j < len; j += nn_stride()) {
         float s = 0.f;
         for (u32 b = 0; b < count; b++) {
@@ -88,17 +242,23 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 }
 
 // y[i·out + o] ← y[i·out + o] + b[o] for n rows.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_bias_add(float* __restrict__ y, const float* __restrict__ b, u64 n, u32 out) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_bias_add(NnBiasAddArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    float* __restrict__ y = a.y;
+    const float* __restrict__ b = a.b;
+    const u64 n = a.rows;
+    const u32 out = a.out;
     const u64 total = n * out;
     for (u64 i = nn_tid(); i < total; i += nn_stride()) y[i] = y[i] + b[i % out];
 }
 
 // out[c] (← 0 unless accumulate) + Σ_r f(x[r·cols + c]), f = identity or square, summed in f64 in
 // row order (a linear layer's bias gradient, or its per-sample squares).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_col_sum(const float* __restrict__ x,
-                                                                    float* __restrict__ out, u32 rows,
-                                                                    u32 cols, u32 square, u32 accumulate) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_col_sum(NnColSumArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ x = a.x;
+    float* __restrict__ out = a.out;
+    const u32 rows = a.rows, cols = a.cols, square = a.square, accumulate = a.accumulate;
     for (u64 c = nn_tid(); c < cols; c += nn_stride()) {
         double s = 0.0;
         for (u32 r = 0; r < rows; r++) {
@@ -115,8 +275,13 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_col_sum(const float
 
 // y[r] = (Σ_j x[r·hw + j]) · inv, one warp per row, the sum in f64 (lanes strided, then a fixed
 // shuffle tree).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_avgpool_fwd(const float* __restrict__ x, float* __restrict__ y, u64 rows, u32 hw, double inv) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_avgpool_fwd(NnAvgPoolFwdArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ x = a.x;
+    float* __restrict__ y = a.y;
+    const u64 rows = a.rows;
+    const u32 hw = a.hw;
+    const double inv = a.inv;
     const u32 lane = threadIdx.x & 31;
     const u64 warp = nn_tid() >> 5, warps = nn_stride() >> 5;
     for (u64 r = warp; r < rows; r += warps) {
@@ -129,8 +294,13 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 }
 
 // dx[r·hw + j] = dy[r] · inv.
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_avgpool_bwd(const float* __restrict__ dy, float* __restrict__ dx, u64 rows, u32 hw, float inv) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_avgpool_bwd(NnAvgPoolBwdArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ dy = a.dy;
+    float* __restrict__ dx = a.dx;
+    const u64 rows = a.rows;
+    const u32 hw = a.hw;
+    const float inv = a.inv;
     const u64 total = rows * hw;
     for (u64 i = nn_tid(); i < total; i += nn_stride()) dx[i] = dy[i / hw] * inv;
 }
@@ -140,9 +310,14 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 // ---------------------------------------------------------------------------------------------
 
 // saved_mean ← running_mean; saved_invstd ← 1/√(running_var + eps) (in f64, as on the CPU).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_bn_eval_stats(const float* __restrict__ rmean, const float* __restrict__ rvar,
-                        float* __restrict__ smean, float* __restrict__ sinvstd, u32 c, double eps) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_bn_eval_stats(NnBnEvalStatsArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ rmean = a.rmean;
+    const float* __restrict__ rvar = a.rvar;
+    float* __restrict__ smean = a.smean;
+    float* __restrict__ sinvstd = a.sinvstd;
+    const u32 c = a.c;
+    const double eps = a.eps;
     for (u64 i = nn_tid(); i < c; i += nn_stride()) {
         smean[i] = rmean[i];
         sinvstd[i] = (float)(1.0 / sqrt((double)rvar[i] + eps));
@@ -153,11 +328,17 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 // dx = γσ⁻¹·dy; per sample i, b_i = Σ_hw dy and g_i = Σ_hw dy·x̂ (f64);
 // psq = 0: dβ = Σ_i b_i, dγ = Σ_i g_i (written); psq = 1: dβ += Σ_i b_i², dγ += Σ_i g_i² (the
 // per-sample squared gradients of SSAM-F's Fisher).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_bn_eval_bwd(const float* __restrict__ x, const float* __restrict__ dy,
-                      const float* __restrict__ gamma, const float* __restrict__ mean,
-                      const float* __restrict__ invstd, float* __restrict__ dgamma,
-                      float* __restrict__ dbeta, float* __restrict__ dx, u32 n, u32 c, u32 hw, u32 psq) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_bn_eval_bwd(NnBnEvalBwdArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ x = a.x;
+    const float* __restrict__ dy = a.dy;
+    const float* __restrict__ gamma = a.gamma;
+    const float* __restrict__ mean = a.mean;
+    const float* __restrict__ invstd = a.invstd;
+    float* __restrict__ dgamma = a.dgamma;
+    float* __restrict__ dbeta = a.dbeta;
+    float* __restrict__ dx = a.dx;
+    const u32 n = a.n, c = a.c, hw = a.hw, psq = a.psq;
     __shared__ double sh[NN_BLOCK / 32];
     for (u32 ch = blockIdx.x; ch < c; ch += gridDim.x) {
         const float mu = mean[ch], is = invstd[ch];
@@ -209,10 +390,16 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
 // Label-smoothed cross-entropy of ALGORITHMS.md, one thread per sample, in f64 as
 // samkit_core::loss::smooth_cross_entropy: target 1 − s on the label and s/(k − 1) elsewhere;
 // loss[i] = −Σ q·log_softmax(z_i); dz (may be null) = w_i·(softmax(z_i) − q).
-extern "C" __global__ void __launch_bounds__(NN_BLOCK)
-    sk_nn_smooth_ce(const float* __restrict__ z, const u32* __restrict__ labels,
-                    const float* __restrict__ w, float* __restrict__ loss, float* __restrict__ dz, u32 n,
-                    u32 k, float smoothing) {
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_smooth_ce(NnSmoothCeArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ z = a.z;
+    const u32* __restrict__ labels = a.labels;
+    const float* __restrict__ w = a.w;
+    float* __restrict__ loss = a.loss;
+    float* __restrict__ dz = a.dz;
+    const u64 n = a.n;
+    const u32 k = a.k;
+    const float smoothing = a.smoothing;
     const double off = (double)smoothing / (double)(k - 1);
     const double on = 1.0 - (double)smoothing;
     for (u64 i = nn_tid(); i < n; i += nn_stride()) {
@@ -234,3 +421,48 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK)
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// ABI probe: what samkit-cuda's abi::expected() lists for the "nn" family, in this order.
+// ---------------------------------------------------------------------------------------------
+
+extern "C" __global__ void sk_abi_nn(u32* out) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    out[0] = NN_BLOCK;
+    out[1] = sizeof(NnReluMaskArgs);
+    out[2] = sizeof(NnAddArgs);
+    out[3] = sizeof(NnResidualReluArgs);
+    out[4] = sizeof(NnActArgs);
+    out[5] = sizeof(NnActBwdArgs);
+    out[6] = sizeof(NnSquareArgs);
+    out[7] = sizeof(NnSqAccumulateArgs);
+    out[8] = sizeof(NnBiasAddArgs);
+    out[9] = sizeof(NnColSumArgs);
+    out[10] = sizeof(NnAvgPoolFwdArgs);
+    out[11] = sizeof(NnAvgPoolBwdArgs);
+    out[12] = sizeof(NnBnEvalStatsArgs);
+    out[13] = sizeof(NnBnEvalBwdArgs);
+    out[14] = sizeof(NnSmoothCeArgs);
+    out[15] = SK_OFFSETOF(NnSqAccumulateArgs, count);
+    out[16] = SK_OFFSETOF(NnAvgPoolFwdArgs, inv);
+    out[17] = SK_OFFSETOF(NnAvgPoolBwdArgs, inv);
+    out[18] = SK_OFFSETOF(NnBnEvalStatsArgs, eps);
+    out[19] = SK_OFFSETOF(NnBnEvalBwdArgs, n);
+    out[20] = SK_OFFSETOF(NnSmoothCeArgs, n);
+    out[21] = SK_OFFSETOF(NnSmoothCeArgs, smoothing);
+}
+
+SK_ABI_CHECK(NnReluMaskArgs);
+SK_ABI_CHECK(NnAddArgs);
+SK_ABI_CHECK(NnResidualReluArgs);
+SK_ABI_CHECK(NnActArgs);
+SK_ABI_CHECK(NnActBwdArgs);
+SK_ABI_CHECK(NnSquareArgs);
+SK_ABI_CHECK(NnSqAccumulateArgs);
+SK_ABI_CHECK(NnBiasAddArgs);
+SK_ABI_CHECK(NnColSumArgs);
+SK_ABI_CHECK(NnAvgPoolFwdArgs);
+SK_ABI_CHECK(NnAvgPoolBwdArgs);
+SK_ABI_CHECK(NnBnEvalStatsArgs);
+SK_ABI_CHECK(NnBnEvalBwdArgs);
+SK_ABI_CHECK(NnSmoothCeArgs);

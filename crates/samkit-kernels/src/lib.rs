@@ -16,37 +16,47 @@ pub const HEADER: &str = include_str!("../kernels/samkit.cuh");
 pub struct Family {
     pub name: &'static str,
     pub source: &'static str,
+    /// The family's ABI probe kernel: one thread writes the sizes and key offsets of its argument
+    /// structs, which the loader (samkit-cuda's `Device::module`) compares with the host's
+    /// (`samkit_cuda::abi::expected`) before any kernel of the family runs.
+    pub abi_probe: &'static str,
 }
 
 /// Squared norms and dot products of the optimizer (samkit-cuda).
 pub const NORM: Family = Family {
     name: "norm",
     source: include_str!("../kernels/norm.cu"),
+    abi_probe: "sk_abi",
 };
 /// The perturbation step of the optimizer (samkit-cuda).
 pub const PERTURB: Family = Family {
     name: "perturb",
     source: include_str!("../kernels/perturb.cu"),
+    abi_probe: "sk_abi_perturb",
 };
 /// The restore and base-optimizer update of the optimizer (samkit-cuda).
 pub const UPDATE: Family = Family {
     name: "update",
     source: include_str!("../kernels/update.cu"),
+    abi_probe: "sk_abi_update",
 };
 /// The Fisher-information accumulation of SSAM-F (samkit-cuda).
 pub const FISHER: Family = Family {
     name: "fisher",
     source: include_str!("../kernels/fisher.cu"),
+    abi_probe: "sk_abi_fisher",
 };
 /// The top-k mask selection of the sparse rules (samkit-cuda).
 pub const SELECT: Family = Family {
     name: "select",
     source: include_str!("../kernels/select.cu"),
+    abi_probe: "sk_abi_select",
 };
 /// The layers of samkit-nn's CUDA backend.
 pub const NN: Family = Family {
     name: "nn",
     source: include_str!("../kernels/nn.cu"),
+    abi_probe: "sk_abi_nn",
 };
 
 /// The optimizer's families (samkit-cuda), in the order its compile check reports them.
@@ -101,6 +111,25 @@ mod tests {
         }
         assert_eq!(family("nope"), None);
         assert!(OPTIMIZER_FAMILIES.iter().all(|f| FAMILIES.contains(f)));
+    }
+
+    #[test]
+    fn every_family_defines_its_abi_probe() {
+        for f in FAMILIES {
+            let decl = format!("extern \"C\" __global__ void {}(u32* out)", f.abi_probe);
+            assert!(f.source.contains(&decl), "{}.cu defines `{decl}`", f.name);
+        }
+        for f in FAMILIES {
+            assert_eq!(
+                FAMILIES
+                    .iter()
+                    .filter(|g| g.abi_probe == f.abi_probe)
+                    .count(),
+                1,
+                "{} has its own probe",
+                f.name
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::ffi::c_void;
 
 use cudarc::cudnn::sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use samkit_cuda::abi::{NnBnEvalBwdArgs, NnBnEvalStatsArgs, NnResidualReluArgs};
 
 use super::error::DnnResult;
 use super::{at, need, u32_of, Cuda};
@@ -169,11 +170,17 @@ impl Cuda {
                     .result()
                     .dnn("cudnnBatchNormalizationForwardInference")?;
                     // What the backward pass reads: the running mean and 1/√(var + eps).
-                    // SAFETY: the four buffers hold d.c values (checked above).
-                    unsafe {
-                        self.kernels
-                            .bn_eval_stats(rm, rv, sm, si, u32_of(d.c, "channels")?, eps)
-                    }?;
+                    let a = NnBnEvalStatsArgs {
+                        rmean: rm,
+                        rvar: rv,
+                        smean: sm,
+                        sinvstd: si,
+                        eps,
+                        c: u32_of(d.c, "channels")?,
+                        pad: 0,
+                    };
+                    // SAFETY: the four buffers hold d.c values on this stream (checked above).
+                    unsafe { self.kernels.bn_eval_stats(&a) }?;
                 }
             }
         }
@@ -188,8 +195,15 @@ impl Cuda {
                 }
                 None => (0, None),
             };
-            // SAFETY: y (and the residual) hold d.len() values (checked above).
-            unsafe { self.kernels.residual_relu(yp, rp, d.len() as u64, relu) }?;
+            let a = NnResidualReluArgs {
+                y: yp,
+                r: rp,
+                n: d.len() as u64,
+                relu: relu as u32,
+                pad: 0,
+            };
+            // SAFETY: y (and the residual) hold d.len() values on this stream (checked above).
+            unsafe { self.kernels.residual_relu(&a) }?;
         }
         Ok(())
     }
@@ -273,25 +287,23 @@ impl Cuda {
             .result()
             .dnn("cudnnBatchNormalizationBackward")?;
         } else {
-            // SAFETY: as above, for the kernel's NCHW indexing of n·c·hw values.
-            unsafe {
-                self.kernels.bn_eval_bwd(
-                    xp,
-                    gyp,
-                    gamma,
-                    sm,
-                    si,
-                    dgamma,
-                    dbeta,
-                    dxp,
-                    (
-                        u32_of(d.n, "batch")?,
-                        u32_of(d.c, "channels")?,
-                        u32_of(d.hw(), "plane")?,
-                    ),
-                    pg == ParamGrad::PerSampleSq,
-                )
-            }?;
+            let a = NnBnEvalBwdArgs {
+                x: xp,
+                dy: gyp,
+                gamma,
+                mean: sm,
+                invstd: si,
+                dgamma,
+                dbeta,
+                dx: dxp,
+                n: u32_of(d.n, "batch")?,
+                c: u32_of(d.c, "channels")?,
+                hw: u32_of(d.hw(), "plane")?,
+                psq: (pg == ParamGrad::PerSampleSq) as u32,
+            };
+            // SAFETY: as above, for the kernel's NCHW indexing of n·c·hw values (x, dy, dx) and
+            // c (gamma, the saved statistics, the disjoint gradient segments).
+            unsafe { self.kernels.bn_eval_bwd(&a) }?;
         }
         Ok(())
     }

@@ -3,10 +3,11 @@ use std::ffi::c_void;
 
 use cudarc::cudnn::sys;
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use samkit_cuda::abi::NnSqAccumulateArgs;
 
 use super::dnn::{self, ConvDesc, FilterDesc, RawPerf, TensorDesc};
 use super::error::{CudaError, DnnResult};
-use super::{at, need, AlgoSearch, Cuda};
+use super::{at, need, u32_of, AlgoSearch, Cuda};
 use crate::backend::{Conv2d, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
@@ -643,11 +644,16 @@ impl Cuda {
                     }?;
                 }
             }
+            let a = NnSqAccumulateArgs {
+                src: scratch,
+                dst: dw,
+                len: wl as u64,
+                stride: wl as u64,
+                count: u32_of(m, "per-sample chunk")?,
+                pad: 0,
+            };
             // SAFETY: scratch 0 holds m blocks of wl values, dw holds wl (checked by the caller).
-            unsafe {
-                self.kernels
-                    .sq_accumulate(scratch, dw, wl as u64, wl as u64, m as u32)
-            }?;
+            unsafe { self.kernels.sq_accumulate(&a) }?;
             i0 += m;
         }
         Ok(())

@@ -4,6 +4,7 @@ use std::ffi::c_int;
 
 use cudarc::cublas::{result as blas, sys};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use samkit_cuda::abi::{NnBiasAddArgs, NnColSumArgs, NnSquareArgs};
 
 use super::error::BlasResult;
 use super::{at, need, u32_of, Cuda};
@@ -91,11 +92,15 @@ impl Cuda {
         }?;
         if let Some(bo) = l.bias {
             let bp = at(pp, bo, l.out, params.len(), "linear bias")?;
-            // SAFETY: y holds n·out values, the bias out.
-            unsafe {
-                self.kernels
-                    .bias_add(yp, bp, n as u64, u32_of(l.out, "linear out")?)
-            }?;
+            let a = NnBiasAddArgs {
+                y: yp,
+                b: bp,
+                rows: n as u64,
+                out: u32_of(l.out, "linear out")?,
+                pad: 0,
+            };
+            // SAFETY: y holds n·out values, the bias out, on this stream (checked above).
+            unsafe { self.kernels.bias_add(&a) }?;
         }
         Ok(())
     }
@@ -151,11 +156,23 @@ impl Cuda {
             ParamGrad::PerSampleSq => {
                 let sx = self.scratch(0, n * l.inp)?;
                 let sy = self.scratch(1, n * l.out)?;
+                let (sqx, sqy) = (
+                    NnSquareArgs {
+                        x: xp,
+                        y: sx,
+                        n: (n * l.inp) as u64,
+                    },
+                    NnSquareArgs {
+                        x: gyp,
+                        y: sy,
+                        n: (n * l.out) as u64,
+                    },
+                );
                 // SAFETY: x holds n·in values and scratch 0 at least as many; dy and scratch 1
-                // n·out.
+                // n·out; all on this stream.
                 unsafe {
-                    self.kernels.square(xp, sx, (n * l.inp) as u64)?;
-                    self.kernels.square(gyp, sy, (n * l.out) as u64)?;
+                    self.kernels.square(&sqx)?;
+                    self.kernels.square(&sqy)?;
                 }
                 (sx, sy, 1.0)
             }
@@ -172,17 +189,18 @@ impl Cuda {
             )
         }?;
         if let Some(dbp) = dbp {
-            // SAFETY: dy holds n·out values, the bias gradient segment out.
-            unsafe {
-                self.kernels.col_sum(
-                    gyp,
-                    dbp,
-                    u32_of(n, "batch")?,
-                    u32_of(l.out, "linear out")?,
-                    pg == ParamGrad::PerSampleSq,
-                    pg == ParamGrad::PerSampleSq,
-                )
-            }?;
+            // Per-sample squares are added to what the gradient holds; a sum is written.
+            let psq = (pg == ParamGrad::PerSampleSq) as u32;
+            let a = NnColSumArgs {
+                x: gyp,
+                out: dbp,
+                rows: u32_of(n, "batch")?,
+                cols: u32_of(l.out, "linear out")?,
+                square: psq,
+                accumulate: psq,
+            };
+            // SAFETY: dy holds n·out values, the bias gradient segment out, on this stream.
+            unsafe { self.kernels.col_sum(&a) }?;
         }
         if let Some(dx) = dx {
             let (dxp, _g5) = dx.device_ptr_mut(&st);

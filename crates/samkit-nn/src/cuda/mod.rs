@@ -37,7 +37,7 @@ mod tensor;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use samkit_cuda::Device as GpuDevice;
 
 use crate::backend::{
@@ -362,33 +362,8 @@ impl Cuda {
         let lab = st.clone_htod(&lab)?;
         let wts = st.clone_htod(weights)?;
         let mut loss = st.alloc_zeros::<f32>(n)?;
-        {
-            let (zp, _g1) = logits.device_ptr(&st);
-            let (lp, _g2) = lab.device_ptr(&st);
-            let (wp, _g3) = wts.device_ptr(&st);
-            let (op, _g4) = loss.device_ptr_mut(&st);
-            let (gp, _g5) = match grad {
-                Some(g) => {
-                    let (p, gd) = g.device_ptr_mut(&st);
-                    (p, Some(gd))
-                }
-                None => (0, None),
-            };
-            // SAFETY: `logits` (and `grad`) hold n·k values, the labels (below k) and the weights
-            // and losses n, all on this stream (checked above).
-            unsafe {
-                self.kernels.smooth_ce(
-                    zp,
-                    lp,
-                    wp,
-                    op,
-                    gp,
-                    u32_of(n, "batch")?,
-                    u32_of(k, "classes")?,
-                    smoothing,
-                )?
-            };
-        }
+        self.kernels
+            .smooth_ce(logits, &lab, &wts, &mut loss, grad, k, smoothing)?;
         Ok(st.clone_dtoh(&loss)?)
     }
 }
@@ -539,12 +514,7 @@ impl Backend for Cuda {
     fn add_assign(&mut self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>) -> Result<()> {
         let n = dst.len().min(src.len());
         self.bind()?;
-        let st = self.stream.clone();
-        let (d, _g1) = dst.device_ptr_mut(&st);
-        let (s, _g2) = src.device_ptr(&st);
-        // SAFETY: both buffers hold at least n values on this stream.
-        unsafe { self.kernels.add(d, s, n as u64) }?;
-        Ok(())
+        self.kernels.add(&mut dst.slice_mut(..n), &src.slice(..n))
     }
 
     fn avg_pool_forward(
@@ -556,15 +526,9 @@ impl Backend for Cuda {
         need("avg_pool input", x.len(), d.len())?;
         need("avg_pool output", y.len(), d.n * d.c)?;
         self.bind()?;
-        let st = self.stream.clone();
-        let (xp, _g1) = x.device_ptr(&st);
-        let (yp, _g2) = y.device_ptr_mut(&st);
-        // SAFETY: x holds n·c·hw values (NCHW rows of hw), y holds n·c (checked above).
-        unsafe {
-            self.kernels
-                .avgpool_fwd(xp, yp, (d.n * d.c) as u64, u32_of(d.hw(), "avg_pool")?)
-        }?;
-        Ok(())
+        // NCHW: the n·c rows of hw values, pooled into y's first n·c values.
+        self.kernels
+            .avgpool_fwd(x, &mut y.slice_mut(..d.n * d.c), d.hw())
     }
 
     fn avg_pool_backward(
@@ -576,15 +540,7 @@ impl Backend for Cuda {
         need("avg_pool output gradient", dy.len(), d.n * d.c)?;
         need("avg_pool input gradient", dx.len(), d.len())?;
         self.bind()?;
-        let st = self.stream.clone();
-        let (gp, _g1) = dy.device_ptr(&st);
-        let (xp, _g2) = dx.device_ptr_mut(&st);
-        // SAFETY: dy holds n·c values, dx holds n·c·hw (checked above).
-        unsafe {
-            self.kernels
-                .avgpool_bwd(gp, xp, (d.n * d.c) as u64, u32_of(d.hw(), "avg_pool")?)
-        }?;
-        Ok(())
+        self.kernels.avgpool_bwd(&dy.slice(..d.n * d.c), dx, d.hw())
     }
 
     fn linear_forward(
@@ -613,17 +569,8 @@ impl Backend for Cuda {
     }
 
     fn activation_forward(&mut self, act: Activation, x: &mut CudaSlice<f32>) -> Result<()> {
-        let n = x.len();
         self.bind()?;
-        let st = self.stream.clone();
-        let (xp, _g) = x.device_ptr_mut(&st);
-        let kind = match act {
-            Activation::Relu => 0,
-            Activation::Tanh => 1,
-        };
-        // SAFETY: x holds n values on this stream.
-        unsafe { self.kernels.act(xp, n as u64, kind) }?;
-        Ok(())
+        self.kernels.act(act, x)
     }
 
     fn activation_backward(
@@ -632,19 +579,13 @@ impl Backend for Cuda {
         y: &CudaSlice<f32>,
         dy: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = y.len().min(dy.len()) as u64;
+        let n = y.len().min(dy.len());
         self.bind()?;
-        let st = self.stream.clone();
-        let (yp, _g1) = y.device_ptr(&st);
-        let (gp, _g2) = dy.device_ptr_mut(&st);
-        // SAFETY: both buffers hold at least n values on this stream.
-        unsafe {
-            match act {
-                Activation::Relu => self.kernels.relu_mask(yp, gp, n),
-                Activation::Tanh => self.kernels.act_bwd(yp, gp, n, 1),
-            }
-        }?;
-        Ok(())
+        let mut dy = dy.slice_mut(..n);
+        match act {
+            Activation::Relu => self.kernels.relu_mask(y, &mut dy),
+            Activation::Tanh => self.kernels.act_bwd(act, y, &mut dy),
+        }
     }
 }
 

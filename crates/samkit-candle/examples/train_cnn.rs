@@ -111,9 +111,8 @@ fn sgd() -> BaseOptimizer {
     BaseOptimizer::Sgd(Sgd {
         lr: 0.1,
         momentum: 0.9,
-        dampening: 0.0,
-        nesterov: false,
         weight_decay: 5e-4,
+        ..Sgd::default()
     })
 }
 

@@ -2,16 +2,16 @@
 //! stream, with no copy.
 //!
 //! candle keeps each CUDA Var in a `CudaSlice<f32>` of cudarc 0.19, the cudarc samkit-cuda
-//! launches through. The Vars are reached as on the CPU (nested in-place ops, this time through
-//! `cuda_fwd`), each as a `CudaViewMut` of its elements; gradients are read as `CudaView`s under
-//! read locks. The optimizer is built on candle's own context and stream
-//! ([`samkit_cuda::Device::with_stream`]), so its kernels are ordered after the backward pass
-//! that produced the gradients and before the next forward pass, with no synchronisation.
-use std::cell::RefCell;
+//! launches through. The Vars are reached as on the CPU (nested in-place ops, see
+//! [`crate::nest`], this time through `cuda_fwd`), each as a `CudaViewMut` of its elements;
+//! gradients are read as `CudaView`s under read locks. The optimizer is built on candle's own
+//! context and stream ([`samkit_cuda::Device::with_stream`]), so its kernels are ordered after
+//! the backward pass that produced the gradients and before the next forward pass, with no
+//! synchronisation.
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{CpuStorage, CudaStorage, InplaceOp1, Layout as TensorLayout, Storage, Var};
+use candle_core::{CudaStorage, Layout as TensorLayout, Storage, Var};
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 use samkit_core::{BaseOptimizer, FirstOutcome, Layout, Outcome, Rule, SamOptimizer, Status};
 use samkit_cuda::buffers::Guards;
@@ -20,6 +20,7 @@ use samkit_cuda::{DeviceParams, DeviceParamsMut, GpuOptimizer};
 use crate::backend::Backend;
 use crate::cpu::ReadGuards;
 use crate::error::{Error, Result};
+use crate::nest::{with_each_mut, Access};
 use crate::vars::{ParamVars, VarGrads};
 use crate::CandleSam;
 
@@ -163,56 +164,17 @@ fn views<'g>(guards: &'g ReadGuards<'_>) -> Result<VarViews<'g>> {
     Ok(VarViews(out))
 }
 
-/// What runs with every Var's device memory in hand.
-type WithViews<'f, R> = dyn FnMut(&mut VarViewsMut<'_>) -> R + 'f;
+/// CUDA's access: a view of a Var's own device elements.
+struct CudaF32;
 
-/// Runs `f` with a mutable view of each Var's device memory (see [`crate::cpu`] for the nesting).
-fn with_views_mut<R>(vars: &[&Var], f: &mut WithViews<'_, R>) -> Result<R> {
-    let mut out = None;
-    nest(vars, Vec::with_capacity(vars.len()), f, &mut out)?;
-    out.ok_or_else(|| Error::Mismatch("a Var's in-place access did not run".into()))
-}
+impl Access for CudaF32 {
+    const NAME: &'static str = "CUDA";
+    type Item<'a> = CudaViewMut<'a, f32>;
 
-struct Nest<'v, 'a, 'f, R> {
-    rest: &'v [&'v Var],
-    acc: RefCell<Option<Vec<CudaViewMut<'a, f32>>>>,
-    f: RefCell<&'f mut WithViews<'f, R>>,
-    out: RefCell<&'f mut Option<R>>,
-}
-
-fn nest<R>(
-    vars: &[&Var],
-    acc: Vec<CudaViewMut<'_, f32>>,
-    f: &mut WithViews<'_, R>,
-    out: &mut Option<R>,
-) -> candle_core::Result<()> {
-    let Some((first, rest)) = vars.split_first() else {
-        *out = Some(f(&mut VarViewsMut(acc)));
-        return Ok(());
-    };
-    let op = Nest {
-        rest,
-        acc: RefCell::new(Some(acc)),
-        f: RefCell::new(f),
-        out: RefCell::new(out),
-    };
-    first.inplace_op1(&op)
-}
-
-impl<R> InplaceOp1 for Nest<'_, '_, '_, R> {
-    fn name(&self) -> &'static str {
-        "samkit-optimizer-step"
-    }
-
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &TensorLayout) -> candle_core::Result<()> {
-        candle_core::bail!("samkit-candle: a Var of the CUDA optimizer is on the CPU")
-    }
-
-    fn cuda_fwd(
-        &self,
-        storage: &mut CudaStorage,
+    fn cuda<'a>(
+        storage: &'a mut CudaStorage,
         layout: &TensorLayout,
-    ) -> candle_core::Result<()> {
+    ) -> candle_core::Result<CudaViewMut<'a, f32>> {
         let Some((start, end)) = layout.contiguous_offsets() else {
             candle_core::bail!("samkit-candle: a Var is not contiguous")
         };
@@ -220,16 +182,22 @@ impl<R> InplaceOp1 for Nest<'_, '_, '_, R> {
         let Some(view) = slice.try_slice_mut(start..end) else {
             candle_core::bail!("samkit-candle: a Var's range is outside its buffer")
         };
-        let Some(acc) = self.acc.borrow_mut().take() else {
-            candle_core::bail!("samkit-candle: in-place op ran twice")
-        };
-        // The outer views live longer than this one: the vector narrows to this lifetime.
-        let mut acc: Vec<CudaViewMut<'_, f32>> = acc;
-        acc.push(view);
-        let mut f = self.f.borrow_mut();
-        let mut out = self.out.borrow_mut();
-        nest(self.rest, acc, &mut **f, &mut **out)
+        Ok(view)
     }
+
+    fn narrow<'long: 'short, 'short>(
+        items: Vec<CudaViewMut<'long, f32>>,
+    ) -> Vec<CudaViewMut<'short, f32>> {
+        items
+    }
+}
+
+/// What runs with every Var's device memory in hand.
+type WithViews<'f, R> = dyn FnMut(&mut VarViewsMut<'_>) -> R + 'f;
+
+/// Runs `f` with a mutable view of each Var's device memory, in order (see [`crate::nest`]).
+fn with_views_mut<R>(vars: &[&Var], f: &mut WithViews<'_, R>) -> Result<R> {
+    with_each_mut::<CudaF32, R>(vars, &mut |views| f(&mut VarViewsMut(views)))
 }
 
 /// The device protocol on the Vars' views.

@@ -33,6 +33,7 @@ pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod error;
+mod nest;
 pub mod optimizer;
 pub mod vars;
 

@@ -10,9 +10,8 @@ fn sgd() -> BaseOptimizer {
     BaseOptimizer::Sgd(Sgd {
         lr: 0.1,
         momentum: 0.0,
-        dampening: 0.0,
-        nesterov: false,
         weight_decay: 0.0,
+        ..Sgd::default()
     })
 }
 

@@ -10,7 +10,7 @@
 #![allow(clippy::needless_update)]
 use candle_core::{Device, Tensor, Var, D};
 use candle_nn::ops::log_softmax;
-use samkit_candle::{no_tail, CandleSam, ParamVar, ParamVars};
+use samkit_candle::{no_tail, Backend, CandleSam, ParamVar, ParamVars};
 use samkit_core::{
     drive_step, Adam, Asam, BaseOptimizer, Eval, FriendlySam, GradRequest, ImbSam, Layout,
     MaskKind, NoHooks, Optimizer, Outcome, ParamKind, Pass, Rule, Sam, Sgd, Ssam, SsamNorm,
@@ -189,27 +189,40 @@ fn to_core(e: candle_core::Error) -> samkit_core::Error {
     samkit_core::Error::Protocol(format!("candle: {e}"))
 }
 
-/// The adapter on candle Vars holding the same initial weights.
+/// The adapter on the CPU (see [`adapter_on`]).
 fn adapter(rule: Rule, base: BaseOptimizer) -> Vec<Vec<f32>> {
+    adapter_on(&Device::Cpu, CandleSam::new, rule, base)
+}
+
+/// Builds a `CandleSam` over the Vars (CPU: `CandleSam::new`, CUDA: `CandleSam::new_cuda`).
+type Make<O> = fn(ParamVars, Rule, BaseOptimizer) -> samkit_candle::Result<CandleSam<O>>;
+
+/// The adapter on candle Vars on `dev` holding the same initial weights, built by `make`: the
+/// weights after each step, read back to the host.
+fn adapter_on<O: Backend>(
+    dev: &Device,
+    make: Make<O>,
+    rule: Rule,
+    base: BaseOptimizer,
+) -> Vec<Vec<f32>> {
     let w0 = initial_weights();
     let layout = layout();
     let params: Vec<ParamVar> = layout
         .segments()
         .iter()
         .map(|s| {
-            let var =
-                Var::from_slice(&w0[s.range()], s.shape.as_slice(), &Device::Cpu).expect("var");
+            let var = Var::from_slice(&w0[s.range()], s.shape.as_slice(), dev).expect("var");
             ParamVar::new(s.name.clone(), var)
         })
         .collect();
     let vars = ParamVars::new(params).expect("vars");
     assert_eq!(vars.layout(), &layout);
-    let mut opt = CandleSam::new(vars, rule, base).expect("adapter");
+    let mut opt = make(vars, rule, base).expect("adapter");
     let mut out = Vec::new();
     for t in 0..STEPS {
         let (xs, labels) = batch(t);
-        let x = Tensor::from_vec(xs, (BATCH, IN), &Device::Cpu).expect("x");
-        let y = Tensor::new(labels.as_slice(), &Device::Cpu).expect("y");
+        let x = Tensor::from_vec(xs, (BATCH, IN), dev).expect("x");
+        let y = Tensor::new(labels.as_slice(), dev).expect("y");
         let p: Vec<Tensor> = opt.vars().vars().map(|v| v.as_tensor().clone()).collect();
         let report = opt
             .step(|req| request_loss(req, &p, &x, &y, &labels))
@@ -220,7 +233,7 @@ fn adapter(rule: Rule, base: BaseOptimizer) -> Vec<Vec<f32>> {
     out
 }
 
-fn flat(opt: &CandleSam<Optimizer>) -> Vec<f32> {
+fn flat<O: Backend>(opt: &CandleSam<O>) -> Vec<f32> {
     opt.vars()
         .vars()
         .flat_map(|v| {
@@ -254,9 +267,8 @@ fn sgd() -> BaseOptimizer {
     BaseOptimizer::Sgd(Sgd {
         lr: 0.1,
         momentum: 0.9,
-        dampening: 0.0,
-        nesterov: false,
         weight_decay: 5e-4,
+        ..Sgd::default()
     })
 }
 
@@ -385,4 +397,85 @@ fn step_reports_both_losses() {
     // SAM climbs: the loss at the perturbed weights is higher than at the clean ones.
     assert!(perturbed > report.loss, "{perturbed} <= {}", report.loss);
     assert_eq!(report.outcome, Outcome::Applied);
+}
+
+/// The CUDA path (feature `cuda`): the same MLP on `Device::new_cuda(0)`, stepped by
+/// `GpuOptimizer` on the Vars' device buffers on candle's stream, follows the CPU adapter. What
+/// this checks is the Var access on the device (nesting through `cuda_fwd`, the views, the
+/// stream); the kernels' parity with samkit-core is samkit-cuda's own test. The two sides
+/// differ by float rounding (cuBLAS's and the reductions' summation order), hence a tolerance.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+
+    /// Largest |CUDA − CPU| allowed on a weight after each step: the gradients differ in the
+    /// last bits (summation order), and 10 steps of SGD/AdamW on weights of size ~0.5 move that
+    /// to ~1e-6; 1e-4 leaves room and still catches a missed or stale write (steps move the
+    /// weights by ~1e-2).
+    const WEIGHT_TOLERANCE: f32 = 1e-4;
+
+    /// The CUDA device, or `None` after one printed skip line where there is no driver or no
+    /// device (`SAMKIT_REQUIRE_CUDA=1`, set on a GPU machine, makes that a failure).
+    fn cuda_or_skip() -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) if std::env::var("SAMKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1") => {
+                panic!("SAMKIT_REQUIRE_CUDA=1 but no CUDA device: {e}")
+            }
+            Err(e) => {
+                println!("skip: no CUDA device for the candle CUDA path ({e})");
+                None
+            }
+        }
+    }
+
+    fn assert_cuda_follows_cpu(rule: Rule, base: BaseOptimizer) {
+        let Some(dev) = cuda_or_skip() else {
+            return;
+        };
+        let name = rule.name();
+        let want = adapter(rule.clone(), base.clone());
+        let got = adapter_on(&dev, CandleSam::new_cuda, rule, base);
+        assert_eq!(got.len(), want.len());
+        for (t, (a, b)) in got.iter().zip(&want).enumerate() {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= WEIGHT_TOLERANCE,
+                    "{name}: step {t}, weight {i}: CUDA {x}, CPU {y}"
+                );
+            }
+        }
+        let w0 = initial_weights();
+        let last = got.last().expect("steps ran");
+        assert!(
+            last.iter().zip(&w0).any(|(a, b)| a != b),
+            "{name}: no step on CUDA"
+        );
+    }
+
+    #[test]
+    fn sam_on_cuda_follows_the_cpu_adapter() {
+        let rule = Rule::Sam(Sam {
+            rho: 0.05,
+            adaptive: false,
+            ..Sam::default()
+        });
+        assert_cuda_follows_cpu(rule, sgd());
+    }
+
+    #[test]
+    fn friendly_sam_adamw_on_cuda_follows_the_cpu_adapter() {
+        let rule = Rule::FriendlySam(FriendlySam {
+            rho: 0.05,
+            sigma: 1.0,
+            lambda: 0.9,
+            ..FriendlySam::default()
+        });
+        let adamw = BaseOptimizer::AdamW(Adam {
+            lr: 0.01,
+            weight_decay: 0.01,
+            ..Adam::default()
+        });
+        assert_cuda_follows_cpu(rule, adamw);
+    }
 }

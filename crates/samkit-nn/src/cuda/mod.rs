@@ -610,6 +610,22 @@ mod tests {
     }
 
     #[test]
+    fn reproducible_options_change_only_the_algorithm_choice() {
+        let o = CudaOptions::reproducible();
+        assert_eq!(o.algo, AlgoSearch::Heuristic);
+        assert!(o.deterministic);
+        let d = CudaOptions::default();
+        assert_eq!(
+            CudaOptions {
+                algo: d.algo,
+                deterministic: d.deterministic,
+                ..o
+            },
+            d
+        );
+    }
+
+    #[test]
     fn the_backend_and_device_tensors_move_between_threads() {
         fn send<T: Send>() {}
         fn send_sync<T: Send + Sync>() {}

@@ -335,6 +335,20 @@ pub trait Model {
         self.forward_backward(params, &xs, ts.as_targets(), &w, mode, grad)
     }
 
+    /// [`Model::forward_losses`] on the samples `subset` of a host batch (see
+    /// [`select_samples`]; batch statistics of the subset), losses in `subset` order.
+    fn forward_losses_subset(
+        &mut self,
+        params: &<Self::Backend as Backend>::Arena,
+        x: &Tensor,
+        targets: Targets<'_>,
+        subset: &[usize],
+        mode: BnMode,
+    ) -> Result<Losses> {
+        let (xs, ts) = select_samples(x, targets, subset)?;
+        self.forward_losses(params, &xs, ts.as_targets(), mode)
+    }
+
     /// Per-sample losses and the gradient of `Σ_i weight_i·ℓ_i`, written over `grad` (laid
     /// out as the parameters).
     fn forward_backward(

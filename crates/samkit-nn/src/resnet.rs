@@ -86,10 +86,10 @@ struct Lean<B: Backend> {
     w: usize,
     x: B::Buf,
     io: [B::Buf; 2],
+    /// `conv1`'s output, then `conv2`'s.
     c1: B::Buf,
+    /// The first ReLU's output, then the shortcut convolution's.
     r1: B::Buf,
-    c2: B::Buf,
-    cs: B::Buf,
     bs: B::Buf,
     pooled: B::Buf,
     logits: B::Buf,
@@ -97,12 +97,15 @@ struct Lean<B: Backend> {
     saved: Vec<(B::Buf, B::Buf)>,
 }
 
-/// The buffers one basic block writes in a forward pass.
+/// The buffers one basic block writes in a forward pass. A forward without gradient keeps
+/// nothing, so it lets `conv2`'s output overwrite `conv1`'s (`c2: None`) and the shortcut
+/// convolution's overwrite the first ReLU's (`cs: None`), both dead by then.
 struct BlockOut<'a, B: Backend> {
     c1: &'a mut B::Buf,
     r1: &'a mut B::Buf,
-    c2: &'a mut B::Buf,
-    shortcut: Option<(&'a mut B::Buf, &'a mut B::Buf)>,
+    c2: Option<&'a mut B::Buf>,
+    /// The shortcut's convolution output (`cs`) and batch-norm output (`bs`).
+    shortcut: Option<(Option<&'a mut B::Buf>, &'a mut B::Buf)>,
     out: &'a mut B::Buf,
 }
 
@@ -166,10 +169,18 @@ fn block_forward<B: Backend>(
         true,
         o.r1,
     )?;
-    be.conv2d_forward(&blk.c2.conv, dm, o.r1, params, blk.c2.w, o.c2)?;
+    let c2 = match o.c2 {
+        Some(c2) => c2,
+        None => o.c1,
+    };
+    be.conv2d_forward(&blk.c2.conv, dm, o.r1, params, blk.c2.w, c2)?;
     let dout = blk.c2.conv.out_dims(dm);
     let residual = match (&blk.shortcut, o.shortcut) {
         (Some(sc), Some((cs, bs))) => {
+            let cs = match cs {
+                Some(cs) => cs,
+                None => o.r1,
+            };
             be.conv2d_forward(&sc.conv, d, input, params, sc.w, cs)?;
             be.batch_norm_forward(
                 mode,
@@ -191,7 +202,7 @@ fn block_forward<B: Backend>(
         mode,
         bn,
         dout,
-        o.c2,
+        c2,
         params,
         blk.c2.bn,
         &mut bns[blk.c2.bn_idx],
@@ -354,6 +365,46 @@ impl<B: Backend> ResNet18<B> {
         p
     }
 
+    /// Values held by the two activation workspaces, as allocated so far: the one of passes
+    /// with gradient (every activation kept for the backward pass) and the one of
+    /// [`Model::forward`] (a block at a time), 0 before their first use.
+    pub fn workspace_values(&self) -> (usize, usize) {
+        let train = self.acts.as_ref().map_or(0, |a| {
+            let blocks: usize = a
+                .blocks
+                .iter()
+                .map(|b| {
+                    [&b.c1, &b.r1, &b.c2, &b.out]
+                        .into_iter()
+                        .chain(b.cs.as_ref())
+                        .chain(b.bs.as_ref())
+                        .map(B::buf_len)
+                        .sum::<usize>()
+                })
+                .sum();
+            [
+                &a.x, &a.c0, &a.a0, &a.pooled, &a.logits, &a.dlogits, &a.dpooled,
+            ]
+            .into_iter()
+            .chain(&a.g)
+            .map(B::buf_len)
+            .sum::<usize>()
+                + blocks
+        });
+        let lean = self.lean.as_ref().map_or(0, |l| {
+            [&l.x, &l.c1, &l.r1, &l.bs, &l.pooled, &l.logits]
+                .into_iter()
+                .chain(&l.io)
+                .map(B::buf_len)
+                .sum::<usize>()
+                + l.saved
+                    .iter()
+                    .map(|(m, s)| B::buf_len(m) + B::buf_len(s))
+                    .sum::<usize>()
+        });
+        (train, lean)
+    }
+
     fn ensure_acts(&mut self, n: usize, h: usize, w: usize) -> Result<()> {
         if let Some(a) = &self.acts {
             if a.n >= n && a.h == h && a.w == w {
@@ -438,8 +489,6 @@ impl<B: Backend> ResNet18<B> {
             io: [b.alloc(max_len)?, b.alloc(max_len)?],
             c1: b.alloc(max_len)?,
             r1: b.alloc(max_len)?,
-            c2: b.alloc(max_len)?,
-            cs: b.alloc(max_len)?,
             bs: b.alloc(max_len)?,
             pooled: b.alloc(n * d.c)?,
             logits: b.alloc(n * k)?,
@@ -539,13 +588,13 @@ impl<B: Backend> ResNet18<B> {
             let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
             let ba = &mut cur[0];
             let shortcut = match (&mut ba.cs, &mut ba.bs) {
-                (Some(cs), Some(bs)) => Some((cs, bs)),
+                (Some(cs), Some(bs)) => Some((Some(cs), bs)),
                 _ => None,
             };
             let o = BlockOut {
                 c1: &mut ba.c1,
                 r1: &mut ba.r1,
-                c2: &mut ba.c2,
+                c2: Some(&mut ba.c2),
                 shortcut,
                 out: &mut ba.out,
             };
@@ -612,11 +661,11 @@ impl<B: Backend> ResNet18<B> {
         for (i, blk) in blocks.iter().enumerate() {
             let [i0, i1] = &mut l.io;
             let (input, out) = if i % 2 == 0 { (&*i0, i1) } else { (&*i1, i0) };
-            let shortcut = blk.shortcut.map(|_| (&mut l.cs, &mut l.bs));
+            let shortcut = blk.shortcut.map(|_| (None, &mut l.bs));
             let o = BlockOut {
                 c1: &mut l.c1,
                 r1: &mut l.r1,
-                c2: &mut l.c2,
+                c2: None,
                 shortcut,
                 out,
             };

@@ -258,3 +258,30 @@ fn select_samples_gathers_rows_and_targets_and_refuses_bad_lists() {
     assert!(select_samples(&x, Targets::Labels(&labels), &[1, 1]).is_err());
     assert!(select_samples(&x, Targets::Labels(&labels), &[]).is_err());
 }
+
+#[test]
+fn resnet18_nograd_forward_keeps_a_fraction_of_the_training_workspace() {
+    // Standard 32×32 images: the no-gradient forward holds a block at a time, the training
+    // workspace every activation of the network and the backward's gradient buffers.
+    let mut m = resnet();
+    let w = m.init_params(12);
+    let n = 2;
+    let x = Tensor::from_vec(noise(n * 3 * 32 * 32, 12), &[n, 3, 32, 32]).unwrap();
+    let y = vec![1usize, 2];
+    assert_eq!(m.workspace_values(), (0, 0));
+    m.forward(&w, &x, BnMode::Eval).unwrap();
+    let (train, lean) = m.workspace_values();
+    assert_eq!(
+        train, 0,
+        "a no-gradient forward allocated the training workspace"
+    );
+    let mut g = vec![0.0; w.len()];
+    m.forward_backward(&w, &x, (&y).into(), &mean_weights(n), BnMode::Train, &mut g)
+        .unwrap();
+    let (train, lean_after) = m.workspace_values();
+    assert_eq!(lean_after, lean);
+    assert!(
+        3 * lean < train,
+        "no-gradient workspace {lean} values vs training {train}"
+    );
+}

@@ -300,6 +300,10 @@ pub fn subset_pass_is_the_gathered_batch<M: Io>(m: &mut M, w: &[f32], x: &Tensor
         "subset gradient vs the gathered samples' gradient"
     );
     assert_eq!(sub.samples, k);
+    let nograd = m
+        .forward_losses_subset(M::a(&wd), x, y.into(), &subset, BnMode::TrainNoUpdate)
+        .unwrap();
+    assert_eq!(nograd, sub, "the no-gradient subset forward's losses");
     let mean = sub.per_sample.iter().map(|&l| l as f64).sum::<f64>() / k as f64;
     assert!(
         (sub.loss - mean).abs() <= 1e-6 * mean.abs().max(1.0),

@@ -8,6 +8,7 @@
 //!   one step protocol, with state saved by [`state`].
 //! - [`protocol`]: that protocol as a trait, [`SamOptimizer`], shared with the CUDA optimizer,
 //!   and [`drive_step`], the closure form of a step for any backend.
+//! - [`plan`]: what a rule's step does, as plain data both backends interpret.
 //! - [`passes`]: the fused streaming passes (the CPU twins of the CUDA kernels); [`select`],
 //!   [`bitset`], [`philox`], [`sparse`]: masks.
 //! - [`loss`]: the label-smoothed cross-entropy of ALGORITHMS.md.
@@ -23,6 +24,7 @@ pub mod optimizer;
 pub mod params;
 pub mod passes;
 pub mod philox;
+pub mod plan;
 pub mod protocol;
 pub mod rules;
 pub mod schedule;

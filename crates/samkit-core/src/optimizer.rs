@@ -17,8 +17,12 @@ use crate::passes::{
     centralized, dot_pass, norm_pass, per_segment, perturb_pass, restore_pass, update_pass, Base,
     Coef, Combine, Dir, Ema, FilterScales, Scale, Second, SideGv,
 };
+use crate::plan::{
+    ApplyPlan, Direction as PlanDirection, FirstPlan, Grad as PlanGrad, MaskStep, NormOf,
+    PerturbPlan, Scaling, SecondPlan, StepView,
+};
 use crate::protocol::{drive_step, NoHooks, SamOptimizer, Status};
-use crate::rules::{MaskKind, Rule, SsamNorm, EPS_LOOKSAM};
+use crate::rules::{MaskKind, Rule};
 use crate::sparse;
 
 /// Which gradient the closure form asks for.
@@ -105,6 +109,8 @@ struct Pending {
     g_sq: Vec<f64>,
     new_mask: Option<Bitset>,
     fsam_next: bool,
+    /// What pass 2 combines ([`SecondPlan`]).
+    second: SecondPlan,
 }
 
 enum Phase {
@@ -152,17 +158,17 @@ impl Optimizer {
                 st.mask = Some(sparse::random_mask(n, c.live_count(n), seed));
             }
         }
-        let needs_aux = matches!(rule, Rule::Gsam(_) | Rule::LookSam(_) | Rule::ImbSam(_));
+        let bufs = rule.plan_buffers();
         let lr = base.lr();
         Ok(Optimizer {
             chunks: Chunks::new(&layout),
             w_old: vec![0.0; n],
-            aux: if needs_aux { vec![0.0; n] } else { Vec::new() },
-            fsam_next: if matches!(rule, Rule::FriendlySam(_)) {
+            aux: if bufs.kept_grad {
                 vec![0.0; n]
             } else {
                 Vec::new()
             },
+            fsam_next: if bufs.ema { vec![0.0; n] } else { Vec::new() },
             layout,
             rule,
             base,
@@ -392,164 +398,13 @@ impl Optimizer {
                 self.st.step
             )));
         }
+        let view = self.view(None);
+        let plan = self.rule.first_plan(&view);
         let g_u = self.chunks.split(g.segments(&self.layout, "gradient")?);
-        let t = self.st.step;
-        let rule = self.rule.clone();
-        // The rule's eps_p, or its value in ALGORITHMS.md (Rule::perturb_eps).
-        let eps = rule.perturb_eps();
-        match rule {
-            Rule::Base => {
-                let n = dot_pass(&self.chunks, None, &g_u);
-                if !n.finite {
-                    return Ok(self.skip());
-                }
-                self.apply_in_place(w, &g_u, None)?;
-                Ok(FirstOutcome::Applied)
-            }
-            Rule::Sam(c) => {
-                let scale = if c.adaptive { Scale::AbsW } else { Scale::One };
-                let dir = Dir {
-                    base: Base::Grad,
-                    scale,
-                };
-                if c.grad_centralization {
-                    // pytorch_optimizer's use_gc: the norm of g, the perturbation along the
-                    // centralized g.
-                    let gc = centralized(&self.layout, &g.segments(&self.layout, "gradient")?);
-                    let gc_u = self.chunks.split_flat(&gc);
-                    return self.perturb_with(w, &g_u, &gc_u, dir, dir, c.rho, eps, None);
-                }
-                self.perturb_by(w, &g_u, dir, dir, c.rho, eps, None)
-            }
-            Rule::Asam(c) => {
-                let fs;
-                let scale = if c.filterwise {
-                    let segs = w.segments(&self.layout, "weights")?;
-                    fs = FilterScales::compute(&self.layout, &segs, c.eta);
-                    Scale::Filter(&fs)
-                } else {
-                    Scale::AbsWPlus(c.eta)
-                };
-                let dir = Dir {
-                    base: Base::Grad,
-                    scale,
-                };
-                self.perturb_by(w, &g_u, dir, dir, c.rho, eps, None)
-            }
-            Rule::FriendlySam(c) => {
-                let first = self.st.fsam_m.is_empty();
-                // Adaptive: T = |w| on FriendlySAM's direction, as adaptive SAM on g.
-                let scale = if c.adaptive { Scale::AbsW } else { Scale::One };
-                let base = if first {
-                    Base::Grad
-                } else {
-                    Base::Friendly { sigma: c.sigma }
-                };
-                let dir = Dir { base, scale };
-                let ema = Ema {
-                    lambda: c.lambda,
-                    first,
-                };
-                self.perturb_by(w, &g_u, dir, dir, c.rho, eps, Some(ema))
-            }
-            Rule::Ssam(c) => {
-                let n = self.layout.len();
-                let clock = Instant::now();
-                let new_mask = match &c.mask {
-                    MaskKind::Fisher { .. } => self.fisher_mask.take(),
-                    MaskKind::Dynamic { drop, seed } if t > 0 && t % c.interval == 0 => {
-                        let mask = self
-                            .st
-                            .mask
-                            .as_ref()
-                            .expect("SSAM-D mask from construction");
-                        let update = (t / c.interval) as u32;
-                        let rate = drop.at(t);
-                        Some(sparse::drop_grow(
-                            &self.chunks,
-                            &g_u,
-                            mask,
-                            n,
-                            rate,
-                            *seed,
-                            update,
-                        ))
-                    }
-                    MaskKind::Dynamic { .. } => None,
-                };
-                if matches!(c.mask, MaskKind::Dynamic { .. }) && new_mask.is_some() {
-                    self.mask_time = Some(clock.elapsed());
-                }
-                let current = self.st.mask.take();
-                let mask = new_mask
-                    .as_ref()
-                    .or(current.as_ref())
-                    .expect("a mask exists once the Fisher was given");
-                let masked = Dir {
-                    base: Base::Masked(mask),
-                    scale: Scale::One,
-                };
-                let (norm_dir, eps) = match c.norm {
-                    SsamNorm::Masked => (masked, eps),
-                    SsamNorm::Full => (Dir::PLAIN, eps),
-                };
-                let out = self.perturb_by(w, &g_u, norm_dir, masked, c.rho, eps, None);
-                self.st.mask = current;
-                let out = out?;
-                if let (FirstOutcome::Perturbed, Phase::Perturbed(p)) = (out, &mut self.phase) {
-                    p.new_mask = new_mask;
-                }
-                Ok(out)
-            }
-            Rule::Gsam(c) => {
-                let rho = c.rho_at(self.lr);
-                self.perturb_copy(w, &g_u, &g_u, rho, eps, false)
-            }
-            Rule::LookSam(c) => {
-                if t % c.k == 0 {
-                    return self.perturb_copy(w, &g_u, &g_u, c.rho, eps, c.per_tensor);
-                }
-                let out = norm_pass(&self.chunks, Dir::PLAIN, &g_u, None, None, None, None);
-                if !out.finite {
-                    return Ok(self.skip());
-                }
-                let segs = self.layout.segments().len();
-                let gv_sq = self.st.look_gv_sq.clone();
-                let coef = |g_sq: f64, gv_sq: f64, eps: f64| -> f32 {
-                    let gv = gv_sq.sqrt();
-                    if gv + eps > 0.0 {
-                        (c.alpha as f64 * g_sq.sqrt() / (gv + eps)) as f32
-                    } else {
-                        0.0
-                    }
-                };
-                let per: Vec<f32>;
-                let b = if c.per_tensor {
-                    let g_sq = per_segment(&self.chunks, &out.parts, segs);
-                    // pytorch_optimizer.LookSAM adds an eps to the per-tensor ‖g_v‖.
-                    per = g_sq
-                        .iter()
-                        .zip(&gv_sq)
-                        .map(|(&a, &b)| coef(a, b, EPS_LOOKSAM))
-                        .collect();
-                    Coef::PerSegment(&per)
-                } else {
-                    Coef::Global(coef(out.sum_sq, gv_sq[0], 0.0))
-                };
-                let look_gv = std::mem::take(&mut self.st.look_gv);
-                let gv_units: Vec<&[f32]> = self.chunks.split_flat(&look_gv);
-                let sec = Second {
-                    y: &gv_units,
-                    b,
-                    c: 0.0,
-                };
-                let r = self.apply_in_place(w, &g_u, Some(sec));
-                self.st.look_gv = look_gv;
-                r?;
-                Ok(FirstOutcome::Applied)
-            }
-            Rule::ImbSam(_) => unreachable!("handled above"),
-        }
+        let inputs = Inputs {
+            grads: vec![(PlanGrad::Batch, g, g_u)],
+        };
+        self.run_first(w, plan, &inputs)
     }
 
     /// ImbSAM's pass 1: `head` and `tail` are the gradients of `Σ_{i∉tail} ℓ_i / B` and
@@ -566,73 +421,185 @@ impl Optimizer {
         G: Params + ?Sized,
     {
         self.expect_idle("first_step_split")?;
-        let Rule::ImbSam(c) = self.rule.clone() else {
+        if !self.needs_head_tail() {
             return Err(Error::Protocol(format!(
                 "first_step_split is ImbSAM's; {} takes first_step",
                 self.rule.name()
             )));
-        };
+        }
+        let plan = self.rule.first_plan(&self.view(Some(tail.is_some())));
         let h_u = self
             .chunks
             .split(head.segments(&self.layout, "head gradient")?);
-        match tail {
-            None => {
-                if !dot_pass(&self.chunks, None, &h_u).finite {
-                    return Ok(self.skip());
-                }
-                self.apply_in_place(w, &h_u, None)?;
-                Ok(FirstOutcome::Applied)
-            }
-            Some(tail) => {
-                let t_u = self
-                    .chunks
-                    .split(tail.segments(&self.layout, "tail gradient")?);
-                self.perturb_copy_checked(w, &t_u, &h_u, c.rho, self.rule.perturb_eps())
-            }
+        let mut grads = vec![(PlanGrad::Head, head, h_u)];
+        if let Some(tail) = tail {
+            let t_u = self
+                .chunks
+                .split(tail.segments(&self.layout, "tail gradient")?);
+            grads.push((PlanGrad::Tail, tail, t_u));
+        }
+        self.run_first(w, plan, &Inputs { grads })
+    }
+
+    /// What the rule's plan reads of the optimizer's state.
+    fn view(&self, tail: Option<bool>) -> StepView {
+        StepView {
+            t: self.st.step,
+            lr: self.lr,
+            tail,
         }
     }
 
-    /// Norm, check and perturbation for the rules that need nothing kept but `w_old`.
-    #[allow(clippy::too_many_arguments)]
-    fn perturb_by<P: ParamsMut + ?Sized>(
+    /// Runs pass 1 of `plan`.
+    fn run_first<P, G>(
         &mut self,
         w: &mut P,
-        g_u: &[&[f32]],
-        norm_dir: Dir,
-        pert_dir: Dir,
-        rho: f32,
-        eps: f64,
-        ema: Option<Ema>,
-    ) -> Result<FirstOutcome> {
-        self.perturb_with(w, g_u, g_u, norm_dir, pert_dir, rho, eps, ema)
+        plan: FirstPlan,
+        inputs: &Inputs<'_, G>,
+    ) -> Result<FirstOutcome>
+    where
+        P: ParamsMut + ?Sized,
+        G: Params + ?Sized,
+    {
+        match plan {
+            FirstPlan::Apply(ApplyPlan { input, gv: None }) => {
+                let x = inputs.units(input)?;
+                if !dot_pass(&self.chunks, None, x).finite {
+                    return Ok(self.skip());
+                }
+                self.apply_in_place(w, x, None)?;
+                Ok(FirstOutcome::Applied)
+            }
+            FirstPlan::Apply(ApplyPlan {
+                input,
+                gv: Some(reuse),
+            }) => {
+                let g_u = inputs.units(input)?;
+                let out = norm_pass(&self.chunks, Dir::PLAIN, g_u, None, None, None, None);
+                if !out.finite {
+                    return Ok(self.skip());
+                }
+                let segs = self.layout.segments().len();
+                let gv_sq = self.st.look_gv_sq.clone();
+                // b = α·‖g‖ / (‖g_v‖ + eps), 0 when the denominator is.
+                let coef = |g_sq: f64, gv_sq: f64| -> f32 {
+                    let gv = gv_sq.sqrt();
+                    if gv + reuse.eps > 0.0 {
+                        (reuse.alpha as f64 * g_sq.sqrt() / (gv + reuse.eps)) as f32
+                    } else {
+                        0.0
+                    }
+                };
+                let per: Vec<f32>;
+                let b = if reuse.per_segment {
+                    let g_sq = per_segment(&self.chunks, &out.parts, segs);
+                    per = g_sq.iter().zip(&gv_sq).map(|(&a, &b)| coef(a, b)).collect();
+                    Coef::PerSegment(&per)
+                } else {
+                    Coef::Global(coef(out.sum_sq, gv_sq[0]))
+                };
+                let look_gv = std::mem::take(&mut self.st.look_gv);
+                let gv_units: Vec<&[f32]> = self.chunks.split_flat(&look_gv);
+                let sec = Second {
+                    y: &gv_units,
+                    b,
+                    c: 0.0,
+                };
+                let r = self.apply_in_place(w, g_u, Some(sec));
+                self.st.look_gv = look_gv;
+                r?;
+                Ok(FirstOutcome::Applied)
+            }
+            FirstPlan::Perturb(p) => self.perturb(w, &p, inputs),
+        }
     }
 
-    /// [`Self::perturb_by`] with the norm (and the non-finite check) of `g_u` and the
-    /// perturbation along `d_u` (SAM with gradient centralization: `d` is the centralized `g`).
-    #[allow(clippy::too_many_arguments)]
-    fn perturb_with<P: ParamsMut + ?Sized>(
+    /// Pass 1 of a two-pass step: the mask of the step (Sparse SAM), the norm with the
+    /// non-finite check (and FriendlySAM's EMA), then `w_old ← w; w ← w + e`, copying the
+    /// gradient pass 2 needs again.
+    fn perturb<P, G>(
         &mut self,
         w: &mut P,
-        g_u: &[&[f32]],
-        d_u: &[&[f32]],
-        norm_dir: Dir,
-        pert_dir: Dir,
-        rho: f32,
-        eps: f64,
-        ema: Option<Ema>,
-    ) -> Result<FirstOutcome> {
-        let needs_w = matches!(
-            norm_dir.scale,
-            Scale::AbsW | Scale::AbsWPlus(_) | Scale::Filter(_)
-        );
-        let m_prev: Vec<&[f32]> = if self.st.fsam_m.is_empty() {
+        p: &PerturbPlan,
+        inputs: &Inputs<'_, G>,
+    ) -> Result<FirstOutcome>
+    where
+        P: ParamsMut + ?Sized,
+        G: Params + ?Sized,
+    {
+        let g_u = inputs.units(p.along)?;
+        let n = self.layout.len();
+        let new_mask = match p.mask() {
+            None | Some(MaskStep::Current) => None,
+            Some(MaskStep::Fisher) => self.fisher_mask.take(),
+            Some(MaskStep::DropGrow { rate, seed, update }) => {
+                let clock = Instant::now();
+                let mask =
+                    self.st.mask.as_ref().ok_or_else(|| {
+                        Error::Protocol("SSAM-D's drop/grow without a mask".into())
+                    })?;
+                let m = sparse::drop_grow(&self.chunks, g_u, mask, n, rate, seed, update);
+                self.mask_time = Some(clock.elapsed());
+                Some(m)
+            }
+        };
+        let mask = match p.mask() {
+            Some(_) => Some(new_mask.as_ref().or(self.st.mask.as_ref()).ok_or_else(|| {
+                Error::Protocol("Sparse SAM without a mask: call set_fisher first".into())
+            })?),
+            None => None,
+        };
+        let fs;
+        let scale = match p.scaling {
+            Scaling::One => Scale::One,
+            Scaling::AbsW => Scale::AbsW,
+            Scaling::AbsWPlus { eta } => Scale::AbsWPlus(eta),
+            Scaling::Filter { eta } => {
+                let segs = w.segments(&self.layout, "weights")?;
+                fs = FilterScales::compute(&self.layout, &segs, eta);
+                Scale::Filter(&fs)
+            }
+        };
+        let first_m = self.st.fsam_m.is_empty();
+        let gc: Vec<f32>;
+        let gc_u: Vec<&[f32]>;
+        let (base, d_u) = match p.direction {
+            PlanDirection::Grad => (Base::Grad, g_u),
+            PlanDirection::Centralized => {
+                // pytorch_optimizer's use_gc: the perturbation along the centralized g.
+                let g = inputs.source(p.along)?;
+                gc = centralized(&self.layout, &g.segments(&self.layout, "gradient")?);
+                gc_u = self.chunks.split_flat(&gc);
+                (Base::Grad, &gc_u[..])
+            }
+            PlanDirection::Masked(_) => (
+                Base::Masked(mask.expect("a mask for a masked direction")),
+                g_u,
+            ),
+            PlanDirection::Friendly { .. } if first_m => (Base::Grad, g_u),
+            PlanDirection::Friendly { sigma } => (Base::Friendly { sigma }, g_u),
+        };
+        let pert_dir = Dir { base, scale };
+        let norm_dir = match p.norm {
+            NormOf::Direction => pert_dir,
+            NormOf::Grad => Dir {
+                base: Base::Grad,
+                scale,
+            },
+        };
+        let ema = p.ema.map(|e| Ema {
+            lambda: e.lambda,
+            first: first_m,
+        });
+        let also = p.also_check().map(|k| inputs.units(k)).transpose()?;
+        let m_prev: Vec<&[f32]> = if first_m {
             Vec::new()
         } else {
             self.chunks.split_flat(&self.st.fsam_m)
         };
         let m_opt = (!m_prev.is_empty()).then_some(&m_prev[..]);
         let out = {
-            let w_ro = if needs_w {
+            let w_ro = if p.scaling.reads_w() {
                 Some(self.chunks.split(w.segments(&self.layout, "weights")?))
             } else {
                 None
@@ -645,96 +612,38 @@ impl Optimizer {
                 w_ro.as_deref(),
                 m_opt,
                 ema_out,
-                None,
+                also,
             )
         };
         if !out.finite {
-            return Ok(self.skip());
+            // A new mask of a skipped step is dropped with it (SSAM-F asks for the Fisher again).
+            self.st.skipped += 1;
+            self.last_skipped = true;
+            return Ok(FirstOutcome::Skipped);
         }
-        let scale = perturb_scale(rho, out.norm(), eps);
+        let s = perturb_scale(p.rho, out.norm(), p.eps_p);
         let ws = self
             .chunks
             .split_mut(w.segments_mut(&self.layout, "weights")?);
         let olds = self.chunks.split_flat_mut(&mut self.w_old);
-        perturb_pass(&self.chunks, pert_dir, scale, ws, olds, d_u, m_opt, None);
-        self.phase = Phase::Perturbed(Pending {
-            g_sq: vec![out.sum_sq],
-            new_mask: None,
-            fsam_next: ema.is_some(),
-        });
-        Ok(FirstOutcome::Perturbed)
-    }
-
-    /// Plain SAM perturbation along `g` that also keeps a copy of `g` for pass 2.
-    fn perturb_copy<P: ParamsMut + ?Sized>(
-        &mut self,
-        w: &mut P,
-        g_u: &[&[f32]],
-        keep: &[&[f32]],
-        rho: f32,
-        eps: f64,
-        per_tensor: bool,
-    ) -> Result<FirstOutcome> {
-        let out = norm_pass(&self.chunks, Dir::PLAIN, g_u, None, None, None, None);
-        self.perturb_keep(w, g_u, keep, rho, eps, per_tensor, out)
-    }
-
-    /// ImbSAM: perturbation along the tail gradient, keeping the (checked) head gradient.
-    fn perturb_copy_checked<P: ParamsMut + ?Sized>(
-        &mut self,
-        w: &mut P,
-        t_u: &[&[f32]],
-        h_u: &[&[f32]],
-        rho: f32,
-        eps: f64,
-    ) -> Result<FirstOutcome> {
-        let out = norm_pass(&self.chunks, Dir::PLAIN, t_u, None, None, None, Some(h_u));
-        self.perturb_keep(w, t_u, h_u, rho, eps, false, out)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn perturb_keep<P: ParamsMut + ?Sized>(
-        &mut self,
-        w: &mut P,
-        g_u: &[&[f32]],
-        keep: &[&[f32]],
-        rho: f32,
-        eps: f64,
-        per_tensor: bool,
-        out: crate::passes::NormOut,
-    ) -> Result<FirstOutcome> {
-        if !out.finite {
-            return Ok(self.skip());
-        }
-        let scale = perturb_scale(rho, out.norm(), eps);
-        let ws = self
-            .chunks
-            .split_mut(w.segments_mut(&self.layout, "weights")?);
-        let olds = self.chunks.split_flat_mut(&mut self.w_old);
-        let aux = self.chunks.split_flat_mut(&mut self.aux);
-        perturb_pass(
-            &self.chunks,
-            Dir::PLAIN,
-            scale,
-            ws,
-            olds,
-            g_u,
-            None,
-            Some((keep, aux)),
-        );
-        let g_sq = if per_tensor {
+        let copy = match p.keep {
+            Some(k) => Some((inputs.units(k)?, self.chunks.split_flat_mut(&mut self.aux))),
+            None => None,
+        };
+        perturb_pass(&self.chunks, pert_dir, s, ws, olds, d_u, m_opt, copy);
+        let g_sq = if p.per_segment_norms {
             per_segment(&self.chunks, &out.parts, self.layout.segments().len())
         } else {
             vec![out.sum_sq]
         };
         self.phase = Phase::Perturbed(Pending {
             g_sq,
-            new_mask: None,
-            fsam_next: false,
+            new_mask,
+            fsam_next: ema.is_some(),
+            second: p.second,
         });
         Ok(FirstOutcome::Perturbed)
     }
-
     /// Pass 2: `g2` is the gradient at the perturbed weights (ImbSAM: of the tail loss,
     /// without `κ`). Restores the weights exactly and applies the base optimizer.
     pub fn second_step<P, G>(&mut self, w: &mut P, g2: &G) -> Result<Outcome>
@@ -755,7 +664,7 @@ impl Optimizer {
         let Phase::Perturbed(pending) = std::mem::replace(&mut self.phase, Phase::Idle) else {
             unreachable!()
         };
-        let uses_aux = matches!(self.rule, Rule::Gsam(_) | Rule::LookSam(_));
+        let uses_aux = pending.second.dots_kept();
         let aux_u: Vec<&[f32]> = if uses_aux {
             self.chunks.split_flat(&self.aux)
         } else {
@@ -773,7 +682,6 @@ impl Optimizer {
         }
         let segs = self.layout.segments().len();
         let sc = self.scalars();
-        let rule = self.rule.clone();
         let aux_all: Vec<&[f32]> = if self.aux.is_empty() {
             Vec::new()
         } else {
@@ -781,31 +689,33 @@ impl Optimizer {
         };
         let mut look_gv = std::mem::take(&mut self.st.look_gv);
         let per_c: Vec<f32>;
-        let (combine_a, combine_y, side_c) = match &rule {
-            Rule::Gsam(c) => {
+        let (combine_a, combine_y, side_c) = match pending.second {
+            SecondPlan::Gsam { alpha, eps_p } => {
                 // g_p − α·(g − proj·g_p), with proj = ⟨g, g_p⟩ / (‖g_p‖² + eps_p).
-                let proj = (dots.xy / (dots.yy + rule.perturb_eps())) as f32;
+                let proj = (dots.xy / (dots.yy + eps_p)) as f32;
                 let y = Second {
                     y: &aux_all[..],
-                    b: Coef::Global(-c.alpha),
+                    b: Coef::Global(-alpha),
                     c: proj,
                 };
                 (1.0, Some(y), None)
             }
-            Rule::ImbSam(c) => {
+            SecondPlan::HeadTail { kappa } => {
                 let y = Second {
                     y: &aux_all[..],
                     b: Coef::Global(1.0),
                     c: 0.0,
                 };
-                (c.kappa, Some(y), None)
+                (kappa, Some(y), None)
             }
-            Rule::LookSam(c) => {
+            SecondPlan::LookRefresh {
+                per_segment: per_tensor,
+            } => {
                 if look_gv.is_empty() {
                     look_gv = vec![0.0; self.layout.len()];
                 }
                 let ratio = |xy: f64, gg: f64| if gg > 0.0 { (xy / gg) as f32 } else { 0.0 };
-                let side = if c.per_tensor {
+                let side = if per_tensor {
                     let xy = per_segment(&self.chunks, &dots.xy_parts, segs);
                     per_c = xy
                         .iter()
@@ -818,7 +728,7 @@ impl Optimizer {
                 };
                 (1.0, None, Some(side))
             }
-            _ => (1.0, None, None),
+            SecondPlan::Plain => (1.0, None, None),
         };
         let gv_parts = {
             let ws = self
@@ -846,8 +756,11 @@ impl Optimizer {
                 side,
             )
         };
-        if let Rule::LookSam(c) = &rule {
-            self.st.look_gv_sq = if c.per_tensor {
+        if let SecondPlan::LookRefresh {
+            per_segment: per_tensor,
+        } = pending.second
+        {
+            self.st.look_gv_sq = if per_tensor {
                 per_segment(&self.chunks, &gv_parts, segs)
             } else {
                 vec![crate::chunks::tree_sum(&gv_parts)]
@@ -914,6 +827,29 @@ impl Optimizer {
 
     pub(crate) fn fisher_pending(&self) -> bool {
         self.fisher_mask.is_some()
+    }
+}
+
+/// The gradients handed to pass 1, by their role in the plan, with their per-unit views.
+struct Inputs<'a, G: ?Sized> {
+    grads: Vec<(PlanGrad, &'a G, Vec<&'a [f32]>)>,
+}
+
+impl<'a, G: Params + ?Sized> Inputs<'a, G> {
+    fn find(&self, which: PlanGrad) -> Result<&(PlanGrad, &'a G, Vec<&'a [f32]>)> {
+        self.grads.iter().find(|e| e.0 == which).ok_or_else(|| {
+            Error::Protocol(format!(
+                "the step's plan reads the {which:?} gradient, which was not given"
+            ))
+        })
+    }
+
+    fn units(&self, which: PlanGrad) -> Result<&[&'a [f32]]> {
+        Ok(&self.find(which)?.2)
+    }
+
+    fn source(&self, which: PlanGrad) -> Result<&'a G> {
+        Ok(self.find(which)?.1)
     }
 }
 

@@ -128,6 +128,12 @@ pub(crate) enum DirKind {
     Friendly,
     /// FriendlySAM's direction with `T = |w|` (adaptive FriendlySAM).
     FriendlyAdaptive,
+    /// `g` minus its per-filter mean on segments of two or more dimensions (gradient
+    /// centralization; the means in [`DirExtra::filters`], from [`filter_means`]). Perturbation
+    /// only: its norm is the plain one.
+    Centralized,
+    /// The centralized direction with `T = |w|` (adaptive SAM with gradient centralization).
+    CentralizedAdaptive,
 }
 
 impl DirKind {
@@ -140,13 +146,19 @@ impl DirKind {
             DirKind::Masked => "masked",
             DirKind::Friendly => "friendly",
             DirKind::FriendlyAdaptive => "friendly_adaptive",
+            DirKind::Centralized => "centralized",
+            DirKind::CentralizedAdaptive => "centralized_adaptive",
         }
     }
 
     pub fn needs_w(self) -> bool {
         matches!(
             self,
-            DirKind::Adaptive | DirKind::Asam | DirKind::AsamFilter | DirKind::FriendlyAdaptive
+            DirKind::Adaptive
+                | DirKind::Asam
+                | DirKind::AsamFilter
+                | DirKind::FriendlyAdaptive
+                | DirKind::CentralizedAdaptive
         )
     }
 
@@ -156,7 +168,10 @@ impl DirKind {
     }
 }
 
-/// ASAM's filter scales: the per-filter `T_f` and the per-segment lookup tables.
+/// Per-filter values of some segments and their per-segment lookup tables: ASAM's filter scales
+/// `T_f` (weight segments), or gradient centralization's means (segments of two or more
+/// dimensions). A segment outside the set has `len` 1 for the scales and 0 for the means (the
+/// perturbation kernel's test for "not centralized").
 pub(crate) struct Filters {
     pub t: DevBuf<f32>,
     pub start: DevBuf<u64>,
@@ -167,13 +182,30 @@ pub(crate) struct Filters {
 }
 
 impl Filters {
-    pub fn new(stream: &std::sync::Arc<cudarc::driver::CudaStream>, plan: &Plan) -> Result<Self> {
+    /// ASAM's set: weight segments; the others have `len` 1.
+    pub fn weights(s: &samkit_core::Segment) -> Option<u32> {
+        (s.kind != samkit_core::ParamKind::Weight).then_some(1)
+    }
+
+    /// Gradient centralization's set (`samkit_core::passes::centralized`): segments of two or
+    /// more dimensions; the others have `len` 0.
+    pub fn matrices(s: &samkit_core::Segment) -> Option<u32> {
+        (s.shape.len() < 2).then_some(0)
+    }
+
+    /// `outside(segment)` is `None` for a segment in the set, else the `len` it gets.
+    pub fn new(
+        stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+        plan: &Plan,
+        outside: fn(&samkit_core::Segment) -> Option<u32>,
+    ) -> Result<Self> {
         let mut start = vec![0u64; plan.n_segs];
         let mut len = vec![1u32; plan.n_segs];
         let mut segs = Vec::new();
         let mut total = 0u64;
         for (i, s) in plan.layout.segments().iter().enumerate() {
-            if s.kind != samkit_core::ParamKind::Weight {
+            if let Some(l) = outside(s) {
+                len[i] = l;
                 continue;
             }
             let fl = s.filter_len();
@@ -350,6 +382,39 @@ pub(crate) fn filter_norms<T: Elem>(dev: &Device, f: &Filters, w: Tab<T>, eta: f
     }
 }
 
+/// Gradient centralization's per-filter means of `g`, `(Σ_f g / len) as f32` with the sum in
+/// f64 (`samkit_core::passes::centralized`), into `f.t`.
+pub(crate) fn filter_means<T: Elem>(dev: &Device, f: &Filters, g: Tab<T>) -> Result<()> {
+    if f.n_filters == 0 {
+        return Ok(());
+    }
+    let k = kernel(
+        dev,
+        compile::NORM,
+        &format!("sk_filter_means_{}", T::SUFFIX),
+    )?;
+    let a = FiltArgs {
+        w: g.addr,
+        segs: f.segs.addr,
+        t: f.t.addr,
+        n_filters: f.n_filters as u64,
+        n_segs: f.n_fsegs as u32,
+        eta: 0.0,
+    };
+    let warps = (abi::BLOCK / 32) as usize;
+    // SAFETY: see the module docs; `t` holds one entry per filter, `segs` one per segment of the
+    // set; the kernel reads `w` (here the gradient) as filter_norms does.
+    unsafe {
+        launch(
+            dev,
+            &k,
+            dev.grid(&k, f.n_filters.div_ceil(warps)),
+            abi::BLOCK,
+            &a,
+        )
+    }
+}
+
 /// Parameters of the second reduction stage (see `FIN_*` in `samkit-kernels/kernels/norm.cu`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Fin {
@@ -462,6 +527,9 @@ pub(crate) fn perturb<T: Elem>(
     assert!(!kind.is_friendly() || x.m.is_some());
     assert!(kind != DirKind::Masked || x.mask.is_some());
     assert!(kind != DirKind::AsamFilter || x.filters.is_some());
+    assert!(
+        !matches!(kind, DirKind::Centralized | DirKind::CentralizedAdaptive) || x.filters.is_some()
+    );
     let a = PerturbArgs {
         units: plan.units.addr,
         w: w.addr,

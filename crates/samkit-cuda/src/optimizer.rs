@@ -33,10 +33,13 @@ use std::time::Duration;
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
-use samkit_core::rules::EPS_LOOKSAM;
+use samkit_core::plan::{
+    ApplyPlan, Direction as PlanDirection, FirstPlan, Grad as PlanGrad, MaskStep, NormOf,
+    PerturbPlan, Scaling, SecondPlan, StepView,
+};
 use samkit_core::{
     drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
-    MaskKind, NoHooks, Outcome, Rule, SamOptimizer, SsamNorm, StepReport,
+    MaskKind, NoHooks, Outcome, Rule, SamOptimizer, StepReport,
 };
 
 use crate::abi::{self, Ctl, FinArgs};
@@ -49,10 +52,17 @@ use crate::variants::{StepVariant, Variants};
 
 mod state;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
     Idle,
-    Perturbed { mask_pending: bool, fsam: bool },
+    /// What pass 1 left for pass 2: whether a new mask waits in the pending slot, whether
+    /// FriendlySAM's EMA waits in the next slot, the combination of pass 2 and the plan's eps.
+    Perturbed {
+        mask_pending: bool,
+        fsam: bool,
+        second: SecondPlan,
+        eps_p: f64,
+    },
 }
 
 /// The optimizer's counters as of the last completed (or skipped) step (the CPU optimizer's).
@@ -75,6 +85,8 @@ pub struct GpuOptimizer<T: Elem> {
     sel: Option<SelBufs>,
     look_gv: Option<DevBuf<f32>>,
     filters: Option<Filters>,
+    /// Gradient centralization's per-filter means of `g` (segments of two or more dimensions).
+    centers: Option<Filters>,
     tables: TableCache,
     /// An asynchronous copy of the step state, made at the end of every step.
     status: PinnedHostSlice<Ctl>,
@@ -148,6 +160,50 @@ fn write_tab<'a, T: Elem, B: DeviceParamsMut<T> + ?Sized>(
     tables.get(stream, &addrs)
 }
 
+/// The gradient a plan names, among those the step was given.
+fn input_tab<'a, T: Elem>(
+    inputs: &[(PlanGrad, Tab<'a, T>)],
+    which: PlanGrad,
+) -> Result<Tab<'a, T>> {
+    inputs
+        .iter()
+        .find(|e| e.0 == which)
+        .map(|e| e.1)
+        .ok_or_else(|| {
+            protocol(format!(
+                "the step's plan reads the {which:?} gradient, which was not given"
+            ))
+        })
+}
+
+/// A buffer the plan needs that the optimizer did not allocate for its rule (a bug: the buffers
+/// come from [`Rule::plan_buffers`]).
+fn missing(what: &str) -> Error {
+    protocol(format!(
+        "the step's plan needs the {what} buffer, which this rule did not allocate"
+    ))
+}
+
+/// The kernel variant of a plan's direction and scaling.
+fn dir_kind(d: PlanDirection, s: Scaling) -> Result<DirKind> {
+    Ok(match (d, s) {
+        (PlanDirection::Grad, Scaling::One) => DirKind::Plain,
+        (PlanDirection::Grad, Scaling::AbsW) => DirKind::Adaptive,
+        (PlanDirection::Grad, Scaling::AbsWPlus { .. }) => DirKind::Asam,
+        (PlanDirection::Grad, Scaling::Filter { .. }) => DirKind::AsamFilter,
+        (PlanDirection::Masked(_), Scaling::One) => DirKind::Masked,
+        (PlanDirection::Friendly { .. }, Scaling::One) => DirKind::Friendly,
+        (PlanDirection::Friendly { .. }, Scaling::AbsW) => DirKind::FriendlyAdaptive,
+        (PlanDirection::Centralized, Scaling::One) => DirKind::Centralized,
+        (PlanDirection::Centralized, Scaling::AbsW) => DirKind::CentralizedAdaptive,
+        (d, s) => {
+            return Err(protocol(format!(
+                "the GPU has no kernel for the direction {d:?} with the scaling {s:?}"
+            )))
+        }
+    })
+}
+
 fn protocol(msg: impl Into<String>) -> Error {
     Error::Core(CoreError::Protocol(msg.into()))
 }
@@ -156,16 +212,6 @@ impl<T: Elem> GpuOptimizer<T> {
     pub fn new(dev: &Arc<Device>, layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
         rule.validate()?;
         base.validate()?;
-        if matches!(&rule, Rule::Sam(c) if c.grad_centralization) {
-            // The per-filter means need a reduction kernel of their own (README: options and
-            // their gaps); refusing beats silently perturbing along the raw gradient.
-            return Err(CoreError::InvalidHyperparameter {
-                name: "grad_centralization",
-                value: "true".into(),
-                why: "is not implemented on the GPU yet; samkit_core::Optimizer has it",
-            }
-            .into());
-        }
         if layout.is_empty() {
             return Err(CoreError::InvalidLayout("the layout has no parameters".into()).into());
         }
@@ -174,7 +220,8 @@ impl<T: Elem> GpuOptimizer<T> {
         let work = Work::new(&stream, &plan)?;
         let n = plan.n;
         let w_old = Arena::<T>::zeros(&stream, &plan.layout)?;
-        let aux = if matches!(rule, Rule::Gsam(_) | Rule::LookSam(_) | Rule::ImbSam(_)) {
+        let bufs = rule.plan_buffers();
+        let aux = if bufs.kept_grad {
             Some(Arena::<T>::zeros(&stream, &plan.layout)?)
         } else {
             None
@@ -184,24 +231,28 @@ impl<T: Elem> GpuOptimizer<T> {
         for s in state.iter_mut().take(nstate) {
             *s = Some(DevBuf::zeros(&stream, n)?);
         }
-        let fsam = match rule {
-            Rule::FriendlySam(_) => Some(DevBuf::zeros(&stream, 2 * n)?),
-            _ => None,
+        let fsam = match bufs.ema {
+            true => Some(DevBuf::zeros(&stream, 2 * n)?),
+            false => None,
         };
-        let (masks, sel) = match rule {
-            Rule::Ssam(_) => (
+        let (masks, sel) = match bufs.mask {
+            true => (
                 Some(DevBuf::zeros(&stream, 2 * plan.words)?),
                 Some(SelBufs::new(&stream, &plan)?),
             ),
-            _ => (None, None),
+            false => (None, None),
         };
-        let look_gv = match rule {
-            Rule::LookSam(_) => Some(DevBuf::zeros(&stream, n)?),
-            _ => None,
+        let look_gv = match bufs.gv {
+            true => Some(DevBuf::zeros(&stream, n)?),
+            false => None,
         };
-        let filters = match &rule {
-            Rule::Asam(c) if c.filterwise => Some(Filters::new(&stream, &plan)?),
-            _ => None,
+        let filters = match bufs.filter_scales {
+            true => Some(Filters::new(&stream, &plan, Filters::weights)?),
+            false => None,
+        };
+        let centers = match bufs.filter_means {
+            true => Some(Filters::new(&stream, &plan, Filters::matrices)?),
+            false => None,
         };
         // SAFETY: page-locked memory for one Ctl; read only after a device copy filled it.
         let status = unsafe { dev.context().alloc_pinned_with_flags::<Ctl>(1, 0) }?;
@@ -221,6 +272,7 @@ impl<T: Elem> GpuOptimizer<T> {
             sel,
             look_gv,
             filters,
+            centers,
             tables: TableCache::new(32),
             status,
             status_fresh: false,
@@ -529,10 +581,6 @@ impl<T: Elem> GpuOptimizer<T> {
         ]
     }
 
-    fn aux_tab(&self) -> Tab<'static, T> {
-        self.aux.as_ref().expect("aux buffer").tab()
-    }
-
     fn fused(&self) -> bool {
         self.variants.step == StepVariant::Fused
     }
@@ -659,7 +707,7 @@ impl<T: Elem> GpuOptimizer<T> {
                 "ImbSAM takes separate head and tail gradients: call first_step_split",
             ));
         }
-        let t = if matches!(self.rule, Rule::LookSam(_) | Rule::Ssam(_)) {
+        let t = if self.rule.plan_reads_step() {
             self.sync_status()?.step
         } else {
             0
@@ -688,150 +736,13 @@ impl<T: Elem> GpuOptimizer<T> {
             "weights",
             &mut guards,
         )?;
-        let rule = self.rule.clone();
-        // The rule's eps_p, or its value in ALGORITHMS.md (Rule::perturb_eps).
-        let eps = rule.perturb_eps();
-        let out = match rule {
-            Rule::Base => self.apply_in_place(
-                Reduce::Dot(None, gt),
-                wt,
-                gt,
-                false,
-                false,
-                Fin::new(abi::FIN_CHECK),
-            ),
-            Rule::Sam(c) => {
-                let kind = if c.adaptive {
-                    DirKind::Adaptive
-                } else {
-                    DirKind::Plain
-                };
-                self.perturb_by(
-                    kind,
-                    kind,
-                    wt,
-                    gt,
-                    None,
-                    c.rho,
-                    eps,
-                    Spec::default(),
-                    None,
-                    false,
-                )
-            }
-            Rule::Asam(c) => {
-                let kind = if c.filterwise {
-                    let f = self.filters.as_ref().expect("filter scales");
-                    ops::filter_norms::<T>(&self.dev, f, wt, c.eta)?;
-                    DirKind::AsamFilter
-                } else {
-                    DirKind::Asam
-                };
-                let x = Spec {
-                    eta: c.eta,
-                    ..Spec::default()
-                };
-                self.perturb_by(kind, kind, wt, gt, None, c.rho, eps, x, None, false)
-            }
-            Rule::FriendlySam(c) => {
-                let x = Spec {
-                    sigma: c.sigma,
-                    lambda: c.lambda,
-                    ..Spec::default()
-                };
-                let k = if c.adaptive {
-                    DirKind::FriendlyAdaptive
-                } else {
-                    DirKind::Friendly
-                };
-                self.perturb_by(k, k, wt, gt, None, c.rho, eps, x, None, false)
-            }
-            Rule::Ssam(c) => {
-                let pending = match &c.mask {
-                    MaskKind::Fisher { .. } => std::mem::take(&mut self.fisher_ready),
-                    MaskKind::Dynamic { drop, seed } if t > 0 && t % c.interval == 0 => {
-                        let update = (t / c.interval) as u32;
-                        if let Some([start, _]) = &self.mask_events {
-                            start.record(&stream)?;
-                        }
-                        self.drop_grow(gt, drop.at(t), *seed, update)?;
-                        if let Some([_, end]) = &self.mask_events {
-                            end.record(&stream)?;
-                            self.mask_recorded = true;
-                        }
-                        true
-                    }
-                    MaskKind::Dynamic { .. } => false,
-                };
-                let x = Spec {
-                    mask_pending: pending,
-                    ..Spec::default()
-                };
-                let (norm_kind, eps) = match c.norm {
-                    SsamNorm::Masked => (DirKind::Masked, eps),
-                    SsamNorm::Full => (DirKind::Plain, eps),
-                };
-                self.perturb_by(
-                    norm_kind,
-                    DirKind::Masked,
-                    wt,
-                    gt,
-                    None,
-                    c.rho,
-                    eps,
-                    x,
-                    None,
-                    false,
-                )
-            }
-            Rule::Gsam(c) => {
-                let rho = c.rho_at(self.lr);
-                let aux = self.aux_tab();
-                let p = DirKind::Plain;
-                self.perturb_by(
-                    p,
-                    p,
-                    wt,
-                    gt,
-                    None,
-                    rho,
-                    eps,
-                    Spec::default(),
-                    Some((gt, aux)),
-                    false,
-                )
-            }
-            Rule::LookSam(c) => {
-                if t % c.k == 0 {
-                    let aux = self.aux_tab();
-                    let p = DirKind::Plain;
-                    let x = Spec::default();
-                    self.perturb_by(
-                        p,
-                        p,
-                        wt,
-                        gt,
-                        None,
-                        c.rho,
-                        eps,
-                        x,
-                        Some((gt, aux)),
-                        c.per_tensor,
-                    )
-                } else {
-                    let x = DirExtra::default();
-                    let r = Reduce::Norm(DirKind::Plain, gt, None, None, x, false);
-                    let mut f = Fin::new(abi::FIN_LOOK1);
-                    // α‖g‖ / (‖g_v‖ + eps) per tensor (the global form has no eps).
-                    f.eps = EPS_LOOKSAM;
-                    f.alpha = c.alpha;
-                    f.per_seg = c.per_tensor;
-                    // g + b·(g_v − 0·g), b from ‖g‖ and ‖g_v‖ on the device.
-                    self.apply_in_place(r, wt, gt, true, c.per_tensor, f)
-                }
-            }
-            Rule::ImbSam(_) => unreachable!("handled above"),
+        let view = StepView {
+            t,
+            lr: self.lr,
+            tail: None,
         };
+        let plan = self.rule.first_plan(&view);
+        let out = self.run_first(plan, wt, &[(PlanGrad::Batch, gt)]);
         drop(guards);
         self.settle_first(out?)
     }
@@ -849,12 +760,12 @@ impl<T: Elem> GpuOptimizer<T> {
         G: DeviceParams<T> + ?Sized,
     {
         self.expect_idle("first_step_split")?;
-        let Rule::ImbSam(c) = self.rule.clone() else {
+        if !self.needs_head_tail() {
             return Err(protocol(format!(
                 "first_step_split is ImbSAM's; {} takes first_step",
                 self.rule.name()
             )));
-        };
+        }
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
         let ht = read_tab::<T, G>(
@@ -865,17 +776,18 @@ impl<T: Elem> GpuOptimizer<T> {
             "head gradient",
             &mut guards,
         )?;
-        let tt = match tail {
-            Some(t) => Some(read_tab::<T, G>(
+        let mut inputs = vec![(PlanGrad::Head, ht)];
+        if let Some(t) = tail {
+            let tt = read_tab::<T, G>(
                 &mut self.tables,
                 &self.plan.layout,
                 &stream,
                 t,
                 "tail gradient",
                 &mut guards,
-            )?),
-            None => None,
-        };
+            )?;
+            inputs.push((PlanGrad::Tail, tt));
+        }
         let wt = write_tab::<T, W>(
             &mut self.tables,
             &self.plan.layout,
@@ -884,35 +796,155 @@ impl<T: Elem> GpuOptimizer<T> {
             "weights",
             &mut guards,
         )?;
-        let out = match tt {
-            None => self.apply_in_place(
-                Reduce::Dot(None, ht),
-                wt,
-                ht,
-                false,
-                false,
-                Fin::new(abi::FIN_CHECK),
-            ),
-            Some(tt) => {
-                let aux = self.aux_tab();
-                let p = DirKind::Plain;
-                let x = Spec::default();
-                self.perturb_by(
-                    p,
-                    p,
-                    wt,
-                    tt,
-                    Some(ht),
-                    c.rho,
-                    self.rule.perturb_eps(),
-                    x,
-                    Some((ht, aux)),
-                    false,
-                )
-            }
+        // ImbSAM's plan does not read the step count.
+        let view = StepView {
+            t: 0,
+            lr: self.lr,
+            tail: Some(tail.is_some()),
         };
+        let plan = self.rule.first_plan(&view);
+        let out = self.run_first(plan, wt, &inputs);
         drop(guards);
         self.settle_first(out?)
+    }
+
+    /// Enqueues pass 1 of `plan` (see [`samkit_core::plan`]).
+    fn run_first(
+        &mut self,
+        plan: FirstPlan,
+        wt: Tab<T>,
+        inputs: &[(PlanGrad, Tab<T>)],
+    ) -> Result<FirstOutcome> {
+        match plan {
+            FirstPlan::Apply(ApplyPlan { input, gv: None }) => {
+                let x = input_tab(inputs, input)?;
+                let f = Fin::new(abi::FIN_CHECK);
+                self.apply_in_place(Reduce::Dot(None, x), wt, x, false, false, f)
+            }
+            FirstPlan::Apply(ApplyPlan {
+                input,
+                gv: Some(reuse),
+            }) => {
+                let x = input_tab(inputs, input)?;
+                let e = DirExtra::default();
+                let r = Reduce::Norm(DirKind::Plain, x, None, None, e, false);
+                let mut f = Fin::new(abi::FIN_LOOK1);
+                // α‖g‖ / (‖g_v‖ + eps) per tensor (the global form's eps is 0).
+                f.eps = reuse.eps;
+                f.alpha = reuse.alpha;
+                f.per_seg = reuse.per_segment;
+                // g + b·(g_v − 0·g), b from ‖g‖ and ‖g_v‖ on the device.
+                self.apply_in_place(r, wt, x, true, reuse.per_segment, f)
+            }
+            FirstPlan::Perturb(p) => self.perturb(&p, wt, inputs),
+        }
+    }
+
+    /// Pass 1 of a two-pass step: the mask of the step (Sparse SAM), the filter scales (ASAM
+    /// filter-wise) or means (gradient centralization), then the norm with the skip decision and scale (device) and the perturbation.
+    fn perturb(
+        &mut self,
+        p: &PerturbPlan,
+        wt: Tab<T>,
+        inputs: &[(PlanGrad, Tab<T>)],
+    ) -> Result<FirstOutcome> {
+        let gt = input_tab(inputs, p.along)?;
+        let mask_pending = match p.mask() {
+            None | Some(MaskStep::Current) => false,
+            Some(MaskStep::Fisher) => std::mem::take(&mut self.fisher_ready),
+            Some(MaskStep::DropGrow { rate, seed, update }) => {
+                let stream = self.dev.stream().clone();
+                if let Some([start, _]) = &self.mask_events {
+                    start.record(&stream)?;
+                }
+                self.drop_grow(gt, rate, seed, update)?;
+                if let Some([_, end]) = &self.mask_events {
+                    end.record(&stream)?;
+                    self.mask_recorded = true;
+                }
+                true
+            }
+        };
+        let mut spec = Spec {
+            mask_pending,
+            ..Spec::default()
+        };
+        match p.scaling {
+            Scaling::Filter { eta } => {
+                let f = self
+                    .filters
+                    .as_ref()
+                    .ok_or_else(|| missing("filter scales"))?;
+                ops::filter_norms::<T>(&self.dev, f, wt, eta)?;
+                spec.eta = eta;
+            }
+            Scaling::AbsWPlus { eta } => spec.eta = eta,
+            Scaling::One | Scaling::AbsW => {}
+        }
+        match p.direction {
+            PlanDirection::Friendly { sigma } => spec.sigma = sigma,
+            PlanDirection::Centralized => {
+                let c = self
+                    .centers
+                    .as_ref()
+                    .ok_or_else(|| missing("filter means"))?;
+                ops::filter_means::<T>(&self.dev, c, gt)?;
+            }
+            PlanDirection::Grad | PlanDirection::Masked(_) => {}
+        }
+        if let Some(e) = p.ema {
+            spec.lambda = e.lambda;
+        }
+        let pert_kind = dir_kind(p.direction, p.scaling)?;
+        let norm_kind = match p.norm {
+            NormOf::Direction => pert_kind,
+            NormOf::Grad => dir_kind(PlanDirection::Grad, p.scaling)?,
+        };
+        let chk = p.also_check().map(|k| input_tab(inputs, k)).transpose()?;
+        let copy = match p.keep {
+            Some(k) => {
+                let aux = self.aux.as_ref().ok_or_else(|| missing("kept gradient"))?;
+                Some((input_tab(inputs, k)?, aux.tab()))
+            }
+            None => None,
+        };
+        let wr = norm_kind.needs_w().then_some(wt);
+        let mut f = Fin::new(abi::FIN_NORM);
+        f.rho = p.rho;
+        f.eps = p.eps_p;
+        f.per_seg = p.per_segment_norms;
+        let fsam = p.ema.is_some();
+        let x = self.dir_extra(norm_kind, pert_kind, spec);
+        self.reduce(Reduce::Norm(norm_kind, gt, wr, chk, x, fsam), None, f)?;
+        let w_old = self.w_old.tab();
+        ops::perturb::<T>(
+            &self.dev, &self.plan, &self.work, pert_kind, wt, w_old, gt, x, copy,
+        )?;
+        self.phase = Phase::Perturbed {
+            mask_pending,
+            fsam,
+            second: p.second,
+            eps_p: p.eps_p,
+        };
+        Ok(FirstOutcome::Perturbed)
+    }
+
+    /// The optimizer-owned buffers the norm and perturbation kernels of these kinds read.
+    fn dir_extra(&self, norm_kind: DirKind, pert_kind: DirKind, spec: Spec) -> DirExtra<'_> {
+        let fsam = norm_kind.is_friendly();
+        let uses_mask = norm_kind == DirKind::Masked || pert_kind == DirKind::Masked;
+        DirExtra {
+            m: self.fsam.as_ref().filter(|_| fsam),
+            mask: self
+                .masks
+                .as_ref()
+                .filter(|_| uses_mask)
+                .map(|m| (m, spec.mask_pending)),
+            filters: self.filters.as_ref().or(self.centers.as_ref()),
+            sigma: spec.sigma,
+            lambda: spec.lambda,
+            eta: spec.eta,
+        }
     }
 
     /// A one-pass step `w ← update(w, x)`, or `w ← update(w, x + b·(g_v − 0·x))` with LookSAM's
@@ -936,50 +968,6 @@ impl<T: Elem> GpuOptimizer<T> {
         self.update_commit(wt, None, x, y, per_seg_b, None, None, false, false)?;
         self.record_status()?;
         Ok(FirstOutcome::Applied)
-    }
-
-    /// Norm, skip decision and scale (device), then the perturbation.
-    #[allow(clippy::too_many_arguments)]
-    fn perturb_by(
-        &mut self,
-        norm_kind: DirKind,
-        pert_kind: DirKind,
-        wt: Tab<T>,
-        gt: Tab<T>,
-        chk: Opt<T>,
-        rho: f32,
-        eps: f64,
-        spec: Spec,
-        copy: Option<(Tab<T>, Tab<T>)>,
-        per_seg: bool,
-    ) -> Result<FirstOutcome> {
-        let fsam = norm_kind.is_friendly();
-        let uses_mask = norm_kind == DirKind::Masked || pert_kind == DirKind::Masked;
-        let x = DirExtra {
-            m: self.fsam.as_ref().filter(|_| fsam),
-            mask: self
-                .masks
-                .as_ref()
-                .filter(|_| uses_mask)
-                .map(|m| (m, spec.mask_pending)),
-            filters: self.filters.as_ref(),
-            sigma: spec.sigma,
-            lambda: spec.lambda,
-            eta: spec.eta,
-        };
-        let mask_pending = x.mask.is_some_and(|m| m.1);
-        let wr = norm_kind.needs_w().then_some(wt);
-        let mut f = Fin::new(abi::FIN_NORM);
-        f.rho = rho;
-        f.eps = eps;
-        f.per_seg = per_seg;
-        self.reduce(Reduce::Norm(norm_kind, gt, wr, chk, x, fsam), None, f)?;
-        let w_old = self.w_old.tab();
-        ops::perturb::<T>(
-            &self.dev, &self.plan, &self.work, pert_kind, wt, w_old, gt, x, copy,
-        )?;
-        self.phase = Phase::Perturbed { mask_pending, fsam };
-        Ok(FirstOutcome::Perturbed)
     }
 
     /// SSAM-D: the new mask into the pending slot: drop the `⌊L·rate⌋` live indices with the
@@ -1039,7 +1027,13 @@ impl<T: Elem> GpuOptimizer<T> {
         W: DeviceParamsMut<T> + ?Sized,
         G: DeviceParams<T> + ?Sized,
     {
-        let Phase::Perturbed { mask_pending, fsam } = self.phase else {
+        let Phase::Perturbed {
+            mask_pending,
+            fsam,
+            second,
+            eps_p,
+        } = self.phase
+        else {
             return Err(protocol(
                 "second_step without a perturbation: call first_step first",
             ));
@@ -1063,38 +1057,36 @@ impl<T: Elem> GpuOptimizer<T> {
             &mut guards,
         )?;
         self.phase = Phase::Idle;
-        let uses_aux = matches!(self.rule, Rule::Gsam(_) | Rule::LookSam(_));
+        let uses_aux = second.dots_kept();
         let aux = self.aux.as_ref().map(|a| a.tab());
         let mut f = Fin::new(abi::FIN_SECOND);
         f.with_b = true;
         // GSAM's projection ⟨g, g_p⟩ / (‖g_p‖² + eps_p).
-        f.eps = self.rule.perturb_eps();
+        f.eps = eps_p;
         f.lr = self.lr;
         let mut y = Second::None;
         let mut side = None;
         let mut per_tensor = false;
-        match &self.rule {
-            Rule::Gsam(c) => {
+        let kept = || aux.ok_or_else(|| missing("kept gradient"));
+        match second {
+            SecondPlan::Gsam { alpha, eps_p: _ } => {
                 f.rule = abi::RULE_GSAM;
-                f.alpha = c.alpha;
-                y = Second::Typed(aux.expect("aux"));
+                f.alpha = alpha;
+                y = Second::Typed(kept()?);
             }
-            Rule::ImbSam(c) => {
-                f.coef_a = c.kappa;
+            SecondPlan::HeadTail { kappa } => {
+                f.coef_a = kappa;
                 f.coef_b = 1.0;
-                y = Second::Typed(aux.expect("aux"));
+                y = Second::Typed(kept()?);
             }
-            Rule::LookSam(c) => {
+            SecondPlan::LookRefresh { per_segment } => {
                 f.rule = abi::RULE_LOOKSAM;
-                f.per_seg = c.per_tensor;
-                per_tensor = c.per_tensor;
-                side = Some((
-                    aux.expect("aux"),
-                    self.look_gv.as_ref().expect("g_v"),
-                    c.per_tensor,
-                ));
+                f.per_seg = per_segment;
+                per_tensor = per_segment;
+                let gv = self.look_gv.as_ref().ok_or_else(|| missing("g_v"))?;
+                side = Some((kept()?, gv, per_segment));
             }
-            _ => {}
+            SecondPlan::Plain => {}
         }
         self.reduce(
             Reduce::Dot(aux.filter(|_| uses_aux), g2t),

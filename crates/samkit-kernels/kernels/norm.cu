@@ -266,6 +266,30 @@ extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_norms_f32(FiltA
 extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_norms_bf16(FiltArgs a) { filter_body<__nv_bfloat16>(a); }
 extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_norms_f16(FiltArgs a) { filter_body<__half>(a); }
 
+// Gradient centralization's filter means (samkit_core::passes::centralized): the filter's sum in
+// f64, divided by its length and rounded once, one warp per filter; w is the gradient here.
+template <class T> __device__ __forceinline__ void mean_body(const FiltArgs& a) {
+    const u32 lane = threadIdx.x & 31;
+    const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
+    for (u64 f = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); f < a.n_filters; f += warps) {
+        u32 lo = 0, hi = a.n_segs;  // the last segment whose first filter is <= f
+        while (hi - lo > 1) {
+            const u32 mid = (lo + hi) / 2;
+            if (a.segs[mid].first <= f) lo = mid; else hi = mid;
+        }
+        const FiltSeg s = a.segs[lo];
+        const T* row = reinterpret_cast<const T*>(a.w[s.seg]) + (f - s.first) * (u64)s.len;
+        double acc = 0.0;
+        for (u32 j = lane; j < s.len; j += 32) acc += (double)sk_f32(row[j]);
+        acc = sk_warp_sum(acc);
+        if (lane == 0) a.t[f] = (float)(acc / (double)s.len);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_means_f32(FiltArgs a) { mean_body<float>(a); }
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_means_bf16(FiltArgs a) { mean_body<__nv_bfloat16>(a); }
+extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_filter_means_f16(FiltArgs a) { mean_body<__half>(a); }
+
 // ---------------------------------------------------------------------------------------------
 
 enum {

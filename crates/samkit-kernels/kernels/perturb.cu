@@ -7,7 +7,7 @@
 // second step is exact either way. One pass over memory.
 #include "samkit.cuh"
 
-enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2 };
+enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2, BASE_CENTRAL = 3 };
 enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
 
 struct PerturbArgs {
@@ -17,9 +17,9 @@ struct PerturbArgs {
     const u64* g;         // T table
     const float* m;       // FriendlySAM: two flat f32 slots of n elements
     const u64* mask;      // Sparse SAM: two bitset slots of `words` words
-    const float* ft;      // ASAM filter-wise scales
+    const float* ft;      // ASAM filter-wise scales, or gradient centralization's filter means
     const u64* ft_start;
-    const u32* ft_len;
+    const u32* ft_len;    // centralization: 0 for a segment left as it is
     const u64* copy_src;  // T table or null
     const u64* copy_dst;  // T table or null
     const Ctl* ctl;
@@ -60,6 +60,13 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
             ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
             r0 = (u32)(u.seg_off % fl);
         }
+        // Centralization (samkit_core::passes::centralized): the same lookup into the means, on
+        // the segments of two or more dimensions only.
+        if (BASE == BASE_CENTRAL && a.ft_len[u.seg] != 0) {
+            fl = a.ft_len[u.seg];
+            ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
+            r0 = (u32)(u.seg_off % fl);
+        }
         const u32 npk = (u.len + N - 1) / N;
         for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
             const u32 off = p * N;
@@ -89,6 +96,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
                     d = ((word >> (i & 63)) & 1ull) ? x : 0.f;
                 }
                 if (BASE == BASE_FRIENDLY && fs_init) d = x - mp.e[k] * a.sigma;
+                if (BASE == BASE_CENTRAL && ft) d = x - ft[(r0 + off + k) / fl];
                 if (SCALE == SCALE_ABSW) {
                     // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
                     d *= wv * wv;
@@ -124,7 +132,9 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
     SK_PERTURB(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER) \
     SK_PERTURB(masked, T, SUF, BASE_MASKED, SCALE_ONE)       \
     SK_PERTURB(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)   \
-    SK_PERTURB(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
+    SK_PERTURB(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)   \
+    SK_PERTURB(centralized, T, SUF, BASE_CENTRAL, SCALE_ONE)         \
+    SK_PERTURB(centralized_adaptive, T, SUF, BASE_CENTRAL, SCALE_ABSW)
 
 SK_PERTURB_ALL(float, f32)
 SK_PERTURB_ALL(__nv_bfloat16, bf16)

@@ -1,0 +1,454 @@
+//! The step plan: what a rule's step does, as plain data both backends interpret.
+//!
+//! A [`Rule`] and a [`StepView`] (the step count `t`, the learning rate, whether the batch has
+//! tail samples) give a [`FirstPlan`]: either a one-pass update ([`ApplyPlan`]) or a
+//! perturbation ([`PerturbPlan`]) whose [`SecondPlan`] says what pass 2 combines. The CPU
+//! [`crate::Optimizer`] and the CUDA `GpuOptimizer` compute the plan here, once per step, and
+//! run its passes; neither matches on the rule inside its step. The symbols are ALGORITHMS.md's:
+//!
+//! - pass 1 (perturb): `e = ρ · T ⊙ (T ⊙ d) / (‖T ⊙ n‖ + eps_p)` with the direction `d`
+//!   ([`Direction`]), the elementwise factor `T` ([`Scaling`], adaptive SAM's `e = ρ·w²⊙d/…`
+//!   included) and the normed vector `n = d` or `n = g` ([`NormOf`]); `w_old ← w; w ← w + e`.
+//! - pass 2: the base optimizer steps from `w_old` with the combination of [`SecondPlan`].
+//! - one-pass steps: the base optimizer steps from `w` with `g` (or `g + b·g_v`, LookSAM).
+//!
+//! Adding a rule is adding its arm to [`Rule::first_plan`] when it fits these variants; a new
+//! kind of direction, norm or pass-2 combination is a new variant here and its interpretation in
+//! each backend (a backend answers an error for a combination it has no kernel for), and its
+//! buffers in [`Rule::plan_buffers`].
+use crate::rules::{MaskKind, Rule, SsamNorm, EPS_LOOKSAM};
+
+/// What the rule's plan depends on besides its hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepView {
+    /// Completed (not skipped) steps: the `t` of ALGORITHMS.md (LookSAM's and Sparse SAM's
+    /// schedules; see [`Rule::plan_reads_step`]).
+    pub t: u64,
+    /// The learning rate of this step (GSAM's `ρ_t`).
+    pub lr: f32,
+    /// ImbSAM's split form: whether the batch has tail samples (`None`: the plain form).
+    pub tail: Option<bool>,
+}
+
+/// Which gradient an input of a pass is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grad {
+    /// The mini-batch gradient `g` of `first_step`.
+    Batch,
+    /// ImbSAM's head gradient `g_h` of `first_step_split`.
+    Head,
+    /// ImbSAM's tail gradient `g_t` of `first_step_split`.
+    Tail,
+}
+
+/// The elementwise factor `T` of scale-aware rules.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scaling {
+    /// `T = 1`.
+    One,
+    /// `T = |w|` everywhere (SAM/FriendlySAM `adaptive`; the perturbation is `w² ⊙ d`).
+    AbsW,
+    /// ASAM element-wise: `T = |w| + η` on weights, 1 on biases.
+    AbsWPlus { eta: f32 },
+    /// ASAM filter-wise: `T = ‖w_f‖ + η` per output filter of weights, 1 on biases.
+    Filter { eta: f32 },
+}
+
+impl Scaling {
+    /// Whether `T` reads the weights.
+    pub fn reads_w(self) -> bool {
+        !matches!(self, Scaling::One)
+    }
+}
+
+/// Where Sparse SAM's mask of this step comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MaskStep {
+    /// The committed mask.
+    Current,
+    /// SSAM-F: the mask computed by `set_fisher` when one waits, else the committed one; it is
+    /// committed when the step completes.
+    Fisher,
+    /// SSAM-D at `t > 0`, `t mod K = 0`: drop the `⌊L·rate⌋` live coordinates of smallest `|g|`,
+    /// grow as many dead ones by Philox keys `(seed, update)`; committed when the step completes.
+    DropGrow { rate: f32, seed: u64, update: u32 },
+}
+
+impl MaskStep {
+    /// Whether the step may commit a new mask.
+    pub fn renews(self) -> bool {
+        !matches!(self, MaskStep::Current)
+    }
+}
+
+/// The perturbation direction `d` (before `T`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Direction {
+    /// `d = g`.
+    Grad,
+    /// Gradient centralization (pytorch_optimizer's `use_gc`): `g` with, in every segment of two
+    /// or more dimensions, the mean over all dimensions but the first subtracted per output
+    /// filter ([`crate::passes::centralized`]).
+    Centralized,
+    /// Sparse SAM: `d = M ⊙ g`.
+    Masked(MaskStep),
+    /// FriendlySAM: `d = g − σ·m` (`d = g` at its first step, when `m` does not exist yet).
+    Friendly { sigma: f32 },
+}
+
+/// The vector whose norm scales the perturbation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormOf {
+    /// `‖T ⊙ d‖` (`‖e‖ = ρ` up to eps).
+    Direction,
+    /// `‖T ⊙ g‖`: Sparse SAM's `norm = full`, SAM with gradient centralization.
+    Grad,
+}
+
+/// FriendlySAM's EMA `m ← λ·m + (1 − λ)·g` (`m ← g` at the first step), computed in pass 1 and
+/// committed when the step completes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmaPlan {
+    pub lambda: f32,
+}
+
+/// What the base optimizer steps with in pass 2 (`g2`: the gradient at `w + e`; ImbSAM: of the
+/// tail loss, without `κ`). Always from `w_old`, restored exactly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SecondPlan {
+    /// `g2`.
+    Plain,
+    /// GSAM: `g2 − α·(g − proj·g2)`, `proj = ⟨g, g2⟩ / (‖g2‖² + eps_p)`, `g` kept from pass 1.
+    Gsam { alpha: f32, eps_p: f64 },
+    /// ImbSAM: `κ·g2 + g_h`, `g_h` kept from pass 1.
+    HeadTail { kappa: f32 },
+    /// LookSAM's SAM step: `g2`, and `g_v ← g2 − (⟨g2, g⟩/‖g‖²)·g` with its `‖g_v‖²` (global, or
+    /// per segment), `g` kept from pass 1.
+    LookRefresh { per_segment: bool },
+}
+
+impl SecondPlan {
+    /// Whether pass 2 reads a gradient kept from pass 1 (the `aux` buffer).
+    pub fn reads_kept(self) -> bool {
+        !matches!(self, SecondPlan::Plain)
+    }
+
+    /// Whether pass 2 reduces `⟨g, g2⟩` (GSAM's projection, LookSAM's cosine).
+    pub fn dots_kept(self) -> bool {
+        matches!(
+            self,
+            SecondPlan::Gsam { .. } | SecondPlan::LookRefresh { .. }
+        )
+    }
+}
+
+/// Pass 1 of a two-pass step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerturbPlan {
+    /// The gradient `g` that `d` is formed from (and that the non-finite check reads).
+    pub along: Grad,
+    pub direction: Direction,
+    pub scaling: Scaling,
+    pub norm: NormOf,
+    /// `ρ` of this step (GSAM: `ρ_t` at the learning rate).
+    pub rho: f32,
+    /// The epsilon of `ρ / (‖·‖ + eps_p)` ([`Rule::perturb_eps`]).
+    pub eps_p: f64,
+    /// Also keep the squared norms per segment (LookSAM per tensor).
+    pub per_segment_norms: bool,
+    /// A gradient copied during the perturbation for pass 2 (GSAM/LookSAM: `g`; ImbSAM: `g_h`,
+    /// which the non-finite check then reads too).
+    pub keep: Option<Grad>,
+    pub ema: Option<EmaPlan>,
+    pub second: SecondPlan,
+}
+
+impl PerturbPlan {
+    /// The gradient that the non-finite check reads besides [`PerturbPlan::along`].
+    pub fn also_check(&self) -> Option<Grad> {
+        self.keep.filter(|&k| k != self.along)
+    }
+
+    /// The sparse mask this step reads, if any.
+    pub fn mask(&self) -> Option<MaskStep> {
+        match self.direction {
+            Direction::Masked(m) => Some(m),
+            _ => None,
+        }
+    }
+}
+
+/// LookSAM between SAM steps: `g + b·g_v`, `b = α·‖g‖ / (‖g_v‖ + eps)`, global (eps = 0) or per
+/// segment (eps = [`EPS_LOOKSAM`]); `b = 0` when the denominator is 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GvReuse {
+    pub alpha: f32,
+    pub per_segment: bool,
+    pub eps: f64,
+}
+
+/// A one-pass step: `w ← update(w, x)` with `x = g` or `x = g + b·g_v`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ApplyPlan {
+    pub input: Grad,
+    pub gv: Option<GvReuse>,
+}
+
+/// Pass 1 of a step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FirstPlan {
+    /// One pass, no perturbation (the plain base optimizer, LookSAM between SAM steps, ImbSAM on
+    /// a batch without tail samples).
+    Apply(ApplyPlan),
+    /// Perturb, then pass 2.
+    Perturb(PerturbPlan),
+}
+
+/// The state a rule's plans use besides the weights' copy `w_old` and the base optimizer's
+/// buffers: each backend allocates these once, at construction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanBuffers {
+    /// A copy of a gradient from pass 1 to pass 2 ([`PerturbPlan::keep`]).
+    pub kept_grad: bool,
+    /// FriendlySAM's `m` ([`EmaPlan`]).
+    pub ema: bool,
+    /// Sparse SAM's mask ([`Direction::Masked`]).
+    pub mask: bool,
+    /// LookSAM's `g_v` and its squared norms ([`GvReuse`], [`SecondPlan::LookRefresh`]).
+    pub gv: bool,
+    /// ASAM filter-wise: the per-filter scales `T_f` ([`Scaling::Filter`]).
+    pub filter_scales: bool,
+    /// Gradient centralization: the per-filter means of `g` ([`Direction::Centralized`]).
+    pub filter_means: bool,
+}
+
+impl Rule {
+    /// The buffers every plan of the rule may use.
+    pub fn plan_buffers(&self) -> PlanBuffers {
+        let mut b = PlanBuffers::default();
+        match self {
+            Rule::Base => {}
+            Rule::Sam(c) => b.filter_means = c.grad_centralization,
+            Rule::Asam(c) => b.filter_scales = c.filterwise,
+            Rule::FriendlySam(_) => b.ema = true,
+            Rule::Ssam(_) => b.mask = true,
+            Rule::ImbSam(_) | Rule::Gsam(_) => b.kept_grad = true,
+            Rule::LookSam(_) => {
+                b.kept_grad = true;
+                b.gv = true;
+            }
+        }
+        b
+    }
+
+    /// Whether [`Rule::first_plan`] reads [`StepView::t`] (a backend that must wait to learn the
+    /// step count asks first).
+    pub fn plan_reads_step(&self) -> bool {
+        matches!(self, Rule::LookSam(_) | Rule::Ssam(_))
+    }
+
+    /// The plan of the next step. `view.tail` must be `Some` exactly for ImbSAM (its split form).
+    pub fn first_plan(&self, view: &StepView) -> FirstPlan {
+        let eps_p = self.perturb_eps();
+        let perturb = |direction, scaling, rho| PerturbPlan {
+            along: Grad::Batch,
+            direction,
+            scaling,
+            norm: NormOf::Direction,
+            rho,
+            eps_p,
+            per_segment_norms: false,
+            keep: None,
+            ema: None,
+            second: SecondPlan::Plain,
+        };
+        let adaptive = |a: bool| if a { Scaling::AbsW } else { Scaling::One };
+        let apply = |input| FirstPlan::Apply(ApplyPlan { input, gv: None });
+        let p = match self {
+            Rule::Base => return apply(Grad::Batch),
+            Rule::Sam(c) if c.grad_centralization => PerturbPlan {
+                norm: NormOf::Grad,
+                ..perturb(Direction::Centralized, adaptive(c.adaptive), c.rho)
+            },
+            Rule::Sam(c) => perturb(Direction::Grad, adaptive(c.adaptive), c.rho),
+            Rule::Asam(c) => {
+                let s = if c.filterwise {
+                    Scaling::Filter { eta: c.eta }
+                } else {
+                    Scaling::AbsWPlus { eta: c.eta }
+                };
+                perturb(Direction::Grad, s, c.rho)
+            }
+            Rule::FriendlySam(c) => PerturbPlan {
+                ema: Some(EmaPlan { lambda: c.lambda }),
+                ..perturb(
+                    Direction::Friendly { sigma: c.sigma },
+                    adaptive(c.adaptive),
+                    c.rho,
+                )
+            },
+            Rule::Ssam(c) => {
+                let t = view.t;
+                let mask = match c.mask {
+                    MaskKind::Fisher { .. } => MaskStep::Fisher,
+                    MaskKind::Dynamic { ref drop, seed } if t > 0 && t % c.interval == 0 => {
+                        MaskStep::DropGrow {
+                            rate: drop.at(t),
+                            seed,
+                            update: (t / c.interval) as u32,
+                        }
+                    }
+                    MaskKind::Dynamic { .. } => MaskStep::Current,
+                };
+                let norm = match c.norm {
+                    SsamNorm::Masked => NormOf::Direction,
+                    SsamNorm::Full => NormOf::Grad,
+                };
+                PerturbPlan {
+                    norm,
+                    ..perturb(Direction::Masked(mask), Scaling::One, c.rho)
+                }
+            }
+            Rule::ImbSam(c) => match view.tail {
+                Some(true) => PerturbPlan {
+                    along: Grad::Tail,
+                    keep: Some(Grad::Head),
+                    second: SecondPlan::HeadTail { kappa: c.kappa },
+                    ..perturb(Direction::Grad, Scaling::One, c.rho)
+                },
+                _ => return apply(Grad::Head),
+            },
+            Rule::Gsam(c) => PerturbPlan {
+                keep: Some(Grad::Batch),
+                second: SecondPlan::Gsam {
+                    alpha: c.alpha,
+                    eps_p,
+                },
+                ..perturb(Direction::Grad, Scaling::One, c.rho_at(view.lr))
+            },
+            Rule::LookSam(c) if view.t % c.k == 0 => PerturbPlan {
+                keep: Some(Grad::Batch),
+                per_segment_norms: c.per_tensor,
+                second: SecondPlan::LookRefresh {
+                    per_segment: c.per_tensor,
+                },
+                ..perturb(Direction::Grad, Scaling::One, c.rho)
+            },
+            Rule::LookSam(c) => {
+                // pytorch_optimizer.LookSAM adds an eps to the per-tensor ‖g_v‖ only.
+                let eps = if c.per_tensor { EPS_LOOKSAM } else { 0.0 };
+                return FirstPlan::Apply(ApplyPlan {
+                    input: Grad::Batch,
+                    gv: Some(GvReuse {
+                        alpha: c.alpha,
+                        per_segment: c.per_tensor,
+                        eps,
+                    }),
+                });
+            }
+        };
+        FirstPlan::Perturb(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Gsam, ImbSam, LookSam, Sam, Ssam};
+
+    fn view(t: u64) -> StepView {
+        StepView {
+            t,
+            lr: 0.1,
+            tail: None,
+        }
+    }
+
+    #[test]
+    fn looksam_perturbs_every_k_steps_and_reuses_gv_between() {
+        let r = Rule::LookSam(LookSam {
+            k: 3,
+            per_tensor: true,
+            ..LookSam::default()
+        });
+        let FirstPlan::Perturb(p) = r.first_plan(&view(3)) else {
+            panic!("t = 3 is a SAM step")
+        };
+        assert_eq!(p.keep, Some(Grad::Batch));
+        assert!(p.per_segment_norms);
+        assert_eq!(p.second, SecondPlan::LookRefresh { per_segment: true });
+        let FirstPlan::Apply(a) = r.first_plan(&view(4)) else {
+            panic!("t = 4 reuses g_v")
+        };
+        assert_eq!(a.gv.map(|g| g.eps), Some(EPS_LOOKSAM));
+    }
+
+    #[test]
+    fn imbsam_without_tail_is_one_pass_with_the_head() {
+        let r = Rule::ImbSam(ImbSam::default());
+        let v = |tail| StepView {
+            tail: Some(tail),
+            ..view(0)
+        };
+        assert_eq!(
+            r.first_plan(&v(false)),
+            FirstPlan::Apply(ApplyPlan {
+                input: Grad::Head,
+                gv: None
+            })
+        );
+        let FirstPlan::Perturb(p) = r.first_plan(&v(true)) else {
+            panic!("a tail perturbs")
+        };
+        assert_eq!((p.along, p.also_check()), (Grad::Tail, Some(Grad::Head)));
+    }
+
+    #[test]
+    fn gsam_rho_follows_the_learning_rate_and_ssam_d_renews_every_k() {
+        let g = Rule::Gsam(Gsam {
+            rho_max: 0.1,
+            rho_min: 0.0,
+            lr_max: 0.2,
+            lr_min: 0.0,
+            ..Gsam::default()
+        });
+        let FirstPlan::Perturb(p) = g.first_plan(&view(0)) else {
+            panic!("GSAM perturbs")
+        };
+        assert_eq!(p.rho, g_rho(&g, 0.1));
+        let s = Rule::Ssam(Ssam {
+            interval: 2,
+            ..Ssam::dynamic(1)
+        });
+        let masks: Vec<bool> = (0..5)
+            .map(|t| match s.first_plan(&view(t)) {
+                FirstPlan::Perturb(p) => p.mask().is_some_and(MaskStep::renews),
+                FirstPlan::Apply(_) => panic!("SSAM perturbs"),
+            })
+            .collect();
+        assert_eq!(masks, [false, false, true, false, true]);
+    }
+
+    fn g_rho(r: &Rule, lr: f32) -> f32 {
+        match r {
+            Rule::Gsam(c) => c.rho_at(lr),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn centralized_sam_norms_the_raw_gradient() {
+        let r = Rule::Sam(Sam {
+            grad_centralization: true,
+            adaptive: true,
+            ..Sam::default()
+        });
+        let FirstPlan::Perturb(p) = r.first_plan(&view(0)) else {
+            panic!("SAM perturbs")
+        };
+        assert_eq!(
+            (p.direction, p.norm, p.scaling),
+            (Direction::Centralized, NormOf::Grad, Scaling::AbsW)
+        );
+    }
+}

@@ -24,7 +24,9 @@ fn dev() -> Option<Arc<Device>> {
 
 /// One launch of `name` over 2 blocks of `block` threads with the all-zero `A`.
 fn launch<A: DeviceRepr + Default>(d: &Device, name: &str, block: u32) -> Result<(), CUresult> {
-    let module = d.module(samkit_cuda::samkit_kernels::NN).expect("the nn family");
+    let module = d
+        .module(samkit_cuda::samkit_kernels::NN)
+        .expect("the nn family");
     let f = module.load_function(name).expect(name);
     let args = A::default();
     let mut b = d.stream().launch_builder(&f);

@@ -542,6 +542,29 @@ pub fn bases() -> Vec<(&'static str, BaseOptimizer)> {
                 ..RmsProp::default()
             }),
         ),
+        // maximize negates the direction before the weight decay and every buffer.
+        (
+            "sgd-dampening-maximize",
+            BaseOptimizer::Sgd(Sgd {
+                lr: 0.05,
+                momentum: 0.8,
+                dampening: 0.3,
+                weight_decay: 1e-3,
+                maximize: true,
+                ..Sgd::default()
+            }),
+        ),
+        (
+            "rmsprop-centered-momentum-maximize",
+            BaseOptimizer::RmsProp(RmsProp {
+                lr: 1e-2,
+                momentum: 0.5,
+                centered: true,
+                weight_decay: 1e-3,
+                maximize: true,
+                ..RmsProp::default()
+            }),
+        ),
     ]
 }
 

@@ -9,6 +9,13 @@
 //! network is only piecewise smooth: units whose activation changes sign within ±εv add to
 //! the difference, so the estimates depend on ε (PyHessian's exact double-backward product
 //! ignores those kinks). The command reports the ε it used; compare runs at equal ε.
+//!
+//! A too small ε is refused rather than turned into zeros: the weights are `f32`, so
+//! `w + εv` moves each weight by whole units in its last place. Before any product the
+//! command checks, on a random direction, how much of the asked-for step rounding loses
+//! (bad input, exit 2, with the smallest `--fd-eps` that works for this checkpoint), and on
+//! the first product whether the two gradients differ by more than their own rounding
+//! (exit 1: only known after computing).
 use std::path::PathBuf;
 
 use clap::Args;
@@ -74,10 +81,22 @@ fn orthogonalise(v: &mut [f32], qs: &[Vec<f32>]) {
     }
 }
 
+/// The largest fraction of the step `2εv` that rounding `w ± εv` to `f32` may lose (in norm)
+/// before the products are refused: beyond it, the direction actually probed is not `v`.
+pub const MAX_ROUNDING_LOSS: f64 = 1e-2;
+/// The largest `--fd-eps`: a step as large as the typical weight is no derivative.
+pub const MAX_REL_EPS: f64 = 1.0;
+/// The two gradients of a product must differ by more than this many `f32` epsilons of their
+/// norm; below it their difference is the rounding of the gradient computation itself.
+pub const GRAD_CANCELLATION_ULPS: f64 = 100.0;
+/// The typical-weight scale used when the weights are (nearly) all zero.
+const MIN_WEIGHT_RMS: f64 = 1e-3;
+
 /// Hessian-vector products by central differences of a gradient oracle `grad(w, out)`.
 pub struct Hvp<G> {
     grad: G,
     w: Vec<f32>,
+    rel_eps: f64,
     eps: f64,
     plus: Vec<f32>,
     minus: Vec<f32>,
@@ -89,10 +108,11 @@ impl<G: FnMut(&[f32], &mut [f32]) -> Result<f64>> Hvp<G> {
     /// Products at `w`, with `ε = rel_eps · ‖w‖/√N` (the typical weight magnitude).
     pub fn new(grad: G, w: Vec<f32>, rel_eps: f64) -> Self {
         let n = w.len();
-        let eps = rel_eps * (dot(&w, &w) / n as f64).sqrt().max(1e-3);
+        let eps = rel_eps * Self::weight_scale(&w);
         Hvp {
             grad,
             w,
+            rel_eps,
             eps,
             plus: vec![0.0; n],
             minus: vec![0.0; n],
@@ -101,13 +121,74 @@ impl<G: FnMut(&[f32], &mut [f32]) -> Result<f64>> Hvp<G> {
         }
     }
 
+    /// `‖w‖/√N`, at least [`MIN_WEIGHT_RMS`].
+    fn weight_scale(w: &[f32]) -> f64 {
+        (dot(w, w) / w.len().max(1) as f64)
+            .sqrt()
+            .max(MIN_WEIGHT_RMS)
+    }
+
+    /// `out ← w + s·ε·v` in `f32`, exactly as the products form it.
+    fn perturbed(w: &[f32], eps: f64, s: f32, v: &[f32], out: &mut [f32]) {
+        let e = eps as f32;
+        for ((p, &w), &d) in out.iter_mut().zip(w).zip(v) {
+            *p = w + s * e * d;
+        }
+    }
+
+    /// The fraction (in norm) of the step `2·ε·v` that rounding `w ± ε·v` to `f32` loses,
+    /// for `ε = rel_eps·‖w‖/√N`: 0 when the weights move exactly as asked, about 1 when they
+    /// do not move at all.
+    pub fn rounding_loss(&self, v: &[f32], rel_eps: f64) -> f64 {
+        let eps = rel_eps * Self::weight_scale(&self.w);
+        let mut plus = vec![0f32; v.len()];
+        let mut minus = vec![0f32; v.len()];
+        Self::perturbed(&self.w, eps, 1.0, v, &mut plus);
+        Self::perturbed(&self.w, eps, -1.0, v, &mut minus);
+        let (mut err, mut want) = (0.0, 0.0);
+        for ((&p, &m), &d) in plus.iter().zip(&minus).zip(v) {
+            let asked = 2.0 * eps * d as f64;
+            err += (p as f64 - m as f64 - asked).powi(2);
+            want += asked * asked;
+        }
+        if want > 0.0 {
+            (err / want).sqrt()
+        } else {
+            0.0
+        }
+    }
+
+    /// Refuses an `ε` that rounding to `f32` would lose (more than [`MAX_ROUNDING_LOSS`] of
+    /// the step along the unit vector `v`), naming `--fd-eps` and the range that works for
+    /// these weights.
+    pub fn check_eps(&self, v: &[f32]) -> Result<()> {
+        // The smallest power of √10 (from 1e-12 on) that loses at most half the allowance.
+        let smallest = (0..=24)
+            .map(|k| 10f64.powf(-12.0 + k as f64 / 2.0))
+            .find(|&r| self.rounding_loss(v, r) <= MAX_ROUNDING_LOSS / 2.0)
+            .unwrap_or(MAX_REL_EPS);
+        let loss = self.rounding_loss(v, self.rel_eps);
+        if loss > MAX_ROUNDING_LOSS {
+            return Err(CliError::invalid(
+                "fd-eps",
+                format!(
+                    "{} (ε = {:.2e}) is lost to f32 rounding of the weights ({:.0} % of the step \
+                     w ± εv goes missing; the products would be noise or zeros); for this \
+                     checkpoint use a value between {smallest:.0e} and {MAX_REL_EPS} \
+                     (default 1e-2)",
+                    self.rel_eps,
+                    self.eps,
+                    100.0 * loss.min(1.0)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `out ← H v` for a unit vector `v`.
     pub fn apply(&mut self, v: &[f32], out: &mut [f32]) -> Result<()> {
-        let e = self.eps as f32;
         for s in [1.0f32, -1.0] {
-            for ((p, &w), &d) in self.wp.iter_mut().zip(&self.w).zip(v) {
-                *p = w + s * e * d;
-            }
+            Self::perturbed(&self.w, self.eps, s, v, &mut self.wp);
             let g = if s > 0.0 {
                 &mut self.plus
             } else {
@@ -115,10 +196,43 @@ impl<G: FnMut(&[f32], &mut [f32]) -> Result<f64>> Hvp<G> {
             };
             (self.grad)(&self.wp, g)?;
         }
+        if self.count == 0 {
+            self.check_cancellation()?;
+        }
         for ((o, &a), &b) in out.iter_mut().zip(&self.plus).zip(&self.minus) {
             *o = ((a as f64 - b as f64) / (2.0 * self.eps)) as f32;
         }
         self.count += 1;
+        Ok(())
+    }
+}
+
+impl<G> Hvp<G> {
+    /// After the first product: the two gradients must differ by more than the rounding of
+    /// their own computation ([`GRAD_CANCELLATION_ULPS`]), else every product is noise.
+    fn check_cancellation(&self) -> Result<()> {
+        let diff: f64 = self
+            .plus
+            .iter()
+            .zip(&self.minus)
+            .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let g = dot(&self.plus, &self.plus)
+            .sqrt()
+            .max(dot(&self.minus, &self.minus).sqrt());
+        let floor = GRAD_CANCELLATION_ULPS * f32::EPSILON as f64 * g;
+        if g > 0.0 && diff <= floor {
+            return Err(CliError::Run(format!(
+                "--fd-eps {}: the gradients at w ± εv (ε = {:.2e}) differ by {:.1e} of their \
+                 norm, within f32 rounding ({:.1e}): the Hessian-vector products would be \
+                 rounding noise. Use a larger --fd-eps (default 1e-2)",
+                self.rel_eps,
+                self.eps,
+                diff / g,
+                floor / g
+            )));
+        }
         Ok(())
     }
 }
@@ -220,7 +334,20 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     check::count("lanczos", a.lanczos, 0, 500)?;
     check::count("hutchinson", a.hutchinson, 0, 100_000)?;
     check::positive("fd-eps", a.fd_eps)?;
+    if a.fd_eps > MAX_REL_EPS {
+        return Err(CliError::invalid(
+            "fd-eps",
+            format!(
+                "{} is a step larger than the typical weight, not a derivative (at most \
+                 {MAX_REL_EPS}; default 1e-2)",
+                a.fd_eps
+            ),
+        ));
+    }
     let (mut t, data) = trained(&a.checkpoint)?;
+    // The output folder before the products, after the checkpoint (a bad --checkpoint leaves
+    // no folder behind).
+    crate::landscape::ensure_writable_dir(&a.out)?;
     let optimizer = t.cfg.optimizer.clone();
     out.say(format!(
         "checkpoint {} ({optimizer}); data: {data}",
@@ -235,6 +362,12 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
         w0,
         a.fd_eps,
     );
+    // A direction like the ones the methods use (random, unit): how much of the step the
+    // weights' rounding loses does not depend much on which.
+    let mut rng = PhiloxRng::new(a.seed, 400);
+    let mut probe_dir: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    normalise(&mut probe_dir);
+    h.check_eps(&probe_dir)?;
     let fd_eps = h.eps;
     let total = a.top * a.power_iters + a.lanczos + a.hutchinson;
     let bar = progress::bar(total as u64, "hessian-vector products");
@@ -303,7 +436,6 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
             a.hutchinson
         ));
     }
-    std::fs::create_dir_all(&a.out).map_err(|e| CliError::io(&a.out, e))?;
     plot::init_fonts();
     let png = a.out.join("power_iteration.png");
     let series: Vec<Series> = power_traces
@@ -366,6 +498,76 @@ mod tests {
             }
             Ok(0.0)
         }
+    }
+
+    fn unit(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = PhiloxRng::new(seed, 1);
+        let mut v: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+        normalise(&mut v);
+        v
+    }
+
+    #[test]
+    fn an_eps_lost_to_rounding_is_refused_naming_the_flag_and_a_range() {
+        let n = 10_000;
+        let w: Vec<f32> = (0..n).map(|i| 0.1 + 0.001 * (i % 97) as f32).collect();
+        let v = unit(n, 3);
+        for rel in [1e-12, 1e-6] {
+            let h = Hvp::new(quadratic(vec![1.0; n]), w.clone(), rel);
+            assert!(h.rounding_loss(&v, rel) > MAX_ROUNDING_LOSS, "{rel}");
+            match h.check_eps(&v) {
+                Err(CliError::InvalidValue { flag, why }) => {
+                    assert_eq!(flag, "fd-eps");
+                    assert!(why.contains("rounding") && why.contains("between"), "{why}");
+                }
+                other => panic!("{rel}: expected a refusal of --fd-eps, got {other:?}"),
+            }
+        }
+        // The default, and the smallest value the message suggests, pass.
+        let h = Hvp::new(quadratic(vec![1.0; n]), w.clone(), 1e-2);
+        assert!(h.rounding_loss(&v, 1e-2) < MAX_ROUNDING_LOSS / 10.0);
+        h.check_eps(&v).unwrap();
+        let why = match Hvp::new(quadratic(vec![1.0; n]), w.clone(), 1e-12).check_eps(&v) {
+            Err(CliError::InvalidValue { why, .. }) => why,
+            other => panic!("{other:?}"),
+        };
+        let lo: f64 = why
+            .split("between ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no range in {why}"));
+        Hvp::new(quadratic(vec![1.0; n]), w, lo)
+            .check_eps(&v)
+            .unwrap();
+    }
+
+    #[test]
+    fn gradients_equal_to_rounding_are_an_error_not_zeros() {
+        // g = c + 1e-6·w: the Hessian's step is far below the rounding of |c|.
+        let n = 100;
+        let grad = |w: &[f32], g: &mut [f32]| -> Result<f64> {
+            for (o, &x) in g.iter_mut().zip(w) {
+                *o = 1000.0 + 1e-6 * x;
+            }
+            Ok(0.0)
+        };
+        let w = vec![0.5f32; n];
+        let v = unit(n, 4);
+        let mut h = Hvp::new(grad, w, 1e-2);
+        h.check_eps(&v).unwrap();
+        let mut out = vec![0f32; n];
+        match h.apply(&v, &mut out) {
+            Err(e @ CliError::Run(_)) => {
+                assert_eq!(e.exit_code(), crate::error::EXIT_FAILURE);
+                assert!(e.to_string().contains("--fd-eps"), "{e}");
+            }
+            other => panic!("expected a run error, got {other:?}"),
+        }
+        // A well-conditioned product passes the same check.
+        let mut h = Hvp::new(quadratic(vec![2.0; n]), vec![0.5f32; n], 1e-2);
+        h.apply(&v, &mut out).unwrap();
+        assert!((dot(&v, &out) - 2.0).abs() < 1e-3);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! `samkit landscape`: the loss surface around a checkpoint along two filter-normalised random
 //! directions (Li et al., 2018; the survey's figures 8 and 9b), and the 1-D interpolation
 //! between two checkpoints.
-use std::path::PathBuf;
+//!
+//! The output folder is checked before any work. A loss that is not finite (far from the
+//! checkpoint with a large `--span`) is kept as `inf`/`NaN` in `landscape.csv` (`null` in the
+//! JSON, which has no such numbers), drawn in its own colour in `landscape.png` and counted in
+//! its title; the interpolation chart leaves such points out and says how many.
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use samkit_core::philox::PhiloxRng;
@@ -66,6 +71,29 @@ pub fn filter_normalised_direction(layout: &Layout, w: &[f32], seed: u64, stream
     d
 }
 
+/// Creates `dir` and checks that a file can be written in it, so that a bad `--out` fails
+/// before minutes of work rather than after.
+pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
+    let probe = dir.join(format!(".samkit-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| CliError::io(&probe, e))?;
+    std::fs::remove_file(&probe).map_err(|e| CliError::io(&probe, e))
+}
+
+/// The folder's files must not be folders themselves (a write would fail at the end).
+fn ensure_files_writable(dir: &Path, names: &[&str]) -> Result<()> {
+    for n in names {
+        let p = dir.join(n);
+        if p.is_dir() {
+            return Err(CliError::io(
+                &p,
+                std::io::Error::other("a folder is in the way of this output file"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct Surface {
     checkpoint: String,
@@ -73,8 +101,10 @@ struct Surface {
     samples: usize,
     alphas: Vec<f64>,
     betas: Vec<f64>,
-    /// `loss[j][i]` at `(alphas[i], betas[j])`.
+    /// `loss[j][i]` at `(alphas[i], betas[j])`; `null` where the loss is not finite.
     loss: Vec<Vec<f64>>,
+    /// Grid points whose loss is inf or NaN (their values are in landscape.csv).
+    non_finite: usize,
     accuracy: Vec<Vec<f64>>,
     line: Option<Line>,
 }
@@ -93,6 +123,32 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
     check::count("samples", a.samples, 1, 1_000_000)?;
     check::count("line-points", a.line_points, 2, 10_001)?;
     let (mut t, data) = trained(&a.checkpoint)?;
+    // The output folder before the grid (the minutes of work), after the checkpoint (so a
+    // bad --checkpoint leaves no folder behind).
+    ensure_writable_dir(&a.out)?;
+    ensure_files_writable(
+        &a.out,
+        &[
+            "landscape.csv",
+            "landscape.png",
+            "landscape.json",
+            "interpolation.png",
+        ],
+    )?;
+    // The second checkpoint too, before the grid.
+    let other = match &a.to {
+        Some(dir) => {
+            let (other, _) = trained(dir)?;
+            if other.engine.net.model.layout() != t.engine.net.model.layout() {
+                return Err(CliError::invalid(
+                    "to",
+                    format!("{} holds a different model", dir.display()),
+                ));
+            }
+            Some(other)
+        }
+        None => None,
+    };
     out.say(format!(
         "checkpoint {}: {} after {} epochs; data: {data}",
         a.checkpoint.display(),
@@ -124,11 +180,18 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
         }
     }
     bar.finish_and_clear();
-    let line = match &a.to {
-        Some(dir) => Some(interpolate(&mut t, &probe, &w0, dir, a.line_points, out)?),
-        None => None,
+    let line = match (&a.to, other) {
+        (Some(dir), Some(other)) => Some(interpolate(
+            &mut t,
+            &probe,
+            &w0,
+            dir,
+            other,
+            a.line_points,
+            out,
+        )?),
+        _ => None,
     };
-    std::fs::create_dir_all(&a.out).map_err(|e| CliError::io(&a.out, e))?;
     let csv = a.out.join("landscape.csv");
     let mut s = String::from("alpha,beta,loss,accuracy\n");
     for (j, &b) in coords.iter().enumerate() {
@@ -144,24 +207,44 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
         ys: coords.clone(),
         values: loss.clone(),
     };
-    let (lo, hi) = loss
-        .iter()
-        .flatten()
-        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-    let levels: Vec<f64> = (1..12)
-        .map(|k| lo + (hi - lo) * (k as f64 / 12.0).powi(2))
-        .collect();
-    let (mj, mi) = (0..a.grid)
+    let non_finite = loss.iter().flatten().filter(|v| !v.is_finite()).count();
+    // Range, levels and lowest point over the finite losses only.
+    let finite = || loss.iter().flatten().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let levels: Vec<f64> = if lo < hi {
+        (1..12)
+            .map(|k| lo + (hi - lo) * (k as f64 / 12.0).powi(2))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let lowest = (0..a.grid)
         .flat_map(|j| (0..a.grid).map(move |i| (j, i)))
-        .min_by(|&(j, i), &(q, p)| loss[j][i].total_cmp(&loss[q][p]))
-        .unwrap_or((0, 0));
+        .filter(|&(j, i)| loss[j][i].is_finite())
+        .min_by(|&(j, i), &(q, p)| loss[j][i].total_cmp(&loss[q][p]));
+    let (mj, mi) = lowest.unwrap_or((a.grid / 2, a.grid / 2));
     let png = a.out.join("landscape.png");
+    let blown = if non_finite > 0 {
+        format!(
+            "; {non_finite} of {} losses inf/NaN, in magenta",
+            a.grid * a.grid
+        )
+    } else {
+        String::new()
+    };
     let title = format!(
-        "Loss around {} ({}, {} samples; filter-normalised directions)",
+        "Loss around {} ({}, {} samples; filter-normalised directions{blown})",
         t.cfg.optimizer,
         t.cfg.data.data_name(),
         probe.samples()
     );
+    let star_label = if lowest.is_some() {
+        "lowest loss on the grid"
+    } else {
+        "checkpoint (no finite loss on the grid)"
+    };
     plot::png(&png, (900, 800), |area| {
         plot::contour_plot(
             area,
@@ -172,7 +255,7 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
                 paths: &[],
                 start: (0.0, 0.0),
                 star: (coords[mi], coords[mj]),
-                star_label: "lowest loss on the grid",
+                star_label,
                 saddle: None,
             },
         )
@@ -180,6 +263,15 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
     out.wrote(png);
     if let Some(l) = &line {
         let png = a.out.join("interpolation.png");
+        let dropped = l.loss.iter().filter(|v| !v.is_finite()).count();
+        let title = if dropped > 0 {
+            format!(
+                "Loss along (1 − t)·w_a + t·w_b ({dropped} of {} points inf/NaN, not drawn)",
+                l.loss.len()
+            )
+        } else {
+            "Loss along (1 − t)·w_a + t·w_b".to_string()
+        };
         let series = vec![Series::line(
             "loss",
             plot::palette(0),
@@ -187,22 +279,31 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
         )
         .with_markers()];
         plot::png(&png, (900, 600), |area| {
-            plot::line_chart(
-                area,
-                &Axes::new("Loss along (1 − t)·w_a + t·w_b", "t", "loss"),
-                &series,
-            )
+            plot::line_chart(area, &Axes::new(title, "t", "loss"), &series)
         })?;
         out.wrote(png);
     }
-    out.say(format!(
-        "loss at the checkpoint {:.4}, lowest on the grid {:.4} at ({:.2}, {:.2}), highest {:.4}",
-        loss[a.grid / 2][a.grid / 2],
-        lo,
-        coords[mi],
-        coords[mj],
-        hi
-    ));
+    if lowest.is_some() {
+        out.say(format!(
+            "loss at the checkpoint {:.4}, lowest on the grid {:.4} at ({:.2}, {:.2}), highest finite {:.4}",
+            loss[a.grid / 2][a.grid / 2],
+            lo,
+            coords[mi],
+            coords[mj],
+            hi
+        ));
+    } else {
+        out.say(format!(
+            "loss at the checkpoint {:.4}; no finite loss on the grid",
+            loss[a.grid / 2][a.grid / 2]
+        ));
+    }
+    if non_finite > 0 {
+        out.say(format!(
+            "{non_finite} of {} grid losses are inf/NaN (kept in landscape.csv; a smaller --span stays where the loss is finite)",
+            a.grid * a.grid
+        ));
+    }
     let json = a.out.join("landscape.json");
     write_json(
         &json,
@@ -213,6 +314,7 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
             alphas: coords.clone(),
             betas: coords,
             loss,
+            non_finite,
             accuracy: acc,
             line,
         },
@@ -227,18 +329,12 @@ fn interpolate(
     t: &mut samkit_train::Trainer,
     probe: &Probe,
     wa: &[f32],
-    dir: &std::path::Path,
+    dir: &Path,
+    mut other: samkit_train::Trainer,
     points: usize,
     out: &mut Output,
 ) -> Result<Line> {
     let buf_a = t.engine.net.model.buffers()?;
-    let (mut other, _) = trained(dir)?;
-    if other.engine.net.model.layout() != t.engine.net.model.layout() {
-        return Err(CliError::invalid(
-            "to",
-            format!("{} holds a different model", dir.display()),
-        ));
-    }
     let wb = other.engine.net.params.clone();
     let buf_b = other.engine.net.model.buffers()?;
     out.say(format!(

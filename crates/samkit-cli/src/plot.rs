@@ -57,6 +57,20 @@ pub fn optimizer_color(name: &str) -> RGBColor {
     }
 }
 
+/// The colour of a cell whose value is not finite (inf or NaN): magenta, which no colour map
+/// or palette here uses, so a blown-up region cannot pass for a high or low value.
+pub const NON_FINITE: RGBColor = RGBColor(255, 0, 255);
+
+/// The viridis colour at `t` in [0, 1] (clamped), or [`NON_FINITE`] for a non-finite `t`:
+/// plotters' colour maps panic on NaN.
+pub fn viridis(t: f64) -> RGBColor {
+    if t.is_finite() {
+        ViridisRGB::get_color(t.clamp(0.0, 1.0))
+    } else {
+        NON_FINITE
+    }
+}
+
 /// A qualitative palette for series that are not optimizers.
 pub fn palette(i: usize) -> RGBColor {
     const P: [RGBColor; 8] = [
@@ -441,7 +455,7 @@ pub fn heatmap(area: &Area, h: &Heatmap) -> DrawResult {
         for c in 0..nc {
             let v = h.color_values[r][c];
             let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
-            let fill = ViridisRGB::get_color(t.clamp(0.0, 1.0));
+            let fill = viridis(t);
             let (x, y) = (c as f64, r as f64);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
@@ -586,29 +600,50 @@ pub fn contour_plot(area: &Area, c: &ContourPlot) -> DrawResult {
         .y_label_area_size(52)
         .build_cartesian_2d(x0..x1, y0..y1)
         .s()?;
-    // Pale background shading by the (log) value.
+    // Pale background shading by the (log) value; a cell with a non-finite corner in full
+    // [`NON_FINITE`], named in the legend.
     let (lo, hi) = fit_range(f.values.iter().flatten().copied(), false);
     let mut cells = Vec::new();
-    for j in 0..f.ys.len() - 1 {
-        for i in 0..f.xs.len() - 1 {
-            let v = (f.values[j][i] + f.values[j + 1][i + 1]) / 2.0;
-            let t = ((v - lo) / (hi - lo)).clamp(0.0, 1.0);
-            let col = ViridisRGB::get_color(t);
-            let pale = RGBColor(
-                (col.0 as f64 * 0.35 + 255.0 * 0.65) as u8,
-                (col.1 as f64 * 0.35 + 255.0 * 0.65) as u8,
-                (col.2 as f64 * 0.35 + 255.0 * 0.65) as u8,
-            );
+    let mut non_finite = 0;
+    for j in 0..f.ys.len().saturating_sub(1) {
+        for i in 0..f.xs.len().saturating_sub(1) {
+            let corners = [
+                f.values[j][i],
+                f.values[j][i + 1],
+                f.values[j + 1][i],
+                f.values[j + 1][i + 1],
+            ];
+            let fill = if corners.iter().all(|v| v.is_finite()) {
+                let v = (f.values[j][i] + f.values[j + 1][i + 1]) / 2.0;
+                let col = viridis((v - lo) / (hi - lo));
+                RGBColor(
+                    (col.0 as f64 * 0.35 + 255.0 * 0.65) as u8,
+                    (col.1 as f64 * 0.35 + 255.0 * 0.65) as u8,
+                    (col.2 as f64 * 0.35 + 255.0 * 0.65) as u8,
+                )
+            } else {
+                non_finite += 1;
+                NON_FINITE
+            };
             cells.push(Rectangle::new(
                 [(f.xs[i], f.ys[j]), (f.xs[i + 1], f.ys[j + 1])],
-                pale.filled(),
+                fill.filled(),
             ));
         }
     }
     chart.draw_series(cells).s()?;
+    if non_finite > 0 {
+        chart
+            .draw_series(std::iter::empty::<Rectangle<(f64, f64)>>())
+            .s()?
+            .label(format!("inf/NaN value ({non_finite} cells)"))
+            .legend(|(lx, ly)| {
+                Rectangle::new([(lx, ly - 6), (lx + 20, ly + 6)], NON_FINITE.filled())
+            });
+    }
     for (k, &level) in c.levels.iter().enumerate() {
         let t = k as f64 / (c.levels.len().max(2) - 1) as f64;
-        let col = ViridisRGB::get_color(t);
+        let col = viridis(t);
         let segs = contour_segments(f, level);
         chart
             .draw_series(
@@ -745,6 +780,51 @@ mod tests {
         assert_eq!(fit_range(std::iter::empty(), false), (0.0, 1.0));
         let (a, b) = fit_range([2.0].into_iter(), false);
         assert!(a < 2.0 && b > 2.0);
+    }
+
+    #[test]
+    fn non_finite_values_get_their_own_colour_not_a_panic() {
+        assert_eq!(viridis(f64::NAN), NON_FINITE);
+        assert_eq!(viridis(f64::INFINITY), NON_FINITE);
+        assert_ne!(viridis(0.0), NON_FINITE);
+        assert_eq!(viridis(7.0), viridis(1.0));
+        // A contour plot of a field with inf and NaN values draws, with the cells marked.
+        let field = Field::sample((-1.0, 1.0), (-1.0, 1.0), 9, |x, y| {
+            if x > 0.5 {
+                f64::INFINITY
+            } else if y > 0.5 {
+                f64::NAN
+            } else {
+                x * x + y * y
+            }
+        });
+        init_fonts();
+        let (w, h) = (200u32, 160u32);
+        let mut buf = vec![0u8; 3 * (w * h) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            root.fill(&WHITE).unwrap();
+            contour_plot(
+                &root,
+                &ContourPlot {
+                    title: "t",
+                    field: &field,
+                    levels: &[0.1, 0.5, f64::INFINITY, f64::NAN],
+                    paths: &[],
+                    start: (0.0, 0.0),
+                    star: (0.0, 0.0),
+                    star_label: "min",
+                    saddle: None,
+                },
+            )
+            .unwrap();
+            root.present().unwrap();
+        }
+        let magenta = buf
+            .chunks_exact(3)
+            .filter(|p| *p == [NON_FINITE.0, NON_FINITE.1, NON_FINITE.2])
+            .count();
+        assert!(magenta > 100, "{magenta} magenta pixels");
     }
 
     #[test]

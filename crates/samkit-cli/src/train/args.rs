@@ -155,7 +155,8 @@ pub struct TrainArgs {
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
 pub struct RuleArgs {
     /// Perturbation radius ρ (default: each rule's own, 0.05 for the survey's rules).
-    #[arg(long)]
+    // A negative value is a value (refused as one, naming --rho), not an unknown flag.
+    #[arg(long, allow_negative_numbers = true)]
     pub rho: Option<f32>,
     /// SAM and FriendlySAM: the adaptive variant (e ∝ w² ⊙ d, the norm over |w| ⊙ d).
     #[arg(long)]
@@ -341,6 +342,10 @@ pub fn rule(
     total_steps: u64,
     lr_range: (f32, f32),
 ) -> Result<Rule> {
+    if let Some(v) = r.rho {
+        // Blamed on --rho here rather than on --optimizer by the rule's own validation.
+        check::positive("rho", v as f64)?;
+    }
     let rho = |default: f32| r.rho.unwrap_or(default);
     let ssam = |mask: MaskKind| Ssam {
         rho: rho(0.05),

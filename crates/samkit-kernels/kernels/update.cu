@@ -3,9 +3,10 @@
 //
 // sk_update_<opt>_<t>: w ← update(src, a·x + b·(y − p·x)) with src = w_old (the exact restore of a SAM
 // step, fused) or w itself (a one-pass step); SGD (momentum, dampening, nesterov, weight decay),
-// Adam, AdamW and RMSprop (momentum, centered) with torch.optim semantics; b per segment or
-// global; LookSAM's side output g_v = x − c·g with its per-unit ‖g_v‖². When ctl->skip is set the
-// pass only restores w ← w_old (bit-exact) and leaves every state buffer untouched.
+// Adam, AdamW (amsgrad) and RMSprop (momentum, centered), maximize on all, with torch.optim
+// semantics; b per segment or global; LookSAM's side output g_v = x − c·g with its per-unit
+// ‖g_v‖². When ctl->skip is set the pass only restores w ← w_old (bit-exact) and leaves every
+// state buffer untouched.
 // sk_restore_<t>: w ← w_old. sk_commit: the step's counters and buffer flips (one thread).
 // sk_update_<opt>_<t>_fused (the fused step variant, crates/samkit-cuda/src/variants.rs): the same
 // update, then the last block to finish (a ticket counter) does sk_commit's work: one launch

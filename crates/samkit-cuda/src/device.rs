@@ -50,8 +50,8 @@ impl std::fmt::Debug for Device {
 
 /// Whether a CUDA driver library is present at all (no device is opened).
 pub fn driver_present() -> bool {
-    // SAFETY: probes the driver library's candidate names with dlopen; calls nothing in it.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    // `nvcuda` is the driver's name on Windows, as in cudarc's own probe.
+    crate::env::culib_present("cuda") || crate::env::culib_present("nvcuda")
 }
 
 impl Device {

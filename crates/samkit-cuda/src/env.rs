@@ -249,8 +249,7 @@ pub fn ensure_nvrtc() -> Result<&'static CudaPaths> {
                 Err(e) => return Err(format!("cannot load {}: {e}", lib.display())),
             }
         }
-        // SAFETY: probes the candidate names with dlopen; no symbol is called.
-        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        if culib_present("nvrtc") {
             Ok(())
         } else {
             Err(format!(
@@ -278,4 +277,53 @@ pub fn include_dir() -> Result<&'static Path> {
                 .into(),
         )
     })
+}
+
+/// The CUDA major version the workspace's cudarc is built for (its `cuda-13000` feature): the
+/// first versioned library names tried are this major's.
+const CUDA_MAJOR: u32 = 13;
+
+/// The file names cudarc's dynamic loading tries for the CUDA library `name` (`"cuda"`,
+/// `"nvrtc"`, `"cublas"`, `"cudnn"`, ...), in its order: `lib<name>.so`, the Windows
+/// `<name>64_<version>.dll` forms, then `lib<name>.so.<major>` down to `.so.1`.
+fn culib_names(name: &str) -> Vec<String> {
+    use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
+    let bits = usize::BITS;
+    let m = CUDA_MAJOR;
+    let mut names = vec![
+        format!("{DLL_PREFIX}{name}{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}{name}{bits}{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}{name}{bits}_{m}{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}{name}{bits}_{m}0{DLL_SUFFIX}"),
+        format!("{DLL_PREFIX}{name}{bits}_{m}0_0{DLL_SUFFIX}"),
+    ];
+    names.extend(
+        [m, 12, 11, 10, 9, 1]
+            .iter()
+            .map(|v| format!("{DLL_PREFIX}{name}{DLL_SUFFIX}.{v}")),
+    );
+    names
+}
+
+/// Opens the CUDA library `name` (`"cuda"`, `"nvrtc"`, `"cublas"`, `"cudnn"`, ...) by the file
+/// names cudarc uses, through the dynamic loader, or `None` when none opens.
+///
+/// cudarc's own probes (`sys::is_culib_present`, `sys::culib`) exist only when cudarc loads the
+/// libraries at run time; the workspace builds cudarc with `fallback-dynamic-loading`, which
+/// turns into linking at build time when another crate (candle's `cuda` feature) asks for it, and
+/// then those functions are gone. This probe works in both modes: with linking the library is
+/// already in the process and `dlopen` of its name returns it. A library loaded earlier by its
+/// full path (the NVRTC and cuDNN search, the emulator's fake `libcuda.so.1`) is found by its
+/// soname the same way.
+pub fn open_culib(name: &str) -> Option<libloading::Library> {
+    culib_names(name).into_iter().find_map(|n| {
+        // SAFETY: loading a shared library runs its initialisers; NVIDIA's libraries (and the
+        // emulator's) have none beyond their runtimes'. No symbol is called here.
+        unsafe { libloading::Library::new(n) }.ok()
+    })
+}
+
+/// Whether the CUDA library `name` can be opened (see [`open_culib`]); nothing in it is called.
+pub fn culib_present(name: &str) -> bool {
+    open_culib(name).is_some()
 }

@@ -183,21 +183,18 @@ fn preload(lib: &'static str, env: &str, present: fn() -> bool) {
 }
 
 fn cudnn_present() -> bool {
-    // SAFETY: probes the candidate names with dlopen; calls nothing in the library.
-    unsafe { cudarc::cudnn::sys::is_culib_present() }
+    samkit_cuda::env::culib_present("cudnn")
 }
 
 fn cublas_present() -> bool {
-    // SAFETY: as above.
-    unsafe { cudarc::cublas::sys::is_culib_present() }
+    samkit_cuda::env::culib_present("cublas")
 }
 
-fn check_symbols(
-    lib: &'static str,
-    names: &[&str],
-    get: fn() -> &'static libloading::Library,
-) -> Result<(), String> {
-    let l = get();
+/// Checks that the library cudarc opens by the name `culib` (`"cublas"`, `"cudnn"`) exports
+/// every function of `names`.
+fn check_symbols(lib: &'static str, culib: &str, names: &[&str]) -> Result<(), String> {
+    let l = samkit_cuda::env::open_culib(culib)
+        .ok_or_else(|| format!("{lib} cannot be opened by name"))?;
     let missing: Vec<&str> = names
         .iter()
         .copied()
@@ -226,17 +223,8 @@ pub fn ensure() -> Result<(), CudaError> {
         if !cudnn_present() {
             return Err(("cuDNN", format!("libcudnn.so not found; {HINT}")));
         }
-        // SAFETY: both libraries were just found by the same candidate names `culib` opens, so
-        // it returns a handle instead of panicking.
-        check_symbols("cuBLAS", CUBLAS_SYMBOLS, || unsafe {
-            cudarc::cublas::sys::culib()
-        })
-        .map_err(|e| ("cuBLAS", e))?;
-        // SAFETY: as above.
-        check_symbols("cuDNN", CUDNN_SYMBOLS, || unsafe {
-            cudarc::cudnn::sys::culib()
-        })
-        .map_err(|e| ("cuDNN", e))?;
+        check_symbols("cuBLAS", "cublas", CUBLAS_SYMBOLS).map_err(|e| ("cuBLAS", e))?;
+        check_symbols("cuDNN", "cudnn", CUDNN_SYMBOLS).map_err(|e| ("cuDNN", e))?;
         Ok(())
     });
     r.clone()

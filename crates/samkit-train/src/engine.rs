@@ -1,86 +1,41 @@
 //! Where a trainer's model, parameters, gradients and optimizer live: on the CPU (samkit-nn's
 //! CPU backend and samkit-core's `Optimizer` on host vectors) or on a CUDA device (samkit-nn's
 //! cuDNN/cuBLAS backend and samkit-cuda's `GpuOptimizer` on device arenas, all on one stream).
-//! The trainer drives either through [`Engine`], so a step is written once. Phases are timed
-//! with `Instant` on the CPU and with CUDA events on the device, where the host runs ahead of
-//! the work it enqueues.
+//!
+//! A step is not written here: both engines hand their optimizer, parameters and two gradient
+//! buffers to [`samkit_core::drive_step`], which runs the rule's protocol (SSAM-F's Fisher,
+//! ImbSAM's head and tail, the two passes) through the trainer's gradient oracle. What an
+//! [`Engine`] adds is what differs per device: how a batch is staged where the passes read it,
+//! how a buffer is zeroed, and how the phases are timed ([`Clock`]: `Instant` on the CPU, CUDA
+//! events on the device, where the host runs ahead of the work it enqueues).
 use std::borrow::BorrowMut;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use samkit_core::{FirstOutcome, Optimizer, Outcome};
+use samkit_core::{
+    drive_step, Eval, GradRequest, Optimizer, Outcome, Status, StepHooks, StepPhase, StepReport,
+};
 use samkit_cuda::GpuOptimizer;
-use samkit_nn::{Backend, BnMode, Cpu, Cuda, Losses, Model, ResNet18, ResNetConfig, Tensor};
+use samkit_nn::{Backend, BnMode, Cpu, Cuda, Model, ResNet18, ResNetConfig, Tensor};
 
 use crate::config::RunConfig;
 use crate::error::{Result, TrainError};
-
-/// Which gradient buffer a pass writes: the first (pass 1; ImbSAM's head) or the second
-/// (pass 2; ImbSAM's tail in both passes; SSAM-F's Fisher).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Grad {
-    First,
-    Second,
-}
-
-/// Time marks of a step; the trainer records them in order and reads the spans after the step.
-pub const MARKS: usize = 6;
-
-/// The operations a training step needs, on one device.
-pub trait Engine {
-    type B: Backend;
-    /// A parameter or gradient buffer.
-    type A: BorrowMut<<Self::B as Backend>::Arena>;
-    /// One line for the output: where the run executes.
-    fn describe(&self) -> String;
-    fn param_count(&self) -> usize;
-    fn set_lr(&mut self, lr: f32) -> Result<()>;
-    /// SSAM-F: the number of samples of the Fisher the next step needs.
-    fn needs_fisher(&mut self) -> Result<Option<usize>>;
-    /// ImbSAM: pass 1 computes separate head and tail gradients.
-    fn needs_head_tail(&self) -> bool;
-    /// A host batch where the passes read it (uploaded once for both passes on a device).
-    fn stage(&mut self, x: Tensor) -> Result<Tensor>;
-    /// The model, its parameters and gradient buffers: the forward and backward passes.
-    fn net(&mut self) -> &mut Net<Self::B, Self::A>;
-    /// Zeroes the Fisher accumulator (the second gradient buffer).
-    fn fisher_begin(&mut self) -> Result<()>;
-    /// Hands the accumulated Fisher to the optimizer (its top-k is part of the mask time).
-    fn fisher_end(&mut self) -> Result<()>;
-    /// The optimizer's first step with the first gradient; `split = Some(has_tail)` is
-    /// ImbSAM's, with the tail gradient in the second buffer.
-    fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome>;
-    /// Restore and update with the second gradient.
-    fn second_step(&mut self) -> Result<()>;
-    /// Restores the weights of an abandoned perturbed step.
-    fn abort(&mut self) -> Result<()>;
-    /// Whether the last step was skipped for a non-finite gradient.
-    fn last_skipped(&mut self) -> Result<bool>;
-    fn skipped_steps(&mut self) -> Result<u64>;
-    /// Seconds of the mask update inside the last first step (SSAM-D's drop/grow), once.
-    fn take_mask_time(&mut self) -> Result<Option<f64>>;
-    /// Records time mark `slot` (< [`MARKS`]) after the work enqueued so far.
-    fn mark(&mut self, slot: usize) -> Result<()>;
-    /// Seconds between two recorded marks (waits for the later one on a device).
-    fn seconds(&mut self, from: usize, to: usize) -> Result<f64>;
-    /// Writes `model.safetensors` (PyTorch names) and `optimizer.safetensors` into `dir`.
-    fn save(&mut self, dir: &Path) -> Result<()>;
-    /// Reads what [`Engine::save`] wrote (from either device: the formats are the same).
-    fn load(&mut self, dir: &Path) -> Result<()>;
-}
+use crate::trainer::Phases;
 
 /// The model a run trains, on backend `B`, with its label smoothing.
 fn resnet<B: Backend>(backend: B, cfg: &RunConfig, classes: usize) -> Result<ResNet18<B>> {
     let mut mc = ResNetConfig::new(classes, cfg.width);
     mc.label_smoothing = cfg.label_smoothing;
-    ResNet18::new(backend, mc).map_err(TrainError::from)
+    Ok(ResNet18::new(backend, mc)?)
 }
 
 /// A model with its parameters and two gradient buffers, `A` holding a backend arena (a host
-/// `Vec<f32>`, a `CudaSlice<f32>`): the passes, written once for both devices.
+/// `Vec<f32>`, a `CudaSlice<f32>`). The gradient buffers belong to the step
+/// ([`samkit_core::drive_step`]: pass 1, ImbSAM's head and SSAM-F's Fisher in the first; pass 2
+/// and ImbSAM's tail in the second).
 pub struct Net<B: Backend, A> {
     pub model: ResNet18<B>,
     pub params: A,
@@ -89,50 +44,226 @@ pub struct Net<B: Backend, A> {
 }
 
 impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
-    pub fn forward_backward(
-        &mut self,
-        x: &Tensor,
-        labels: &[usize],
-        weights: &[f32],
-        mode: BnMode,
-        into: Grad,
-    ) -> Result<Losses> {
-        let g = match into {
-            Grad::First => &mut self.grad,
-            Grad::Second => &mut self.grad2,
-        };
-        self.model
-            .forward_backward(
-                self.params.borrow(),
-                x,
-                labels.into(),
-                weights,
-                mode,
-                g.borrow_mut(),
-            )
-            .map_err(TrainError::from)
-    }
-
     /// Logits `[N, classes]` on the host, batch norm in inference mode.
     pub fn logits(&mut self, x: &Tensor) -> Result<Vec<f32>> {
-        let z = self
-            .model
-            .forward(self.params.borrow(), x, BnMode::Eval)
-            .map_err(TrainError::from)?;
-        Ok(z.as_slice().map_err(TrainError::from)?.to_vec())
+        let z = self.model.forward(self.params.borrow(), x, BnMode::Eval)?;
+        Ok(z.as_slice()?.to_vec())
+    }
+}
+
+/// The trainer's gradient oracle: `(model, request, weights, gradient out)`, as
+/// [`samkit_core::drive_step`] asks it, with the model to run the passes on.
+pub trait Oracle<B: Backend, A>:
+    FnMut(&mut ResNet18<B>, GradRequest, &A, &mut A) -> Result<Eval>
+{
+}
+
+impl<B: Backend, A, F> Oracle<B, A> for F where
+    F: FnMut(&mut ResNet18<B>, GradRequest, &A, &mut A) -> Result<Eval>
+{
+}
+
+/// One device a trainer runs on: the model and its arenas, the optimizer for them, a clock.
+///
+/// The optimizer's protocol is not mirrored here: [`Engine::step`] hands the optimizer to
+/// [`samkit_core::drive_step`] (both optimizers implement [`samkit_core::SamOptimizer`]), and
+/// the rest is what differs per device (staging a batch, zeroing a buffer, timing, the host
+/// copy of a checkpoint).
+pub trait Engine {
+    /// The network backend (samkit-nn).
+    type B: Backend;
+    /// A parameter or gradient buffer.
+    type A: BorrowMut<<Self::B as Backend>::Arena>;
+    /// One line for the output: where the run executes.
+    fn describe(&self) -> String;
+    fn param_count(&self) -> usize;
+    /// The model and its parameters.
+    fn net(&mut self) -> &mut Net<Self::B, Self::A>;
+    /// A host batch where the passes read it (uploaded once for both passes on a device).
+    fn stage(model: &mut ResNet18<Self::B>, x: Tensor) -> Result<Tensor>;
+    /// Zeroes a gradient buffer (SSAM-F's Fisher accumulates into one).
+    fn zero(model: &mut ResNet18<Self::B>, a: &mut Self::A) -> Result<()>;
+    /// Sets the learning rate of the next steps.
+    fn set_lr(&mut self, lr: f32) -> Result<()>;
+    /// The optimizer's counters after the last step (waits for it on a device).
+    fn status(&mut self) -> Result<Status>;
+    /// One step of the optimizer through `oracle` ([`samkit_core::drive_step`]), with the
+    /// seconds of each phase.
+    fn step(&mut self, oracle: impl Oracle<Self::B, Self::A>) -> Result<(StepReport, Phases)>;
+    /// Writes `model.safetensors` (PyTorch names) and `optimizer.safetensors` into `dir`.
+    fn save(&mut self, dir: &Path) -> Result<()>;
+    /// Reads what [`Engine::save`] wrote (from either device: the formats are the same).
+    fn load(&mut self, dir: &Path) -> Result<()>;
+}
+
+/// The time marks of a step: before SSAM-F's Fisher, before pass 1, after pass 1, after the
+/// first step, after pass 2, after the second step.
+const MARKS: usize = 6;
+
+/// Records time marks and reads the seconds between two of them.
+trait Timer {
+    /// Records mark `slot` (< 6) after the work enqueued so far.
+    fn record(&mut self, slot: usize) -> Result<()>;
+    /// Seconds between two marks recorded since the last [`Timer::clear`] (waits for the
+    /// later one on a device).
+    fn seconds(&mut self, from: usize, to: usize) -> Result<f64>;
+    /// Forgets the marks of the previous step.
+    fn clear(&mut self);
+}
+
+/// The hooks of [`samkit_core::drive_step`] that time a step: each phase boundary is a mark of
+/// the [`Timer`], and [`Clock::phases`] turns the marks into [`Phases`].
+struct Clock<T> {
+    timer: T,
+    fisher: bool,
+    perturbed: bool,
+}
+
+impl<T: Timer> Clock<T> {
+    fn new(timer: T) -> Self {
+        Clock {
+            timer,
+            fisher: false,
+            perturbed: false,
+        }
     }
 
-    /// Adds the per-sample squared gradients of a sub-batch to the second buffer.
-    pub fn fisher_add(&mut self, x: &Tensor, labels: &[usize]) -> Result<()> {
-        self.model
-            .per_sample_grad_sq(
-                self.params.borrow(),
-                x,
-                labels.into(),
-                self.grad2.borrow_mut(),
-            )
-            .map_err(TrainError::from)?;
+    /// Before a step.
+    fn reset(&mut self) {
+        self.timer.clear();
+        self.fisher = false;
+        self.perturbed = false;
+    }
+
+    /// The phases of the step just driven. `in_first` is the time of a mask update inside the
+    /// first step (SSAM-D's drop/grow): it moves from the first step's span to `mask`. After
+    /// SSAM-F's Fisher the mask is the whole span from the Fisher to pass 1 (its top-k is in
+    /// it), so `in_first` must then be `None`.
+    fn phases(&mut self, report: &StepReport, in_first: Option<Duration>) -> Result<Phases> {
+        let t = &mut self.timer;
+        let in_first = in_first.map_or(0.0, |d| d.as_secs_f64());
+        let mut sec = Phases {
+            mask: in_first,
+            pass1: t.seconds(1, 2)?,
+            ..Phases::default()
+        };
+        if self.fisher {
+            sec.mask += t.seconds(0, 1)?;
+        }
+        let first = (t.seconds(2, 3)? - in_first).max(0.0);
+        if self.perturbed {
+            sec.perturb = first;
+            sec.pass2 = t.seconds(3, 4)?;
+            sec.update = t.seconds(4, 5)?;
+        } else if report.outcome == Outcome::Applied {
+            // A one-pass step's first step is its update; a skipped one's is neither.
+            sec.update = first;
+        }
+        Ok(sec)
+    }
+}
+
+impl<T: Timer> StepHooks<TrainError> for Clock<T> {
+    fn begin(&mut self, p: StepPhase) -> Result<()> {
+        match p {
+            StepPhase::Fisher => {
+                self.fisher = true;
+                self.timer.record(0)
+            }
+            StepPhase::Pass1 => self.timer.record(1),
+            _ => Ok(()),
+        }
+    }
+
+    fn end(&mut self, p: StepPhase) -> Result<()> {
+        match p {
+            StepPhase::Pass1 => self.timer.record(2),
+            StepPhase::Perturb => self.timer.record(3),
+            StepPhase::Pass2 => {
+                self.perturbed = true;
+                self.timer.record(4)
+            }
+            StepPhase::Update => self.timer.record(5),
+            StepPhase::Fisher | StepPhase::Mask => Ok(()),
+        }
+    }
+}
+
+fn unrecorded(slot: usize) -> TrainError {
+    TrainError::Run(format!("time mark {slot} was not recorded"))
+}
+
+/// The host clock.
+#[derive(Default)]
+struct HostTimer([Option<Instant>; MARKS]);
+
+impl Timer for HostTimer {
+    fn record(&mut self, slot: usize) -> Result<()> {
+        *self.0.get_mut(slot).ok_or_else(|| unrecorded(slot))? = Some(Instant::now());
         Ok(())
+    }
+
+    fn seconds(&mut self, from: usize, to: usize) -> Result<f64> {
+        let mark = |s: usize| {
+            self.0
+                .get(s)
+                .copied()
+                .flatten()
+                .ok_or_else(|| unrecorded(s))
+        };
+        Ok(mark(to)?
+            .saturating_duration_since(mark(from)?)
+            .as_secs_f64())
+    }
+
+    fn clear(&mut self) {
+        self.0 = [None; MARKS];
+    }
+}
+
+/// CUDA events recorded on the stream the step's work is enqueued on.
+struct EventTimer {
+    stream: Arc<CudaStream>,
+    events: Vec<CudaEvent>,
+    recorded: [bool; MARKS],
+}
+
+impl EventTimer {
+    fn new(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context().clone();
+        let events = (0..MARKS)
+            .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(EventTimer {
+            stream,
+            events,
+            recorded: [false; MARKS],
+        })
+    }
+}
+
+impl Timer for EventTimer {
+    fn record(&mut self, slot: usize) -> Result<()> {
+        self.events
+            .get(slot)
+            .ok_or_else(|| unrecorded(slot))?
+            .record(&self.stream)?;
+        self.recorded[slot] = true;
+        Ok(())
+    }
+
+    fn seconds(&mut self, from: usize, to: usize) -> Result<f64> {
+        for s in [from, to] {
+            if !self.recorded.get(s).copied().unwrap_or(false) {
+                return Err(unrecorded(s));
+            }
+        }
+        let ms = self.events[from].elapsed_ms(&self.events[to])?;
+        Ok(f64::from(ms.max(0.0)) / 1e3)
+    }
+
+    fn clear(&mut self) {
+        self.recorded = [false; MARKS];
     }
 }
 
@@ -140,11 +271,11 @@ impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
 pub struct CpuEngine {
     pub net: Net<Cpu, Vec<f32>>,
     pub opt: Optimizer,
-    last_skipped: bool,
-    marks: [Option<Instant>; MARKS],
+    clock: Clock<HostTimer>,
 }
 
 impl CpuEngine {
+    /// The model of `cfg` for `classes` classes, initialised from `cfg.seed`, and its optimizer.
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
         let model = resnet(Cpu::new(), cfg, classes)?;
         let params = model.init_params(cfg.seed);
@@ -158,27 +289,14 @@ impl CpuEngine {
                 grad2: vec![0.0; n],
             },
             opt,
-            last_skipped: false,
-            marks: [None; MARKS],
+            clock: Clock::new(HostTimer::default()),
         })
     }
-}
-
-fn mark_of(marks: &[Option<Instant>], slot: usize) -> Result<Instant> {
-    marks
-        .get(slot)
-        .copied()
-        .flatten()
-        .ok_or_else(|| TrainError::Run(format!("time mark {slot} was not recorded")))
 }
 
 impl Engine for CpuEngine {
     type B = Cpu;
     type A = Vec<f32>;
-
-    fn net(&mut self) -> &mut Net<Cpu, Vec<f32>> {
-        &mut self.net
-    }
 
     fn describe(&self) -> String {
         format!("CPU, {} threads", rayon::current_num_threads())
@@ -188,81 +306,48 @@ impl Engine for CpuEngine {
         self.net.params.len()
     }
 
+    fn net(&mut self) -> &mut Net<Cpu, Vec<f32>> {
+        &mut self.net
+    }
+
+    fn stage(_: &mut ResNet18<Cpu>, x: Tensor) -> Result<Tensor> {
+        Ok(x)
+    }
+
+    fn zero(_: &mut ResNet18<Cpu>, a: &mut Vec<f32>) -> Result<()> {
+        a.fill(0.0);
+        Ok(())
+    }
+
     fn set_lr(&mut self, lr: f32) -> Result<()> {
         Ok(self.opt.set_lr(lr)?)
     }
 
-    fn needs_fisher(&mut self) -> Result<Option<usize>> {
-        Ok(self.opt.needs_fisher())
+    fn status(&mut self) -> Result<Status> {
+        Ok(self.opt.status())
     }
 
-    fn needs_head_tail(&self) -> bool {
-        self.opt.needs_head_tail()
-    }
-
-    fn stage(&mut self, x: Tensor) -> Result<Tensor> {
-        Ok(x)
-    }
-
-    fn fisher_begin(&mut self) -> Result<()> {
-        self.net.grad2.fill(0.0);
-        Ok(())
-    }
-
-    fn fisher_end(&mut self) -> Result<()> {
-        self.opt.set_fisher(&self.net.grad2)?;
-        // The top-k is timed with the Fisher by the trainer's marks.
-        self.opt.take_mask_time();
-        Ok(())
-    }
-
-    fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome> {
-        let out = match split {
-            Some(has_tail) => {
-                let tail = has_tail.then_some(&self.net.grad2[..]);
-                self.opt
-                    .first_step_split(&mut self.net.params[..], &self.net.grad[..], tail)?
-            }
-            None => self
-                .opt
-                .first_step(&mut self.net.params[..], &self.net.grad[..])?,
-        };
-        self.last_skipped = out == FirstOutcome::Skipped;
-        Ok(out)
-    }
-
-    fn second_step(&mut self) -> Result<()> {
-        let out = self
-            .opt
-            .second_step(&mut self.net.params[..], &self.net.grad2[..])?;
-        self.last_skipped = out == Outcome::Skipped;
-        Ok(())
-    }
-
-    fn abort(&mut self) -> Result<()> {
-        Ok(self.opt.abort(&mut self.net.params[..])?)
-    }
-
-    fn last_skipped(&mut self) -> Result<bool> {
-        Ok(self.last_skipped)
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        Ok(self.opt.skipped_steps())
-    }
-
-    fn take_mask_time(&mut self) -> Result<Option<f64>> {
-        Ok(self.opt.take_mask_time().map(|d| d.as_secs_f64()))
-    }
-
-    fn mark(&mut self, slot: usize) -> Result<()> {
-        self.marks[slot] = Some(Instant::now());
-        Ok(())
-    }
-
-    fn seconds(&mut self, from: usize, to: usize) -> Result<f64> {
-        let (a, b) = (mark_of(&self.marks, from)?, mark_of(&self.marks, to)?);
-        Ok(b.saturating_duration_since(a).as_secs_f64())
+    fn step(&mut self, mut oracle: impl Oracle<Cpu, Vec<f32>>) -> Result<(StepReport, Phases)> {
+        let Net {
+            model,
+            params,
+            grad,
+            grad2,
+        } = &mut self.net;
+        self.clock.reset();
+        let report = drive_step(
+            &mut self.opt,
+            params,
+            (grad, grad2),
+            |r, w: &Vec<f32>, g: &mut Vec<f32>| oracle(model, r, w, g),
+            &mut self.clock,
+        )?;
+        // Taken after a Fisher too, so that its top-k (timed with the Fisher) is not counted
+        // again in a later step.
+        let in_first = self.opt.take_mask_time();
+        let in_first = if self.clock.fisher { None } else { in_first };
+        let phases = self.clock.phases(&report, in_first)?;
+        Ok((report, phases))
     }
 
     fn save(&mut self, dir: &Path) -> Result<()> {
@@ -270,8 +355,7 @@ impl Engine for CpuEngine {
             dir.join("model.safetensors"),
             &mut self.net.model,
             &self.net.params,
-        )
-        .map_err(TrainError::from)?;
+        )?;
         Ok(self.opt.save_state(dir.join("optimizer.safetensors"))?)
     }
 
@@ -280,8 +364,7 @@ impl Engine for CpuEngine {
             dir.join("model.safetensors"),
             &mut self.net.model,
             &mut self.net.params,
-        )
-        .map_err(TrainError::from)?;
+        )?;
         Ok(self.opt.load_state(dir.join("optimizer.safetensors"))?)
     }
 }
@@ -292,15 +375,13 @@ impl Engine for CpuEngine {
 pub struct CudaEngine {
     net: Net<Cuda, CudaSlice<f32>>,
     opt: GpuOptimizer<f32>,
-    stream: Arc<CudaStream>,
-    events: Vec<CudaEvent>,
-    recorded: [bool; MARKS],
+    clock: Clock<EventTimer>,
     describe: String,
 }
 
 impl CudaEngine {
     /// Opens the device of `SAMKIT_CUDA_DEVICE` (default 0). No driver or no GPU is an invalid
-    /// `--device` (exit code 2) with the reason; nothing panics.
+    /// `device` ([`TrainError::InvalidValue`]) with the reason; nothing panics.
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
         let cuda = Cuda::open_default().map_err(|e| {
             if e.is_no_device() {
@@ -312,6 +393,13 @@ impl CudaEngine {
                 TrainError::Nn(e)
             }
         })?;
+        Self::on(cuda, cfg, classes)
+    }
+
+    /// The model of `cfg` for `classes` classes on an opened backend (a device and its
+    /// options), initialised from `cfg.seed` as on the CPU, and its optimizer on the same
+    /// device and stream.
+    pub fn on(cuda: Cuda, cfg: &RunConfig, classes: usize) -> Result<Self> {
         let gpu = cuda.gpu().clone();
         let (major, minor) = gpu.compute_capability();
         let describe = format!(
@@ -329,25 +417,20 @@ impl CudaEngine {
         let mut model = resnet(cuda, cfg, classes)?;
         let host = model.init_params(cfg.seed);
         let be = model.backend_mut();
-        let params = be.arena_from(&host).map_err(TrainError::from)?;
-        let grad = be.arena_zeros(host.len()).map_err(TrainError::from)?;
-        let grad2 = be.arena_zeros(host.len()).map_err(TrainError::from)?;
+        let params = be.arena_from(&host)?;
+        let grad = be.arena_zeros(host.len())?;
+        let grad2 = be.arena_zeros(host.len())?;
         let mut opt = GpuOptimizer::<f32>::new(
             &gpu,
             model.layout().clone(),
             cfg.rule.clone(),
             cfg.base.clone(),
-        )
-        .map_err(TrainError::from)?;
-        opt.time_mask_updates(true).map_err(TrainError::from)?;
+        )?;
+        opt.time_mask_updates(true)?;
         // The trainer enqueues pass 2 without waiting for pass 1's skip decision; a skip then
-        // surfaces from second_step's status, which `last_skipped` reads.
+        // surfaces from second_step's outcome or, for a one-pass step, from the status the
+        // trainer reads after the step.
         opt.set_sync_outcomes(false);
-        let ctx = gpu.context().clone();
-        let events = (0..MARKS)
-            .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(TrainError::from)?;
         Ok(CudaEngine {
             net: Net {
                 model,
@@ -356,29 +439,24 @@ impl CudaEngine {
                 grad2,
             },
             opt,
-            stream,
-            events,
-            recorded: [false; MARKS],
+            clock: Clock::new(EventTimer::new(stream)?),
             describe,
         })
     }
 
-    fn host_params(&mut self) -> Result<Vec<f32>> {
-        self.net
+    /// The parameters, copied to the host.
+    pub fn host_params(&mut self) -> Result<Vec<f32>> {
+        Ok(self
+            .net
             .model
             .backend_mut()
-            .arena_to_host(&self.net.params)
-            .map_err(TrainError::from)
+            .arena_to_host(&self.net.params)?)
     }
 }
 
 impl Engine for CudaEngine {
     type B = Cuda;
     type A = CudaSlice<f32>;
-
-    fn net(&mut self) -> &mut Net<Cuda, CudaSlice<f32>> {
-        &mut self.net
-    }
 
     fn describe(&self) -> String {
         self.describe.clone()
@@ -388,105 +466,56 @@ impl Engine for CudaEngine {
         self.net.params.len()
     }
 
+    fn net(&mut self) -> &mut Net<Cuda, CudaSlice<f32>> {
+        &mut self.net
+    }
+
+    fn stage(model: &mut ResNet18<Cuda>, x: Tensor) -> Result<Tensor> {
+        Ok(model.backend_mut().to_device(&x)?)
+    }
+
+    fn zero(model: &mut ResNet18<Cuda>, a: &mut CudaSlice<f32>) -> Result<()> {
+        Ok(model.backend_mut().stream().memset_zeros(a)?)
+    }
+
     fn set_lr(&mut self, lr: f32) -> Result<()> {
-        self.opt.set_lr(lr).map_err(TrainError::from)
+        Ok(self.opt.set_lr(lr)?)
     }
 
-    fn needs_fisher(&mut self) -> Result<Option<usize>> {
-        self.opt.needs_fisher().map_err(TrainError::from)
+    fn status(&mut self) -> Result<Status> {
+        Ok(self.opt.status()?)
     }
 
-    fn needs_head_tail(&self) -> bool {
-        self.opt.needs_head_tail()
-    }
-
-    fn stage(&mut self, x: Tensor) -> Result<Tensor> {
-        self.net
-            .model
-            .backend_mut()
-            .to_device(&x)
-            .map_err(TrainError::from)
-    }
-
-    fn fisher_begin(&mut self) -> Result<()> {
-        self.stream
-            .memset_zeros(&mut self.net.grad2)
-            .map_err(TrainError::from)
-    }
-
-    fn fisher_end(&mut self) -> Result<()> {
-        self.opt
-            .set_fisher::<f32, _>(&self.net.grad2)
-            .map_err(TrainError::from)
-    }
-
-    fn first_step(&mut self, split: Option<bool>) -> Result<FirstOutcome> {
-        match split {
-            Some(has_tail) => {
-                let tail = has_tail.then_some(&self.net.grad2);
-                self.opt
-                    .first_step_split(&mut self.net.params, &self.net.grad, tail)
-            }
-            None => self.opt.first_step(&mut self.net.params, &self.net.grad),
-        }
-        .map_err(TrainError::from)
-    }
-
-    fn second_step(&mut self) -> Result<()> {
-        // The outcome is also the optimizer's status, which `last_skipped` reads.
-        self.opt
-            .second_step(&mut self.net.params, &self.net.grad2)
-            .map(|_| ())
-            .map_err(TrainError::from)
-    }
-
-    fn abort(&mut self) -> Result<()> {
-        self.opt
-            .abort(&mut self.net.params)
-            .map_err(TrainError::from)
-    }
-
-    fn last_skipped(&mut self) -> Result<bool> {
-        let out = self.opt.last_outcome().map_err(TrainError::from)?;
-        Ok(out == Some(Outcome::Skipped))
-    }
-
-    fn skipped_steps(&mut self) -> Result<u64> {
-        self.opt.skipped_steps().map_err(TrainError::from)
-    }
-
-    fn take_mask_time(&mut self) -> Result<Option<f64>> {
-        let t = self.opt.take_mask_time().map_err(TrainError::from)?;
-        Ok(t.map(|d| d.as_secs_f64()))
-    }
-
-    fn mark(&mut self, slot: usize) -> Result<()> {
-        self.events[slot]
-            .record(&self.stream)
-            .map_err(TrainError::from)?;
-        self.recorded[slot] = true;
-        Ok(())
-    }
-
-    fn seconds(&mut self, from: usize, to: usize) -> Result<f64> {
-        for s in [from, to] {
-            if !self.recorded.get(s).copied().unwrap_or(false) {
-                return Err(TrainError::Run(format!("time mark {s} was not recorded")));
-            }
-        }
-        let ms = self.events[from]
-            .elapsed_ms(&self.events[to])
-            .map_err(TrainError::from)?;
-        Ok(f64::from(ms.max(0.0)) / 1e3)
+    fn step(
+        &mut self,
+        mut oracle: impl Oracle<Cuda, CudaSlice<f32>>,
+    ) -> Result<(StepReport, Phases)> {
+        let Net {
+            model,
+            params,
+            grad,
+            grad2,
+        } = &mut self.net;
+        self.clock.reset();
+        let report = drive_step(
+            &mut self.opt,
+            params,
+            (grad, grad2),
+            |r, w: &CudaSlice<f32>, g: &mut CudaSlice<f32>| oracle(model, r, w, g),
+            &mut self.clock,
+        )?;
+        // SSAM-F's top-k runs in `set_fisher`, timed with the Fisher; only a mask update
+        // inside the first step (SSAM-D) is timed by the optimizer.
+        let in_first = self.opt.take_mask_time()?;
+        let in_first = if self.clock.fisher { None } else { in_first };
+        let phases = self.clock.phases(&report, in_first)?;
+        Ok((report, phases))
     }
 
     fn save(&mut self, dir: &Path) -> Result<()> {
         let host = self.host_params()?;
-        samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.net.model, &host)
-            .map_err(TrainError::from)?;
-        self.opt
-            .save_state(dir.join("optimizer.safetensors"))
-            .map_err(TrainError::from)
+        samkit_nn::checkpoint::save(dir.join("model.safetensors"), &mut self.net.model, &host)?;
+        Ok(self.opt.save_state(dir.join("optimizer.safetensors"))?)
     }
 
     fn load(&mut self, dir: &Path) -> Result<()> {
@@ -495,17 +524,9 @@ impl Engine for CudaEngine {
             dir.join("model.safetensors"),
             &mut self.net.model,
             &mut host,
-        )
-        .map_err(TrainError::from)?;
-        self.opt
-            .load_state(dir.join("optimizer.safetensors"))
-            .map_err(TrainError::from)?;
-        self.net.params = self
-            .net
-            .model
-            .backend_mut()
-            .arena_from(&host)
-            .map_err(TrainError::from)?;
+        )?;
+        self.opt.load_state(dir.join("optimizer.safetensors"))?;
+        self.net.params = self.net.model.backend_mut().arena_from(&host)?;
         Ok(())
     }
 }

@@ -8,6 +8,51 @@
 //! (`model.safetensors` with PyTorch names, `optimizer.safetensors`, `trainer.json`) and
 //! [`Trainer::load`] restores one, after which the run continues bit-identically to an
 //! uninterrupted one.
+//!
+//! Every step goes through [`samkit_core::drive_step`] with the trainer's gradient oracle, on
+//! both devices ([`engine`]); the CPU runs samkit-core's `Optimizer` on host vectors, a CUDA
+//! device samkit-cuda's `GpuOptimizer` on device arenas.
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use samkit_core::{BaseOptimizer, LrSchedule, Rule, Sam};
+//! use samkit_train::{load_data, DataConfig, RunConfig, Trainer, TrainerState};
+//!
+//! # fn main() -> samkit_train::Result<()> {
+//! let data = DataConfig::synthetic(8, 4);
+//! let cfg = RunConfig {
+//!     optimizer: "sam".into(),
+//!     rule: Rule::Sam(Sam { rho: 0.05, ..Sam::default() }),
+//!     base: BaseOptimizer::sgd(0.05, 0.9, 5e-4),
+//!     schedule: LrSchedule::constant(0.05),
+//!     epochs: 1,
+//!     batch: 4,
+//!     steps_per_epoch: None,
+//!     width: 2,
+//!     label_smoothing: 0.0,
+//!     augment: false,
+//!     seed: 0,
+//!     data,
+//! };
+//! let (split, norm) = load_data(&cfg.data, cfg.seed)?;
+//! let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+//! let mut t = Trainer::new(cfg.clone(), train.clone(), test.clone(), norm)?;
+//! let epoch = t.train_epoch(&mut |step| println!("step {}: loss {}", step.step, step.loss))?;
+//! assert_eq!(epoch.steps, 2);
+//!
+//! // A checkpoint, and a trainer restored from it.
+//! let dir = std::env::temp_dir().join(format!("samkit-train-doc-{}", std::process::id()));
+//! t.save(&dir)?;
+//! let state = TrainerState::read(&dir)?;
+//! let mut resumed = Trainer::new(state.config.clone(), train, test, norm)?;
+//! resumed.load(&dir, state)?;
+//! assert_eq!((resumed.epoch, resumed.step), (1, 2));
+//! assert_eq!(resumed.engine.net.params, t.engine.net.params);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -15,6 +60,6 @@ pub mod probe;
 pub mod trainer;
 
 pub use config::{load_data, DataConfig, DataSource, RunConfig};
-pub use engine::{CpuEngine, CudaEngine};
+pub use engine::{CpuEngine, CudaEngine, Engine};
 pub use error::{Result, TrainError};
 pub use trainer::{EpochLog, Phases, StepLog, Trainer, TrainerState};

@@ -12,13 +12,16 @@ use crate::config::load_data;
 use crate::error::{Result, TrainError};
 use crate::trainer::{Trainer, TrainerState};
 
+/// A fixed set of samples at which a trained model's loss, accuracy and gradient are
+/// evaluated for arbitrary weights (batch norm in inference mode, on the CPU).
 pub struct Probe {
     batches: Vec<(Tensor, Vec<usize>)>,
     samples: usize,
     classes: usize,
 }
 
-/// A trainer restored from a checkpoint folder written by `samkit train`, with its data.
+/// A CPU trainer restored from a checkpoint folder ([`Trainer::save`], `samkit train`), with
+/// its data (rebuilt from the checkpoint's configuration) and the data's description.
 pub fn trained(dir: &Path) -> Result<(Trainer, String)> {
     let st = TrainerState::read(dir)?;
     let (split, norm) = load_data(&st.config.data, st.config.seed)?;
@@ -55,6 +58,7 @@ impl Probe {
         })
     }
 
+    /// The number of samples.
     pub fn samples(&self) -> usize {
         self.samples
     }

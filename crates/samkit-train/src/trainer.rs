@@ -1,19 +1,20 @@
 //! The training loop: one optimizer of the family over a ResNet-18 on CIFAR-shaped data, with
 //! the time of every phase of every step, evaluation each epoch, and checkpoints from which a
 //! resumed run continues exactly as an uninterrupted one.
+use std::borrow::{Borrow, BorrowMut};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use samkit_core::philox::PhiloxRng;
-use samkit_core::{FirstOutcome, Rule};
+use samkit_core::{Eval, GradRequest, Outcome, Pass, Rule};
 use samkit_data::loader::{make_batch, BatchIter, EpochPlan};
 use samkit_data::{Augment, Batch, Dataset, Normalize};
-use samkit_nn::{mean_weights, BnMode, Tensor};
+use samkit_nn::{mean_weights, BnMode, Model, ResNet18, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::engine::{CpuEngine, CudaEngine, Engine, Grad};
+use crate::engine::{CpuEngine, CudaEngine, Engine};
 use crate::error::{Result, TrainError};
 
 /// Seconds spent in each phase of a step (or summed over steps).
@@ -55,17 +56,24 @@ impl Phases {
     }
 }
 
+/// What one step did (a line of the CLI's `steps.jsonl`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StepLog {
     pub epoch: u32,
+    /// The step's index in the run (from 0).
     pub step: u64,
+    /// The learning rate of the schedule at this step.
     pub lr: f32,
+    /// The batch loss at the weights before the step (ImbSAM: head + κ·tail).
     pub loss: f64,
+    /// The loss at the perturbed weights, when the step had a second pass.
     pub perturbed_loss: Option<f64>,
+    /// A gradient had a non-finite value: weights and optimizer state were left as they were.
     pub skipped: bool,
     pub seconds: Phases,
 }
 
+/// An epoch's summary, with the evaluation on the test set after it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochLog {
     pub epoch: u32,
@@ -98,21 +106,32 @@ impl TrainerState {
     }
 }
 
+/// A ResNet-18 trained with one optimizer of the family on one device ([`CpuEngine`] or
+/// [`CudaEngine`]): steps, epochs, evaluation, checkpoints.
+///
+/// A run is a deterministic function of its [`RunConfig`] and data: the same configuration
+/// trains to the same weights, and a trainer restored with [`Trainer::load`] from a checkpoint
+/// of [`Trainer::save`] continues bit-identically to the run that wrote it.
 pub struct Trainer<E: Engine = CpuEngine> {
     pub cfg: RunConfig,
+    /// The model, its parameters and the optimizer.
     pub engine: E,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
     norm: Normalize,
     /// ImbSAM's tail classes.
     tail: Vec<bool>,
+    /// Epochs completed.
     pub epoch: u32,
+    /// Steps completed (the schedule's position).
     pub step: u64,
+    /// The summaries of the completed epochs.
     pub history: Vec<EpochLog>,
 }
 
 impl Trainer<CpuEngine> {
-    /// A trainer on the CPU.
+    /// A trainer on the CPU: the model of `cfg` initialised from `cfg.seed`, trained on
+    /// `train` and evaluated on `test`, both normalised with `norm` (from [`crate::load_data`]).
     pub fn new(
         cfg: RunConfig,
         train: Arc<Dataset>,
@@ -136,6 +155,19 @@ impl Trainer<CudaEngine> {
         let engine = CudaEngine::new(&cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
+
+    /// A trainer on an opened CUDA backend: a chosen device and explicit
+    /// [`samkit_nn::cuda::CudaOptions`] (`Cuda::with_options`).
+    pub fn cuda_on(
+        cuda: samkit_nn::Cuda,
+        cfg: RunConfig,
+        train: Arc<Dataset>,
+        test: Arc<Dataset>,
+        norm: Normalize,
+    ) -> Result<Self> {
+        let engine = CudaEngine::on(cuda, &cfg, train.classes)?;
+        Ok(Self::with_engine(cfg, engine, train, test, norm))
+    }
 }
 
 fn tensor(b: &Batch) -> Result<Tensor> {
@@ -143,6 +175,7 @@ fn tensor(b: &Batch) -> Result<Tensor> {
 }
 
 impl<E: Engine> Trainer<E> {
+    /// A trainer on an engine built for `cfg` (and `train.classes` classes).
     pub fn with_engine(
         cfg: RunConfig,
         engine: E,
@@ -167,141 +200,98 @@ impl<E: Engine> Trainer<E> {
         }
     }
 
+    /// The normalisation of the images.
     pub fn normalize(&self) -> Normalize {
         self.norm
     }
 
+    /// The training set.
     pub fn train_set(&self) -> &Arc<Dataset> {
         &self.train
     }
 
+    /// Full batches per epoch, at most `cfg.steps_per_epoch`.
     pub fn steps_per_epoch(&self) -> usize {
         let full = (self.train.len() / self.cfg.batch).max(1);
         self.cfg.steps_per_epoch.map_or(full, |s| s.min(full))
     }
 
+    /// ImbSAM: the number of tail classes (at most τ training samples).
     pub fn tail_classes(&self) -> usize {
         self.tail.iter().filter(|&&t| t).count()
     }
 
-    /// SSAM-F's empirical Fisher over `samples` training images (no augmentation), drawn
-    /// with a stream keyed by the step, so a resumed run draws the same ones.
-    fn fisher(&mut self, samples: usize) -> Result<()> {
-        let mut rng = PhiloxRng::new(self.cfg.seed, 0x4649_0000 ^ self.step as u32);
-        let idx: Vec<usize> = (0..samples)
-            .map(|_| rng.below(self.train.len() as u64) as usize)
-            .collect();
-        self.engine.fisher_begin()?;
-        for chunk in idx.chunks(self.cfg.batch) {
-            let b = make_batch(&self.train, chunk, None, &self.norm, (self.cfg.seed, 0));
-            let x = self.engine.stage(tensor(&b)?)?;
-            self.engine.net().fisher_add(&x, &b.labels)?;
-        }
-        self.engine.fisher_end()
-    }
-
-    /// One step of the optimizer on one batch, each phase timed (marks: 0 before the mask
-    /// update, 1 before pass 1, 2 before the first step, 3 after it, 4 after pass 2, 5 after
-    /// the second step).
+    /// One step of the optimizer on one batch, each phase timed. The step itself is
+    /// [`samkit_core::drive_step`] (through [`Engine::step`]); this is its gradient oracle: the
+    /// mean loss of the batch (ImbSAM: the head and tail losses), batch norm updating its
+    /// running statistics in pass 1 only, and SSAM-F's Fisher.
     pub fn step(&mut self, b: &Batch) -> Result<StepLog> {
         let lr = self.cfg.schedule.lr_at(self.step);
         self.engine.set_lr(lr)?;
-        let x = self.engine.stage(tensor(b)?)?;
+        let x = E::stage(&mut self.engine.net().model, tensor(b)?)?;
         let bsz = b.labels.len();
         let labels = &b.labels[..];
-        self.engine.mark(0)?;
-        let fisher = self.engine.needs_fisher()?;
-        if let Some(n) = fisher {
-            self.fisher(n)?;
-        }
-        self.engine.mark(1)?;
-        let (loss, tail_w) = if self.engine.needs_head_tail() {
-            let is_tail: Vec<bool> = labels.iter().map(|&y| self.tail[y]).collect();
+        let mean = mean_weights(bsz);
+        // ImbSAM: the weights of the head loss `Σ_{i∉tail} ℓ_i / B` and the tail loss.
+        let (head, tail) = if matches!(self.cfg.rule, Rule::ImbSam(_)) {
             let w = |want: bool| -> Vec<f32> {
-                is_tail
+                labels
                     .iter()
-                    .map(|&t| if t == want { 1.0 / bsz as f32 } else { 0.0 })
+                    .map(|&y| {
+                        if self.tail[y] == want {
+                            1.0 / bsz as f32
+                        } else {
+                            0.0
+                        }
+                    })
                     .collect()
             };
-            let (hw, tw) = (w(false), w(true));
-            let e = &mut self.engine;
-            let h = e
-                .net()
-                .forward_backward(&x, labels, &hw, BnMode::Train, Grad::First)?;
-            let kappa = match &self.cfg.rule {
-                Rule::ImbSam(c) => c.kappa as f64,
-                _ => 1.0,
-            };
-            let tl =
-                e.net()
-                    .forward_backward(&x, labels, &tw, BnMode::TrainNoUpdate, Grad::Second)?;
-            (h.loss + kappa * tl.loss, Some((tw, tl.samples)))
+            (w(false), w(true))
         } else {
-            let l = self.engine.net().forward_backward(
-                &x,
-                labels,
-                &mean_weights(bsz),
-                BnMode::Train,
-                Grad::First,
-            )?;
-            (l.loss, None)
+            (Vec::new(), Vec::new())
         };
-        self.engine.mark(2)?;
-        let first = self
-            .engine
-            .first_step(tail_w.as_ref().map(|(_, n)| *n > 0))?;
-        self.engine.mark(3)?;
-        let mut perturbed_loss = None;
-        if first == FirstOutcome::Perturbed {
-            let weights = tail_w.map(|(w, _)| w).unwrap_or_else(|| mean_weights(bsz));
-            let e = &mut self.engine;
-            let l2 = match e.net().forward_backward(
-                &x,
-                labels,
-                &weights,
-                BnMode::TrainNoUpdate,
-                Grad::Second,
-            ) {
-                Ok(l) => l,
-                Err(err) => {
-                    e.abort()?;
-                    return Err(err);
+        let fisher = FisherDraw {
+            train: &self.train,
+            norm: &self.norm,
+            seed: self.cfg.seed,
+            batch: self.cfg.batch,
+            step: self.step,
+        };
+        let (report, seconds) = self.engine.step(|model, req, w, g| {
+            let (weights, mode) = match req {
+                GradRequest::Fisher { samples } => {
+                    return fisher.compute::<E>(model, samples, w, g)
                 }
+                GradRequest::Batch(Pass::Clean) => (&mean, BnMode::Train),
+                GradRequest::Batch(Pass::Perturbed) => (&mean, BnMode::TrainNoUpdate),
+                GradRequest::Head => (&head, BnMode::Train),
+                // The tail's clean pass follows the head's, which already updated the
+                // running statistics on this batch.
+                GradRequest::Tail(_) => (&tail, BnMode::TrainNoUpdate),
             };
-            perturbed_loss = Some(l2.loss);
-            e.mark(4)?;
-            e.second_step()?;
-            e.mark(5)?;
-        }
-        let e = &mut self.engine;
-        let in_first = e.take_mask_time()?.unwrap_or(0.0);
-        let mut sec = Phases {
-            mask: in_first,
-            pass1: e.seconds(1, 2)?,
-            ..Phases::default()
-        };
-        if fisher.is_some() {
-            sec.mask += e.seconds(0, 1)?;
-        }
-        let first_secs = (e.seconds(2, 3)? - in_first).max(0.0);
-        match first {
-            FirstOutcome::Perturbed => {
-                sec.perturb = first_secs;
-                sec.pass2 = e.seconds(3, 4)?;
-                sec.update = e.seconds(4, 5)?;
-            }
-            FirstOutcome::Applied => sec.update = first_secs,
-            FirstOutcome::Skipped => {}
-        }
-        let skipped = first == FirstOutcome::Skipped || e.last_skipped()?;
+            let l = model.forward_backward(
+                w.borrow(),
+                &x,
+                labels.into(),
+                weights,
+                mode,
+                g.borrow_mut(),
+            )?;
+            Ok(Eval {
+                loss: l.loss,
+                samples: l.samples,
+            })
+        })?;
+        // On a device a skipped one-pass step surfaces only in the status.
+        let skipped = report.outcome == Outcome::Skipped || self.engine.status()?.last_skipped;
         let log = StepLog {
             epoch: self.epoch,
             step: self.step,
             lr,
-            loss,
-            perturbed_loss,
+            loss: report.loss,
+            perturbed_loss: report.perturbed_loss,
             skipped,
-            seconds: sec,
+            seconds,
         };
         self.step += 1;
         Ok(log)
@@ -316,7 +306,7 @@ impl<E: Engine> Trainer<E> {
         let classes = ds.classes;
         for chunk in idx.chunks(256) {
             let b = make_batch(ds, chunk, None, &self.norm, (0, 0));
-            let x = self.engine.stage(tensor(&b)?)?;
+            let x = E::stage(&mut self.engine.net().model, tensor(&b)?)?;
             let z = self.engine.net().logits(&x)?;
             let per = samkit_core::loss::smooth_cross_entropy(
                 &z,
@@ -351,7 +341,7 @@ impl<E: Engine> Trainer<E> {
         };
         let limit = self.steps_per_epoch();
         let iter = BatchIter::new(self.train.clone(), plan)?;
-        let skipped_before = self.engine.skipped_steps()?;
+        let skipped_before = self.engine.status()?.skipped;
         let t0 = Instant::now();
         let mut sum = Phases::default();
         let (mut loss, mut steps, mut images) = (0.0, 0u64, 0usize);
@@ -372,7 +362,7 @@ impl<E: Engine> Trainer<E> {
             train_loss: loss / steps.max(1) as f64,
             test_loss,
             test_accuracy,
-            skipped_steps: self.engine.skipped_steps()? - skipped_before,
+            skipped_steps: self.engine.status()?.skipped - skipped_before,
             step_seconds: sum.scaled(1.0 / steps.max(1) as f64),
             images_per_second: images as f64 / wall.max(1e-9),
         };
@@ -407,5 +397,38 @@ impl<E: Engine> Trainer<E> {
         self.step = state.step;
         self.history = state.history;
         Ok(())
+    }
+}
+
+/// SSAM-F's empirical Fisher over training images (no augmentation) drawn with a stream keyed
+/// by the step, so that a resumed run draws the same ones.
+struct FisherDraw<'a> {
+    train: &'a Dataset,
+    norm: &'a Normalize,
+    seed: u64,
+    batch: usize,
+    step: u64,
+}
+
+impl FisherDraw<'_> {
+    /// `Σ_i (∇ℓ_i)²` over `samples` images at weights `w` into `out`, in sub-batches.
+    fn compute<E: Engine>(
+        &self,
+        model: &mut ResNet18<E::B>,
+        samples: usize,
+        w: &E::A,
+        out: &mut E::A,
+    ) -> Result<Eval> {
+        let mut rng = PhiloxRng::new(self.seed, 0x4649_0000 ^ self.step as u32);
+        let idx: Vec<usize> = (0..samples)
+            .map(|_| rng.below(self.train.len() as u64) as usize)
+            .collect();
+        E::zero(model, out)?;
+        for chunk in idx.chunks(self.batch) {
+            let b = make_batch(self.train, chunk, None, self.norm, (self.seed, 0));
+            let x = E::stage(model, tensor(&b)?)?;
+            model.per_sample_grad_sq(w.borrow(), &x, b.labels[..].into(), out.borrow_mut())?;
+        }
+        Ok(Eval { loss: 0.0, samples })
     }
 }

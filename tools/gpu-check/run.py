@@ -96,8 +96,9 @@ PROFILES = {
         "bench_env": {"SAMKIT_BENCH_WIDTH": "4", "SAMKIT_BENCH_QUICK": "1"},
         "nn_parity_args": ["--test-threads=2", "linear_matches_cpu", "mlp_matches_cpu",
                            "device_loss_matches_samkit_core", "relu_add_activations"],
+        # The emulated cuDNN's algorithm search: no large workspace to clear per shape.
         "step_args": ["--batch", "2", "--width", "4", "--steps", "1", "--warmup", "0",
-                      "--optimizers", "sgd,sam"],
+                      "--optimizers", "sgd,sam", "--workspace-mb", "4"],
         "torch_args": ["--batch", "2", "--reps", "1"],
         # The device probe of every CLI test (`samkit bench --device cuda` on a tiny model,
         # which must succeed under SAMKIT_REQUIRE_CUDA=1); the trainer comparisons take minutes
@@ -309,8 +310,6 @@ class Runner:
             path = fake_dirs + libs + path
             env["SAMKIT_CUBLAS_LIB"] = self.fake_libs[1]
             env["SAMKIT_CUDNN_LIB"] = self.fake_libs[2]
-            # The emulated cuDNN's algorithm search: no large workspace to clear per shape.
-            env["SAMKIT_CUDNN_WORKSPACE_MB"] = "4"
         else:
             path = libs + path
         env["LD_LIBRARY_PATH"] = ":".join(path)

@@ -4,13 +4,15 @@
 //! ```text
 //! cargo run --release -p samkit-nn --example cuda_step -- \
 //!     [--batch 128] [--width 64] [--steps 20] [--warmup 3] \
-//!     [--optimizers sgd,sam,asam,friendlysam,ssam-f,ssam-d] [--out FILE]
+//!     [--optimizers sgd,sam,asam,friendlysam,ssam-f,ssam-d] [--workspace-mb 1024] [--out FILE]
 //! ```
 //!
 //! fp32, TF32 off, NCHW, cuDNN algorithms benchmarked once per shape (the settings of
 //! `tools/anchors/torch_gpu_resnet.py`, whose PyTorch times scripts/gpu-check.sh puts beside
-//! these). The batch is uploaded once (a device tensor), the labels stay on the host (the model
-//! computes the loss there from the downloaded logits, as on the CPU).
+//! these). `--workspace-mb` caps the cuDNN workspace (`CudaOptions::workspace_limit`; the GPU
+//! check's rehearsal on the emulated device, whose cuDNN needs none, passes 4 so that no
+//! gigabyte is cleared per shape). The batch is uploaded once (a device tensor), the labels stay
+//! on the host (the model computes the loss there from the downloaded logits, as on the CPU).
 //!
 //! Phases (milliseconds, mean over the timed steps; `median_step_ms` is the median whole step):
 //! `pass1` (forward + backward at w), `perturb` (norm and perturbation; the whole update for
@@ -27,6 +29,7 @@ use samkit_core::{
     Asam, BaseOptimizer, FirstOutcome, FriendlySam, Layout, MaskKind, Rule, Sam, Sgd, Ssam,
 };
 use samkit_cuda::GpuOptimizer;
+use samkit_nn::cuda::CudaOptions;
 use samkit_nn::init::Rng;
 use samkit_nn::{mean_weights, BnMode, Cuda, Model, ResNet18, ResNetConfig, Tensor};
 use serde_json::{json, Value};
@@ -37,6 +40,7 @@ struct Args {
     steps: usize,
     warmup: usize,
     optimizers: Vec<String>,
+    workspace_mb: usize,
     out: Option<String>,
 }
 
@@ -50,6 +54,7 @@ fn args() -> Args {
             .split(',')
             .map(String::from)
             .collect(),
+        workspace_mb: CudaOptions::default().workspace_limit >> 20,
         out: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +73,7 @@ fn args() -> Args {
             "--steps" => a.steps = num(&val).max(1),
             "--warmup" => a.warmup = num(&val),
             "--optimizers" => a.optimizers = val.split(',').map(String::from).collect(),
+            "--workspace-mb" => a.workspace_mb = num(&val).max(1),
             "--out" => a.out = Some(val),
             other => {
                 eprintln!("unknown argument {other} (see the example's documentation)");
@@ -307,7 +313,11 @@ fn main() {
 }
 
 fn run(a: &Args) -> Res<Value> {
-    let mut cuda = Cuda::open_default().map_err(nn)?;
+    let opts = CudaOptions {
+        workspace_limit: a.workspace_mb << 20,
+        ..CudaOptions::default()
+    };
+    let mut cuda = Cuda::open(0, opts).map_err(nn)?;
     let mut xv = vec![0.0; a.batch * 3 * 32 * 32];
     Rng::new(1).fill_normal(&mut xv, 1.0);
     let x = cuda

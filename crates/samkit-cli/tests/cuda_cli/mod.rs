@@ -57,7 +57,9 @@ fn tmp(ctx: &Ctx, name: &str) -> PathBuf {
     let base = std::env::var_os("SAMKIT_TEST_TMP")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")));
-    let dir = base.join(format!("{}-{name}", ctx.tag));
+    // The process id: two runs of these tests at once (two checkouts' `cargo test` sharing a
+    // target dir) must not delete each other's folders.
+    let dir = base.join(format!("{}-{}-{name}", ctx.tag, std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }

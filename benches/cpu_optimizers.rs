@@ -51,6 +51,11 @@ fn bytes_per_param(rule: &Rule) -> u64 {
         Rule::Gsam(_) => 56,
         Rule::ImbSam(_) => 60,
         Rule::LookSam(_) => unreachable!("LookSAM alternates step kinds; not in this table"),
+        // Masked like Sparse SAM.
+        Rule::Esam(_) | Rule::SamOn(_) => 44,
+        // SAM's passes + the extrapolation: w, v read, w written (12).
+        Rule::EgSam(_) => 56,
+        Rule::Rst(_) => unreachable!("RST alternates step kinds; not in this table"),
     }
 }
 

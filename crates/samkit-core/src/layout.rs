@@ -17,6 +17,24 @@ pub enum ParamKind {
     Bias,
 }
 
+/// Whether a tensor of this PyTorch-style name is a normalisation layer's affine parameter: its
+/// module (the name without the last component) ends in a component that starts with `bn`, `ln`
+/// or `gn`, or contains `norm` (`bn1`, `layer1.0.bn2`, `ln_f`, `layernorm`, `norm1`). Layers that
+/// torch names by position (ResNet's `shortcut.1`) are not recognised: mark those with
+/// [`Layout::set_norm`] ([`Layout::resnet18`] does).
+pub fn is_norm_name(name: &str) -> bool {
+    let module = match name.rsplit_once('.') {
+        Some((m, _)) => m,
+        None => return false,
+    };
+    let last = module
+        .rsplit('.')
+        .next()
+        .unwrap_or(module)
+        .to_ascii_lowercase();
+    ["bn", "ln", "gn"].iter().any(|p| last.starts_with(p)) || last.contains("norm")
+}
+
 impl ParamKind {
     /// The kind ALGORITHMS.md assigns to a tensor by its name.
     pub fn from_name(name: &str) -> Self {
@@ -36,6 +54,11 @@ pub struct Segment {
     /// Start of the segment in the flat buffer.
     pub offset: usize,
     pub len: usize,
+    /// An affine parameter of a normalisation layer (BatchNorm/LayerNorm weight or bias): the
+    /// segments SAM-ON perturbs. Not part of [`Layout::fingerprint`], so state files of layouts
+    /// saved before the flag existed still load.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub norm: bool,
 }
 
 impl Segment {
@@ -62,11 +85,33 @@ impl Layout {
         Self::default()
     }
 
-    /// Appends a segment whose kind follows from its name.
+    /// Appends a segment whose kind follows from its name, and its norm-layer flag too
+    /// ([`is_norm_name`]).
     pub fn push(&mut self, name: impl Into<String>, shape: &[usize]) -> Result<&mut Self> {
         let name = name.into();
         let kind = ParamKind::from_name(&name);
-        self.push_with_kind(name, shape, kind)
+        let norm = is_norm_name(&name);
+        self.push_with_kind(name, shape, kind)?;
+        if let Some(s) = self.segments.last_mut() {
+            s.norm = norm;
+        }
+        Ok(self)
+    }
+
+    /// Marks (or unmarks) the segment `name` as a normalisation layer's affine parameter.
+    pub fn set_norm(&mut self, name: &str, norm: bool) -> Result<&mut Self> {
+        let s = self
+            .segments
+            .iter_mut()
+            .find(|s| s.name == name)
+            .ok_or_else(|| Error::InvalidLayout(format!("no segment `{name}`")))?;
+        s.norm = norm;
+        Ok(self)
+    }
+
+    /// Whether any segment is a normalisation layer's affine parameter.
+    pub fn has_norm_segments(&self) -> bool {
+        self.segments.iter().any(|s| s.norm)
     }
 
     pub fn push_with_kind(
@@ -97,6 +142,7 @@ impl Layout {
             kind,
             offset: self.total,
             len,
+            norm: false,
         });
         self.total += len;
         Ok(self)
@@ -231,8 +277,12 @@ impl Layout {
                 l.push(format!("{p}.bn2.bias"), &[out])?;
                 if s != 1 || i != out {
                     l.push(format!("{p}.shortcut.0.weight"), &[out, i, 1, 1])?;
-                    l.push(format!("{p}.shortcut.1.weight"), &[out])?;
-                    l.push(format!("{p}.shortcut.1.bias"), &[out])?;
+                    // The shortcut's BatchNorm, named by position.
+                    for t in ["weight", "bias"] {
+                        let name = format!("{p}.shortcut.1.{t}");
+                        l.push(name.as_str(), &[out])?;
+                        l.set_norm(&name, true)?;
+                    }
                 }
             }
             inp = out;
@@ -284,6 +334,50 @@ mod tests {
         );
         assert_eq!(l.segment("bn1.bias").unwrap().kind, ParamKind::Bias);
         assert_eq!(l.segment("bn1.weight").unwrap().kind, ParamKind::Weight);
+        // Every BatchNorm affine tensor, the shortcuts' included, is a norm segment: 20 BN
+        // layers, weight and bias each.
+        let norms: Vec<&str> = l
+            .segments()
+            .iter()
+            .filter(|s| s.norm)
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(norms.len(), 40);
+        assert!(norms.contains(&"layer3.0.shortcut.1.bias"));
+        assert!(!l.segment("conv1.weight").unwrap().norm);
+        assert!(!l.segment("linear.bias").unwrap().norm);
+    }
+
+    #[test]
+    fn norm_names_and_old_layouts() {
+        for n in [
+            "bn1.weight",
+            "a.ln_f.bias",
+            "enc.layernorm.weight",
+            "x.norm1.bias",
+            "gn.weight",
+        ] {
+            assert!(is_norm_name(n), "{n}");
+        }
+        for n in [
+            "conv1.weight",
+            "linear.bias",
+            "bn",
+            "fc0.weight",
+            "shortcut.1.weight",
+        ] {
+            assert!(!is_norm_name(n), "{n}");
+        }
+        // A layout serialized before the flag existed deserializes with no norm segments, and
+        // the fingerprint (what state files record) ignores the flag.
+        let l = Layout::from_named(&[("bn.weight", &[2usize][..])]).unwrap();
+        let mut json = serde_json::to_value(&l).unwrap();
+        json["segments"][0].as_object_mut().unwrap().remove("norm");
+        let old: Layout = serde_json::from_value(json).unwrap();
+        assert!(!old.has_norm_segments() && l.has_norm_segments());
+        assert_eq!(old.fingerprint(), l.fingerprint());
+        let mut m = Layout::flat(3).unwrap();
+        assert!(m.set_norm("nope", true).is_err());
     }
 
     #[test]

@@ -18,11 +18,12 @@ use crate::passes::{
     Coef, Combine, Dir, Ema, FilterScales, Scale, Second, SideGv,
 };
 use crate::plan::{
-    ApplyPlan, Direction as PlanDirection, FirstPlan, Grad as PlanGrad, MaskStep, NormOf,
+    first_masked_segment, fisher_segments, segment_mask, suffix_segments, ApplyPlan,
+    Direction as PlanDirection, ExtraAlong, FirstPlan, Grad as PlanGrad, MaskStep, NormOf,
     PerturbPlan, Scaling, SecondPlan, StepView,
 };
 use crate::protocol::{drive_step, NoHooks, SamOptimizer, Status};
-use crate::rules::{MaskKind, Rule};
+use crate::rules::{MaskKind, Rule, SegmentSelect};
 use crate::sparse;
 
 /// Which gradient the closure form asks for.
@@ -101,6 +102,8 @@ pub(crate) struct State {
     /// LookSAM's `g_v` and its squared norm (one entry, or one per segment).
     pub look_gv: Vec<f32>,
     pub look_gv_sq: Vec<f64>,
+    /// OG-SAM's `g2_prev`, the last completed step's pass-2 gradient; empty before it.
+    pub og_prev: Vec<f32>,
 }
 
 /// What the second step must do, decided by the first.
@@ -109,6 +112,8 @@ struct Pending {
     g_sq: Vec<f64>,
     new_mask: Option<Bitset>,
     fsam_next: bool,
+    /// OG-SAM: keep `g2` as `g2_prev`.
+    keep_second: bool,
     /// What pass 2 combines ([`SecondPlan`]).
     second: SecondPlan,
 }
@@ -154,9 +159,24 @@ impl Optimizer {
             st.base_bufs[i] = vec![0.0; n];
         }
         if let Rule::Ssam(c) = &rule {
-            if let MaskKind::Dynamic { seed, .. } = c.mask {
-                st.mask = Some(sparse::random_mask(n, c.live_count(n), seed));
+            match c.mask {
+                MaskKind::Dynamic { seed, .. } => {
+                    st.mask = Some(sparse::random_mask(n, c.live_count(n), seed));
+                }
+                MaskKind::Segments {
+                    select: SegmentSelect::Suffix,
+                } => {
+                    let pick = suffix_segments(&layout, c.live_count(n));
+                    st.mask = Some(segment_mask(&layout, &pick));
+                }
+                _ => {}
             }
+        }
+        if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
+            return Err(Error::InvalidLayout(
+                "SAM-ON perturbs the norm-layer segments and the layout marks none (name them                  like `bn1.weight`, or mark them with Layout::set_norm)"
+                    .into(),
+            ));
         }
         let bufs = rule.plan_buffers();
         let lr = base.lr();
@@ -231,6 +251,17 @@ impl Optimizer {
         self.st.mask_updates
     }
 
+    /// The first segment (forward order) that the committed mask perturbs (SSAM-L: the trainer
+    /// starts pass 2 at the unit that owns it); `None` without a mask or with an empty one.
+    pub fn first_perturbed_segment(&self) -> Option<usize> {
+        first_masked_segment(&self.layout, self.st.mask.as_ref()?)
+    }
+
+    /// OG-SAM's `g2_prev` (empty before its first completed step, and for the other rules).
+    pub fn og_prev(&self) -> &[f32] {
+        &self.st.og_prev
+    }
+
     /// The counters after the last step (the same answer as `GpuOptimizer::status`).
     pub fn status(&self) -> Status {
         Status {
@@ -273,10 +304,8 @@ impl Optimizer {
     /// Whether the next step needs the Fisher information (SSAM-F, every `K` steps).
     pub fn needs_fisher(&self) -> Option<usize> {
         match &self.rule {
-            Rule::Ssam(c) => match c.mask {
-                MaskKind::Fisher { samples }
-                    if self.st.step % c.interval == 0 && self.fisher_mask.is_none() =>
-                {
+            Rule::Ssam(c) => match c.fisher_samples() {
+                Some(samples) if self.st.step % c.interval == 0 && self.fisher_mask.is_none() => {
                     Some(samples)
                 }
                 _ => None,
@@ -299,22 +328,23 @@ impl Optimizer {
                 self.rule.name()
             )));
         };
-        if !matches!(c.mask, MaskKind::Fisher { .. }) {
-            return Err(Error::Protocol(
-                "set_fisher is for SSAM-F, not SSAM-D".into(),
-            ));
+        if c.fisher_samples().is_none() {
+            return Err(Error::Protocol(format!(
+                "set_fisher is for SSAM-F and SSAM-L fisher, not {}",
+                self.rule.name()
+            )));
         }
         self.expect_idle("set_fisher")?;
         let segs = fisher.segments(&self.layout, "fisher")?;
-        let units = self.chunks.split(segs);
         let live = c.live_count(self.layout.len());
         let clock = Instant::now();
-        self.fisher_mask = Some(sparse::fisher_mask(
-            &self.chunks,
-            &units,
-            self.layout.len(),
-            live,
-        ));
+        self.fisher_mask = Some(if matches!(c.mask, MaskKind::Segments { .. }) {
+            let pick = fisher_segments(&self.layout, &segs, live);
+            segment_mask(&self.layout, &pick)
+        } else {
+            let units = self.chunks.split(segs);
+            sparse::fisher_mask(&self.chunks, &units, self.layout.len(), live)
+        });
         self.mask_time = Some(clock.elapsed());
         Ok(())
     }
@@ -529,8 +559,23 @@ impl Optimizer {
     {
         let g_u = inputs.units(p.along)?;
         let n = self.layout.len();
+        let step_mask = match p.mask() {
+            Some(MaskStep::Segments) => {
+                let pick = self
+                    .rule
+                    .step_segments(&self.layout, self.st.step)
+                    .ok_or_else(|| {
+                        Error::Protocol(format!(
+                            "{} has no per-step segment selection",
+                            self.rule.name()
+                        ))
+                    })?;
+                Some(segment_mask(&self.layout, &pick))
+            }
+            _ => None,
+        };
         let new_mask = match p.mask() {
-            None | Some(MaskStep::Current) => None,
+            None | Some(MaskStep::Current) | Some(MaskStep::Segments) => None,
             Some(MaskStep::Fisher) => self.fisher_mask.take(),
             Some(MaskStep::DropGrow { rate, seed, update }) => {
                 let clock = Instant::now();
@@ -544,9 +589,15 @@ impl Optimizer {
             }
         };
         let mask = match p.mask() {
-            Some(_) => Some(new_mask.as_ref().or(self.st.mask.as_ref()).ok_or_else(|| {
-                Error::Protocol("Sparse SAM without a mask: call set_fisher first".into())
-            })?),
+            Some(_) => Some(
+                step_mask
+                    .as_ref()
+                    .or(new_mask.as_ref())
+                    .or(self.st.mask.as_ref())
+                    .ok_or_else(|| {
+                        Error::Protocol("Sparse SAM without a mask: call set_fisher first".into())
+                    })?,
+            ),
             None => None,
         };
         let fs;
@@ -631,6 +682,25 @@ impl Optimizer {
             None => None,
         };
         perturb_pass(&self.chunks, pert_dir, s, ws, olds, d_u, m_opt, copy);
+        if let Some(x) = p.extrapolate {
+            // EG-SAM/OG-SAM: w̃ = (w + e) − η_x·v, after the perturbation (w_old is already
+            // kept, so the restore stays exact). OG-SAM's g2_prev is 0 before its first step.
+            let v: Option<Vec<&[f32]>> = match x.along {
+                ExtraAlong::Grad => Some(g_u.to_vec()),
+                ExtraAlong::PrevSecond if self.st.og_prev.is_empty() => None,
+                ExtraAlong::PrevSecond => Some(self.chunks.split_flat(&self.st.og_prev)),
+            };
+            if let Some(v) = v {
+                let ws = self
+                    .chunks
+                    .split_mut(w.segments_mut(&self.layout, "weights")?);
+                for (wu, vu) in ws.into_iter().zip(v) {
+                    for (a, &b) in wu.iter_mut().zip(vu) {
+                        *a -= x.eta * b;
+                    }
+                }
+            }
+        }
         let g_sq = if p.per_segment_norms {
             per_segment(&self.chunks, &out.parts, self.layout.segments().len())
         } else {
@@ -640,6 +710,7 @@ impl Optimizer {
             g_sq,
             new_mask,
             fsam_next: ema.is_some(),
+            keep_second: p.keep_second,
             second: p.second,
         });
         Ok(FirstOutcome::Perturbed)
@@ -776,6 +847,13 @@ impl Optimizer {
         if let Some(m) = pending.new_mask {
             self.st.mask = Some(m);
             self.st.mask_updates += 1;
+        }
+        if pending.keep_second {
+            let prev = &mut self.st.og_prev;
+            prev.clear();
+            for u in &g2_u {
+                prev.extend_from_slice(u);
+            }
         }
         self.st.base_steps += 1;
         self.st.step += 1;

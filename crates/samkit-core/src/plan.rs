@@ -16,7 +16,9 @@
 //! kind of direction, norm or pass-2 combination is a new variant here and its interpretation in
 //! each backend (a backend answers an error for a combination it has no kernel for), and its
 //! buffers in [`Rule::plan_buffers`].
-use crate::rules::{MaskKind, Rule, SsamNorm, EPS_LOOKSAM};
+use crate::bitset::Bitset;
+use crate::layout::Layout;
+use crate::rules::{MaskKind, Rule, SegmentSelect, SsamNorm, EPS_LOOKSAM};
 
 /// What the rule's plan depends on besides its hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,13 +74,32 @@ pub enum MaskStep {
     /// SSAM-D at `t > 0`, `t mod K = 0`: drop the `⌊L·rate⌋` live coordinates of smallest `|g|`,
     /// grow as many dead ones by Philox keys `(seed, update)`; committed when the step completes.
     DropGrow { rate: f32, seed: u64, update: u32 },
+    /// A mask of whole segments that the rule draws for this step alone and never commits
+    /// ([`Rule::step_segments`]: ESAM's SWP, SAM-ON's norm layers).
+    Segments,
 }
 
 impl MaskStep {
     /// Whether the step may commit a new mask.
     pub fn renews(self) -> bool {
-        !matches!(self, MaskStep::Current)
+        matches!(self, MaskStep::Fisher | MaskStep::DropGrow { .. })
     }
+}
+
+/// Which vector EG-SAM/OG-SAM extrapolate along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraAlong {
+    /// EG-SAM: the clean gradient `g`.
+    Grad,
+    /// OG-SAM: the previous step's pass-2 gradient `g2_prev` (state; 0 before the first step).
+    PrevSecond,
+}
+
+/// EG-SAM/OG-SAM's extrapolation `w̃ = (w + e) − η_x·v`, applied after the perturbation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Extrapolate {
+    pub eta: f32,
+    pub along: ExtraAlong,
 }
 
 /// The perturbation direction `d` (before `T`).
@@ -160,6 +181,11 @@ pub struct PerturbPlan {
     /// which the non-finite check then reads too).
     pub keep: Option<Grad>,
     pub ema: Option<EmaPlan>,
+    /// EG-SAM/OG-SAM: also step back along `g` or `g2_prev` (`None` when `η_x = 0`, so that
+    /// EG-SAM with `η_x = 0` is SAM's plan exactly).
+    pub extrapolate: Option<Extrapolate>,
+    /// OG-SAM: keep pass 2's gradient as `g2_prev` when the step completes.
+    pub keep_second: bool,
     pub second: SecondPlan,
 }
 
@@ -220,6 +246,8 @@ pub struct PlanBuffers {
     pub filter_scales: bool,
     /// Gradient centralization: the per-filter means of `g` ([`Direction::Centralized`]).
     pub filter_means: bool,
+    /// OG-SAM's `g2_prev` ([`PerturbPlan::keep_second`]), state saved with the optimizer.
+    pub prev_second: bool,
 }
 
 impl Rule {
@@ -237,14 +265,34 @@ impl Rule {
                 b.kept_grad = true;
                 b.gv = true;
             }
+            Rule::Esam(_) | Rule::SamOn(_) => b.mask = true,
+            Rule::Rst(_) => {}
+            Rule::EgSam(c) => b.prev_second = c.optimistic,
         }
         b
+    }
+
+    /// The segments perturbed at step `t` when the plan's mask is [`MaskStep::Segments`]: ESAM's
+    /// draw, SAM-ON's norm-layer segments; `None` for the other rules.
+    pub fn step_segments(&self, layout: &Layout, t: u64) -> Option<Vec<bool>> {
+        match self {
+            Rule::Esam(c) => Some(
+                (0..layout.segments().len())
+                    .map(|i| c.selects(t, i))
+                    .collect(),
+            ),
+            Rule::SamOn(_) => Some(layout.segments().iter().map(|s| s.norm).collect()),
+            _ => None,
+        }
     }
 
     /// Whether [`Rule::first_plan`] reads [`StepView::t`] (a backend that must wait to learn the
     /// step count asks first).
     pub fn plan_reads_step(&self) -> bool {
-        matches!(self, Rule::LookSam(_) | Rule::Ssam(_))
+        matches!(
+            self,
+            Rule::LookSam(_) | Rule::Ssam(_) | Rule::Esam(_) | Rule::Rst(_)
+        )
     }
 
     /// The plan of the next step. `view.tail` must be `Some` exactly for ImbSAM (its split form).
@@ -260,6 +308,8 @@ impl Rule {
             per_segment_norms: false,
             keep: None,
             ema: None,
+            extrapolate: None,
+            keep_second: false,
             second: SecondPlan::Plain,
         };
         let adaptive = |a: bool| if a { Scaling::AbsW } else { Scaling::One };
@@ -299,6 +349,12 @@ impl Rule {
                         }
                     }
                     MaskKind::Dynamic { .. } => MaskStep::Current,
+                    MaskKind::Segments {
+                        select: SegmentSelect::Fisher { .. },
+                    } => MaskStep::Fisher,
+                    MaskKind::Segments {
+                        select: SegmentSelect::Suffix,
+                    } => MaskStep::Current,
                 };
                 let norm = match c.norm {
                     SsamNorm::Masked => NormOf::Direction,
@@ -346,9 +402,122 @@ impl Rule {
                     }),
                 });
             }
+            // Every segment is selected at the first step and whenever β = 1: SAM's direction
+            // then, so that ESAM with β = 1 is SAM (eps 1e-7) bit for bit.
+            Rule::Esam(c) => {
+                let rho = (c.rho as f64 / c.beta as f64) as f32;
+                if view.t == 0 || c.beta >= 1.0 {
+                    perturb(Direction::Grad, Scaling::One, rho)
+                } else {
+                    perturb(Direction::Masked(MaskStep::Segments), Scaling::One, rho)
+                }
+            }
+            Rule::SamOn(c) => {
+                let s = if c.asam {
+                    Scaling::AbsWPlus { eta: c.eta }
+                } else {
+                    Scaling::One
+                };
+                perturb(Direction::Masked(MaskStep::Segments), s, c.rho)
+            }
+            Rule::Rst(c) if c.hits(view.t) => perturb(Direction::Grad, Scaling::One, c.rho),
+            Rule::Rst(_) => return apply(Grad::Batch),
+            Rule::EgSam(c) => {
+                let eta = c.eta_x.unwrap_or(view.lr);
+                let along = if c.optimistic {
+                    ExtraAlong::PrevSecond
+                } else {
+                    ExtraAlong::Grad
+                };
+                PerturbPlan {
+                    extrapolate: (eta != 0.0).then_some(Extrapolate { eta, along }),
+                    keep_second: c.optimistic,
+                    ..perturb(Direction::Grad, Scaling::One, c.rho)
+                }
+            }
         };
         FirstPlan::Perturb(p)
     }
+}
+
+/// A mask of whole segments: the bits of every segment `i` with `pick[i]`.
+pub fn segment_mask(layout: &Layout, pick: &[bool]) -> Bitset {
+    let n = layout.len();
+    let mut words = vec![0u64; n.div_ceil(64)];
+    for (seg, _) in layout.segments().iter().zip(pick).filter(|(_, &p)| p) {
+        let (a, b) = (seg.offset, seg.offset + seg.len);
+        let mut i = a;
+        while i < b {
+            // Whole words at once where the range covers them.
+            let (w, bit) = (i / 64, i % 64);
+            let take = (64 - bit).min(b - i);
+            let bits = if take == 64 {
+                !0u64
+            } else {
+                ((1u64 << take) - 1) << bit
+            };
+            words[w] |= bits;
+            i += take;
+        }
+    }
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    Bitset::from_bytes(n, &bytes).expect("the words of n bits")
+}
+
+/// SSAM-L `suffix`: the shortest suffix of the segments (forward order) holding at least `live`
+/// parameters (all segments when the layout holds fewer).
+pub fn suffix_segments(layout: &Layout, live: usize) -> Vec<bool> {
+    let segs = layout.segments();
+    let mut pick = vec![false; segs.len()];
+    let mut count = 0usize;
+    for (i, s) in segs.iter().enumerate().rev() {
+        if count >= live {
+            break;
+        }
+        pick[i] = true;
+        count += s.len;
+    }
+    pick
+}
+
+/// SSAM-L `fisher`: the segments in descending order of their mean Fisher `Σ_seg F / n_seg`
+/// (ties to the lower segment index, NaN lowest), taken while the parameter count stays `≤ live`
+/// (the first segment that would pass it ends the selection). `fisher` is per segment.
+pub fn fisher_segments(layout: &Layout, fisher: &[&[f32]], live: usize) -> Vec<bool> {
+    let means: Vec<f64> = fisher
+        .iter()
+        .map(|f| {
+            let m = f.iter().map(|&x| x as f64).sum::<f64>() / f.len().max(1) as f64;
+            if m.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                m
+            }
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..means.len()).collect();
+    order.sort_by(|&a, &b| means[b].total_cmp(&means[a]).then(a.cmp(&b)));
+    let segs = layout.segments();
+    let mut pick = vec![false; segs.len()];
+    let mut count = 0usize;
+    for i in order {
+        if count + segs[i].len > live {
+            break;
+        }
+        pick[i] = true;
+        count += segs[i].len;
+    }
+    pick
+}
+
+/// The first segment (forward order) a mask perturbs: SSAM-L's trainer finds the first
+/// perturbed unit from it.
+pub fn first_masked_segment(layout: &Layout, mask: &Bitset) -> Option<usize> {
+    let first = mask.ones_iter().next()?;
+    layout
+        .segments()
+        .iter()
+        .position(|s| s.range().contains(&first))
 }
 
 #[cfg(test)]

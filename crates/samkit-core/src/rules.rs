@@ -3,6 +3,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{check_finite_nonneg, check_unit_interval, Error, Result};
 
+/// `x ∈ (0, 1]` (a probability or fraction that must not be 0).
+fn check_open_unit(name: &'static str, x: f32) -> Result<()> {
+    if !(x > 0.0 && x <= 1.0) {
+        return Err(Error::hyper(name, x, "must be in (0, 1]"));
+    }
+    Ok(())
+}
+
 // Every epsilon of the family, one constant per meaning, used by the CPU optimizer and handed to
 // the CUDA kernels as arguments (no kernel holds its own copy).
 
@@ -17,6 +25,10 @@ pub const EPS_IMBSAM: f64 = 1e-16;
 pub const EPS_SSAM_FULL: f64 = 1e-7;
 /// LookSAM per tensor: `α·‖g‖ / (‖g_v‖ + 1e-8)` (pytorch_optimizer.LookSAM).
 pub const EPS_LOOKSAM: f64 = 1e-8;
+/// ESAM's SWP: `(ρ/β)·g_S / (‖g_S‖ + 1e-7)` (the official code).
+pub const EPS_ESAM: f64 = 1e-7;
+/// SAM-ON: `‖g_N‖ + 1e-16` (the official code, which builds on ASAM's).
+pub const EPS_SAM_ON: f64 = 1e-16;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sam {
@@ -139,6 +151,176 @@ pub enum MaskKind {
     Fisher { samples: usize },
     /// SSAM-D: random initial mask, then drop by `|g|` and grow at random every `K` steps.
     Dynamic { drop: DropRate, seed: u64 },
+    /// SSAM-L: a mask of whole segments ([`SegmentSelect`]); the perturbation is SSAM's.
+    Segments { select: SegmentSelect },
+}
+
+/// How SSAM-L chooses its segments (ALGORITHMS.md, "SSAM-L").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "select", rename_all = "lowercase")]
+pub enum SegmentSelect {
+    /// The shortest suffix of the segments in forward order holding at least `L` parameters;
+    /// fixed by the layout.
+    Suffix,
+    /// Segments in descending order of their mean Fisher over `samples` training samples, taken
+    /// while the count stays `≤ L`; recomputed every `K` steps like SSAM-F.
+    Fisher { samples: usize },
+}
+
+/// SAM-ON (Mueller et al., NeurIPS 2023): SAM over the norm-layer affine segments only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SamOn {
+    pub rho: f32,
+    /// The ASAM element-wise form restricted to the norm segments (`T = |w| + η` on weights).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asam: bool,
+    /// ASAM's `η` of the `asam` form.
+    pub eta: f32,
+    /// The perturbation epsilon; `None` is [`EPS_SAM_ON`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
+}
+
+impl Default for SamOn {
+    fn default() -> Self {
+        SamOn {
+            rho: 0.5,
+            asam: false,
+            eta: 0.01,
+            eps_p: None,
+        }
+    }
+}
+
+/// RST's switching probability.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SwitchProb {
+    Constant {
+        p: f32,
+    },
+    /// `p_0 + (p_1 − p_0)·min(t, T)/T` over `T = steps` steps.
+    Linear {
+        p0: f32,
+        p1: f32,
+        steps: u64,
+    },
+}
+
+impl SwitchProb {
+    pub fn at(&self, t: u64) -> f32 {
+        match *self {
+            SwitchProb::Constant { p } => p,
+            SwitchProb::Linear { p0, p1, steps } => {
+                let x = t.min(steps) as f64 / steps as f64;
+                (p0 as f64 + (p1 as f64 - p0 as f64) * x) as f32
+            }
+        }
+    }
+}
+
+/// RST (Zhao et al., AAAI 2023): a SAM step with probability `p`, else a base step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rst {
+    pub rho: f32,
+    pub p: SwitchProb,
+    /// The Philox key of the draws `(seed, step)`.
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
+}
+
+impl Rst {
+    pub fn new(seed: u64) -> Self {
+        Rst {
+            rho: 0.05,
+            p: SwitchProb::Constant { p: 0.5 },
+            seed,
+            eps_p: None,
+        }
+    }
+
+    /// Whether step `t` is a SAM step: a uniform draw `u ∈ [0, 1)` from the Philox key
+    /// `(seed, t)` against `p_t` (`p = 1` always hits, `p = 0` never).
+    pub fn hits(&self, t: u64) -> bool {
+        let u = crate::philox::index_key(self.seed, RST_STREAM, t) as f64 / 4_294_967_296.0;
+        u < self.p.at(t) as f64
+    }
+}
+
+/// The `update` word of RST's Philox counters, apart from SSAM-D's (small) update numbers.
+const RST_STREAM: u32 = 0x5253_5400;
+/// The `update` word of ESAM's segment draws (the step's low 32 bits go to the index word).
+const ESAM_STREAM: u32 = 0x4553_414d;
+
+/// ESAM (Du et al., ICLR 2022): the optimizer side is SWP (stochastic weight perturbation);
+/// `gamma` is SDS's fraction of the batch that pass 2 keeps, read by the trainer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Esam {
+    pub rho: f32,
+    /// The probability that a segment is perturbed at a step, in `(0, 1]`.
+    pub beta: f32,
+    /// SDS: the fraction of the batch in pass 2, in `(0, 1]`.
+    pub gamma: f32,
+    /// The Philox key of the draws `(seed, step, segment)`.
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
+}
+
+impl Esam {
+    pub fn new(seed: u64) -> Self {
+        Esam {
+            rho: 0.05,
+            beta: 0.6,
+            gamma: 0.5,
+            seed,
+            eps_p: None,
+        }
+    }
+
+    /// Whether segment `segment` is perturbed at step `t`: every segment at `t = 0`, else a
+    /// uniform draw from the Philox key `(seed, t, segment)` below `β`.
+    pub fn selects(&self, t: u64, segment: usize) -> bool {
+        if t == 0 {
+            return true;
+        }
+        let ctr = [
+            segment as u32,
+            (segment as u64 >> 32) as u32,
+            t as u32,
+            (t >> 32) as u32 ^ ESAM_STREAM,
+        ];
+        let key = [self.seed as u32, (self.seed >> 32) as u32];
+        let u = crate::philox::philox4x32_10(ctr, key)[0] as f64 / 4_294_967_296.0;
+        u < self.beta as f64
+    }
+}
+
+/// EG-SAM / OG-SAM (reconstructed, ALGORITHMS.md): `w̃ = w − η_x·v + ρ·g/(‖g‖ + eps_p)` with
+/// `v = g` (EG) or the previous step's pass-2 gradient (OG, `optimistic`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EgSam {
+    pub rho: f32,
+    /// The extrapolation step `η_x`; `None` is the current learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_x: Option<f32>,
+    /// OG-SAM: extrapolate along the previous pass-2 gradient (kept as state).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optimistic: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps_p: Option<f64>,
+}
+
+impl Default for EgSam {
+    fn default() -> Self {
+        EgSam {
+            rho: 0.05,
+            eta_x: None,
+            optimistic: false,
+            eps_p: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -176,6 +358,38 @@ impl Ssam {
             },
             ..Ssam::fisher()
         }
+    }
+
+    /// SSAM-L with the default suffix selection.
+    pub fn structured() -> Self {
+        Ssam {
+            mask: MaskKind::Segments {
+                select: SegmentSelect::Suffix,
+            },
+            ..Ssam::fisher()
+        }
+    }
+
+    /// The Fisher sample count, when the mask comes from the Fisher (SSAM-F, SSAM-L `fisher`).
+    pub fn fisher_samples(&self) -> Option<usize> {
+        match self.mask {
+            MaskKind::Fisher { samples }
+            | MaskKind::Segments {
+                select: SegmentSelect::Fisher { samples },
+            } => Some(samples),
+            _ => None,
+        }
+    }
+
+    /// Whether the mask exists from construction (SSAM-D's random mask, SSAM-L's suffix).
+    pub fn mask_from_start(&self) -> bool {
+        matches!(
+            self.mask,
+            MaskKind::Dynamic { .. }
+                | MaskKind::Segments {
+                    select: SegmentSelect::Suffix
+                }
+        )
     }
 
     /// `L = N − ⌈N·s⌉`: the number of perturbed coordinates.
@@ -292,6 +506,12 @@ pub enum Rule {
     ImbSam(ImbSam),
     Gsam(Gsam),
     LookSam(LookSam),
+    Esam(Esam),
+    #[serde(rename = "sam-on")]
+    SamOn(SamOn),
+    Rst(Rst),
+    #[serde(rename = "eg-sam")]
+    EgSam(EgSam),
 }
 
 impl Rule {
@@ -306,10 +526,19 @@ impl Rule {
                 mask: MaskKind::Fisher { .. },
                 ..
             }) => "ssam-f",
+            Rule::Ssam(Ssam {
+                mask: MaskKind::Segments { .. },
+                ..
+            }) => "ssam-l",
             Rule::Ssam(_) => "ssam-d",
             Rule::ImbSam(_) => "imbsam",
             Rule::Gsam(_) => "gsam",
             Rule::LookSam(_) => "looksam",
+            Rule::Esam(_) => "esam",
+            Rule::SamOn(_) => "sam-on",
+            Rule::Rst(_) => "rst",
+            Rule::EgSam(c) if c.optimistic => "og-sam",
+            Rule::EgSam(_) => "eg-sam",
         }
     }
 
@@ -325,6 +554,10 @@ impl Rule {
             Rule::Ssam(c) => c.rho = rho,
             Rule::ImbSam(c) => c.rho = rho,
             Rule::LookSam(c) => c.rho = rho,
+            Rule::Esam(c) => c.rho = rho,
+            Rule::SamOn(c) => c.rho = rho,
+            Rule::Rst(c) => c.rho = rho,
+            Rule::EgSam(c) => c.rho = rho,
             Rule::Gsam(_) | Rule::Base => {
                 return Err(Error::Protocol(format!(
                     "{} has no settable ρ (GSAM derives ρ_t from the learning rate)",
@@ -346,6 +579,10 @@ impl Rule {
             Rule::ImbSam(c) => Some(c.rho),
             Rule::Gsam(c) => Some(c.rho_max),
             Rule::LookSam(c) => Some(c.rho),
+            Rule::Esam(c) => Some(c.rho),
+            Rule::SamOn(c) => Some(c.rho),
+            Rule::Rst(c) => Some(c.rho),
+            Rule::EgSam(c) => Some(c.rho),
         }
     }
 
@@ -368,6 +605,10 @@ impl Rule {
             Rule::ImbSam(c) => c.eps_p,
             Rule::Gsam(c) => c.eps_p,
             Rule::LookSam(c) => c.eps_p,
+            Rule::Esam(c) => c.eps_p,
+            Rule::SamOn(c) => c.eps_p,
+            Rule::Rst(c) => c.eps_p,
+            Rule::EgSam(c) => c.eps_p,
         }
     }
 
@@ -380,6 +621,8 @@ impl Rule {
                 norm: SsamNorm::Full,
                 ..
             }) => EPS_SSAM_FULL,
+            Rule::Esam(_) => EPS_ESAM,
+            Rule::SamOn(_) => EPS_SAM_ON,
             _ => EPS_P,
         }
     }
@@ -425,6 +668,11 @@ impl Rule {
                             }
                         }
                     },
+                    MaskKind::Segments { select } => {
+                        if let SegmentSelect::Fisher { samples: 0 } = select {
+                            return Err(Error::hyper("fisher samples", 0, "must be >= 1"));
+                        }
+                    }
                 }
             }
             Rule::ImbSam(c) => {
@@ -450,6 +698,34 @@ impl Rule {
                 check_finite_nonneg("alpha", c.alpha)?;
                 if c.k == 0 {
                     return Err(Error::hyper("k", 0, "must be >= 1"));
+                }
+            }
+            Rule::Esam(c) => {
+                check_finite_nonneg("rho", c.rho)?;
+                check_open_unit("beta", c.beta)?;
+                check_open_unit("gamma", c.gamma)?;
+            }
+            Rule::SamOn(c) => {
+                check_finite_nonneg("rho", c.rho)?;
+                check_finite_nonneg("eta", c.eta)?;
+            }
+            Rule::Rst(c) => {
+                check_finite_nonneg("rho", c.rho)?;
+                match c.p {
+                    SwitchProb::Constant { p } => check_unit_interval("p", p, true)?,
+                    SwitchProb::Linear { p0, p1, steps } => {
+                        check_unit_interval("p0", p0, true)?;
+                        check_unit_interval("p1", p1, true)?;
+                        if steps == 0 {
+                            return Err(Error::hyper("steps", 0, "must be >= 1"));
+                        }
+                    }
+                }
+            }
+            Rule::EgSam(c) => {
+                check_finite_nonneg("rho", c.rho)?;
+                if let Some(eta) = c.eta_x {
+                    check_finite_nonneg("eta_x", eta)?;
                 }
             }
         }

@@ -9,7 +9,7 @@
 //! fingerprint, rule, base optimizer, lr, counters, the mask's length, LookSAM's `‖g_v‖²`);
 //! the tensors are `base.<torch name>` (f32, one per buffer of the base optimizer),
 //! `friendlysam.m` (f32), `ssam.mask` (u8: the bitset's u64 words, little-endian) and
-//! `looksam.gv` (f32), each present only when the optimizer has it. The metadata key
+//! `looksam.gv` (f32) and `ogsam.g2_prev` (f32), each present only when the optimizer has it. The metadata key
 //! [`checksum::KEY`] holds a checksum of every tensor, verified on load (files written before
 //! checksums existed have no such key and load unverified).
 use std::collections::BTreeMap;
@@ -23,7 +23,7 @@ use crate::bitset::Bitset;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::optimizer::Optimizer;
-use crate::rules::{MaskKind, Rule};
+use crate::rules::Rule;
 
 const FORMAT: &str = "samkit-optimizer-state";
 const VERSION: u32 = 1;
@@ -84,6 +84,8 @@ pub struct PortableState {
     pub look_gv: Vec<f32>,
     /// LookSAM's `‖g_v‖²`: one entry, or one per segment (per-tensor LookSAM).
     pub look_gv_sq: Vec<f64>,
+    /// OG-SAM's `g2_prev` (empty before its first completed step).
+    pub og_prev: Vec<f32>,
 }
 
 /// The decoded metadata of a state file, before the tensors are read.
@@ -167,6 +169,7 @@ impl Header {
         }
         let fsam_m = read_f32("friendlysam.m")?.unwrap_or_default();
         let look_gv = read_f32("looksam.gv")?.unwrap_or_default();
+        let og_prev = read_f32("ogsam.g2_prev")?.unwrap_or_default();
         let mask = match meta.mask_len {
             Some(len) => {
                 let t = st
@@ -194,6 +197,7 @@ impl Header {
             mask,
             look_gv,
             look_gv_sq: meta.look_gv_sq,
+            og_prev,
         })
     }
 }
@@ -285,6 +289,13 @@ impl PortableState {
                 view(Dtype::F32, vec![g.len()], f32_bytes(g))?,
             ));
         }
+        if !self.og_prev.is_empty() {
+            let g = &self.og_prev;
+            views.push((
+                "ogsam.g2_prev".into(),
+                view(Dtype::F32, vec![g.len()], f32_bytes(g))?,
+            ));
+        }
         let json = serde_json::to_string(&meta).expect("metadata serialises");
         let info = BTreeMap::from([("samkit".to_string(), json)]);
         checksum::serialize(views, info).map_err(Error::Protocol)
@@ -369,6 +380,28 @@ impl PortableState {
             }
             size("friendlysam.m", self.fsam_m.len())?;
         }
+        if !self.og_prev.is_empty() {
+            if !matches!(rule, Rule::EgSam(c) if c.optimistic) {
+                return Err(unexpected("ogsam.g2_prev"));
+            }
+            size("ogsam.g2_prev", self.og_prev.len())?;
+        }
+        if matches!(rule, Rule::EgSam(c) if c.optimistic)
+            && self.og_prev.is_empty() != (self.step == 0)
+        {
+            return Err(state_err(
+                path,
+                format!(
+                    "inconsistent state: ogsam.g2_prev {} after {} steps",
+                    if self.og_prev.is_empty() {
+                        "absent"
+                    } else {
+                        "present"
+                    },
+                    self.step
+                ),
+            ));
+        }
         match (&self.mask, rule) {
             (Some(m), Rule::Ssam(_)) => {
                 if m.len() != n {
@@ -376,16 +409,14 @@ impl PortableState {
                 }
             }
             (Some(_), _) => return Err(unexpected("ssam.mask")),
-            (None, Rule::Ssam(c)) if matches!(c.mask, MaskKind::Dynamic { .. }) => {
+            (None, Rule::Ssam(c)) if c.mask_from_start() => {
                 return Err(state_err(path, "missing tensor ssam.mask"));
             }
             (None, _) => {}
         }
         // SSAM-F has a mask from its first mask update on, and only then.
         if let Rule::Ssam(c) = rule {
-            if matches!(c.mask, MaskKind::Fisher { .. })
-                && self.mask.is_some() != (self.mask_updates > 0)
-            {
+            if c.fisher_samples().is_some() && self.mask.is_some() != (self.mask_updates > 0) {
                 return Err(state_err(
                     path,
                     format!(
@@ -632,6 +663,7 @@ impl Optimizer {
             mask: st.mask.clone(),
             look_gv: st.look_gv.clone(),
             look_gv_sq: st.look_gv_sq.clone(),
+            og_prev: st.og_prev.clone(),
         })
     }
 
@@ -681,6 +713,7 @@ impl Optimizer {
         new.base_steps = s.base_steps;
         new.mask_updates = s.mask_updates;
         new.look_gv_sq = s.look_gv_sq;
+        new.og_prev = s.og_prev;
         self.set_lr(s.lr)?;
         self.st = new;
         Ok(())

@@ -34,9 +34,10 @@ use std::time::Duration;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use samkit_core::plan::{
-    ApplyPlan, Direction as PlanDirection, FirstPlan, Grad as PlanGrad, MaskStep, NormOf,
-    PerturbPlan, Scaling, SecondPlan, StepView,
+    segment_mask, suffix_segments, ApplyPlan, Direction as PlanDirection, FirstPlan,
+    Grad as PlanGrad, MaskStep, NormOf, PerturbPlan, Scaling, SecondPlan, StepView,
 };
+use samkit_core::rules::SegmentSelect;
 use samkit_core::{
     drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
     MaskKind, NoHooks, Outcome, Rule, SamOptimizer, StepReport,
@@ -104,6 +105,9 @@ pub struct GpuOptimizer<T: Elem> {
     variants: Variants,
     /// Whether `first_step` waits for its skip decision (see [`GpuOptimizer::set_sync_outcomes`]).
     sync_outcomes: bool,
+    /// The segment selection in the current mask slot ([`MaskStep::Segments`]); `None` when the
+    /// slot may hold anything else (construction, a loaded state).
+    seg_pick: Option<Vec<bool>>,
 }
 
 type Opt<'a, T> = Option<Tab<'a, T>>;
@@ -204,6 +208,40 @@ fn dir_kind(d: PlanDirection, s: Scaling) -> Result<DirKind> {
     })
 }
 
+/// The rules (and options) of issue 11 that the GPU has no kernels for yet: an error at
+/// construction, never a panic or a wrong step later.
+fn refuse_unimplemented(rule: &Rule, layout: &Layout) -> Result<()> {
+    let why = match rule {
+        Rule::Ssam(c)
+            if c.fisher_samples().is_some() && !matches!(c.mask, MaskKind::Fisher { .. }) =>
+        {
+            Some("SSAM-L's `fisher` segment selection (the GPU runs SSAM-L `suffix`)")
+        }
+        Rule::SamOn(c) if c.asam => {
+            Some("SAM-ON's `asam` form (no masked element-wise ASAM kernel; plain SAM-ON runs)")
+        }
+        Rule::EgSam(c) if c.optimistic || c.eta_x != Some(0.0) => Some(
+            "EG-SAM/OG-SAM's extrapolation w − η_x·v (no kernel yet; EG-SAM with η_x = 0 runs)",
+        ),
+        _ => None,
+    };
+    if let Some(why) = why {
+        return Err(protocol(format!(
+            "{} on the GPU: not implemented yet: {why}; use the CPU optimizer",
+            rule.name()
+        )));
+    }
+    if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
+        return Err(CoreError::InvalidLayout(
+            "SAM-ON perturbs the norm-layer segments and the layout marks none (name them like \
+             `bn1.weight`, or mark them with Layout::set_norm)"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn protocol(msg: impl Into<String>) -> Error {
     Error::Core(CoreError::Protocol(msg.into()))
 }
@@ -212,6 +250,7 @@ impl<T: Elem> GpuOptimizer<T> {
     pub fn new(dev: &Arc<Device>, layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
         rule.validate()?;
         base.validate()?;
+        refuse_unimplemented(&rule, &layout)?;
         if layout.is_empty() {
             return Err(CoreError::InvalidLayout("the layout has no parameters".into()).into());
         }
@@ -284,7 +323,19 @@ impl<T: Elem> GpuOptimizer<T> {
             mask_recorded: false,
             variants: Variants::default(),
             sync_outcomes: true,
+            seg_pick: None,
         };
+        if let Rule::Ssam(c) = &opt.rule {
+            if let MaskKind::Segments {
+                select: SegmentSelect::Suffix,
+            } = c.mask
+            {
+                // SSAM-L suffix: a fixed mask of whole segments, built on the host.
+                let pick = suffix_segments(&opt.plan.layout, c.live_count(n));
+                let mask = segment_mask(&opt.plan.layout, &pick);
+                opt.upload_current_mask(&mask)?;
+            }
+        }
         if let Rule::Ssam(c) = &opt.rule {
             if let MaskKind::Dynamic { seed, .. } = c.mask {
                 // SSAM-D's initial mask: the L indices with the smallest Philox keys at update 0.
@@ -849,8 +900,32 @@ impl<T: Elem> GpuOptimizer<T> {
         inputs: &[(PlanGrad, Tab<T>)],
     ) -> Result<FirstOutcome> {
         let gt = input_tab(inputs, p.along)?;
+        if p.extrapolate.is_some() || p.keep_second {
+            return Err(protocol(
+                "the GPU has no kernel for EG-SAM/OG-SAM's extrapolation yet",
+            ));
+        }
         let mask_pending = match p.mask() {
             None | Some(MaskStep::Current) => false,
+            Some(MaskStep::Segments) => {
+                // ESAM's draw / SAM-ON's norm segments: a host-built mask of whole segments in
+                // the current slot, uploaded when it changes; never committed.
+                let t = if self.rule.plan_reads_step() {
+                    self.sync_status()?.step
+                } else {
+                    0
+                };
+                let pick = self
+                    .rule
+                    .step_segments(&self.plan.layout, t)
+                    .ok_or_else(|| missing("per-step segment selection"))?;
+                if self.seg_pick.as_ref() != Some(&pick) {
+                    let mask = segment_mask(&self.plan.layout, &pick);
+                    self.upload_current_mask(&mask)?;
+                    self.seg_pick = Some(pick);
+                }
+                false
+            }
             Some(MaskStep::Fisher) => std::mem::take(&mut self.fisher_ready),
             Some(MaskStep::DropGrow { rate, seed, update }) => {
                 let stream = self.dev.stream().clone();
@@ -968,6 +1043,19 @@ impl<T: Elem> GpuOptimizer<T> {
         self.update_commit(wt, None, x, y, per_seg_b, None, None, false, false)?;
         self.record_status()?;
         Ok(FirstOutcome::Applied)
+    }
+
+    /// Writes `mask` into the current mask slot and waits (the host copy is dropped on return).
+    fn upload_current_mask(&mut self, mask: &Bitset) -> Result<()> {
+        let stream = self.dev.stream().clone();
+        let c = self.work.ctl(&stream)?;
+        let words = self.plan.words;
+        let masks = self.masks.as_mut().ok_or_else(|| missing("mask"))?;
+        let start = c.mask_cur as usize * words;
+        let mut slot = masks.slice.slice_mut(start..start + words);
+        stream.memcpy_htod(mask.words(), &mut slot)?;
+        stream.synchronize()?;
+        Ok(())
     }
 
     /// SSAM-D: the new mask into the pending slot: drop the `⌊L·rate⌋` live indices with the

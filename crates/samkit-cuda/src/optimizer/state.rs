@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use samkit_core::state::{read_state_file, write_state_file, PortableState};
-use samkit_core::{Bitset, Error as CoreError, MaskKind, Rule};
+use samkit_core::{Bitset, Error as CoreError, Rule};
 
 use super::{protocol, GpuOptimizer};
 use crate::abi::Ctl;
@@ -22,10 +22,14 @@ impl<T: Elem> GpuOptimizer<T> {
         let Some(masks) = &self.masks else {
             return Ok(None);
         };
-        if let Rule::Ssam(s) = &self.rule {
-            if matches!(s.mask, MaskKind::Fisher { .. }) && c.mask_updates == 0 {
-                return Ok(None);
+        match &self.rule {
+            Rule::Ssam(s) => {
+                if s.fisher_samples().is_some() && c.mask_updates == 0 {
+                    return Ok(None);
+                }
             }
+            // ESAM's and SAM-ON's per-step masks are not state.
+            _ => return Ok(None),
         }
         let words = self.plan.words;
         let start = c.mask_cur as usize * words;
@@ -96,6 +100,8 @@ impl<T: Elem> GpuOptimizer<T> {
             mask,
             look_gv,
             look_gv_sq,
+            // OG-SAM is refused at construction (no extrapolation kernel yet).
+            og_prev: Vec::new(),
         })
     }
 
@@ -170,6 +176,7 @@ impl<T: Elem> GpuOptimizer<T> {
                 c.fsam_init = 1;
             }
         }
+        self.seg_pick = None;
         if let Some(masks) = &mut self.masks {
             let words = self.plan.words;
             let start = c.mask_cur as usize * words;

@@ -34,8 +34,8 @@ use std::time::Duration;
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, PinnedHostSlice};
 use samkit_core::plan::{
-    segment_mask, suffix_segments, ApplyPlan, Direction as PlanDirection, FirstPlan,
-    Grad as PlanGrad, MaskStep, NormOf, PerturbPlan, Scaling, SecondPlan, StepView,
+    first_masked_segment, segment_mask, suffix_segments, ApplyPlan, Direction as PlanDirection,
+    FirstPlan, Grad as PlanGrad, MaskStep, NormOf, PerturbPlan, Scaling, SecondPlan, StepView,
 };
 use samkit_core::rules::SegmentSelect;
 use samkit_core::{
@@ -575,6 +575,15 @@ impl<T: Elem> GpuOptimizer<T> {
         }
         let c = self.work.ctl(self.dev.stream())?;
         self.committed_mask(&c)
+    }
+
+    /// The first segment (forward order) that the committed mask perturbs (SSAM-L: where the
+    /// trainer starts pass 2), as [`samkit_core::Optimizer::first_perturbed_segment`].
+    /// Downloads the mask.
+    pub fn first_perturbed_segment(&mut self) -> Result<Option<usize>> {
+        Ok(self
+            .mask()?
+            .and_then(|m| first_masked_segment(&self.plan.layout, &m)))
     }
 
     /// A base-optimizer state buffer by its torch name (`momentum_buffer`, `exp_avg`, ...),

@@ -96,7 +96,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
                     d = ((word >> (i & 63)) & 1ull) ? x : 0.f;
                 }
                 if (BASE == BASE_FRIENDLY && fs_init) d = x - mp.e[k] * a.sigma;
-                if (BASE == BASE_CENTRAL && ft) d = x - ft[(r0 + off + k) / fl];
+                // Lanes past the unit's end are never stored; they must not read past the means.
+                if (BASE == BASE_CENTRAL && ft && (u32)k < cnt) d = x - ft[(r0 + off + k) / fl];
                 if (SCALE == SCALE_ABSW) {
                     // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
                     d *= wv * wv;

@@ -23,7 +23,8 @@
 # - for `test`: the libraries candle's cudarc links at build time (candle's `cuda` feature turns
 #   on cudarc's `dynamic-linking`; the workspace's `fallback-dynamic-loading` follows it):
 #   cuBLAS, cuBLASLt, cuRAND, NVRTC, cuDNN from the pip wheels in
-#   ${SAMKIT_CUDA_LIBS_VENV:-~/.cache/samkit/cuda-libs-venv}, and the driver's libcuda.so.1,
+#   ${SAMKIT_CUDA_LIBS_VENV:-~/.cache/samkit/cuda-libs-venv}, the CUDA runtime (candle-kernels
+#   links it) from the nvcc venv, and the driver's libcuda.so.1,
 #   each under its unversioned name in a link folder put on LIBRARY_PATH and LD_LIBRARY_PATH.
 # Environment: CARGO_TARGET_DIR (default target/candle-cuda: its own folder, so the long build
 # holds no lock on the workspace's target/), CUDA_COMPUTE_CAP (default 90: the H100/H200 class;
@@ -125,6 +126,10 @@ need it at build time and a GPU to run; 'check' and 'build' work without"
         ln -sf "$f" "$link/lib$lib.so"
     done
     ln -sf "$drv" "$link/libcuda.so"
+    # candle-kernels' MoE library links the CUDA runtime too (the nvcc venv's wheel has it).
+    f="$(ls "$CUDA_ROOT"/lib/libcudart.so.[0-9]* 2>/dev/null | head -1)"
+    [ -n "$f" ] || die "libcudart.so.N not found under $CUDA_ROOT/lib"
+    ln -sf "$f" "$link/libcudart.so"
     local dirs
     dirs="$(ls -d "$sp"/nvidia/*/lib | tr '\n' ':')"
     export LIBRARY_PATH="$link:${LIBRARY_PATH:-}"
@@ -161,7 +166,7 @@ case "$cmd" in
             -- --cuda)
         ;;
     -h | --help | "")
-        sed -n '2,30p' "$0"
+        sed -n '2,31p' "$0"
         [ -n "$cmd" ] || exit 2
         ;;
     *) die "unknown command: $cmd (check, build, test, env)" ;;

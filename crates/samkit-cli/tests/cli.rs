@@ -304,19 +304,6 @@ fn bad_flags_and_values_exit_with_code_2() {
     assert_usage_error(&["linreg", "--out", d, "--samples", "1"], "--samples");
     assert_usage_error(&["linreg", "--out", d, "--epochs", "-3"], "--epochs");
     assert_usage_error(&["linreg", "--out", d, "--c", "inf"], "--c");
-    assert_usage_error(
-        &[
-            "train",
-            "--out",
-            d,
-            "--device",
-            "cuda",
-            "--optimizer",
-            "sam",
-            "--grad-centralization",
-        ],
-        "--grad-centralization",
-    );
     // Validation happens before anything is written.
     assert!(!dir.exists());
 }

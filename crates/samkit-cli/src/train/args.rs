@@ -484,12 +484,6 @@ pub fn run_config(
     base.validate()
         .map_err(|e| CliError::invalid("base", e.to_string()))?;
     let rule = rule(name, r, t.seed, total, schedule.range())?;
-    if device == Device::Cuda && r.grad_centralization {
-        return Err(CliError::invalid(
-            "grad-centralization",
-            "is not implemented on the GPU yet (use --device cpu)",
-        ));
-    }
     let width = model.width.unwrap_or(match (device, data.data) {
         (Device::Cpu, DataSource::Synthetic) => 8,
         (Device::Cpu, _) => 16,

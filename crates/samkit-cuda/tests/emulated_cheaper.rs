@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::parity::{mixed_layout, run_pair, sgd_momentum, Repr};
+use common::parity::{assert_close, mixed_layout, run_pair, sgd_momentum, Problem, Repr};
 use samkit_core::rules::{EgSam, Esam, Rst, SamOn, SegmentSelect, SwitchProb};
-use samkit_core::{Layout, MaskKind, Rule, Ssam};
+use samkit_core::{FirstOutcome, Layout, MaskKind, Optimizer, Rule, Ssam};
 use samkit_cuda::{Device, GpuOptimizer};
 
 fn dev() -> Option<Arc<Device>> {
@@ -116,4 +116,58 @@ fn unimplemented_rules_are_refused_with_an_error() {
     assert!(
         GpuOptimizer::<f32>::new(&d, mlp, Rule::SamOn(SamOn::default()), sgd_momentum()).is_err()
     );
+}
+
+/// A CPU state after a few steps loads into the device optimizer (the same bytes back), and both
+/// continue alike: the new rules keep no state the GPU cannot hold (ESAM's and SAM-ON's masks are
+/// drawn per step, SSAM-L suffix's is saved).
+#[test]
+fn cpu_states_of_the_new_rules_resume_on_the_device() {
+    let Some(d) = dev() else { return };
+    let layout = mixed_layout();
+    let p = Problem::new(layout.clone());
+    let at = std::path::Path::new("state.safetensors");
+    for (name, rule) in gpu_rules() {
+        let mut cpu = Optimizer::new(layout.clone(), rule.clone(), sgd_momentum()).unwrap();
+        let mut w = p.init();
+        let step = |cpu: &mut Optimizer, w: &mut Vec<f32>, t: u64| {
+            let g = p.grad(w, t, 0);
+            let fo = cpu.first_step(w, &g).unwrap();
+            let g2 = (fo == FirstOutcome::Perturbed).then(|| {
+                let g2 = p.grad(w, t, 0);
+                cpu.second_step(w, &g2).unwrap();
+                g2
+            });
+            (g, g2)
+        };
+        for t in 0..3 {
+            step(&mut cpu, &mut w, t);
+        }
+        let bytes = cpu.state_bytes().unwrap();
+        let mut gpu = GpuOptimizer::<f32>::new(&d, layout.clone(), rule, sgd_momentum()).unwrap();
+        gpu.load_state_bytes(&bytes, at).unwrap();
+        assert!(
+            gpu.state_bytes().unwrap() == bytes,
+            "{name}: device bytes back"
+        );
+        let s = d.stream();
+        let mut dw = s.clone_htod(&w).unwrap();
+        for t in 3..6 {
+            let (g, g2) = step(&mut cpu, &mut w, t);
+            let dg = s.clone_htod(&g).unwrap();
+            let fo = gpu.first_step(&mut dw, &dg).unwrap();
+            assert_eq!(
+                fo == FirstOutcome::Perturbed,
+                g2.is_some(),
+                "{name}: step {t}"
+            );
+            if let Some(g2) = g2 {
+                let dg2 = s.clone_htod(&g2).unwrap();
+                gpu.second_step(&mut dw, &dg2).unwrap();
+            }
+            let got = s.clone_dtoh(&dw).unwrap();
+            assert_close(&got, &w, 1e-6, &format!("{name}: resumed step {t}"));
+        }
+        println!("{name}: a CPU state resumes on the device");
+    }
 }

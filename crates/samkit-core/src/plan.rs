@@ -606,6 +606,71 @@ mod tests {
     }
 
     #[test]
+    fn the_cost_reducers_plans() {
+        use crate::rules::{EgSam, Esam, Rst, SamOn, SwitchProb, EPS_ESAM, EPS_SAM_ON};
+        // ESAM: SAM's direction at the first step (every segment drawn), a per-step segment mask
+        // after it, ρ/β and eps 1e-7 throughout.
+        let e = Rule::Esam(Esam {
+            beta: 0.5,
+            ..Esam::new(1)
+        });
+        let (FirstPlan::Perturb(p0), FirstPlan::Perturb(p1)) =
+            (e.first_plan(&view(0)), e.first_plan(&view(1)))
+        else {
+            panic!("ESAM perturbs")
+        };
+        assert_eq!(p0.direction, Direction::Grad);
+        assert_eq!(p1.direction, Direction::Masked(MaskStep::Segments));
+        assert!(!MaskStep::Segments.renews());
+        assert_eq!((p1.rho, p1.eps_p), (0.1, EPS_ESAM));
+        let FirstPlan::Perturb(on) = Rule::SamOn(SamOn::default()).first_plan(&view(3)) else {
+            panic!("SAM-ON perturbs")
+        };
+        assert_eq!(
+            (on.mask(), on.eps_p),
+            (Some(MaskStep::Segments), EPS_SAM_ON)
+        );
+        // RST: a SAM step or a base step, by the draw.
+        let r = Rst {
+            p: SwitchProb::Constant { p: 0.5 },
+            ..Rst::new(2)
+        };
+        for t in 0..16 {
+            let plan = Rule::Rst(r.clone()).first_plan(&view(t));
+            assert_eq!(matches!(plan, FirstPlan::Perturb(_)), r.hits(t), "step {t}");
+        }
+        // EG-SAM: η_x = the learning rate unless set; η_x = 0 is SAM's plan.
+        let eg = |eta_x, optimistic| match Rule::EgSam(EgSam {
+            eta_x,
+            optimistic,
+            ..EgSam::default()
+        })
+        .first_plan(&view(0))
+        {
+            FirstPlan::Perturb(p) => p,
+            FirstPlan::Apply(_) => panic!("EG-SAM perturbs"),
+        };
+        let sam = match Rule::Sam(crate::rules::Sam::default()).first_plan(&view(0)) {
+            FirstPlan::Perturb(p) => p,
+            FirstPlan::Apply(_) => unreachable!(),
+        };
+        assert_eq!(eg(Some(0.0), false), sam);
+        assert_eq!(
+            eg(None, false).extrapolate,
+            Some(Extrapolate {
+                eta: 0.1,
+                along: ExtraAlong::Grad
+            })
+        );
+        let og = eg(Some(0.2), true);
+        assert!(og.keep_second);
+        assert_eq!(
+            og.extrapolate.map(|x| x.along),
+            Some(ExtraAlong::PrevSecond)
+        );
+    }
+
+    #[test]
     fn centralized_sam_norms_the_raw_gradient() {
         let r = Rule::Sam(Sam {
             grad_centralization: true,

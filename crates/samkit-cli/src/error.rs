@@ -86,6 +86,9 @@ impl CliError {
         match self {
             CliError::InvalidValue { .. } => EXIT_USAGE,
             CliError::Train(e) if e.is_bad_input() => EXIT_USAGE,
+            // A model or optimizer-state file the user named that is corrupt or of another run.
+            CliError::Nn(samkit_nn::Error::Checkpoint { .. })
+            | CliError::Core(samkit_core::Error::State { .. }) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }

@@ -65,10 +65,16 @@ impl TrainError {
         }
     }
 
-    /// Whether the input was wrong (a configuration value, an unusable device) rather than
-    /// the run failing: the CLI exits with 2 for these, 1 otherwise.
+    /// Whether the input was wrong (a configuration value, an unusable device, a model or
+    /// optimizer-state file that is corrupt, fails its checksum or belongs to another run)
+    /// rather than the run failing: the CLI exits with 2 for these, 1 otherwise.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, TrainError::InvalidValue { .. })
+        matches!(
+            self,
+            TrainError::InvalidValue { .. }
+                | TrainError::Nn(samkit_nn::Error::Checkpoint { .. })
+                | TrainError::Core(samkit_core::Error::State { .. })
+        )
     }
 }
 

@@ -266,7 +266,11 @@ fn a_flipped_byte_in_a_checkpoint_is_refused_naming_file_and_tensor() {
         out.to_str().unwrap(),
     ]);
     let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "a corrupt file is bad input: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a corrupt file is bad input: {err}"
+    );
     assert!(
         err.contains("model.safetensors") && err.contains("fails its checksum"),
         "{err}"
@@ -283,7 +287,11 @@ fn a_flipped_byte_in_a_checkpoint_is_refused_naming_file_and_tensor() {
         out.to_str().unwrap(),
     ]);
     let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "a corrupt file is bad input: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a corrupt file is bad input: {err}"
+    );
     assert!(
         err.contains("optimizer.safetensors") && err.contains("fails its checksum"),
         "{err}"

@@ -104,6 +104,8 @@ PROFILES = {
         # which must succeed under SAMKIT_REQUIRE_CUDA=1); the trainer comparisons take minutes
         # here and run in `cargo test` (tests/cuda_emulated.rs).
         "cli_args": ["--test-threads=1", "without_a_device_cuda_is_refused_clearly"],
+        # The emulated cuDNN's algorithm search: no large workspace to clear per shape.
+        "cli_env": {"SAMKIT_TEST_CUDA_FLAGS": "--cudnn-workspace-mb 4"},
     },
 }
 
@@ -616,7 +618,7 @@ class Runner:
     def stage_cli(self, st, limit):
         p = self.profile
         env = {"SAMKIT_BIN": self.bin("samkit"), "SAMKIT_TEST_TMP": os.path.join(self.scratch, "cli-runs"),
-               "SAMKIT_REQUIRE_CUDA": "1"}
+               "SAMKIT_REQUIRE_CUDA": "1", **p.get("cli_env", {})}
         os.makedirs(env["SAMKIT_TEST_TMP"], exist_ok=True)
         rc, secs = self.run_part("cli", [self.bin("cuda_training"), "--nocapture", *p["cli_args"]],
                                  limit, "cli.log", env)

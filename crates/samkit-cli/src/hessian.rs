@@ -662,6 +662,7 @@ mod model_tests {
             augment: false,
             seed: 0,
             data,
+            cuda: Default::default(),
         };
         let t = Trainer::new(cfg, Arc::new(split.train), Arc::new(split.test), norm).unwrap();
         let train = t.train_set().clone();

@@ -23,9 +23,9 @@ fn ctx() -> Option<Ctx> {
             ("LD_LIBRARY_PATH".into(), path.join(":")),
             ("SAMKIT_CUBLAS_LIB".into(), file(1)),
             ("SAMKIT_CUDNN_LIB".into(), file(2)),
-            // The emulated cuDNN's algorithm search: no large workspace to clear per shape.
-            ("SAMKIT_CUDNN_WORKSPACE_MB".into(), "4".into()),
         ],
+        // The emulated cuDNN's algorithm search: no large workspace to clear per shape.
+        cuda_flags: vec!["--cudnn-workspace-mb".into(), "4".into()],
         rules: vec![
             "sgd",
             "sam",

@@ -13,6 +13,11 @@ use cuda_cli::Ctx;
 fn ctx() -> Ctx {
     Ctx {
         env: Vec::new(),
+        // Test plumbing: the GPU check's rehearsal on the emulated device asks for a small cuDNN
+        // workspace this way (`tools/gpu-check/run.py`).
+        cuda_flags: std::env::var("SAMKIT_TEST_CUDA_FLAGS")
+            .map(|v| v.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         rules: vec![
             "sgd",
             "sam",

@@ -93,6 +93,10 @@ pub struct RunConfig {
     /// Seeds the initial weights, the data order and augmentation, SSAM's random draws.
     pub seed: u64,
     pub data: DataConfig,
+    /// The device settings of a CUDA run (ignored on the CPU); a config written before they
+    /// existed reads as the defaults.
+    #[serde(default)]
+    pub cuda: crate::cuda_options::CudaRunOptions,
 }
 
 fn count(flag: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize> {

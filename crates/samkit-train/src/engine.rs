@@ -380,10 +380,11 @@ pub struct CudaEngine {
 }
 
 impl CudaEngine {
-    /// Opens the device of `SAMKIT_CUDA_DEVICE` (default 0). No driver or no GPU is an invalid
+    /// Opens the device and backend settings of `cfg.cuda`. No driver or no GPU is an invalid
     /// `device` ([`TrainError::InvalidValue`]) with the reason; nothing panics.
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
-        let cuda = Cuda::open_default().map_err(|e| {
+        cfg.cuda.validate()?;
+        let cuda = Cuda::open(cfg.cuda.device, cfg.cuda.backend_options()).map_err(|e| {
             if e.is_no_device() {
                 TrainError::invalid(
                     "device",

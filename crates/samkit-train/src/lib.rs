@@ -34,6 +34,7 @@
 //!     augment: false,
 //!     seed: 0,
 //!     data,
+//!     cuda: Default::default(),
 //! };
 //! let (split, norm) = load_data(&cfg.data, cfg.seed)?;
 //! let (train, test) = (Arc::new(split.train), Arc::new(split.test));
@@ -54,12 +55,14 @@
 //! # }
 //! ```
 pub mod config;
+pub mod cuda_options;
 pub mod engine;
 pub mod error;
 pub mod probe;
 pub mod trainer;
 
 pub use config::{load_data, DataConfig, DataSource, RunConfig};
+pub use cuda_options::{CudaRunOptions, CudnnAlgo};
 pub use engine::{CpuEngine, CudaEngine, Engine};
 pub use error::{Result, TrainError};
 pub use trainer::{EpochLog, Phases, StepLog, Trainer, TrainerState};

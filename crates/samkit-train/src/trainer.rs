@@ -144,7 +144,7 @@ impl Trainer<CpuEngine> {
 }
 
 impl Trainer<CudaEngine> {
-    /// A trainer on the CUDA device of `SAMKIT_CUDA_DEVICE` (default 0); without one, an
+    /// A trainer on the CUDA device and backend settings of `cfg.cuda`; without a device, an
     /// invalid `--device` error.
     pub fn cuda(
         cfg: RunConfig,

@@ -87,6 +87,7 @@ fn config(name: &str, rule: Rule, data: &Setup) -> RunConfig {
         augment: false,
         seed: 0,
         data: d,
+        cuda: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use samkit_core::{
     Adam, Asam, BaseOptimizer, DropRate, FriendlySam, Gsam, ImbSam, LookSam, LrSchedule, MaskKind,
     RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
 };
-use samkit_train::{DataConfig, RunConfig};
+use samkit_train::{CudaRunOptions, CudnnAlgo, DataConfig, RunConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check, CliError, Result};
@@ -232,6 +232,80 @@ pub struct RunArgs {
     pub train: TrainArgs,
     #[command(flatten)]
     pub rule: RuleArgs,
+    #[command(flatten)]
+    pub cuda: CudaArgs,
+}
+
+/// How cuDNN picks convolution algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CudnnAlgoArg {
+    /// Time every algorithm once per shape and keep the fastest.
+    Benchmark,
+    /// cuDNN's heuristics: nothing is timed.
+    Heuristic,
+}
+
+/// CUDA device settings, only with `--device cuda`. They change the numbers a step produces, so
+/// they are recorded in the run's config and a resumed run keeps them.
+#[derive(Args, Clone, Debug, Default)]
+pub struct CudaArgs {
+    /// The CUDA device ordinal [default: 0].
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub cuda_device: Option<usize>,
+    /// TF32 tensor-core math in convolutions and GEMMs (faster; not exact FP32).
+    #[arg(long)]
+    pub tf32: bool,
+    /// How cuDNN picks convolution algorithms [default: benchmark].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub cudnn_algo: Option<CudnnAlgoArg>,
+    /// Only deterministic cuDNN algorithms (repeated runs give the same bits).
+    #[arg(long)]
+    pub cudnn_deterministic: bool,
+    /// The largest cuDNN workspace an algorithm may use, in MiB [default: 1024].
+    #[arg(long, value_name = "MIB")]
+    pub cudnn_workspace_mb: Option<usize>,
+}
+
+impl CudaArgs {
+    /// The flag of a setting given with `--device cpu`, where it means nothing.
+    fn first_given(&self) -> Option<&'static str> {
+        if self.cuda_device.is_some() {
+            Some("cuda-device")
+        } else if self.tf32 {
+            Some("tf32")
+        } else if self.cudnn_algo.is_some() {
+            Some("cudnn-algo")
+        } else if self.cudnn_deterministic {
+            Some("cudnn-deterministic")
+        } else if self.cudnn_workspace_mb.is_some() {
+            Some("cudnn-workspace-mb")
+        } else {
+            None
+        }
+    }
+
+    /// The device settings of a run on `device`.
+    pub fn options(&self, device: Device) -> Result<CudaRunOptions> {
+        if device == Device::Cpu {
+            if let Some(flag) = self.first_given() {
+                return Err(CliError::invalid(flag, "only applies with --device cuda"));
+            }
+        }
+        let d = CudaRunOptions::default();
+        let o = CudaRunOptions {
+            device: self.cuda_device.unwrap_or(d.device),
+            tf32: self.tf32,
+            cudnn_algo: match self.cudnn_algo {
+                None => d.cudnn_algo,
+                Some(CudnnAlgoArg::Benchmark) => CudnnAlgo::Benchmark,
+                Some(CudnnAlgoArg::Heuristic) => CudnnAlgo::Heuristic,
+            },
+            cudnn_deterministic: self.cudnn_deterministic,
+            cudnn_workspace_mb: self.cudnn_workspace_mb.unwrap_or(d.cudnn_workspace_mb),
+        };
+        o.validate()?;
+        Ok(o)
+    }
 }
 
 impl RunArgs {
@@ -241,7 +315,7 @@ impl RunArgs {
             DataSource::Synthetic => self.data.train_size,
             DataSource::Cifar10 | DataSource::Cifar100 => 50_000,
         };
-        run_config(
+        let mut cfg = run_config(
             name,
             self.device,
             &self.data,
@@ -249,7 +323,9 @@ impl RunArgs {
             &self.train,
             &self.rule,
             train_len,
-        )
+        )?;
+        cfg.cuda = self.cuda.options(self.device)?;
+        Ok(cfg)
     }
 }
 
@@ -503,5 +579,6 @@ pub fn run_config(
         augment: !data.no_augment,
         seed: t.seed,
         data: data.config(),
+        cuda: CudaRunOptions::default(),
     })
 }

@@ -16,6 +16,8 @@ fn bin() -> PathBuf {
 pub struct Ctx {
     /// Variables every `samkit` run gets.
     pub env: Vec<(String, String)>,
+    /// Flags every fresh `--device cuda` run gets (the emulator's small cuDNN workspace).
+    pub cuda_flags: Vec<String>,
     /// The rules the trainer comparison covers.
     pub rules: Vec<&'static str>,
     /// A missing device fails instead of skipping.
@@ -24,13 +26,17 @@ pub struct Ctx {
     pub tag: &'static str,
 }
 
-fn samkit(ctx: &Ctx, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// Runs `samkit` with `args`; a fresh `--device cuda` run (not a resume, which keeps the
+/// settings of its config) also gets the context's and the caller's CUDA `flags`.
+fn samkit(ctx: &Ctx, args: &[&str], flags: &[&str]) -> Output {
     let mut c = Command::new(bin());
     c.args(args);
-    for (k, v) in &ctx.env {
-        c.env(k, v);
+    let fresh_cuda =
+        args.windows(2).any(|w| w == ["--device", "cuda"]) && !args.contains(&"--resume");
+    if fresh_cuda {
+        c.args(&ctx.cuda_flags).args(flags);
     }
-    for (k, v) in env {
+    for (k, v) in &ctx.env {
         c.env(k, v);
     }
     c.output().expect("the samkit binary runs")
@@ -133,7 +139,7 @@ fn rel(a: f64, b: f64) -> f64 {
 }
 
 pub fn cuda_trainer_follows_the_cpu_trainer(ctx: &Ctx) {
-    let env = [("SAMKIT_CUDNN_DETERMINISTIC", "1")];
+    let env = ["--cudnn-deterministic"];
     for &rule in &ctx.rules {
         let mut runs = Vec::new();
         for device in ["cpu", "cuda"] {
@@ -176,10 +182,7 @@ pub fn cuda_trainer_follows_the_cpu_trainer(ctx: &Ctx) {
 
 pub fn cuda_resume_equals_an_uninterrupted_run(ctx: &Ctx) {
     // The same convolution algorithms in every process, all deterministic.
-    let env = [
-        ("SAMKIT_CUDNN_DETERMINISTIC", "1"),
-        ("SAMKIT_CUDNN_ALGO", "heuristic"),
-    ];
+    let env = ["--cudnn-deterministic", "--cudnn-algo", "heuristic"];
     let (full, half) = (tmp(ctx, "resume-full"), tmp(ctx, "resume-half"));
     for rule in ["friendlysam", "ssam-d"] {
         let mut a = vec![

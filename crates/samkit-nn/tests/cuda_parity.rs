@@ -21,6 +21,7 @@ fn required() -> bool {
 
 /// The real device, or `None` after printing the skip line.
 fn env() -> Option<Env> {
+    let turn = common::parity::one_at_a_time();
     let dev = match samkit_cuda::Device::open_default() {
         Ok(d) => d,
         Err(e) if e.is_no_device() && !required() => {
@@ -38,6 +39,7 @@ fn env() -> Option<Env> {
         width: 64,
         batch: 8,
         required: required(),
+        turn: Some(turn),
         opts: samkit_nn::cuda::CudaOptions::default(),
     })
 }

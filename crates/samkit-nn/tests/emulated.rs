@@ -38,6 +38,7 @@ fn env() -> Option<Env> {
         width: size("SAMKIT_EMULATION_RESNET_WIDTH", 8),
         batch: size("SAMKIT_EMULATION_RESNET_BATCH", 8),
         required: true,
+        turn: None,
         opts: CudaOptions {
             workspace_limit: 4 << 20,
             ..CudaOptions::default()

@@ -11,7 +11,7 @@
 //! The CPU backend keeps activations channel-major (`[C, N, H, W]`, see its README); the layer
 //! tests convert its buffers to NCHW to compare them, the model tests compare outputs and the
 //! flat gradient arena only.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use samkit_core::{BaseOptimizer, GradRequest, Layout, Optimizer, Rule, Sam, Sgd};
 use samkit_cuda::GpuOptimizer;
@@ -33,6 +33,24 @@ pub struct Env {
     /// The options every backend of the tests starts from (the emulation caps the cuDNN
     /// workspace: an algorithm search allocates and clears up to `workspace_limit` bytes).
     pub opts: CudaOptions,
+    /// This test's turn on a real device (see [`one_at_a_time`]), held until the test ends;
+    /// `None` on the emulated device, which has no such limit.
+    pub turn: Option<MutexGuard<'static, ()>>,
+}
+
+/// One test at a time on a real device. On the H200 (driver 13, cuDNN 9.14, 2026-11-30) with
+/// four test threads, five tests of this binary failed while opening the device
+/// (`CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED`) and two in cuDNN's algorithm search (every
+/// algorithm `CUDNN_STATUS_INTERNAL_ERROR`), while the batch-norm, linear and loss tests that
+/// ran beside them passed. Serialised, the device has one user at a time, as in the trainer;
+/// the lease ended before a serialised run, so the next GPU check is the first. A test that
+/// panicked leaves the lock poisoned, which says nothing about the device: the next test takes
+/// its turn anyway.
+pub fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static DEVICE: Mutex<()> = Mutex::new(());
+    DEVICE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Env {

@@ -40,6 +40,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod cpu;
 pub mod cuda;
+pub mod distill;
 pub mod error;
 pub mod init;
 pub mod mlp;

@@ -27,6 +27,8 @@ pub enum Targets<'a> {
     Labels(&'a [usize]),
     /// Regression targets, `out` values per sample (squared error).
     Values(&'a [f32]),
+    /// Class indices and MESA/SAF's distillation term (`crate::distill`).
+    Distill(crate::distill::DistillTargets<'a>),
 }
 
 impl<'a> From<&'a [usize]> for Targets<'a> {
@@ -222,6 +224,12 @@ pub fn select_samples(
                 ));
             }
             OwnedTargets::Labels(subset.iter().map(|&i| l[i]).collect())
+        }
+        Targets::Distill(_) => {
+            return Err(Error::invalid(
+                "subset",
+                "a pass with the distillation term runs on the whole batch".to_string(),
+            ))
         }
         Targets::Values(v) => {
             if v.len() % n != 0 {
@@ -431,6 +439,9 @@ impl LossKind {
                 samkit_core::loss::smooth_cross_entropy(
                     outputs, labels, out, smoothing, weights, grad,
                 )?
+            }
+            (LossKind::CrossEntropy { smoothing }, Targets::Distill(d)) => {
+                crate::distill::distill_loss(outputs, out, smoothing, &d, weights, grad)?
             }
             (LossKind::SquaredError, Targets::Values(t)) => {
                 if t.len() != n * out {

@@ -428,8 +428,10 @@ pub(crate) struct Fin {
     pub rho: f32,
     pub eps: f64,
     pub alpha: f32,
-    pub coef_a: f32,
-    pub coef_b: f32,
+    /// The host-known coefficients of the update direction `κ·x + b·(y − proj·x)` (ImbSAM's κ
+    /// and 1; GSAM's and LookSAM's are formed on the device).
+    pub kappa: f32,
+    pub b: f32,
     pub lr: f32,
 }
 
@@ -444,8 +446,8 @@ impl Fin {
             rho: 0.0,
             eps: 0.0,
             alpha: 0.0,
-            coef_a: 1.0,
-            coef_b: 0.0,
+            kappa: 1.0,
+            b: 0.0,
             lr: 0.0,
         }
     }
@@ -485,7 +487,7 @@ pub(crate) fn fin_args(plan: &Plan, work: &Work, base: Option<&BaseOptimizer>, f
         seg_tmp: work.seg_tmp.addr,
         seg_gsq: work.seg_gsq.addr,
         seg_gv: work.seg_gv.addr,
-        coef_b_seg: work.coef_b_seg.addr,
+        b_seg: work.b_seg.addr,
         coef_c_seg: work.coef_c_seg.addr,
         eps: f.eps,
         n_units: plan.n_units as u32,
@@ -496,8 +498,8 @@ pub(crate) fn fin_args(plan: &Plan, work: &Work, base: Option<&BaseOptimizer>, f
         adam,
         rho: f.rho,
         alpha: f.alpha,
-        coef_a: f.coef_a,
-        coef_b: f.coef_b,
+        kappa: f.kappa,
+        b: f.b,
         lr: f.lr,
         lr_hyper: samkit_core::base::hyper_f64(f.lr),
         beta1,
@@ -558,13 +560,13 @@ pub(crate) fn perturb<T: Elem>(
 #[derive(Clone, Copy)]
 pub(crate) enum Second<'a, T> {
     None,
-    /// `b·(y − p·x)` with `y` in the parameters' type.
+    /// `b·(y − proj·x)` with `y` in the parameters' type.
     Typed(Tab<'a, T>),
-    /// `b·(y − p·x)` with `y` a flat f32 buffer (LookSAM's `g_v`).
+    /// `b·(y − proj·x)` with `y` a flat f32 buffer (LookSAM's `g_v`).
     F32(&'a DevBuf<f32>),
 }
 
-/// Pass 3: `w ← update(src, a·x + b·(y − p·x))`, coefficients and the base optimizer's scalars
+/// Pass 3: `w ← update(src, κ·x + b·(y − proj·x))`, coefficients and the base optimizer's scalars
 /// from the step state; `lr` is this step's learning rate (AdamW's decoupled decay).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn update<T: Elem>(
@@ -663,7 +665,7 @@ pub(crate) fn update<T: Elem>(
         }
     }
     if per_seg_b {
-        a.coef_b_seg = work.coef_b_seg.addr;
+        a.b_seg = work.b_seg.addr;
     }
     a.s0 = state[0].map_or(0, |b| b.addr);
     a.s1 = state[1].map_or(0, |b| b.addr);

@@ -1172,8 +1172,8 @@ impl<T: Elem> GpuOptimizer<T> {
                 y = Second::Typed(kept()?);
             }
             SecondPlan::HeadTail { kappa } => {
-                f.coef_a = kappa;
-                f.coef_b = 1.0;
+                f.kappa = kappa;
+                f.b = 1.0;
                 y = Second::Typed(kept()?);
             }
             SecondPlan::LookRefresh { per_segment } => {

@@ -75,7 +75,7 @@ pub(crate) struct Work {
     pub seg_tmp: DevBuf<f64>,
     pub seg_gsq: DevBuf<f64>,
     pub seg_gv: DevBuf<f64>,
-    pub coef_b_seg: DevBuf<f32>,
+    pub b_seg: DevBuf<f32>,
     pub coef_c_seg: DevBuf<f32>,
     /// The fused kernels' last-block counter: zero between launches (the last block resets it).
     pub ticket: DevBuf<u32>,
@@ -91,7 +91,7 @@ impl Work {
             seg_tmp: DevBuf::zeros(stream, plan.n_segs)?,
             seg_gsq: DevBuf::zeros(stream, plan.n_segs)?,
             seg_gv: DevBuf::zeros(stream, plan.n_segs)?,
-            coef_b_seg: DevBuf::zeros(stream, plan.n_segs)?,
+            b_seg: DevBuf::zeros(stream, plan.n_segs)?,
             coef_c_seg: DevBuf::zeros(stream, plan.n_segs)?,
             ticket: DevBuf::zeros(stream, 1)?,
         })

@@ -311,7 +311,7 @@ struct FinArgs {
     double* seg_tmp;        // per segment Σ pa of this reduction
     double* seg_gsq;        // per segment pass-1 ‖g‖² (LookSAM per tensor)
     double* seg_gv;         // per segment ‖g_v‖² (LookSAM per tensor)
-    float* coef_b_seg;      // per segment b (LookSAM per tensor, one-pass steps)
+    float* b_seg;           // per segment b (LookSAM per tensor, one-pass steps)
     float* coef_c_seg;      // per segment c (LookSAM per tensor, SAM steps)
     double eps;             // FIN_NORM: ρ / (‖d‖ + eps); FIN_SECOND (GSAM): <g, g_p> / (‖g_p‖² + eps);
                             // FIN_LOOK1 (per tensor): α‖g‖ / (‖g_v‖ + eps). From samkit_core::rules.
@@ -326,8 +326,8 @@ struct FinArgs {
     u32 adam;               // the base optimizer has Adam's bias corrections
     float rho;
     float alpha;
-    float coef_a;           // host-known coefficients (FIN_CHECK, FIN_SECOND for plain rules)
-    float coef_b;
+    float kappa;            // host-known κ and b of Ctl (FIN_CHECK, FIN_SECOND for plain rules)
+    float b;
     float lr;
     u32 pad;
 };
@@ -379,7 +379,7 @@ template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a,
             } else if (mode == FIN_LOOK1) {
                 // pytorch_optimizer.LookSAM adds an eps (rules::EPS_LOOKSAM) to the per-tensor ‖g_v‖.
                 const double gv = sqrt(a.seg_gv[s]);
-                a.coef_b_seg[s] = gv + a.eps > 0.0 ? (float)((double)a.alpha * sqrt(v) / (gv + a.eps)) : 0.f;
+                a.b_seg[s] = gv + a.eps > 0.0 ? (float)((double)a.alpha * sqrt(v) / (gv + a.eps)) : 0.f;
             } else if (mode == FIN_SECOND && a.rule == RULE_LOOKSAM) {
                 const double gg = a.seg_gsq[s];
                 a.coef_c_seg[s] = gg > 0.0 ? (float)(v / gg) : 0.f;
@@ -409,22 +409,22 @@ template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a,
             break;
     }
     ctl->skip = skip ? 1u : 0u;
-    ctl->coef_a = a.coef_a;
-    ctl->coef_b = a.coef_b;
+    ctl->kappa = a.kappa;
+    ctl->b = a.b;
     ctl->coef_c = 0.f;
-    ctl->coef_p = 0.f;
+    ctl->proj = 0.f;
     if (mode == FIN_LOOK1 && !a.per_seg) {
         const double gv = sqrt(ctl->gv_sq);
-        ctl->coef_b = gv > 0.0 ? (float)((double)a.alpha * sqrt(A) / gv) : 0.f;
+        ctl->b = gv > 0.0 ? (float)((double)a.alpha * sqrt(A) / gv) : 0.f;
     }
     if (mode == FIN_SECOND) {
         ctl->xy = A;
         ctl->yy = B;
         if (a.rule == RULE_GSAM) {
             // g_p − α·(g − proj·g_p), proj = <g, g_p> / (‖g_p‖² + eps_p): x = g_p, y = g.
-            ctl->coef_a = 1.f;
-            ctl->coef_b = -a.alpha;
-            ctl->coef_p = (float)(A / (B + a.eps));
+            ctl->kappa = 1.f;
+            ctl->b = -a.alpha;
+            ctl->proj = (float)(A / (B + a.eps));
         } else if (a.rule == RULE_LOOKSAM && !a.per_seg) {
             const double gg = ctl->g_sq;
             ctl->coef_c = gg > 0.0 ? (float)(A / gg) : 0.f;

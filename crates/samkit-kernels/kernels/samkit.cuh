@@ -68,14 +68,14 @@ struct Ctl {
     double yy;         // pass-2 ‖y‖²
     double gv_sq;      // LookSAM ‖g_v‖² (global)
     float scale;       // perturbation scale ρ / (‖d‖ + eps)
-    float coef_a;      // update direction a·x + b·(y − p·x)
-    float coef_b;
+    float kappa;       // update direction κ·x + b·(y − proj·x): ImbSAM's κ (1 for other rules)
+    float b;           // GSAM −α, ImbSAM 1, LookSAM reuse α‖g‖/‖g_v‖ (samkit_core::plan)
     float coef_c;      // LookSAM side output g_v = x − c·g
     u32 sc_first;      // base-optimizer scalars of this update
     float sc_lr;
     float sc_step_size;
     float sc_bc2_sqrt;
-    float coef_p;      // update direction a·x + b·(y − p·x) (GSAM's projection)
+    float proj;        // GSAM's projection <g, g_p> / (‖g_p‖² + eps_p) (SecondPlan::Gsam)
     u32 pad;
 };
 

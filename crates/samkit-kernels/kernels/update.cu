@@ -1,12 +1,12 @@
 // update.cu: pass 3 of a SAM step (samkit_core::passes::{update_pass, restore_pass}) and the
 // end-of-step bookkeeping.
 //
-// sk_update_<opt>_<t>: w ← update(src, a·x + b·(y − p·x)) with src = w_old (the exact restore of a SAM
-// step, fused) or w itself (a one-pass step); SGD (momentum, dampening, nesterov, weight decay),
-// Adam, AdamW (amsgrad) and RMSprop (momentum, centered), maximize on all, with torch.optim
-// semantics; b per segment or global; LookSAM's side output g_v = x − c·g with its per-unit
-// ‖g_v‖². When ctl->skip is set the pass only restores w ← w_old (bit-exact) and leaves every
-// state buffer untouched.
+// sk_update_<opt>_<t>: w ← update(src, κ·x + b·(y − proj·x)) with src = w_old (the exact restore of
+// a SAM step, fused) or w itself (a one-pass step); SGD (momentum, dampening, nesterov, weight
+// decay), Adam, AdamW (amsgrad) and RMSprop (momentum, centered), maximize on all, with torch.optim
+// semantics; b per segment or global; LookSAM's side output g_v = x − c·g with its per-unit ‖g_v‖².
+// When ctl->skip is set the pass only restores w ← w_old (bit-exact) and leaves every state buffer
+// untouched.
 // sk_restore_<t>: w ← w_old. sk_commit: the step's counters and buffer flips (one thread).
 // sk_update_<opt>_<t>_fused (the fused step variant, crates/samkit-cuda/src/variants.rs): the same
 // update, then the last block to finish (a ticket counter) does sk_commit's work: one launch
@@ -22,14 +22,14 @@ struct UpdateArgs {
     const u64* w;            // T table, written (read as the source when src is null)
     const u64* src;          // T table (w_old) or null
     const u64* x;            // T table: the direction's first term
-    const u64* y;            // T table or null: the second term, b·(y − p·x)
+    const u64* y;            // T table or null: the second term, b·(y − proj·x)
     const float* y32;        // flat f32 or null: the second term (LookSAM's g_v)
     const u64* side_g;       // T table or null: LookSAM's clean gradient
     float* side_out;         // flat f32 or null: LookSAM's g_v
     float* s0;               // flat f32 state buffers, in BaseOptimizer::state_buffers order
     float* s1;
     float* s2;
-    const float* coef_b_seg; // per segment b, or null: ctl->coef_b
+    const float* b_seg;      // per segment b, or null: ctl->b
     const float* coef_c_seg; // per segment c, or null: ctl->coef_c
     const Ctl* ctl;
     double* part;            // per unit ‖g_v‖² (with side_out)
@@ -135,8 +135,8 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
     c.lr = ctl->sc_lr;
     c.step_size = ctl->sc_step_size;
     c.bc2_sqrt = ctl->sc_bc2_sqrt;
-    const float ca = ctl->coef_a;
-    const float cp = ctl->coef_p;
+    const float ca = ctl->kappa;
+    const float cp = ctl->proj;
     const int ns = n_state<OPT>(a);
     for (u32 ui = blockIdx.x; ui < a.n_units; ui += gridDim.x) {
         const Unit u = a.units[ui];
@@ -164,7 +164,7 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
         float* s0 = ns > 0 ? a.s0 + u.global : nullptr;
         float* s1 = ns > 1 ? a.s1 + u.global : nullptr;
         float* s2 = ns > 2 ? a.s2 + u.global : nullptr;
-        const float cb = a.coef_b_seg ? a.coef_b_seg[u.seg] : ctl->coef_b;
+        const float cb = a.b_seg ? a.b_seg[u.seg] : ctl->b;
         const float cc = a.coef_c_seg ? a.coef_c_seg[u.seg] : ctl->coef_c;
         const bool has_y = y || y32;
         const bool vec = sk_al16(w) && sk_al16(src) && sk_al16(x) && (!y || sk_al16(y)) && (!y32 || sk_al16(y32)) &&

@@ -7,8 +7,8 @@ use crate::backend::{Activation, Backend, BnMode, LinearParams, ParamGrad};
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::model::{
-    check_arena_len, mean_weights, BackwardExtent, BufferKind, Kept, LossKind, Losses, Model,
-    NamedBuffer, Targets, Unit,
+    begin_pass_from, check_arena_len, BackwardExtent, BufferKind, Kept, LossKind, Losses, Model,
+    NamedBuffer, PassFrom, Targets, Unit,
 };
 use crate::tensor::Tensor;
 
@@ -281,6 +281,15 @@ impl<B: Backend> Mlp<B> {
         Ok(n)
     }
 
+    /// The losses of the outputs the last pass with gradient left on the host, and their
+    /// gradient in `host_dout` for [`Mlp::run_backward`].
+    fn loss_of_kept(&mut self, n: usize, targets: Targets<'_>, weights: &[f32]) -> Result<Losses> {
+        let k = self.dims[self.dims.len() - 1];
+        let a = self.acts.as_mut().expect("workspace allocated");
+        self.loss
+            .eval_into(&a.host_out, &mut a.host_dout, n, k, targets, weights)
+    }
+
     /// Backward from `host_dout` through layers `stop..` (layer `stop`'s input gradient is
     /// not computed).
     fn run_backward(
@@ -339,8 +348,7 @@ impl<B: Backend> Model for Mlp<B> {
         let n = self.run_forward_lean(params, x)?;
         let k = self.dims[self.dims.len() - 1];
         let l = self.lean.as_ref().expect("workspace allocated");
-        self.loss
-            .eval(&l.host_out[..n * k], n, k, targets, &mean_weights(n), None)
+        self.loss.eval_mean(&l.host_out, n, k, targets)
     }
 
     fn units(&self) -> &[Unit] {
@@ -356,30 +364,18 @@ impl<B: Backend> Model for Mlp<B> {
         backward: BackwardExtent,
         grad: &mut B::Arena,
     ) -> Result<Losses> {
-        check_arena_len::<B>("parameters", params, &self.layout)?;
-        check_arena_len::<B>("gradient", grad, &self.layout)?;
-        let (kept, _) = Kept::continue_from(self.kept, start, self.units.len())?;
-        let n = kept.n;
-        // The layers from `start` on are about to be overwritten.
-        self.kept = Some(Kept {
-            clean: start,
-            ..kept
-        });
-        self.run_forward_from(params, n, start)?;
-        let k = self.dims[self.dims.len() - 1];
-        let a = self.acts.as_mut().expect("workspace allocated");
-        let losses = self.loss.eval(
-            &a.host_out[..n * k],
-            n,
-            k,
-            targets,
-            weights,
-            Some(&mut a.host_dout[..n * k]),
+        // The MLP has no batch norm: the pass's mode does not matter.
+        let PassFrom { n, stop, .. } = begin_pass_from::<B>(
+            &mut self.kept,
+            &self.layout,
+            self.units.len(),
+            params,
+            grad,
+            start,
+            backward,
         )?;
-        let stop = match backward {
-            BackwardExtent::Full => 0,
-            BackwardExtent::StopAtStart => start,
-        };
+        self.run_forward_from(params, n, start)?;
+        let losses = self.loss_of_kept(n, targets, weights)?;
         self.run_backward(params, n, ParamGrad::Sum, grad, stop)?;
         Ok(losses)
     }
@@ -395,16 +391,7 @@ impl<B: Backend> Model for Mlp<B> {
     ) -> Result<Losses> {
         check_arena_len::<B>("gradient", grad, &self.layout)?;
         let n = self.run_forward(params, x)?;
-        let k = self.dims[self.dims.len() - 1];
-        let a = self.acts.as_mut().expect("workspace allocated");
-        let losses = self.loss.eval(
-            &a.host_out[..n * k],
-            n,
-            k,
-            targets,
-            weights,
-            Some(&mut a.host_dout[..n * k]),
-        )?;
+        let losses = self.loss_of_kept(n, targets, weights)?;
         self.run_backward(params, n, ParamGrad::Sum, grad, 0)?;
         Ok(losses)
     }
@@ -418,17 +405,7 @@ impl<B: Backend> Model for Mlp<B> {
     ) -> Result<Losses> {
         check_arena_len::<B>("fisher", out, &self.layout)?;
         let n = self.run_forward(params, x)?;
-        let k = self.dims[self.dims.len() - 1];
-        let a = self.acts.as_mut().expect("workspace allocated");
-        let ones = vec![1.0; n];
-        let losses = self.loss.eval(
-            &a.host_out[..n * k],
-            n,
-            k,
-            targets,
-            &ones,
-            Some(&mut a.host_dout[..n * k]),
-        )?;
+        let losses = self.loss_of_kept(n, targets, &vec![1.0; n])?;
         // Samples are independent, so row i of every backpropagated gradient is sample i's
         // own, and each layer's per-sample gradient is the rank-one dy_i·x_iᵀ.
         self.run_backward(params, n, ParamGrad::PerSampleSq, out, 0)?;

@@ -408,6 +408,55 @@ pub enum LossKind {
 }
 
 impl LossKind {
+    /// [`LossKind::eval`] of the first `n·out` values of a model's host output buffer,
+    /// writing `d(Σ w_i ℓ_i)/d(outputs)` into the first `n·out` values of `dout` (the
+    /// workspaces are sized for the largest batch seen, so both may be longer).
+    pub(crate) fn eval_into(
+        &self,
+        outputs: &[f32],
+        dout: &mut [f32],
+        n: usize,
+        out: usize,
+        targets: Targets<'_>,
+        weights: &[f32],
+    ) -> Result<Losses> {
+        let len = n * out;
+        if outputs.len() < len || dout.len() < len {
+            return Err(Error::shape(
+                "loss",
+                format!(
+                    "{} outputs and {} output gradients for {n}×{out}",
+                    outputs.len(),
+                    dout.len()
+                ),
+            ));
+        }
+        self.eval(
+            &outputs[..len],
+            n,
+            out,
+            targets,
+            weights,
+            Some(&mut dout[..len]),
+        )
+    }
+
+    /// The per-sample losses and their mean of the first `n·out` values of a model's host
+    /// output buffer, without gradient ([`Model::forward_losses`]).
+    pub(crate) fn eval_mean(
+        &self,
+        outputs: &[f32],
+        n: usize,
+        out: usize,
+        targets: Targets<'_>,
+    ) -> Result<Losses> {
+        let len = n * out;
+        let outputs = outputs.get(..len).ok_or_else(|| {
+            Error::shape("loss", format!("{} outputs for {n}×{out}", outputs.len()))
+        })?;
+        self.eval(outputs, n, out, targets, &mean_weights(n), None)
+    }
+
     /// Per-sample losses of outputs `[n, out]`; fills `grad` (same shape) when given.
     pub fn eval(
         &self,
@@ -540,4 +589,41 @@ impl Kept {
         };
         Ok((k, mode))
     }
+}
+
+/// A pass from a unit ([`Model::forward_backward_from`]) that [`begin_pass_from`] admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PassFrom {
+    /// Batch size of the kept pass it continues.
+    pub n: usize,
+    /// Batch-norm mode of the pass (see [`Kept::continue_from`]).
+    pub mode: BnMode,
+    /// The unit its backward stops at (its input gradient is not computed).
+    pub stop: usize,
+}
+
+/// The bookkeeping of [`Model::forward_backward_from`] that every model shares: checks the
+/// parameter and gradient arenas against `layout`, admits a pass from `start` after the kept
+/// pass `kept` of a network of `units` units, and marks the units from `start` on as no longer
+/// holding the kept pass's activations (the pass is about to overwrite them, and a failure
+/// half-way leaves them overwritten too).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn begin_pass_from<B: Backend>(
+    kept: &mut Option<Kept>,
+    layout: &Layout,
+    units: usize,
+    params: &B::Arena,
+    grad: &B::Arena,
+    start: usize,
+    backward: BackwardExtent,
+) -> Result<PassFrom> {
+    check_arena_len::<B>("parameters", params, layout)?;
+    check_arena_len::<B>("gradient", grad, layout)?;
+    let (k, mode) = Kept::continue_from(*kept, start, units)?;
+    *kept = Some(Kept { clean: start, ..k });
+    let stop = match backward {
+        BackwardExtent::Full => 0,
+        BackwardExtent::StopAtStart => start,
+    };
+    Ok(PassFrom { n: k.n, mode, stop })
 }

@@ -10,8 +10,8 @@ use crate::backend::{
 use crate::cpu::Cpu;
 use crate::error::{Error, Result};
 use crate::model::{
-    check_arena_len, mean_weights, units_from_layout, BackwardExtent, BufferData, BufferKind, Kept,
-    LossKind, Losses, Model, NamedBuffer, Targets, Unit,
+    begin_pass_from, check_arena_len, units_from_layout, BackwardExtent, BufferData, BufferKind,
+    Kept, LossKind, Losses, Model, NamedBuffer, PassFrom, Targets, Unit,
 };
 use crate::tensor::Tensor;
 
@@ -143,6 +143,51 @@ fn resnet_unit(name: &str) -> Option<String> {
 }
 
 /// One basic block: `out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`.
+/// The stem of a forward pass: the convolution of the images `x` into `out.0`, then batch
+/// norm and ReLU into `out.1` (the first block's input).
+#[allow(clippy::too_many_arguments)]
+fn stem_forward<B: Backend>(
+    be: &mut B,
+    bn: BnConfig,
+    mode: BnMode,
+    stem: &ConvBn,
+    dims: &[Dims],
+    x: &B::Buf,
+    params: &B::Arena,
+    bns: &mut [BnState<B>],
+    (conv, out): (&mut B::Buf, &mut B::Buf),
+) -> Result<()> {
+    be.conv2d_forward(&stem.conv, dims[0], x, params, stem.w, conv)?;
+    be.batch_norm_forward(
+        mode,
+        bn,
+        dims[1],
+        conv,
+        params,
+        stem.bn,
+        &mut bns[stem.bn_idx],
+        None,
+        true,
+        out,
+    )
+}
+
+/// The head of a forward pass: global average pooling of the last block's output `last`
+/// (dimensions `d`) into `out.0`, the linear layer into `out.1`, and the logits downloaded
+/// into the first `N·classes` values of `out.2`.
+fn head_forward<B: Backend>(
+    be: &mut B,
+    linear: LinearParams,
+    d: Dims,
+    last: &B::Buf,
+    params: &B::Arena,
+    (pooled, logits, host): (&mut B::Buf, &mut B::Buf, &mut [f32]),
+) -> Result<()> {
+    be.avg_pool_forward(d, last, pooled)?;
+    be.linear_forward(d.n, linear, pooled, params, logits)?;
+    be.download(logits, &mut host[..d.n * linear.out])
+}
+
 #[allow(clippy::too_many_arguments)]
 fn block_forward<B: Backend>(
     be: &mut B,
@@ -566,19 +611,8 @@ impl<B: Backend> ResNet18<B> {
         let a = acts.as_mut().expect("workspace allocated");
         let bn = cfg.bn;
         if start == 0 {
-            be.conv2d_forward(&stem.conv, dims[0], &a.x, params, stem.w, &mut a.c0)?;
-            be.batch_norm_forward(
-                mode,
-                bn,
-                dims[1],
-                &a.c0,
-                params,
-                stem.bn,
-                &mut bns[stem.bn_idx],
-                None,
-                true,
-                &mut a.a0,
-            )?;
+            let o = (&mut a.c0, &mut a.a0);
+            stem_forward(be, bn, mode, stem, &dims, &a.x, params, bns, o)?;
         }
         for (i, blk) in blocks.iter().enumerate() {
             if i + 1 < start {
@@ -601,11 +635,8 @@ impl<B: Backend> ResNet18<B> {
             block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
         }
         let last = &a.blocks.last().expect("eight blocks").out;
-        be.avg_pool_forward(dims[HEAD], last, &mut a.pooled)?;
-        be.linear_forward(n, *linear, &a.pooled, params, &mut a.logits)?;
-        let k = cfg.num_classes;
-        be.download(&a.logits, &mut a.host_logits[..n * k])?;
-        Ok(())
+        let o = (&mut a.pooled, &mut a.logits, &mut a.host_logits[..]);
+        head_forward(be, *linear, dims[HEAD], last, params, o)
     }
 
     /// A forward pass in the workspace of [`Model::forward`]; the logits are left in its
@@ -644,19 +675,8 @@ impl<B: Backend> ResNet18<B> {
         let l = lean.as_mut().expect("workspace allocated");
         let bn = cfg.bn;
         be.load_images(x, &mut l.x)?;
-        be.conv2d_forward(&stem.conv, dims[0], &l.x, params, stem.w, &mut l.c1)?;
-        be.batch_norm_forward(
-            mode,
-            bn,
-            dims[1],
-            &l.c1,
-            params,
-            stem.bn,
-            &mut bns[stem.bn_idx],
-            None,
-            true,
-            &mut l.io[0],
-        )?;
+        let o = (&mut l.c1, &mut l.io[0]);
+        stem_forward(be, bn, mode, stem, &dims, &l.x, params, bns, o)?;
         // The block input alternates between io[0] and io[1].
         for (i, blk) in blocks.iter().enumerate() {
             let [i0, i1] = &mut l.io;
@@ -672,11 +692,8 @@ impl<B: Backend> ResNet18<B> {
             block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
         }
         let last = &l.io[blocks.len() % 2];
-        be.avg_pool_forward(dims[HEAD], last, &mut l.pooled)?;
-        be.linear_forward(n, *linear, &l.pooled, params, &mut l.logits)?;
-        let k = cfg.num_classes;
-        be.download(&l.logits, &mut l.host_logits[..n * k])?;
-        Ok(())
+        let o = (&mut l.pooled, &mut l.logits, &mut l.host_logits[..]);
+        head_forward(be, *linear, dims[HEAD], last, params, o)
     }
 
     /// Backward pass from `host_dlogits` (first `n·k` values) of the last forward pass, through
@@ -842,6 +859,14 @@ impl<B: Backend> ResNet18<B> {
             smoothing: self.cfg.label_smoothing,
         }
     }
+
+    /// The losses of the logits the last pass with gradient left on the host, and their
+    /// gradient in `host_dlogits` for [`ResNet18::run_backward`].
+    fn loss_of_kept(&mut self, n: usize, targets: Targets<'_>, weights: &[f32]) -> Result<Losses> {
+        let (k, loss) = (self.cfg.num_classes, self.loss_kind());
+        let a = self.acts.as_mut().expect("workspace allocated");
+        loss.eval_into(&a.host_logits, &mut a.host_dlogits, n, k, targets, weights)
+    }
 }
 
 impl<B: Backend> Model for ResNet18<B> {
@@ -868,14 +893,7 @@ impl<B: Backend> Model for ResNet18<B> {
         let n = self.run_forward_lean(params, x, mode)?;
         let k = self.cfg.num_classes;
         let l = self.lean.as_ref().expect("workspace allocated");
-        self.loss_kind().eval(
-            &l.host_logits[..n * k],
-            n,
-            k,
-            targets,
-            &mean_weights(n),
-            None,
-        )
+        self.loss_kind().eval_mean(&l.host_logits, n, k, targets)
     }
 
     fn units(&self) -> &[Unit] {
@@ -891,31 +909,17 @@ impl<B: Backend> Model for ResNet18<B> {
         backward: BackwardExtent,
         grad: &mut B::Arena,
     ) -> Result<Losses> {
-        check_arena_len::<B>("parameters", params, &self.layout)?;
-        check_arena_len::<B>("gradient", grad, &self.layout)?;
-        let (kept, mode) = Kept::continue_from(self.kept, start, self.units.len())?;
-        let n = kept.n;
-        let k = self.cfg.num_classes;
-        let loss = self.loss_kind();
-        // The units from `start` on are about to be overwritten.
-        self.kept = Some(Kept {
-            clean: start,
-            ..kept
-        });
-        self.run_forward_from(params, n, start, mode)?;
-        let a = self.acts.as_mut().expect("workspace allocated");
-        let losses = loss.eval(
-            &a.host_logits[..n * k],
-            n,
-            k,
-            targets,
-            weights,
-            Some(&mut a.host_dlogits[..n * k]),
+        let PassFrom { n, mode, stop } = begin_pass_from::<B>(
+            &mut self.kept,
+            &self.layout,
+            self.units.len(),
+            params,
+            grad,
+            start,
+            backward,
         )?;
-        let stop = match backward {
-            BackwardExtent::Full => 0,
-            BackwardExtent::StopAtStart => start,
-        };
+        self.run_forward_from(params, n, start, mode)?;
+        let losses = self.loss_of_kept(n, targets, weights)?;
         self.run_backward(params, n, mode, ParamGrad::Sum, grad, stop)?;
         Ok(losses)
     }
@@ -931,17 +935,7 @@ impl<B: Backend> Model for ResNet18<B> {
     ) -> Result<Losses> {
         check_arena_len::<B>("gradient", grad, &self.layout)?;
         let n = self.run_forward(params, x, mode)?;
-        let k = self.cfg.num_classes;
-        let loss = self.loss_kind();
-        let a = self.acts.as_mut().expect("workspace allocated");
-        let losses = loss.eval(
-            &a.host_logits[..n * k],
-            n,
-            k,
-            targets,
-            weights,
-            Some(&mut a.host_dlogits[..n * k]),
-        )?;
+        let losses = self.loss_of_kept(n, targets, weights)?;
         self.run_backward(params, n, mode, ParamGrad::Sum, grad, 0)?;
         Ok(losses)
     }
@@ -955,18 +949,8 @@ impl<B: Backend> Model for ResNet18<B> {
     ) -> Result<Losses> {
         check_arena_len::<B>("fisher", out, &self.layout)?;
         let n = self.run_forward(params, x, BnMode::Eval)?;
-        let k = self.cfg.num_classes;
-        let loss = self.loss_kind();
-        let a = self.acts.as_mut().expect("workspace allocated");
-        let ones = vec![1.0; n];
-        let losses = loss.eval(
-            &a.host_logits[..n * k],
-            n,
-            k,
-            targets,
-            &ones,
-            Some(&mut a.host_dlogits[..n * k]),
-        )?;
+        // Unit weights: each sample's own gradient, not the mean's.
+        let losses = self.loss_of_kept(n, targets, &vec![1.0; n])?;
         self.run_backward(params, n, BnMode::Eval, ParamGrad::PerSampleSq, out, 0)?;
         Ok(losses)
     }

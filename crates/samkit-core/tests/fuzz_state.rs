@@ -2,18 +2,17 @@
 //! several rules, mutated (bit flips, truncation, length fields blown up, random bytes), must
 //! load as an error or a checked state, never panic, and never ask for a block of memory
 //! larger than a small multiple of the file.
-mod fuzz_support;
 
 use std::path::Path;
 
-use fuzz_support::{allocation_bound, cases, largest_allocation, mutated, mutations};
 use proptest::prelude::*;
 use samkit_core::state::PortableState;
 use samkit_core::{BaseOptimizer, FirstOutcome, FriendlySam, Layout, LookSam, Optimizer, Rule};
 use samkit_core::{Sam, Ssam};
+use samkit_testkit::fuzz::{allocation_bound, cases, largest_allocation, mutated, mutations};
 
 #[global_allocator]
-static ALLOC: fuzz_support::Recording = fuzz_support::Recording;
+static ALLOC: samkit_testkit::fuzz::Recording = samkit_testkit::fuzz::Recording;
 
 fn layout() -> Layout {
     let mut l = Layout::new();

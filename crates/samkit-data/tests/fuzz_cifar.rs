@@ -2,18 +2,16 @@
 //! (bit flips, truncation, blown-up bytes, random insertions), parse as an error naming the
 //! file or as whole records with labels in range, never a panic, never an allocation far
 //! beyond the file's size.
-#[path = "../../samkit-core/tests/fuzz_support/mod.rs"]
-mod fuzz_support;
 
 use std::path::Path;
 
-use fuzz_support::{allocation_bound, cases, largest_allocation, mutated, mutations};
 use proptest::prelude::*;
 use samkit_data::cifar::{parse, Cifar};
 use samkit_data::IMAGE_BYTES;
+use samkit_testkit::fuzz::{allocation_bound, cases, largest_allocation, mutated, mutations};
 
 #[global_allocator]
-static ALLOC: fuzz_support::Recording = fuzz_support::Recording;
+static ALLOC: samkit_testkit::fuzz::Recording = samkit_testkit::fuzz::Recording;
 
 /// `records` records of `which` with labels and pixels from a fixed pattern.
 fn file(which: Cifar, records: usize) -> Vec<u8> {

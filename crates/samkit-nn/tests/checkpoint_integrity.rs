@@ -2,18 +2,16 @@
 //! tensor is refused with the file and the tensor named; and mutation fuzzing of the reader
 //! (bit flips, truncation, length fields blown up, random bytes): an error or a loaded model,
 //! never a panic, never an allocation far beyond the file's size.
-#[path = "../../samkit-core/tests/fuzz_support/mod.rs"]
-mod fuzz_support;
 
 use std::path::{Path, PathBuf};
 
-use fuzz_support::{allocation_bound, cases, largest_allocation, mutated, mutations};
 use proptest::prelude::*;
 use safetensors::SafeTensors;
 use samkit_nn::{checkpoint, Model, ResNet18, ResNetConfig};
+use samkit_testkit::fuzz::{allocation_bound, cases, largest_allocation, mutated, mutations};
 
 #[global_allocator]
-static ALLOC: fuzz_support::Recording = fuzz_support::Recording;
+static ALLOC: samkit_testkit::fuzz::Recording = samkit_testkit::fuzz::Recording;
 
 fn model() -> ResNet18 {
     ResNet18::cpu(ResNetConfig::new(10, 1)).unwrap()

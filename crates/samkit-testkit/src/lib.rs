@@ -1,6 +1,7 @@
 //! Test support of the samkit workspace (`publish = false`; a path dev-dependency of the crates
-//! whose tests use it): the CPU emulation of a CUDA device, and [`device_or_skip`] /
-//! [`or_skip`] for the tests that run on it.
+//! whose tests use it): the CPU emulation of a CUDA device, [`device_or_skip`] /
+//! [`or_skip`] for the tests that run on it, and [`fuzz`], the mutation strategies and the
+//! allocation recorder of the file parsers' fuzz tests.
 //!
 //! The fake CUDA driver of `fakecuda/` (beside this crate's `Cargo.toml`): the kernels of
 //! samkit-kernels' `kernels/*.cu` built for the CPU with g++ (through `emu.h`) behind the part
@@ -44,6 +45,7 @@ use std::sync::{Arc, OnceLock};
 use samkit_cuda::Device;
 
 mod compile;
+pub mod fuzz;
 pub mod knobs;
 
 pub use knobs::required;

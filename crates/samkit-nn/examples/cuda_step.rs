@@ -18,15 +18,19 @@
 //! `pass1` (forward + backward at w), `perturb` (norm and perturbation; the whole update for
 //! SGD), `pass2` (forward + backward at w + e), `update` (restore + base optimizer), `mask`
 //! (SSAM-F: the Fisher over n_s samples and the top-k, on the steps that compute it; SSAM-D:
-//! the drop/grow inside the perturbation of an update step, measured as the difference from the
-//! other steps), each per mask update (`mask_per_update_ms`) and amortised per step (`mask`).
+//! the drop/grow inside the first step of an update step, timed by the optimizer's own events,
+//! `GpuOptimizer::time_mask_updates`, and taken out of `perturb`), each per mask update
+//! (`mask_per_update_ms`) and amortised per step (`mask`). Each step runs through
+//! `samkit_core::drive_step`, the trainer's protocol, with hooks that record the events.
 //! Without a device it prints `{"skipped": "..."}` and exits 0.
+use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{CudaEvent, CudaSlice};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use samkit_core::{
-    Asam, BaseOptimizer, FirstOutcome, FriendlySam, Layout, MaskKind, Rule, Sam, Sgd, Ssam,
+    drive_step, Asam, BaseOptimizer, Eval, FriendlySam, GradRequest, Layout, Outcome, Rule, Sam,
+    SamOptimizer, Sgd, Ssam, StepHooks, StepPhase,
 };
 use samkit_cuda::GpuOptimizer;
 use samkit_nn::cuda::CudaOptions;
@@ -133,28 +137,188 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
+/// The marks of one step, in order: 0 the step's start, 1 and 2 around pass 1, 3 after the
+/// first step (perturbation; a one-pass step's update), 4 after pass 2, 5 after the second
+/// step, 6 the step's end. Marks 4 and 5 are recorded only by a two-pass step.
+const MARKS: usize = 7;
+
+/// Time marks of one step: [`Marks::record`] marks the point after the work enqueued so far,
+/// [`Marks::ms`] reads the milliseconds between two marks of the step after
+/// [`Marks::finish`]. CUDA events on the GPU, the host clock on the CPU.
+trait Marks {
+    fn record(&mut self, slot: usize) -> Res<()>;
+    /// Waits for the last mark (the step's end).
+    fn finish(&mut self) -> Res<()>;
+    fn ms(&self, from: usize, to: usize) -> Res<f64>;
+}
+
+/// CUDA events recorded on the stream the step's work is enqueued on.
+struct EventMarks {
+    stream: Arc<CudaStream>,
+    ev: Vec<CudaEvent>,
+}
+
+impl Marks for EventMarks {
+    fn record(&mut self, slot: usize) -> Res<()> {
+        Ok(self.ev[slot].record(&self.stream)?)
+    }
+
+    fn finish(&mut self) -> Res<()> {
+        Ok(self.ev[MARKS - 1].synchronize()?)
+    }
+
+    fn ms(&self, from: usize, to: usize) -> Res<f64> {
+        Ok(self.ev[from].elapsed_ms(&self.ev[to])? as f64)
+    }
+}
+
+/// The host clock (the CPU test of the step's accounting).
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Default)]
+struct HostMarks([Option<Instant>; MARKS]);
+
+impl Marks for HostMarks {
+    fn record(&mut self, slot: usize) -> Res<()> {
+        self.0[slot] = Some(Instant::now());
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Res<()> {
+        Ok(())
+    }
+
+    fn ms(&self, from: usize, to: usize) -> Res<f64> {
+        match (self.0[from], self.0[to]) {
+            (Some(a), Some(b)) => Ok(b.saturating_duration_since(a).as_secs_f64() * 1e3),
+            _ => Err(format!("time mark {from} or {to} was not recorded").into()),
+        }
+    }
+}
+
+/// The hooks of `drive_step` that record the marks at the phase boundaries.
+struct Clock<'a, M> {
+    marks: &'a mut M,
+    fisher: bool,
+    two: bool,
+}
+
+impl<M: Marks> StepHooks<Box<dyn std::error::Error>> for Clock<'_, M> {
+    fn begin(&mut self, p: StepPhase) -> Res<()> {
+        match p {
+            StepPhase::Fisher => self.fisher = true,
+            StepPhase::Pass1 => self.marks.record(1)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, p: StepPhase) -> Res<()> {
+        match p {
+            StepPhase::Pass1 => self.marks.record(2),
+            StepPhase::Perturb => self.marks.record(3),
+            StepPhase::Pass2 => {
+                self.two = true;
+                self.marks.record(4)
+            }
+            StepPhase::Update => self.marks.record(5),
+            StepPhase::Fisher | StepPhase::Mask => Ok(()),
+        }
+    }
+}
+
+/// One timed step.
+struct StepTimes {
+    phases: Phases,
+    /// SSAM-F computed a Fisher (and its mask) this step.
+    fisher: bool,
+    /// The mask changed this step (SSAM-F's Fisher, SSAM-D's drop/grow).
+    mask_update: bool,
+    loss: f64,
+    wall_ms: f64,
+}
+
+/// One step of `opt` through `samkit_core::drive_step` (the trainer's protocol), timed by
+/// `marks` phase by phase. A mask update inside the first step (SSAM-D's drop/grow), which
+/// the optimizer times itself (`take_mask_time`; on the GPU once `time_mask_updates` is on),
+/// moves from the first step's span (the perturbation, or a one-pass step's update) to
+/// `mask`. After SSAM-F's Fisher the mask is the span from the step's start to pass 1 (the
+/// Fisher and its top-k).
+fn timed_step<O, W, G, M, F>(
+    opt: &mut O,
+    marks: &mut M,
+    w: &mut W,
+    grads: (&mut G, &mut G),
+    oracle: F,
+) -> Res<StepTimes>
+where
+    O: SamOptimizer<W, G>,
+    O::Error: 'static,
+    W: ?Sized,
+    G: ?Sized,
+    M: Marks,
+    F: FnMut(GradRequest, &W, &mut G) -> Res<Eval>,
+{
+    let t0 = Instant::now();
+    marks.record(0)?;
+    let mut clock = Clock {
+        marks: &mut *marks,
+        fisher: false,
+        two: false,
+    };
+    let report = drive_step(opt, w, grads, oracle, &mut clock)?;
+    let (fisher, two) = (clock.fisher, clock.two);
+    marks.record(MARKS - 1)?;
+    marks.finish()?;
+    let wall_ms = t0.elapsed().as_secs_f64() * 1e3;
+    // Taken after a Fisher step too, so that it is not read by a later step.
+    let in_first = opt.take_mask_time()?;
+    let in_first = if fisher {
+        0.0
+    } else {
+        in_first.map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let first = (marks.ms(2, 3)? - in_first).max(0.0);
+    let mut p = Phases {
+        mask: in_first,
+        pass1: marks.ms(1, 2)?,
+        total: marks.ms(0, MARKS - 1)?,
+        ..Phases::default()
+    };
+    if fisher {
+        p.mask += marks.ms(0, 1)?;
+    }
+    if two {
+        p.perturb = first;
+        p.pass2 = marks.ms(3, 4)?;
+        p.update = marks.ms(4, 5)?;
+    } else if report.outcome == Outcome::Applied {
+        p.update = first;
+    }
+    Ok(StepTimes {
+        phases: p,
+        fisher,
+        mask_update: report.mask_updated,
+        loss: report.loss,
+        wall_ms,
+    })
+}
+
 struct Bench<'a> {
     model: &'a mut ResNet18<Cuda>,
     layout: Layout,
     w0: &'a [f32],
     x: &'a Tensor,
     y: &'a [usize],
-    ev: Vec<CudaEvent>,
+    marks: EventMarks,
 }
 
 impl Bench<'_> {
-    fn ms(&self, a: usize, b: usize) -> Res<f64> {
-        Ok(self.ev[a].elapsed_ms(&self.ev[b])? as f64)
-    }
-
     fn run(&mut self, name: &str, warmup: usize, steps: usize) -> Res<Value> {
         let be = self.model.backend_mut();
         let dev = be.gpu().clone();
-        let stream = be.stream().clone();
         let mut w = be.arena_from(self.w0).map_err(nn)?;
         let mut g: CudaSlice<f32> = be.arena_zeros(self.w0.len()).map_err(nn)?;
         let mut g2 = be.arena_zeros(self.w0.len()).map_err(nn)?;
-        let mut fisher = be.arena_zeros(self.w0.len()).map_err(nn)?;
         let base = BaseOptimizer::Sgd(Sgd {
             lr: 0.1,
             momentum: 0.9,
@@ -166,113 +330,64 @@ impl Bench<'_> {
             Rule::Ssam(c) => Some(c.interval),
             _ => None,
         };
-        let dynamic = matches!(&r, Rule::Ssam(c) if matches!(c.mask, MaskKind::Dynamic { .. }));
         let mut opt = GpuOptimizer::<f32>::new(&dev, self.layout.clone(), r, base)?;
+        // SSAM-D's drop/grow runs inside the first step: the optimizer times it with two
+        // events per mask update so that it can be moved to the mask phase.
+        opt.time_mask_updates(true)?;
         let wts = mean_weights(self.y.len());
-        // (phases, a Fisher was computed, SSAM-D updated its mask in the perturbation)
-        let mut rows: Vec<(Phases, bool, bool)> = Vec::new();
-        let mut wall = Vec::new();
+        let mut rows: Vec<StepTimes> = Vec::new();
+        let (model, x, y) = (&mut *self.model, self.x, self.y);
         for step in 0..warmup + steps {
-            let t0 = Instant::now();
-            let updates_before = opt.mask_updates()?;
-            self.ev[0].record(&stream)?;
-            let mut fisher_step = false;
-            if let Some(ns) = opt.needs_fisher()? {
-                stream.memset_zeros(&mut fisher)?;
-                let mut done = 0;
-                while done < ns {
-                    let m = (ns - done).min(self.y.len());
-                    let (xs, ys) = if m == self.y.len() {
-                        (self.x.clone(), self.y.to_vec())
-                    } else {
-                        let host = self.model.backend_mut().to_host(self.x).map_err(nn)?;
-                        (host.narrow_batch(0, m).map_err(nn)?, self.y[..m].to_vec())
-                    };
-                    self.model
-                        .per_sample_grad_sq(&w, &xs, (&ys).into(), &mut fisher)
-                        .map_err(nn)?;
-                    done += m;
-                }
-                opt.set_fisher::<f32, _>(&fisher)?;
-                fisher_step = true;
-            }
-            self.ev[1].record(&stream)?;
-            let l1 = self
-                .model
-                .forward_backward(&w, self.x, self.y.into(), &wts, BnMode::Train, &mut g)
-                .map_err(nn)?;
-            self.ev[2].record(&stream)?;
-            let first = opt.first_step(&mut w, &g)?;
-            self.ev[3].record(&stream)?;
-            let two = first == FirstOutcome::Perturbed;
-            if two {
-                self.model
-                    .forward_backward(
-                        &w,
-                        self.x,
-                        self.y.into(),
-                        &wts,
-                        BnMode::TrainNoUpdate,
-                        &mut g2,
-                    )
-                    .map_err(nn)?;
-                self.ev[4].record(&stream)?;
-                opt.second_step(&mut w, &g2)?;
-            } else {
-                self.ev[4].record(&stream)?;
-            }
-            self.ev[5].record(&stream)?;
-            self.ev[5].synchronize()?;
-            wall.push(t0.elapsed().as_secs_f64() * 1e3);
-            if !l1.loss.is_finite() {
+            let oracle = |req: GradRequest, w: &CudaSlice<f32>, out: &mut CudaSlice<f32>| {
+                let e = match req {
+                    GradRequest::Fisher { samples } => {
+                        model.backend_mut().stream().memset_zeros(out)?;
+                        let mut done = 0;
+                        let mut e = Eval::default();
+                        while done < samples {
+                            let m = (samples - done).min(y.len());
+                            let (xs, ys) = if m == y.len() {
+                                (x.clone(), y.to_vec())
+                            } else {
+                                let host = model.backend_mut().to_host(x).map_err(nn)?;
+                                (host.narrow_batch(0, m).map_err(nn)?, y[..m].to_vec())
+                            };
+                            e = model
+                                .per_sample_grad_sq(w, &xs, (&ys).into(), out)
+                                .map_err(nn)?
+                                .eval();
+                            done += m;
+                        }
+                        e
+                    }
+                    GradRequest::Batch(pass) => model
+                        .forward_backward(w, x, y.into(), &wts, BnMode::for_pass(pass), out)
+                        .map_err(nn)?
+                        .eval(),
+                    other => return Err(format!("{name}: no {other:?} in this bench").into()),
+                };
+                Ok(e)
+            };
+            let t = timed_step(&mut opt, &mut self.marks, &mut w, (&mut g, &mut g2), oracle)?;
+            if !t.loss.is_finite() {
                 return Err(format!("{name}: non-finite loss at step {step}").into());
             }
-            let mask_update = fisher_step || opt.mask_updates()? > updates_before;
-            let mut p = Phases {
-                mask: self.ms(0, 1)?,
-                pass1: self.ms(1, 2)?,
-                total: self.ms(0, 5)?,
-                ..Phases::default()
-            };
-            if two {
-                p.perturb = self.ms(2, 3)?;
-                p.pass2 = self.ms(3, 4)?;
-                p.update = self.ms(4, 5)?;
-            } else {
-                p.update = self.ms(2, 3)?;
-            }
             if step >= warmup {
-                rows.push((p, fisher_step, mask_update && dynamic));
+                rows.push(t);
             }
         }
         let col =
-            |f: fn(&Phases) -> f64, sel: &dyn Fn(&(Phases, bool, bool)) -> bool| -> Vec<f64> {
-                rows.iter().filter(|r| sel(r)).map(|r| f(&r.0)).collect()
-            };
-        let all = |_: &(Phases, bool, bool)| true;
-        let plain = |r: &(Phases, bool, bool)| !r.2;
-        let upd = |r: &(Phases, bool, bool)| r.2;
-        let fisher = |r: &(Phases, bool, bool)| r.1;
+            |f: fn(&Phases) -> f64| -> Vec<f64> { rows.iter().map(|r| f(&r.phases)).collect() };
         let n = rows.len().max(1) as f64;
-        // SSAM-D's mask update hides in the perturbation of its update steps.
-        let (perturb, mask_total, updates) = if dynamic {
-            let (pp, pu) = (col(|p| p.perturb, &plain), col(|p| p.perturb, &upd));
-            let extra = (mean(&pu) - mean(&pp)).max(0.0);
-            (mean(&pp), extra * pu.len() as f64, pu.len())
-        } else {
-            let masks = col(|p| p.mask, &fisher);
-            (
-                mean(&col(|p| p.perturb, &all)),
-                masks.iter().sum::<f64>(),
-                masks.len(),
-            )
-        };
-        let totals = col(|p| p.total, &all);
+        let updates = rows.iter().filter(|r| r.fisher || r.mask_update).count();
+        let mask_total: f64 = col(|p| p.mask).iter().sum();
+        let totals = col(|p| p.total);
+        let wall: Vec<f64> = rows.iter().map(|r| r.wall_ms).collect();
         Ok(json!({
-            "pass1_ms": mean(&col(|p| p.pass1, &all)),
-            "perturb_ms": perturb,
-            "pass2_ms": mean(&col(|p| p.pass2, &all)),
-            "update_ms": mean(&col(|p| p.update, &all)),
+            "pass1_ms": mean(&col(|p| p.pass1)),
+            "perturb_ms": mean(&col(|p| p.perturb)),
+            "pass2_ms": mean(&col(|p| p.pass2)),
+            "update_ms": mean(&col(|p| p.update)),
             "mask_ms": mask_total / n,
             "mask_updates": updates,
             "mask_per_update_ms": if updates > 0 { mask_total / updates as f64 } else { 0.0 },
@@ -280,7 +395,7 @@ impl Bench<'_> {
             "mean_step_ms": mean(&totals),
             "median_step_ms": median(&totals),
             "min_step_ms": totals.iter().copied().fold(f64::INFINITY, f64::min),
-            "median_wall_ms": median(&wall[warmup..]),
+            "median_wall_ms": median(&wall),
             "steps": rows.len(),
         }))
     }
@@ -330,17 +445,18 @@ fn run(a: &Args) -> Res<Value> {
     let ctx = cuda.gpu().context().clone();
     let mut model = ResNet18::new(cuda, ResNetConfig::new(10, a.width)).map_err(nn)?;
     let w0 = model.init_params(0);
-    let ev = (0..6)
+    let ev = (0..MARKS)
         .map(|_| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)))
         .collect::<Result<Vec<_>, _>>()?;
     let layout = model.layout().clone();
+    let stream = model.backend_mut().stream().clone();
     let mut b = Bench {
         model: &mut model,
         layout,
         w0: &w0,
         x: &x,
         y: &y,
-        ev,
+        marks: EventMarks { stream, ev },
     };
     let mut results = serde_json::Map::new();
     for name in &a.optimizers {
@@ -367,4 +483,90 @@ fn run(a: &Args) -> Res<Value> {
         "cudnn_workspace_bytes": ws,
         "algorithms": algos,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use samkit_core::Optimizer;
+    use samkit_nn::{Activation, LossKind, Mlp};
+
+    use super::*;
+
+    /// Slack for comparing sums of the same f64 milliseconds (rounding only).
+    const MS_EPS: f64 = 1e-9;
+
+    /// The step accounting of the bench, with the host clock and the CPU optimizer: SSAM-D's
+    /// drop/grow, timed by the optimizer inside the first step, is the mask phase of its update
+    /// steps and is no longer part of the perturbation; the first step's span is split between
+    /// the two with nothing lost.
+    #[test]
+    fn ssam_d_drop_grow_is_timed_as_the_mask_phase_on_the_cpu() -> Res<()> {
+        let smoothing = 0.0;
+        let mut model = Mlp::cpu(
+            &[16, 64, 64, 10],
+            Activation::Relu,
+            LossKind::CrossEntropy { smoothing },
+        )?;
+        let mut w = model.init_params(0);
+        let n = 8;
+        let mut xv = vec![0.0; n * 16];
+        Rng::new(1).fill_normal(&mut xv, 1.0);
+        let x = Tensor::from_vec(xv, &[n, 16])?;
+        let y: Vec<usize> = (0..n).map(|i| i % 10).collect();
+        let wts = mean_weights(n);
+        let rule = Rule::Ssam(Ssam {
+            interval: 2,
+            ..Ssam::dynamic(7)
+        });
+        let base = BaseOptimizer::Sgd(Sgd {
+            lr: 0.1,
+            ..Sgd::default()
+        });
+        let mut opt = Optimizer::new(model.layout().clone(), rule, base)?;
+        let (mut g, mut g2) = (vec![0.0; w.len()], vec![0.0; w.len()]);
+        let mut marks = HostMarks::default();
+        let mut updates = 0;
+        for step in 0..6 {
+            let oracle = |req: GradRequest, w: &[f32], out: &mut [f32]| -> Res<Eval> {
+                match req {
+                    GradRequest::Batch(pass) => Ok(model
+                        .forward_backward(w, &x, (&y).into(), &wts, BnMode::for_pass(pass), out)?
+                        .eval()),
+                    other => Err(format!("no {other:?} for SSAM-D").into()),
+                }
+            };
+            let t = timed_step(
+                &mut opt,
+                &mut marks,
+                &mut w[..],
+                (&mut g[..], &mut g2[..]),
+                oracle,
+            )?;
+            let p = t.phases;
+            assert!(!t.fisher, "step {step}: SSAM-D computes no Fisher");
+            assert!(p.pass2 > 0.0, "step {step}: SSAM-D runs pass 2");
+            let first = marks.ms(2, 3)?;
+            assert!(
+                (p.perturb + p.mask - first).abs() < MS_EPS,
+                "step {step}: perturb {} + mask {} != first step {first}",
+                p.perturb,
+                p.mask
+            );
+            if t.mask_update {
+                updates += 1;
+                assert!(p.mask > 0.0, "step {step}: the drop/grow was not timed");
+                assert!(
+                    p.perturb < first,
+                    "step {step}: the drop/grow stayed in perturb"
+                );
+            } else {
+                assert_eq!(p.mask, 0.0, "step {step}: no mask update, no mask time");
+            }
+            let phases = p.pass1 + p.perturb + p.pass2 + p.update + p.mask;
+            assert!(p.total + MS_EPS >= phases, "step {step}: phases overlap");
+        }
+        // Interval 2 over 6 steps.
+        assert!(updates >= 2, "{updates} mask updates");
+        Ok(())
+    }
 }

@@ -60,14 +60,14 @@ pub struct Ctl {
     pub yy: f64,
     pub gv_sq: f64,
     pub scale: f32,
-    pub kappa: f32,
-    pub b: f32,
+    pub coef_a: f32,
+    pub coef_b: f32,
     pub coef_c: f32,
     pub sc_first: u32,
     pub sc_lr: f32,
     pub sc_step_size: f32,
     pub sc_bc2_sqrt: f32,
-    pub proj: f32,
+    pub coef_p: f32,
     pub pad: u32,
 }
 
@@ -150,7 +150,7 @@ pub struct FinArgs {
     pub seg_tmp: u64,
     pub seg_gsq: u64,
     pub seg_gv: u64,
-    pub b_seg: u64,
+    pub coef_b_seg: u64,
     pub coef_c_seg: u64,
     pub eps: f64,
     pub beta1: f64,
@@ -164,8 +164,8 @@ pub struct FinArgs {
     pub adam: u32,
     pub rho: f32,
     pub alpha: f32,
-    pub kappa: f32,
-    pub b: f32,
+    pub coef_a: f32,
+    pub coef_b: f32,
     pub lr: f32,
     pub pad: u32,
 }
@@ -207,7 +207,7 @@ pub struct UpdateArgs {
     pub s0: u64,
     pub s1: u64,
     pub s2: u64,
-    pub b_seg: u64,
+    pub coef_b_seg: u64,
     pub coef_c_seg: u64,
     pub ctl: u64,
     pub part: u64,
@@ -484,6 +484,35 @@ pub struct NnSmoothCeArgs {
     pub smoothing: f32,
 }
 
+/// `sk_nn_kd`: MESA/SAF's distillation term (`present` = 0: every sample has a teacher; `dz` =
+/// 0: no gradient, else ADDED to).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnKdArgs {
+    pub z: u64,
+    pub t: u64,
+    pub w: u64,
+    pub present: u64,
+    pub kd: u64,
+    pub dz: u64,
+    pub n: u64,
+    pub k: u32,
+    pub tau: f32,
+    pub lam: f32,
+    pub pad: u32,
+}
+
+/// `sk_nn_ema`: MESA's teacher update `ema ← d·ema + (1 − d)·w` (`one_m_d` = `1 − d` in f32).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NnEmaArgs {
+    pub ema: u64,
+    pub w: u64,
+    pub n: u64,
+    pub d: f32,
+    pub one_m_d: f32,
+}
+
 device_repr!(
     Unit,
     Ctl,
@@ -513,7 +542,9 @@ device_repr!(
     NnAvgPoolBwdArgs,
     NnBnEvalStatsArgs,
     NnBnEvalBwdArgs,
-    NnSmoothCeArgs
+    NnSmoothCeArgs,
+    NnKdArgs,
+    NnEmaArgs
 );
 
 /// `(name, size)` of every shared struct, passed to NVRTC as `-DSK_ABI_SIZE_<name>=<size>` so the
@@ -549,6 +580,8 @@ pub fn sizes() -> Vec<(&'static str, u32)> {
         ("NnBnEvalStatsArgs", sz::<NnBnEvalStatsArgs>()),
         ("NnBnEvalBwdArgs", sz::<NnBnEvalBwdArgs>()),
         ("NnSmoothCeArgs", sz::<NnSmoothCeArgs>()),
+        ("NnKdArgs", sz::<NnKdArgs>()),
+        ("NnEmaArgs", sz::<NnEmaArgs>()),
     ]
 }
 
@@ -636,6 +669,11 @@ pub fn expected() -> Vec<(&'static str, &'static str, Vec<u32>)> {
                 offset_of!(NnBnEvalBwdArgs, n) as u32,
                 offset_of!(NnSmoothCeArgs, n) as u32,
                 offset_of!(NnSmoothCeArgs, smoothing) as u32,
+                sz::<NnKdArgs>(),
+                offset_of!(NnKdArgs, n) as u32,
+                offset_of!(NnKdArgs, lam) as u32,
+                sz::<NnEmaArgs>(),
+                offset_of!(NnEmaArgs, one_m_d) as u32,
             ],
         ),
     ]
@@ -656,6 +694,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<NnAvgPoolFwdArgs>(), 40);
         assert_eq!(std::mem::size_of::<NnBnEvalBwdArgs>(), 80);
         assert_eq!(std::mem::size_of::<NnSmoothCeArgs>(), 56);
+        assert_eq!(std::mem::size_of::<NnKdArgs>(), 72);
+        assert_eq!(std::mem::size_of::<NnEmaArgs>(), 32);
     }
 
     #[test]

@@ -146,6 +146,28 @@ struct NnSmoothCeArgs {
     float smoothing;
 };
 
+struct NnKdArgs {
+    const float* z;      // n·k student logits
+    const float* t;      // n·k teacher logits
+    const float* w;      // n sample weights
+    const u32* present;  // n flags (0: no teacher for the sample), or null for all
+    float* kd;           // n: τ²·KL(softmax(t/τ) ‖ softmax(z/τ))
+    float* dz;           // n·k, gradient ADDED, or null for none
+    u64 n;
+    u32 k;  // ≥ 2
+    float tau;  // > 0
+    float lam;  // λ ≥ 0
+    u32 pad;
+};
+
+struct NnEmaArgs {
+    float* ema;      // n
+    const float* w;  // n
+    u64 n;
+    float d;        // decay
+    float one_m_d;  // 1 − d, rounded once on the host as the CPU does
+};
+
 // ---------------------------------------------------------------------------------------------
 // Element-wise
 // ---------------------------------------------------------------------------------------------
@@ -422,6 +444,73 @@ extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_smooth_ce(NnSmoothC
     }
 }
 
+// The log-sum-exp of v/τ over one row of k values (f64), as samkit_nn::distill's log_softmax.
+__device__ double nn_lse_scaled(const float* v, u32 k, double tau) {
+    double mx = -__longlong_as_double(0x7ff0000000000000LL);  // −∞
+    for (u32 c = 0; c < k; c++) mx = fmax(mx, (double)v[c] / tau);
+    double s = 0.0;
+    for (u32 c = 0; c < k; c++) s += exp((double)v[c] / tau - mx);
+    return mx + log(s);
+}
+
+// MESA/SAF's distillation term (ALGORITHMS.md "MESA and SAF", samkit_nn::distill::kd_term), one
+// thread per sample in f64: kd[i] = τ²·Σ_c p_c·(log p_c − log q_c) with p = softmax(t_i/τ),
+// q = softmax(z_i/τ) (a class with p_c = 0 adds 0), and dz[i·k + c] += w_i·λ·τ·(q_c − p_c). A
+// sample without a teacher gets kd 0 and no gradient. The log-probabilities are recomputed per
+// class from the two log-sum-exps (no per-row buffer), the same expressions as on the CPU.
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_kd(NnKdArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    const float* __restrict__ z = a.z;
+    const float* __restrict__ t = a.t;
+    const float* __restrict__ w = a.w;
+    const u32* __restrict__ present = a.present;
+    float* __restrict__ kd = a.kd;
+    float* __restrict__ dz = a.dz;
+    const u64 n = a.n;
+    const u32 k = a.k;
+    const double tau = (double)a.tau;
+    const double lam = (double)a.lam;
+    for (u64 i = nn_tid(); i < n; i += nn_stride()) {
+        if (present && present[i] == 0) {
+            kd[i] = 0.0f;
+            continue;
+        }
+        const float* zi = z + i * k;
+        const float* ti = t + i * k;
+        const double lse_z = nn_lse_scaled(zi, k, tau);
+        const double lse_t = nn_lse_scaled(ti, k, tau);
+        double kl = 0.0;
+        for (u32 c = 0; c < k; c++) {
+            const double lt = (double)ti[c] / tau - lse_t;
+            const double lz = (double)zi[c] / tau - lse_z;
+            const double p = exp(lt);
+            kl += p == 0.0 ? 0.0 : p * (lt - lz);
+        }
+        kd[i] = (float)(tau * tau * kl);
+        if (dz) {
+            const double scale = (double)w[i] * lam * tau;
+            for (u32 c = 0; c < k; c++) {
+                const double lt = (double)ti[c] / tau - lse_t;
+                const double lz = (double)zi[c] / tau - lse_z;
+                float* o = dz + i * k + c;
+                *o = (float)((double)*o + scale * (exp(lz) - exp(lt)));
+            }
+        }
+    }
+}
+
+// MESA's teacher: ema ← d·ema + (1 − d)·w in f32, rounded as samkit_train::distill's CPU update
+// (two products, one sum; --fmad=false keeps them unfused).
+extern "C" __global__ void __launch_bounds__(NN_BLOCK) sk_nn_ema(NnEmaArgs a) {
+    SK_REQUIRE_BLOCK(NN_BLOCK);
+    float* __restrict__ ema = a.ema;
+    const float* __restrict__ w = a.w;
+    const u64 n = a.n;
+    const float d = a.d;
+    const float c = a.one_m_d;
+    for (u64 i = nn_tid(); i < n; i += nn_stride()) ema[i] = d * ema[i] + c * w[i];
+}
+
 // ---------------------------------------------------------------------------------------------
 // ABI probe: what samkit-cuda's abi::expected() lists for the "nn" family, in this order.
 // ---------------------------------------------------------------------------------------------
@@ -450,6 +539,11 @@ extern "C" __global__ void sk_abi_nn(u32* out) {
     out[19] = SK_OFFSETOF(NnBnEvalBwdArgs, n);
     out[20] = SK_OFFSETOF(NnSmoothCeArgs, n);
     out[21] = SK_OFFSETOF(NnSmoothCeArgs, smoothing);
+    out[22] = sizeof(NnKdArgs);
+    out[23] = SK_OFFSETOF(NnKdArgs, n);
+    out[24] = SK_OFFSETOF(NnKdArgs, lam);
+    out[25] = sizeof(NnEmaArgs);
+    out[26] = SK_OFFSETOF(NnEmaArgs, one_m_d);
 }
 
 SK_ABI_CHECK(NnReluMaskArgs);
@@ -466,3 +560,5 @@ SK_ABI_CHECK(NnAvgPoolBwdArgs);
 SK_ABI_CHECK(NnBnEvalStatsArgs);
 SK_ABI_CHECK(NnBnEvalBwdArgs);
 SK_ABI_CHECK(NnSmoothCeArgs);
+SK_ABI_CHECK(NnKdArgs);
+SK_ABI_CHECK(NnEmaArgs);

@@ -23,6 +23,7 @@ use samkit_cuda::abi::{
     NnBnEvalBwdArgs, NnBnEvalStatsArgs, NnColSumArgs, NnReluMaskArgs, NnResidualReluArgs,
     NnSmoothCeArgs, NnSqAccumulateArgs, NnSquareArgs, NN_ACT_RELU, NN_ACT_TANH,
 };
+use samkit_cuda::abi::{NnEmaArgs, NnKdArgs};
 use samkit_cuda::compile::Family;
 use samkit_cuda::Device;
 
@@ -99,6 +100,8 @@ pub(crate) struct Kernels {
     bn_eval_stats: NnKernel<NnBnEvalStatsArgs>,
     bn_eval_bwd: NnKernel<NnBnEvalBwdArgs>,
     smooth_ce: NnKernel<NnSmoothCeArgs>,
+    kd: NnKernel<NnKdArgs>,
+    ema: NnKernel<NnEmaArgs>,
 }
 
 fn act_kind(act: Activation) -> u32 {
@@ -130,6 +133,8 @@ impl Kernels {
             bn_eval_stats: NnKernel::load(&module, "sk_nn_bn_eval_stats")?,
             bn_eval_bwd: NnKernel::load(&module, "sk_nn_bn_eval_bwd")?,
             smooth_ce: NnKernel::load(&module, "sk_nn_smooth_ce")?,
+            kd: NnKernel::load(&module, "sk_nn_kd")?,
+            ema: NnKernel::load(&module, "sk_nn_ema")?,
             _module: module,
         })
     }
@@ -347,6 +352,111 @@ impl Kernels {
         // above), device buffers of this stream borrowed across the launch; k ≥ 2 (checked). A
         // label ≥ k only selects no "on" class (the kernel compares, never indexes with it).
         unsafe { self.smooth_ce.launch(&self.stream, self.blocks(a.n), &a) }
+    }
+
+    /// MESA/SAF's distillation term of the `kd.len()` rows of `k` logits `z` against the
+    /// teacher's `t` (see `nn.cu`, `sk_nn_kd`): `kd` gets `τ²·KL` per row, and `dz` (when given)
+    /// gets `w_i·λ·τ·(softmax(z_i/τ) − softmax(t_i/τ))` ADDED; rows whose `present` flag is 0
+    /// get 0 and no gradient (`present` absent: every row has a teacher).
+    #[allow(clippy::too_many_arguments)]
+    pub fn kd(
+        &self,
+        z: &impl DevicePtr<f32>,
+        t: &impl DevicePtr<f32>,
+        w: &impl DevicePtr<f32>,
+        present: Option<&impl DevicePtr<u32>>,
+        kd: &mut impl DevicePtrMut<f32>,
+        dz: Option<&mut impl DevicePtrMut<f32>>,
+        k: usize,
+        tau: f32,
+        lambda: f32,
+    ) -> Result<()> {
+        let n = kd.len();
+        if k < 2 {
+            return Err(crate::error::Error::shape(
+                "distillation",
+                format!("{k} classes, need at least 2"),
+            ));
+        }
+        crate::distill::check_hyper(lambda, tau)?;
+        let nk = n
+            .checked_mul(k)
+            .ok_or_else(|| crate::error::Error::shape("distillation", "n·k overflows"))?;
+        need("student logits", z.len(), nk)?;
+        need("teacher logits", t.len(), nk)?;
+        need("sample weights", w.len(), n)?;
+        if let Some(p) = present {
+            need("teacher flags", p.len(), n)?;
+        }
+        if let Some(dz) = dz.as_deref() {
+            need("logit gradient", dz.len(), nk)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let k32 = u32_of(k, "classes")?;
+        let (z, _gz) = z.device_ptr(&self.stream);
+        let (t, _gt) = t.device_ptr(&self.stream);
+        let (w, _gw) = w.device_ptr(&self.stream);
+        let (present, _gp) = match present {
+            Some(p) => {
+                let (p, guard) = p.device_ptr(&self.stream);
+                (p, Some(guard))
+            }
+            None => (0, None),
+        };
+        let (kd, _go) = kd.device_ptr_mut(&self.stream);
+        let (dz, _gd) = match dz {
+            Some(g) => {
+                let (p, guard) = g.device_ptr_mut(&self.stream);
+                (p, Some(guard))
+            }
+            None => (0, None),
+        };
+        let a = NnKdArgs {
+            z,
+            t,
+            w,
+            present,
+            kd,
+            dz,
+            n: n as u64,
+            k: k32,
+            tau,
+            lam: lambda,
+            pad: 0,
+        };
+        // SAFETY: z, t (and dz when not null) hold n·k f32, w and kd n f32, present (when not
+        // null) n u32 (checked above), device buffers of this stream borrowed across the
+        // launch; k ≥ 2 and τ > 0 (checked).
+        unsafe { self.kd.launch(&self.stream, self.blocks(a.n), &a) }
+    }
+
+    /// MESA's teacher update `ema ← d·ema + (1 − d)·w` over `ema.len()` values (`w` at least
+    /// as long), `1 − d` rounded once in f32 as the CPU update does.
+    pub fn ema(
+        &self,
+        ema: &mut impl DevicePtrMut<f32>,
+        w: &impl DevicePtr<f32>,
+        d: f32,
+    ) -> Result<()> {
+        let n = ema.len();
+        need("EMA source", w.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (w, _gw) = w.device_ptr(&self.stream);
+        let (ema, _ge) = ema.device_ptr_mut(&self.stream);
+        let a = NnEmaArgs {
+            ema,
+            w,
+            n: n as u64,
+            d,
+            one_m_d: 1.0 - d,
+        };
+        // SAFETY: ema holds n f32 and w at least n (checked above), device buffers of this
+        // stream borrowed across the launch.
+        unsafe { self.ema.launch(&self.stream, self.blocks(a.n), &a) }
     }
 
     /// `y ← act(y + r)` with `r` = 0 for no residual (`relu` = 0: no activation).

@@ -366,6 +366,77 @@ impl Cuda {
             .smooth_ce(logits, &lab, &wts, &mut loss, grad, k, smoothing)?;
         Ok(st.clone_dtoh(&loss)?)
     }
+
+    /// MESA/SAF's distillation term on the device (`samkit_nn::distill::kd_term`, the same f64
+    /// expressions): `τ²·KL(softmax(t_i/τ) ‖ softmax(z_i/τ))` of each of the `weights.len()`
+    /// rows of `k` logits, and with `grad` `weights_i·λ·τ·(softmax(z_i/τ) − softmax(t_i/τ))`
+    /// added to it; rows whose `present` is false get 0 and no gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn distill_kd(
+        &mut self,
+        student: &CudaSlice<f32>,
+        teacher: &CudaSlice<f32>,
+        k: usize,
+        tau: f32,
+        lambda: f32,
+        weights: &[f32],
+        present: Option<&[bool]>,
+        grad: Option<&mut CudaSlice<f32>>,
+    ) -> Result<Vec<f32>> {
+        let n = weights.len();
+        if let Some(p) = present {
+            if p.len() != n {
+                return Err(Error::shape(
+                    "distillation teachers",
+                    format!("{} flags for {n} samples", p.len()),
+                ));
+            }
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.bind()?;
+        let st = self.stream.clone();
+        let wts = st.clone_htod(weights)?;
+        let flags = match present {
+            Some(p) => {
+                let f: Vec<u32> = p.iter().map(|&b| b as u32).collect();
+                Some(st.clone_htod(&f)?)
+            }
+            None => None,
+        };
+        let mut kd = st.alloc_zeros::<f32>(n)?;
+        self.kernels.kd(
+            student,
+            teacher,
+            &wts,
+            flags.as_ref(),
+            &mut kd,
+            grad,
+            k,
+            tau,
+            lambda,
+        )?;
+        Ok(st.clone_dtoh(&kd)?)
+    }
+
+    /// MESA's teacher update on the device: `ema ← d·ema + (1 − d)·w` in f32, bit for bit the
+    /// CPU's (`samkit_train::distill`), over the whole of `ema` (`w` as long).
+    pub fn ema_update(
+        &mut self,
+        ema: &mut CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        d: f32,
+    ) -> Result<()> {
+        if ema.len() != w.len() {
+            return Err(Error::shape(
+                "EMA",
+                format!("{} EMA values for {} weights", ema.len(), w.len()),
+            ));
+        }
+        self.bind()?;
+        self.kernels.ema(ema, w, d)
+    }
 }
 
 impl ResNet18<Cuda> {

@@ -659,6 +659,7 @@ mod model_tests {
             steps_per_epoch: None,
             width: 2,
             label_smoothing: 0.0,
+            pass2: Default::default(),
             augment: false,
             seed: 0,
             data,

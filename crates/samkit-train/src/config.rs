@@ -97,6 +97,32 @@ pub struct RunConfig {
     /// existed reads as the defaults.
     #[serde(default)]
     pub cuda: crate::cuda_options::CudaRunOptions,
+    /// SSAM-L's pass 2 (ALGORITHMS.md, "SSAM-L"); ignored by the other rules. A config written
+    /// before it existed reads as [`Pass2Mode::Exact`].
+    #[serde(default)]
+    pub pass2: Pass2Mode,
+}
+
+/// How SSAM-L's pass 2 runs from the first perturbed unit `u`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pass2Mode {
+    /// The forward starts at `u` from pass 1's kept input, the backward runs through the whole
+    /// network: bit-identical to a full pass 2.
+    #[default]
+    Exact,
+    /// The backward also stops at `u`; the segments before `u` step with their pass-1
+    /// gradient (an approximation: SAM on the suffix, the base optimizer on the prefix).
+    Truncated,
+}
+
+impl Pass2Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Pass2Mode::Exact => "exact",
+            Pass2Mode::Truncated => "truncated",
+        }
+    }
 }
 
 fn count(flag: &'static str, v: usize, lo: usize, hi: usize) -> Result<usize> {

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use samkit_core::rules::SegmentSelect;
 use samkit_core::{
-    drive_step, Eval, GradRequest, Optimizer, Outcome, Status, StepHooks, StepPhase, StepReport,
+    drive_step, Eval, GradRequest, MaskKind, Optimizer, Outcome, Rule, Status, StepHooks,
+    StepPhase, StepReport,
 };
 use samkit_cuda::GpuOptimizer;
 use samkit_nn::{Backend, BnMode, Cpu, Cuda, Model, ResNet18, ResNetConfig, Tensor};
@@ -41,6 +43,38 @@ pub struct Net<B: Backend, A> {
     pub params: A,
     grad: A,
     grad2: A,
+    /// SSAM-L `truncated`: pass 1's gradient of the prefix (see [`Engine::keep_prefix`]).
+    kept: Option<Kept<A>>,
+}
+
+/// A prefix of pass 1's gradient, kept for pass 2.
+struct Kept<A> {
+    len: usize,
+    buf: A,
+}
+
+/// Wraps a step's oracle so that pass 1's gradient prefix is kept and copied into pass 2's
+/// buffer before pass 2 runs (see [`Engine::keep_prefix`]); `copy(model, src, dst, len)`
+/// copies the first `len` values.
+fn keeping_prefix<'a, B: Backend + 'a, A: 'a>(
+    kept: &'a mut Option<Kept<A>>,
+    mut oracle: impl Oracle<B, A> + 'a,
+    copy: fn(&mut ResNet18<B>, &A, &mut A, usize) -> Result<()>,
+) -> impl FnMut(&mut ResNet18<B>, GradRequest, &A, &mut A) -> Result<Eval> + 'a {
+    move |model, req, w, g| {
+        use samkit_core::Pass;
+        let Some(k) = kept.as_mut() else {
+            return oracle(model, req, w, g);
+        };
+        if req == GradRequest::Batch(Pass::Perturbed) {
+            copy(model, &k.buf, g, k.len)?;
+        }
+        let e = oracle(model, req, w, g)?;
+        if req == GradRequest::Batch(Pass::Clean) {
+            copy(model, g, &mut k.buf, k.len)?;
+        }
+        Ok(e)
+    }
 }
 
 impl<B: Backend, A: BorrowMut<B::Arena>> Net<B, A> {
@@ -90,6 +124,14 @@ pub trait Engine {
     /// One step of the optimizer through `oracle` ([`samkit_core::drive_step`]), with the
     /// seconds of each phase.
     fn step(&mut self, oracle: impl Oracle<Self::B, Self::A>) -> Result<(StepReport, Phases)>;
+    /// SSAM-L `truncated`: the first `len` values of pass 1's gradient are copied into pass 2's
+    /// gradient buffer before pass 2 (whose backward stops after them), so that the segments
+    /// before the first perturbed unit step with their pass-1 gradient. `None`: nothing kept.
+    /// Holds for the following steps until changed.
+    fn keep_prefix(&mut self, len: Option<usize>) -> Result<()>;
+    /// The first segment the optimizer's committed sparse mask perturbs (SSAM-L: where pass 2
+    /// starts); `None` without a mask.
+    fn first_perturbed_segment(&mut self) -> Result<Option<usize>>;
     /// Writes `model.safetensors` (PyTorch names) and `optimizer.safetensors` into `dir`.
     fn save(&mut self, dir: &Path) -> Result<()>;
     /// Reads what [`Engine::save`] wrote (from either device: the formats are the same).
@@ -187,6 +229,41 @@ impl<T: Timer> StepHooks<TrainError> for Clock<T> {
             StepPhase::Fisher | StepPhase::Mask => Ok(()),
         }
     }
+}
+
+/// The rules and options the CUDA optimizer has no kernels for (issue 11's EG/OG-SAM
+/// extrapolation, SAM-ON's `asam` form, SSAM-L's `fisher` selection): an invalid `--device`
+/// naming the rule, before anything is allocated, rather than an optimizer error later.
+fn refuse_on_cuda(rule: &Rule) -> Result<()> {
+    let what = match rule {
+        Rule::Ssam(c)
+            if crate::passes::is_ssam_l(rule)
+                && !matches!(
+                    c.mask,
+                    MaskKind::Segments {
+                        select: SegmentSelect::Suffix
+                    }
+                ) =>
+        {
+            "ssam-l with --mask-select fisher (suffix runs)"
+        }
+        Rule::SamOn(c) if c.asam => "sam-on with --sam-on-asam (plain sam-on runs)",
+        Rule::EgSam(c) if c.optimistic => "og-sam (its extrapolation has no kernel yet)",
+        Rule::EgSam(c) if c.eta_x != Some(0.0) => {
+            "eg-sam's extrapolation (no kernel yet; eg-sam with --eta-x 0 runs)"
+        }
+        _ => return Ok(()),
+    };
+    Err(TrainError::invalid(
+        "device",
+        format!("--device cuda does not run {what}; run it with --device cpu"),
+    ))
+}
+
+fn prefix_too_long(len: usize, n: usize) -> TrainError {
+    TrainError::Run(format!(
+        "a kept gradient prefix of {len} values in a model of {n} parameters"
+    ))
 }
 
 fn unrecorded(slot: usize) -> TrainError {
@@ -287,6 +364,7 @@ impl CpuEngine {
                 params,
                 grad: vec![0.0; n],
                 grad2: vec![0.0; n],
+                kept: None,
             },
             opt,
             clock: Clock::new(HostTimer::default()),
@@ -327,13 +405,37 @@ impl Engine for CpuEngine {
         Ok(self.opt.status())
     }
 
-    fn step(&mut self, mut oracle: impl Oracle<Cpu, Vec<f32>>) -> Result<(StepReport, Phases)> {
+    fn keep_prefix(&mut self, len: Option<usize>) -> Result<()> {
+        self.net.kept = match len {
+            Some(len) if len <= self.net.params.len() => match self.net.kept.take() {
+                Some(k) if k.len == len => Some(k),
+                _ => Some(Kept {
+                    len,
+                    buf: vec![0.0; len],
+                }),
+            },
+            Some(len) => return Err(prefix_too_long(len, self.net.params.len())),
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn first_perturbed_segment(&mut self) -> Result<Option<usize>> {
+        Ok(self.opt.first_perturbed_segment())
+    }
+
+    fn step(&mut self, oracle: impl Oracle<Cpu, Vec<f32>>) -> Result<(StepReport, Phases)> {
         let Net {
             model,
             params,
             grad,
             grad2,
+            kept,
         } = &mut self.net;
+        let mut oracle = keeping_prefix(kept, oracle, |_, src: &Vec<f32>, dst, len| {
+            dst[..len].copy_from_slice(&src[..len]);
+            Ok(())
+        });
         self.clock.reset();
         let report = drive_step(
             &mut self.opt,
@@ -384,6 +486,7 @@ impl CudaEngine {
     /// `device` ([`TrainError::InvalidValue`]) with the reason; nothing panics.
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
         cfg.cuda.validate()?;
+        refuse_on_cuda(&cfg.rule)?;
         let cuda = Cuda::open(cfg.cuda.device, cfg.cuda.backend_options()).map_err(|e| {
             if e.is_no_device() {
                 TrainError::invalid(
@@ -401,6 +504,7 @@ impl CudaEngine {
     /// options), initialised from `cfg.seed` as on the CPU, and its optimizer on the same
     /// device and stream.
     pub fn on(cuda: Cuda, cfg: &RunConfig, classes: usize) -> Result<Self> {
+        refuse_on_cuda(&cfg.rule)?;
         let gpu = cuda.gpu().clone();
         let (major, minor) = gpu.compute_capability();
         let describe = format!(
@@ -438,6 +542,7 @@ impl CudaEngine {
                 params,
                 grad,
                 grad2,
+                kept: None,
             },
             opt,
             clock: Clock::new(EventTimer::new(stream)?),
@@ -487,16 +592,39 @@ impl Engine for CudaEngine {
         Ok(self.opt.status()?)
     }
 
-    fn step(
-        &mut self,
-        mut oracle: impl Oracle<Cuda, CudaSlice<f32>>,
-    ) -> Result<(StepReport, Phases)> {
+    fn keep_prefix(&mut self, len: Option<usize>) -> Result<()> {
+        let n = self.net.params.len();
+        self.net.kept = match len {
+            Some(len) if len <= n => match self.net.kept.take() {
+                Some(k) if k.len == len => Some(k),
+                _ => Some(Kept {
+                    len,
+                    buf: self.net.model.backend_mut().arena_zeros(len)?,
+                }),
+            },
+            Some(len) => return Err(prefix_too_long(len, n)),
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn first_perturbed_segment(&mut self) -> Result<Option<usize>> {
+        Ok(self.opt.first_perturbed_segment()?)
+    }
+
+    fn step(&mut self, oracle: impl Oracle<Cuda, CudaSlice<f32>>) -> Result<(StepReport, Phases)> {
         let Net {
             model,
             params,
             grad,
             grad2,
+            kept,
         } = &mut self.net;
+        let mut oracle = keeping_prefix(kept, oracle, |model, src, dst, len| {
+            let stream = model.backend_mut().stream().clone();
+            stream.memcpy_dtod(&src.slice(..len), &mut dst.slice_mut(..len))?;
+            Ok(())
+        });
         self.clock.reset();
         let report = drive_step(
             &mut self.opt,

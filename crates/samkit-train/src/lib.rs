@@ -35,6 +35,7 @@
 //!     seed: 0,
 //!     data,
 //!     cuda: Default::default(),
+//!     pass2: Default::default(),
 //! };
 //! let (split, norm) = load_data(&cfg.data, cfg.seed)?;
 //! let (train, test) = (Arc::new(split.train), Arc::new(split.test));
@@ -58,11 +59,13 @@ pub mod config;
 pub mod cuda_options;
 pub mod engine;
 pub mod error;
+pub mod passes;
 pub mod probe;
 pub mod trainer;
 
-pub use config::{load_data, DataConfig, DataSource, RunConfig};
+pub use config::{load_data, DataConfig, DataSource, Pass2Mode, RunConfig};
 pub use cuda_options::{CudaRunOptions, CudnnAlgo};
 pub use engine::{CpuEngine, CudaEngine, Engine};
 pub use error::{Result, TrainError};
+pub use passes::Passes;
 pub use trainer::{EpochLog, Phases, StepLog, Trainer, TrainerState};

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::engine::{CpuEngine, CudaEngine, Engine};
 use crate::error::{Result, TrainError};
+use crate::passes::{Passes, SecondPass};
 
 /// Seconds spent in each phase of a step (or summed over steps).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -73,6 +74,10 @@ pub struct StepLog {
     pub seconds: Phases,
 }
 
+    /// The network passes the step ran, in whole-batch passes (a log written before they were
+    /// counted reads as zeros).
+    #[serde(default)]
+    pub passes: Passes,
 /// An epoch's summary, with the evaluation on the test set after it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochLog {
@@ -260,7 +265,9 @@ impl<E: Engine> Trainer<E> {
         let (report, seconds) = self.engine.step(|model, req, w, g| {
             let (weights, mode) = match req {
                 GradRequest::Fisher { samples } => {
-                    return fisher.compute::<E>(model, samples, w, g)
+                    fisher_ran = true;
+                    passes.grad_pass(samples, bsz, 1.0, 1.0);
+                    return fisher.compute::<E>(model, samples, w, g);
                 }
                 GradRequest::Batch(Pass::Clean) => (&mean, BnMode::Train),
                 GradRequest::Batch(Pass::Perturbed) => (&mean, BnMode::TrainNoUpdate),
@@ -279,12 +286,35 @@ impl<E: Engine> Trainer<E> {
             )?;
             Ok(Eval {
                 loss: l.loss,
+        // SSAM-L's and ESAM's pass 2 (crate::passes), and what every pass costs.
+        let second = crate::passes::plan_step(&self.cfg, &mut self.engine)?;
+        self.engine.keep_prefix(second.kept_prefix())?;
+        let mut passes = Passes::default();
+        let mut clean = Vec::new();
+        let mut fisher_ran = false;
                 samples: l.samples,
             })
         })?;
         // On a device a skipped one-pass step surfaces only in the status.
         let skipped = report.outcome == Outcome::Skipped || self.engine.status()?.last_skipped;
         let log = StepLog {
+                GradRequest::Batch(Pass::Perturbed) if second != SecondPass::Full => {
+                    // A Fisher this step may have moved SSAM-L's mask: the committed one that
+                    // `second` starts from is then stale, so pass 2 runs in full.
+                    let plan = if fisher_ran { SecondPass::Full } else { second };
+                    return crate::passes::second_pass::<E>(
+                        model,
+                        plan,
+                        crate::passes::Pass2Batch {
+                            x: &x,
+                            host: b,
+                            clean: &clean,
+                        },
+                        w,
+                        g,
+                        &mut passes,
+                    );
+                }
             epoch: self.epoch,
             step: self.step,
             lr,
@@ -299,6 +329,10 @@ impl<E: Engine> Trainer<E> {
 
     /// Mean loss and accuracy over (the first `limit` samples of) a dataset, batch norm in
     /// inference mode.
+            passes.grad_pass(bsz, bsz, 1.0, 1.0);
+            if req == GradRequest::Batch(Pass::Clean) {
+                clean = l.per_sample;
+            }
     pub fn evaluate(&mut self, ds: &Dataset, limit: Option<usize>) -> Result<(f64, f64)> {
         let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
         let (mut loss, mut correct) = (0.0f64, 0usize);
@@ -317,6 +351,7 @@ impl<E: Engine> Trainer<E> {
                 None,
             )?;
             loss += per.iter().map(|&l| l as f64).sum::<f64>();
+            passes,
             for (i, &y) in b.labels.iter().enumerate() {
                 let row = &z[i * classes..(i + 1) * classes];
                 let arg = (0..classes)

@@ -88,6 +88,7 @@ fn config(name: &str, rule: Rule, data: &Setup) -> RunConfig {
         seed: 0,
         data: d,
         cuda: Default::default(),
+        pass2: Default::default(),
     }
 }
 

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+use samkit_core::rules::{EgSam, Esam, Rst, SamOn, SegmentSelect, SwitchProb};
 use samkit_core::{
     Adam, Asam, BaseOptimizer, DropRate, FriendlySam, Gsam, ImbSam, LookSam, LrSchedule, MaskKind,
     RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
 };
-use samkit_train::{CudaRunOptions, CudnnAlgo, DataConfig, RunConfig};
+use samkit_train::{CudaRunOptions, CudnnAlgo, DataConfig, Pass2Mode, RunConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check, CliError, Result};
@@ -216,6 +217,115 @@ pub struct RuleArgs {
     /// LookSAM: α.
     #[arg(long, default_value_t = 0.7)]
     pub looksam_alpha: f32,
+    /// SSAM-L: pass 2 from the first perturbed unit: `exact` (the backward through the whole
+    /// network; equals a full pass 2) or `truncated` (the backward stops there and the layers
+    /// before it step with pass 1's gradient: an approximation) [default: exact].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub pass2: Option<Pass2Arg>,
+    /// SSAM-L: the perturbed segments: `suffix` (the last layers holding (1−s)·N parameters)
+    /// or `fisher` (segments by mean Fisher, every --mask-interval steps) [default: suffix].
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub mask_select: Option<MaskSelectArg>,
+    /// ESAM: probability β that a parameter tensor is perturbed at a step, in (0, 1]
+    /// [default: 0.6].
+    #[arg(long, allow_negative_numbers = true)]
+    pub esam_beta: Option<f32>,
+    /// ESAM: fraction γ of the batch (largest loss rise) in pass 2, in (0, 1] [default: 0.5].
+    #[arg(long, allow_negative_numbers = true)]
+    pub esam_gamma: Option<f32>,
+    /// RST: probability p of a SAM step, in [0, 1] [default: 0.5].
+    #[arg(long, allow_negative_numbers = true)]
+    pub rst_p: Option<f32>,
+    /// RST: switch p linearly from --rst-p at the first step to this value at the last.
+    #[arg(long, allow_negative_numbers = true)]
+    pub rst_p_end: Option<f32>,
+    /// EG-SAM/OG-SAM (reconstructed): the extrapolation step η_x [default: the current
+    /// learning rate].
+    #[arg(long, allow_negative_numbers = true)]
+    pub eta_x: Option<f32>,
+    /// SAM-ON: ASAM's element-wise form on the norm layers (η from --asam-eta).
+    #[arg(long)]
+    pub sam_on_asam: bool,
+}
+
+/// SSAM-L's `--pass2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pass2Arg {
+    Exact,
+    Truncated,
+}
+
+/// SSAM-L's `--mask-select`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskSelectArg {
+    Suffix,
+    Fisher,
+}
+
+impl RuleArgs {
+    /// The flags of issue 11's rules that were given, each with the optimizers it applies to.
+    fn given_rule_flags(&self) -> Vec<(&'static str, &'static [&'static str])> {
+        const SSAM_L: &[&str] = &["ssam-l"];
+        const EG: &[&str] = &["eg-sam", "og-sam"];
+        [
+            (self.pass2.is_some(), "pass2", SSAM_L),
+            (self.mask_select.is_some(), "mask-select", SSAM_L),
+            (self.esam_beta.is_some(), "esam-beta", &["esam"][..]),
+            (self.esam_gamma.is_some(), "esam-gamma", &["esam"][..]),
+            (self.rst_p.is_some(), "rst-p", &["rst"][..]),
+            (self.rst_p_end.is_some(), "rst-p-end", &["rst"][..]),
+            (self.eta_x.is_some(), "eta-x", EG),
+            (self.sam_on_asam, "sam-on-asam", &["sam-on"][..]),
+        ]
+        .into_iter()
+        .filter(|&(given, _, _)| given)
+        .map(|(_, flag, to)| (flag, to))
+        .collect()
+    }
+
+    /// An error naming the first given rule flag that applies to none of `optimizers` (a
+    /// comparison accepts a flag that applies to any of its optimizers).
+    pub fn check_applies<S: AsRef<str>>(&self, optimizers: &[S]) -> Result<()> {
+        for (flag, to) in self.given_rule_flags() {
+            if !optimizers.iter().any(|o| to.contains(&o.as_ref())) {
+                return Err(CliError::invalid(
+                    flag,
+                    format!("only applies to {}", to.join(" and ")),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// SSAM-L's pass 2 mode.
+    pub fn pass2_mode(&self) -> Pass2Mode {
+        match self.pass2 {
+            Some(Pass2Arg::Truncated) => Pass2Mode::Truncated,
+            Some(Pass2Arg::Exact) | None => Pass2Mode::Exact,
+        }
+    }
+}
+
+/// `v ∈ (0, 1]`, finite.
+fn open_unit(flag: &'static str, v: f32) -> Result<f32> {
+    check::positive(flag, v as f64)?;
+    if v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(CliError::invalid(flag, format!("{v} must lie in (0, 1]")))
+    }
+}
+
+/// `v ∈ [0, 1]`, finite.
+fn unit(flag: &'static str, v: f32) -> Result<f32> {
+    check::non_negative(flag, v as f64)?;
+    if v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(CliError::invalid(flag, format!("{v} must lie in [0, 1]")))
+    }
 }
 
 /// Device, data, model, schedule and rule flags: everything that defines a run but the
@@ -309,8 +419,16 @@ impl CudaArgs {
 }
 
 impl RunArgs {
-    /// The run configuration of optimizer `name`.
+    /// The run configuration of optimizer `name`; a rule flag that does not apply to it is
+    /// refused.
     pub fn config(&self, name: &str) -> Result<RunConfig> {
+        self.config_among(name, &[name])
+    }
+
+    /// The run configuration of optimizer `name`, one of `all` (a comparison's optimizers): a
+    /// rule flag that applies to none of them is refused.
+    pub fn config_among<S: AsRef<str>>(&self, name: &str, all: &[S]) -> Result<RunConfig> {
+        self.rule.check_applies(all)?;
         let train_len = match self.data.data {
             DataSource::Synthetic => self.data.train_size,
             DataSource::Cifar10 | DataSource::Cifar100 => 50_000,
@@ -325,12 +443,13 @@ impl RunArgs {
             train_len,
         )?;
         cfg.cuda = self.cuda.options(self.device)?;
+        cfg.pass2 = self.rule.pass2_mode();
         Ok(cfg)
     }
 }
 
 /// The optimizers `--optimizers` and `--optimizer` accept.
-pub const OPTIMIZERS: [&str; 10] = [
+pub const OPTIMIZERS: [&str; 16] = [
     "sgd",
     "sam",
     "sam-adaptive",
@@ -341,6 +460,12 @@ pub const OPTIMIZERS: [&str; 10] = [
     "imbsam",
     "gsam",
     "looksam",
+    "ssam-l",
+    "esam",
+    "sam-on",
+    "rst",
+    "eg-sam",
+    "og-sam",
 ];
 
 impl TrainArgs {
@@ -497,6 +622,62 @@ pub fn rule(
             per_tensor: false,
             eps_p: r.perturb_eps,
         }),
+        "ssam-l" => Rule::Ssam(ssam(MaskKind::Segments {
+            select: match r.mask_select {
+                Some(MaskSelectArg::Fisher) => SegmentSelect::Fisher {
+                    samples: r.fisher_samples,
+                },
+                Some(MaskSelectArg::Suffix) | None => SegmentSelect::Suffix,
+            },
+        })),
+        "esam" => {
+            let d = Esam::new(seed);
+            Rule::Esam(Esam {
+                rho: rho(d.rho),
+                beta: r
+                    .esam_beta
+                    .map_or(Ok(d.beta), |v| open_unit("esam-beta", v))?,
+                gamma: r
+                    .esam_gamma
+                    .map_or(Ok(d.gamma), |v| open_unit("esam-gamma", v))?,
+                eps_p: r.perturb_eps,
+                ..d
+            })
+        }
+        "sam-on" => {
+            let d = SamOn::default();
+            Rule::SamOn(SamOn {
+                rho: rho(d.rho),
+                asam: r.sam_on_asam,
+                eta: r.asam_eta,
+                eps_p: r.perturb_eps,
+            })
+        }
+        "rst" => {
+            let p = r.rst_p.map_or(Ok(0.5), |v| unit("rst-p", v))?;
+            Rule::Rst(Rst {
+                rho: rho(0.05),
+                p: match r.rst_p_end {
+                    Some(end) => SwitchProb::Linear {
+                        p0: p,
+                        p1: unit("rst-p-end", end)?,
+                        steps: total_steps.saturating_sub(1).max(1),
+                    },
+                    None => SwitchProb::Constant { p },
+                },
+                eps_p: r.perturb_eps,
+                ..Rst::new(seed)
+            })
+        }
+        "eg-sam" | "og-sam" => Rule::EgSam(EgSam {
+            rho: rho(0.05),
+            eta_x: r
+                .eta_x
+                .map(|v| check::non_negative("eta-x", v as f64).map(|_| v))
+                .transpose()?,
+            optimistic: name == "og-sam",
+            eps_p: r.perturb_eps,
+        }),
         other => {
             return Err(CliError::invalid(
                 "optimizer",
@@ -580,5 +761,6 @@ pub fn run_config(
         seed: t.seed,
         data: data.config(),
         cuda: CudaRunOptions::default(),
+        pass2: r.pass2_mode(),
     })
 }

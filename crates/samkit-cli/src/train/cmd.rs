@@ -10,7 +10,9 @@ use serde::Serialize;
 use samkit_data::{Dataset, Normalize};
 
 use samkit_train::engine::Engine;
-use samkit_train::{load_data, EpochLog, Phases, RunConfig, StepLog, Trainer, TrainerState};
+use samkit_train::{
+    load_data, EpochLog, Passes, Phases, RunConfig, StepLog, Trainer, TrainerState,
+};
 
 use super::args::{Device, RunArgs};
 use crate::error::{CliError, Result};
@@ -21,7 +23,9 @@ use crate::progress;
 #[derive(Args, Debug)]
 pub struct TrainCmd {
     /// The optimizer: sgd, sam, sam-adaptive, asam, friendlysam, ssam-f, ssam-d, imbsam,
-    /// gsam, looksam.
+    /// gsam, looksam, and the cheaper second passes ssam-l, esam, sam-on, rst, eg-sam and
+    /// og-sam (EG-SAM and OG-SAM are reconstructed: the paper's equations were not
+    /// available; see docs/ALGORITHMS.md).
     #[arg(long, default_value = "sam")]
     pub optimizer: String,
     #[command(flatten)]
@@ -296,7 +300,7 @@ fn compare_on<E: Engine>(
     let configs = cmd
         .optimizers
         .iter()
-        .map(|o| cmd.run.config(o))
+        .map(|o| cmd.run.config_among(o, &cmd.optimizers))
         .collect::<Result<Vec<_>>>()?;
     let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;
     out.say(format!("data: {}", split.description));
@@ -341,7 +345,10 @@ fn compare_on<E: Engine>(
             config: t.cfg.clone(),
             epochs: t.history.clone(),
             batch_loss: losses,
-            step_seconds: sum.scaled(1.0 / counted.max(1) as f64),
+            pass2_over_pass1: (step_seconds.pass2 > 0.0 && step_seconds.pass1 > 0.0)
+                .then(|| step_seconds.pass2 / step_seconds.pass1),
+            step_seconds,
+            saving_vs_sam: None,
             final_test_accuracy: last.test_accuracy,
             final_test_loss: last.test_loss,
         });
@@ -361,7 +368,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         .map(|r| r.step_seconds.total());
     out.say("");
     out.say(format!(
-        "{:<12} {:>8} {:>9} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "{:<16} {:>8} {:>9} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} | {:>14} {:>9}",
         "optimizer",
         "test acc",
         "test loss",
@@ -372,19 +379,20 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         "pass2",
         "update",
         "mask",
-        "pass2/pass1"
+        "pass2/pass1",
+        "passes F/F0/B",
+        "save/SAM"
     ));
     for r in rows {
         let p = &r.step_seconds;
         let t = p.total();
-        let over = base.map_or("-".to_string(), |b| format!("{:.2}×", t / b));
-        let ratio = if p.pass2 > 0.0 {
-            format!("{:.2}", p.pass2 / p.pass1)
-        } else {
-            "-".into()
+        // No ratio to a baseline without a measured time (never NaN× or inf×).
+        let over = match base {
+            Some(b) if b > 0.0 && t.is_finite() => format!("{:.2}×", t / b),
+            _ => "-".to_string(),
         };
         out.say(format!(
-            "{:<12} {:>7.2}% {:>9.4} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>10}",
+            "{:<16} {:>7.2}% {:>9.4} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>14} {:>9}",
             r.optimizer,
             100.0 * r.final_test_accuracy,
             r.final_test_loss,
@@ -395,7 +403,9 @@ fn report(rows: &[CompareRow], out: &mut Output) {
             1e3 * p.pass2,
             1e3 * p.update,
             1e3 * p.mask,
-            ratio
+            ratio,
+            passes,
+            saving
         ));
     }
     out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps)");
@@ -466,3 +476,37 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
     out.wrote(p);
     Ok(())
 }
+    /// Mean network passes per step (all steps), in whole-batch passes.
+    passes: Passes,
+    /// Measured pass-2 time over pass-1 time (`None` without a second pass).
+    pass2_over_pass1: Option<f64>,
+    /// `1 − (step − SGD step)/(SAM step − SGD step)`, when the comparison has both.
+    saving_vs_sam: Option<f64>,
+        let mut passes = Passes::default();
+                passes.add(&s.passes);
+        let step_seconds = sum.scaled(1.0 / counted.max(1) as f64);
+            passes: passes.mean(losses.len() as u64),
+    let step_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.optimizer == name)
+            .map(|r| r.step_seconds.total())
+    };
+    if let (Some(sgd), Some(sam)) = (step_of("sgd"), step_of("sam")) {
+        for r in &mut rows {
+            r.saving_vs_sam = saving_vs_sam(r.step_seconds.total(), sgd, sam);
+        }
+    }
+/// "Saving vs SAM": `1 − (step − sgd)/(sam − sgd)`; `None` when SAM costs no more than SGD
+/// (the ratio means nothing) or a time is not finite.
+fn saving_vs_sam(step: f64, sgd: f64, sam: f64) -> Option<f64> {
+    let span = sam - sgd;
+    (span > 0.0 && step.is_finite()).then(|| 1.0 - (step - sgd) / span)
+}
+
+        let ratio = r.pass2_over_pass1.map_or("-".into(), |x| format!("{x:.2}"));
+        let n = &r.passes;
+        let passes = format!("{:.2}/{:.2}/{:.2}", n.forward, n.forward_nograd, n.backward);
+        let saving = r
+            .saving_vs_sam
+            .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x));
+    out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");

@@ -2,7 +2,8 @@
 //!
 //! A kernel receives a buffer as a table of per-segment base addresses, so one flat arena
 //! (`CudaSlice<T>` of the layout's length) and a list of separate allocations (one `CudaSlice<T>`
-//! per segment) look the same to it, exactly as [`samkit_core::Params`] does on the CPU.
+//! per segment, or one `CudaView`/`CudaViewMut` per segment of memory another framework owns)
+//! look the same to it, exactly as [`samkit_core::Params`] does on the CPU.
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -177,72 +178,88 @@ macro_rules! flat_write {
 flat_write!(CudaSlice<T>);
 flat_write!(CudaViewMut<'_, T>);
 
-impl<T> DeviceParams<T> for [CudaSlice<T>] {
-    fn seg_addrs<'a>(
-        &'a self,
-        layout: &Layout,
-        stream: &'a CudaStream,
-        what: &'static str,
-        out: &mut Vec<u64>,
-        guards: &mut Guards<'a>,
-    ) -> Result<()> {
-        let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
-        check_list(layout, what, &lens)?;
-        for s in self {
-            let (p, g) = s.device_ptr(stream);
-            out.push(p);
-            guards.push(g);
+// A list of buffers, one per segment in layout order: separate allocations (`CudaSlice`), or
+// views of memory another framework owns (candle's Vars, through samkit-candle).
+macro_rules! list_read {
+    ($t:ty) => {
+        impl<T> DeviceParams<T> for [$t] {
+            fn seg_addrs<'a>(
+                &'a self,
+                layout: &Layout,
+                stream: &'a CudaStream,
+                what: &'static str,
+                out: &mut Vec<u64>,
+                guards: &mut Guards<'a>,
+            ) -> Result<()> {
+                let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
+                check_list(layout, what, &lens)?;
+                for s in self {
+                    let (p, g) = s.device_ptr(stream);
+                    out.push(p);
+                    guards.push(g);
+                }
+                Ok(())
+            }
         }
-        Ok(())
-    }
-}
 
-impl<T> DeviceParamsMut<T> for [CudaSlice<T>] {
-    fn seg_addrs_mut<'a>(
-        &'a mut self,
-        layout: &Layout,
-        stream: &'a CudaStream,
-        what: &'static str,
-        out: &mut Vec<u64>,
-        guards: &mut Guards<'a>,
-    ) -> Result<()> {
-        let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
-        check_list(layout, what, &lens)?;
-        for s in self.iter_mut() {
-            let (p, g) = s.device_ptr_mut(stream);
-            out.push(p);
-            guards.push(g);
+        impl<T> DeviceParams<T> for Vec<$t> {
+            fn seg_addrs<'a>(
+                &'a self,
+                layout: &Layout,
+                stream: &'a CudaStream,
+                what: &'static str,
+                out: &mut Vec<u64>,
+                guards: &mut Guards<'a>,
+            ) -> Result<()> {
+                self.as_slice().seg_addrs(layout, stream, what, out, guards)
+            }
         }
-        Ok(())
-    }
+    };
 }
 
-impl<T> DeviceParams<T> for Vec<CudaSlice<T>> {
-    fn seg_addrs<'a>(
-        &'a self,
-        layout: &Layout,
-        stream: &'a CudaStream,
-        what: &'static str,
-        out: &mut Vec<u64>,
-        guards: &mut Guards<'a>,
-    ) -> Result<()> {
-        self.as_slice().seg_addrs(layout, stream, what, out, guards)
-    }
+macro_rules! list_write {
+    ($t:ty) => {
+        impl<T> DeviceParamsMut<T> for [$t] {
+            fn seg_addrs_mut<'a>(
+                &'a mut self,
+                layout: &Layout,
+                stream: &'a CudaStream,
+                what: &'static str,
+                out: &mut Vec<u64>,
+                guards: &mut Guards<'a>,
+            ) -> Result<()> {
+                let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
+                check_list(layout, what, &lens)?;
+                for s in self.iter_mut() {
+                    let (p, g) = s.device_ptr_mut(stream);
+                    out.push(p);
+                    guards.push(g);
+                }
+                Ok(())
+            }
+        }
+
+        impl<T> DeviceParamsMut<T> for Vec<$t> {
+            fn seg_addrs_mut<'a>(
+                &'a mut self,
+                layout: &Layout,
+                stream: &'a CudaStream,
+                what: &'static str,
+                out: &mut Vec<u64>,
+                guards: &mut Guards<'a>,
+            ) -> Result<()> {
+                self.as_mut_slice()
+                    .seg_addrs_mut(layout, stream, what, out, guards)
+            }
+        }
+    };
 }
 
-impl<T> DeviceParamsMut<T> for Vec<CudaSlice<T>> {
-    fn seg_addrs_mut<'a>(
-        &'a mut self,
-        layout: &Layout,
-        stream: &'a CudaStream,
-        what: &'static str,
-        out: &mut Vec<u64>,
-        guards: &mut Guards<'a>,
-    ) -> Result<()> {
-        self.as_mut_slice()
-            .seg_addrs_mut(layout, stream, what, out, guards)
-    }
-}
+list_read!(CudaSlice<T>);
+list_read!(CudaView<'_, T>);
+list_read!(CudaViewMut<'_, T>);
+list_write!(CudaSlice<T>);
+list_write!(CudaViewMut<'_, T>);
 
 /// A device buffer the crate owns, with its address taken once. Every kernel that uses it runs
 /// on the stream it was allocated on, and cudarc frees it in stream order, so the address is

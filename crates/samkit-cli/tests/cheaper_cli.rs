@@ -1,0 +1,202 @@
+//! The cheaper second passes from the command line: the new optimizers train and compare with
+//! their pass counts, every new flag's bad value exits 2 naming the flag, a flag for another
+//! rule is refused, `--help` labels EG/OG-SAM reconstructed, and a rule the GPU has no kernel
+//! for is refused with `--device cuda` before any device is opened.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn samkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_samkit"))
+        .args(args)
+        .output()
+        .expect("the samkit binary runs")
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cheaper-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const TINY: [&str; 12] = [
+    "--width",
+    "2",
+    "--train-size",
+    "48",
+    "--test-size",
+    "16",
+    "--batch",
+    "8",
+    "--steps-per-epoch",
+    "2",
+    "--epochs",
+    "1",
+];
+
+/// A usage error (exit 2) whose message names `--flag`; nothing is written.
+fn assert_usage_error(args: &[&str], flag: &str) {
+    let dir = fresh_dir(&format!("refused-{flag}"));
+    let mut args = args.to_vec();
+    args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+    let o = samkit(&args);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{args:?}: stdout {}\nstderr {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!("--{flag}")),
+        "{args:?}: the error does not name --{flag}: {err}"
+    );
+}
+
+#[test]
+fn compare_reports_passes_for_the_new_rules() {
+    let dir = fresh_dir("compare");
+    let mut args = vec![
+        "compare",
+        "--optimizers",
+        "sgd,sam,ssam-l,esam,sam-on,rst,eg-sam,og-sam",
+        "--pass2",
+        "truncated",
+        "--esam-gamma",
+        "0.25",
+        "--rst-p",
+        "1",
+    ];
+    args.extend(TINY);
+    args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+    let o = samkit(&args);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    assert!(out.contains("passes F/F0/B") && out.contains("save/SAM"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("compare.json")).expect("compare.json"),
+    )
+    .expect("JSON");
+    let rows = json.as_array().expect("rows");
+    assert_eq!(rows.len(), 8);
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r["optimizer"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+    };
+    let passes = |name: &str, key: &str| row(name)["passes"][key].as_f64().expect("a count");
+    assert_eq!(passes("sgd", "forward"), 1.0);
+    assert_eq!(passes("sam", "backward"), 2.0);
+    assert_eq!(passes("rst", "forward"), 2.0, "p = 1 is SAM");
+    // ESAM with γ = 0.25 of 8: a forward without gradient and 2 of 8 samples in pass 2.
+    assert_eq!(passes("esam", "forward_nograd"), 1.0);
+    assert_eq!(passes("esam", "forward"), 1.25);
+    assert!(passes("ssam-l", "backward") < 2.0, "truncated");
+    assert_eq!(row("ssam-l")["config"]["pass2"], "truncated");
+    assert_eq!(row("esam")["config"]["rule"]["gamma"], 0.25);
+    assert!(row("sgd")["pass2_over_pass1"].is_null());
+    assert!(row("sam")["pass2_over_pass1"].as_f64().is_some());
+    assert_eq!(row("sam")["saving_vs_sam"], 0.0);
+}
+
+#[test]
+fn train_runs_a_new_rule_and_logs_its_passes() {
+    let dir = fresh_dir("train");
+    let mut args = vec!["train", "--optimizer", "esam", "--esam-beta", "0.5"];
+    args.extend(TINY);
+    args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+    let o = samkit(&args);
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let log = std::fs::read_to_string(dir.join("steps.jsonl")).expect("steps.jsonl");
+    let first: serde_json::Value =
+        serde_json::from_str(log.lines().next().expect("a step")).expect("JSON");
+    assert_eq!(first["passes"]["forward_nograd"], 1.0);
+    assert_eq!(first["passes"]["forward"], 1.5, "γ = 0.5 by default");
+}
+
+#[test]
+fn bad_values_of_the_new_flags_exit_2_naming_them() {
+    let bad: [(&str, &[&str]); 8] = [
+        ("esam-beta", &["--optimizer", "esam", "--esam-beta", "0"]),
+        ("esam-beta", &["--optimizer", "esam", "--esam-beta", "1.5"]),
+        ("esam-gamma", &["--optimizer", "esam", "--esam-gamma", "-0.1"]),
+        ("rst-p", &["--optimizer", "rst", "--rst-p", "2"]),
+        (
+            "rst-p-end",
+            &["--optimizer", "rst", "--rst-p", "0.2", "--rst-p-end", "nan"],
+        ),
+        ("eta-x", &["--optimizer", "eg-sam", "--eta-x", "-1"]),
+        ("pass2", &["--optimizer", "ssam-l", "--pass2", "sometimes"]),
+        ("mask-select", &["--optimizer", "ssam-l", "--mask-select", "prefix"]),
+    ];
+    for (flag, rest) in bad {
+        let mut args = vec!["train"];
+        args.extend(rest);
+        args.extend(TINY);
+        assert_usage_error(&args, flag);
+    }
+}
+
+#[test]
+fn a_flag_of_another_rule_is_refused() {
+    let cases: [(&str, &[&str]); 5] = [
+        ("pass2", &["--optimizer", "sam", "--pass2", "exact"]),
+        ("esam-gamma", &["--optimizer", "ssam-l", "--esam-gamma", "0.5"]),
+        ("rst-p", &["--optimizer", "esam", "--rst-p", "0.5"]),
+        ("eta-x", &["--optimizer", "sam", "--eta-x", "0.1"]),
+        ("sam-on-asam", &["--optimizer", "asam", "--sam-on-asam"]),
+    ];
+    for (flag, rest) in cases {
+        let mut args = vec!["train"];
+        args.extend(rest);
+        args.extend(TINY);
+        assert_usage_error(&args, flag);
+    }
+    // A comparison takes a flag that applies to one of its optimizers, none other.
+    let mut args = vec!["compare", "--optimizers", "sgd,sam", "--esam-beta", "0.5"];
+    args.extend(TINY);
+    assert_usage_error(&args, "esam-beta");
+}
+
+#[test]
+fn help_labels_eg_and_og_sam_reconstructed() {
+    let o = samkit(&["train", "--help"]);
+    assert!(o.status.success());
+    let help = stdout(&o);
+    for want in ["ssam-l", "esam", "sam-on", "rst", "eg-sam", "og-sam", "--pass2"] {
+        assert!(help.contains(want), "--help lacks {want}");
+    }
+    assert!(help.contains("reconstructed"), "{help}");
+}
+
+#[test]
+fn the_gpu_s_missing_kernels_are_refused_with_device_cuda() {
+    let cases: [&[&str]; 4] = [
+        &["--optimizer", "og-sam"],
+        &["--optimizer", "eg-sam"],
+        &["--optimizer", "sam-on", "--sam-on-asam"],
+        &["--optimizer", "ssam-l", "--mask-select", "fisher"],
+    ];
+    for rest in cases {
+        let dir = fresh_dir(&format!("cuda-{}", rest[1]));
+        let mut args = vec!["train", "--device", "cuda"];
+        args.extend(rest);
+        args.extend(TINY);
+        args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+        let o = samkit(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("--device cuda does not run") && err.contains(rest[1]),
+            "{args:?}: {err}"
+        );
+    }
+}

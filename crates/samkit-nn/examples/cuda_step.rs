@@ -432,7 +432,11 @@ fn run(a: &Args) -> Res<Value> {
         workspace_limit: a.workspace_mb << 20,
         ..CudaOptions::default()
     };
-    let mut cuda = Cuda::open(0, opts).map_err(nn)?;
+    run_on(Cuda::open(0, opts).map_err(nn)?, a)
+}
+
+/// The bench on an opened backend (device 0, or the emulated device of the tests).
+fn run_on(mut cuda: Cuda, a: &Args) -> Res<Value> {
     let mut xv = vec![0.0; a.batch * 3 * 32 * 32];
     Rng::new(1).fill_normal(&mut xv, 1.0);
     let x = cuda
@@ -567,6 +571,36 @@ mod tests {
         }
         // Interval 2 over 6 steps.
         assert!(updates >= 2, "{updates} mask updates");
+        Ok(())
+    }
+
+    /// The same accounting with CUDA events on the emulated device (skipped with one line
+    /// where it cannot be built): SSAM-D's mask updates in the timed steps have a mask time.
+    #[test]
+    fn ssam_d_mask_phase_is_timed_on_the_emulated_device() -> Res<()> {
+        let Some(dev) = samkit_testkit::or_skip(samkit_testkit::device_with_dnn()) else {
+            return Ok(());
+        };
+        let a = Args {
+            batch: 4,
+            width: 4,
+            // SSAM-D's default interval is 5: the update of step 5 is a timed step.
+            steps: 6,
+            warmup: 1,
+            optimizers: vec!["ssam-d".into()],
+            workspace_mb: 4,
+            out: None,
+        };
+        let opts = CudaOptions {
+            workspace_limit: a.workspace_mb << 20,
+            ..CudaOptions::default()
+        };
+        let v = run_on(Cuda::with_options(&dev, opts)?, &a)?;
+        let r = &v["optimizers"]["ssam-d"];
+        let updates = r["mask_updates"].as_u64().unwrap_or(0);
+        assert!(updates >= 1, "no SSAM-D mask update timed: {r}");
+        let mask = r["mask_ms"].as_f64().unwrap_or(0.0);
+        assert!(mask > 0.0, "SSAM-D's mask update timed as 0 ms: {r}");
         Ok(())
     }
 }

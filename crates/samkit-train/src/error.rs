@@ -16,6 +16,17 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A file the user named (a checkpoint's) that cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A checkpoint folder that is not one consistent checkpoint: files of different saves,
+    /// a manifest or `trainer.json` that does not parse or holds values no run can have.
+    #[error("checkpoint {path}: {why}")]
+    Checkpoint { path: PathBuf, why: String },
     #[error("optimizer error: {0}")]
     Core(#[from] samkit_core::Error),
     /// The network stack (samkit-nn): a shape, a checkpoint, cuDNN/cuBLAS.
@@ -65,6 +76,14 @@ impl TrainError {
         }
     }
 
+    /// A file that cannot be read.
+    pub fn read(path: &Path, source: std::io::Error) -> Self {
+        TrainError::Read {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// Whether the input was wrong (a configuration value, an unusable device, a model or
     /// optimizer-state file that is corrupt, fails its checksum or belongs to another run)
     /// rather than the run failing: the CLI exits with 2 for these, 1 otherwise.
@@ -72,6 +91,8 @@ impl TrainError {
         matches!(
             self,
             TrainError::InvalidValue { .. }
+                | TrainError::Read { .. }
+                | TrainError::Checkpoint { .. }
                 | TrainError::Nn(samkit_nn::Error::Checkpoint { .. })
                 | TrainError::Core(samkit_core::Error::State { .. })
         )

@@ -55,10 +55,14 @@
 //! # Ok(())
 //! # }
 //! ```
+pub mod checkpoint;
 pub mod config;
 pub mod cuda_options;
 pub mod engine;
 pub mod error;
+pub mod files;
+pub mod floats;
+pub mod limits;
 pub mod passes;
 pub mod probe;
 pub mod trainer;

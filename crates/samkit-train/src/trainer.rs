@@ -66,29 +66,36 @@ pub struct StepLog {
     /// The learning rate of the schedule at this step.
     pub lr: f32,
     /// The batch loss at the weights before the step (ImbSAM: head + κ·tail).
+    #[serde(with = "crate::floats")]
     pub loss: f64,
     /// The loss at the perturbed weights, when the step had a second pass.
+    #[serde(with = "crate::floats::opt")]
     pub perturbed_loss: Option<f64>,
     /// A gradient had a non-finite value: weights and optimizer state were left as they were.
     pub skipped: bool,
     pub seconds: Phases,
-}
-
     /// The network passes the step ran, in whole-batch passes (a log written before they were
     /// counted reads as zeros).
     #[serde(default)]
     pub passes: Passes,
+}
+
 /// An epoch's summary, with the evaluation on the test set after it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EpochLog {
     pub epoch: u32,
     pub steps: u64,
+    // Non-finite losses (a diverged run) must read back: crate::floats.
+    #[serde(with = "crate::floats")]
     pub train_loss: f64,
+    #[serde(with = "crate::floats")]
     pub test_loss: f64,
+    #[serde(with = "crate::floats")]
     pub test_accuracy: f64,
     pub skipped_steps: u64,
     /// Mean seconds per step of each phase over the epoch.
     pub step_seconds: Phases,
+    #[serde(with = "crate::floats")]
     pub images_per_second: f64,
 }
 
@@ -103,11 +110,20 @@ pub struct TrainerState {
 }
 
 impl TrainerState {
-    /// Reads a checkpoint directory's `trainer.json`.
+    /// Reads a checkpoint directory's `trainer.json` (after putting back a checkpoint a crash
+    /// during a save left aside, [`crate::checkpoint::recover`]) and checks its values as the
+    /// flags that made them were checked: a file that does not parse or holds values no run
+    /// can have is [`TrainError::Checkpoint`] (bad input).
     pub fn read(dir: &Path) -> Result<TrainerState> {
+        crate::checkpoint::recover(dir)?;
         let path = dir.join("trainer.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|source| TrainError::Json { path, source })
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::read(&path, e))?;
+        let st: TrainerState = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: path.clone(),
+            why: format!("not a trainer state: {e}"),
+        })?;
+        crate::limits::check_state(&st).map_err(|why| TrainError::Checkpoint { path, why })?;
+        Ok(st)
     }
 }
 
@@ -143,6 +159,7 @@ impl Trainer<CpuEngine> {
         test: Arc<Dataset>,
         norm: Normalize,
     ) -> Result<Self> {
+        crate::limits::check_run(&cfg, &train, true)?;
         let engine = CpuEngine::new(&cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
@@ -157,6 +174,7 @@ impl Trainer<CudaEngine> {
         test: Arc<Dataset>,
         norm: Normalize,
     ) -> Result<Self> {
+        crate::limits::check_run(&cfg, &train, false)?;
         let engine = CudaEngine::new(&cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
@@ -170,6 +188,7 @@ impl Trainer<CudaEngine> {
         test: Arc<Dataset>,
         norm: Normalize,
     ) -> Result<Self> {
+        crate::limits::check_run(&cfg, &train, false)?;
         let engine = CudaEngine::on(cuda, &cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
@@ -233,6 +252,9 @@ impl<E: Engine> Trainer<E> {
     pub fn step(&mut self, b: &Batch) -> Result<StepLog> {
         let lr = self.cfg.schedule.lr_at(self.step);
         self.engine.set_lr(lr)?;
+        // A skipped step must leave the whole model as it was, batch norm's running statistics
+        // included, which pass 1 updates before the gradient is seen to be non-finite.
+        let buffers = self.engine.net().model.buffers()?;
         let x = E::stage(&mut self.engine.net().model, tensor(b)?)?;
         let bsz = b.labels.len();
         let labels = &b.labels[..];
@@ -262,6 +284,12 @@ impl<E: Engine> Trainer<E> {
             batch: self.cfg.batch,
             step: self.step,
         };
+        // SSAM-L's and ESAM's pass 2 (crate::passes), and what every pass costs.
+        let second = crate::passes::plan_step(&self.cfg, &mut self.engine)?;
+        self.engine.keep_prefix(second.kept_prefix())?;
+        let mut passes = Passes::default();
+        let mut clean = Vec::new();
+        let mut fisher_ran = false;
         let (report, seconds) = self.engine.step(|model, req, w, g| {
             let (weights, mode) = match req {
                 GradRequest::Fisher { samples } => {
@@ -270,34 +298,6 @@ impl<E: Engine> Trainer<E> {
                     return fisher.compute::<E>(model, samples, w, g);
                 }
                 GradRequest::Batch(Pass::Clean) => (&mean, BnMode::Train),
-                GradRequest::Batch(Pass::Perturbed) => (&mean, BnMode::TrainNoUpdate),
-                GradRequest::Head => (&head, BnMode::Train),
-                // The tail's clean pass follows the head's, which already updated the
-                // running statistics on this batch.
-                GradRequest::Tail(_) => (&tail, BnMode::TrainNoUpdate),
-            };
-            let l = model.forward_backward(
-                w.borrow(),
-                &x,
-                labels.into(),
-                weights,
-                mode,
-                g.borrow_mut(),
-            )?;
-            Ok(Eval {
-                loss: l.loss,
-        // SSAM-L's and ESAM's pass 2 (crate::passes), and what every pass costs.
-        let second = crate::passes::plan_step(&self.cfg, &mut self.engine)?;
-        self.engine.keep_prefix(second.kept_prefix())?;
-        let mut passes = Passes::default();
-        let mut clean = Vec::new();
-        let mut fisher_ran = false;
-                samples: l.samples,
-            })
-        })?;
-        // On a device a skipped one-pass step surfaces only in the status.
-        let skipped = report.outcome == Outcome::Skipped || self.engine.status()?.last_skipped;
-        let log = StepLog {
                 GradRequest::Batch(Pass::Perturbed) if second != SecondPass::Full => {
                     // A Fisher this step may have moved SSAM-L's mask: the committed one that
                     // `second` starts from is then stale, so pass 2 runs in full.
@@ -315,6 +315,35 @@ impl<E: Engine> Trainer<E> {
                         &mut passes,
                     );
                 }
+                GradRequest::Batch(Pass::Perturbed) => (&mean, BnMode::TrainNoUpdate),
+                GradRequest::Head => (&head, BnMode::Train),
+                // The tail's clean pass follows the head's, which already updated the
+                // running statistics on this batch.
+                GradRequest::Tail(_) => (&tail, BnMode::TrainNoUpdate),
+            };
+            let l = model.forward_backward(
+                w.borrow(),
+                &x,
+                labels.into(),
+                weights,
+                mode,
+                g.borrow_mut(),
+            )?;
+            passes.grad_pass(bsz, bsz, 1.0, 1.0);
+            if req == GradRequest::Batch(Pass::Clean) {
+                clean = l.per_sample;
+            }
+            Ok(Eval {
+                loss: l.loss,
+                samples: l.samples,
+            })
+        })?;
+        // On a device a skipped one-pass step surfaces only in the status.
+        let skipped = report.outcome == Outcome::Skipped || self.engine.status()?.last_skipped;
+        if skipped {
+            self.engine.net().model.set_buffers(&buffers)?;
+        }
+        let log = StepLog {
             epoch: self.epoch,
             step: self.step,
             lr,
@@ -322,6 +351,7 @@ impl<E: Engine> Trainer<E> {
             perturbed_loss: report.perturbed_loss,
             skipped,
             seconds,
+            passes,
         };
         self.step += 1;
         Ok(log)
@@ -329,10 +359,6 @@ impl<E: Engine> Trainer<E> {
 
     /// Mean loss and accuracy over (the first `limit` samples of) a dataset, batch norm in
     /// inference mode.
-            passes.grad_pass(bsz, bsz, 1.0, 1.0);
-            if req == GradRequest::Batch(Pass::Clean) {
-                clean = l.per_sample;
-            }
     pub fn evaluate(&mut self, ds: &Dataset, limit: Option<usize>) -> Result<(f64, f64)> {
         let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
         let (mut loss, mut correct) = (0.0f64, 0usize);
@@ -351,7 +377,6 @@ impl<E: Engine> Trainer<E> {
                 None,
             )?;
             loss += per.iter().map(|&l| l as f64).sum::<f64>();
-            passes,
             for (i, &y) in b.labels.iter().enumerate() {
                 let row = &z[i * classes..(i + 1) * classes];
                 let arg = (0..classes)
@@ -380,6 +405,9 @@ impl<E: Engine> Trainer<E> {
         let t0 = Instant::now();
         let mut sum = Phases::default();
         let (mut loss, mut steps, mut images) = (0.0, 0u64, 0usize);
+        if self.train.len() < self.cfg.batch {
+            return Err(crate::limits::batch_too_large(&self.cfg, self.train.len()));
+        }
         for b in iter.take(limit) {
             let log = self.step(&b)?;
             loss += log.loss;
@@ -406,28 +434,71 @@ impl<E: Engine> Trainer<E> {
         Ok(log)
     }
 
-    /// Writes `model.safetensors` (PyTorch names), `optimizer.safetensors` and
-    /// `trainer.json` into `dir`, each atomically.
+    /// Writes the checkpoint folder `dir` as one unit ([`crate::checkpoint`]):
+    /// `model.safetensors` (PyTorch names), `optimizer.safetensors`, `trainer.json` and last
+    /// `manifest.json` go into a fresh folder that then replaces `dir`, so that a crash leaves
+    /// the old checkpoint or the new one, never a mix.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-        self.engine.save(dir)?;
         let state = TrainerState {
             config: self.cfg.clone(),
             epoch: self.epoch,
             step: self.step,
             history: self.history.clone(),
         };
-        let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::Json {
-            path: dir.join("trainer.json"),
-            source,
-        })?;
-        samkit_nn::checkpoint::write_atomic(&dir.join("trainer.json"), text.as_bytes())
-            .map_err(TrainError::from)
+        let engine = &mut self.engine;
+        crate::checkpoint::save(dir, self.step, self.epoch, |stage| {
+            engine.save(stage)?;
+            let path = stage.join("trainer.json");
+            let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::Json {
+                path: path.clone(),
+                source,
+            })?;
+            crate::files::write_atomic(&path, text.as_bytes())
+        })
     }
 
-    /// Restores a trainer (built from the checkpoint's own config) to the checkpoint.
+    /// Restores a trainer (built from the checkpoint's own config) to the checkpoint, after
+    /// checking that its files belong together: against the manifest, and the optimizer
+    /// state's step count and the model's `num_batches_tracked` against `trainer.json`'s
+    /// step. A mixed folder is [`TrainError::Checkpoint`] (bad input).
     pub fn load(&mut self, dir: &Path, state: TrainerState) -> Result<()> {
+        crate::checkpoint::verify(dir, state.step, state.epoch)?;
+        for f in crate::checkpoint::FILES {
+            let p = dir.join(f);
+            std::fs::metadata(&p).map_err(|e| TrainError::read(&p, e))?;
+        }
         self.engine.load(dir)?;
+        let status = self.engine.status()?;
+        let mixed = |why: String| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            why: format!("its files do not belong together: {why}"),
+        };
+        if status.steps + status.skipped != state.step {
+            return Err(mixed(format!(
+                "optimizer.safetensors is at step {} ({} applied, {} skipped), trainer.json at \
+                 step {}",
+                status.steps + status.skipped,
+                status.steps,
+                status.skipped,
+                state.step
+            )));
+        }
+        // Pass 1 of every step counts a batch in each batch norm, except in a skipped step
+        // (whose count a checkpoint written before skipped steps were undone still holds).
+        for b in self.engine.net().model.buffers()? {
+            if let (true, samkit_nn::BufferData::I64(v)) =
+                (b.name.ends_with("num_batches_tracked"), &b.data)
+            {
+                let n = v.first().copied().unwrap_or(-1);
+                if n < status.steps as i64 || n > state.step as i64 {
+                    return Err(mixed(format!(
+                        "model.safetensors has {} = {n}, trainer.json is at step {} ({} \
+                         applied)",
+                        b.name, state.step, status.steps
+                    )));
+                }
+            }
+        }
         self.epoch = state.epoch;
         self.step = state.step;
         self.history = state.history;

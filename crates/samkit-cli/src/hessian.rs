@@ -57,11 +57,11 @@ pub struct HessianArgs {
     pub out: PathBuf,
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-fn normalise(v: &mut [f32]) -> f64 {
+pub(crate) fn normalise(v: &mut [f32]) -> f64 {
     let n = dot(v, v).sqrt();
     if n > 0.0 {
         for x in v.iter_mut() {
@@ -251,7 +251,7 @@ struct Report {
 }
 
 /// Power iteration for the `top` largest-magnitude eigenvalues, deflating found vectors.
-fn power<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+pub(crate) fn power<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
     h: &mut Hvp<G>,
     n: usize,
     top: usize,
@@ -283,6 +283,42 @@ fn power<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
         traces.push(trace);
     }
     Ok(traces)
+}
+
+/// Hutchinson's estimate of the trace with `probes` Rademacher vectors: the mean and its
+/// standard error, or `None` for no probes.
+pub(crate) fn hutchinson<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+    h: &mut Hvp<G>,
+    n: usize,
+    probes: usize,
+    seed: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<Option<(f64, f64)>> {
+    if probes == 0 {
+        return Ok(None);
+    }
+    let mut rng = PhiloxRng::new(seed, 300);
+    let mut hv = vec![0f32; n];
+    let mut est = Vec::new();
+    let scale = (n as f64).sqrt() as f32;
+    for _ in 0..probes {
+        // Rademacher v with ‖v‖² = N, applied as the unit vector v/√N.
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                if rng.next_u32() & 1 == 1 {
+                    1.0 / scale
+                } else {
+                    -1.0 / scale
+                }
+            })
+            .collect();
+        h.apply(&v, &mut hv)?;
+        bar.inc(1);
+        est.push(dot(&v, &hv) * n as f64);
+    }
+    let m = est.iter().sum::<f64>() / est.len() as f64;
+    let var = est.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (est.len().max(2) - 1) as f64;
+    Ok(Some((m, (var / est.len() as f64).sqrt())))
 }
 
 /// Lanczos with full re-orthogonalisation; returns the Ritz values, largest first.
@@ -377,32 +413,7 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     } else {
         Vec::new()
     };
-    let trace = if a.hutchinson > 0 {
-        let mut rng = PhiloxRng::new(a.seed, 300);
-        let mut hv = vec![0f32; n];
-        let mut est = Vec::new();
-        let scale = (n as f64).sqrt() as f32;
-        for _ in 0..a.hutchinson {
-            // Rademacher v with ‖v‖² = N, applied as the unit vector v/√N.
-            let v: Vec<f32> = (0..n)
-                .map(|_| {
-                    if rng.next_u32() & 1 == 1 {
-                        1.0 / scale
-                    } else {
-                        -1.0 / scale
-                    }
-                })
-                .collect();
-            h.apply(&v, &mut hv)?;
-            bar.inc(1);
-            est.push(dot(&v, &hv) * n as f64);
-        }
-        let m = est.iter().sum::<f64>() / est.len() as f64;
-        let var = est.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (est.len().max(2) - 1) as f64;
-        Some((m, (var / est.len() as f64).sqrt()))
-    } else {
-        None
-    };
+    let trace = hutchinson(&mut h, n, a.hutchinson, a.seed, &bar)?;
     bar.finish_and_clear();
     let tops: Vec<f64> = power_traces
         .iter()
@@ -604,25 +615,10 @@ mod tests {
             (ritz[0] - 9.0).abs() < 1e-3 && (ritz[1] - 5.0).abs() < 1e-3,
             "{ritz:?}"
         );
-        // Hutchinson's estimate of the trace, as in `run`.
-        let mut rng = PhiloxRng::new(3, 300);
-        let mut hv = vec![0f32; n];
-        let scale = (n as f64).sqrt() as f32;
-        let mut est = 0.0;
-        let probes = 200;
-        for _ in 0..probes {
-            let v: Vec<f32> = (0..n)
-                .map(|_| {
-                    if rng.next_u32() & 1 == 1 {
-                        1.0 / scale
-                    } else {
-                        -1.0 / scale
-                    }
-                })
-                .collect();
-            h.apply(&v, &mut hv).unwrap();
-            est += dot(&v, &hv) * n as f64 / probes as f64;
-        }
+        // Hutchinson's estimate of the trace, as `run` makes it.
+        let (est, se) = hutchinson(&mut h, n, 200, 3, &bar).unwrap().unwrap();
+        assert!(se < 1e-3, "{se}");
+        assert!(hutchinson(&mut h, n, 0, 3, &bar).unwrap().is_none());
         // Rademacher probes are exact for a diagonal Hessian.
         assert!(
             (est - trace).abs() < 1e-3 * trace.abs().max(1.0),
@@ -659,11 +655,11 @@ mod model_tests {
             steps_per_epoch: None,
             width: 2,
             label_smoothing: 0.0,
-            pass2: Default::default(),
             augment: false,
             seed: 0,
             data,
             cuda: Default::default(),
+            pass2: Default::default(),
         };
         let t = Trainer::new(cfg, Arc::new(split.train), Arc::new(split.test), norm).unwrap();
         let train = t.train_set().clone();

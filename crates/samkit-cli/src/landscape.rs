@@ -16,16 +16,22 @@ use serde::Serialize;
 
 use crate::error::{check, CliError, Result};
 use crate::output::{write_json, Output};
-use crate::plot::{self, Axes, ContourPlot, Field, Series};
+use crate::plot::{self, Axes, ColorScale, Field, Series};
 use crate::progress;
+use crate::sharpness::{measure, Sharpness, SharpnessOptions};
 use samkit_train::probe::{trained, Probe};
 
 #[derive(Args, Debug)]
 pub struct LandscapeArgs {
-    /// Checkpoint folder written by `samkit train` (its `checkpoint/`).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
-    /// A second checkpoint: also plot the loss along the line between the two.
+    /// Checkpoint folders written by `samkit train` (their `checkpoint/`), repeated or
+    /// comma-separated: every surface is drawn on one shared colour scale.
+    #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+    pub checkpoint: Vec<PathBuf>,
+    /// Names of the checkpoints in the figures and tables, comma-separated, one per
+    /// --checkpoint (default: each checkpoint's optimizer, numbered if two share one).
+    #[arg(long, value_delimiter = ',')]
+    pub names: Vec<String>,
+    /// A second checkpoint: also plot the loss along the line from the first --checkpoint to it.
     #[arg(long)]
     pub to: Option<PathBuf>,
     /// Grid points per axis.
@@ -40,11 +46,39 @@ pub struct LandscapeArgs {
     /// Points along the interpolation line (t from −0.5 to 1.5).
     #[arg(long, default_value_t = 41)]
     pub line_points: usize,
+    /// Seed of the random directions (the same for every checkpoint).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also draw the surfaces in 3-D (landscape_3d.png), on the same scale.
+    #[arg(long)]
+    pub surface: bool,
+    /// Logarithmic loss axis in the interpolation plot.
+    #[arg(long)]
+    pub log_y: bool,
+    /// Radius ρ of the ε-sharpness in the sharpness table, and the ρ of the survey's §3.3
+    /// bound λmax ≤ 2‖∇L‖/ρ.
+    #[arg(long, default_value_t = 0.05)]
+    pub rho: f64,
+    /// SAM ascent steps of the ε-sharpness estimate (1: SAM's own single step).
+    #[arg(long, default_value_t = 3)]
+    pub ascent_steps: usize,
+    /// Power iterations for the table's λmax (0: not measured).
+    #[arg(long, default_value_t = 10)]
+    pub power_iters: usize,
+    /// Hutchinson probes for the table's Hessian trace (0: not measured).
+    #[arg(long, default_value_t = 4)]
+    pub hutchinson: usize,
+    /// Relative finite-difference step of the Hessian-vector products (as `hessian --fd-eps`).
+    #[arg(long, default_value_t = 1e-2)]
+    pub fd_eps: f64,
+    /// Output folder: landscape.csv, landscape.json, landscape.png, sharpness.csv, and
+    /// interpolation.png (with --to), landscape_3d.png (with --surface).
     #[arg(long, default_value = "results/landscape")]
     pub out: PathBuf,
 }
+
+/// The names of the two grid axes, as in `landscape.csv`'s header and on the figures.
+pub const AXES: [&str; 2] = ["alpha", "beta"];
 
 /// A random direction with each filter scaled to the norm of the same filter of `w`; zero on
 /// biases and on 1-D weights (batch-norm scales), as Li et al. do.
@@ -94,36 +128,205 @@ fn ensure_files_writable(dir: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// One checkpoint's surface.
 #[derive(Serialize)]
-struct Surface {
+struct SurfaceOut {
+    name: String,
+    checkpoint: String,
+    optimizer: String,
+    epochs: u32,
+    /// `loss[j][i]` at `(alphas[i], betas[j])`; `null` where the loss is not finite.
+    loss: Vec<Vec<f64>>,
+    accuracy: Vec<Vec<f64>>,
+    /// Grid points whose loss is inf or NaN (their values are in landscape.csv).
+    non_finite: usize,
+    /// `(alpha, beta, loss)` of the lowest finite loss on the grid.
+    lowest: Option<(f64, f64, f64)>,
+    /// The loss at the checkpoint (the grid's centre).
+    centre_loss: f64,
+    /// Mean of `loss − centre_loss` over the finite grid points: how fast the loss rises
+    /// around the checkpoint, on the shared grid.
+    mean_rise: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    /// The first checkpoint's surface, at the top level as before.
     checkpoint: String,
     data: String,
     samples: usize,
+    /// The grid's axis names (landscape.csv's first two columns).
+    axes: [&'static str; 2],
     alphas: Vec<f64>,
     betas: Vec<f64>,
-    /// `loss[j][i]` at `(alphas[i], betas[j])`; `null` where the loss is not finite.
     loss: Vec<Vec<f64>>,
-    /// Grid points whose loss is inf or NaN (their values are in landscape.csv).
     non_finite: usize,
     accuracy: Vec<Vec<f64>>,
+    /// The colour scale every panel (and the 3-D surfaces) share; `null` if no loss is finite.
+    color_scale: Option<ColorScale>,
+    /// Iso-lines drawn on every panel, at the same losses.
+    levels: Vec<f64>,
+    surfaces: Vec<SurfaceOut>,
+    sharpness: Vec<Sharpness>,
     line: Option<Line>,
 }
 
 #[derive(Serialize)]
 struct Line {
+    from: String,
     to: String,
+    /// The names the plot gives the line's ends, at t = 0 and t = 1.
+    from_name: String,
+    to_name: String,
+    log_y: bool,
     t: Vec<f64>,
     loss: Vec<f64>,
     accuracy: Vec<f64>,
 }
 
-pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
+/// The most checkpoints one figure holds side by side.
+pub const MAX_CHECKPOINTS: usize = 8;
+
+/// Checks the flags that need no checkpoint.
+fn validate(a: &LandscapeArgs) -> Result<()> {
+    check::count("checkpoint", a.checkpoint.len(), 1, MAX_CHECKPOINTS)?;
+    if !a.names.is_empty() && a.names.len() != a.checkpoint.len() {
+        return Err(CliError::invalid(
+            "names",
+            format!(
+                "{} names for {} checkpoints: give one per --checkpoint",
+                a.names.len(),
+                a.checkpoint.len()
+            ),
+        ));
+    }
+    if a.names.iter().any(|n| n.trim().is_empty()) {
+        return Err(CliError::invalid("names", "a name is empty"));
+    }
     check::count("grid", a.grid, 2, 201)?;
     check::positive("span", a.span)?;
     check::count("samples", a.samples, 1, 1_000_000)?;
     check::count("line-points", a.line_points, 2, 10_001)?;
-    let (mut t, data) = trained(&a.checkpoint)?;
-    // The output folder before the grid (the minutes of work), after the checkpoint (so a
+    check::positive("rho", a.rho)?;
+    check::count("ascent-steps", a.ascent_steps, 1, 1000)?;
+    check::count("power-iters", a.power_iters, 0, 10_000)?;
+    check::count("hutchinson", a.hutchinson, 0, 100_000)?;
+    check::positive("fd-eps", a.fd_eps)?;
+    if a.fd_eps > crate::hessian::MAX_REL_EPS {
+        return Err(CliError::invalid(
+            "fd-eps",
+            format!(
+                "{} is a step larger than the typical weight (at most {})",
+                a.fd_eps,
+                crate::hessian::MAX_REL_EPS
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The checkpoints' display names: `--names`, or each optimizer, numbered where two share one.
+fn display_names(given: &[String], optimizers: &[String]) -> Vec<String> {
+    if !given.is_empty() {
+        return given.iter().map(|n| n.trim().to_string()).collect();
+    }
+    optimizers
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            if optimizers.iter().filter(|x| *x == o).count() > 1 {
+                let k = optimizers[..=i].iter().filter(|x| *x == o).count();
+                format!("{o} #{k}")
+            } else {
+                o.clone()
+            }
+        })
+        .collect()
+}
+
+/// Values on the grid, `[j][i]` at `(alphas[i], betas[j])`.
+type Grid = Vec<Vec<f64>>;
+
+/// Loss and accuracy of `t` on the grid `w0 + α·d1 + β·d2`.
+fn grid_losses(
+    t: &mut samkit_train::Trainer,
+    probe: &Probe,
+    coords: &[f64],
+    seed: u64,
+    label: &str,
+) -> Result<(Grid, Grid)> {
+    let n = coords.len();
+    let w0 = t.engine.net.params.clone();
+    let layout = t.engine.net.model.layout().clone();
+    let d1 = filter_normalised_direction(&layout, &w0, seed, 1);
+    let d2 = filter_normalised_direction(&layout, &w0, seed, 2);
+    let bar = progress::bar((n * n) as u64, label);
+    let mut loss = vec![vec![0.0; n]; n];
+    let mut acc = vec![vec![0.0; n]; n];
+    let mut w = w0.clone();
+    for (j, &b) in coords.iter().enumerate() {
+        for (i, &al) in coords.iter().enumerate() {
+            for k in 0..w.len() {
+                w[k] = w0[k] + al as f32 * d1[k] + b as f32 * d2[k];
+            }
+            let (l, ac) = probe.loss_acc(t, &w)?;
+            loss[j][i] = l;
+            acc[j][i] = ac;
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok((loss, acc))
+}
+
+/// The surface's summary numbers.
+fn summarise(
+    name: &str,
+    dir: &Path,
+    t: &samkit_train::Trainer,
+    coords: &[f64],
+    loss: Vec<Vec<f64>>,
+    accuracy: Vec<Vec<f64>>,
+) -> SurfaceOut {
+    let n = coords.len();
+    let centre_loss = loss[n / 2][n / 2];
+    let lowest = (0..n)
+        .flat_map(|j| (0..n).map(move |i| (j, i)))
+        .filter(|&(j, i)| loss[j][i].is_finite())
+        .min_by(|&(j, i), &(q, p)| loss[j][i].total_cmp(&loss[q][p]))
+        .map(|(j, i)| (coords[i], coords[j], loss[j][i]));
+    let finite: Vec<f64> = loss
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    let mean_rise = if finite.is_empty() {
+        f64::NAN
+    } else {
+        finite.iter().map(|v| v - centre_loss).sum::<f64>() / finite.len() as f64
+    };
+    SurfaceOut {
+        name: name.to_string(),
+        checkpoint: dir.display().to_string(),
+        optimizer: t.cfg.optimizer.clone(),
+        epochs: t.epoch,
+        non_finite: loss.iter().flatten().filter(|v| !v.is_finite()).count(),
+        loss,
+        accuracy,
+        lowest,
+        centre_loss,
+        mean_rise,
+    }
+}
+
+pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
+    validate(a)?;
+    let mut loaded = Vec::new();
+    for dir in &a.checkpoint {
+        loaded.push(trained(dir)?);
+    }
+    // The output folder before the grid (the minutes of work), after the checkpoints (so a
     // bad --checkpoint leaves no folder behind).
     ensure_writable_dir(&a.out)?;
     ensure_files_writable(
@@ -132,14 +335,16 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
             "landscape.csv",
             "landscape.png",
             "landscape.json",
+            "sharpness.csv",
             "interpolation.png",
+            "landscape_3d.png",
         ],
     )?;
     // The second checkpoint too, before the grid.
     let other = match &a.to {
         Some(dir) => {
             let (other, _) = trained(dir)?;
-            if other.engine.net.model.layout() != t.engine.net.model.layout() {
+            if other.engine.net.model.layout() != loaded[0].0.engine.net.model.layout() {
                 return Err(CliError::invalid(
                     "to",
                     format!("{} holds a different model", dir.display()),
@@ -149,178 +354,277 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
         }
         None => None,
     };
-    out.say(format!(
-        "checkpoint {}: {} after {} epochs; data: {data}",
-        a.checkpoint.display(),
-        t.cfg.optimizer,
-        t.epoch
-    ));
-    let train = t.train_set().clone();
-    let probe = Probe::new(&t, &train, a.samples)?;
-    let w0 = t.engine.net.params.clone();
-    let layout = t.engine.net.model.layout().clone();
-    let d1 = filter_normalised_direction(&layout, &w0, a.seed, 1);
-    let d2 = filter_normalised_direction(&layout, &w0, a.seed, 2);
+    let optimizers: Vec<String> = loaded
+        .iter()
+        .map(|(t, _)| t.cfg.optimizer.clone())
+        .collect();
+    let names = display_names(&a.names, &optimizers);
     let coords: Vec<f64> = (0..a.grid)
         .map(|i| -a.span + 2.0 * a.span * i as f64 / (a.grid - 1) as f64)
         .collect();
-    let bar = progress::bar((a.grid * a.grid) as u64, "landscape");
-    let mut loss = vec![vec![0.0; a.grid]; a.grid];
-    let mut acc = vec![vec![0.0; a.grid]; a.grid];
-    let mut w = w0.clone();
-    for (j, &b) in coords.iter().enumerate() {
-        for (i, &al) in coords.iter().enumerate() {
-            for k in 0..w.len() {
-                w[k] = w0[k] + al as f32 * d1[k] + b as f32 * d2[k];
-            }
-            let (l, ac) = probe.loss_acc(&mut t, &w)?;
-            loss[j][i] = l;
-            acc[j][i] = ac;
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-    let line = match (&a.to, other) {
-        (Some(dir), Some(other)) => Some(interpolate(
-            &mut t,
-            &probe,
-            &w0,
-            dir,
-            other,
-            a.line_points,
-            out,
-        )?),
-        _ => None,
+    let opts = SharpnessOptions {
+        rho: a.rho,
+        ascent_steps: a.ascent_steps,
+        power_iters: a.power_iters,
+        hutchinson: a.hutchinson,
+        fd_eps: a.fd_eps,
+        seed: a.seed,
     };
+    let mut surfaces = Vec::new();
+    let mut sharp = Vec::new();
+    let mut samples = 0;
+    let mut line = None;
+    let mut other = other;
+    for (k, ((mut t, data), dir)) in loaded.into_iter().zip(&a.checkpoint).enumerate() {
+        out.say(format!(
+            "checkpoint {} ({}): {} after {} epochs; data: {data}",
+            dir.display(),
+            names[k],
+            t.cfg.optimizer,
+            t.epoch
+        ));
+        let train = t.train_set().clone();
+        let probe = Probe::new(&t, &train, a.samples)?;
+        samples = probe.samples();
+        let (loss, acc) = grid_losses(&mut t, &probe, &coords, a.seed, &names[k])?;
+        let w0 = t.engine.net.params.clone();
+        let row = measure(
+            &names[k],
+            |w: &[f32], g: &mut [f32]| Ok(probe.grad(&mut t, w, g)?),
+            &w0,
+            &opts,
+        )?;
+        sharp.push(row);
+        if k == 0 {
+            if let (Some(to), Some(o)) = (&a.to, other.take()) {
+                line = Some(interpolate(
+                    &mut t,
+                    &probe,
+                    &w0,
+                    (to, o),
+                    a.line_points,
+                    (dir, &names[k], a.log_y),
+                    out,
+                )?);
+            }
+        }
+        surfaces.push(summarise(&names[k], dir, &t, &coords, loss, acc));
+    }
+    let data = a
+        .checkpoint
+        .first()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    let scale = ColorScale::of(
+        surfaces
+            .iter()
+            .flat_map(|s| s.loss.iter().flatten().copied()),
+    );
+    let levels = scale.map_or_else(Vec::new, |s| s.levels(LEVELS));
+
     let csv = a.out.join("landscape.csv");
-    let mut s = String::from("alpha,beta,loss,accuracy\n");
-    for (j, &b) in coords.iter().enumerate() {
-        for (i, &al) in coords.iter().enumerate() {
-            s += &format!("{al},{b},{},{}\n", loss[j][i], acc[j][i]);
+    let mut s = format!("{},{},loss,accuracy,checkpoint\n", AXES[0], AXES[1]);
+    for surf in &surfaces {
+        for (j, &b) in coords.iter().enumerate() {
+            for (i, &al) in coords.iter().enumerate() {
+                s += &format!(
+                    "{al},{b},{},{},{}\n",
+                    surf.loss[j][i],
+                    surf.accuracy[j][i],
+                    surf.name.replace(',', ";")
+                );
+            }
         }
     }
     std::fs::write(&csv, s).map_err(|e| CliError::io(&csv, e))?;
     out.wrote(csv);
+    let sc = a.out.join("sharpness.csv");
+    std::fs::write(&sc, crate::sharpness::csv(&sharp)).map_err(|e| CliError::io(&sc, e))?;
+    out.wrote(sc);
+
     plot::init_fonts();
-    let field = Field {
-        xs: coords.clone(),
-        ys: coords.clone(),
-        values: loss.clone(),
-    };
-    let non_finite = loss.iter().flatten().filter(|v| !v.is_finite()).count();
-    // Range, levels and lowest point over the finite losses only.
-    let finite = || loss.iter().flatten().copied().filter(|v| v.is_finite());
-    let (lo, hi) = finite().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    let levels: Vec<f64> = if lo < hi {
-        (1..12)
-            .map(|k| lo + (hi - lo) * (k as f64 / 12.0).powi(2))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let lowest = (0..a.grid)
-        .flat_map(|j| (0..a.grid).map(move |i| (j, i)))
-        .filter(|&(j, i)| loss[j][i].is_finite())
-        .min_by(|&(j, i), &(q, p)| loss[j][i].total_cmp(&loss[q][p]));
-    let (mj, mi) = lowest.unwrap_or((a.grid / 2, a.grid / 2));
+    let fields: Vec<Field> = surfaces
+        .iter()
+        .map(|s| Field {
+            xs: coords.clone(),
+            ys: coords.clone(),
+            values: s.loss.clone(),
+        })
+        .collect();
+    let titles: Vec<String> = surfaces
+        .iter()
+        .map(|s| {
+            let blown = if s.non_finite > 0 {
+                format!(", {} inf/NaN in magenta", s.non_finite)
+            } else {
+                String::new()
+            };
+            format!("{} (loss {:.4}{blown})", s.name, s.centre_loss)
+        })
+        .collect();
+    let table = crate::sharpness::table(&sharp);
+    let n = surfaces.len() as u32;
+    let (panel_w, panel_h, bar_w) = (560u32, 560u32, 120u32);
+    let table_h = 60 + 22 * table.len() as u32;
     let png = a.out.join("landscape.png");
-    let blown = if non_finite > 0 {
-        format!(
-            "; {non_finite} of {} losses inf/NaN, in magenta",
-            a.grid * a.grid
-        )
-    } else {
-        String::new()
+    let fallback = ColorScale {
+        lo: 0.0,
+        hi: 1.0,
+        log: false,
     };
-    let title = format!(
-        "Loss around {} ({}, {} samples; filter-normalised directions{blown})",
-        t.cfg.optimizer,
-        t.cfg.data.data_name(),
-        probe.samples()
+    let shared = scale.unwrap_or(fallback);
+    let header = format!(
+        "Loss around each checkpoint along two filter-normalised directions ({samples} training \
+         samples, seed {}): one colour scale for all",
+        a.seed
     );
-    let star_label = if lowest.is_some() {
-        "lowest loss on the grid"
-    } else {
-        "checkpoint (no finite loss on the grid)"
-    };
-    plot::png(&png, (900, 800), |area| {
-        plot::contour_plot(
-            area,
-            &ContourPlot {
-                title: &title,
-                field: &field,
-                levels: &levels,
-                paths: &[],
-                start: (0.0, 0.0),
-                star: (coords[mi], coords[mj]),
-                star_label,
-                saddle: None,
-            },
+    plot::png(
+        &png,
+        (panel_w * n + bar_w, panel_h + table_h + 30),
+        |root| {
+            let body = plot::titled(root, &header, 18)?;
+            let (top, bottom) = body.split_vertically(panel_h);
+            let (panels, bar) = top.split_horizontally(panel_w * n);
+            for ((area, field), (title, surf)) in panels
+                .split_evenly((1, n as usize))
+                .iter()
+                .zip(&fields)
+                .zip(titles.iter().zip(&surfaces))
+            {
+                plot::landscape_panel(
+                    area,
+                    &plot::LandscapePanel {
+                        title,
+                        field,
+                        scale: &shared,
+                        levels: &levels,
+                        x_label: AXES[0],
+                        y_label: AXES[1],
+                        lowest: surf.lowest.map(|l| (l.0, l.1)),
+                        checkpoint: (0.0, 0.0),
+                    },
+                )?;
+            }
+            plot::color_bar(&bar, &shared, "loss")?;
+            let rows: Vec<Vec<String>> = table.iter().map(|l| vec![l.clone()]).collect();
+            plot::text_table(
+            &bottom,
+            &format!(
+                "Sharpness at each checkpoint (ρ = {}; the survey's §3.3 bound: λmax ≤ 2‖∇L‖/ρ at a SAM solution)",
+                a.rho
+            ),
+            &rows,
+            &[],
         )
-    })?;
+        },
+    )?;
     out.wrote(png);
-    if let Some(l) = &line {
-        let png = a.out.join("interpolation.png");
-        let dropped = l.loss.iter().filter(|v| !v.is_finite()).count();
-        let title = if dropped > 0 {
-            format!(
-                "Loss along (1 − t)·w_a + t·w_b ({dropped} of {} points inf/NaN, not drawn)",
-                l.loss.len()
-            )
-        } else {
-            "Loss along (1 − t)·w_a + t·w_b".to_string()
-        };
-        let series = vec![Series::line(
-            "loss",
-            plot::palette(0),
-            l.t.iter().copied().zip(l.loss.iter().copied()).collect(),
-        )
-        .with_markers()];
-        plot::png(&png, (900, 600), |area| {
-            plot::line_chart(area, &Axes::new(title, "t", "loss"), &series)
+    if a.surface {
+        let png = a.out.join("landscape_3d.png");
+        plot::png(&png, (panel_w * n, panel_h), |root| {
+            for ((area, field), surf) in root
+                .split_evenly((1, n as usize))
+                .iter()
+                .zip(&fields)
+                .zip(&surfaces)
+            {
+                let title = format!("{}: loss over ({}, {})", surf.name, AXES[0], AXES[1]);
+                plot::surface_3d(area, &title, field, &shared)?;
+            }
+            Ok(())
         })?;
         out.wrote(png);
     }
-    if lowest.is_some() {
-        out.say(format!(
-            "loss at the checkpoint {:.4}, lowest on the grid {:.4} at ({:.2}, {:.2}), highest finite {:.4}",
-            loss[a.grid / 2][a.grid / 2],
-            lo,
-            coords[mi],
-            coords[mj],
-            hi
-        ));
-    } else {
-        out.say(format!(
-            "loss at the checkpoint {:.4}; no finite loss on the grid",
-            loss[a.grid / 2][a.grid / 2]
-        ));
+    if let Some(l) = &line {
+        let png = a.out.join("interpolation.png");
+        plot::png(&png, (900, 600), |area| interpolation_chart(area, l))?;
+        out.wrote(png);
     }
-    if non_finite > 0 {
-        out.say(format!(
-            "{non_finite} of {} grid losses are inf/NaN (kept in landscape.csv; a smaller --span stays where the loss is finite)",
-            a.grid * a.grid
-        ));
+    for s in &surfaces {
+        match s.lowest {
+            Some((al, b, lo)) => out.say(format!(
+                "{}: loss at the checkpoint {:.4}, lowest on the grid {lo:.4} at ({al:.2}, {b:.2}), mean rise over the grid {:.4}",
+                s.name, s.centre_loss, s.mean_rise
+            )),
+            None => out.say(format!(
+                "{}: loss at the checkpoint {:.4}; no finite loss on the grid",
+                s.name, s.centre_loss
+            )),
+        }
+        if s.non_finite > 0 {
+            out.say(format!(
+                "{non_finite} of {} grid losses are inf/NaN (kept in landscape.csv; a smaller --span stays where the loss is finite)",
+                a.grid * a.grid,
+                non_finite = s.non_finite
+            ));
+        }
     }
+    out.say(format!(
+        "sharpness (ρ = {}, {} ascent steps; §3.3 bound λmax ≤ 2‖∇L‖/ρ):",
+        a.rho, a.ascent_steps
+    ));
+    for l in &table {
+        out.say(format!("  {l}"));
+    }
+    let first = &surfaces[0];
+    let report = Report {
+        checkpoint: first.checkpoint.clone(),
+        data,
+        samples,
+        axes: AXES,
+        alphas: coords.clone(),
+        betas: coords,
+        loss: first.loss.clone(),
+        non_finite: first.non_finite,
+        accuracy: first.accuracy.clone(),
+        color_scale: scale,
+        levels,
+        sharpness: sharp,
+        line,
+        surfaces,
+    };
     let json = a.out.join("landscape.json");
-    write_json(
-        &json,
-        &Surface {
-            checkpoint: a.checkpoint.display().to_string(),
-            data: data.clone(),
-            samples: probe.samples(),
-            alphas: coords.clone(),
-            betas: coords,
-            loss,
-            non_finite,
-            accuracy: acc,
-            line,
-        },
-    )?;
+    write_json(&json, &report)?;
     out.wrote(json);
     Ok(())
+}
+
+/// Iso-lines per panel.
+const LEVELS: usize = 10;
+
+/// The loss along the line, its ends marked with the checkpoints' names.
+fn interpolation_chart(area: &plot::Area, l: &Line) -> plot::DrawResult {
+    let dropped = l
+        .loss
+        .iter()
+        .filter(|v| !v.is_finite() || (l.log_y && **v <= 0.0))
+        .count();
+    let title = if dropped > 0 {
+        format!(
+            "Loss from {} (t = 0) to {} (t = 1) ({dropped} of {} points not drawn: inf/NaN{})",
+            l.from_name,
+            l.to_name,
+            l.loss.len(),
+            if l.log_y { " or ≤ 0" } else { "" }
+        )
+    } else {
+        format!(
+            "Loss along (1 − t)·w_a + t·w_b, from {} (t = 0) to {} (t = 1)",
+            l.from_name, l.to_name
+        )
+    };
+    let series = vec![Series::line(
+        "loss",
+        plot::palette(0),
+        l.t.iter().copied().zip(l.loss.iter().copied()).collect(),
+    )
+    .with_markers()];
+    let mut axes = Axes::new(title, "t", "loss");
+    if l.log_y {
+        axes = axes.log_y();
+    }
+    axes.x_marks = vec![(0.0, l.from_name.clone()), (1.0, l.to_name.clone())];
+    plot::line_chart(area, &axes, &series)
 }
 
 /// Loss along the line between this checkpoint and another of the same model, with the
@@ -329,11 +633,17 @@ fn interpolate(
     t: &mut samkit_train::Trainer,
     probe: &Probe,
     wa: &[f32],
-    dir: &Path,
-    mut other: samkit_train::Trainer,
+    (dir, mut other): (&Path, samkit_train::Trainer),
     points: usize,
+    ends: (&Path, &str, bool),
     out: &mut Output,
 ) -> Result<Line> {
+    let (from, from_name, log_y) = ends;
+    let to_name = if other.cfg.optimizer == from_name {
+        format!("{} (--to)", other.cfg.optimizer)
+    } else {
+        other.cfg.optimizer.clone()
+    };
     let buf_a = t.engine.net.model.buffers()?;
     let wb = other.engine.net.params.clone();
     let buf_b = other.engine.net.model.buffers()?;
@@ -375,7 +685,11 @@ fn interpolate(
     }
     t.engine.net.model.set_buffers(&buf_a)?;
     Ok(Line {
+        from: from.display().to_string(),
         to: dir.display().to_string(),
+        from_name: from_name.to_string(),
+        to_name,
+        log_y,
         t: ts,
         loss,
         accuracy: acc,

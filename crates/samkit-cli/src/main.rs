@@ -16,6 +16,7 @@ mod output;
 mod plot;
 mod progress;
 mod rng;
+mod sharpness;
 mod toy;
 mod train;
 

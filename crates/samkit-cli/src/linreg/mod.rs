@@ -219,7 +219,7 @@ fn run_train(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<serde_js
                     .copied()
                     .zip(pick(h).iter().copied())
                     .collect();
-                let s = Series::line(h.optimizer.clone(), optimizer_color(&h.optimizer), pts);
+                let s = Series::optimizer(&h.optimizer, pts);
                 if args.epochs <= 40 {
                     s.with_markers()
                 } else {
@@ -236,9 +236,11 @@ fn run_train(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<serde_js
     plot::png(&curves, (1400, 580), |root| {
         let body = plot::titled(root, &header, 22)?;
         let panels = body.split_evenly((1, 2));
-        let mse_axes = Axes::new("Mean MSE loss per epoch (mini-batches)", "epoch", "MSE");
+        let mse_axes =
+            Axes::new("Mean MSE loss per epoch (mini-batches)", "epoch", "MSE").integer_x();
         plot::line_chart(&panels[0], &mse_axes, &series_of(&|h| &h.epoch_loss))?;
         let r2_axes = Axes::new("R² on the training set after each epoch", "epoch", "R²")
+            .integer_x()
             .legend_at(SeriesLabelPosition::LowerRight);
         plot::line_chart(&panels[1], &r2_axes, &series_of(&|h| &h.train_r2))
     })?;

@@ -430,13 +430,7 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
     let k = (rows.first().map_or(1, |r| r.batch_loss.len()) / 40).max(1);
     let loss: Vec<Series> = rows
         .iter()
-        .map(|r| {
-            Series::line(
-                &r.optimizer,
-                plot::optimizer_color(&r.optimizer),
-                smooth(&r.batch_loss, k),
-            )
-        })
+        .map(|r| Series::optimizer(&r.optimizer, smooth(&r.batch_loss, k)))
         .collect();
     let p = dir.join("batch_loss.png");
     plot::png(&p, (900, 600), |a| {
@@ -454,9 +448,8 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
     let acc: Vec<Series> = rows
         .iter()
         .map(|r| {
-            Series::line(
+            Series::optimizer(
                 &r.optimizer,
-                plot::optimizer_color(&r.optimizer),
                 r.epochs
                     .iter()
                     .map(|e| ((e.epoch + 1) as f64, 100.0 * e.test_accuracy))
@@ -469,9 +462,25 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
     plot::png(&p, (900, 600), |a| {
         plot::line_chart(
             a,
-            &Axes::new("Test accuracy per epoch", "epoch", "test accuracy (%)"),
+            &Axes::new("Test accuracy per epoch", "epoch", "test accuracy (%)").integer_x(),
             &acc,
         )
+    })?;
+    out.wrote(p);
+    // Mean time per step, phase by phase (the table's phase columns), stacked.
+    let costs: Vec<plot::StepCost> = rows
+        .iter()
+        .map(|r| {
+            let p = &r.step_seconds;
+            plot::StepCost {
+                optimizer: r.optimizer.clone(),
+                seconds: vec![p.pass1, p.perturb, p.pass2, p.update, p.mask],
+            }
+        })
+        .collect();
+    let p = dir.join("step_cost.png");
+    plot::png(&p, (900, 600), |a| {
+        plot::step_cost_chart(a, "Mean time per step by phase", &plot::STEP_PHASES, &costs)
     })?;
     out.wrote(p);
     Ok(())

@@ -58,6 +58,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod cuda_options;
+pub mod distill;
 pub mod engine;
 pub mod error;
 pub mod files;

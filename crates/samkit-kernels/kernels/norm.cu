@@ -15,9 +15,6 @@
 // Every kernel here whose indexing assumes a block shape traps on any other (SK_REQUIRE_BLOCK).
 #include "samkit.cuh"
 
-enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2 };
-enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
-
 struct NormArgs {
     const Unit* units;
     const u64* g;         // T table: the gradient
@@ -59,15 +56,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
         bool vec = sk_al16(g) && (!w || sk_al16(w)) && (!chk || sk_al16(chk));
         if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev) && sk_al16(mnext);
         const bool weight = u.kind == SK_KIND_WEIGHT;
-        // Filter-wise scales: element j of the unit is in filter (seg_off + j) / fl of its
-        // segment, i.e. q0 + (r0 + j) / fl with one 64-bit division per unit and 32-bit ones after.
-        u32 fl = 1, r0 = 0;
-        const float* ft = nullptr;
-        if (SCALE == SCALE_FILTER && weight) {
-            fl = a.ft_len[u.seg];
-            ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
-            r0 = (u32)(u.seg_off % fl);
-        }
+        SkFilters flt = {nullptr, 1, 0};
+        if (SCALE == SCALE_FILTER && weight) flt = sk_filters(a.ft, a.ft_start, a.ft_len, u);
         double acc = 0.0;
         bool bad = false;
         const u32 npk = (u.len + N - 1) / N;
@@ -80,12 +70,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
             if (SCALE != SCALE_ONE) wp = sk_ld(w + off, cnt, v);
             FPack<T> mp;
             if (BASE == BASE_FRIENDLY && fs_init) mp = sk_ldf<T>(mprev + off, cnt, v);
-            u64 mw0 = 0, mw1 = 0;
-            if (BASE == BASE_MASKED) {
-                const u64 i0 = u.global + off;
-                mw0 = mask[i0 >> 6];
-                if ((i0 & 63) + N > 64 && ((i0 + cnt - 1) >> 6) != (i0 >> 6)) mw1 = mask[(i0 >> 6) + 1];
-            }
+            SkMaskPack mk = {0, 0, 0};
+            if (BASE == BASE_MASKED) mk = sk_mask_pack<N>(mask, u.global + off, cnt);
             if (chk) {
                 const P cp = sk_ld(chk + off, cnt, v);
 #pragma unroll
@@ -97,11 +83,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
                 const float x = sk_f32(gp.e[k]);
                 bad |= sk_nonfinite(x);
                 float d = x;
-                if (BASE == BASE_MASKED) {
-                    const u64 i = u.global + off + k;
-                    const u64 word = ((i >> 6) == ((u.global + off) >> 6)) ? mw0 : mw1;
-                    d = ((word >> (i & 63)) & 1ull) ? x : 0.f;
-                }
+                if (BASE == BASE_MASKED) d = mk.bit(k) ? x : 0.f;
                 if (BASE == BASE_FRIENDLY) {
                     if (fs_init) {
                         d = x - mp.e[k] * a.sigma;
@@ -115,7 +97,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
                 } else if (SCALE == SCALE_ABSW_PLUS) {
                     if (weight) d *= fabsf(sk_f32(wp.e[k])) + a.eta;
                 } else if (SCALE == SCALE_FILTER) {
-                    if (weight) d *= ft[(r0 + off + k) / fl];
+                    if (weight) d *= flt.at(off + k);
                 }
                 if (k < (int)cnt) acc += (double)d * (double)d;
             }
@@ -144,18 +126,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
         norm_body<T, BASE, SCALE>(a);                                                           \
     }
 
-#define SK_NORM_ALL(T, SUF)                                       \
-    SK_NORM(plain, T, SUF, BASE_GRAD, SCALE_ONE)                  \
-    SK_NORM(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)              \
-    SK_NORM(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)             \
-    SK_NORM(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER)         \
-    SK_NORM(masked, T, SUF, BASE_MASKED, SCALE_ONE)               \
-    SK_NORM(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)           \
-    SK_NORM(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
-
-SK_NORM_ALL(float, f32)
-SK_NORM_ALL(__nv_bfloat16, bf16)
-SK_NORM_ALL(__half, f16)
+#define SK_NORM_ALL(T, SUF) SK_DIRECTIONS(SK_NORM, T, SUF)
+SK_STORAGE_TYPES(SK_NORM_ALL)
 
 // ---------------------------------------------------------------------------------------------
 
@@ -472,18 +444,8 @@ __device__ __forceinline__ void sk_fin_tail(const FinArgs& f, u32* ticket) {
         sk_fin_tail(f, ticket);                                                                        \
     }
 
-#define SK_NORM_FUSED_ALL(T, SUF)                                      \
-    SK_NORM_FUSED(plain, T, SUF, BASE_GRAD, SCALE_ONE)                 \
-    SK_NORM_FUSED(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)             \
-    SK_NORM_FUSED(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)            \
-    SK_NORM_FUSED(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER)        \
-    SK_NORM_FUSED(masked, T, SUF, BASE_MASKED, SCALE_ONE)              \
-    SK_NORM_FUSED(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)          \
-    SK_NORM_FUSED(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
-
-SK_NORM_FUSED_ALL(float, f32)
-SK_NORM_FUSED_ALL(__nv_bfloat16, bf16)
-SK_NORM_FUSED_ALL(__half, f16)
+#define SK_NORM_FUSED_ALL(T, SUF) SK_DIRECTIONS(SK_NORM_FUSED, T, SUF)
+SK_STORAGE_TYPES(SK_NORM_FUSED_ALL)
 
 #define SK_DOT_FUSED(T, SUF)                                                                         \
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_dot_##SUF##_fused(DotArgs a, FinArgs f, \

@@ -7,9 +7,6 @@
 // second step is exact either way. One pass over memory.
 #include "samkit.cuh"
 
-enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2, BASE_CENTRAL = 3 };
-enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
-
 struct PerturbArgs {
     const Unit* units;
     const u64* w;         // T table, read and written
@@ -51,22 +48,11 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
         bool vec = sk_al16(w) && sk_al16(wo) && sk_al16(g) && (!cs || (sk_al16(cs) && sk_al16(cd)));
         if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev);
         const bool weight = u.kind == SK_KIND_WEIGHT;
-        // Filter-wise scales: element j of the unit is in filter (seg_off + j) / fl of its
-        // segment, i.e. q0 + (r0 + j) / fl with one 64-bit division per unit and 32-bit ones after.
-        u32 fl = 1, r0 = 0;
-        const float* ft = nullptr;
-        if (SCALE == SCALE_FILTER && weight) {
-            fl = a.ft_len[u.seg];
-            ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
-            r0 = (u32)(u.seg_off % fl);
-        }
+        SkFilters flt = {nullptr, 1, 0};
+        if (SCALE == SCALE_FILTER && weight) flt = sk_filters(a.ft, a.ft_start, a.ft_len, u);
         // Centralization (samkit_core::passes::centralized): the same lookup into the means, on
         // the segments of two or more dimensions only.
-        if (BASE == BASE_CENTRAL && a.ft_len[u.seg] != 0) {
-            fl = a.ft_len[u.seg];
-            ft = a.ft + a.ft_start[u.seg] + u.seg_off / fl;
-            r0 = (u32)(u.seg_off % fl);
-        }
+        if (BASE == BASE_CENTRAL && a.ft_len[u.seg] != 0) flt = sk_filters(a.ft, a.ft_start, a.ft_len, u);
         const u32 npk = (u.len + N - 1) / N;
         for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
             const u32 off = p * N;
@@ -79,25 +65,17 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
             const P gp = sk_ld(g + off, cnt, v);
             FPack<T> mp;
             if (BASE == BASE_FRIENDLY && fs_init) mp = sk_ldf<T>(mprev + off, cnt, v);
-            u64 mw0 = 0, mw1 = 0;
-            if (BASE == BASE_MASKED) {
-                const u64 i0 = u.global + off;
-                mw0 = mask[i0 >> 6];
-                if ((i0 & 63) + N > 64 && ((i0 + cnt - 1) >> 6) != (i0 >> 6)) mw1 = mask[(i0 >> 6) + 1];
-            }
+            SkMaskPack mk = {0, 0, 0};
+            if (BASE == BASE_MASKED) mk = sk_mask_pack<N>(mask, u.global + off, cnt);
 #pragma unroll
             for (int k = 0; k < N; k++) {
                 const float x = sk_f32(gp.e[k]);
                 const float wv = sk_f32(wp.e[k]);
                 float d = x;
-                if (BASE == BASE_MASKED) {
-                    const u64 i = u.global + off + k;
-                    const u64 word = ((i >> 6) == ((u.global + off) >> 6)) ? mw0 : mw1;
-                    d = ((word >> (i & 63)) & 1ull) ? x : 0.f;
-                }
+                if (BASE == BASE_MASKED) d = mk.bit(k) ? x : 0.f;
                 if (BASE == BASE_FRIENDLY && fs_init) d = x - mp.e[k] * a.sigma;
                 // Lanes past the unit's end are never stored; they must not read past the means.
-                if (BASE == BASE_CENTRAL && ft && (u32)k < cnt) d = x - ft[(r0 + off + k) / fl];
+                if (BASE == BASE_CENTRAL && flt.ft && (u32)k < cnt) d = x - flt.at(off + k);
                 if (SCALE == SCALE_ABSW) {
                     // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
                     d *= wv * wv;
@@ -108,7 +86,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
                     }
                 } else if (SCALE == SCALE_FILTER) {
                     if (weight) {
-                        const float t = ft[(r0 + off + k) / fl];
+                        const float t = flt.at(off + k);
                         d = t * (t * d);
                     }
                 }
@@ -126,20 +104,11 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
         perturb_body<T, BASE, SCALE>(a);                                                           \
     }
 
-#define SK_PERTURB_ALL(T, SUF)                               \
-    SK_PERTURB(plain, T, SUF, BASE_GRAD, SCALE_ONE)          \
-    SK_PERTURB(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)      \
-    SK_PERTURB(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)     \
-    SK_PERTURB(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER) \
-    SK_PERTURB(masked, T, SUF, BASE_MASKED, SCALE_ONE)       \
-    SK_PERTURB(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)   \
-    SK_PERTURB(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)   \
-    SK_PERTURB(centralized, T, SUF, BASE_CENTRAL, SCALE_ONE)         \
+#define SK_PERTURB_ALL(T, SUF)                                \
+    SK_DIRECTIONS(SK_PERTURB, T, SUF)                         \
+    SK_PERTURB(centralized, T, SUF, BASE_CENTRAL, SCALE_ONE)  \
     SK_PERTURB(centralized_adaptive, T, SUF, BASE_CENTRAL, SCALE_ABSW)
-
-SK_PERTURB_ALL(float, f32)
-SK_PERTURB_ALL(__nv_bfloat16, bf16)
-SK_PERTURB_ALL(__half, f16)
+SK_STORAGE_TYPES(SK_PERTURB_ALL)
 
 extern "C" __global__ void sk_abi_perturb(u32* out) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;

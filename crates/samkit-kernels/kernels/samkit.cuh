@@ -176,6 +176,69 @@ template <class T> __device__ __forceinline__ void sk_stf(float* p, const FPack<
 }
 
 // ---------------------------------------------------------------------------------------------
+// The perturbation direction T ⊙ base(g), shared by its norm (norm.cu) and the perturbation
+// itself (perturb.cu), which must read the same elements the same way
+// ---------------------------------------------------------------------------------------------
+
+// base(g): g, Sparse SAM's M ⊙ g, FriendlySAM's g − σ·m, gradient centralization's g minus its
+// filter's mean (perturb.cu only: the norm of a centralized step is of g).
+enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2, BASE_CENTRAL = 3 };
+// T: 1, |w|, ASAM element-wise |w| + η on weights, ASAM filter-wise ‖w_f‖ + η on weights.
+enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
+
+// The direction variants both families instantiate, as X(NAME, T, SUF, BASE, SCALE), and the
+// storage types, as X(T, SUF): one list, so the norm and the perturbation never disagree on
+// which kernels exist.
+#define SK_DIRECTIONS(X, T, SUF)                    \
+    X(plain, T, SUF, BASE_GRAD, SCALE_ONE)          \
+    X(adaptive, T, SUF, BASE_GRAD, SCALE_ABSW)      \
+    X(asam, T, SUF, BASE_GRAD, SCALE_ABSW_PLUS)     \
+    X(asam_filter, T, SUF, BASE_GRAD, SCALE_FILTER) \
+    X(masked, T, SUF, BASE_MASKED, SCALE_ONE)       \
+    X(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)   \
+    X(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
+#define SK_STORAGE_TYPES(X) X(float, f32) X(__nv_bfloat16, bf16) X(__half, f16)
+
+// A per-filter table (ASAM's filter scales, centralization's filter means) seen from one unit:
+// element j of the unit is in filter (seg_off + j) / fl of its segment, i.e. entry (r0 + j) / fl
+// of `ft` from the unit's first filter, with one 64-bit division per unit and 32-bit ones after.
+struct SkFilters {
+    const float* ft;  // null: no table for this unit
+    u32 fl;           // elements per filter
+    u32 r0;
+    __device__ __forceinline__ float at(u32 j) const { return ft[(r0 + j) / fl]; }
+};
+
+__device__ __forceinline__ SkFilters sk_filters(const float* ft, const u64* ft_start, const u32* ft_len,
+                                                const Unit& u) {
+    SkFilters f;
+    f.fl = ft_len[u.seg];
+    f.ft = ft + ft_start[u.seg] + u.seg_off / f.fl;
+    f.r0 = (u32)(u.seg_off % f.fl);
+    return f;
+}
+
+// Sparse SAM's mask over one pack: the bitset words holding flat elements i0 .. i0 + cnt − 1 (a
+// pack of N <= 64 elements spans two words at most), each loaded once per pack.
+struct SkMaskPack {
+    u64 i0, w0, w1;
+    __device__ __forceinline__ bool bit(int k) const {
+        const u64 i = i0 + k;
+        const u64 word = ((i >> 6) == (i0 >> 6)) ? w0 : w1;
+        return (word >> (i & 63)) & 1ull;
+    }
+};
+
+template <int N> __device__ __forceinline__ SkMaskPack sk_mask_pack(const u64* mask, u64 i0, u32 cnt) {
+    SkMaskPack m;
+    m.i0 = i0;
+    m.w0 = mask[i0 >> 6];
+    m.w1 = 0;
+    if ((i0 & 63) + N > 64 && ((i0 + cnt - 1) >> 6) != (i0 >> 6)) m.w1 = mask[(i0 >> 6) + 1];
+    return m;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Deterministic block reductions (fixed shape: same bits whatever the grid)
 // ---------------------------------------------------------------------------------------------
 
@@ -224,6 +287,19 @@ __device__ __forceinline__ bool sk_last_block(u32* ticket) {
 // ---------------------------------------------------------------------------------------------
 
 __device__ __forceinline__ bool sk_bit(const u64* words, u64 i) { return (words[i >> 6] >> (i & 63)) & 1ull; }
+
+// ORs the 64 bits of `x` into a bitset at bits i0 .. i0 + 63 (atomically: other warps write
+// neighbouring bits of the same words); a word that would receive no bit is not touched.
+__device__ __forceinline__ void sk_or_bits(u64* words, u64 i0, u64 x) {
+    const u64 word = i0 >> 6;
+    const u32 sh = (u32)(i0 & 63);
+    const u64 lo64 = x << sh;
+    if (lo64) atomicOr(&words[word], lo64);
+    if (sh) {
+        const u64 hi64 = x >> (64 - sh);
+        if (hi64) atomicOr(&words[word + 1], hi64);
+    }
+}
 
 // f32 → u32 with the same order; NaN below everything (samkit_core::select::f32_key).
 __device__ __forceinline__ u32 sk_f32_key(float x) {

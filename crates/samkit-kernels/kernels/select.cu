@@ -162,17 +162,7 @@ template <int SRC, class T> __device__ __forceinline__ void write_body(const Sel
             const bool take = valid && (take_all || key > thr || (eq && r <= need));
             const u32 tb = __ballot_sync(0xffffffffu, take);
             rank += (u64)__popc(eqb);
-            if (lane == 0 && tb) {
-                const u64 gi0 = u.global + s;
-                const u64 word = gi0 >> 6;
-                const u32 sh = (u32)(gi0 & 63);
-                const u64 lo64 = (u64)tb << sh;
-                if (lo64) atomicOr(&a.out[word], lo64);
-                if (sh > 32) {
-                    const u64 hi64 = (u64)tb >> (64 - sh);
-                    if (hi64) atomicOr(&a.out[word + 1], hi64);
-                }
-            }
+            if (lane == 0 && tb) sk_or_bits(a.out, u.global + s, tb);
         }
     }
 }
@@ -182,14 +172,18 @@ template <int SRC, class T> __device__ __forceinline__ void write_body(const Sel
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_sel_count_##NAME(SelArgs a) { count_body<SRC, T>(a); } \
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_sel_write_##NAME(SelArgs a) { write_body<SRC, T>(a); }
 
-SK_SEL(scores_f32, SRC_SCORES, float)
-SK_SEL(scores_bf16, SRC_SCORES, __nv_bfloat16)
-SK_SEL(scores_f16, SRC_SCORES, __half)
-SK_SEL(drop_f32, SRC_DROP, float)
-SK_SEL(drop_bf16, SRC_DROP, __nv_bfloat16)
-SK_SEL(drop_f16, SRC_DROP, __half)
-SK_SEL(grow, SRC_GROW, float)
-SK_SEL(init, SRC_INIT, float)
+// The key sources both passes (baseline and vectorized) are instantiated for, as X(NAME, SRC, T).
+#define SEL_SOURCES(X)                      \
+    X(scores_f32, SRC_SCORES, float)         \
+    X(scores_bf16, SRC_SCORES, __nv_bfloat16) \
+    X(scores_f16, SRC_SCORES, __half)        \
+    X(drop_f32, SRC_DROP, float)             \
+    X(drop_bf16, SRC_DROP, __nv_bfloat16)    \
+    X(drop_f16, SRC_DROP, __half)            \
+    X(grow, SRC_GROW, float)                 \
+    X(init, SRC_INIT, float)
+
+SEL_SOURCES(SK_SEL)
 
 __device__ __forceinline__ u64 warp_incl_scan(u64 v, u32 lane) {
 #pragma unroll
@@ -520,17 +514,7 @@ template <int SRC, class T> __device__ __forceinline__ void vwrite_body(const Se
                 u64 x = 0;
 #pragma unroll
                 for (int k = 0; k < N; k++) x |= sel_spread<N>((b[k] >> (lane * L)) & ((1u << L) - 1u)) << k;
-                if (x) {
-                    const u64 gi0 = u.global + s + (u64)lane * 64;
-                    const u64 word = gi0 >> 6;
-                    const u32 sh = (u32)(gi0 & 63);
-                    const u64 lo64 = x << sh;
-                    if (lo64) atomicOr(&a.out[word], lo64);
-                    if (sh) {
-                        const u64 hi64 = x >> (64 - sh);
-                        if (hi64) atomicOr(&a.out[word + 1], hi64);
-                    }
-                }
+                if (x) sk_or_bits(a.out, u.global + s + (u64)lane * 64, x);
             }
         }
     }
@@ -541,14 +525,7 @@ template <int SRC, class T> __device__ __forceinline__ void vwrite_body(const Se
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_selv_count_##NAME(SelArgs a) { vcount_body<SRC, T>(a); } \
     extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_selv_write_##NAME(SelArgs a) { vwrite_body<SRC, T>(a); }
 
-SK_SELV(scores_f32, SRC_SCORES, float)
-SK_SELV(scores_bf16, SRC_SCORES, __nv_bfloat16)
-SK_SELV(scores_f16, SRC_SCORES, __half)
-SK_SELV(drop_f32, SRC_DROP, float)
-SK_SELV(drop_bf16, SRC_DROP, __nv_bfloat16)
-SK_SELV(drop_f16, SRC_DROP, __half)
-SK_SELV(grow, SRC_GROW, float)
-SK_SELV(init, SRC_INIT, float)
+SEL_SOURCES(SK_SELV)
 
 // ---------------------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds (and, on a machine with a CUDA driver and GPU, tests) samkit-candle's CUDA path: the
-# `cuda` feature, which turns on candle-core's and candle-nn's `cuda` features. Not part of CI:
-# candle-kernels runs nvcc at build time, about 9-15 minutes on 2 cores, once per cargo profile
-# (dev for the library, test for the tests: the workspace's test profile has opt-level 2, release
-# for the example).
+# `cuda` feature, which turns on candle-core's and candle-nn's `cuda` features. CI (.ci/run) runs
+# `check`. candle-kernels runs nvcc at build time, about 9-15 minutes on 2 cores, once per cargo
+# profile (dev for the library, test for the tests: the workspace's test profile has opt-level 2,
+# release for the example).
 #
 #   scripts/candle-cuda-check.sh check   cargo check + clippy -D warnings of samkit-candle with
 #                                        `cuda`, all targets (no CUDA library needed)

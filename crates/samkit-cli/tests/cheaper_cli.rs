@@ -80,7 +80,10 @@ fn compare_reports_passes_for_the_new_rules() {
     let o = samkit(&args);
     let out = stdout(&o);
     assert!(o.status.success(), "{out}\n{}", stderr(&o));
-    assert!(out.contains("passes F/F0/B") && out.contains("save/SAM"), "{out}");
+    assert!(
+        out.contains("passes F/F0/B") && out.contains("save/SAM"),
+        "{out}"
+    );
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("compare.json")).expect("compare.json"),
     )
@@ -127,7 +130,10 @@ fn bad_values_of_the_new_flags_exit_2_naming_them() {
     let bad: [(&str, &[&str]); 8] = [
         ("esam-beta", &["--optimizer", "esam", "--esam-beta", "0"]),
         ("esam-beta", &["--optimizer", "esam", "--esam-beta", "1.5"]),
-        ("esam-gamma", &["--optimizer", "esam", "--esam-gamma", "-0.1"]),
+        (
+            "esam-gamma",
+            &["--optimizer", "esam", "--esam-gamma", "-0.1"],
+        ),
         ("rst-p", &["--optimizer", "rst", "--rst-p", "2"]),
         (
             "rst-p-end",
@@ -135,7 +141,10 @@ fn bad_values_of_the_new_flags_exit_2_naming_them() {
         ),
         ("eta-x", &["--optimizer", "eg-sam", "--eta-x", "-1"]),
         ("pass2", &["--optimizer", "ssam-l", "--pass2", "sometimes"]),
-        ("mask-select", &["--optimizer", "ssam-l", "--mask-select", "prefix"]),
+        (
+            "mask-select",
+            &["--optimizer", "ssam-l", "--mask-select", "prefix"],
+        ),
     ];
     for (flag, rest) in bad {
         let mut args = vec!["train"];
@@ -149,7 +158,10 @@ fn bad_values_of_the_new_flags_exit_2_naming_them() {
 fn a_flag_of_another_rule_is_refused() {
     let cases: [(&str, &[&str]); 5] = [
         ("pass2", &["--optimizer", "sam", "--pass2", "exact"]),
-        ("esam-gamma", &["--optimizer", "ssam-l", "--esam-gamma", "0.5"]),
+        (
+            "esam-gamma",
+            &["--optimizer", "ssam-l", "--esam-gamma", "0.5"],
+        ),
         ("rst-p", &["--optimizer", "esam", "--rst-p", "0.5"]),
         ("eta-x", &["--optimizer", "sam", "--eta-x", "0.1"]),
         ("sam-on-asam", &["--optimizer", "asam", "--sam-on-asam"]),
@@ -171,7 +183,9 @@ fn help_labels_eg_and_og_sam_reconstructed() {
     let o = samkit(&["train", "--help"]);
     assert!(o.status.success());
     let help = stdout(&o);
-    for want in ["ssam-l", "esam", "sam-on", "rst", "eg-sam", "og-sam", "--pass2"] {
+    for want in [
+        "ssam-l", "esam", "sam-on", "rst", "eg-sam", "og-sam", "--pass2",
+    ] {
         assert!(help.contains(want), "--help lacks {want}");
     }
     assert!(help.contains("reconstructed"), "{help}");
@@ -199,4 +213,68 @@ fn the_gpu_s_missing_kernels_are_refused_with_device_cuda() {
             "{args:?}: {err}"
         );
     }
+}
+
+#[test]
+fn compare_suite_cost_trains_every_cost_reducer_and_prints_the_saving() {
+    let dir = fresh_dir("suite-cost");
+    let mut args = vec!["compare", "--suite", "cost", "--fisher-samples", "8"];
+    args.extend(TINY);
+    args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+    let o = samkit(&args);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for name in [
+        "sgd",
+        "sam",
+        "ssam-f",
+        "ssam-d",
+        "ssam-l ",
+        "ssam-l-truncated",
+        "esam",
+        "sam-on",
+        "rst",
+        "looksam",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name) && l.contains('%')),
+            "no {name} row:\n{out}"
+        );
+    }
+    for column in [
+        "ms/step",
+        "vs SGD",
+        "pass2/pass1",
+        "passes F/F0/B",
+        "save/SAM",
+    ] {
+        assert!(out.contains(column), "no {column} column:\n{out}");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("compare.json")).expect("compare.json"),
+    )
+    .expect("JSON");
+    let rows = json.as_array().expect("rows");
+    let truncated = rows
+        .iter()
+        .find(|r| r["optimizer"] == "ssam-l-truncated")
+        .expect("a truncated row");
+    assert_eq!(truncated["config"]["pass2"], "truncated");
+    // "Saving vs SAM" is 1 − (step − SGD)/(SAM − SGD): 1 for SGD, 0 for SAM, by definition.
+    let saving = |name: &str| {
+        rows.iter()
+            .find(|r| r["optimizer"] == name)
+            .and_then(|r| r["saving_vs_sam"].as_f64())
+    };
+    if let (Some(sgd), Some(sam)) = (saving("sgd"), saving("sam")) {
+        assert_eq!((sgd, sam), (1.0, 0.0));
+    }
+    // The suite fixes the optimizers and both SSAM-L modes.
+    assert_usage_error(
+        &["compare", "--suite", "cost", "--optimizers", "sgd"],
+        "optimizers",
+    );
+    let mut args = vec!["compare", "--suite", "cost", "--pass2", "exact"];
+    args.extend(TINY);
+    assert_usage_error(&args, "pass2");
 }

@@ -55,6 +55,12 @@ pub struct CompareCmd {
         default_value = "sgd,sam,asam,friendlysam,ssam-f,ssam-d"
     )]
     pub optimizers: Vec<String>,
+    /// A fixed comparison instead of --optimizers. `cost`: what each way of cutting SAM's
+    /// second pass costs: sgd, sam, ssam-f, ssam-d, ssam-l (exact), ssam-l-truncated, esam,
+    /// sam-on, rst, looksam (and mesa, saf where the trainer has them), with ms/step, step
+    /// vs SGD, pass2/pass1, passes per step and the saving vs SAM.
+    #[arg(long, value_enum, conflicts_with = "optimizers")]
+    pub suite: Option<Suite>,
     #[command(flatten)]
     pub run: RunArgs,
     /// Output folder: compare.json, batch_loss.png, accuracy.png, step_cost.png.
@@ -269,6 +275,72 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
     Ok(())
 }
 
+/// `compare --suite`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Suite {
+    /// The cost reducers of SAM's second pass side by side (issue 11).
+    Cost,
+}
+
+/// The rows of `--suite cost`, in order; `ssam-l-truncated` is `ssam-l` with `--pass2
+/// truncated`, and a name the trainer does not have (yet) is left out.
+const COST_SUITE: [&str; 12] = [
+    "sgd",
+    "sam",
+    "ssam-f",
+    "ssam-d",
+    "ssam-l",
+    "ssam-l-truncated",
+    "esam",
+    "sam-on",
+    "rst",
+    "looksam",
+    "mesa",
+    "saf",
+];
+
+/// The label of SSAM-L with `--pass2 truncated` in the cost suite.
+const SSAM_L_TRUNCATED: &str = "ssam-l-truncated";
+
+/// The configurations a comparison trains, each validated before any training starts.
+fn compare_configs(cmd: &CompareCmd) -> Result<Vec<RunConfig>> {
+    let Some(Suite::Cost) = cmd.suite else {
+        return cmd
+            .optimizers
+            .iter()
+            .map(|o| cmd.run.config_among(o, &cmd.optimizers))
+            .collect();
+    };
+    if cmd.run.rule.pass2.is_some() {
+        return Err(CliError::invalid(
+            "pass2",
+            "--suite cost runs ssam-l with both modes (ssam-l and ssam-l-truncated)",
+        ));
+    }
+    let rows: Vec<&str> = COST_SUITE
+        .into_iter()
+        .filter(|r| {
+            let name = if *r == SSAM_L_TRUNCATED { "ssam-l" } else { r };
+            super::args::OPTIMIZERS.contains(&name)
+        })
+        .collect();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r.trim_end_matches("-truncated"))
+        .collect();
+    rows.iter()
+        .zip(&names)
+        .map(|(&row, name)| {
+            let mut cfg = cmd.run.config_among(name, &names)?;
+            if row == SSAM_L_TRUNCATED {
+                cfg.optimizer = row.to_string();
+                cfg.pass2 = samkit_train::Pass2Mode::Truncated;
+            }
+            Ok(cfg)
+        })
+        .collect()
+}
+
 /// One optimizer's outcome in a comparison.
 #[derive(Serialize)]
 struct CompareRow {
@@ -279,6 +351,12 @@ struct CompareRow {
     /// Mean seconds per step of each phase, over all steps after the first epoch's first
     /// step (warm-up).
     step_seconds: Phases,
+    /// Mean network passes per step (all steps), in whole-batch passes.
+    passes: Passes,
+    /// Measured pass-2 time over pass-1 time (`None` without a second pass).
+    pass2_over_pass1: Option<f64>,
+    /// `1 − (step − SGD step)/(SAM step − SGD step)`, when the comparison has both.
+    saving_vs_sam: Option<f64>,
     final_test_accuracy: f64,
     final_test_loss: f64,
 }
@@ -297,11 +375,7 @@ fn compare_on<E: Engine>(
 ) -> Result<()> {
     crate::error::check::non_empty("optimizers", &cmd.optimizers)?;
     // Validate every optimizer's flags before any training starts.
-    let configs = cmd
-        .optimizers
-        .iter()
-        .map(|o| cmd.run.config_among(o, &cmd.optimizers))
-        .collect::<Result<Vec<_>>>()?;
+    let configs = compare_configs(cmd)?;
     let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;
     out.say(format!("data: {}", split.description));
     out.ensure_dir(&cmd.out)?;
@@ -325,12 +399,14 @@ fn compare_on<E: Engine>(
         let mut losses = Vec::new();
         let mut sum = Phases::default();
         let mut counted = 0u64;
+        let mut passes = Passes::default();
         train_loop(
             &mut t,
             epochs,
             out,
             |s| {
                 losses.push(s.loss);
+                passes.add(&s.passes);
                 if s.step > 0 {
                     sum.add(&s.seconds);
                     counted += 1;
@@ -340,10 +416,12 @@ fn compare_on<E: Engine>(
             |_, _| Ok(()),
         )?;
         let last = t.history.last().cloned().expect("at least one epoch");
+        let step_seconds = sum.scaled(1.0 / counted.max(1) as f64);
         rows.push(CompareRow {
             optimizer: t.cfg.optimizer.clone(),
             config: t.cfg.clone(),
             epochs: t.history.clone(),
+            passes: passes.mean(losses.len() as u64),
             batch_loss: losses,
             pass2_over_pass1: (step_seconds.pass2 > 0.0 && step_seconds.pass1 > 0.0)
                 .then(|| step_seconds.pass2 / step_seconds.pass1),
@@ -353,12 +431,29 @@ fn compare_on<E: Engine>(
             final_test_loss: last.test_loss,
         });
     }
+    let step_of = |name: &str| {
+        rows.iter()
+            .find(|r| r.optimizer == name)
+            .map(|r| r.step_seconds.total())
+    };
+    if let (Some(sgd), Some(sam)) = (step_of("sgd"), step_of("sam")) {
+        for r in &mut rows {
+            r.saving_vs_sam = saving_vs_sam(r.step_seconds.total(), sgd, sam);
+        }
+    }
     report(&rows, out);
     let json = cmd.out.join("compare.json");
     write_json(&json, &rows)?;
     out.wrote(json);
     plots(&rows, &cmd.out, out)?;
     Ok(())
+}
+
+/// "Saving vs SAM": `1 − (step − sgd)/(sam − sgd)`; `None` when SAM costs no more than SGD
+/// (the ratio means nothing) or a time is not finite.
+fn saving_vs_sam(step: f64, sgd: f64, sam: f64) -> Option<f64> {
+    let span = sam - sgd;
+    (span > 0.0 && step.is_finite()).then(|| 1.0 - (step - sgd) / span)
 }
 
 fn report(rows: &[CompareRow], out: &mut Output) {
@@ -391,6 +486,12 @@ fn report(rows: &[CompareRow], out: &mut Output) {
             Some(b) if b > 0.0 && t.is_finite() => format!("{:.2}×", t / b),
             _ => "-".to_string(),
         };
+        let ratio = r.pass2_over_pass1.map_or("-".into(), |x| format!("{x:.2}"));
+        let n = &r.passes;
+        let passes = format!("{:.2}/{:.2}/{:.2}", n.forward, n.forward_nograd, n.backward);
+        let saving = r
+            .saving_vs_sam
+            .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x));
         out.say(format!(
             "{:<16} {:>7.2}% {:>9.4} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>14} {:>9}",
             r.optimizer,
@@ -409,6 +510,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         ));
     }
     out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps)");
+    out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");
 }
 
 fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {
@@ -485,37 +587,3 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
     out.wrote(p);
     Ok(())
 }
-    /// Mean network passes per step (all steps), in whole-batch passes.
-    passes: Passes,
-    /// Measured pass-2 time over pass-1 time (`None` without a second pass).
-    pass2_over_pass1: Option<f64>,
-    /// `1 − (step − SGD step)/(SAM step − SGD step)`, when the comparison has both.
-    saving_vs_sam: Option<f64>,
-        let mut passes = Passes::default();
-                passes.add(&s.passes);
-        let step_seconds = sum.scaled(1.0 / counted.max(1) as f64);
-            passes: passes.mean(losses.len() as u64),
-    let step_of = |name: &str| {
-        rows.iter()
-            .find(|r| r.optimizer == name)
-            .map(|r| r.step_seconds.total())
-    };
-    if let (Some(sgd), Some(sam)) = (step_of("sgd"), step_of("sam")) {
-        for r in &mut rows {
-            r.saving_vs_sam = saving_vs_sam(r.step_seconds.total(), sgd, sam);
-        }
-    }
-/// "Saving vs SAM": `1 − (step − sgd)/(sam − sgd)`; `None` when SAM costs no more than SGD
-/// (the ratio means nothing) or a time is not finite.
-fn saving_vs_sam(step: f64, sgd: f64, sam: f64) -> Option<f64> {
-    let span = sam - sgd;
-    (span > 0.0 && step.is_finite()).then(|| 1.0 - (step - sgd) / span)
-}
-
-        let ratio = r.pass2_over_pass1.map_or("-".into(), |x| format!("{x:.2}"));
-        let n = &r.passes;
-        let passes = format!("{:.2}/{:.2}/{:.2}", n.forward, n.forward_nograd, n.backward);
-        let saving = r
-            .saving_vs_sam
-            .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x));
-    out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");

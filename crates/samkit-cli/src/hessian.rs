@@ -660,6 +660,7 @@ mod model_tests {
             data,
             cuda: Default::default(),
             pass2: Default::default(),
+            distill: None,
         };
         let t = Trainer::new(cfg, Arc::new(split.train), Arc::new(split.test), norm).unwrap();
         let train = t.train_set().clone();

@@ -101,6 +101,11 @@ pub struct RunConfig {
     /// before it existed reads as [`Pass2Mode::Exact`].
     #[serde(default)]
     pub pass2: Pass2Mode,
+    /// MESA's or SAF's distillation term (`crate::distill`, ALGORITHMS.md "MESA and SAF") on
+    /// the base optimizer's loss; `None` for every other optimizer (and in a config written
+    /// before it existed).
+    #[serde(default)]
+    pub distill: Option<crate::distill::DistillConfig>,
 }
 
 /// How SSAM-L's pass 2 runs from the first perturbed unit `u`.

@@ -104,8 +104,8 @@ impl<B: Backend, A, F> Oracle<B, A> for F where
 /// the rest is what differs per device (staging a batch, zeroing a buffer, timing, the host
 /// copy of a checkpoint).
 pub trait Engine {
-    /// The network backend (samkit-nn).
-    type B: Backend;
+    /// The network backend (samkit-nn), with what MESA's teacher needs of it.
+    type B: crate::distill::TeacherBackend;
     /// A parameter or gradient buffer.
     type A: BorrowMut<<Self::B as Backend>::Arena>;
     /// One line for the output: where the run executes.

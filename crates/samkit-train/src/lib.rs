@@ -36,6 +36,7 @@
 //!     data,
 //!     cuda: Default::default(),
 //!     pass2: Default::default(),
+//!     distill: None,
 //! };
 //! let (split, norm) = load_data(&cfg.data, cfg.seed)?;
 //! let (train, test) = (Arc::new(split.train), Arc::new(split.test));

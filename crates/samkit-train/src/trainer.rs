@@ -14,6 +14,7 @@ use samkit_nn::{mean_weights, BnMode, Model, ResNet18, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::distill::Distiller;
 use crate::engine::{CpuEngine, CudaEngine, Engine};
 use crate::error::{Result, TrainError};
 use crate::passes::{Passes, SecondPass};
@@ -148,6 +149,8 @@ pub struct Trainer<E: Engine = CpuEngine> {
     pub step: u64,
     /// The summaries of the completed epochs.
     pub history: Vec<EpochLog>,
+    /// MESA's teacher or SAF's buffer (`cfg.distill`), made at the first step or load.
+    pub distill: Option<Distiller<E::B>>,
 }
 
 impl Trainer<CpuEngine> {
@@ -221,7 +224,38 @@ impl<E: Engine> Trainer<E> {
             epoch: 0,
             step: 0,
             history: Vec::new(),
+            distill: None,
         }
+    }
+
+    /// MESA's or SAF's state for the model as it is now (`cfg.distill`), made once. Their term
+    /// goes on the base optimizer's one pass: another rule is refused (`--optimizer`).
+    fn ensure_distiller(&mut self) -> Result<()> {
+        let Some(dc) = self.cfg.distill else {
+            return Ok(());
+        };
+        if self.distill.is_none() {
+            if !matches!(self.cfg.rule, Rule::Base) {
+                return Err(TrainError::invalid(
+                    "optimizer",
+                    format!(
+                        "{}'s distillation term runs on the base optimizer, not on {}",
+                        dc.name(),
+                        self.cfg.rule.name()
+                    ),
+                ));
+            }
+            let net = self.engine.net();
+            let d = Distiller::new(
+                dc,
+                &mut net.model,
+                net.params.borrow(),
+                self.train.len(),
+                self.train.classes,
+            )?;
+            self.distill = Some(d);
+        }
+        Ok(())
     }
 
     /// The normalisation of the images.
@@ -252,6 +286,7 @@ impl<E: Engine> Trainer<E> {
     pub fn step(&mut self, b: &Batch) -> Result<StepLog> {
         let lr = self.cfg.schedule.lr_at(self.step);
         self.engine.set_lr(lr)?;
+        self.ensure_distiller()?;
         // A skipped step must leave the whole model as it was, batch norm's running statistics
         // included, which pass 1 updates before the gradient is seen to be non-finite.
         let buffers = self.engine.net().model.buffers()?;
@@ -288,6 +323,22 @@ impl<E: Engine> Trainer<E> {
         let second = crate::passes::plan_step(&self.cfg, &mut self.engine)?;
         self.engine.keep_prefix(second.kept_prefix())?;
         let mut passes = Passes::default();
+        // MESA/SAF: this step's teacher (MESA: a forward without gradient at the EMA weights,
+        // from E_start on) and SAF's copy of the step's logits, taken before the loss.
+        let epoch = self.epoch;
+        let teacher = match self.distill.as_mut() {
+            Some(d) => {
+                passes.nograd_pass(d.nograd_forwards(epoch) as usize * bsz, bsz);
+                let net = self.engine.net();
+                d.teacher(&mut net.model, &x, &b.indices, epoch)?
+            }
+            None => None,
+        };
+        let record = std::cell::RefCell::new(Vec::new());
+        let distill_targets = self
+            .distill
+            .as_ref()
+            .map(|d| d.targets(labels, teacher.as_ref(), d.records().then_some(&record)));
         let mut clean = Vec::new();
         let mut fisher_ran = false;
         let (report, seconds) = self.engine.step(|model, req, w, g| {
@@ -321,14 +372,12 @@ impl<E: Engine> Trainer<E> {
                 // running statistics on this batch.
                 GradRequest::Tail(_) => (&tail, BnMode::TrainNoUpdate),
             };
-            let l = model.forward_backward(
-                w.borrow(),
-                &x,
-                labels.into(),
-                weights,
-                mode,
-                g.borrow_mut(),
-            )?;
+            let targets = match (req, distill_targets) {
+                (GradRequest::Batch(Pass::Clean), Some(d)) => samkit_nn::Targets::Distill(d),
+                _ => labels.into(),
+            };
+            let l =
+                model.forward_backward(w.borrow(), &x, targets, weights, mode, g.borrow_mut())?;
             passes.grad_pass(bsz, bsz, 1.0, 1.0);
             if req == GradRequest::Batch(Pass::Clean) {
                 clean = l.per_sample;
@@ -342,6 +391,18 @@ impl<E: Engine> Trainer<E> {
         let skipped = report.outcome == Outcome::Skipped || self.engine.status()?.last_skipped;
         if skipped {
             self.engine.net().model.set_buffers(&buffers)?;
+        }
+        // MESA's EMA follows every applied step; SAF keeps the logits of this epoch.
+        if let (false, Some(d)) = (skipped, self.distill.as_mut()) {
+            let net = self.engine.net();
+            let logits = record.borrow();
+            d.after_step(
+                &mut net.model,
+                net.params.borrow(),
+                &b.indices,
+                epoch,
+                &logits,
+            )?;
         }
         let log = StepLog {
             epoch: self.epoch,
@@ -445,9 +506,15 @@ impl<E: Engine> Trainer<E> {
             step: self.step,
             history: self.history.clone(),
         };
+        self.ensure_distiller()?;
         let engine = &mut self.engine;
+        let distill = &mut self.distill;
         crate::checkpoint::save(dir, self.step, self.epoch, |stage| {
             engine.save(stage)?;
+            // MESA's teacher (`teacher.safetensors`) or SAF's buffer (`saf.bin`).
+            if let Some(d) = distill.as_mut() {
+                d.save(&mut engine.net().model, stage)?;
+            }
             let path = stage.join("trainer.json");
             let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::Json {
                 path: path.clone(),
@@ -468,6 +535,12 @@ impl<E: Engine> Trainer<E> {
             std::fs::metadata(&p).map_err(|e| TrainError::read(&p, e))?;
         }
         self.engine.load(dir)?;
+        self.distill = None;
+        self.ensure_distiller()?;
+        if let Some(d) = self.distill.as_mut() {
+            let net = self.engine.net();
+            d.load(&mut net.model, dir)?;
+        }
         let status = self.engine.status()?;
         let mixed = |why: String| TrainError::Checkpoint {
             path: dir.to_path_buf(),

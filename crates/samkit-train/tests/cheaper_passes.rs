@@ -75,13 +75,14 @@ fn config(name: &str, rule: Rule, pass2: Pass2Mode, data: &Setup) -> RunConfig {
         data: d,
         cuda: Default::default(),
         pass2,
+        distill: None,
     }
 }
 
 /// Trains `STEPS` steps; the weights after them and each step's passes.
 fn train(cfg: RunConfig, data: &Setup) -> (Vec<f32>, Vec<Passes>, Vec<f64>) {
-    let mut t = Trainer::new(cfg, data.train.clone(), data.test.clone(), data.norm)
-        .expect("a CPU trainer");
+    let mut t =
+        Trainer::new(cfg, data.train.clone(), data.test.clone(), data.norm).expect("a CPU trainer");
     let mut passes = Vec::new();
     let mut losses = Vec::new();
     for b in &data.batches {
@@ -97,8 +98,8 @@ fn train(cfg: RunConfig, data: &Setup) -> (Vec<f32>, Vec<Passes>, Vec<f64>) {
 /// The same rule on the same batches with a full pass 2 (forward and backward of the whole
 /// network at the perturbed weights), outside the trainer.
 fn full_pass2_reference(rule: Rule, data: &Setup) -> Vec<f32> {
-    let mut model = ResNet18::new(Cpu::new(), ResNetConfig::new(data.train.classes, WIDTH))
-        .expect("a model");
+    let mut model =
+        ResNet18::new(Cpu::new(), ResNetConfig::new(data.train.classes, WIDTH)).expect("a model");
     let mut w = model.init_params(0);
     let mut opt = Optimizer::new(model.layout().clone(), rule, sgd()).expect("an optimizer");
     let n = w.len();
@@ -118,8 +119,7 @@ fn full_pass2_reference(rule: Rule, data: &Setup) -> Vec<f32> {
                     GradRequest::Batch(Pass::Perturbed) => BnMode::TrainNoUpdate,
                     other => panic!("SSAM-L suffix asks for no {other:?}"),
                 };
-                let l =
-                    model.forward_backward(w, &x, b.labels[..].into(), &mean, mode, out)?;
+                let l = model.forward_backward(w, &x, b.labels[..].into(), &mean, mode, out)?;
                 Ok::<_, samkit_nn::Error>(Eval {
                     loss: l.loss,
                     samples: l.samples,
@@ -171,10 +171,7 @@ fn ssam_l_truncated_trains_with_fewer_passes_than_exact() {
         config("ssam-l", rule.clone(), Pass2Mode::Exact, &data),
         &data,
     );
-    let (wt, trunc, losses) = train(
-        config("ssam-l", rule, Pass2Mode::Truncated, &data),
-        &data,
-    );
+    let (wt, trunc, losses) = train(config("ssam-l", rule, Pass2Mode::Truncated, &data), &data);
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(wt.iter().all(|x| x.is_finite()));
     for (e, t) in exact.iter().zip(&trunc) {
@@ -309,7 +306,12 @@ fn every_new_rule_trains_on_the_cpu() {
 #[test]
 fn a_config_without_pass2_reads_as_exact() {
     let data = setup();
-    let cfg = config("sam", Rule::Sam(Sam::default()), Pass2Mode::Truncated, &data);
+    let cfg = config(
+        "sam",
+        Rule::Sam(Sam::default()),
+        Pass2Mode::Truncated,
+        &data,
+    );
     let mut v = serde_json::to_value(&cfg).expect("a config serializes");
     assert_eq!(v["pass2"], "truncated");
     v.as_object_mut().expect("an object").remove("pass2");

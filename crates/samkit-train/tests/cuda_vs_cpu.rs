@@ -89,6 +89,7 @@ fn config(name: &str, rule: Rule, data: &Setup) -> RunConfig {
         data: d,
         cuda: Default::default(),
         pass2: Default::default(),
+        distill: None,
     }
 }
 

@@ -8,6 +8,7 @@ use samkit_core::{
     Adam, Asam, BaseOptimizer, DropRate, FriendlySam, Gsam, ImbSam, LookSam, LrSchedule, MaskKind,
     RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
 };
+use samkit_train::distill::{DistillConfig, Teacher};
 use samkit_train::{CudaRunOptions, CudnnAlgo, DataConfig, Pass2Mode, RunConfig};
 use serde::{Deserialize, Serialize};
 
@@ -246,6 +247,23 @@ pub struct RuleArgs {
     /// SAM-ON: ASAM's element-wise form on the norm layers (η from --asam-eta).
     #[arg(long)]
     pub sam_on_asam: bool,
+    /// MESA/SAF: weight λ of the distillation term, ≥ 0 (0: the base optimizer exactly)
+    /// [default: 0.8 for MESA, 0.3 for SAF].
+    #[arg(long, allow_negative_numbers = true)]
+    pub distill_lambda: Option<f32>,
+    /// MESA/SAF: temperature τ of the distillation term, > 0 [default: 5].
+    #[arg(long, allow_negative_numbers = true)]
+    pub distill_tau: Option<f32>,
+    /// MESA/SAF: the first epoch (from 0) with the distillation term; plain base steps before
+    /// [default: 5].
+    #[arg(long)]
+    pub distill_start: Option<u32>,
+    /// MESA: decay d of the teacher's exponential moving average, in [0, 1) [default: 0.9998].
+    #[arg(long, allow_negative_numbers = true)]
+    pub mesa_decay: Option<f32>,
+    /// SAF: the teacher's logits are this many epochs old, 1 to 64 [default: 3].
+    #[arg(long)]
+    pub saf_lag: Option<u32>,
 }
 
 /// SSAM-L's `--pass2`.
@@ -269,6 +287,7 @@ impl RuleArgs {
     fn given_rule_flags(&self) -> Vec<(&'static str, &'static [&'static str])> {
         const SSAM_L: &[&str] = &["ssam-l"];
         const EG: &[&str] = &["eg-sam", "og-sam"];
+        const DISTILL: &[&str] = &["mesa", "saf"];
         [
             (self.pass2.is_some(), "pass2", SSAM_L),
             (self.mask_select.is_some(), "mask-select", SSAM_L),
@@ -278,11 +297,42 @@ impl RuleArgs {
             (self.rst_p_end.is_some(), "rst-p-end", &["rst"][..]),
             (self.eta_x.is_some(), "eta-x", EG),
             (self.sam_on_asam, "sam-on-asam", &["sam-on"][..]),
+            (self.distill_lambda.is_some(), "distill-lambda", DISTILL),
+            (self.distill_tau.is_some(), "distill-tau", DISTILL),
+            (self.distill_start.is_some(), "distill-start", DISTILL),
+            (self.mesa_decay.is_some(), "mesa-decay", &["mesa"][..]),
+            (self.saf_lag.is_some(), "saf-lag", &["saf"][..]),
         ]
         .into_iter()
         .filter(|&(given, _, _)| given)
         .map(|(_, flag, to)| (flag, to))
         .collect()
+    }
+
+    /// MESA's or SAF's settings for optimizer `name` (`None` for the others), the spec's
+    /// defaults overridden by the flags; a bad value is an error naming its flag.
+    pub fn distill_config(&self, name: &str) -> Result<Option<DistillConfig>> {
+        let mut c = match name {
+            "mesa" => DistillConfig::mesa(),
+            "saf" => DistillConfig::saf(),
+            _ => return Ok(None),
+        };
+        c.lambda = self.distill_lambda.unwrap_or(c.lambda);
+        c.tau = self.distill_tau.unwrap_or(c.tau);
+        c.start_epoch = self.distill_start.unwrap_or(c.start_epoch);
+        c.teacher = match c.teacher {
+            Teacher::Mesa { decay } => Teacher::Mesa {
+                decay: self.mesa_decay.unwrap_or(decay),
+            },
+            Teacher::Saf { lag } => Teacher::Saf {
+                lag: self.saf_lag.unwrap_or(lag),
+            },
+        };
+        c.validate().map_err(|e| match e {
+            samkit_train::TrainError::InvalidValue { flag, why } => CliError::invalid(flag, why),
+            other => CliError::invalid("optimizer", other.to_string()),
+        })?;
+        Ok(Some(c))
     }
 
     /// An error naming the first given rule flag that applies to none of `optimizers` (a
@@ -444,12 +494,13 @@ impl RunArgs {
         )?;
         cfg.cuda = self.cuda.options(self.device)?;
         cfg.pass2 = self.rule.pass2_mode();
+        cfg.distill = self.rule.distill_config(name)?;
         Ok(cfg)
     }
 }
 
 /// The optimizers `--optimizers` and `--optimizer` accept.
-pub const OPTIMIZERS: [&str; 16] = [
+pub const OPTIMIZERS: [&str; 18] = [
     "sgd",
     "sam",
     "sam-adaptive",
@@ -466,6 +517,8 @@ pub const OPTIMIZERS: [&str; 16] = [
     "rst",
     "eg-sam",
     "og-sam",
+    "mesa",
+    "saf",
 ];
 
 impl TrainArgs {
@@ -561,7 +614,8 @@ pub fn rule(
         eps_p: r.perturb_eps,
     };
     let rule = match name {
-        "sgd" | "base" => Rule::Base,
+        // MESA and SAF step with the base optimizer; their term is `RunConfig::distill`.
+        "sgd" | "base" | "mesa" | "saf" => Rule::Base,
         "sam" => Rule::Sam(Sam {
             rho: rho(0.05),
             adaptive: r.adaptive,
@@ -762,5 +816,6 @@ pub fn run_config(
         data: data.config(),
         cuda: CudaRunOptions::default(),
         pass2: r.pass2_mode(),
+        distill: None,
     })
 }

@@ -550,6 +550,19 @@ pub fn bar_chart(
     values: &[f64],
     color: RGBColor,
 ) -> DrawResult {
+    let colors = vec![color; values.len()];
+    bar_chart_colored(area, title, y_label, categories, values, &colors)
+}
+
+/// A bar chart with a colour per bar (an optimizer's own, say).
+pub fn bar_chart_colored(
+    area: &Area,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    values: &[f64],
+    colors: &[RGBColor],
+) -> DrawResult {
     let n = categories.len().max(1) as f64;
     let top = values
         .iter()
@@ -595,7 +608,7 @@ pub fn bar_chart(
         chart
             .draw_series(std::iter::once(Rectangle::new(
                 [(x + 0.18, 0.0), (x + 0.82, v)],
-                color.mix(0.85).filled(),
+                colors.get(i).copied().unwrap_or(BLACK).mix(0.85).filled(),
             )))
             .s()?;
         let style =

@@ -227,3 +227,162 @@ fn landscape_names_and_new_flags_are_checked() {
     assert!(j["sharpness"][0]["bound_holds"].is_null());
     assert!(!dir.join("landscape_3d.png").exists());
 }
+
+/// `f''` of the survey's 1-D function, written out again so the test does not trust the code.
+fn d2f(x: f64) -> f64 {
+    30.0 * x.powi(4) + 20.0 * x.powi(3) + 30.0 * x - 60.0
+}
+
+#[test]
+fn the_one_d_sweep_reports_where_sgd_and_sam_end_and_the_curvature_there() {
+    let dir = fresh_dir("toy-sweep");
+    ok(&samkit(&[
+        "toy",
+        "--parts",
+        "sweep",
+        "--rho-sweep",
+        "0,0.05,0.3,0.4",
+        "--x0-sweep",
+        "-1,1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(dir.join("oned_rho_sweep.png").exists());
+    let j = json(&dir.join("oned_sweep.json"));
+    // Both minima with their curvature: the sharp left one and the flat right one.
+    let minima = j["minima"].as_array().unwrap();
+    assert_eq!(minima.len(), 2);
+    let curv: Vec<f64> = minima
+        .iter()
+        .map(|m| m["curvature"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (curv[0] - 404.0).abs() < 1.0 && (curv[1] - 152.0).abs() < 1.0,
+        "{curv:?}"
+    );
+    // Every end's curvature is f'' at its final point.
+    let ends: Vec<&serde_json::Value> = j["over_rho"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(
+            j["over_x0"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|p| p.as_array().unwrap()),
+        )
+        .chain(std::iter::once(&j["sgd"]))
+        .collect();
+    assert_eq!(ends.len(), 4 + 2 * 2 + 1);
+    for e in &ends {
+        let x = e["final_x"].as_f64().unwrap();
+        let c = e["curvature"].as_f64().unwrap();
+        assert!((c - d2f(x)).abs() < 1e-9 * (1.0 + c.abs()), "{e}");
+    }
+    // ρ = 0 is SGD; from the default start SGD ends in the sharp left minimum.
+    let over = j["over_rho"].as_array().unwrap();
+    assert_eq!(over[0]["optimizer"], "SGD");
+    assert_eq!(over[0]["final_x"], j["sgd"]["final_x"]);
+    assert_eq!(j["sgd"]["region"], "left well");
+    assert!((j["sgd"]["curvature"].as_f64().unwrap() - 404.0).abs() < 1.0);
+    // The observations, from the data: a small ρ stays in the sharp well, and with
+    // ρ ≥ 0.3 SAM stalls at the local maximum near 0.
+    assert_eq!(over[1]["region"], "left well");
+    for e in &over[2..] {
+        assert_eq!(e["optimizer"], "SAM");
+        assert_eq!(e["region"], "local maximum", "{e}");
+        assert!(e["curvature"].as_f64().unwrap() < 0.0);
+    }
+    // Bad sweep values are bad input naming the flag.
+    usage_error(&samkit(&["toy", "--rho-sweep", "-0.1"]), "--rho-sweep");
+    usage_error(&samkit(&["toy", "--x0-sweep", "4"]), "--x0-sweep");
+    usage_error(&samkit(&["toy", "--sweep-steps", "0"]), "--sweep-steps");
+}
+
+#[test]
+fn saddle_escape_of_sgd_sam_eg_sam_and_og_sam_with_a_verdict() {
+    let dir = fresh_dir("toy-escape");
+    ok(&samkit(&[
+        "toy",
+        "--parts",
+        "escape",
+        "--seeds",
+        "6",
+        "--max-steps",
+        "1500",
+        "--beale-steps",
+        "300",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(dir.join("escape.png").exists());
+    let j = json(&dir.join("escape.json"));
+    let outcomes = j["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 8);
+    let caps = [("toy saddle", 1500.0), ("beale", 300.0)];
+    for (problem, cap) in caps {
+        let rules: Vec<&str> = outcomes
+            .iter()
+            .filter(|o| o["problem"] == problem)
+            .map(|o| o["optimizer"].as_str().unwrap())
+            .collect();
+        assert_eq!(rules, ["sgd", "sam", "eg-sam", "og-sam"], "{problem}");
+        for o in outcomes.iter().filter(|o| o["problem"] == problem) {
+            let (mean, runs) = (
+                o["mean_steps"].as_f64().unwrap(),
+                o["runs"].as_u64().unwrap(),
+            );
+            let stuck = o["stuck"].as_u64().unwrap();
+            assert_eq!(runs, 6);
+            assert!(stuck <= runs && mean >= 1.0 && mean <= cap, "{o}");
+            // All runs stuck means every run counted as the cap.
+            if stuck == runs {
+                assert_eq!(mean, cap);
+            }
+        }
+    }
+    // The verdict follows the means: "does not hold" whenever EG- or OG-SAM is not sooner.
+    let verdicts = j["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2);
+    for v in verdicts {
+        let sam = v["sam_mean_steps"].as_f64().unwrap();
+        let eg = v["eg_sam_mean_steps"].as_f64().unwrap();
+        let og = v["og_sam_mean_steps"].as_f64().unwrap();
+        let claim = v["claim"].as_str().unwrap();
+        if eg >= sam || og >= sam {
+            assert_eq!(claim, "does not hold", "{v}");
+        } else {
+            assert!(claim == "holds" || claim == "within noise", "{v}");
+        }
+    }
+    usage_error(&samkit(&["toy", "--escape-batch", "0"]), "--escape-batch");
+}
+
+#[test]
+fn compare_writes_the_step_cost_chart_it_promises() {
+    let dir = fresh_dir("compare-cost");
+    ok(&samkit(&[
+        "compare",
+        "--optimizers",
+        "sgd,sam",
+        "--epochs",
+        "1",
+        "--width",
+        "2",
+        "--train-size",
+        "64",
+        "--test-size",
+        "16",
+        "--batch",
+        "16",
+        "--steps-per-epoch",
+        "2",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    for f in ["step_cost.png", "accuracy.png", "batch_loss.png"] {
+        let png = std::fs::read(dir.join(f)).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{f}");
+    }
+}

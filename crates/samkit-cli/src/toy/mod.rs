@@ -2,8 +2,10 @@
 //! (a) SAM and SGD on the 1-D function, as GIFs; (b) the Beale function trajectories;
 //! (c) SAM's escape time from a noisy saddle against momentum and batch size.
 pub mod beale;
+pub mod escape;
 pub mod oned;
 pub mod saddle;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 
@@ -19,10 +21,16 @@ use samkit_core::{BaseOptimizer, Eval, GradRequest, Layout, Optimizer, Outcome, 
 pub enum ToyPart {
     /// (a) GIFs of SAM and SGD on f(x) = x⁶ + x⁵ + 5x³ − 30x² + 3x.
     Gif,
+    /// (a') Where SGD and SAM end on the 1-D function and the curvature there, against ρ and
+    /// the start point (oned_rho_sweep.png, oned_sweep.json).
+    Sweep,
     /// (b) Trajectories on the Beale function.
     Beale,
     /// (c) Escape time from a noisy saddle.
     Saddle,
+    /// (d) Escape time of SGD, SAM, EG-SAM and OG-SAM (reconstructed) from the toy saddle and
+    /// the Beale saddle: the survey's §4 claim (escape.png, escape.json).
+    Escape,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -34,7 +42,11 @@ pub struct ToyArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Which parts to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "gif,beale,saddle")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gif,sweep,beale,saddle,escape"
+    )]
     pub parts: Vec<ToyPart>,
 
     /// (a) Frames of each GIF: one per optimizer step.
@@ -49,6 +61,26 @@ pub struct ToyArgs {
     /// (a) SAM's ρ.
     #[arg(long = "rho-1d", default_value_t = 0.1, allow_negative_numbers = true)]
     pub rho_1d: f64,
+
+    /// (a') SAM's ρ values of the sweep, comma-separated (0 is SGD).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0,0.02,0.05,0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.5",
+        allow_hyphen_values = true
+    )]
+    pub rho_sweep: Vec<f64>,
+    /// (a') Start points of the sweep, comma-separated, each in [-3, 3] (SAM at --rho-1d).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "-2.5,-2,-1.5,-1,-0.5,-0.2,0.2,0.5,1,1.5,2",
+        allow_hyphen_values = true
+    )]
+    pub x0_sweep: Vec<f64>,
+    /// (a') Steps of every run of the sweep (enough to settle, unlike the GIFs' frames).
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
+    pub sweep_steps: usize,
 
     /// (b) Start point "x,y".
     #[arg(long, default_value = "0.7,1.4", value_parser = parse_point, allow_hyphen_values = true)]
@@ -97,6 +129,12 @@ pub struct ToyArgs {
     /// (c) Escape threshold on |y|.
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub threshold: f64,
+
+    /// (d) Batch size B of the escape comparison (gradient noise std --noise/√B), with the
+    /// toy saddle's --saddle-lr, --saddle-rho, --threshold, --max-steps, the Beale figure's
+    /// --beale-lr, --beale-rho, --beale-steps, and --seeds runs per rule.
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
+    pub escape_batch: usize,
 }
 
 /// Parses "x,y".
@@ -126,6 +164,21 @@ impl ToyArgs {
         }
         check::positive("lr-1d", self.lr_1d)?;
         check::non_negative("rho-1d", self.rho_1d)?;
+        check::non_empty("rho-sweep", &self.rho_sweep)?;
+        for &r in &self.rho_sweep {
+            check::non_negative("rho-sweep", r)?;
+        }
+        check::non_empty("x0-sweep", &self.x0_sweep)?;
+        for &x in &self.x0_sweep {
+            let x = check::finite("x0-sweep", x)?;
+            if !(oned::DOMAIN.0..=oned::DOMAIN.1).contains(&x) {
+                return Err(CliError::invalid(
+                    "x0-sweep",
+                    format!("{x} must lie in [-3, 3]"),
+                ));
+            }
+        }
+        check::count("sweep-steps", self.sweep_steps, 1, 1_000_000)?;
         let (bx, by) = self.beale_start;
         if bx.abs() > 4.5 || by.abs() > 4.5 {
             return Err(CliError::invalid(
@@ -150,6 +203,7 @@ impl ToyArgs {
         check::non_negative("saddle-rho", self.saddle_rho)?;
         check::non_negative("noise", self.noise)?;
         check::positive("threshold", self.threshold)?;
+        check::count("escape-batch", self.escape_batch, 1, 1 << 30)?;
         Ok(())
     }
 }
@@ -204,9 +258,13 @@ struct ToySummary {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     one_d: Vec<OneDSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    one_d_sweep: Option<sweep::Sweep>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     beale: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     saddle: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    escape: Option<serde_json::Value>,
 }
 
 pub fn run(args: &ToyArgs, out: &mut Output) -> Result<()> {
@@ -245,6 +303,43 @@ pub fn run(args: &ToyArgs, out: &mut Output) -> Result<()> {
         for f in files {
             out.wrote(f);
         }
+    }
+    if args.parts.contains(&ToyPart::Sweep) {
+        let s = sweep::sweep(
+            args.lr_1d,
+            args.sweep_steps,
+            args.x0,
+            args.rho_1d,
+            &args.rho_sweep,
+            &args.x0_sweep,
+        )?;
+        out.say(format!(
+            "(a') {} after {} steps (lr = {}): minima {}",
+            oned::FORMULA,
+            args.sweep_steps,
+            args.lr_1d,
+            s.minima
+                .iter()
+                .map(|m| format!("x = {:.3} (f'' = {:.0})", m.x, m.curvature))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out.say(format!(
+            "    SGD from x0 = {}: ends at x = {:.3}, f'' = {:.0} ({})",
+            args.x0, s.sgd.final_x, s.sgd.curvature, s.sgd.region
+        ));
+        for e in &s.over_rho {
+            out.say(format!(
+                "    {} rho = {:<5} ends at x = {:>8.3}, f'' = {:>7.0} ({})",
+                e.optimizer, e.rho, e.final_x, e.curvature, e.region
+            ));
+        }
+        let file = sweep::plot(dir, &s)?;
+        out.wrote(file);
+        let json = dir.join("oned_sweep.json");
+        crate::output::write_json(&json, &s)?;
+        out.wrote(json);
+        summary.one_d_sweep = Some(s);
     }
     if args.parts.contains(&ToyPart::Beale) {
         let runs = beale::run_all(
@@ -316,6 +411,43 @@ pub fn run(args: &ToyArgs, out: &mut Output) -> Result<()> {
             out.wrote(f);
         }
         summary.saddle = Some(serde_json::json!({ "params": p, "cells": cells }));
+    }
+    if args.parts.contains(&ToyPart::Escape) {
+        let noise_std = args.noise / (args.escape_batch as f64).sqrt();
+        let probs = escape::problems(
+            (
+                args.saddle_lr,
+                args.saddle_rho,
+                args.threshold,
+                args.max_steps,
+            ),
+            (args.beale_lr, args.beale_rho, args.beale_steps),
+            noise_std,
+        );
+        let mut all = Vec::new();
+        for (p, rho) in &probs {
+            all.extend(escape::outcomes(p, *rho, args.seeds, args.seed)?);
+        }
+        let verdicts = escape::verdicts(&all);
+        out.say(format!(
+            "(d) leaving a saddle: SGD, SAM, EG-SAM, OG-SAM (reconstructed), started at the saddle, noise std {noise_std:.4} (B = {}), {} seeds",
+            args.escape_batch, args.seeds
+        ));
+        out.say(escape::table(&all, &verdicts));
+        let refs: Vec<&escape::Problem> = probs.iter().map(|p| &p.0).collect();
+        out.wrote(escape::plot(dir, &all, &refs)?);
+        let value = serde_json::json!({
+            "batch": args.escape_batch,
+            "seeds": args.seeds,
+            "seed": args.seed,
+            "problems": refs,
+            "outcomes": all,
+            "verdicts": verdicts,
+        });
+        let json = dir.join("escape.json");
+        crate::output::write_json(&json, &value)?;
+        out.wrote(json);
+        summary.escape = Some(value);
     }
     let json = dir.join("toy.json");
     crate::output::write_json(&json, &summary)?;

@@ -272,14 +272,35 @@ fn sgd() -> BaseOptimizer {
     })
 }
 
-#[test]
-fn sam_follows_samkit_core() {
-    let rule = Rule::Sam(Sam {
+fn sam() -> Rule {
+    Rule::Sam(Sam {
         rho: 0.05,
         adaptive: false,
         ..Sam::default()
-    });
-    assert_same_trajectory(rule, sgd());
+    })
+}
+
+fn friendly_sam() -> Rule {
+    Rule::FriendlySam(FriendlySam {
+        rho: 0.05,
+        sigma: 1.0,
+        lambda: 0.9,
+        ..FriendlySam::default()
+    })
+}
+
+/// AdamW with torch's betas and eps.
+fn adamw() -> BaseOptimizer {
+    BaseOptimizer::AdamW(Adam {
+        lr: 0.01,
+        weight_decay: 0.01,
+        ..Adam::default()
+    })
+}
+
+#[test]
+fn sam_follows_samkit_core() {
+    assert_same_trajectory(sam(), sgd());
 }
 
 #[test]
@@ -308,23 +329,7 @@ fn asam_follows_samkit_core_with_biases_classified() {
 
 #[test]
 fn friendly_sam_follows_samkit_core() {
-    let rule = Rule::FriendlySam(FriendlySam {
-        rho: 0.05,
-        sigma: 1.0,
-        lambda: 0.9,
-        ..FriendlySam::default()
-    });
-    let adamw = BaseOptimizer::AdamW(Adam {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        amsgrad: false,
-        maximize: false,
-        ..Adam::default()
-    });
-    assert_same_trajectory(rule, adamw);
+    assert_same_trajectory(friendly_sam(), adamw());
 }
 
 #[test]
@@ -455,27 +460,11 @@ mod cuda {
 
     #[test]
     fn sam_on_cuda_follows_the_cpu_adapter() {
-        let rule = Rule::Sam(Sam {
-            rho: 0.05,
-            adaptive: false,
-            ..Sam::default()
-        });
-        assert_cuda_follows_cpu(rule, sgd());
+        assert_cuda_follows_cpu(sam(), sgd());
     }
 
     #[test]
     fn friendly_sam_adamw_on_cuda_follows_the_cpu_adapter() {
-        let rule = Rule::FriendlySam(FriendlySam {
-            rho: 0.05,
-            sigma: 1.0,
-            lambda: 0.9,
-            ..FriendlySam::default()
-        });
-        let adamw = BaseOptimizer::AdamW(Adam {
-            lr: 0.01,
-            weight_decay: 0.01,
-            ..Adam::default()
-        });
-        assert_cuda_follows_cpu(rule, adamw);
+        assert_cuda_follows_cpu(friendly_sam(), adamw());
     }
 }

@@ -201,19 +201,6 @@ macro_rules! list_read {
                 Ok(())
             }
         }
-
-        impl<T> DeviceParams<T> for Vec<$t> {
-            fn seg_addrs<'a>(
-                &'a self,
-                layout: &Layout,
-                stream: &'a CudaStream,
-                what: &'static str,
-                out: &mut Vec<u64>,
-                guards: &mut Guards<'a>,
-            ) -> Result<()> {
-                self.as_slice().seg_addrs(layout, stream, what, out, guards)
-            }
-        }
     };
 }
 
@@ -238,20 +225,6 @@ macro_rules! list_write {
                 Ok(())
             }
         }
-
-        impl<T> DeviceParamsMut<T> for Vec<$t> {
-            fn seg_addrs_mut<'a>(
-                &'a mut self,
-                layout: &Layout,
-                stream: &'a CudaStream,
-                what: &'static str,
-                out: &mut Vec<u64>,
-                guards: &mut Guards<'a>,
-            ) -> Result<()> {
-                self.as_mut_slice()
-                    .seg_addrs_mut(layout, stream, what, out, guards)
-            }
-        }
     };
 }
 
@@ -260,6 +233,40 @@ list_read!(CudaView<'_, T>);
 list_read!(CudaViewMut<'_, T>);
 list_write!(CudaSlice<T>);
 list_write!(CudaViewMut<'_, T>);
+
+// A `Vec` of any of them, as its slice.
+impl<T, B> DeviceParams<T> for Vec<B>
+where
+    [B]: DeviceParams<T>,
+{
+    fn seg_addrs<'a>(
+        &'a self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        self.as_slice().seg_addrs(layout, stream, what, out, guards)
+    }
+}
+
+impl<T, B> DeviceParamsMut<T> for Vec<B>
+where
+    [B]: DeviceParamsMut<T>,
+{
+    fn seg_addrs_mut<'a>(
+        &'a mut self,
+        layout: &Layout,
+        stream: &'a CudaStream,
+        what: &'static str,
+        out: &mut Vec<u64>,
+        guards: &mut Guards<'a>,
+    ) -> Result<()> {
+        self.as_mut_slice()
+            .seg_addrs_mut(layout, stream, what, out, guards)
+    }
+}
 
 /// A device buffer the crate owns, with its address taken once. Every kernel that uses it runs
 /// on the stream it was allocated on, and cudarc frees it in stream order, so the address is

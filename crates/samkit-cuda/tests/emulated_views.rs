@@ -87,32 +87,21 @@ fn views_step_as_owned_slices_and_wrong_shapes_are_refused() {
     );
 
     // A list without its last segment, and a segment one element short.
-    let g_short: Vec<CudaView<f32>> = g_mem[..g_mem.len() - 1]
-        .iter()
-        .map(|s| s.slice(..))
-        .collect();
-    let mut w_views: Vec<CudaViewMut<f32>> = w_mem.iter_mut().map(|s| s.slice_mut(..)).collect();
-    let err = SamOptimizer::<[CudaViewMut<f32>], [CudaView<f32>]>::first_step(
-        &mut opt,
-        &mut w_views[..],
-        &g_short[..],
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::Buffer { what: "gradient", detail } if detail.contains("segments")),
-        "{err}"
-    );
     let last = g_mem.len() - 1;
+    let g_short: Vec<CudaView<f32>> = g_mem[..last].iter().map(|s| s.slice(..)).collect();
     let mut g_cut: Vec<CudaView<f32>> = g_mem.iter().map(|s| s.slice(..)).collect();
     g_cut[last] = g_mem[last].slice(..g_mem[last].len() - 1);
-    let err = SamOptimizer::<[CudaViewMut<f32>], [CudaView<f32>]>::first_step(
-        &mut opt,
-        &mut w_views[..],
-        &g_cut[..],
-    )
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::Buffer { what: "gradient", detail } if detail.contains("elements")),
-        "{err}"
-    );
+    let mut w_views: Vec<CudaViewMut<f32>> = w_mem.iter_mut().map(|s| s.slice_mut(..)).collect();
+    for (g_bad, says) in [(&g_short, "segments"), (&g_cut, "elements")] {
+        let err = SamOptimizer::<[CudaViewMut<f32>], [CudaView<f32>]>::first_step(
+            &mut opt,
+            &mut w_views[..],
+            &g_bad[..],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Buffer { what: "gradient", detail } if detail.contains(says)),
+            "{err}"
+        );
+    }
 }

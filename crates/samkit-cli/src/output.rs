@@ -33,5 +33,9 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })?;
-    std::fs::write(path, text + "\n").map_err(|e| CliError::io(path, e))
+    // Atomic: a crash or a full disk leaves the previous file, never half of one.
+    Ok(samkit_train::files::write_atomic(
+        path,
+        (text + "\n").as_bytes(),
+    )?)
 }

@@ -234,9 +234,10 @@ fn bad_flags_and_files_exit_with_code_2_or_1() {
     );
     let out = samkit(&["train", "--data", "cifar10", "--data-dir", "/nonexistent"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("data_batch_1.bin"));
+    // A checkpoint folder the user named that is not there is bad input (issue 12).
     assert_eq!(
         code(&["landscape", "--checkpoint", "/nonexistent"]),
-        Some(1)
+        Some(2)
     );
     assert_eq!(
         code(&["hessian", "--checkpoint", "/nonexistent", "--samples", "0"]),

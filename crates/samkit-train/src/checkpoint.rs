@@ -106,11 +106,18 @@ pub fn save(
     let result = (|| {
         fs::create_dir(&stage).map_err(|e| TrainError::io(&stage, e))?;
         write(&stage)?;
+        // Every file the save wrote (the three of every checkpoint, and what a rule adds:
+        // MESA's teacher, SAF's buffer).
         let mut sums = BTreeMap::new();
-        for f in FILES {
-            let p = stage.join(f);
-            let bytes = fs::read(&p).map_err(|e| TrainError::io(&p, e))?;
-            sums.insert(f.to_string(), FileSum::of(&bytes));
+        let rd = fs::read_dir(&stage).map_err(|e| TrainError::io(&stage, e))?;
+        for e in rd {
+            let e = e.map_err(|e| TrainError::io(&stage, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == MANIFEST || !e.path().is_file() {
+                continue;
+            }
+            let bytes = fs::read(e.path()).map_err(|err| TrainError::io(&e.path(), err))?;
+            sums.insert(name, FileSum::of(&bytes));
         }
         let m = Manifest {
             format: FORMAT,
@@ -124,7 +131,10 @@ pub fn save(
         })?;
         files::write_atomic(&stage.join(MANIFEST), text.as_bytes())?;
         files::sync_dir(&stage);
-        switch(&stage, dir)
+        switch(&stage, dir)?;
+        // What an earlier crash left beside the folder (an unfinished staging folder) goes
+        // now that a complete checkpoint is in place.
+        recover(dir)
     })();
     if result.is_err() && stage.exists() {
         let _ = fs::remove_dir_all(&stage);
@@ -207,11 +217,17 @@ pub fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
 }
 
 fn check_files(dir: &Path, m: &Manifest) -> Result<()> {
-    for f in FILES {
-        let want = m
-            .files
-            .get(f)
-            .ok_or_else(|| bad(dir, format!("the manifest does not name {f}")))?;
+    if let Some(f) = FILES.iter().find(|f| !m.files.contains_key(**f)) {
+        return Err(bad(dir, format!("the manifest does not name {f}")));
+    }
+    for (f, want) in &m.files {
+        // Only files of the folder itself.
+        if f.is_empty() || f.contains(['/', '\\']) || f == ".." || f == "." {
+            return Err(bad(
+                dir,
+                format!("the manifest names `{f}`, not a file of the folder"),
+            ));
+        }
         let p = dir.join(f);
         let bytes = fs::read(&p).map_err(|e| TrainError::read(&p, e))?;
         let got = FileSum::of(&bytes);

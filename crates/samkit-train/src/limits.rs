@@ -99,9 +99,11 @@ pub fn check_run(cfg: &RunConfig, train: &Dataset, on_host: bool) -> Result<()> 
         let need = memory_estimate(cfg, train.classes);
         if let Some(have) = available_memory() {
             if need > have {
+                // Blame the flag behind the larger part: the parameters grow with the
+                // width's square, the activations with batch × width.
                 let w = cfg.width as u128;
-                let params = PARAM_COPIES as u128 * PARAMS_PER_WIDTH_SQ as u128 * w * w;
-                let flag = if 2 * params > need { "width" } else { "batch" };
+                let params = 4 * PARAM_COPIES as u128 * PARAMS_PER_WIDTH_SQ as u128 * w * w;
+                let flag = if 2 * params >= need { "width" } else { "batch" };
                 return Err(TrainError::invalid(
                     flag,
                     format!(

@@ -529,12 +529,13 @@ impl<E: Engine> Trainer<E> {
     /// state's step count and the model's `num_batches_tracked` against `trainer.json`'s
     /// step. A mixed folder is [`TrainError::Checkpoint`] (bad input).
     pub fn load(&mut self, dir: &Path, state: TrainerState) -> Result<()> {
-        crate::checkpoint::verify(dir, state.step, state.epoch)?;
         for f in crate::checkpoint::FILES {
             let p = dir.join(f);
             std::fs::metadata(&p).map_err(|e| TrainError::read(&p, e))?;
         }
+        // The files' own checks first: a flipped bit is named by file and tensor there.
         self.engine.load(dir)?;
+        crate::checkpoint::verify(dir, state.step, state.epoch)?;
         self.distill = None;
         self.ensure_distiller()?;
         if let Some(d) = self.distill.as_mut() {

@@ -79,16 +79,29 @@ impl<E: Engine, F> MakeTrainer<E> for F where
 {
 }
 
-/// Appends JSON lines to a file.
+/// Appends JSON lines to a file, each written through when it is added, so that a crash
+/// loses at most the line being written.
 struct JsonLines(std::io::BufWriter<std::fs::File>, PathBuf);
 
 impl JsonLines {
-    fn open(path: &Path, append: bool) -> Result<Self> {
+    /// A fresh file (`resumed_at: None`), or the log of a run resumed at a checkpoint of step
+    /// `s`: its lines of steps before `s` kept and the rest (steps the checkpoint does not
+    /// hold, a line torn by a crash) cut, so that the resumed run's log equals an
+    /// uninterrupted run's.
+    fn open(path: &Path, resumed_at: Option<u64>) -> Result<Self> {
+        if let Some(step) = resumed_at {
+            let kept = match std::fs::read_to_string(path) {
+                Ok(text) => steps_before(&text, step),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(CliError::io(path, e)),
+            };
+            samkit_train::files::write_atomic(path, kept.as_bytes())?;
+        }
         let f = std::fs::OpenOptions::new()
             .create(true)
-            .append(append)
+            .append(resumed_at.is_some())
             .write(true)
-            .truncate(!append)
+            .truncate(resumed_at.is_none())
             .open(path)
             .map_err(|e| CliError::io(path, e))?;
         Ok(JsonLines(std::io::BufWriter::new(f), path.to_path_buf()))
@@ -99,12 +112,29 @@ impl JsonLines {
             path: self.1.clone(),
             source,
         })?;
-        writeln!(self.0, "{line}").map_err(|e| CliError::io(&self.1, e))
+        writeln!(self.0, "{line}").map_err(|e| CliError::io(&self.1, e))?;
+        self.flush()
     }
 
     fn flush(&mut self) -> Result<()> {
         self.0.flush().map_err(|e| CliError::io(&self.1, e))
     }
+}
+
+/// The lines of a step log whose `step` is before `step`, in order; the log ends at the
+/// first line that is not a complete record (a crash tore it).
+fn steps_before(text: &str, step: u64) -> String {
+    let mut kept = String::new();
+    for line in text.split_inclusive('\n') {
+        let record = line
+            .strip_suffix('\n')
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        match record.and_then(|r| r.get("step").and_then(|s| s.as_u64())) {
+            Some(s) if s < step => kept += line,
+            _ => break,
+        }
+    }
+    kept
 }
 
 fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
@@ -129,7 +159,7 @@ fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
             e.images_per_second
         );
     }
-    std::fs::write(path, s).map_err(|e| CliError::io(path, e))
+    Ok(samkit_train::files::write_atomic(path, s.as_bytes())?)
 }
 
 fn epoch_line(name: &str, e: &EpochLog) -> String {
@@ -206,18 +236,31 @@ pub fn train(cmd: &TrainCmd, out: &mut Output) -> Result<()> {
 fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<E>) -> Result<()> {
     let (cfg, resume_state) = match &cmd.resume {
         Some(dir) => {
-            let t = &cmd.run.train;
-            if t.epochs.is_some() || t.batch.is_some() || t.lr.is_some() {
+            let given = given_run_flags(cmd)?;
+            if !given.is_empty() {
                 return Err(CliError::invalid(
                     "resume",
-                    "a resumed run keeps its saved configuration: drop --epochs, --batch and --lr",
+                    format!(
+                        "a resumed run keeps its saved configuration: drop {}",
+                        given
+                            .iter()
+                            .map(|f| format!("--{f}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ));
             }
             let st = TrainerState::read(dir)?;
             (st.config.clone(), Some(st))
         }
-        None => (cmd.run.config(&cmd.optimizer)?, None),
+        None => {
+            inapplicable(&cmd.run, &[cmd.optimizer.as_str()])?;
+            (cmd.run.config(&cmd.optimizer)?, None)
+        }
     };
+    // One writer per output folder, taken before anything is written into it.
+    out.ensure_dir(&cmd.out)?;
+    let _lock = samkit_train::files::OutLock::acquire(&cmd.out)?;
     let (split, norm) = load_data(&cfg.data, cfg.seed)?;
     out.say(format!("data: {}", split.description));
     let planned = cfg.epochs;
@@ -249,9 +292,9 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
     if t.cfg.optimizer == "imbsam" {
         out.say(format!("imbsam: {} tail classes", t.tail_classes()));
     }
-    out.ensure_dir(&cmd.out)?;
     let ck = cmd.out.join("checkpoint");
-    let mut steps = JsonLines::open(&cmd.out.join("steps.jsonl"), cmd.resume.is_some())?;
+    let resumed_at = cmd.resume.as_ref().map(|_| t.step);
+    let mut steps = JsonLines::open(&cmd.out.join("steps.jsonl"), resumed_at)?;
     let every = cmd.checkpoint_every.max(1);
     train_loop(
         &mut t,
@@ -272,6 +315,169 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
     write_json(&cmd.out.join("summary.json"), &t.history)?;
     out.wrote(cmd.out.join("summary.json"));
     out.say(format!("checkpoint: {}", ck.display()));
+    Ok(())
+}
+
+/// The flags of `train` at their defaults, to tell which ones a command line gave.
+#[derive(clap::Parser)]
+struct Defaults {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The run-defining flags (everything but `--device`, `--resume`, `--out`, `--stop-after` and
+/// `--checkpoint-every`) that `cmd` sets to something other than their defaults, as flag
+/// names: a resumed run takes them from its checkpoint, so giving them is a conflict.
+fn given_run_flags(cmd: &TrainCmd) -> Result<Vec<String>> {
+    use clap::Parser;
+    let d = Defaults::try_parse_from(["samkit"])
+        .map_err(|e| CliError::Run(format!("the default flags do not parse: {e}")))?
+        .run;
+    let json = |v: serde_json::Result<serde_json::Value>| {
+        v.map_err(|e| CliError::Run(format!("the flags do not serialize: {e}")))
+    };
+    let r = &cmd.run;
+    let pairs = [
+        (
+            json(serde_json::to_value(&r.data))?,
+            json(serde_json::to_value(&d.data))?,
+        ),
+        (
+            json(serde_json::to_value(&r.model))?,
+            json(serde_json::to_value(&d.model))?,
+        ),
+        (
+            json(serde_json::to_value(&r.train))?,
+            json(serde_json::to_value(&d.train))?,
+        ),
+        (
+            json(serde_json::to_value(&r.rule))?,
+            json(serde_json::to_value(&d.rule))?,
+        ),
+    ];
+    let mut given = Vec::new();
+    if cmd.optimizer != "sam" {
+        given.push("optimizer".to_string());
+    }
+    for (a, b) in &pairs {
+        if let (Some(a), Some(b)) = (a.as_object(), b.as_object()) {
+            for (k, v) in a {
+                if b.get(k) != Some(v) {
+                    given.push(k.replace('_', "-"));
+                }
+            }
+        }
+    }
+    let c = &r.cuda;
+    for (flag, set) in [
+        ("cuda-device", c.cuda_device.is_some()),
+        ("tf32", c.tf32),
+        ("cudnn-algo", c.cudnn_algo.is_some()),
+        ("cudnn-deterministic", c.cudnn_deterministic),
+        ("cudnn-workspace-mb", c.cudnn_workspace_mb.is_some()),
+    ] {
+        if set {
+            given.push(flag.to_string());
+        }
+    }
+    Ok(given)
+}
+
+/// Refuses flags that do not apply to the run they are given with (they would be ignored
+/// silently): `--rho` with only SGD, `--momentum`/`--nesterov` with Adam, `--amsgrad` without
+/// it, `--milestones`/`--gamma` without the step schedule, `--data-dir` with synthetic data and
+/// `--train-size`/`--test-size` with CIFAR; and a step schedule whose default milestones the
+/// run is too short for.
+fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
+    use super::args::{BaseKind, DataSource, ScheduleKind};
+    use clap::Parser;
+    let d = Defaults::try_parse_from(["samkit"])
+        .map_err(|e| CliError::Run(format!("the default flags do not parse: {e}")))?
+        .run;
+    let t = &r.train;
+    if r.rule.rho.is_some() && optimizers.iter().all(|o| matches!(*o, "sgd" | "base")) {
+        return Err(CliError::invalid(
+            "rho",
+            "does not apply to --optimizer sgd, which has no perturbation",
+        ));
+    }
+    let base = format!("{:?}", t.base).to_lowercase();
+    match t.base {
+        BaseKind::Adam | BaseKind::Adamw => {
+            for (flag, set) in [("momentum", t.momentum.is_some()), ("nesterov", t.nesterov)] {
+                if set {
+                    return Err(CliError::invalid(
+                        flag,
+                        format!("does not apply to --base {base} (only to sgd and rmsprop)"),
+                    ));
+                }
+            }
+        }
+        BaseKind::Sgd | BaseKind::Rmsprop => {
+            if t.amsgrad {
+                return Err(CliError::invalid(
+                    "amsgrad",
+                    format!("does not apply to --base {base} (only to adam and adamw)"),
+                ));
+            }
+            if t.base == BaseKind::Rmsprop && t.nesterov {
+                return Err(CliError::invalid(
+                    "nesterov",
+                    "does not apply to --base rmsprop (only to sgd)",
+                ));
+            }
+        }
+    }
+    let step = t
+        .schedule
+        .map_or(t.preset_survey, |s| s == ScheduleKind::Step);
+    if !step {
+        let gamma_given = t.gamma.to_bits() != d.train.gamma.to_bits();
+        for (flag, set) in [
+            ("milestones", t.milestones.is_some()),
+            ("gamma", gamma_given),
+        ] {
+            if set {
+                return Err(CliError::invalid(flag, "only applies with --schedule step"));
+            }
+        }
+    } else if t.milestones.is_none() && !t.preset_survey {
+        let epochs = t.epochs.unwrap_or(d.train.epochs.unwrap_or(4)) as u64;
+        let (a, b) = ((epochs * 5) / 8, (epochs * 15) / 16);
+        if a == 0 || a >= b {
+            return Err(CliError::invalid(
+                "milestones",
+                format!(
+                    "--schedule step over {epochs} epochs needs --milestones (the epochs at \
+                     which the rate is multiplied by --gamma): the default ones, 5/8 and 15/16 \
+                     of the run, do not fit in {epochs} epochs"
+                ),
+            ));
+        }
+    }
+    match r.data.data {
+        DataSource::Synthetic => {
+            if r.data.data_dir.is_some() {
+                return Err(CliError::invalid(
+                    "data-dir",
+                    "only applies with --data cifar10 or cifar100",
+                ));
+            }
+        }
+        DataSource::Cifar10 | DataSource::Cifar100 => {
+            for (flag, set) in [
+                ("train-size", r.data.train_size != d.data.train_size),
+                ("test-size", r.data.test_size != d.data.test_size),
+            ] {
+                if set {
+                    return Err(CliError::invalid(
+                        flag,
+                        "only applies with --data synthetic (CIFAR has its own sizes)",
+                    ));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -374,6 +580,8 @@ fn compare_on<E: Engine>(
     make: impl MakeTrainer<E>,
 ) -> Result<()> {
     crate::error::check::non_empty("optimizers", &cmd.optimizers)?;
+    let names: Vec<&str> = cmd.optimizers.iter().map(String::as_str).collect();
+    inapplicable(&cmd.run, &names)?;
     // Validate every optimizer's flags before any training starts.
     let configs = compare_configs(cmd)?;
     let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;

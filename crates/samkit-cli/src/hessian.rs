@@ -48,6 +48,15 @@ pub struct HessianArgs {
     /// Hutchinson probes for the trace (0: skip).
     #[arg(long, default_value_t = 10)]
     pub hutchinson: usize,
+    /// Random probes of the spectral density by stochastic Lanczos quadrature (0: skip).
+    #[arg(long, default_value_t = 2)]
+    pub slq_probes: usize,
+    /// Lanczos steps per spectral-density probe.
+    #[arg(long, default_value_t = 20)]
+    pub slq_steps: usize,
+    /// Gaussian width of the spectral density, as a fraction of the spectrum's span.
+    #[arg(long, default_value_t = 0.01)]
+    pub slq_sigma: f64,
     /// Finite-difference step ε of the Hessian-vector product (relative to ‖w‖ / √N).
     #[arg(long, default_value_t = 1e-2)]
     pub fd_eps: f64,
@@ -247,6 +256,11 @@ struct Report {
     top_eigenvalues_power: Vec<f64>,
     lanczos_ritz_values: Vec<f64>,
     trace_hutchinson: Option<(f64, f64)>,
+    /// Stochastic Lanczos quadrature: nodes `(θ, weight)` (weights sum to 1), the Gaussian
+    /// width, and the density curve `(t, φ(t))` drawn in spectral_density.png.
+    slq_nodes: Vec<(f64, f64)>,
+    slq_sigma: f64,
+    spectral_density: Vec<(f64, f64)>,
     hessian_vector_products: usize,
 }
 
@@ -321,17 +335,15 @@ pub(crate) fn hutchinson<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
     Ok(Some((m, (var / est.len() as f64).sqrt())))
 }
 
-/// Lanczos with full re-orthogonalisation; returns the Ritz values, largest first.
-fn lanczos<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+/// `m` Lanczos steps from the unit vector `q`, with full re-orthogonalisation: the tridiagonal
+/// matrix `T` (`α` on the diagonal, `β` beside it), shorter if the Krylov space closes.
+fn lanczos_tridiagonal<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
     h: &mut Hvp<G>,
-    n: usize,
+    q: Vec<f32>,
     m: usize,
-    seed: u64,
     bar: &indicatif::ProgressBar,
-) -> Result<Vec<f64>> {
-    let mut rng = PhiloxRng::new(seed, 200);
-    let mut q: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
-    normalise(&mut q);
+) -> Result<crate::linalg::Mat> {
+    let n = q.len();
     let mut qs: Vec<Vec<f32>> = vec![q];
     let (mut alpha, mut beta) = (Vec::new(), Vec::new());
     let mut w = vec![0f32; n];
@@ -358,10 +370,91 @@ fn lanczos<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
             t[i + 1][i] = beta[i];
         }
     }
+    Ok(t)
+}
+
+/// A random unit vector of stream `stream`.
+fn random_unit(n: usize, seed: u64, stream: u32) -> Vec<f32> {
+    let mut rng = PhiloxRng::new(seed, stream);
+    let mut q: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    normalise(&mut q);
+    q
+}
+
+/// Lanczos with full re-orthogonalisation; returns the Ritz values, largest first.
+fn lanczos<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+    h: &mut Hvp<G>,
+    n: usize,
+    m: usize,
+    seed: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<f64>> {
+    let t = lanczos_tridiagonal(h, random_unit(n, seed, 200), m, bar)?;
     let mut ev = crate::linalg::sym_eigenvalues(&t);
     ev.reverse();
     Ok(ev)
 }
+
+/// Stochastic Lanczos quadrature (Ubaru et al. 2017; PyHessian's density): for each of
+/// `probes` random unit vectors `v`, `m` Lanczos steps give `T = Q Θ Qᵀ`, and
+/// `vᵀ f(H) v ≈ Σ_k Q[0][k]² f(θ_k)`. The nodes `θ_k` with weights `Q[0][k]² / probes` are a
+/// discrete spectral measure of total weight 1 (each probe's weights sum to 1).
+pub(crate) fn slq<G: FnMut(&[f32], &mut [f32]) -> Result<f64>>(
+    h: &mut Hvp<G>,
+    n: usize,
+    probes: usize,
+    m: usize,
+    seed: u64,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<(f64, f64)>> {
+    let mut nodes = Vec::new();
+    for p in 0..probes {
+        let t = lanczos_tridiagonal(h, random_unit(n, seed, 600 + p as u32), m, bar)?;
+        for (theta, vec) in crate::linalg::sym_eigen(&t) {
+            nodes.push((theta, vec[0] * vec[0] / probes as f64));
+        }
+    }
+    Ok(nodes)
+}
+
+/// Points of the density curve.
+pub const DENSITY_POINTS: usize = 400;
+
+/// The SLQ nodes smoothed by Gaussians of width `sigma` into a density on a grid spanning the
+/// nodes ± 4σ: `(t, φ(t))` with `∫φ = Σ weights`.
+pub fn spectral_density(nodes: &[(f64, f64)], sigma: f64) -> Vec<(f64, f64)> {
+    if nodes.is_empty() || sigma.is_nan() || sigma <= 0.0 {
+        return Vec::new();
+    }
+    let lo = nodes.iter().map(|n| n.0).fold(f64::INFINITY, f64::min) - 4.0 * sigma;
+    let hi = nodes.iter().map(|n| n.0).fold(f64::NEG_INFINITY, f64::max) + 4.0 * sigma;
+    let norm = 1.0 / (sigma * (2.0 * std::f64::consts::PI).sqrt());
+    (0..DENSITY_POINTS)
+        .map(|i| {
+            let t = lo + (hi - lo) * i as f64 / (DENSITY_POINTS - 1) as f64;
+            let phi = nodes
+                .iter()
+                .map(|&(th, w)| w * norm * (-0.5 * ((t - th) / sigma).powi(2)).exp())
+                .sum();
+            (t, phi)
+        })
+        .collect()
+}
+
+/// The Gaussian width of the density: `rel` times the span of the nodes (at least
+/// [`MIN_SIGMA`], so a single node still draws).
+pub fn density_sigma(nodes: &[(f64, f64)], rel: f64) -> f64 {
+    let lo = nodes.iter().map(|n| n.0).fold(f64::INFINITY, f64::min);
+    let hi = nodes.iter().map(|n| n.0).fold(f64::NEG_INFINITY, f64::max);
+    (rel * (hi - lo)).max(MIN_SIGMA)
+}
+
+/// The smallest Gaussian width of the density.
+pub const MIN_SIGMA: f64 = 1e-6;
+
+/// The density's floor on its log axis: PyHessian's plots show the density down to about
+/// this far below its peak.
+const DENSITY_FLOOR: f64 = 1e-6;
 
 pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     check::count("samples", a.samples, 1, 1_000_000)?;
@@ -369,6 +462,9 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     check::count("power-iters", a.power_iters, 1, 10_000)?;
     check::count("lanczos", a.lanczos, 0, 500)?;
     check::count("hutchinson", a.hutchinson, 0, 100_000)?;
+    check::count("slq-probes", a.slq_probes, 0, 1000)?;
+    check::count("slq-steps", a.slq_steps, 1, 500)?;
+    check::positive("slq-sigma", a.slq_sigma)?;
     check::positive("fd-eps", a.fd_eps)?;
     if a.fd_eps > MAX_REL_EPS {
         return Err(CliError::invalid(
@@ -405,7 +501,7 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     normalise(&mut probe_dir);
     h.check_eps(&probe_dir)?;
     let fd_eps = h.eps;
-    let total = a.top * a.power_iters + a.lanczos + a.hutchinson;
+    let total = a.top * a.power_iters + a.lanczos + a.hutchinson + a.slq_probes * a.slq_steps;
     let bar = progress::bar(total as u64, "hessian-vector products");
     let power_traces = power(&mut h, n, a.top, a.power_iters, a.seed, &bar)?;
     let ritz = if a.lanczos > 0 {
@@ -414,6 +510,9 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
         Vec::new()
     };
     let trace = hutchinson(&mut h, n, a.hutchinson, a.seed, &bar)?;
+    let nodes = slq(&mut h, n, a.slq_probes, a.slq_steps, a.seed, &bar)?;
+    let sigma = density_sigma(&nodes, a.slq_sigma);
+    let density = spectral_density(&nodes, sigma);
     bar.finish_and_clear();
     let tops: Vec<f64> = power_traces
         .iter()
@@ -447,8 +546,15 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
             a.hutchinson
         ));
     }
+    if !nodes.is_empty() {
+        let lo = nodes.iter().map(|n| n.0).fold(f64::INFINITY, f64::min);
+        let hi = nodes.iter().map(|n| n.0).fold(f64::NEG_INFINITY, f64::max);
+        out.say(format!(
+            "spectral density (SLQ, {} probes × {} steps): nodes from {lo:.4} to {hi:.4}, σ = {sigma:.3e}",
+            a.slq_probes, a.slq_steps
+        ));
+    }
     plot::init_fonts();
-    let png = a.out.join("power_iteration.png");
     let series: Vec<Series> = power_traces
         .iter()
         .enumerate()
@@ -464,17 +570,29 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
             .with_markers()
         })
         .collect();
+    let power_axes = power_axes(&optimizer, &series);
     if !series.is_empty() {
+        let png = a.out.join("power_iteration.png");
         plot::png(&png, (900, 600), |area| {
-            plot::line_chart(
-                area,
-                &Axes::new(
-                    format!("Power iteration at {optimizer}'s checkpoint (Rayleigh quotient)"),
-                    "iteration",
-                    "eigenvalue estimate",
-                ),
-                &series,
-            )
+            plot::line_chart(area, &power_axes, &series)
+        })?;
+        out.wrote(png);
+    }
+    if !density.is_empty() {
+        let (axes, curve) = density_chart(&density, sigma, a.slq_probes, a.slq_steps);
+        let png = a.out.join("spectral_density.png");
+        plot::png(&png, (900, 600), |area| {
+            plot::line_chart(area, &axes, &curve)
+        })?;
+        out.wrote(png);
+        // Both side by side: how power iteration converged, and the spectrum it converged in.
+        let png = a.out.join("hessian.png");
+        plot::png(&png, (1700, 600), |root| {
+            let panels = root.split_evenly((1, 2));
+            if !series.is_empty() {
+                plot::line_chart(&panels[0], &power_axes, &series)?;
+            }
+            plot::line_chart(&panels[1], &axes, &curve)
         })?;
         out.wrote(png);
     }
@@ -490,11 +608,58 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
             top_eigenvalues_power: tops,
             lanczos_ritz_values: ritz,
             trace_hutchinson: trace,
+            slq_nodes: nodes,
+            slq_sigma: sigma,
+            spectral_density: density,
             hessian_vector_products: h.count,
         },
     )?;
     out.wrote(json);
     Ok(())
+}
+
+/// The power-iteration chart's axes: the y range padded above the curves so the legend
+/// (upper right) sits over empty space, not over the λ1 line.
+fn power_axes(optimizer: &str, series: &[Series]) -> Axes {
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (lo, hi) = plot::fit_range(ys, false);
+    let mut axes = Axes::new(
+        format!("Power iteration at {optimizer}'s checkpoint (Rayleigh quotient)"),
+        "iteration",
+        "eigenvalue estimate",
+    )
+    .integer_x();
+    axes.y_range = Some((lo, hi + LEGEND_HEADROOM * (hi - lo)));
+    axes
+}
+
+/// The share of the power-iteration chart's height added above the curves for the legend.
+const LEGEND_HEADROOM: f64 = 0.35;
+
+/// The spectral density chart (log density axis, floored [`DENSITY_FLOOR`] below the peak).
+fn density_chart(
+    density: &[(f64, f64)],
+    sigma: f64,
+    probes: usize,
+    steps: usize,
+) -> (Axes, Vec<Series>) {
+    let peak = density.iter().map(|p| p.1).fold(0.0, f64::max);
+    let floor = peak * DENSITY_FLOOR;
+    let curve = vec![Series::line(
+        "",
+        plot::palette(0),
+        density.iter().map(|&(t, p)| (t, p.max(floor))).collect(),
+    )];
+    let mut axes = Axes::new(
+        format!(
+            "Hessian spectral density (stochastic Lanczos quadrature, {probes} probes × {steps} steps, σ = {sigma:.2e})"
+        ),
+        "eigenvalue",
+        "density",
+    )
+    .log_y();
+    axes.y_range = Some((floor, peak * 2.0));
+    (axes, curve)
 }
 
 #[cfg(test)]
@@ -596,6 +761,7 @@ mod tests {
             })
             .collect();
         let trace: f64 = lambdas.iter().sum();
+        let lambdas_sum = trace;
         let w: Vec<f32> = (0..n).map(|i| 0.1 + 0.001 * i as f32).collect();
         let mut h = Hvp::new(quadratic(lambdas), w, 1e-2);
         let bar = indicatif::ProgressBar::hidden();
@@ -615,6 +781,27 @@ mod tests {
             (ritz[0] - 9.0).abs() < 1e-3 && (ritz[1] - 5.0).abs() < 1e-3,
             "{ritz:?}"
         );
+        // Stochastic Lanczos quadrature: weights sum to 1, the mean node is trace/N, the top
+        // node is λ1, and the density integrates to 1.
+        let nodes = slq(&mut h, n, 3, 30, 4, &bar).unwrap();
+        let total: f64 = nodes.iter().map(|x| x.1).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let mean: f64 = nodes.iter().map(|x| x.0 * x.1).sum();
+        let want = lambdas_sum / n as f64;
+        assert!(
+            (mean - want).abs() < 0.2 * want.abs().max(0.05),
+            "{mean} vs {want}"
+        );
+        let top = nodes.iter().map(|x| x.0).fold(f64::NEG_INFINITY, f64::max);
+        assert!((top - 9.0).abs() < 1e-3, "{top}");
+        let sigma = density_sigma(&nodes, 0.01);
+        let d = spectral_density(&nodes, sigma);
+        assert_eq!(d.len(), DENSITY_POINTS);
+        let integral: f64 = d
+            .windows(2)
+            .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+            .sum();
+        assert!((integral - 1.0).abs() < 1e-3, "{integral}");
         // Hutchinson's estimate of the trace, as `run` makes it.
         let (est, se) = hutchinson(&mut h, n, 200, 3, &bar).unwrap().unwrap();
         assert!(se < 1e-3, "{se}");

@@ -64,8 +64,18 @@ pub fn random_orthogonal(d: usize, rng: &mut Rng) -> Mat {
 
 /// Eigenvalues of a symmetric matrix (cyclic Jacobi), ascending.
 pub fn sym_eigenvalues(m: &Mat) -> Vec<f64> {
+    sym_eigen(m).into_iter().map(|(v, _)| v).collect()
+}
+
+/// Eigenpairs of a symmetric matrix (cyclic Jacobi, the rotations accumulated), ascending by
+/// eigenvalue; each eigenvector has unit norm.
+pub fn sym_eigen(m: &Mat) -> Vec<(f64, Vec<f64>)> {
     let n = m.len();
     let mut a = m.clone();
+    // V starts as the identity; V ← V·J with every rotation, so A = V·diag·Vᵀ at the end.
+    let mut v: Mat = (0..n)
+        .map(|i| (0..n).map(|j| if i == j { 1.0 } else { 0.0 }).collect())
+        .collect();
     for _sweep in 0..100 {
         let off: f64 = (0..n)
             .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
@@ -84,7 +94,7 @@ pub fn sym_eigenvalues(m: &Mat) -> Vec<f64> {
                 let t = if theta == 0.0 { 1.0 } else { t };
                 let c = 1.0 / (t * t + 1.0).sqrt();
                 let s = t * c;
-                for row in a.iter_mut() {
+                for row in a.iter_mut().chain(v.iter_mut()) {
                     let (akp, akq) = (row[p], row[q]);
                     row[p] = c * akp - s * akq;
                     row[q] = s * akp + c * akq;
@@ -97,9 +107,11 @@ pub fn sym_eigenvalues(m: &Mat) -> Vec<f64> {
             }
         }
     }
-    let mut ev: Vec<f64> = (0..n).map(|i| a[i][i]).collect();
-    ev.sort_by(f64::total_cmp);
-    ev
+    let mut pairs: Vec<(f64, Vec<f64>)> = (0..n)
+        .map(|k| (a[k][k], v.iter().map(|row| row[k]).collect()))
+        .collect();
+    pairs.sort_by(|x, y| x.0.total_cmp(&y.0));
+    pairs
 }
 
 #[cfg(test)]
@@ -131,6 +143,24 @@ mod tests {
             assert!((a - b).abs() < 1e-10, "{ev:?}");
         }
         assert!((trace(&m) - lam.iter().sum::<f64>()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn jacobi_eigenvectors_diagonalise() {
+        let q = random_orthogonal(4, &mut Rng::new(3));
+        let lam = [-1.0, 0.25, 2.0, 5.0];
+        let d: Mat = (0..4)
+            .map(|i| (0..4).map(|j| if i == j { lam[i] } else { 0.0 }).collect())
+            .collect();
+        let m = mat_mul(&mat_mul(&q, &d), &transpose(&q));
+        for (k, (value, vec)) in sym_eigen(&m).into_iter().enumerate() {
+            assert!((value - lam[k]).abs() < 1e-10);
+            assert!((dot(&vec, &vec) - 1.0).abs() < 1e-10);
+            let mv = mat_vec(&m, &vec);
+            for (a, b) in mv.iter().zip(&vec) {
+                assert!((a - value * b).abs() < 1e-9, "M v ≠ λ v for λ = {value}");
+            }
+        }
     }
 
     #[test]

@@ -386,3 +386,76 @@ fn compare_writes_the_step_cost_chart_it_promises() {
         assert!(png.starts_with(b"\x89PNG"), "{f}");
     }
 }
+
+#[test]
+fn hessian_writes_the_spectral_density_beside_power_iteration() {
+    let dir = fresh_dir("hessian-slq");
+    let (_, sam) = checkpoints();
+    let out = ok(&samkit(&[
+        "hessian",
+        "--checkpoint",
+        sam.to_str().unwrap(),
+        "--samples",
+        "16",
+        "--top",
+        "1",
+        "--power-iters",
+        "3",
+        "--lanczos",
+        "3",
+        "--hutchinson",
+        "1",
+        "--slq-probes",
+        "2",
+        "--slq-steps",
+        "4",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(out.contains("spectral density (SLQ"), "{out}");
+    for f in ["power_iteration.png", "spectral_density.png", "hessian.png"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let j = json(&dir.join("hessian.json"));
+    let nodes = j["slq_nodes"].as_array().unwrap();
+    // Two probes of four Lanczos steps: up to eight nodes, weights summing to 1.
+    assert!(!nodes.is_empty() && nodes.len() <= 8, "{nodes:?}");
+    let total: f64 = nodes.iter().map(|x| x[1].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "{total}");
+    // The density spans the nodes and integrates to their weight.
+    let d: Vec<(f64, f64)> = j["spectral_density"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+        .collect();
+    let integral: f64 = d
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * (w[0].1 + w[1].1) / 2.0)
+        .sum();
+    assert!((integral - 1.0).abs() < 1e-2, "{integral}");
+    for x in nodes {
+        let th = x[0].as_f64().unwrap();
+        assert!(d[0].0 < th && th < d[d.len() - 1].0);
+    }
+    usage_error(
+        &samkit(&[
+            "hessian",
+            "--checkpoint",
+            sam.to_str().unwrap(),
+            "--slq-sigma",
+            "0",
+        ]),
+        "--slq-sigma",
+    );
+    usage_error(
+        &samkit(&[
+            "hessian",
+            "--checkpoint",
+            sam.to_str().unwrap(),
+            "--slq-steps",
+            "0",
+        ]),
+        "--slq-steps",
+    );
+}

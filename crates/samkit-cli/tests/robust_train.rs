@@ -348,6 +348,23 @@ fn a_second_writer_on_the_same_out_is_refused() {
     let o = str_args(&out, &["train", "--train-size", "64", "--batch", "16"]);
     refused(&o, &["--out", "in use"]);
     assert!(!out.join("steps.jsonl").exists(), "the refused run wrote");
+    let o = str_args(
+        &out,
+        &[
+            "compare",
+            "--optimizers",
+            "sgd",
+            "--train-size",
+            "64",
+            "--batch",
+            "16",
+        ],
+    );
+    refused(&o, &["--out", "in use"]);
+    assert!(
+        !out.join("compare.json").exists(),
+        "the refused comparison wrote"
+    );
     // A lock whose process is gone (a killed run) is taken over.
     std::fs::write(out.join(samkit_train::files::LOCK_FILE), "4294967295").expect("write");
     ok(&str_args(

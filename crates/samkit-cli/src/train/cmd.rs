@@ -587,6 +587,7 @@ fn compare_on<E: Engine>(
     let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;
     out.say(format!("data: {}", split.description));
     out.ensure_dir(&cmd.out)?;
+    let _lock = samkit_train::files::OutLock::acquire(&cmd.out)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));
     let mut rows = Vec::new();
     for cfg in configs {

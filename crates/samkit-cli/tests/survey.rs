@@ -459,3 +459,21 @@ fn hessian_writes_the_spectral_density_beside_power_iteration() {
         "--slq-steps",
     );
 }
+
+#[test]
+fn theorem_one_says_its_bound_omits_the_log_term() {
+    let dir = fresh_dir("theorem1");
+    let out = ok(&samkit(&[
+        "linreg",
+        "--parts",
+        "theorem1",
+        "--t-max",
+        "200",
+        "--theorem-seeds",
+        "4",
+        "--out",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(out.contains("without its O(ln T / T) term"), "{out}");
+    assert!(dir.join("theorem1_excess_risk.png").exists());
+}

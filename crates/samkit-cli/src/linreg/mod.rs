@@ -285,6 +285,10 @@ fn run_train(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<serde_js
     }))
 }
 
+/// What the figure says about its dashed bounds: they are the theorem's leading terms only.
+pub const BOUND_NOTE: &str =
+    "Dashed: the bound without its O(ln T / T) term, which the measured risk may cross at small T";
+
 fn run_theorem1(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<theorem1::Th1Result> {
     let c_max = args.alpha_ratio.sqrt().min(1.0);
     if args.c > c_max {
@@ -316,6 +320,7 @@ fn run_theorem1(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<theor
             r.t[i], r.sgd_mean[i], r.sgd_expected[i], r.sgd_bound[i], r.sam_mean[i], r.sam_bound[i]
         ));
     }
+    out.say(format!("    ({BOUND_NOTE}.)"));
     let t: Vec<f64> = r.t.iter().map(|&t| t as f64).collect();
     let zip = |v: &[f64], scale_by_t: bool| -> Vec<(f64, f64)> {
         t.iter()
@@ -349,7 +354,7 @@ fn run_theorem1(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<theor
             )
             .dashed(),
             Series::line(
-                "Tr(XᵀXΣ)/(2T) + βc²H(T)/(2T)",
+                "Tr(XᵀXΣ)/(2T) + βc²H(T)/(2T) (no O(ln T / T) term)",
                 RGBColor(214, 39, 40),
                 zip(&r.sam_bound, scaled),
             )
@@ -376,6 +381,7 @@ fn run_theorem1(args: &LinregArgs, dir: &Path, out: &mut Output) -> Result<theor
     let file = dir.join("theorem1_excess_risk.png");
     plot::png(&file, (1500, 650), |root| {
         let body = plot::titled(root, &header, 22)?;
+        let body = plot::titled(&body, BOUND_NOTE, 17)?;
         let panels = body.split_evenly((1, 2));
         plot::line_chart(&panels[0], &left, &series(false))?;
         plot::line_chart(&panels[1], &right, &series(true))

@@ -578,7 +578,10 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
         })?;
         out.wrote(png);
     }
-    if !density.is_empty() {
+    // A density with no positive finite value (non-finite products) has nothing to draw on a
+    // log axis; hessian.json still holds its nodes.
+    let drawable = density.iter().any(|p| p.1.is_finite() && p.1 > 0.0);
+    if drawable {
         let (axes, curve) = density_chart(&density, sigma, a.slq_probes, a.slq_steps);
         let png = a.out.join("spectral_density.png");
         plot::png(&png, (900, 600), |area| {
@@ -643,7 +646,11 @@ fn density_chart(
     probes: usize,
     steps: usize,
 ) -> (Axes, Vec<Series>) {
-    let peak = density.iter().map(|p| p.1).fold(0.0, f64::max);
+    let peak = density
+        .iter()
+        .map(|p| p.1)
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
     let floor = peak * DENSITY_FLOOR;
     let curve = vec![Series::line(
         "",

@@ -121,6 +121,40 @@ pub fn check_run(cfg: &RunConfig, train: &Dataset, on_host: bool) -> Result<()> 
     Ok(())
 }
 
+/// Bytes of one 32×32 RGB image as the data pipeline holds it (`f32`).
+const IMAGE_BYTES: u128 = 3 * 32 * 32 * 4;
+
+/// Checks that the synthetic data `d` asks for fits in the memory available before it is
+/// generated (`--train-size`, `--test-size`: up to 10 million images, 123 GB, pass the
+/// bounds). CIFAR's sizes are fixed and small.
+pub fn check_data(d: &crate::config::DataConfig) -> Result<()> {
+    if d.data != crate::config::DataSource::Synthetic {
+        return Ok(());
+    }
+    let need = (d.train_size as u128 + d.test_size as u128) * IMAGE_BYTES;
+    if let Some(have) = available_memory() {
+        if need > have {
+            let flag = if d.train_size >= d.test_size {
+                "train-size"
+            } else {
+                "test-size"
+            };
+            return Err(TrainError::invalid(
+                flag,
+                format!(
+                    "{} training and {} test images need about {:.1} GiB, this machine has \
+                     {:.1} GiB available",
+                    d.train_size,
+                    d.test_size,
+                    gib(need),
+                    gib(have)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn field(name: &str, r: Result<()>) -> std::result::Result<(), String> {
     r.map_err(|e| match e {
         TrainError::InvalidValue { why, .. } => format!("\"{name}\": {why}"),

@@ -261,6 +261,7 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
     // One writer per output folder, taken before anything is written into it.
     out.ensure_dir(&cmd.out)?;
     let _lock = samkit_train::files::OutLock::acquire(&cmd.out)?;
+    samkit_train::limits::check_data(&cfg.data)?;
     let (split, norm) = load_data(&cfg.data, cfg.seed)?;
     out.say(format!("data: {}", split.description));
     let planned = cfg.epochs;
@@ -584,6 +585,7 @@ fn compare_on<E: Engine>(
     inapplicable(&cmd.run, &names)?;
     // Validate every optimizer's flags before any training starts.
     let configs = compare_configs(cmd)?;
+    samkit_train::limits::check_data(&cmd.run.data.config())?;
     let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;
     out.say(format!("data: {}", split.description));
     out.ensure_dir(&cmd.out)?;

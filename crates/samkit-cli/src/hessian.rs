@@ -60,8 +60,11 @@ pub struct HessianArgs {
     /// Finite-difference step ε of the Hessian-vector product (relative to ‖w‖ / √N).
     #[arg(long, default_value_t = 1e-2)]
     pub fd_eps: f64,
+    /// Seed of the random start vectors and probes.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Output folder: hessian.json, power_iteration.png, and spectral_density.png with
+    /// hessian.png (both side by side) when --slq-probes > 0.
     #[arg(long, default_value = "results/hessian")]
     pub out: PathBuf,
 }

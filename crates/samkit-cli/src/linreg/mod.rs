@@ -47,8 +47,10 @@ pub struct LinregArgs {
     /// Std of the target noise.
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub noise: f64,
+    /// Epochs of every optimizer.
     #[arg(long, default_value_t = 30, allow_negative_numbers = true)]
     pub epochs: usize,
+    /// Mini-batch size.
     #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Learning rate of the SGD base optimizer.

@@ -5,9 +5,13 @@
 //! device) builds the model and optimizer. [`Trainer::step`] runs one step on a batch and times
 //! each phase, [`Trainer::train_epoch`] one epoch with an evaluation, [`Trainer::evaluate`] the
 //! loss and accuracy on a data set. [`Trainer::save`] writes a checkpoint folder
-//! (`model.safetensors` with PyTorch names, `optimizer.safetensors`, `trainer.json`) and
-//! [`Trainer::load`] restores one, after which the run continues bit-identically to an
-//! uninterrupted one.
+//! (`model.safetensors` with PyTorch names, `optimizer.safetensors`, `trainer.json`, and last
+//! `manifest.json` with each file's checksum) as one unit ([`checkpoint`]: a crash leaves the
+//! old checkpoint or the new one, never a mix) and [`Trainer::load`] restores one, after
+//! checking that its files belong together, after which the run continues bit-identically to
+//! an uninterrupted one. [`limits`] refuses what cannot run (a batch larger than the training
+//! set, counts out of bounds, a model that does not fit in memory) before anything is
+//! allocated; [`files::write_atomic`] is how every file is written.
 //!
 //! Every step goes through [`samkit_core::drive_step`] with the trainer's gradient oracle, on
 //! both devices ([`engine`]); the CPU runs samkit-core's `Optimizer` on host vectors, a CUDA

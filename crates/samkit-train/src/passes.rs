@@ -326,8 +326,14 @@ pub fn sds_subset(clean: &[f32], perturbed: &[f32], gamma: f32) -> Vec<usize> {
 }
 
 /// `⌈γ·B⌉`, at least 1 and at most `B` (γ ∈ (0, 1] by the rule's validation).
+///
+/// γ arrives as an f32, which may lie above the decimal the user wrote (0.2 is stored as
+/// 0.2000000030): `γ·B` is taken `B` f32 ulps lower before the ceiling, so that 0.2 of 5 is 1,
+/// not 2.
 pub fn sds_count(batch: usize, gamma: f32) -> usize {
-    ((batch as f64 * gamma as f64).ceil() as usize).clamp(1.min(batch), batch)
+    let b = batch as f64;
+    let exact = b * gamma as f64 - b * f64::from(f32::EPSILON);
+    (exact.ceil().max(0.0) as usize).clamp(1.min(batch), batch)
 }
 
 #[cfg(test)]

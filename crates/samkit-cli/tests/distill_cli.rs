@@ -1,6 +1,6 @@
 //! MESA and SAF from the command line: each trains a few steps (the term active from
 //! `--distill-start`, MESA's teacher forward logged as a forward without gradient, the teacher's
-//! state in the checkpoint), a bad value of each of their flags exits 2 naming it, and their
+//! state in the checkpoint), a run stopped and resumed equals the uninterrupted one, a bad value of each of their flags exits 2 naming it, and their
 //! flags are refused for another optimizer.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -139,5 +139,73 @@ fn bad_values_and_misplaced_flags_exit_2_naming_them() {
         let mut args = vec!["train"];
         args.extend(extra);
         assert_usage_error(&args, flag);
+    }
+}
+
+/// The per-step record without its timings: what two runs of the same configuration share.
+fn steps_without_time(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("steps.jsonl"))
+        .expect("steps.jsonl")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");
+            v.as_object_mut().expect("an object").remove("seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_mesa_or_saf_run_equals_the_uninterrupted_one() {
+    for (name, extra, file) in [
+        ("mesa", ["--mesa-decay", "0.9"], "teacher.safetensors"),
+        ("saf", ["--saf-lag", "1"], "saf.bin"),
+    ] {
+        let run = |tag: &str, more: &[&str]| {
+            let dir = fresh_dir(&format!("{name}-{tag}"));
+            let mut args = vec!["train", "--optimizer", name, "--distill-start", "1"];
+            args.extend(extra);
+            args.extend(&TINY[..TINY.len() - 2]);
+            // Three epochs: the term is active in the last two, the resume point between.
+            args.extend(["--epochs", "3"]);
+            args.extend(more);
+            args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+            let o = samkit(&args);
+            assert!(
+                o.status.success(),
+                "{}\n{}",
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+            dir
+        };
+        let full = run("full", &[]);
+        let half = run("half", &["--stop-after", "2"]);
+        let ck = half.join("checkpoint");
+        let o = samkit(&[
+            "train",
+            "--resume",
+            ck.to_str().expect("a UTF-8 path"),
+            "--out",
+            half.to_str().expect("a UTF-8 path"),
+        ]);
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        assert_eq!(
+            steps_without_time(&half),
+            steps_without_time(&full),
+            "{name}"
+        );
+        for f in ["model.safetensors", file] {
+            let read = |d: &Path| std::fs::read(d.join("checkpoint").join(f)).expect(f);
+            assert!(
+                read(&half) == read(&full),
+                "{name}: {f} differs after the resume"
+            );
+        }
     }
 }

@@ -69,5 +69,17 @@ macro_rules! nn_parity_tests {
                 common::parity::sam_step_through_gpu_optimizer_matches_cpu(&e);
             }
         }
+        #[test]
+        fn device_distillation_term_matches_cpu() {
+            if let Some(e) = $env() {
+                common::parity::device_distillation_term_matches_cpu(&e);
+            }
+        }
+        #[test]
+        fn device_ema_update_is_the_cpu_update_bit_for_bit() {
+            if let Some(e) = $env() {
+                common::parity::device_ema_update_is_the_cpu_update_bit_for_bit(&e);
+            }
+        }
     };
 }

@@ -845,3 +845,89 @@ pub fn sam_step_through_gpu_optimizer_matches_cpu(env: &Env) {
         stats_close(&format!("step {step}:"), &mut gpu, &mut cpu, 1e-4);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// MESA and SAF
+// ---------------------------------------------------------------------------------------------
+
+/// MESA/SAF's distillation term on the device (`sk_nn_kd`, `Cuda::distill_kd`) against
+/// `samkit_nn::distill::kd_term`: the same f64 expressions, so only exp/log of another math
+/// library differ, far below one f32 ulp; bad input is an error before any launch.
+pub fn device_distillation_term_matches_cpu(env: &Env) {
+    let Some(mut gpu) = env.cuda() else {
+        return;
+    };
+    for (n, k, tau, lambda) in [(9usize, 10usize, 5.0f32, 0.8f32), (5, 100, 1.0, 0.3)] {
+        let z = normal(n * k, 41 + k as u64, 3.0);
+        let t = normal(n * k, 42 + k as u64, 3.0);
+        let w: Vec<f32> = (0..n).map(|i| 0.05 + 0.01 * i as f32).collect();
+        let present: Vec<bool> = (0..n).map(|i| i % 3 != 1).collect();
+        let g0 = normal(n * k, 43, 0.1);
+        for flags in [None, Some(&present[..])] {
+            let mut gc = g0.clone();
+            let kc = samkit_nn::distill::kd_term(&z, &t, k, tau, lambda, &w, flags, Some(&mut gc))
+                .unwrap();
+            let (zg, tg) = (up(&mut gpu, &z), up(&mut gpu, &t));
+            let mut gg = up(&mut gpu, &g0);
+            let kg = gpu
+                .distill_kd(&zg, &tg, k, tau, lambda, &w, flags, Some(&mut gg))
+                .unwrap();
+            close("distillation term per sample", &kg, &kc, 1e-6);
+            close(
+                "distillation logit gradient (added)",
+                &dl(&mut gpu, &gg),
+                &gc,
+                1e-6,
+            );
+            let no_grad = gpu
+                .distill_kd(&zg, &tg, k, tau, lambda, &w, flags, None)
+                .unwrap();
+            assert_eq!(no_grad, kg, "the terms without a gradient");
+        }
+    }
+    let z = up(&mut gpu, &normal(20, 46, 1.0));
+    let w = [0.5f32; 2];
+    assert!(gpu
+        .distill_kd(&z, &z, 10, 0.0, 0.8, &w, None, None)
+        .is_err());
+    assert!(gpu
+        .distill_kd(&z, &z, 10, 5.0, -1.0, &w, None, None)
+        .is_err());
+    assert!(gpu
+        .distill_kd(&z, &z, 20, 5.0, 0.8, &w, None, None)
+        .is_err());
+    assert!(gpu
+        .distill_kd(&z, &z, 10, 5.0, 0.8, &w, Some(&[true]), None)
+        .is_err());
+}
+
+/// MESA's teacher update on the device (`sk_nn_ema`, `Cuda::ema_update`) is the host's f32
+/// expression `d·e + (1 − d)·w` bit for bit (no fused multiply-add on either side).
+pub fn device_ema_update_is_the_cpu_update_bit_for_bit(env: &Env) {
+    let Some(mut gpu) = env.cuda() else {
+        return;
+    };
+    let n = 1000;
+    let w = normal(n, 44, 1.0);
+    let mut ema = normal(n, 45, 1.0);
+    let mut eg = up(&mut gpu, &ema);
+    let wg = up(&mut gpu, &w);
+    let d = 0.9998f32;
+    let c = 1.0 - d;
+    for _ in 0..3 {
+        for (e, &x) in ema.iter_mut().zip(&w) {
+            *e = d * *e + c * x;
+        }
+        gpu.ema_update(&mut eg, &wg, d).unwrap();
+    }
+    let got = dl(&mut gpu, &eg);
+    for (i, (g, e)) in got.iter().zip(&ema).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            e.to_bits(),
+            "value {i}: device {g} vs host {e}"
+        );
+    }
+    let short = up(&mut gpu, &w[..10]);
+    assert!(gpu.ema_update(&mut eg, &short, d).is_err());
+}

@@ -66,7 +66,20 @@ pub struct CompareCmd {
     /// Output folder: compare.json, batch_loss.png, accuracy.png, step_cost.png.
     #[arg(long, default_value = "results/compare")]
     pub out: PathBuf,
+    /// Train every optimizer this many times, with seeds --seed, --seed + 1, ... (data,
+    /// label noise and initialisation all follow the seed); the table and compare.json give
+    /// the final test accuracy and loss as mean ± std over them.
+    #[arg(long, default_value_t = 1)]
+    pub seeds: usize,
 }
+
+/// Most seeds one comparison may run (each one trains every optimizer again).
+const MAX_SEEDS: usize = 100;
+
+/// The symmetric label noise `compare` puts on synthetic training labels unless
+/// `--label-noise` says otherwise: without it every optimizer reaches 97-100 % and the
+/// comparison says nothing (noisy labels are where SAM's robustness is known to show).
+pub const COMPARE_SYNTHETIC_LABEL_NOISE: f64 = 0.4;
 
 /// Builds a trainer for a run configuration on one device (`Trainer::new`, `Trainer::cuda`).
 pub trait MakeTrainer<E: Engine>:
@@ -548,7 +561,28 @@ fn compare_configs(cmd: &CompareCmd) -> Result<Vec<RunConfig>> {
         .collect()
 }
 
-/// One optimizer's outcome in a comparison.
+/// One seed's final result of one optimizer.
+#[derive(Serialize)]
+struct SeedResult {
+    seed: u64,
+    test_accuracy: f64,
+    test_loss: f64,
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// One optimizer's outcome in a comparison: curves and step costs of the first seed, final
+/// test results of every seed and their mean ± std.
 #[derive(Serialize)]
 struct CompareRow {
     optimizer: String,
@@ -564,8 +598,15 @@ struct CompareRow {
     pass2_over_pass1: Option<f64>,
     /// `1 − (step − SGD step)/(SAM step − SGD step)`, when the comparison has both.
     saving_vs_sam: Option<f64>,
+    /// Mean over seeds.
     final_test_accuracy: f64,
+    /// Mean over seeds.
     final_test_loss: f64,
+    test_accuracy_mean: f64,
+    test_accuracy_std: f64,
+    test_loss_mean: f64,
+    test_loss_std: f64,
+    seeds: Vec<SeedResult>,
 }
 
 pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
@@ -585,62 +626,42 @@ fn compare_on<E: Engine>(
     inapplicable(&cmd.run, &names)?;
     // Validate every optimizer's flags before any training starts.
     let configs = compare_configs(cmd)?;
-    samkit_train::limits::check_data(&cmd.run.data.config())?;
-    let (split, norm) = load_data(&cmd.run.data.config(), cmd.run.train.seed)?;
-    out.say(format!("data: {}", split.description));
+    crate::error::check::count("seeds", cmd.seeds, 1, MAX_SEEDS)?;
+    let first_seed = cmd.run.train.seed;
+    let Some(last_seed) = first_seed.checked_add(cmd.seeds as u64 - 1) else {
+        return Err(CliError::invalid(
+            "seeds",
+            "--seed + --seeds - 1 overflows a 64-bit seed",
+        ));
+    };
+    let mut data = cmd.run.data.config();
+    if data.data == samkit_train::DataSource::Synthetic && data.label_noise.is_none() {
+        data.label_noise = Some(COMPARE_SYNTHETIC_LABEL_NOISE);
+    }
+    samkit_train::limits::check_data(&data)?;
     out.ensure_dir(&cmd.out)?;
     let _lock = samkit_train::files::OutLock::acquire(&cmd.out)?;
-    let (train, test) = (Arc::new(split.train), Arc::new(split.test));
-    let mut rows = Vec::new();
-    for cfg in configs {
-        let epochs = cfg.epochs;
-        let mut t = make(cfg, train.clone(), test.clone(), norm)?;
-        if rows.is_empty() {
-            out.say(format!("device: {}", t.engine.describe()));
-            out.say(format!(
-                "model: ResNet-18 width {} ({} parameters), batch {}, {} steps/epoch, {} epochs, seed {}",
-                t.cfg.width,
-                t.engine.param_count(),
-                t.cfg.batch,
-                t.steps_per_epoch(),
-                epochs,
-                t.cfg.seed
-            ));
+    let mut rows: Vec<CompareRow> = Vec::new();
+    for seed in first_seed..=last_seed {
+        let (split, norm) = load_data(&data, seed)?;
+        out.say(format!("data (seed {seed}): {}", split.description));
+        let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+        for (i, cfg) in configs.iter().enumerate() {
+            let last = train_one(cfg, seed, &train, &test, norm, &make, out, rows.is_empty())?;
+            if seed == first_seed {
+                rows.push(last);
+            } else {
+                rows[i].seeds.extend(last.seeds);
+            }
         }
-        let mut losses = Vec::new();
-        let mut sum = Phases::default();
-        let mut counted = 0u64;
-        let mut passes = Passes::default();
-        train_loop(
-            &mut t,
-            epochs,
-            out,
-            |s| {
-                losses.push(s.loss);
-                passes.add(&s.passes);
-                if s.step > 0 {
-                    sum.add(&s.seconds);
-                    counted += 1;
-                }
-                Ok(())
-            },
-            |_, _| Ok(()),
-        )?;
-        let last = t.history.last().cloned().expect("at least one epoch");
-        let step_seconds = sum.scaled(1.0 / counted.max(1) as f64);
-        rows.push(CompareRow {
-            optimizer: t.cfg.optimizer.clone(),
-            config: t.cfg.clone(),
-            epochs: t.history.clone(),
-            passes: passes.mean(losses.len() as u64),
-            batch_loss: losses,
-            pass2_over_pass1: (step_seconds.pass2 > 0.0 && step_seconds.pass1 > 0.0)
-                .then(|| step_seconds.pass2 / step_seconds.pass1),
-            step_seconds,
-            saving_vs_sam: None,
-            final_test_accuracy: last.test_accuracy,
-            final_test_loss: last.test_loss,
-        });
+    }
+    for r in &mut rows {
+        let acc: Vec<f64> = r.seeds.iter().map(|s| s.test_accuracy).collect();
+        let loss: Vec<f64> = r.seeds.iter().map(|s| s.test_loss).collect();
+        (r.test_accuracy_mean, r.test_accuracy_std) = mean_std(&acc);
+        (r.test_loss_mean, r.test_loss_std) = mean_std(&loss);
+        r.final_test_accuracy = r.test_accuracy_mean;
+        r.final_test_loss = r.test_loss_mean;
     }
     let step_of = |name: &str| {
         rows.iter()
@@ -660,6 +681,80 @@ fn compare_on<E: Engine>(
     Ok(())
 }
 
+/// Trains one optimizer's configuration with `seed` and returns its row (its one seed's
+/// result in `seeds`; the mean ± std fields are filled once every seed has run).
+#[allow(clippy::too_many_arguments)]
+fn train_one<E: Engine>(
+    cfg: &RunConfig,
+    seed: u64,
+    train: &Arc<Dataset>,
+    test: &Arc<Dataset>,
+    norm: Normalize,
+    make: &impl MakeTrainer<E>,
+    out: &mut Output,
+    describe: bool,
+) -> Result<CompareRow> {
+    let mut cfg = cfg.clone();
+    cfg.seed = seed;
+    let epochs = cfg.epochs;
+    let mut t = make(cfg, train.clone(), test.clone(), norm)?;
+    if describe {
+        out.say(format!("device: {}", t.engine.describe()));
+        out.say(format!(
+            "model: ResNet-18 width {} ({} parameters), batch {}, {} steps/epoch, {} epochs, seed {}",
+            t.cfg.width,
+            t.engine.param_count(),
+            t.cfg.batch,
+            t.steps_per_epoch(),
+            epochs,
+            t.cfg.seed
+        ));
+    }
+    let mut losses = Vec::new();
+    let mut sum = Phases::default();
+    let mut counted = 0u64;
+    let mut passes = Passes::default();
+    train_loop(
+        &mut t,
+        epochs,
+        out,
+        |s| {
+            losses.push(s.loss);
+            passes.add(&s.passes);
+            if s.step > 0 {
+                sum.add(&s.seconds);
+                counted += 1;
+            }
+            Ok(())
+        },
+        |_, _| Ok(()),
+    )?;
+    let last = t.history.last().cloned().expect("at least one epoch");
+    let step_seconds = sum.scaled(1.0 / counted.max(1) as f64);
+    Ok(CompareRow {
+        optimizer: t.cfg.optimizer.clone(),
+        config: t.cfg.clone(),
+        epochs: t.history.clone(),
+        passes: passes.mean(losses.len() as u64),
+        batch_loss: losses,
+        pass2_over_pass1: (step_seconds.pass2 > 0.0 && step_seconds.pass1 > 0.0)
+            .then(|| step_seconds.pass2 / step_seconds.pass1),
+        step_seconds,
+        saving_vs_sam: None,
+        final_test_accuracy: last.test_accuracy,
+        final_test_loss: last.test_loss,
+        test_accuracy_mean: last.test_accuracy,
+        test_accuracy_std: 0.0,
+        test_loss_mean: last.test_loss,
+        test_loss_std: 0.0,
+        seeds: vec![SeedResult {
+            seed,
+            test_accuracy: last.test_accuracy,
+            test_loss: last.test_loss,
+        }],
+    })
+}
+
 /// "Saving vs SAM": `1 − (step − sgd)/(sam − sgd)`; `None` when SAM costs no more than SGD
 /// (the ratio means nothing) or a time is not finite.
 fn saving_vs_sam(step: f64, sgd: f64, sam: f64) -> Option<f64> {
@@ -674,7 +769,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         .map(|r| r.step_seconds.total());
     out.say("");
     out.say(format!(
-        "{:<16} {:>8} {:>9} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} | {:>14} {:>9}",
+        "{:<16} {:>14} {:>15} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} | {:>14} {:>9}",
         "optimizer",
         "test acc",
         "test loss",
@@ -698,16 +793,32 @@ fn report(rows: &[CompareRow], out: &mut Output) {
             _ => "-".to_string(),
         };
         let ratio = r.pass2_over_pass1.map_or("-".into(), |x| format!("{x:.2}"));
+        // One seed: the value; several: mean ± sample std over them.
+        let (acc, loss) = if r.seeds.len() > 1 {
+            (
+                format!(
+                    "{:.2}±{:.2}%",
+                    100.0 * r.test_accuracy_mean,
+                    100.0 * r.test_accuracy_std
+                ),
+                format!("{:.4}±{:.4}", r.test_loss_mean, r.test_loss_std),
+            )
+        } else {
+            (
+                format!("{:.2}%", 100.0 * r.test_accuracy_mean),
+                format!("{:.4}", r.test_loss_mean),
+            )
+        };
         let n = &r.passes;
         let passes = format!("{:.2}/{:.2}/{:.2}", n.forward, n.forward_nograd, n.backward);
         let saving = r
             .saving_vs_sam
             .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x));
         out.say(format!(
-            "{:<16} {:>7.2}% {:>9.4} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>14} {:>9}",
+            "{:<16} {:>14} {:>15} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>14} {:>9}",
             r.optimizer,
-            100.0 * r.final_test_accuracy,
-            r.final_test_loss,
+            acc,
+            loss,
             1e3 * t,
             over,
             1e3 * p.pass1,
@@ -722,6 +833,13 @@ fn report(rows: &[CompareRow], out: &mut Output) {
     }
     out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps)");
     out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");
+    if let Some(r) = rows.first().filter(|r| r.seeds.len() > 1) {
+        let seeds: Vec<String> = r.seeds.iter().map(|s| s.seed.to_string()).collect();
+        out.say(format!(
+            "(test acc, test loss: mean ± sample std over seeds {}; curves, plots and step costs are the first seed's)",
+            seeds.join(", ")
+        ));
+    }
 }
 
 fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {

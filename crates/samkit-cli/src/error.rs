@@ -21,25 +21,12 @@ pub enum CliError {
     },
     #[error("drawing {path} failed: {detail}")]
     Plot { path: PathBuf, detail: String },
-    #[error("optimizer error: {0}")]
-    Core(#[from] samkit_core::Error),
-    /// The network stack (samkit-nn): a shape, a checkpoint, cuDNN/cuBLAS.
-    #[error(transparent)]
-    Nn(#[from] samkit_nn::Error),
-    /// The CUDA optimizer or kernels (its samkit-core errors become [`CliError::Core`]).
-    #[error("CUDA: {0}")]
-    Cuda(#[source] samkit_cuda::Error),
-    /// A CUDA driver call made by the trainer itself (events, copies).
-    #[error("CUDA: {0}")]
-    Driver(#[from] cudarc::driver::DriverError),
-    /// The data pipeline (samkit-data).
-    #[error(transparent)]
-    Data(#[from] samkit_data::DataError),
     /// A broken invariant of the run itself.
     #[error("{0}")]
     Run(String),
-    /// The trainer (samkit-train): bad input there (a data value, an unusable device) is bad
-    /// input here.
+    /// The trainer (samkit-train), and every library error (samkit-core, -nn, -cuda, -data, the
+    /// CUDA driver), which converts through it: one list of library errors and one answer to
+    /// which of them are bad input, shared with the trainer.
     #[error(transparent)]
     Train(#[from] samkit_train::TrainError),
     #[error("cannot serialize {path}: {source}")]
@@ -50,14 +37,26 @@ pub enum CliError {
     },
 }
 
-impl From<samkit_cuda::Error> for CliError {
-    fn from(e: samkit_cuda::Error) -> Self {
-        match e {
-            samkit_cuda::Error::Core(c) => CliError::Core(c),
-            e => CliError::Cuda(e),
+/// Library errors become [`CliError::Train`] through [`samkit_train::TrainError`]'s own
+/// conversions (which keep each error as the cause and fold samkit-cuda's core errors into
+/// samkit-core's).
+macro_rules! through_the_trainer {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                CliError::Train(e.into())
+            }
         }
-    }
+    )*};
 }
+
+through_the_trainer!(
+    samkit_core::Error,
+    samkit_nn::Error,
+    samkit_cuda::Error,
+    cudarc::driver::DriverError,
+    samkit_data::DataError,
+);
 
 impl CliError {
     pub fn invalid(flag: &'static str, why: impl Into<String>) -> Self {
@@ -85,10 +84,9 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::InvalidValue { .. } => EXIT_USAGE,
+            // Includes a model or optimizer-state file the user named that is corrupt or of
+            // another run.
             CliError::Train(e) if e.is_bad_input() => EXIT_USAGE,
-            // A model or optimizer-state file the user named that is corrupt or of another run.
-            CliError::Nn(samkit_nn::Error::Checkpoint { .. })
-            | CliError::Core(samkit_core::Error::State { .. }) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -176,14 +174,20 @@ mod tests {
             source: io,
         }
         .into();
-        assert!(matches!(nn, CliError::Nn(_)));
+        assert!(matches!(
+            nn,
+            CliError::Train(samkit_train::TrainError::Nn(_))
+        ));
         assert_eq!(nn.exit_code(), EXIT_FAILURE);
         // transparent: the nn error's own source (the I/O error) is the next link.
         let cause = nn.source().expect("a cause");
         assert!(cause.downcast_ref::<std::io::Error>().is_some(), "{cause}");
 
         let cuda: CliError = samkit_cuda::Error::Abi("struct sizes".into()).into();
-        assert!(matches!(cuda, CliError::Cuda(_)));
+        assert!(matches!(
+            cuda,
+            CliError::Train(samkit_train::TrainError::Cuda(_))
+        ));
         assert_eq!(cuda.exit_code(), EXIT_FAILURE);
         assert!(cuda.to_string().starts_with("CUDA: "), "{cuda}");
         let cause = cuda.source().expect("a cause");
@@ -191,7 +195,17 @@ mod tests {
 
         let protocol = samkit_core::Error::Protocol("second_step first".into());
         let core: CliError = samkit_cuda::Error::Core(protocol).into();
-        assert!(matches!(core, CliError::Core(_)), "{core:?}");
+        assert!(
+            matches!(core, CliError::Train(samkit_train::TrainError::Core(_))),
+            "{core:?}"
+        );
+        // A corrupt optimizer-state file the user named is bad input.
+        let state: CliError = samkit_core::Error::State {
+            path: "optimizer.safetensors".into(),
+            detail: "bit flip".into(),
+        }
+        .into();
+        assert_eq!(state.exit_code(), EXIT_USAGE);
 
         // The trainer's errors: its bad input stays bad input, with the same message.
         let bad: CliError = samkit_train::TrainError::invalid("device", "no GPU").into();

@@ -2,28 +2,14 @@
 //! their pass counts, every new flag's bad value exits 2 naming the flag, a flag for another
 //! rule is refused, `--help` labels EG/OG-SAM reconstructed, and a rule the GPU has no kernel
 //! for is refused with `--device cuda` before any device is opened.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
+use common::{samkit, text};
+use std::path::PathBuf;
 
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cheaper-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::fresh_dir("cheaper", name)
 }
 
 const TINY: [&str; 12] = [
@@ -51,10 +37,10 @@ fn assert_usage_error(args: &[&str], flag: &str) {
         o.status.code(),
         Some(2),
         "{args:?}: stdout {}\nstderr {}",
-        stdout(&o),
-        stderr(&o)
+        text(&o.stdout),
+        text(&o.stderr)
     );
-    let err = stderr(&o);
+    let err = text(&o.stderr);
     assert!(
         err.contains(&format!("--{flag}")),
         "{args:?}: the error does not name --{flag}: {err}"
@@ -78,8 +64,8 @@ fn compare_reports_passes_for_the_new_rules() {
     args.extend(TINY);
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
     let o = samkit(&args);
-    let out = stdout(&o);
-    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
     assert!(
         out.contains("passes F/F0/B") && out.contains("save/SAM"),
         "{out}"
@@ -117,7 +103,12 @@ fn train_runs_a_new_rule_and_logs_its_passes() {
     args.extend(TINY);
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
     let o = samkit(&args);
-    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
     let log = std::fs::read_to_string(dir.join("steps.jsonl")).expect("steps.jsonl");
     let first: serde_json::Value =
         serde_json::from_str(log.lines().next().expect("a step")).expect("JSON");
@@ -182,7 +173,7 @@ fn a_flag_of_another_rule_is_refused() {
 fn help_labels_eg_and_og_sam_reconstructed() {
     let o = samkit(&["train", "--help"]);
     assert!(o.status.success());
-    let help = stdout(&o);
+    let help = text(&o.stdout);
     for want in [
         "ssam-l", "esam", "sam-on", "rst", "eg-sam", "og-sam", "--pass2",
     ] {
@@ -206,8 +197,8 @@ fn the_gpu_s_missing_kernels_are_refused_with_device_cuda() {
         args.extend(TINY);
         args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
         let o = samkit(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
         assert!(
             err.contains("--device cuda does not run") && err.contains(rest[1]),
             "{args:?}: {err}"
@@ -222,8 +213,8 @@ fn compare_suite_cost_trains_every_cost_reducer_and_prints_the_saving() {
     args.extend(TINY);
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
     let o = samkit(&args);
-    let out = stdout(&o);
-    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", text(&o.stderr));
     for name in [
         "sgd",
         "sam",

@@ -1,19 +1,13 @@
 //! `samkit compare --seeds N`: every optimizer trained with seeds s, s+1, ..., and the table
 //! and compare.json give mean ± std of the final test results; bad counts are refused.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
+use common::{samkit, text};
+use std::path::PathBuf;
 
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("compare-seeds-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::fresh_dir("compare-seeds", name)
 }
 
 /// A comparison that takes well under a second per run.
@@ -50,12 +44,12 @@ fn two_seeds_give_mean_and_std_per_optimizer() {
     args.extend(TINY);
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
     let o = samkit(&args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = text(&o.stdout);
     assert!(
         o.status.success(),
         "exit {:?}\n{out}\n{}",
         o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
+        text(&o.stderr)
     );
     // The default synthetic comparison puts label noise on the training labels.
     assert!(out.contains("label noise"), "{out}");
@@ -101,7 +95,7 @@ fn bad_seed_counts_exit_2_naming_the_flag() {
         args.extend(TINY);
         args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
         let o = samkit(&args);
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "--seeds {n}: {err}");
         assert!(err.contains("--seeds"), "--seeds {n}: {err}");
     }
@@ -120,7 +114,7 @@ fn bad_seed_counts_exit_2_naming_the_flag() {
     args.extend(TINY);
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
     let o = samkit(&args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("--seeds"), "{err}");
 }

@@ -2,24 +2,14 @@
 //! `--distill-start`, MESA's teacher forward logged as a forward without gradient, the teacher's
 //! state in the checkpoint), a run stopped and resumed equals the uninterrupted one, a bad value of each of their flags exits 2 naming it, and their
 //! flags are refused for another optimizer.
+mod common;
+
+use common::{samkit, steps_without_time, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
-
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("distill-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    common::fresh_dir("distill", name)
 }
 
 const TINY: [&str; 12] = [
@@ -140,19 +130,6 @@ fn bad_values_and_misplaced_flags_exit_2_naming_them() {
         args.extend(extra);
         assert_usage_error(&args, flag);
     }
-}
-
-/// The per-step record without its timings: what two runs of the same configuration share.
-fn steps_without_time(dir: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(dir.join("steps.jsonl"))
-        .expect("steps.jsonl")
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).expect("JSON");
-            v.as_object_mut().expect("an object").remove("seconds");
-            v
-        })
-        .collect()
 }
 
 #[test]

@@ -1,35 +1,15 @@
 //! Bad values that used to give silent wrong results or panics (issue 12): a finite-difference
 //! step lost to rounding in `hessian`, non-finite losses and unwritable outputs in `landscape`.
+mod common;
+
+use common::{json, ok, samkit, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
-
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("robust-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    let out = text(&o.stdout);
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stderr)
-    );
-    out
+    common::fresh_dir("robust", name)
 }
 
 /// A tiny trained checkpoint, made once for every test here.
@@ -107,8 +87,7 @@ fn the_default_fd_eps_still_gives_nonzero_eigenvalues() {
     let dir = fresh_dir("hessian-default");
     let out = ok(&hessian(&dir, &[]));
     assert!(out.contains("power iteration: λ1"), "{out}");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("hessian.json")).unwrap()).unwrap();
+    let j: serde_json::Value = json(&dir.join("hessian.json"));
     let l1 = j["top_eigenvalues_power"][0].as_f64().unwrap();
     assert!(l1.is_finite() && l1 != 0.0, "λ1 = {l1}");
 }
@@ -162,9 +141,7 @@ fn a_huge_span_plots_non_finite_losses_instead_of_panicking() {
                 out.contains(&format!("{blown} of 9 grid losses are inf/NaN")),
                 "{out}"
             );
-            let j: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("landscape.json")).unwrap())
-                    .unwrap();
+            let j: serde_json::Value = json(&dir.join("landscape.json"));
             assert_eq!(j["non_finite"].as_u64(), Some(blown as u64));
         }
     }

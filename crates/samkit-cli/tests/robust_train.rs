@@ -3,46 +3,16 @@
 //! step log); a checkpoint folder mixing two saves, a corrupt `trainer.json`, conflicting or
 //! inapplicable flags, a batch the training set cannot fill and a second writer on the same
 //! `--out` are refused with exit 2, naming what is wrong.
+mod common;
+
+use common::{json, ok, refused, samkit, steps_without_time};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
-
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("robust-train-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    let out = text(&o.stdout);
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stderr)
-    );
-    out
-}
-
-/// Asserts exit 2 with every one of `says` in the message; returns the message.
-fn refused(o: &Output, says: &[&str]) -> String {
-    let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "stderr:\n{err}");
-    for s in says {
-        assert!(err.contains(s), "{s:?} not in:\n{err}");
-    }
-    err
+    common::fresh_dir("robust-train", name)
 }
 
 /// A 3-epoch run of 2 steps each on a width-2 network: seconds in a debug build.
@@ -81,21 +51,6 @@ fn resume(out: &Path) -> Output {
     ])
 }
 
-/// The step log without the timings (which differ between any two runs).
-fn steps(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("steps.jsonl"))
-        .expect("a step log")
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).expect("a JSON record");
-            if let Some(o) = v.as_object_mut() {
-                o.remove("seconds");
-            }
-            v
-        })
-        .collect()
-}
-
 /// `epochs.csv`'s losses and accuracies (columns 0..6), without the timings.
 fn epochs(out: &Path) -> Vec<String> {
     std::fs::read_to_string(out.join("epochs.csv"))
@@ -111,7 +66,11 @@ fn assert_same_run(a: &Path, b: &Path, what: &str) {
         let y = std::fs::read(b.join("checkpoint").join(f)).expect("a checkpoint file");
         assert!(x == y, "{what}: {f} differs from the uninterrupted run's");
     }
-    assert_eq!(steps(a), steps(b), "{what}: steps.jsonl");
+    assert_eq!(
+        steps_without_time(a),
+        steps_without_time(b),
+        "{what}: steps.jsonl"
+    );
     assert_eq!(epochs(a), epochs(b), "{what}: epochs.csv");
 }
 
@@ -209,8 +168,7 @@ fn a_corrupt_trainer_json_is_refused_naming_the_field() {
     let out = fresh_dir("json");
     ok(&run(&out, &["--stop-after", "1"]));
     let path = out.join("checkpoint/trainer.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+    let mut v = json(&path);
     v["config"]["batch"] = serde_json::json!(0);
     std::fs::write(&path, v.to_string()).expect("write");
     // The manifest names the file that changed; without it, the value itself is refused.

@@ -1,36 +1,16 @@
 //! The survey's figures (issue 13), checked through the data they are drawn from: `landscape`
 //! with several checkpoints on one colour scale and its sharpness table, the interpolation's
 //! named ends and log axis, and bad values of the new flags (exit 2 naming the flag).
+mod common;
+
+use common::{json, ok, samkit, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
-
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("survey-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(o: &Output) -> String {
-    let out = text(&o.stdout);
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
-        o.status.code(),
-        text(&o.stderr)
-    );
-    out
+    common::fresh_dir("survey", name)
 }
 
 fn usage_error(o: &Output, flag: &str) {
@@ -38,10 +18,6 @@ fn usage_error(o: &Output, flag: &str) {
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains(flag), "{flag} not named: {err}");
     assert!(!err.contains("panicked"), "{err}");
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn nums(v: &serde_json::Value) -> Vec<f64> {

@@ -1,30 +1,13 @@
 //! The training commands end to end on tiny settings: compare's table and files, train's
 //! checkpoints and exact resume, landscape and hessian on a checkpoint, and clear errors.
+mod common;
+
+use common::{json, ok, samkit};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
-
+/// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn ok(o: &Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
+    common::fresh_dir("train", name)
 }
 
 fn is_png(p: &Path) -> bool {
@@ -73,8 +56,7 @@ fn compare_prints_the_table_and_writes_json_and_plots() {
         );
     }
     assert!(out.contains("synthetic"), "the data used is named");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("compare.json")).unwrap()).unwrap();
+    let json: serde_json::Value = json(&dir.join("compare.json"));
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 7);
     for r in rows {
@@ -169,8 +151,7 @@ fn landscape_and_hessian_read_a_checkpoint() {
     assert_eq!(csv.lines().count(), 1 + 25);
     assert!(is_png(&ls.join("landscape.png")) && is_png(&ls.join("interpolation.png")));
     // The line from a checkpoint to itself is flat.
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ls.join("landscape.json")).unwrap()).unwrap();
+    let j: serde_json::Value = json(&ls.join("landscape.json"));
     let line: Vec<f64> = j["line"]["loss"]
         .as_array()
         .unwrap()
@@ -207,8 +188,7 @@ fn landscape_and_hessian_read_a_checkpoint() {
         out.contains("power iteration: λ1") && out.contains("hutchinson"),
         "{out}"
     );
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(hs.join("hessian.json")).unwrap()).unwrap();
+    let j: serde_json::Value = json(&hs.join("hessian.json"));
     assert_eq!(j["hessian_vector_products"].as_u64().unwrap(), 3 + 4 + 2);
 }
 

@@ -1,0 +1,79 @@
+//! Helpers shared by the `samkit` binary's test files (`mod common;` in each): run the binary,
+//! make a fresh output folder, read its output and JSON files, and check its exit code. The
+//! `--device cuda` tests keep their own runner in `cuda_cli/`, which adds per-context flags and
+//! variables.
+// Each test binary compiles this module on its own and uses only some of the helpers.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Runs the `samkit` binary built for these tests with `args`.
+pub fn samkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_samkit"))
+        .args(args)
+        .output()
+        .expect("the samkit binary runs")
+}
+
+/// An empty-to-be folder `<prefix>-<name>` in cargo's test temp folder: whatever an earlier run
+/// left there is removed. The prefix keeps test binaries that run at once apart.
+pub fn fresh_dir(prefix: &str, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Output bytes as text (invalid UTF-8 replaced, so a failing run's message still shows).
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the run succeeded (showing its exit code, stdout and stderr if not); returns stdout.
+pub fn ok(o: &Output) -> String {
+    let out = text(&o.stdout);
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{out}\nstderr:\n{}",
+        o.status.code(),
+        text(&o.stderr)
+    );
+    out
+}
+
+/// Asserts exit 2 with every one of `says` in the message; returns the message.
+pub fn refused(o: &Output, says: &[&str]) -> String {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr:\n{err}");
+    for s in says {
+        assert!(err.contains(s), "{s:?} not in:\n{err}");
+    }
+    err
+}
+
+/// A JSON file the binary wrote, parsed.
+pub fn json(path: &Path) -> serde_json::Value {
+    let body = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} is readable: {e}", path.display()));
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{} is valid JSON: {e}", path.display()))
+}
+
+/// A JSON-lines file the binary wrote (`steps.jsonl`), one parsed record per line.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} is readable: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record"))
+        .collect()
+}
+
+/// The step log of the run in `out` without its wall-clock `seconds`, for comparing two runs
+/// that should have taken the same steps.
+pub fn steps_without_time(out: &Path) -> Vec<serde_json::Value> {
+    let mut steps = json_lines(&out.join("steps.jsonl"));
+    for v in &mut steps {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("seconds");
+        }
+    }
+    steps
+}

@@ -6,19 +6,15 @@
 //!
 //! Skipped, with one line saying why, where the emulator cannot be built (no NVRTC, no g++);
 //! `SAMKIT_REQUIRE_EMULATION=1` makes that a failure.
-use std::sync::Arc;
+mod common;
 
+use common::{config, rel, run, setup};
 use samkit_core::rules::{Esam, Rst, SamOn, SwitchProb};
-use samkit_core::{BaseOptimizer, LrSchedule, Rule, Sgd, Ssam};
-use samkit_data::loader::make_batch;
-use samkit_data::{Batch, Dataset, Normalize};
+use samkit_core::{Rule, Ssam};
 use samkit_nn::cuda::CudaOptions;
 use samkit_nn::{Cuda, Model};
-use samkit_train::engine::Engine;
-use samkit_train::{load_data, DataConfig, Pass2Mode, Passes, RunConfig, Trainer};
+use samkit_train::{Pass2Mode, Trainer};
 
-const STEPS: usize = 3;
-const BATCH: usize = 8;
 const WIDTH: usize = 4;
 /// As the trainer's CUDA-vs-CPU test: the devices differ only in summation order.
 const LOSS_REL: f64 = 1e-3;
@@ -27,79 +23,6 @@ const WEIGHT_REL: f64 = 1e-3;
 const COUNT_EPS: f64 = 1e-12;
 /// The emulated cuDNN's algorithm search: no large workspace to clear per shape.
 const WORKSPACE_BYTES: usize = 4 << 20;
-
-struct Setup {
-    train: Arc<Dataset>,
-    test: Arc<Dataset>,
-    norm: Normalize,
-    batches: Vec<Batch>,
-}
-
-fn setup() -> Setup {
-    let mut data = DataConfig::synthetic(STEPS * BATCH, BATCH);
-    data.no_augment = true;
-    let (split, norm) = load_data(&data, 0).expect("synthetic data");
-    let train = Arc::new(split.train);
-    let batches = (0..STEPS)
-        .map(|s| {
-            let idx: Vec<usize> = (s * BATCH..(s + 1) * BATCH).collect();
-            make_batch(&train, &idx, None, &norm, (0, 0))
-        })
-        .collect();
-    Setup {
-        train,
-        test: Arc::new(split.test),
-        norm,
-        batches,
-    }
-}
-
-fn config(name: &str, rule: Rule, pass2: Pass2Mode, data: &Setup) -> RunConfig {
-    let lr = 0.05;
-    let mut d = DataConfig::synthetic(data.train.len(), data.test.len());
-    d.no_augment = true;
-    RunConfig {
-        optimizer: name.into(),
-        rule,
-        base: BaseOptimizer::Sgd(Sgd {
-            lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            ..Sgd::default()
-        }),
-        schedule: LrSchedule::constant(lr),
-        epochs: 1,
-        batch: BATCH,
-        steps_per_epoch: Some(STEPS),
-        width: WIDTH,
-        label_smoothing: 0.0,
-        augment: false,
-        seed: 0,
-        data: d,
-        cuda: Default::default(),
-        pass2,
-        distill: None,
-    }
-}
-
-fn run<E: Engine>(t: &mut Trainer<E>, data: &Setup) -> (Vec<f64>, Vec<Passes>) {
-    data.batches
-        .iter()
-        .map(|b| {
-            let log = t.step(b).expect("a step");
-            assert!(
-                !log.skipped,
-                "{}: step {} skipped",
-                t.cfg.optimizer, log.step
-            );
-            (log.loss, log.passes)
-        })
-        .unzip()
-}
-
-fn rel(a: f64, b: f64) -> f64 {
-    (a - b).abs() / a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
-}
 
 #[test]
 fn emulated_cuda_runs_the_cheaper_second_passes_as_the_cpu() {
@@ -148,7 +71,7 @@ fn emulated_cuda_runs_the_cheaper_second_passes_as_the_cpu() {
         ),
     ];
     for (name, rule, mode) in cases {
-        let cfg = config(name, rule, mode, &data);
+        let cfg = config(name, rule, mode, WIDTH, &data);
         let mut cpu = Trainer::new(
             cfg.clone(),
             data.train.clone(),

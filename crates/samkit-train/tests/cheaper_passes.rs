@@ -2,82 +2,20 @@
 //! a tiny ResNet-18 on the CPU: SSAM-L `exact` equals SSAM with the same segment mask and a full
 //! pass 2, bit for bit; every new rule trains; and each step's pass counts follow the spec's
 //! cost formulas.
-use std::sync::Arc;
+mod common;
 
+use common::{config, setup, sgd, Setup, BATCH, LR, STEPS};
 use samkit_core::rules::{EgSam, Esam, Rst, SamOn, SegmentSelect, SwitchProb};
 use samkit_core::{
-    drive_step, BaseOptimizer, Eval, GradRequest, LrSchedule, MaskKind, NoHooks, Optimizer, Pass,
-    Rule, Sam, Sgd, Ssam,
+    drive_step, Eval, GradRequest, MaskKind, NoHooks, Optimizer, Pass, Rule, Sam, Ssam,
 };
-use samkit_data::loader::make_batch;
-use samkit_data::{Batch, Dataset, Normalize};
 use samkit_nn::{mean_weights, BnMode, Cpu, Model, ResNet18, ResNetConfig};
-use samkit_train::{load_data, DataConfig, Pass2Mode, Passes, RunConfig, Trainer};
+use samkit_train::{Pass2Mode, Passes, RunConfig, Trainer};
 
-const STEPS: usize = 3;
-const BATCH: usize = 8;
 const WIDTH: usize = 2;
-const LR: f32 = 0.05;
 /// Pass counts are sums of a few exact binary fractions (k/8 of a batch) and of multiply-add
 /// shares: equal to this.
 const COUNT_EPS: f64 = 1e-12;
-
-struct Setup {
-    train: Arc<Dataset>,
-    test: Arc<Dataset>,
-    norm: Normalize,
-    batches: Vec<Batch>,
-}
-
-fn setup() -> Setup {
-    let mut data = DataConfig::synthetic(STEPS * BATCH, BATCH);
-    data.no_augment = true;
-    let (split, norm) = load_data(&data, 0).expect("synthetic data");
-    let train = Arc::new(split.train);
-    let batches = (0..STEPS)
-        .map(|s| {
-            let idx: Vec<usize> = (s * BATCH..(s + 1) * BATCH).collect();
-            make_batch(&train, &idx, None, &norm, (0, 0))
-        })
-        .collect();
-    Setup {
-        train,
-        test: Arc::new(split.test),
-        norm,
-        batches,
-    }
-}
-
-fn sgd() -> BaseOptimizer {
-    BaseOptimizer::Sgd(Sgd {
-        lr: LR,
-        momentum: 0.9,
-        weight_decay: 5e-4,
-        ..Sgd::default()
-    })
-}
-
-fn config(name: &str, rule: Rule, pass2: Pass2Mode, data: &Setup) -> RunConfig {
-    let mut d = DataConfig::synthetic(data.train.len(), data.test.len());
-    d.no_augment = true;
-    RunConfig {
-        optimizer: name.into(),
-        rule,
-        base: sgd(),
-        schedule: LrSchedule::constant(LR),
-        epochs: 1,
-        batch: BATCH,
-        steps_per_epoch: Some(STEPS),
-        width: WIDTH,
-        label_smoothing: 0.0,
-        augment: false,
-        seed: 0,
-        data: d,
-        cuda: Default::default(),
-        pass2,
-        distill: None,
-    }
-}
 
 /// Trains `STEPS` steps; the weights after them and each step's passes.
 fn train(cfg: RunConfig, data: &Setup) -> (Vec<f32>, Vec<Passes>, Vec<f64>) {
@@ -145,7 +83,7 @@ fn ssam_l_exact_equals_ssam_with_the_same_mask_and_a_full_pass_2() {
     let data = setup();
     let rule = ssam_l(SegmentSelect::Suffix);
     let (w, passes, _) = train(
-        config("ssam-l", rule.clone(), Pass2Mode::Exact, &data),
+        config("ssam-l", rule.clone(), Pass2Mode::Exact, WIDTH, &data),
         &data,
     );
     let reference = full_pass2_reference(rule, &data);
@@ -168,10 +106,13 @@ fn ssam_l_truncated_trains_with_fewer_passes_than_exact() {
     let data = setup();
     let rule = ssam_l(SegmentSelect::Suffix);
     let (we, exact, _) = train(
-        config("ssam-l", rule.clone(), Pass2Mode::Exact, &data),
+        config("ssam-l", rule.clone(), Pass2Mode::Exact, WIDTH, &data),
         &data,
     );
-    let (wt, trunc, losses) = train(config("ssam-l", rule, Pass2Mode::Truncated, &data), &data);
+    let (wt, trunc, losses) = train(
+        config("ssam-l", rule, Pass2Mode::Truncated, WIDTH, &data),
+        &data,
+    );
     assert!(losses.iter().all(|l| l.is_finite()));
     assert!(wt.iter().all(|x| x.is_finite()));
     for (e, t) in exact.iter().zip(&trunc) {
@@ -191,7 +132,7 @@ fn pass_counts_follow_the_cost_formulas() {
     let data = setup();
     let b = BATCH as u64;
     let expect = |name: &str, rule: Rule, f: f64, f0: f64, bw: f64, samples: u64| {
-        let (_, passes, _) = train(config(name, rule, Pass2Mode::Exact, &data), &data);
+        let (_, passes, _) = train(config(name, rule, Pass2Mode::Exact, WIDTH, &data), &data);
         for p in passes {
             assert!(
                 (p.forward - f).abs() < COUNT_EPS
@@ -284,7 +225,7 @@ fn every_new_rule_trains_on_the_cpu() {
     };
     for (name, rule) in rules {
         for mode in [Pass2Mode::Exact, Pass2Mode::Truncated] {
-            let (w, passes, losses) = train(config(name, rule.clone(), mode, &data), &data);
+            let (w, passes, losses) = train(config(name, rule.clone(), mode, WIDTH, &data), &data);
             assert!(
                 w.iter().all(|x| x.is_finite()),
                 "{name}: non-finite weights"
@@ -310,6 +251,7 @@ fn a_config_without_pass2_reads_as_exact() {
         "sam",
         Rule::Sam(Sam::default()),
         Pass2Mode::Truncated,
+        WIDTH,
         &data,
     );
     let mut v = serde_json::to_value(&cfg).expect("a config serializes");

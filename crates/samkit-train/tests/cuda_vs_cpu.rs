@@ -7,20 +7,15 @@
 //!
 //! Skipped, with one line saying why, where the emulator cannot be built (no NVRTC, no g++);
 //! `SAMKIT_REQUIRE_EMULATION=1` makes that a failure.
-use std::sync::Arc;
+mod common;
 
-use samkit_core::{BaseOptimizer, ImbSam, LrSchedule, MaskKind, Rule, Sam, Sgd, Ssam, SsamNorm};
-use samkit_data::loader::make_batch;
-use samkit_data::{Batch, Dataset, Normalize};
+use common::{config, rel, run, setup, Setup, BATCH};
+use samkit_core::{ImbSam, MaskKind, Rule, Sam, Ssam, SsamNorm};
 use samkit_nn::cuda::CudaOptions;
 use samkit_nn::Cuda;
 use samkit_train::engine::Engine;
-use samkit_train::{load_data, DataConfig, RunConfig, Trainer};
+use samkit_train::{Pass2Mode, Trainer};
 
-/// Steps per rule: enough for SSAM-F to update its mask twice (interval 2) and for the
-/// momentum to carry rounding differences forward.
-const STEPS: usize = 3;
-const BATCH: usize = 8;
 const WIDTH: usize = 4;
 /// The first loss sees identical weights: only the summation order differs.
 const FIRST_LOSS_REL: f64 = 1e-4;
@@ -38,60 +33,6 @@ const WEIGHT_REL: f64 = 1e-3;
 const WEIGHT_REL_IMBSAM: f64 = 1e-2;
 /// The emulated cuDNN's algorithm search: no large workspace to clear per shape.
 const WORKSPACE_BYTES: usize = 4 << 20;
-
-struct Setup {
-    train: Arc<Dataset>,
-    test: Arc<Dataset>,
-    norm: Normalize,
-    batches: Vec<Batch>,
-}
-
-fn setup() -> Setup {
-    let mut data = DataConfig::synthetic(STEPS * BATCH, BATCH);
-    data.no_augment = true;
-    let (split, norm) = load_data(&data, 0).expect("synthetic data");
-    let train = Arc::new(split.train);
-    let batches = (0..STEPS)
-        .map(|s| {
-            let idx: Vec<usize> = (s * BATCH..(s + 1) * BATCH).collect();
-            make_batch(&train, &idx, None, &norm, (0, 0))
-        })
-        .collect();
-    Setup {
-        train,
-        test: Arc::new(split.test),
-        norm,
-        batches,
-    }
-}
-
-fn config(name: &str, rule: Rule, data: &Setup) -> RunConfig {
-    let lr = 0.05;
-    let mut d = DataConfig::synthetic(data.train.len(), data.test.len());
-    d.no_augment = true;
-    RunConfig {
-        optimizer: name.into(),
-        rule,
-        base: BaseOptimizer::Sgd(Sgd {
-            lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            ..Sgd::default()
-        }),
-        schedule: LrSchedule::constant(lr),
-        epochs: 1,
-        batch: BATCH,
-        steps_per_epoch: Some(STEPS),
-        width: WIDTH,
-        label_smoothing: 0.0,
-        augment: false,
-        seed: 0,
-        data: d,
-        cuda: Default::default(),
-        pass2: Default::default(),
-        distill: None,
-    }
-}
 
 /// ImbSAM's τ: the rarest classes present in the training set form the tail.
 fn tau(data: &Setup) -> usize {
@@ -134,26 +75,6 @@ fn rules(data: &Setup) -> Vec<(&'static str, Rule)> {
     ]
 }
 
-/// The losses of [`STEPS`] steps on the fixed batches.
-fn losses<E: Engine>(t: &mut Trainer<E>, data: &Setup) -> Vec<f64> {
-    data.batches
-        .iter()
-        .map(|b| {
-            let log = t.step(b).expect("a step");
-            assert!(
-                !log.skipped,
-                "{}: step {} skipped",
-                t.cfg.optimizer, log.step
-            );
-            log.loss
-        })
-        .collect()
-}
-
-fn rel(a: f64, b: f64) -> f64 {
-    (a - b).abs() / a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
-}
-
 #[test]
 fn emulated_cuda_trainer_follows_the_cpu_trainer() {
     let Some(dev) = samkit_testkit::or_skip(samkit_testkit::device_with_dnn()) else {
@@ -166,7 +87,7 @@ fn emulated_cuda_trainer_follows_the_cpu_trainer() {
         ..CudaOptions::default()
     };
     for (name, rule) in rules(&data) {
-        let cfg = config(name, rule, &data);
+        let cfg = config(name, rule, Pass2Mode::default(), WIDTH, &data);
         let mut cpu = Trainer::new(
             cfg.clone(),
             data.train.clone(),
@@ -188,7 +109,7 @@ fn emulated_cuda_trainer_follows_the_cpu_trainer() {
                 .count();
             assert!(tail_samples > 0, "imbsam: no tail sample in the batches");
         }
-        let (lc, lg) = (losses(&mut cpu, &data), losses(&mut gpu, &data));
+        let (lc, lg) = (run(&mut cpu, &data).0, run(&mut gpu, &data).0);
         println!("{name}: cpu {lc:?}\n{name}: cuda {lg:?}");
         assert!(
             rel(lc[0], lg[0]) < FIRST_LOSS_REL,
@@ -225,7 +146,7 @@ fn a_checkpoint_of_the_emulated_device_continues_on_the_cpu() {
     };
     let data = setup();
     let (name, rule) = rules(&data).swap_remove(1);
-    let cfg = config(name, rule, &data);
+    let cfg = config(name, rule, Pass2Mode::default(), WIDTH, &data);
     let opts = CudaOptions {
         deterministic: true,
         workspace_limit: WORKSPACE_BYTES,

@@ -2,7 +2,7 @@
 //! step lost to rounding in `hessian`, non-finite losses and unwritable outputs in `landscape`.
 mod common;
 
-use common::{json, ok, samkit, text};
+use common::{json, ok, samkit, text, tiny_checkpoint};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
@@ -15,29 +15,7 @@ fn fresh_dir(name: &str) -> PathBuf {
 /// A tiny trained checkpoint, made once for every test here.
 fn checkpoint() -> &'static Path {
     static CK: OnceLock<PathBuf> = OnceLock::new();
-    CK.get_or_init(|| {
-        let dir = fresh_dir("train");
-        ok(&samkit(&[
-            "train",
-            "--optimizer",
-            "sam",
-            "--epochs",
-            "1",
-            "--width",
-            "2",
-            "--train-size",
-            "64",
-            "--test-size",
-            "16",
-            "--batch",
-            "16",
-            "--steps-per-epoch",
-            "2",
-            "--out",
-            dir.to_str().unwrap(),
-        ]));
-        dir.join("checkpoint")
-    })
+    CK.get_or_init(|| tiny_checkpoint("sam", &fresh_dir("train")))
 }
 
 fn hessian(out: &Path, extra: &[&str]) -> Output {

@@ -3,7 +3,7 @@
 //! named ends and log axis, and bad values of the new flags (exit 2 naming the flag).
 mod common;
 
-use common::{json, ok, samkit, text};
+use common::{json, ok, samkit, text, tiny_checkpoint};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::OnceLock;
@@ -32,29 +32,7 @@ fn nums(v: &serde_json::Value) -> Vec<f64> {
 fn checkpoints() -> &'static (PathBuf, PathBuf) {
     static CK: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     CK.get_or_init(|| {
-        let make = |rule: &str| {
-            let dir = fresh_dir(&format!("train-{rule}"));
-            ok(&samkit(&[
-                "train",
-                "--optimizer",
-                rule,
-                "--epochs",
-                "1",
-                "--width",
-                "2",
-                "--train-size",
-                "64",
-                "--test-size",
-                "16",
-                "--batch",
-                "16",
-                "--steps-per-epoch",
-                "2",
-                "--out",
-                dir.to_str().unwrap(),
-            ]));
-            dir.join("checkpoint")
-        };
+        let make = |rule: &str| tiny_checkpoint(rule, &fresh_dir(&format!("train-{rule}")));
         (make("sgd"), make("sam"))
     })
 }

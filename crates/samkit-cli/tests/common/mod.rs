@@ -77,3 +77,28 @@ pub fn steps_without_time(out: &Path) -> Vec<serde_json::Value> {
     }
     steps
 }
+
+/// Trains `rule` for one epoch of 2 steps on a width-2 network into `dir` (seconds in a debug
+/// build) and returns its checkpoint folder: a real checkpoint for the commands that read one.
+pub fn tiny_checkpoint(rule: &str, dir: &Path) -> PathBuf {
+    ok(&samkit(&[
+        "train",
+        "--optimizer",
+        rule,
+        "--epochs",
+        "1",
+        "--width",
+        "2",
+        "--train-size",
+        "64",
+        "--test-size",
+        "16",
+        "--batch",
+        "16",
+        "--steps-per-epoch",
+        "2",
+        "--out",
+        dir.to_str().expect("a UTF-8 path"),
+    ]));
+    dir.join("checkpoint")
+}

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 eval "$(bash scripts/install-nvrtc.sh --print-env)"
 cargo test --workspace "$@"
 if [ "$#" -eq 0 ]; then
+    # The cuda_step example's own tests (its step accounting on the CPU and the emulated device).
+    cargo test -p samkit-nn --example cuda_step
     bash scripts/test-sanitized.sh
     bash scripts/gpu-check.sh rehearse target/gpu-rehearsal-out
 fi

@@ -47,6 +47,10 @@ enum Command {
     Compare(train::cmd::CompareCmd),
     /// Train ResNet-18 with one optimizer, with checkpoints and resume.
     Train(train::cmd::TrainCmd),
+    /// The survey's table 1: SAM, FriendlySAM, SSAM-F and SSAM-D on CIFAR-10 and CIFAR-100
+    /// with --preset-survey, 4 seeds each; markdown and JSON with mean ± std beside the
+    /// survey's numbers (a time estimate first; --dry-run stops there).
+    Table1(train::table1::Table1Cmd),
     /// Loss surface around a checkpoint along two filter-normalised directions, and the
     /// line between two checkpoints.
     Landscape(landscape::LandscapeArgs),
@@ -66,6 +70,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Command::Linreg(a) => linreg::run(a, &mut out),
         Command::Compare(a) => train::cmd::compare(a, &mut out),
         Command::Train(a) => train::cmd::train(a, &mut out),
+        Command::Table1(a) => train::table1::run(a, &mut out),
         Command::Landscape(a) => landscape::run(a, &mut out),
         Command::Hessian(a) => hessian::run(a, &mut out),
         Command::Bench(a) => train::bench::run(a, &mut out),

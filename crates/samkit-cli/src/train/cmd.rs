@@ -71,6 +71,19 @@ pub struct CompareCmd {
     /// the final test accuracy and loss as mean ± std over them.
     #[arg(long, default_value_t = 1)]
     pub seeds: usize,
+    /// Per-run settings from a TOML file instead of --optimizers: one `[[run]]` table per run
+    /// with `optimizer` (required), `name` (the label; default the optimizer) and any of
+    /// train's base-optimizer, schedule and rule flags as keys (`base = "adam"`, `lr = 0.005`,
+    /// `rho = 0.2`, `adaptive = true`, `weight_decay`, `fisher_samples`, ...). The command
+    /// line's flags hold for every run and a table's keys override them; data, model, epochs,
+    /// batch and seed stay the command line's. A bad file, table or key exits 2 naming them.
+    #[arg(long, value_name = "FILE.toml", conflicts_with_all = ["optimizers", "suite"])]
+    pub runs: Option<PathBuf>,
+    /// Save each run's final model and optimizer state as a checkpoint folder,
+    /// checkpoints/<optimizer or run name>-seed<N>/ under --out, which `train --resume`,
+    /// `landscape --checkpoint` and `hessian --checkpoint` read.
+    #[arg(long)]
+    pub save_checkpoints: bool,
 }
 
 /// Most seeds one comparison may run (each one trains every optimizer again).
@@ -283,7 +296,13 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
         Some(s) => s.min(planned),
         None => planned,
     };
-    let mut t = make(cfg, Arc::new(split.train), Arc::new(split.test), norm)?;
+    let (train, test) = (Arc::new(split.train), Arc::new(split.test));
+    if cmd.resume.is_none() && cmd.run.train.preset_survey {
+        super::preset::announce(&cmd.run, out);
+        let e = super::preset::time_config(&cfg, &train, &test, norm, &make, 1)?;
+        super::preset::report(&[e], &format!("{:?}", cmd.run.device), out);
+    }
+    let mut t = make(cfg, train, test, norm)?;
     out.say(format!("device: {}", t.engine.describe()));
     if let (Some(dir), Some(st)) = (&cmd.resume, resume_state) {
         t.load(dir, st)?;
@@ -402,7 +421,7 @@ fn given_run_flags(cmd: &TrainCmd) -> Result<Vec<String>> {
 /// it, `--milestones`/`--gamma` without the step schedule, `--data-dir` with synthetic data and
 /// `--train-size`/`--test-size` with CIFAR; and a step schedule whose default milestones the
 /// run is too short for.
-fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
+pub(crate) fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
     use super::args::{BaseKind, DataSource, ScheduleKind};
     use clap::Parser;
     let d = Defaults::try_parse_from(["samkit"])
@@ -524,6 +543,9 @@ const SSAM_L_TRUNCATED: &str = "ssam-l-truncated";
 
 /// The configurations a comparison trains, each validated before any training starts.
 fn compare_configs(cmd: &CompareCmd) -> Result<Vec<RunConfig>> {
+    if let Some(file) = &cmd.runs {
+        return super::runs::configs(file, &cmd.run, inapplicable);
+    }
     let Some(Suite::Cost) = cmd.suite else {
         return cmd
             .optimizers
@@ -567,6 +589,9 @@ struct SeedResult {
     seed: u64,
     test_accuracy: f64,
     test_loss: f64,
+    /// With `--save-checkpoints`: the folder of this run's final checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checkpoint: Option<PathBuf>,
 }
 
 /// Mean and sample standard deviation (0 for a single value).
@@ -623,7 +648,10 @@ fn compare_on<E: Engine>(
 ) -> Result<()> {
     crate::error::check::non_empty("optimizers", &cmd.optimizers)?;
     let names: Vec<&str> = cmd.optimizers.iter().map(String::as_str).collect();
-    inapplicable(&cmd.run, &names)?;
+    // A runs file checks each run's flags against its own optimizer and base.
+    if cmd.runs.is_none() {
+        inapplicable(&cmd.run, &names)?;
+    }
     // Validate every optimizer's flags before any training starts.
     let configs = compare_configs(cmd)?;
     crate::error::check::count("seeds", cmd.seeds, 1, MAX_SEEDS)?;
@@ -650,7 +678,34 @@ fn compare_on<E: Engine>(
         out.say(format!("data (seed {seed}): {}", split.description));
         let (train, test) = (Arc::new(split.train), Arc::new(split.test));
         for (i, cfg) in configs.iter().enumerate() {
-            let last = train_one(cfg, seed, &train, &test, norm, &make, out, rows.is_empty())?;
+            if seed == first_seed && i == 0 && cmd.run.train.preset_survey {
+                super::preset::announce(&cmd.run, out);
+                let estimates = configs
+                    .iter()
+                    .map(|c| {
+                        let mut c = c.clone();
+                        c.seed = seed;
+                        super::preset::time_config(&c, &train, &test, norm, &make, cmd.seeds)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                super::preset::report(&estimates, &format!("{:?}", cmd.run.device), out);
+            }
+            let save = cmd.save_checkpoints.then(|| {
+                cmd.out
+                    .join("checkpoints")
+                    .join(format!("{}-seed{seed}", cfg.optimizer))
+            });
+            let last = train_one(
+                cfg,
+                seed,
+                &train,
+                &test,
+                norm,
+                &make,
+                out,
+                rows.is_empty(),
+                save.as_deref(),
+            )?;
             if seed == first_seed {
                 rows.push(last);
             } else {
@@ -696,6 +751,7 @@ fn train_one<E: Engine>(
     make: &impl MakeTrainer<E>,
     out: &mut Output,
     describe: bool,
+    save: Option<&Path>,
 ) -> Result<CompareRow> {
     let mut cfg = cfg.clone();
     cfg.seed = seed;
@@ -733,6 +789,10 @@ fn train_one<E: Engine>(
         |_, _| Ok(()),
     )?;
     let last = t.history.last().cloned().expect("at least one epoch");
+    if let Some(dir) = save {
+        t.save(dir)?;
+        out.say(format!("checkpoint: {}", dir.display()));
+    }
     let step_seconds = sum.scaled(1.0 / counted.max(1) as f64);
     Ok(CompareRow {
         optimizer: t.cfg.optimizer.clone(),
@@ -754,6 +814,7 @@ fn train_one<E: Engine>(
             seed,
             test_accuracy: last.test_accuracy,
             test_loss: last.test_loss,
+            checkpoint: save.map(Path::to_path_buf),
         }],
     })
 }

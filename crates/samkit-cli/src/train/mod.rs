@@ -3,3 +3,6 @@
 pub mod args;
 pub mod bench;
 pub mod cmd;
+pub mod preset;
+pub mod runs;
+pub mod table1;

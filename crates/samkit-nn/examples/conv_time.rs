@@ -1,5 +1,6 @@
-//! CPU time of the convolutions of ResNet-18 (batch 32) under different im2col chunk budgets:
-//! `RAYON_NUM_THREADS=1 cargo run --release --example conv_time`.
+//! CPU time of the convolutions of ResNet-18 (batch 32) under different chunk budgets, with
+//! Winograd on (w) and off (i: im2col + GEMM for every shape):
+//! `cargo run --release --example conv_time [budget ...]` (GF/s: of the direct form's FLOPs).
 use samkit_nn::backend::ParamGrad;
 use samkit_nn::init::Rng;
 use samkit_nn::{Backend, Conv2d, Cpu, Dims};
@@ -55,8 +56,8 @@ fn main() {
             "{:>3}->{:<3} k{} s{} {:>2}x{:<2}",
             c.cin, c.cout, c.k, c.stride, d.h, d.w
         );
-        for &b in &budgets {
-            let mut be = Cpu::new().with_col_budget(b);
+        for (b, wino) in budgets.iter().flat_map(|&b| [(b, true), (b, false)]) {
+            let mut be = Cpu::new().with_col_budget(b).with_winograd(wino);
             be.conv2d_forward(&c, d, &x, &w, 0, &mut y).unwrap();
             let mut best = [f64::MAX; 2];
             for _ in 0..3 {
@@ -81,8 +82,9 @@ fn main() {
                 best[1] = best[1].min(t2 - t1);
             }
             line += &format!(
-                " | b{}: fwd {:5.1} ms {:4.0} GF/s bwd {:5.1} ms {:4.0} GF/s",
+                " | b{}{}: fwd {:5.1} ms {:4.0} GF/s bwd {:5.1} ms {:4.0} GF/s",
                 b,
+                if wino { "w" } else { "i" },
                 best[0] * 1e3,
                 flops / best[0] / 1e9,
                 best[1] * 1e3,

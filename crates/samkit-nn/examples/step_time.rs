@@ -1,9 +1,10 @@
-//! Times a ResNet-18 train step on the CPU: `cargo run --release --example step_time -- [batch] [width] [reps]`.
+//! Times a ResNet-18 train step on the CPU:
+//! `cargo run --release --example step_time -- [batch] [width] [reps] [winograd 1|0]`.
 use std::time::Instant;
 
 use samkit_core::{BaseOptimizer, GradRequest, Optimizer, Rule, Sgd};
 use samkit_nn::init::Rng;
-use samkit_nn::{mean_weights, BnMode, Model, ResNet18, ResNetConfig, Tensor};
+use samkit_nn::{mean_weights, BnMode, Cpu, Model, ResNet18, ResNetConfig, Tensor};
 
 /// CPU time of all threads of this process (Linux schedstat), in seconds.
 fn cpu_time() -> f64 {
@@ -32,7 +33,12 @@ fn main() {
         args.get(1).copied().unwrap_or(64),
         args.get(2).copied().unwrap_or(5),
     );
-    let mut model = ResNet18::cpu(ResNetConfig::new(10, width)).unwrap();
+    let winograd = args.get(3).is_none_or(|&v| v != 0);
+    let mut model = ResNet18::new(
+        Cpu::new().with_winograd(winograd),
+        ResNetConfig::new(10, width),
+    )
+    .unwrap();
     let mut w = model.init_params(0);
     let mut xv = vec![0.0; b * 3 * 32 * 32];
     Rng::new(1).fill_normal(&mut xv, 1.0);
@@ -85,6 +91,6 @@ fn main() {
     cpu.sort_by(f64::total_cmp);
     times.sort_by(f64::total_cmp);
     fwd.sort_by(f64::total_cmp);
-    println!("threads {} batch {b} width {width}: train step median {:.3} s (min {:.3}); forward median {:.3} s; cpu per step median {:.3} s (min {:.3})",
+    println!("threads {} batch {b} width {width} winograd {winograd}: train step median {:.3} s (min {:.3}); forward median {:.3} s; cpu per step median {:.3} s (min {:.3})",
         rayon::current_num_threads(), times[times.len() / 2], times[0], fwd[fwd.len() / 2], cpu[cpu.len() / 2], cpu[0]);
 }

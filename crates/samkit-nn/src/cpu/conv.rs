@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{Gemm, MatMut, MatRef};
+use super::winograd::{self, Direction};
 use crate::backend::{Conv2d, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
@@ -19,27 +20,46 @@ const PSG_BLOCK: usize = 1 << 16;
 /// Per-thread workspaces of the convolutions.
 #[derive(Default)]
 pub(super) struct ThreadBufs {
-    col: Vec<f32>,
-    acc: Vec<f32>,
-    tmp: Vec<f32>,
+    pub(super) col: Vec<f32>,
+    pub(super) acc: Vec<f32>,
+    pub(super) tmp: Vec<f32>,
+    /// One zero-bordered input plane of the Winograd input transform.
+    pub(super) pad: Vec<f32>,
 }
 
 pub(super) struct ConvScratch<'a> {
     pub bufs: &'a mut Vec<ThreadBufs>,
     pub budget: usize,
     pub threads: usize,
+    /// The Winograd-transformed filters of the convolution being run.
+    pub wino_u: &'a mut Vec<f32>,
+    /// Whether 3×3 stride-1 convolutions may run through Winograd (else im2col + GEMM).
+    pub winograd: bool,
+}
+
+impl ConvScratch<'_> {
+    /// The same workspaces for one more call.
+    pub(super) fn reborrow(&mut self) -> ConvScratch<'_> {
+        ConvScratch {
+            bufs: self.bufs,
+            budget: self.budget,
+            threads: self.threads,
+            wino_u: self.wino_u,
+            winograd: self.winograd,
+        }
+    }
 }
 
 /// A pointer that may cross threads; every use writes a region no other thread touches.
 #[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
+pub(super) struct SharedMut(pub(super) *mut f32);
 // SAFETY: see the uses: each thread writes disjoint image ranges.
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 impl SharedMut {
     /// The pointer (a method, so that closures capture the `Sync` wrapper, not the field).
-    fn ptr(self) -> *mut f32 {
+    pub(super) fn ptr(self) -> *mut f32 {
         self.0
     }
 }
@@ -47,16 +67,27 @@ impl SharedMut {
 /// How the batch is cut: `chunks` chunks of `nb` images (the last may be shorter), run by
 /// `groups` threads, chunk `c` by thread `c % groups`; `gemm_threads` per GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Plan {
-    nb: usize,
-    chunks: usize,
-    groups: usize,
-    gemm_threads: usize,
+pub(super) struct Plan {
+    pub(super) nb: usize,
+    pub(super) chunks: usize,
+    pub(super) groups: usize,
+    pub(super) gemm_threads: usize,
 }
 
 fn plan(conv: &Conv2d, xd: Dims, budget: usize, threads: usize) -> Plan {
-    let per_image = (conv.cin * conv.k * conv.k * conv.out_dims(xd).hw()).max(1);
-    let n = xd.n.max(1);
+    plan_images(
+        conv.cin * conv.k * conv.k * conv.out_dims(xd).hw(),
+        xd.n,
+        budget,
+        threads,
+    )
+}
+
+/// Chunks of `n` images whose workspace of `per_image` values each stays within `budget`,
+/// at least one chunk per thread where there are enough images.
+pub(super) fn plan_images(per_image: usize, n: usize, budget: usize, threads: usize) -> Plan {
+    let per_image = per_image.max(1);
+    let n = n.max(1);
     let threads = threads.max(1);
     let mut chunks = (n * per_image).div_ceil(budget.max(1)).max(threads.min(n));
     if chunks >= threads {
@@ -220,6 +251,9 @@ pub(super) fn forward(
     check_len("conv2d input", x.len(), xd.len())?;
     check_len("conv2d weight", w.len(), conv.weight_len())?;
     check_len("conv2d output", y.len(), od.len())?;
+    if s.winograd && winograd::applies(conv, xd) {
+        return winograd::run(s, conv, Direction::Forward, xd, w, x, y, false);
+    }
     let ckk = conv.cin * conv.k * conv.k;
     let (hwo, n_all) = (od.hw(), xd.n);
     let pl = plan(conv, xd, s.budget, s.threads);
@@ -270,7 +304,7 @@ pub(super) fn forward(
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
-    s: ConvScratch<'_>,
+    mut s: ConvScratch<'_>,
     conv: &Conv2d,
     xd: Dims,
     x: &[f32],
@@ -300,6 +334,16 @@ pub(super) fn backward(
     };
     let pointwise = conv.is_pointwise();
     let dx_len = xd.len();
+    // A Winograd convolution gives the data gradient after the weight gradient's sweep.
+    let winograd = s.winograd && winograd::applies(conv, xd);
+    if winograd && mode == ParamGrad::Sum {
+        winograd::weight_grad(s.reborrow(), conv, xd, x, dy, dw)?;
+        if let Some(dx) = dx {
+            winograd::run(s, conv, Direction::Data, od, w, dy, dx, accumulate_dx)?;
+        }
+        return Ok(());
+    }
+    let (dx_winograd, dx) = if winograd { (dx, None) } else { (None, dx) };
     let dxp = dx.map(|d| SharedMut(d.as_mut_ptr()));
     if s.bufs.len() < pl.groups {
         s.bufs.resize_with(pl.groups, ThreadBufs::default);
@@ -436,6 +480,9 @@ pub(super) fn backward(
                 d.iter_mut().zip(&a[r.clone()]).for_each(|(d, a)| *d += a);
             }
         });
+    if let Some(dx) = dx_winograd {
+        winograd::run(s, conv, Direction::Data, od, w, dy, dx, accumulate_dx)?;
+    }
     Ok(())
 }
 

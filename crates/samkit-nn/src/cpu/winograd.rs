@@ -109,7 +109,10 @@ fn transform_weights(w: &[f32], conv: &Conv2d, dir: Direction, u: &mut Vec<f32>)
 }
 
 /// Tiles of images `n0..n0 + nb`, transformed: `v[c][ξ][t]` for the `k` channels of `x`,
-/// tile `t = (n·th + ty)·tw + tx`. `pad` holds one zero-bordered plane.
+/// tile `t = (n·th + ty)·tw + tx`. `pad` is workspace for one image's zero-bordered plane,
+/// split into even and odd columns: tile `tx` reads padded columns `2tx..2tx + 4`, which are
+/// entries `tx` and `tx + 1` of both halves, so every loop below runs over consecutive tiles
+/// and vectorises (a loop per tile, gathering 16 values, ran scalar and took 8 % of a step).
 #[allow(clippy::too_many_arguments)]
 fn input_transform(
     x: &[f32],
@@ -123,39 +126,64 @@ fn input_transform(
     let (h, w) = (d.h, d.w);
     let (th, tw) = (h / 2, w / 2);
     let tiles = nb * th * tw;
-    let pw = w + 2;
+    // Padded row r (0..h + 2) has even entries at r·half, odd entries at (h + 2 + r)·half;
+    // then 8 rows of `Bᵀ d` (4 on even, 4 on odd columns) of the current tile row.
+    let half = tw + 1;
     pad.clear();
-    pad.resize((h + 2) * pw, 0.0);
+    pad.resize((2 * (h + 2) + 8) * half, 0.0);
+    let (even, rest) = pad.split_at_mut((h + 2) * half);
+    let (odd, rows_t) = rest.split_at_mut((h + 2) * half);
     for c in 0..k {
         let vc = &mut v[c * XI * tiles..(c + 1) * XI * tiles];
         for j in 0..nb {
             let plane = &x[(c * d.n + n0 + j) * h * w..][..h * w];
+            // Padded column 2i is input column 2i − 1, padded column 2i + 1 is input column 2i;
+            // the border rows and columns stay zero.
             for r in 0..h {
-                pad[(r + 1) * pw + 1..(r + 1) * pw + 1 + w].copy_from_slice(&plane[r * w..][..w]);
+                let row = &plane[r * w..][..w];
+                let e = &mut even[(r + 1) * half + 1..][..tw];
+                let o = &mut odd[(r + 1) * half..][..tw];
+                for ((e, o), pair) in e.iter_mut().zip(o.iter_mut()).zip(row.chunks_exact(2)) {
+                    *o = pair[0];
+                    *e = pair[1];
+                }
             }
             for ty in 0..th {
-                let rows = &pad[2 * ty * pw..(2 * ty + 4) * pw];
-                let t0 = (j * th + ty) * tw;
-                for tx in 0..tw {
-                    let mut dd = [[0.0f32; 4]; 4];
-                    for (r, dr) in dd.iter_mut().enumerate() {
-                        dr.copy_from_slice(&rows[r * pw + 2 * tx..][..4]);
+                // Bᵀ d on the tile row's 4 padded rows, per column: d0 − d2, d1 + d2, d2 − d1,
+                // d1 − d3; rows 0..4 of `rows_t` on the even columns, 4..8 on the odd ones.
+                for (half_cols, base) in [(&*even, 0), (&*odd, 4)] {
+                    let d = |r: usize| &half_cols[(2 * ty + r) * half..][..half];
+                    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
+                    let (t0, tail) = rows_t[base * half..].split_at_mut(half);
+                    let (t1, tail) = tail.split_at_mut(half);
+                    let (t2, tail) = tail.split_at_mut(half);
+                    let t3 = &mut tail[..half];
+                    for i in 0..half {
+                        t0[i] = d0[i] - d2[i];
+                        t1[i] = d1[i] + d2[i];
+                        t2[i] = d2[i] - d1[i];
+                        t3[i] = d1[i] - d3[i];
                     }
-                    // Bᵀ d: rows d0 − d2, d1 + d2, d2 − d1, d1 − d3; then the same on columns.
-                    let mut t = [[0.0f32; 4]; 4];
-                    for c4 in 0..4 {
-                        t[0][c4] = dd[0][c4] - dd[2][c4];
-                        t[1][c4] = dd[1][c4] + dd[2][c4];
-                        t[2][c4] = dd[2][c4] - dd[1][c4];
-                        t[3][c4] = dd[1][c4] - dd[3][c4];
+                }
+                // The same on the tile's columns 2tx..2tx + 4 = even tx, odd tx, even tx + 1,
+                // odd tx + 1: four slices of consecutive tiles per row of Bᵀ d.
+                let t_first = (j * th + ty) * tw;
+                for r in 0..4 {
+                    let te = &rows_t[r * half..][..half];
+                    let to = &rows_t[(4 + r) * half..][..half];
+                    let (a, b, c2, d2) = (&te[..tw], &to[..tw], &te[1..], &to[1..]);
+                    let at = |xi: usize| (4 * r + xi) * tiles + t_first;
+                    for (o, (a, c2)) in vc[at(0)..][..tw].iter_mut().zip(a.iter().zip(c2)) {
+                        *o = a - c2;
                     }
-                    let t_idx = t0 + tx;
-                    for (r, tr) in t.iter().enumerate() {
-                        let o = 4 * r * tiles + t_idx;
-                        vc[o] = tr[0] - tr[2];
-                        vc[o + tiles] = tr[1] + tr[2];
-                        vc[o + 2 * tiles] = tr[2] - tr[1];
-                        vc[o + 3 * tiles] = tr[1] - tr[3];
+                    for (o, (b, c2)) in vc[at(1)..][..tw].iter_mut().zip(b.iter().zip(c2)) {
+                        *o = b + c2;
+                    }
+                    for (o, (b, c2)) in vc[at(2)..][..tw].iter_mut().zip(b.iter().zip(c2)) {
+                        *o = c2 - b;
+                    }
+                    for (o, (b, d2)) in vc[at(3)..][..tw].iter_mut().zip(b.iter().zip(d2)) {
+                        *o = b - d2;
                     }
                 }
             }

@@ -5,7 +5,8 @@
 //! - [`tensor`]: shape, dtype and storage (CPU `Vec`; the CUDA backend adds device storage).
 //! - [`backend`]: the operations (conv2d, batch norm, ReLU, residual add, average pooling,
 //!   linear) with explicit backward passes, behind the [`Backend`] trait; [`cpu`] implements
-//!   them with im2col + GEMM and rayon. [`cuda`] with cuDNN, cuBLAS and
+//!   them with im2col + GEMM (Winograd F(2×2, 3×3) for 3×3 stride-1
+//!   convolutions) and rayon. [`cuda`] with cuDNN, cuBLAS and
 //!   samkit-kernels' `kernels/nn.cu`, on device arenas that samkit-cuda's `GpuOptimizer` steps.
 //! - [`model`]: the [`Model`] trait a trainer drives: `forward`, `forward_backward` into a flat
 //!   gradient laid out as `samkit_core::Layout`, `per_sample_grad_sq` for SSAM-F's Fisher, and

@@ -1,4 +1,4 @@
-//! The CPU backend: im2col + GEMM convolutions, channel-parallel batch norm (rayon), and
+//! The CPU backend: im2col + GEMM convolutions (Winograd F(2×2, 3×3) for the 3×3 stride-1 ones), channel-parallel batch norm (rayon), and
 //! channel-major (`[C, N, H, W]`) activations. Parallelism follows rayon's pool
 //! (`RAYON_NUM_THREADS`); the GEMMs use the same number of threads unless told otherwise.
 mod bn;

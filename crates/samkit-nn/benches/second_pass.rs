@@ -22,12 +22,14 @@
 //! After the criterion group, one interleaved run (`ROUNDS` rounds, each variant once per round
 //! in a fixed rotation; medians) prints one JSON line: each variant's time, its ratio to SAM's
 //! pass 2 and to pass 1, and its physical floor measured in the same run: the convolutions and
-//! the linear layer of the variant as im2col GEMMs (forward `W·col`, weight gradient `dY·colᵀ`,
-//! input gradient `Wᵀ·dY`; the Fisher's weight gradients per sample), each shape timed with the
+//! the linear layer of the variant as the GEMMs the CPU backend runs (im2col: forward `W·col`,
+//! weight gradient `dY·colᵀ`, input gradient `Wᵀ·dY`; Winograd convolutions: 16 products over
+//! the whole batch's tiles per pass; the Fisher's weight gradients per sample), each shape timed with the
 //! `gemm` crate on row-major operands and the same threads (in every round, best round), summed
 //! (`gemm_floor_s`); and the same FLOPs at the best rate any of those shapes reached
 //! (`peak_floor_s`, products of at least `PEAK_MIN_FLOP`).
-//! The floor leaves out batch norm, ReLU, pooling, im2col/col2im and the loss, so
+//! The floor leaves out batch norm, ReLU, pooling, im2col/col2im, the Winograd transforms and
+//! the loss, so
 //! `over_floor` is how far each pass is from its matrix products alone.
 //! `SAMKIT_BENCH_SUMMARY_ONLY=1` skips the criterion group. Under `cargo test --benches` (no
 //! `--bench` argument) each variant runs once and the summary is skipped.
@@ -231,21 +233,30 @@ impl Gemm {
     }
 }
 
-/// A layer with weights, as the GEMMs of its passes.
+/// A layer with weights, as the GEMMs of its passes, each with how many times it runs.
 struct Layer {
     unit: usize,
     /// Forward `W·col` (`[cout × cin·k²]·[cin·k² × N·oh·ow]`; the linear layer:
-    /// `x·Wᵀ`).
-    fwd: Gemm,
-    /// Weight gradient `dY·colᵀ`.
-    dw: Gemm,
+    /// `x·Wᵀ`); for a Winograd convolution 16 products `U[ξ]·V[ξ]` over the tiles.
+    fwd: (Gemm, usize),
+    /// Weight gradient `dY·colᵀ` (Winograd: 16 products over the tiles).
+    dw: (Gemm, usize),
     /// Input gradient `Wᵀ·dY` (none for the stem: its input is the images).
-    dx: Option<Gemm>,
-    /// One sample's weight gradient (the Fisher's per-sample products).
+    dx: Option<(Gemm, usize)>,
+    /// One sample's weight gradient (the Fisher's per-sample products, im2col always).
     dw_one: Gemm,
     /// Whether the input gradient feeds the unit's input (conv1 and the shortcut do; conv2's
     /// feeds conv1): a backward stopping at this unit skips it.
     at_unit_input: bool,
+}
+
+/// Tile positions of Winograd's F(2×2, 3×3).
+const WINOGRAD_XI: usize = 16;
+
+/// Whether the CPU backend runs this convolution through Winograd (`cpu/winograd.rs`:
+/// 3×3, stride 1, at least 16 channels each way, even output size).
+fn takes_winograd(k: usize, stride: usize, cin: usize, cout: usize, o: usize) -> bool {
+    k == 3 && stride == 1 && cin >= 16 && cout >= 16 && o >= 2 && o % 2 == 0
 }
 
 /// The convolutions and the linear layer of the CIFAR ResNet-18, from its layout: 4-D weights
@@ -274,39 +285,83 @@ fn layers(model: &ResNet18, n: usize) -> Vec<Layer> {
                     };
                     let o = src / stride;
                     let (kk, cols) = (cin * kh * kw, o * o);
-                    out.push(Layer {
-                        unit: u,
-                        fwd: Gemm {
-                            m: cout,
-                            n: n * cols,
-                            k: kk,
-                        },
-                        dw: Gemm {
-                            m: cout,
-                            n: kk,
-                            k: n * cols,
-                        },
-                        dx: (u > 0).then_some(Gemm {
-                            m: kk,
-                            n: n * cols,
-                            k: cout,
-                        }),
-                        dw_one: Gemm {
-                            m: cout,
-                            n: kk,
-                            k: cols,
-                        },
-                        at_unit_input: first,
-                    });
+                    let dw_one = Gemm {
+                        m: cout,
+                        n: kk,
+                        k: cols,
+                    };
+                    let layer = if takes_winograd(kh, stride, cin, cout, o) {
+                        let tiles = n * cols / 4;
+                        Layer {
+                            unit: u,
+                            fwd: (
+                                Gemm {
+                                    m: cout,
+                                    n: tiles,
+                                    k: cin,
+                                },
+                                WINOGRAD_XI,
+                            ),
+                            dw: (
+                                Gemm {
+                                    m: cout,
+                                    n: cin,
+                                    k: tiles,
+                                },
+                                WINOGRAD_XI,
+                            ),
+                            dx: (u > 0).then_some((
+                                Gemm {
+                                    m: cin,
+                                    n: tiles,
+                                    k: cout,
+                                },
+                                WINOGRAD_XI,
+                            )),
+                            dw_one,
+                            at_unit_input: first,
+                        }
+                    } else {
+                        Layer {
+                            unit: u,
+                            fwd: (
+                                Gemm {
+                                    m: cout,
+                                    n: n * cols,
+                                    k: kk,
+                                },
+                                1,
+                            ),
+                            dw: (
+                                Gemm {
+                                    m: cout,
+                                    n: kk,
+                                    k: n * cols,
+                                },
+                                1,
+                            ),
+                            dx: (u > 0).then_some((
+                                Gemm {
+                                    m: kk,
+                                    n: n * cols,
+                                    k: cout,
+                                },
+                                1,
+                            )),
+                            dw_one,
+                            at_unit_input: first,
+                        }
+                    };
+                    out.push(layer);
                     if s.name.ends_with("conv2.weight") || u == 0 {
                         hw = o;
                     }
                 }
                 [o, i] => out.push(Layer {
                     unit: u,
-                    fwd: Gemm { m: n, n: o, k: i },
-                    dw: Gemm { m: o, n: i, k: n },
-                    dx: Some(Gemm { m: n, n: i, k: o }),
+                    fwd: (Gemm { m: n, n: o, k: i }, 1),
+                    dw: (Gemm { m: o, n: i, k: n }, 1),
+                    dx: Some((Gemm { m: n, n: i, k: o }, 1)),
                     dw_one: Gemm { m: o, n: i, k: 1 },
                     at_unit_input: true,
                 }),
@@ -325,26 +380,26 @@ fn variants(model: &ResNet18, start: usize) -> Vec<(&'static str, Vec<(Gemm, usi
     let pass = |ls: &[Layer], from: usize, stop: usize| -> Vec<(Gemm, usize)> {
         let mut v = Vec::new();
         for l in ls.iter().filter(|l| l.unit >= from) {
-            v.push((l.fwd, 1));
+            v.push(l.fwd);
         }
         for l in ls.iter().filter(|l| l.unit >= stop) {
-            v.push((l.dw, 1));
+            v.push(l.dw);
             let skip = l.unit == stop && stop > 0 && l.at_unit_input;
             if let (Some(dx), false) = (l.dx, skip) {
-                v.push((dx, 1));
+                v.push(dx);
             }
         }
         v
     };
-    let nograd: Vec<(Gemm, usize)> = full.iter().map(|l| (l.fwd, 1)).collect();
+    let nograd: Vec<(Gemm, usize)> = full.iter().map(|l| l.fwd).collect();
     let mut esam = nograd;
     esam.extend(pass(&sub, 0, 0));
     let reps = FISHER_SAMPLES / BATCH;
     let mut fisher = Vec::new();
     for l in &full {
-        fisher.push((l.fwd, reps));
-        if let Some(dx) = l.dx {
-            fisher.push((dx, reps));
+        fisher.push((l.fwd.0, l.fwd.1 * reps));
+        if let Some((dx, times)) = l.dx {
+            fisher.push((dx, times * reps));
         }
         fisher.push((l.dw_one, reps * BATCH));
     }

@@ -484,10 +484,21 @@ pub fn suffix_segments(layout: &Layout, live: usize) -> Vec<bool> {
 /// (ties to the lower segment index, NaN lowest), taken while the parameter count stays `≤ live`
 /// (the first segment that would pass it ends the selection). `fisher` is per segment.
 pub fn fisher_segments(layout: &Layout, fisher: &[&[f32]], live: usize) -> Vec<bool> {
-    let means: Vec<f64> = fisher
+    let sums: Vec<f64> = fisher
         .iter()
-        .map(|f| {
-            let m = f.iter().map(|&x| x as f64).sum::<f64>() / f.len().max(1) as f64;
+        .map(|f| f.iter().map(|&x| x as f64).sum::<f64>())
+        .collect();
+    fisher_segments_from_sums(layout, &sums, live)
+}
+
+/// [`fisher_segments`] from the per-segment sums `Σ_seg F` (f64, one per segment): the GPU
+/// optimizer reduces them on the device and chooses here, with the CPU's rule.
+pub fn fisher_segments_from_sums(layout: &Layout, sums: &[f64], live: usize) -> Vec<bool> {
+    let means: Vec<f64> = sums
+        .iter()
+        .zip(layout.segments())
+        .map(|(&s, seg)| {
+            let m = s / seg.len.max(1) as f64;
             if m.is_nan() {
                 f64::NEG_INFINITY
             } else {

@@ -135,6 +135,7 @@ pub const FIN_LOOK1: u32 = 2;
 pub const FIN_SECOND: u32 = 3;
 pub const FIN_GV: u32 = 4;
 pub const FIN_SUM: u32 = 5;
+pub const FIN_SEG: u32 = 6;
 pub const RULE_PLAIN: u32 = 0;
 pub const RULE_GSAM: u32 = 1;
 pub const RULE_LOOKSAM: u32 = 2;
@@ -191,7 +192,15 @@ pub struct PerturbArgs {
     pub mask_pending: u32,
     pub sigma: f32,
     pub eta: f32,
+    pub prev: u64,
+    pub eta_x: f32,
+    pub extra: u32,
 }
+
+/// EG-SAM/OG-SAM's extrapolation in the perturbation (`EXTRA_*` in `perturb.cu`).
+pub const EXTRA_NONE: u32 = 0;
+pub const EXTRA_GRAD: u32 = 1;
+pub const EXTRA_PREV: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -211,6 +220,7 @@ pub struct UpdateArgs {
     pub coef_c_seg: u64,
     pub ctl: u64,
     pub part: u64,
+    pub keep: u64,
     pub n_units: u32,
     pub nesterov: u32,
     pub centered: u32,

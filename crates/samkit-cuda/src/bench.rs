@@ -14,7 +14,7 @@ use crate::abi;
 use crate::buffers::{Arena, DevBuf, Tab, TableCache};
 use crate::device::Device;
 use crate::error::Result;
-use crate::ops::{self, DirExtra, DirKind, Fin, Keys, Second, SelBufs};
+use crate::ops::{self, DirExtra, DirKind, Extrap, Fin, Keys, Second, SelBufs};
 use crate::plan::{Plan, Work};
 use crate::variants::{StepVariant, TopkVariant};
 
@@ -212,9 +212,18 @@ impl KernelBench {
                     ops::finalize(dev, plan, work, None, f)?;
                 }
             }
-            "perturb" => {
-                ops::perturb::<f32>(dev, plan, work, DirKind::Plain, wt, w_old, gt, x, None)?
-            }
+            "perturb" => ops::perturb::<f32>(
+                dev,
+                plan,
+                work,
+                DirKind::Plain,
+                wt,
+                w_old,
+                gt,
+                x,
+                None,
+                Extrap::None,
+            )?,
             "update_sgd_momentum" => ops::update::<f32>(
                 dev,
                 plan,
@@ -227,6 +236,7 @@ impl KernelBench {
                 g2t,
                 Second::None,
                 false,
+                None,
                 None,
                 None,
             )?,
@@ -244,6 +254,7 @@ impl KernelBench {
                 false,
                 None,
                 None,
+                None,
             )?,
             "update_adam" => ops::update::<f32>(
                 dev,
@@ -257,6 +268,7 @@ impl KernelBench {
                 g2t,
                 Second::None,
                 false,
+                None,
                 None,
                 None,
             )?,
@@ -275,7 +287,7 @@ impl KernelBench {
                 if !fused {
                     ops::finalize(dev, plan, work, None, f)?;
                 }
-                ops::perturb::<f32>(dev, plan, work, k, wt, w_old, gt, x, None)?;
+                ops::perturb::<f32>(dev, plan, work, k, wt, w_old, gt, x, None, Extrap::None)?;
                 let mut f = Fin::new(abi::FIN_SECOND);
                 f.with_b = true;
                 f.lr = 0.1;
@@ -297,6 +309,7 @@ impl KernelBench {
                     g2t,
                     Second::None,
                     false,
+                    None,
                     None,
                     commit.as_ref(),
                 )?;

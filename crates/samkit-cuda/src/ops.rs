@@ -124,6 +124,8 @@ pub(crate) enum DirKind {
     AsamFilter,
     /// `M ⊙ g`.
     Masked,
+    /// `M ⊙ g` with `T = |w| + η` on weights (SAM-ON's `asam` form on its norm-layer mask).
+    MaskedAsam,
     /// `g − σ·m` after FriendlySAM's first step.
     Friendly,
     /// FriendlySAM's direction with `T = |w|` (adaptive FriendlySAM).
@@ -144,6 +146,7 @@ impl DirKind {
             DirKind::Asam => "asam",
             DirKind::AsamFilter => "asam_filter",
             DirKind::Masked => "masked",
+            DirKind::MaskedAsam => "masked_asam",
             DirKind::Friendly => "friendly",
             DirKind::FriendlyAdaptive => "friendly_adaptive",
             DirKind::Centralized => "centralized",
@@ -156,10 +159,22 @@ impl DirKind {
             self,
             DirKind::Adaptive
                 | DirKind::Asam
+                | DirKind::MaskedAsam
                 | DirKind::AsamFilter
                 | DirKind::FriendlyAdaptive
                 | DirKind::CentralizedAdaptive
         )
+    }
+
+    /// Whether the norm kernel has a `_fused` variant (`SK_UNFUSED_DIRECTIONS` in samkit.cuh
+    /// lists those without: their two stages run as two launches in every arrangement).
+    pub fn has_fused_norm(self) -> bool {
+        self != DirKind::MaskedAsam
+    }
+
+    /// Sparse SAM's directions: they read a mask slot.
+    pub fn is_masked(self) -> bool {
+        matches!(self, DirKind::Masked | DirKind::MaskedAsam)
     }
 
     /// FriendlySAM's directions: they read `m` and write its EMA.
@@ -270,8 +285,12 @@ pub(crate) fn norm<T: Elem>(
         ),
     )?;
     assert!(!kind.needs_w() || w.is_some(), "{kind:?} needs the weights");
+    assert!(
+        fin.is_none() || kind.has_fused_norm(),
+        "{kind:?} has no fused norm"
+    );
     assert!(!kind.is_friendly() || x.m.is_some());
-    assert!(kind != DirKind::Masked || x.mask.is_some());
+    assert!(!kind.is_masked() || x.mask.is_some());
     assert!(kind != DirKind::AsamFilter || x.filters.is_some());
     let a = NormArgs {
         units: plan.units.addr,
@@ -349,6 +368,28 @@ pub(crate) fn dot<T: Elem>(
             None => launch(dev, &k, grid, abi::BLOCK, &a),
         }
     }
+}
+
+/// Per-segment sums `Σ_seg y` in f64 into `work.seg_tmp` (a fixed-shape tree: per unit, then per
+/// segment over its units); the step state is left as it is. SSAM-L fisher's per-segment Fisher.
+pub(crate) fn seg_sums<S: Elem>(dev: &Device, plan: &Plan, work: &Work, y: Tab<S>) -> Result<()> {
+    let k = kernel(dev, compile::NORM, &format!("sk_sum_{}", S::SUFFIX))?;
+    let a = DotArgs {
+        units: plan.units.addr,
+        x: 0,
+        y: y.addr,
+        pxy: work.pa.addr,
+        pyy: work.pb.addr,
+        bad: work.bad.addr,
+        n_units: plan.n_units as u32,
+        pad: 0,
+    };
+    // SAFETY: see the module docs; the partials hold one entry per unit.
+    unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }?;
+    let mut f = Fin::new(abi::FIN_SEG);
+    f.per_seg = true;
+    f.with_bad = false;
+    finalize(dev, plan, work, None, f)
 }
 
 /// `T_f = ‖w_f‖ + η` for every filter of every weight segment.
@@ -508,7 +549,19 @@ pub(crate) fn fin_args(plan: &Plan, work: &Work, base: Option<&BaseOptimizer>, f
     }
 }
 
-/// Pass 2: `w_old ← w; w ← w + s·dir` (unless the step is skipped), with an optional copy.
+/// EG-SAM/OG-SAM's extrapolation `w̃ = (w + e) − η_x·v`, fused into the perturbation.
+#[derive(Clone, Copy, Default)]
+pub(crate) enum Extrap<'a> {
+    #[default]
+    None,
+    /// `v = g`, the gradient the perturbation reads (EG-SAM).
+    Grad { eta: f32 },
+    /// `v = g2_prev`, a flat f32 buffer of `n` values (OG-SAM).
+    Prev { prev: &'a DevBuf<f32>, eta: f32 },
+}
+
+/// Pass 2: `w_old ← w; w ← w + s·dir` (unless the step is skipped), with an optional copy and
+/// an optional extrapolation.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn perturb<T: Elem>(
     dev: &Device,
@@ -520,6 +573,7 @@ pub(crate) fn perturb<T: Elem>(
     g: Tab<T>,
     x: DirExtra,
     copy: Option<(Tab<T>, Tab<T>)>,
+    extra: Extrap,
 ) -> Result<()> {
     let k = kernel(
         dev,
@@ -527,7 +581,7 @@ pub(crate) fn perturb<T: Elem>(
         &format!("sk_perturb_{}_{}", kind.name(), T::SUFFIX),
     )?;
     assert!(!kind.is_friendly() || x.m.is_some());
-    assert!(kind != DirKind::Masked || x.mask.is_some());
+    assert!(!kind.is_masked() || x.mask.is_some());
     assert!(kind != DirKind::AsamFilter || x.filters.is_some());
     assert!(
         !matches!(kind, DirKind::Centralized | DirKind::CentralizedAdaptive) || x.filters.is_some()
@@ -551,8 +605,22 @@ pub(crate) fn perturb<T: Elem>(
         mask_pending: x.mask.is_some_and(|m| m.1) as u32,
         sigma: x.sigma,
         eta: x.eta,
+        prev: match extra {
+            Extrap::Prev { prev, .. } => prev.addr,
+            _ => 0,
+        },
+        eta_x: match extra {
+            Extrap::None => 0.0,
+            Extrap::Grad { eta } | Extrap::Prev { eta, .. } => eta,
+        },
+        extra: match extra {
+            Extrap::None => abi::EXTRA_NONE,
+            Extrap::Grad { .. } => abi::EXTRA_GRAD,
+            Extrap::Prev { .. } => abi::EXTRA_PREV,
+        },
     };
-    // SAFETY: see the module docs; w, w_old and the copy's destination are distinct buffers.
+    // SAFETY: see the module docs; w, w_old and the copy's destination are distinct buffers;
+    // OG-SAM's `prev` is a crate-owned flat buffer of n floats, only read.
     unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }
 }
 
@@ -582,6 +650,7 @@ pub(crate) fn update<T: Elem>(
     y: Second<T>,
     per_seg_b: bool,
     side: Option<(Tab<T>, &DevBuf<f32>, bool)>,
+    keep: Option<&DevBuf<f32>>,
     commit: Option<&CommitArgs>,
 ) -> Result<()> {
     // The derived constants exactly as the CPU forms them (BaseOptimizer::consts).
@@ -667,13 +736,16 @@ pub(crate) fn update<T: Elem>(
     if per_seg_b {
         a.b_seg = work.b_seg.addr;
     }
+    if let Some(k) = keep {
+        a.keep = k.addr;
+    }
     a.s0 = state[0].map_or(0, |b| b.addr);
     a.s1 = state[1].map_or(0, |b| b.addr);
     a.s2 = state[2].map_or(0, |b| b.addr);
     a.ctl = work.ctl.addr;
     a.n_units = plan.n_units as u32;
     let grid = dev.grid(&k, plan.n_units);
-    // SAFETY: see the module docs; state buffers and g_v hold n floats, w is read (as the
+    // SAFETY: see the module docs; state buffers, g_v and `keep` hold n floats, w is read (as the
     // source when `src` is none) and written by the same thread, element by element; the
     // commit touches the step state only, after every block has read it.
     unsafe {

@@ -37,6 +37,7 @@ use samkit_core::plan::{
     first_masked_segment, segment_mask, suffix_segments, ApplyPlan, Direction as PlanDirection,
     FirstPlan, Grad as PlanGrad, MaskStep, NormOf, PerturbPlan, Scaling, SecondPlan, StepView,
 };
+use samkit_core::plan::{fisher_segments_from_sums, ExtraAlong, Extrapolate};
 use samkit_core::rules::SegmentSelect;
 use samkit_core::{
     drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
@@ -47,7 +48,7 @@ use crate::abi::{self, Ctl, FinArgs};
 use crate::buffers::{Arena, DevBuf, DeviceParams, DeviceParamsMut, Elem, Guards, Tab, TableCache};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::ops::{self, DirExtra, DirKind, Filters, Fin, Keys, Second, SelBufs};
+use crate::ops::{self, DirExtra, DirKind, Extrap, Filters, Fin, Keys, Second, SelBufs};
 use crate::plan::{Plan, Work};
 use crate::variants::{StepVariant, Variants};
 
@@ -63,6 +64,8 @@ enum Phase {
         fsam: bool,
         second: SecondPlan,
         eps_p: f64,
+        /// OG-SAM: pass 2's gradient becomes `g2_prev` when the step completes.
+        keep_second: bool,
     },
 }
 
@@ -108,6 +111,12 @@ pub struct GpuOptimizer<T: Elem> {
     /// The segment selection in the current mask slot ([`MaskStep::Segments`]); `None` when the
     /// slot may hold anything else (construction, a loaded state).
     seg_pick: Option<Vec<bool>>,
+    /// OG-SAM's `g2_prev` (flat f32, `n` values), written by the update of every completed step.
+    og_prev: Option<DevBuf<f32>>,
+    /// Whether `og_prev` holds a step's `g2` (the CPU's non-empty `og_prev`): before the first
+    /// completed step the extrapolation is skipped, as on the CPU. Known on the host because
+    /// `second_step` waits for the end of its step.
+    og_kept: bool,
 }
 
 type Opt<'a, T> = Option<Tab<'a, T>>;
@@ -196,6 +205,7 @@ fn dir_kind(d: PlanDirection, s: Scaling) -> Result<DirKind> {
         (PlanDirection::Grad, Scaling::AbsWPlus { .. }) => DirKind::Asam,
         (PlanDirection::Grad, Scaling::Filter { .. }) => DirKind::AsamFilter,
         (PlanDirection::Masked(_), Scaling::One) => DirKind::Masked,
+        (PlanDirection::Masked(_), Scaling::AbsWPlus { .. }) => DirKind::MaskedAsam,
         (PlanDirection::Friendly { .. }, Scaling::One) => DirKind::Friendly,
         (PlanDirection::Friendly { .. }, Scaling::AbsW) => DirKind::FriendlyAdaptive,
         (PlanDirection::Centralized, Scaling::One) => DirKind::Centralized,
@@ -208,29 +218,10 @@ fn dir_kind(d: PlanDirection, s: Scaling) -> Result<DirKind> {
     })
 }
 
-/// The rules (and options) of issue 11 that the GPU has no kernels for yet: an error at
-/// construction, never a panic or a wrong step later.
-fn refuse_unimplemented(rule: &Rule, layout: &Layout) -> Result<()> {
-    let why = match rule {
-        Rule::Ssam(c)
-            if c.fisher_samples().is_some() && !matches!(c.mask, MaskKind::Fisher { .. }) =>
-        {
-            Some("SSAM-L's `fisher` segment selection (the GPU runs SSAM-L `suffix`)")
-        }
-        Rule::SamOn(c) if c.asam => {
-            Some("SAM-ON's `asam` form (no masked element-wise ASAM kernel; plain SAM-ON runs)")
-        }
-        Rule::EgSam(c) if c.optimistic || c.eta_x != Some(0.0) => Some(
-            "EG-SAM/OG-SAM's extrapolation w − η_x·v (no kernel yet; EG-SAM with η_x = 0 runs)",
-        ),
-        _ => None,
-    };
-    if let Some(why) = why {
-        return Err(protocol(format!(
-            "{} on the GPU: not implemented yet: {why}; use the CPU optimizer",
-            rule.name()
-        )));
-    }
+/// What a rule needs of the layout on the GPU (as on the CPU): an error at construction, never a
+/// panic or a wrong step later. Every rule and option has its kernels (EG-/OG-SAM's
+/// extrapolation, SAM-ON's `asam` form and SSAM-L's `fisher` selection included).
+fn check_rule_layout(rule: &Rule, layout: &Layout) -> Result<()> {
     if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
         return Err(CoreError::InvalidLayout(
             "SAM-ON perturbs the norm-layer segments and the layout marks none (name them like \
@@ -250,7 +241,7 @@ impl<T: Elem> GpuOptimizer<T> {
     pub fn new(dev: &Arc<Device>, layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
         rule.validate()?;
         base.validate()?;
-        refuse_unimplemented(&rule, &layout)?;
+        check_rule_layout(&rule, &layout)?;
         if layout.is_empty() {
             return Err(CoreError::InvalidLayout("the layout has no parameters".into()).into());
         }
@@ -280,6 +271,10 @@ impl<T: Elem> GpuOptimizer<T> {
                 Some(SelBufs::new(&stream, &plan)?),
             ),
             false => (None, None),
+        };
+        let og_prev = match bufs.prev_second {
+            true => Some(DevBuf::zeros(&stream, n)?),
+            false => None,
         };
         let look_gv = match bufs.gv {
             true => Some(DevBuf::zeros(&stream, n)?),
@@ -324,6 +319,8 @@ impl<T: Elem> GpuOptimizer<T> {
             variants: Variants::default(),
             sync_outcomes: true,
             seg_pick: None,
+            og_prev,
+            og_kept: false,
         };
         if let Rule::Ssam(c) = &opt.rule {
             if let MaskKind::Segments {
@@ -333,7 +330,7 @@ impl<T: Elem> GpuOptimizer<T> {
                 // SSAM-L suffix: a fixed mask of whole segments, built on the host.
                 let pick = suffix_segments(&opt.plan.layout, c.live_count(n));
                 let mask = segment_mask(&opt.plan.layout, &pick);
-                opt.upload_current_mask(&mask)?;
+                opt.upload_mask(&mask, false)?;
             }
         }
         if let Rule::Ssam(c) = &opt.rule {
@@ -561,6 +558,13 @@ impl<T: Elem> GpuOptimizer<T> {
                     let t = self.sync_status()?.step;
                     Ok((t % interval == 0 && !ready).then_some(samples))
                 }
+                MaskKind::Segments {
+                    select: SegmentSelect::Fisher { samples },
+                } if !self.fisher_ready => {
+                    let interval = c.interval;
+                    let t = self.sync_status()?.step;
+                    Ok((t % interval == 0).then_some(samples))
+                }
                 _ => Ok(None),
             },
             _ => Ok(None),
@@ -624,6 +628,19 @@ impl<T: Elem> GpuOptimizer<T> {
         }
     }
 
+    /// OG-SAM's `g2_prev` (empty before its first completed step, and for the other rules),
+    /// downloaded, as [`samkit_core::Optimizer::og_prev`].
+    pub fn og_prev(&self) -> Result<Vec<f32>> {
+        match &self.og_prev {
+            Some(b) if self.og_kept => {
+                let mut v = b.download(self.dev.stream())?;
+                v.truncate(self.plan.n);
+                Ok(v)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
     fn expect_idle(&self, what: &str) -> Result<()> {
         if self.is_perturbed() {
             return Err(protocol(format!(
@@ -649,7 +666,13 @@ impl<T: Elem> GpuOptimizer<T> {
     /// last block runs the second stage; same bits).
     fn reduce(&self, r: Reduce<T>, base: Option<&BaseOptimizer>, f: Fin) -> Result<()> {
         let (dev, plan, work) = (&self.dev, &self.plan, &self.work);
-        let fa: Option<FinArgs> = self.fused().then(|| ops::fin_args(plan, work, base, f));
+        // A direction without a fused norm kernel runs its two stages as two launches.
+        let fusable = match r {
+            Reduce::Norm(kind, ..) => kind.has_fused_norm(),
+            Reduce::Dot(..) => true,
+        };
+        let fa: Option<FinArgs> =
+            (self.fused() && fusable).then(|| ops::fin_args(plan, work, base, f));
         match r {
             Reduce::Norm(kind, g, w, chk, x, ema) => {
                 ops::norm::<T>(dev, plan, work, kind, g, w, chk, x, ema, fa.as_ref())?
@@ -675,6 +698,7 @@ impl<T: Elem> GpuOptimizer<T> {
         per_seg_b: bool,
         side: Option<(Tab<T>, &DevBuf<f32>, bool)>,
         gv: Option<Fin>,
+        keep: Option<&DevBuf<f32>>,
         fsam: bool,
         mask_pending: bool,
     ) -> Result<()> {
@@ -695,6 +719,7 @@ impl<T: Elem> GpuOptimizer<T> {
             y,
             per_seg_b,
             side,
+            keep,
             commit.as_ref(),
         )?;
         if let Some(f) = gv {
@@ -715,10 +740,16 @@ impl<T: Elem> GpuOptimizer<T> {
                 self.rule.name()
             )));
         };
-        if !matches!(c.mask, MaskKind::Fisher { .. }) {
-            return Err(protocol("set_fisher is for SSAM-F, not SSAM-D"));
+        if c.fisher_samples().is_none() {
+            return Err(protocol(format!(
+                "set_fisher is for SSAM-F and SSAM-L fisher, not {}",
+                self.rule.name()
+            )));
         }
         self.expect_idle("set_fisher")?;
+        if matches!(c.mask, MaskKind::Segments { .. }) {
+            return self.set_fisher_segments(fisher);
+        }
         let live = c.live_count(self.plan.n) as u64;
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
@@ -750,6 +781,43 @@ impl<T: Elem> GpuOptimizer<T> {
             abi::COMB_TO_PENDING,
         )?;
         drop(guards);
+        self.fisher_ready = true;
+        Ok(())
+    }
+
+    /// SSAM-L `fisher`: the mask of whole segments from `F`, into the pending slot. The
+    /// per-segment sums `Σ_seg F` are reduced on the device (f64, a fixed tree) and downloaded,
+    /// one f64 per segment once every `K` steps; the choice itself (rank by mean, fill the
+    /// budget greedily) runs on the host, in samkit-core's own function
+    /// ([`fisher_segments_from_sums`]): a sort of a few dozen segments is no GPU work, and one
+    /// function keeps the two optimizers' rule identical. The sums' order differs from the
+    /// CPU's sequential sum in the last bits only; two segments' means that close would rank
+    /// either way on either device.
+    fn set_fisher_segments<S: Elem, G: DeviceParams<S> + ?Sized>(
+        &mut self,
+        fisher: &G,
+    ) -> Result<()> {
+        let Rule::Ssam(c) = &self.rule else {
+            unreachable!("set_fisher checked the rule")
+        };
+        let live = c.live_count(self.plan.n);
+        let stream = self.dev.stream().clone();
+        let mut guards = Vec::new();
+        let ft = read_tab::<S, G>(
+            &mut self.tables,
+            &self.plan.layout,
+            &stream,
+            fisher,
+            "fisher",
+            &mut guards,
+        )?;
+        ops::seg_sums::<S>(&self.dev, &self.plan, &self.work, ft)?;
+        let mut sums = self.work.seg_tmp.download(&stream)?;
+        drop(guards);
+        sums.truncate(self.plan.n_segs);
+        let pick = fisher_segments_from_sums(&self.plan.layout, &sums, live);
+        let mask = segment_mask(&self.plan.layout, &pick);
+        self.upload_mask(&mask, true)?;
         self.fisher_ready = true;
         Ok(())
     }
@@ -909,10 +977,8 @@ impl<T: Elem> GpuOptimizer<T> {
         inputs: &[(PlanGrad, Tab<T>)],
     ) -> Result<FirstOutcome> {
         let gt = input_tab(inputs, p.along)?;
-        if p.extrapolate.is_some() || p.keep_second {
-            return Err(protocol(
-                "the GPU has no kernel for EG-SAM/OG-SAM's extrapolation yet",
-            ));
+        if p.keep_second && self.og_prev.is_none() {
+            return Err(missing("g2_prev"));
         }
         let mask_pending = match p.mask() {
             None | Some(MaskStep::Current) => false,
@@ -930,7 +996,7 @@ impl<T: Elem> GpuOptimizer<T> {
                     .ok_or_else(|| missing("per-step segment selection"))?;
                 if self.seg_pick.as_ref() != Some(&pick) {
                     let mask = segment_mask(&self.plan.layout, &pick);
-                    self.upload_current_mask(&mask)?;
+                    self.upload_mask(&mask, false)?;
                     self.seg_pick = Some(pick);
                 }
                 false
@@ -1001,14 +1067,32 @@ impl<T: Elem> GpuOptimizer<T> {
         let x = self.dir_extra(norm_kind, pert_kind, spec);
         self.reduce(Reduce::Norm(norm_kind, gt, wr, chk, x, fsam), None, f)?;
         let w_old = self.w_old.tab();
+        // EG-SAM/OG-SAM: w̃ = (w + e) − η_x·v in the same pass. OG-SAM's g2_prev is 0 before its
+        // first completed step, where the CPU skips the extrapolation: so does this.
+        let extra = match p.extrapolate {
+            None => Extrap::None,
+            Some(Extrapolate {
+                eta,
+                along: ExtraAlong::Grad,
+            }) => Extrap::Grad { eta },
+            Some(Extrapolate {
+                eta,
+                along: ExtraAlong::PrevSecond,
+            }) => match &self.og_prev {
+                Some(prev) if self.og_kept => Extrap::Prev { prev, eta },
+                Some(_) => Extrap::None,
+                None => return Err(missing("g2_prev")),
+            },
+        };
         ops::perturb::<T>(
-            &self.dev, &self.plan, &self.work, pert_kind, wt, w_old, gt, x, copy,
+            &self.dev, &self.plan, &self.work, pert_kind, wt, w_old, gt, x, copy, extra,
         )?;
         self.phase = Phase::Perturbed {
             mask_pending,
             fsam,
             second: p.second,
             eps_p: p.eps_p,
+            keep_second: p.keep_second,
         };
         Ok(FirstOutcome::Perturbed)
     }
@@ -1016,7 +1100,7 @@ impl<T: Elem> GpuOptimizer<T> {
     /// The optimizer-owned buffers the norm and perturbation kernels of these kinds read.
     fn dir_extra(&self, norm_kind: DirKind, pert_kind: DirKind, spec: Spec) -> DirExtra<'_> {
         let fsam = norm_kind.is_friendly();
-        let uses_mask = norm_kind == DirKind::Masked || pert_kind == DirKind::Masked;
+        let uses_mask = norm_kind.is_masked() || pert_kind.is_masked();
         DirExtra {
             m: self.fsam.as_ref().filter(|_| fsam),
             mask: self
@@ -1049,18 +1133,19 @@ impl<T: Elem> GpuOptimizer<T> {
             Second::None
         };
         self.reduce(r, Some(&self.base), fin)?;
-        self.update_commit(wt, None, x, y, per_seg_b, None, None, false, false)?;
+        self.update_commit(wt, None, x, y, per_seg_b, None, None, None, false, false)?;
         self.record_status()?;
         Ok(FirstOutcome::Applied)
     }
 
-    /// Writes `mask` into the current mask slot and waits (the host copy is dropped on return).
-    fn upload_current_mask(&mut self, mask: &Bitset) -> Result<()> {
+    /// Writes `mask` into the current mask slot, or the pending one (committed when the step
+    /// completes), and waits (the host copy is dropped on return).
+    fn upload_mask(&mut self, mask: &Bitset, pending: bool) -> Result<()> {
         let stream = self.dev.stream().clone();
         let c = self.work.ctl(&stream)?;
         let words = self.plan.words;
         let masks = self.masks.as_mut().ok_or_else(|| missing("mask"))?;
-        let start = c.mask_cur as usize * words;
+        let start = (c.mask_cur ^ pending as u32) as usize * words;
         let mut slot = masks.slice.slice_mut(start..start + words);
         stream.memcpy_htod(mask.words(), &mut slot)?;
         stream.synchronize()?;
@@ -1129,6 +1214,7 @@ impl<T: Elem> GpuOptimizer<T> {
             fsam,
             second,
             eps_p,
+            keep_second,
         } = self.phase
         else {
             return Err(protocol(
@@ -1197,12 +1283,26 @@ impl<T: Elem> GpuOptimizer<T> {
             f.per_seg = per_tensor;
             f
         });
-        self.update_commit(wt, Some(w_old), g2t, y, false, side, gv, fsam, mask_pending)?;
+        // OG-SAM: the update also writes g2 into g2_prev, unless the step is skipped.
+        let keep = self.og_prev.as_ref().filter(|_| keep_second);
+        self.update_commit(
+            wt,
+            Some(w_old),
+            g2t,
+            y,
+            false,
+            side,
+            gv,
+            keep,
+            fsam,
+            mask_pending,
+        )?;
         drop(guards);
         self.record_status()?;
         Ok(if self.sync_status()?.skip != 0 {
             Outcome::Skipped
         } else {
+            self.og_kept |= keep_second;
             Outcome::Applied
         })
     }

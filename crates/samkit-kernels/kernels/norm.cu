@@ -5,6 +5,8 @@
 //   (T = |w| + η on weights), ASAM filter-wise (T = ‖w_f‖ + η), masked (M ⊙ g), FriendlySAM
 //   and adaptive FriendlySAM (T = |w| on its d).
 // - sk_dot_*: per unit <x, y>, ‖y‖² and the non-finite flag of y (GSAM, LookSAM, pass-2 check).
+// - sk_sum_*: per unit Σ y (the dot kernel's body with SUM; SSAM-L fisher's per-segment Fisher
+//   sums, with sk_finalize's FIN_SEG).
 // - sk_filter_norms_*: ASAM's filter scales.
 // - sk_finalize: the second stage. Sums the per-unit partials in a fixed order (f64), per segment
 //   when asked, ORs the flags into the skip decision and derives the step's scalars on the device.
@@ -126,7 +128,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void norm_bod
         norm_body<T, BASE, SCALE>(a);                                                           \
     }
 
-#define SK_NORM_ALL(T, SUF) SK_DIRECTIONS(SK_NORM, T, SUF)
+#define SK_NORM_ALL(T, SUF) SK_DIRECTIONS(SK_NORM, T, SUF) SK_UNFUSED_DIRECTIONS(SK_NORM, T, SUF)
 SK_STORAGE_TYPES(SK_NORM_ALL)
 
 // ---------------------------------------------------------------------------------------------
@@ -142,7 +144,8 @@ struct DotArgs {
     u32 pad;
 };
 
-template <class T> __device__ __forceinline__ void dot_body(const DotArgs& a) {
+// SUM: Σ y into pxy instead (x must be null; pyy is 0), for per-segment sums.
+template <class T, bool SUM = false> __device__ __forceinline__ void dot_body(const DotArgs& a) {
     typedef Pack<T> P;
     constexpr int N = P::N;
     __shared__ double sh[SK_WARPS];
@@ -167,14 +170,18 @@ template <class T> __device__ __forceinline__ void dot_body(const DotArgs& a) {
                 const float yv = sk_f32(yp.e[k]);
                 bad |= sk_nonfinite(yv);
                 if (k < (int)cnt) {
-                    yy += (double)yv * (double)yv;
-                    if (x) xy += (double)sk_f32(xp.e[k]) * (double)yv;
+                    if (SUM) {
+                        xy += (double)yv;
+                    } else {
+                        yy += (double)yv * (double)yv;
+                        if (x) xy += (double)sk_f32(xp.e[k]) * (double)yv;
+                    }
                 }
             }
         }
         const int any_bad = __syncthreads_or(bad);
-        const double syy = sk_block_sum<SK_BLOCK>(yy, sh);
-        const double sxy = x ? sk_block_sum<SK_BLOCK>(xy, sh) : 0.0;
+        const double syy = SUM ? 0.0 : sk_block_sum<SK_BLOCK>(yy, sh);
+        const double sxy = (SUM || x) ? sk_block_sum<SK_BLOCK>(xy, sh) : 0.0;
         if (threadIdx.x == 0) {
             a.pxy[ui] = sxy;
             a.pyy[ui] = syy;
@@ -192,6 +199,16 @@ template <class T> __device__ __forceinline__ void dot_body(const DotArgs& a) {
 SK_DOT(float, f32)
 SK_DOT(__nv_bfloat16, bf16)
 SK_DOT(__half, f16)
+
+#define SK_SUM(T, SUF)                                                               \
+    extern "C" __global__ void __launch_bounds__(SK_BLOCK) sk_sum_##SUF(DotArgs a) { \
+        SK_REQUIRE_BLOCK(SK_BLOCK);                                                  \
+        dot_body<T, true>(a);                                                        \
+    }
+
+SK_SUM(float, f32)
+SK_SUM(__nv_bfloat16, bf16)
+SK_SUM(__half, f16)
 
 // ---------------------------------------------------------------------------------------------
 
@@ -271,6 +288,7 @@ enum {
     FIN_SECOND = 3,  // pass 2: skip |= bad; the combination coefficients; the update scalars
     FIN_GV = 4,      // after a LookSAM SAM step: ‖g_v‖² (unless skipped)
     FIN_SUM = 5,     // plain reduction: g_sq = Σ pa, yy = Σ pb, skip = bad
+    FIN_SEG = 6,     // per-segment sums of pa into seg_tmp only (with per_seg); the step state untouched
 };
 enum { RULE_PLAIN = 0, RULE_GSAM = 1, RULE_LOOKSAM = 2 };
 
@@ -371,6 +389,8 @@ template <bool FRESH> __device__ __forceinline__ void fin_body(const FinArgs& a,
         }
         case FIN_GV:
             if (!skip) ctl->gv_sq = A;
+            return;
+        case FIN_SEG:
             return;
         case FIN_SUM:
             ctl->skip = any_bad ? 1u : 0u;

@@ -2,10 +2,15 @@
 //
 // w_old ← w (a bit-exact copy); w ← w + s · T ⊙ (T ⊙ base(g)) for every rule's direction, with
 // s = ctl->scale computed on the device from the pass-1 norm; optionally a bit-exact copy of a
-// gradient the second step needs again (GSAM, LookSAM, ImbSAM). When ctl->skip is set (a
+// gradient the second step needs again (GSAM, LookSAM, ImbSAM); EG-SAM/OG-SAM's extrapolation
+// w̃ = (w + e) − η_x·v along g or the previous pass-2 gradient, fused in (samkit_core's
+// `PerturbPlan::extrapolate`: in f32, in that order). When ctl->skip is set (a
 // non-finite gradient), w is left as it is and w_old still receives it, so the restore of the
 // second step is exact either way. One pass over memory.
 #include "samkit.cuh"
+
+// EG-SAM/OG-SAM's extrapolation vector v (samkit_core::plan::ExtraAlong), or none.
+enum { EXTRA_NONE = 0, EXTRA_GRAD = 1, EXTRA_PREV = 2 };
 
 struct PerturbArgs {
     const Unit* units;
@@ -26,6 +31,9 @@ struct PerturbArgs {
     u32 mask_pending;
     float sigma;
     float eta;
+    const float* prev;    // EXTRA_PREV: OG-SAM's g2_prev, flat f32 of n elements
+    float eta_x;          // the extrapolation step η_x
+    u32 extra;            // EXTRA_*
 };
 
 template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_body(const PerturbArgs& a) {
@@ -45,7 +53,9 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
         const T* cs = a.copy_src ? sk_seg<const T>(a.copy_src, u) : nullptr;
         T* cd = a.copy_dst ? sk_seg<T>(a.copy_dst, u) : nullptr;
         const float* mprev = BASE == BASE_FRIENDLY ? a.m + (u64)fs_cur * a.n + u.global : nullptr;
-        bool vec = sk_al16(w) && sk_al16(wo) && sk_al16(g) && (!cs || (sk_al16(cs) && sk_al16(cd)));
+        const float* prev = a.extra == EXTRA_PREV ? a.prev + u.global : nullptr;
+        bool vec = sk_al16(w) && sk_al16(wo) && sk_al16(g) && (!cs || (sk_al16(cs) && sk_al16(cd))) &&
+                   (!prev || sk_al16(prev));
         if (BASE == BASE_FRIENDLY) vec = vec && sk_al16(mprev);
         const bool weight = u.kind == SK_KIND_WEIGHT;
         SkFilters flt = {nullptr, 1, 0};
@@ -67,6 +77,8 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
             if (BASE == BASE_FRIENDLY && fs_init) mp = sk_ldf<T>(mprev + off, cnt, v);
             SkMaskPack mk = {0, 0, 0};
             if (BASE == BASE_MASKED) mk = sk_mask_pack<N>(mask, u.global + off, cnt);
+            FPack<T> vp;
+            if (prev) vp = sk_ldf<T>(prev + off, cnt, v);
 #pragma unroll
             for (int k = 0; k < N; k++) {
                 const float x = sk_f32(gp.e[k]);
@@ -90,7 +102,11 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
                         d = t * (t * d);
                     }
                 }
-                wp.e[k] = sk_from<T>(wv + d * scale);
+                float wn = wv + d * scale;
+                // EG-SAM/OG-SAM: then w̃ = (w + e) − η_x·v, rounded to f32 after each operation.
+                if (a.extra == EXTRA_GRAD) wn = wn - a.eta_x * x;
+                else if (prev) wn = wn - a.eta_x * vp.e[k];
+                wp.e[k] = sk_from<T>(wn);
             }
             sk_st(w + off, wp, cnt, v);
         }
@@ -106,6 +122,7 @@ template <class T, int BASE, int SCALE> __device__ __forceinline__ void perturb_
 
 #define SK_PERTURB_ALL(T, SUF)                                \
     SK_DIRECTIONS(SK_PERTURB, T, SUF)                         \
+    SK_UNFUSED_DIRECTIONS(SK_PERTURB, T, SUF)                 \
     SK_PERTURB(centralized, T, SUF, BASE_CENTRAL, SCALE_ONE)  \
     SK_PERTURB(centralized_adaptive, T, SUF, BASE_CENTRAL, SCALE_ABSW)
 SK_STORAGE_TYPES(SK_PERTURB_ALL)

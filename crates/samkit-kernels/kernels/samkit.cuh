@@ -184,6 +184,7 @@ template <class T> __device__ __forceinline__ void sk_stf(float* p, const FPack<
 // filter's mean (perturb.cu only: the norm of a centralized step is of g).
 enum { BASE_GRAD = 0, BASE_MASKED = 1, BASE_FRIENDLY = 2, BASE_CENTRAL = 3 };
 // T: 1, |w|, ASAM element-wise |w| + η on weights, ASAM filter-wise ‖w_f‖ + η on weights.
+// masked_asam (SK_UNFUSED_DIRECTIONS) is SAM-ON's `asam` form: M ⊙ g, T = |w| + η on weights.
 enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
 
 // The direction variants both families instantiate, as X(NAME, T, SUF, BASE, SCALE), and the
@@ -197,6 +198,10 @@ enum { SCALE_ONE = 0, SCALE_ABSW = 1, SCALE_ABSW_PLUS = 2, SCALE_FILTER = 3 };
     X(masked, T, SUF, BASE_MASKED, SCALE_ONE)       \
     X(friendly, T, SUF, BASE_FRIENDLY, SCALE_ONE)   \
     X(friendly_adaptive, T, SUF, BASE_FRIENDLY, SCALE_ABSW)
+// Directions of both families whose norm has no fused variant (the optimizer runs its two
+// stages as two launches in every arrangement): SAM-ON's `asam` form, whose fused norm spilled
+// 4 bytes on sm_90 for f16 (ptxas of CUDA 13), which the compile check refuses.
+#define SK_UNFUSED_DIRECTIONS(X, T, SUF) X(masked_asam, T, SUF, BASE_MASKED, SCALE_ABSW_PLUS)
 #define SK_STORAGE_TYPES(X) X(float, f32) X(__nv_bfloat16, bf16) X(__half, f16)
 
 // A per-filter table (ASAM's filter scales, centralization's filter means) seen from one unit:

@@ -4,7 +4,8 @@
 // sk_update_<opt>_<t>: w ← update(src, κ·x + b·(y − proj·x)) with src = w_old (the exact restore of
 // a SAM step, fused) or w itself (a one-pass step); SGD (momentum, dampening, nesterov, weight
 // decay), Adam, AdamW (amsgrad) and RMSprop (momentum, centered), maximize on all, with torch.optim
-// semantics; b per segment or global; LookSAM's side output g_v = x − c·g with its per-unit ‖g_v‖².
+// semantics; b per segment or global; LookSAM's side output g_v = x − c·g with its per-unit ‖g_v‖²;
+// OG-SAM's g2_prev ← x (flat f32), kept for the next step's extrapolation.
 // When ctl->skip is set the pass only restores w ← w_old (bit-exact) and leaves every state buffer
 // untouched.
 // sk_restore_<t>: w ← w_old. sk_commit: the step's counters and buffer flips (one thread).
@@ -33,6 +34,7 @@ struct UpdateArgs {
     const float* coef_c_seg; // per segment c, or null: ctl->coef_c
     const Ctl* ctl;
     double* part;            // per unit ‖g_v‖² (with side_out)
+    float* keep;             // flat f32 or null: receives x (OG-SAM's g2_prev), not on a skip
     u32 n_units;
     u32 nesterov;
     u32 centered;
@@ -161,6 +163,7 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
         const float* y32 = a.y32 ? a.y32 + u.global : nullptr;
         const T* sg = a.side_g ? sk_seg<const T>(a.side_g, u) : nullptr;
         float* so = a.side_out ? a.side_out + u.global : nullptr;
+        float* kp = a.keep ? a.keep + u.global : nullptr;
         float* s0 = ns > 0 ? a.s0 + u.global : nullptr;
         float* s1 = ns > 1 ? a.s1 + u.global : nullptr;
         float* s2 = ns > 2 ? a.s2 + u.global : nullptr;
@@ -169,7 +172,7 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
         const bool has_y = y || y32;
         const bool vec = sk_al16(w) && sk_al16(src) && sk_al16(x) && (!y || sk_al16(y)) && (!y32 || sk_al16(y32)) &&
                          (!sg || (sk_al16(sg) && sk_al16(so))) && (!s0 || sk_al16(s0)) && (!s1 || sk_al16(s1)) &&
-                         (!s2 || sk_al16(s2));
+                         (!s2 || sk_al16(s2)) && (!kp || sk_al16(kp));
         double gv = 0.0;
         const u32 npk = (u.len + N - 1) / N;
         for (u32 p = threadIdx.x; p < npk; p += SK_BLOCK) {
@@ -196,6 +199,12 @@ template <class T, int OPT> __device__ __forceinline__ void update_body(const Up
                     if (k < (int)cnt) gv += (double)o.e[k] * (double)o.e[k];
                 }
                 sk_stf<T>(so + off, o, cnt, v);
+            }
+            if (kp) {
+                FPack<T> o;
+#pragma unroll
+                for (int k = 0; k < N; k++) o.e[k] = sk_f32(xp.e[k]);
+                sk_stf<T>(kp + off, o, cnt, v);
             }
 #pragma unroll
             for (int k = 0; k < N; k++) {

@@ -100,8 +100,7 @@ impl<T: Elem> GpuOptimizer<T> {
             mask,
             look_gv,
             look_gv_sq,
-            // OG-SAM is refused at construction (no extrapolation kernel yet).
-            og_prev: Vec::new(),
+            og_prev: self.og_prev()?,
         })
     }
 
@@ -203,6 +202,15 @@ impl<T: Elem> GpuOptimizer<T> {
             } else {
                 c.gv_sq = s.look_gv_sq.first().copied().unwrap_or(0.0);
             }
+        }
+        if let Some(g) = &mut self.og_prev {
+            // OG-SAM's g2_prev: present from its first completed step on.
+            if s.og_prev.is_empty() {
+                stream.memset_zeros(&mut g.slice)?;
+            } else {
+                stream.memcpy_htod(s.og_prev.as_slice(), &mut g.slice)?;
+            }
+            self.og_kept = !s.og_prev.is_empty();
         }
         stream.memcpy_htod(std::slice::from_ref(&c), &mut self.work.ctl.slice)?;
         // The host copies are dropped on return.

@@ -742,6 +742,13 @@ fn compare_state<T: Elem>(
         &format!("{what}: FriendlySAM m"),
     );
     assert_gv(&gpu.look_gv().unwrap(), cpu.looksam_gv(), what);
+    // OG-SAM's g2_prev: a bit-exact copy of pass 2's gradient, present from the first completed
+    // step on, on both.
+    assert_bits(
+        &gpu.og_prev().unwrap(),
+        cpu.og_prev(),
+        &format!("{what}: OG-SAM g2_prev"),
+    );
 }
 
 /// LookSAM's `g_v`: the device's buffer is zeros where the CPU has none yet.

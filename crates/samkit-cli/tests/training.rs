@@ -227,3 +227,241 @@ fn bad_flags_and_files_exit_with_code_2_or_1() {
         Some(2)
     );
 }
+
+/// `epochs.csv` as a header and rows of fields.
+fn csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let split = |l: &str| l.split(',').map(str::to_string).collect::<Vec<_>>();
+    let header = split(lines.next().expect("a header"));
+    (header, lines.map(split).collect())
+}
+
+/// The class counts that `--long-tail` prints (`... per class 10,7,5,...`) and the total.
+fn printed_counts(stdout: &str) -> (usize, Vec<usize>) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("long-tailed training set"))
+        .unwrap_or_else(|| panic!("no long-tailed size printed:\n{stdout}"));
+    let total = line
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {line}"));
+    let counts = line
+        .rsplit("per class ")
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("counts in {line}"))
+        })
+        .collect();
+    (total, counts)
+}
+
+/// ImbSAM's τ in the long-tail tests: with `--long-tail 10` on 96 synthetic images, one class
+/// has exactly 5 samples, so the strict rule `n_c < τ` is seen (`≤` would take one more).
+const LT_TAU: &str = "5";
+
+#[test]
+fn imbsam_logs_per_class_head_and_tail_accuracy_and_the_long_tailed_size() {
+    let dir = fresh_dir("imbsam-lt");
+    let mut a = vec![
+        "train",
+        "--optimizer",
+        "imbsam",
+        "--long-tail",
+        "10",
+        "--tau",
+        LT_TAU,
+        "--epochs",
+        "2",
+    ];
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let o = samkit(&a);
+    let out = ok(&o);
+    let (total, counts) = printed_counts(&out);
+    assert_eq!(counts.len(), 10, "{out}");
+    assert_eq!(counts.iter().sum::<usize>(), total);
+    let tau: usize = LT_TAU.parse().unwrap();
+    assert!(
+        counts.contains(&tau),
+        "the test needs a class of exactly τ: {counts:?}"
+    );
+    // Tail = n_c < τ (strict, docs/ALGORITHMS.md).
+    let tail = counts.iter().filter(|&&n| n < tau).count();
+    assert!(
+        out.contains(&format!(
+            "imbsam: {tail} tail classes (fewer than τ = {tau}"
+        )),
+        "{out}"
+    );
+    assert!(!common::text(&o.stderr).contains("no tail class"));
+    // summary.json: every epoch has the accuracy of each class, the head's and the tail's.
+    let s = json(&dir.join("summary.json"));
+    let epochs = s.as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    for e in epochs {
+        let per = e["class_accuracy"].as_array().unwrap();
+        assert_eq!(per.len(), 10);
+        // The synthetic test set is balanced: every class has test samples.
+        for v in per {
+            assert!((0.0..=1.0).contains(&v.as_f64().expect("a class accuracy")));
+        }
+        let (h, t) = (
+            e["head_accuracy"].as_f64().unwrap(),
+            e["tail_accuracy"].as_f64().unwrap(),
+        );
+        // Head and tail accuracy are over their test samples: synthetic labels are `i % 10`,
+        // so of the 32 test images classes 0 and 1 have 4 and the others 3.
+        let mean = |want_tail: bool| {
+            let (mut right, mut n) = (0.0, 0.0);
+            for c in (0..10).filter(|&c| (counts[c] < tau) == want_tail) {
+                let samples = if c < 2 { 4.0 } else { 3.0 };
+                right += per[c].as_f64().unwrap() * samples;
+                n += samples;
+            }
+            right / n
+        };
+        assert!((h - mean(false)).abs() < 1e-9 && (t - mean(true)).abs() < 1e-9);
+    }
+    // epochs.csv: epochs from 1 as on the console, with the head and tail accuracy.
+    let (header, rows) = csv(&dir.join("epochs.csv"));
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (hc, tc) = (col("head_accuracy"), col("tail_accuracy"));
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r[0], (i + 1).to_string());
+        let t: f64 = r[tc].parse().unwrap();
+        assert_eq!(t, epochs[i]["tail_accuracy"].as_f64().unwrap());
+        assert!(r[hc].parse::<f64>().is_ok());
+    }
+}
+
+#[test]
+fn compare_on_a_long_tailed_set_reports_head_and_tail_for_every_row() {
+    let dir = fresh_dir("compare-lt");
+    let mut a = vec![
+        "compare",
+        "--optimizers",
+        "sgd,imbsam",
+        "--long-tail",
+        "10",
+        "--tau",
+        LT_TAU,
+        "--epochs",
+        "1",
+    ];
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let out = ok(&samkit(&a));
+    let (_, counts) = printed_counts(&out);
+    let tau: usize = LT_TAU.parse().unwrap();
+    let tail = counts.iter().filter(|&&n| n < tau).count() as u64;
+    assert!(
+        out.contains("head acc") && out.contains("tail acc"),
+        "{out}"
+    );
+    let j = json(&dir.join("compare.json"));
+    for r in j.as_array().unwrap() {
+        // SGD's row splits the classes at the same τ as ImbSAM's.
+        assert_eq!(r["tail_classes"].as_u64(), Some(tail), "{}", r["optimizer"]);
+        let t = r["tail_accuracy_mean"].as_f64().expect("tail accuracy");
+        assert_eq!(Some(t), r["seeds"][0]["tail_accuracy"].as_f64());
+        assert!((0.0..=1.0).contains(&r["head_accuracy_mean"].as_f64().unwrap()));
+        assert_eq!(
+            r["seeds"][0]["class_accuracy"].as_array().unwrap().len(),
+            10
+        );
+    }
+    // A balanced comparison without ImbSAM reports no head/tail.
+    let dir = fresh_dir("compare-balanced");
+    let mut a = vec!["compare", "--optimizers", "sgd", "--epochs", "1"];
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let out = ok(&samkit(&a));
+    assert!(!out.contains("tail acc"), "{out}");
+    let j = json(&dir.join("compare.json"));
+    assert!(j[0]["tail_classes"].is_null() && j[0]["tail_accuracy_mean"].is_null());
+    assert_eq!(
+        j[0]["seeds"][0]["class_accuracy"].as_array().unwrap().len(),
+        10
+    );
+}
+
+#[test]
+fn imbsam_without_a_tail_class_warns_on_stderr() {
+    let dir = fresh_dir("imbsam-no-tail");
+    // Balanced synthetic data: every class has 9 or 10 of the 96 images, none fewer than 1.
+    let mut a = vec![
+        "train",
+        "--optimizer",
+        "imbsam",
+        "--tau",
+        "1",
+        "--epochs",
+        "1",
+    ];
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let o = samkit(&a);
+    let out = ok(&o);
+    let err = common::text(&o.stderr);
+    assert!(
+        err.contains("warning: ImbSAM has no tail class") && err.contains("plain sgd"),
+        "{err}"
+    );
+    assert!(out.contains("imbsam: 0 tail classes"), "{out}");
+    // And compare warns for its ImbSAM row too.
+    let dir = fresh_dir("compare-no-tail");
+    let mut a = vec![
+        "compare",
+        "--optimizers",
+        "imbsam",
+        "--tau",
+        "1",
+        "--epochs",
+        "1",
+    ];
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let o = samkit(&a);
+    ok(&o);
+    assert!(common::text(&o.stderr).contains("warning: ImbSAM has no tail class"));
+}
+
+#[test]
+fn resume_without_out_continues_in_the_original_runs_folder() {
+    let dir = fresh_dir("resume-here");
+    let mut a = vec!["train", "--optimizer", "sam", "--epochs", "2"];
+    a.extend(TINY);
+    a.extend(["--stop-after", "1", "--out", dir.to_str().unwrap()]);
+    let first = ok(&samkit(&a));
+    assert!(
+        first.contains("epoch   1:"),
+        "the console counts from 1:\n{first}"
+    );
+    let ck = dir.join("checkpoint");
+    // No --out: the logs continue in `dir`, not in the default results/train.
+    let out = ok(&samkit(&["train", "--resume", ck.to_str().unwrap()]));
+    assert!(out.contains("epoch   2:"), "{out}");
+    let (_, rows) = csv(&dir.join("epochs.csv"));
+    let epochs: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(
+        epochs,
+        ["1", "2"],
+        "epochs.csv counts from 1 like the console"
+    );
+    let steps = common::json_lines(&dir.join("steps.jsonl"));
+    assert_eq!(steps.len(), 4, "2 epochs of 2 steps in the original folder");
+    assert!(
+        out.contains(&dir.join("epochs.csv").display().to_string()),
+        "the resumed run says where it wrote:\n{out}"
+    );
+    let s = json(&dir.join("summary.json"));
+    assert_eq!(s.as_array().unwrap().len(), 2);
+}

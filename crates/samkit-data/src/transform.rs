@@ -66,6 +66,47 @@ pub fn label_noise(ds: &Dataset, rate: f64, seed: u64) -> Result<(Dataset, usize
     Ok((out, flipped))
 }
 
+/// Classes listed one by one in [`counts_summary`] up to this many (CIFAR-10); above it
+/// (CIFAR-100) the line gives the largest, median and smallest counts only.
+pub const LISTED_CLASSES: usize = 20;
+
+/// What a (long-tailed) training set holds, in one line: its size, the largest and smallest
+/// class with their counts and the imbalance they make, and the counts of every class (or their
+/// median above [`LISTED_CLASSES`] classes).
+pub fn counts_summary(counts: &[usize]) -> String {
+    let total: usize = counts.iter().sum();
+    let Some((max_c, &max)) = counts
+        .iter()
+        .enumerate()
+        .max_by_key(|&(c, &n)| (n, usize::MAX - c))
+    else {
+        return "0 images in 0 classes".into();
+    };
+    let (min_c, &min) = counts
+        .iter()
+        .enumerate()
+        .min_by_key(|&(c, &n)| (n, c))
+        .unwrap_or((max_c, &max));
+    let ratio = if min > 0 {
+        format!("{:.1}", max as f64 / min as f64)
+    } else {
+        "inf".into()
+    };
+    let rest = if counts.len() <= LISTED_CLASSES {
+        let list: Vec<String> = counts.iter().map(usize::to_string).collect();
+        format!("per class {}", list.join(","))
+    } else {
+        let mut sorted = counts.to_vec();
+        sorted.sort_unstable();
+        format!("median {}", sorted[sorted.len() / 2])
+    };
+    format!(
+        "{total} images in {} classes: largest class {max_c} with {max}, smallest class {min_c} \
+         with {min} (n_max/n_min = {ratio}); {rest}",
+        counts.len()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +162,21 @@ mod tests {
         assert!(noisy.labels.iter().all(|&y| (y as usize) < 10));
         assert_eq!(label_noise(&ds, 0.0, 3).unwrap().1, 0);
         assert!(label_noise(&ds, 1.5, 3).is_err());
+    }
+
+    #[test]
+    fn counts_summary_names_size_extremes_and_counts() {
+        let s = counts_summary(&[100, 46, 21, 10]);
+        assert!(s.starts_with("177 images in 4 classes"), "{s}");
+        assert!(s.contains("largest class 0 with 100"), "{s}");
+        assert!(s.contains("smallest class 3 with 10"), "{s}");
+        assert!(s.contains("n_max/n_min = 10.0"), "{s}");
+        assert!(s.contains("per class 100,46,21,10"), "{s}");
+        // Many classes: the median instead of the list.
+        let many: Vec<usize> = (1..=100).rev().collect();
+        let s = counts_summary(&many);
+        assert!(s.contains("median 51") && !s.contains("per class"), "{s}");
+        assert_eq!(counts_summary(&[]), "0 images in 0 classes");
+        assert!(counts_summary(&[3, 0]).contains("= inf"));
     }
 }

@@ -98,6 +98,57 @@ pub struct EpochLog {
     pub step_seconds: Phases,
     #[serde(with = "crate::floats")]
     pub images_per_second: f64,
+    /// Test accuracy of each class (`None` for a class without test samples). Empty in a
+    /// checkpoint written before it was logged.
+    #[serde(default)]
+    pub class_accuracy: Vec<Option<f64>>,
+    /// Test accuracy over the samples of the head classes (`n_c ≥ τ` training samples), when
+    /// the run reports head and tail ([`Trainer::tail_mask`]) and the test set has some.
+    #[serde(default)]
+    pub head_accuracy: Option<f64>,
+    /// Test accuracy over the samples of the tail classes (`n_c < τ`), as `head_accuracy`.
+    #[serde(default)]
+    pub tail_accuracy: Option<f64>,
+}
+
+/// Accuracy of a model on a test set: overall, per class, and over head and tail classes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Accuracy {
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Per class: `None` for a class without samples in the set.
+    pub class_accuracy: Vec<Option<f64>>,
+    /// `None` when no tail split is reported or the head has no sample in the set.
+    pub head_accuracy: Option<f64>,
+    /// `None` when no tail split is reported or the tail has no sample in the set.
+    pub tail_accuracy: Option<f64>,
+}
+
+/// Per-class correct counts and totals turned into per-class accuracy and, with a tail mask,
+/// the sample-weighted accuracy of the head and of the tail (the long-tail benchmarks'
+/// "many/few-shot" accuracy is over the test samples of those classes).
+pub fn class_accuracy(
+    correct: &[usize],
+    total: &[usize],
+    tail: Option<&[bool]>,
+) -> (Vec<Option<f64>>, Option<f64>, Option<f64>) {
+    let per = correct
+        .iter()
+        .zip(total)
+        .map(|(&c, &n)| (n > 0).then(|| c as f64 / n as f64))
+        .collect();
+    let group = |want: bool| -> Option<f64> {
+        let tail = tail?;
+        let (mut c, mut n) = (0usize, 0usize);
+        for k in 0..total.len() {
+            if tail.get(k).copied().unwrap_or(false) == want {
+                c += correct[k];
+                n += total[k];
+            }
+        }
+        (n > 0).then(|| c as f64 / n as f64)
+    };
+    (per, group(false), group(true))
 }
 
 /// What a checkpoint's `trainer.json` holds besides the model and optimizer files.
@@ -143,6 +194,10 @@ pub struct Trainer<E: Engine = CpuEngine> {
     norm: Normalize,
     /// ImbSAM's tail classes.
     tail: Vec<bool>,
+    /// The classes whose test accuracy is reported as the tail: ImbSAM's own tail, or for
+    /// another rule on a long-tailed training set the classes with `n_c < τ` at the default
+    /// (or [`Trainer::set_report_tau`]) τ; `None`: no head/tail split is reported.
+    report_tail: Option<Vec<bool>>,
     /// Epochs completed.
     pub epoch: u32,
     /// Steps completed (the schedule's position).
@@ -211,7 +266,7 @@ impl<E: Engine> Trainer<E> {
         norm: Normalize,
     ) -> Self {
         let tail = match &cfg.rule {
-            Rule::ImbSam(c) => c.tail_classes(&train.class_counts()),
+            Rule::ImbSam(c) => c.tail_classes(&counts),
             _ => vec![false; train.classes],
         };
         Trainer {
@@ -245,10 +300,20 @@ impl<E: Engine> Trainer<E> {
                     ),
                 ));
             }
+        let counts = train.class_counts();
             let net = self.engine.net();
             let d = Distiller::new(
                 dc,
                 &mut net.model,
+        // The same rule (core's `ImbSam::tail_classes`, `n_c < τ`) for every run, so that an
+        // ImbSAM run and the others of a comparison split the classes alike.
+        let report_tail = match &cfg.rule {
+            Rule::ImbSam(_) => Some(tail.clone()),
+            _ if cfg.data.long_tail.is_some() => {
+                Some(samkit_core::ImbSam::default().tail_classes(&counts))
+            }
+            _ => None,
+        };
                 net.params.borrow(),
                 self.train.len(),
                 self.train.classes,
@@ -256,6 +321,7 @@ impl<E: Engine> Trainer<E> {
             self.distill = Some(d);
         }
         Ok(())
+            report_tail,
     }
 
     /// The normalisation of the images.
@@ -274,7 +340,7 @@ impl<E: Engine> Trainer<E> {
         self.cfg.steps_per_epoch.map_or(full, |s| s.min(full))
     }
 
-    /// ImbSAM: the number of tail classes (at most τ training samples).
+    /// ImbSAM: the number of tail classes (fewer than τ training samples).
     pub fn tail_classes(&self) -> usize {
         self.tail.iter().filter(|&&t| t).count()
     }
@@ -313,6 +379,48 @@ impl<E: Engine> Trainer<E> {
             (Vec::new(), Vec::new())
         };
         let fisher = FisherDraw {
+    /// The classes reported as the tail in the epoch logs' head/tail accuracy, when the run
+    /// reports them (an ImbSAM run, or any run on a long-tailed training set).
+    pub fn tail_mask(&self) -> Option<&[bool]> {
+        self.report_tail.as_deref()
+    }
+
+    /// The τ of the head/tail accuracy of a run whose rule is not ImbSAM (a comparison passes
+    /// its `--tau`, so that every row splits the classes as its ImbSAM row); ImbSAM keeps its
+    /// own τ. Without a long-tailed training set nothing is reported, whatever τ.
+    pub fn set_report_tau(&mut self, tau: usize) {
+        if matches!(self.cfg.rule, Rule::ImbSam(_)) || self.report_tail.is_none() {
+            return;
+        }
+        let rule = samkit_core::ImbSam {
+            tau,
+            ..samkit_core::ImbSam::default()
+        };
+        self.report_tail = Some(rule.tail_classes(&self.train.class_counts()));
+    }
+
+    /// A warning for an ImbSAM run whose training set has no tail class: every batch then
+    /// lacks tail samples, and every step is a plain base-optimizer step (the core's
+    /// `first_step_split` with `tail = None`), i.e. the run is SGD, not ImbSAM. `None` for
+    /// other rules or when there is a tail.
+    pub fn no_tail_warning(&self) -> Option<String> {
+        let Rule::ImbSam(c) = &self.cfg.rule else {
+            return None;
+        };
+        if self.tail_classes() > 0 {
+            return None;
+        }
+        let counts = self.train.class_counts();
+        let min = counts.iter().copied().min().unwrap_or(0);
+        Some(format!(
+            "ImbSAM has no tail class: every class has at least τ = {} training samples (the \
+             smallest has {min}), so no step is perturbed and this run is plain {} (not \
+             ImbSAM); raise --tau above {min} or use --long-tail",
+            c.tau,
+            self.cfg.base.name()
+        ))
+    }
+
             train: &self.train,
             norm: &self.norm,
             seed: self.cfg.seed,
@@ -446,7 +554,15 @@ impl<E: Engine> Trainer<E> {
                 correct += (arg == y) as usize;
             }
         }
-        Ok((loss / n as f64, correct as f64 / n as f64))
+        let (class_accuracy, head_accuracy, tail_accuracy) =
+            class_accuracy(&class_correct, &class_total, self.tail_mask());
+        Ok(Accuracy {
+            loss: loss / n as f64,
+            accuracy: correct as f64 / n as f64,
+            class_accuracy,
+            head_accuracy,
+            tail_accuracy,
+        })
     }
 
     /// Trains one epoch; `on_step` sees every step's log (for JSON lines and progress).
@@ -463,8 +579,17 @@ impl<E: Engine> Trainer<E> {
         let limit = self.steps_per_epoch();
         let iter = BatchIter::new(self.train.clone(), plan)?;
         let skipped_before = self.engine.status()?.skipped;
+        let a = self.evaluate_classes(ds, limit)?;
+        Ok((a.loss, a.accuracy))
+    }
+
+    /// As [`Trainer::evaluate`], with the accuracy of each class and of the head and tail
+    /// ([`Trainer::tail_mask`]).
+    pub fn evaluate_classes(&mut self, ds: &Dataset, limit: Option<usize>) -> Result<Accuracy> {
         let t0 = Instant::now();
         let mut sum = Phases::default();
+        let mut class_correct = vec![0usize; ds.classes];
+        let mut class_total = vec![0usize; ds.classes];
         let (mut loss, mut steps, mut images) = (0.0, 0u64, 0usize);
         if self.train.len() < self.cfg.batch {
             return Err(crate::limits::batch_too_large(&self.cfg, self.train.len()));
@@ -479,13 +604,15 @@ impl<E: Engine> Trainer<E> {
         }
         let wall = t0.elapsed().as_secs_f64();
         let test = self.test.clone();
-        let (test_loss, test_accuracy) = self.evaluate(&test, None)?;
+        let acc = self.evaluate_classes(&test, None)?;
         let log = EpochLog {
             epoch: self.epoch,
             steps,
             train_loss: loss / steps.max(1) as f64,
-            test_loss,
-            test_accuracy,
+            test_loss: acc.loss,
+            test_accuracy: acc.accuracy,
+                class_correct[y] += (arg == y) as usize;
+                class_total[y] += 1;
             skipped_steps: self.engine.status()?.skipped - skipped_before,
             step_seconds: sum.scaled(1.0 / steps.max(1) as f64),
             images_per_second: images as f64 / wall.max(1e-9),
@@ -531,6 +658,9 @@ impl<E: Engine> Trainer<E> {
     pub fn load(&mut self, dir: &Path, state: TrainerState) -> Result<()> {
         for f in crate::checkpoint::FILES {
             let p = dir.join(f);
+            class_accuracy: acc.class_accuracy,
+            head_accuracy: acc.head_accuracy,
+            tail_accuracy: acc.tail_accuracy,
             std::fs::metadata(&p).map_err(|e| TrainError::read(&p, e))?;
         }
         // The files' own checks first: a flipped bit is named by file and tensor there.
@@ -610,5 +740,29 @@ impl FisherDraw<'_> {
             model.per_sample_grad_sq(w.borrow(), &x, b.labels[..].into(), out.borrow_mut())?;
         }
         Ok(Eval { loss: 0.0, samples })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::class_accuracy;
+
+    #[test]
+    fn class_accuracy_splits_head_and_tail_by_samples() {
+        // Class 0: 3 of 4 right; class 1: 1 of 2; class 2: no test sample; class 3: 0 of 1.
+        let correct = [3, 1, 0, 0];
+        let total = [4, 2, 0, 1];
+        let tail = [false, true, true, true];
+        let (per, head, tail_acc) = class_accuracy(&correct, &total, Some(&tail));
+        assert_eq!(per, vec![Some(0.75), Some(0.5), None, Some(0.0)]);
+        assert_eq!(head, Some(0.75));
+        // Over the tail's 3 samples, 1 right (not the mean of the classes' accuracies).
+        assert_eq!(tail_acc, Some(1.0 / 3.0));
+        // Without a tail split nothing is reported for head and tail.
+        let (_, head, tail_acc) = class_accuracy(&correct, &total, None);
+        assert_eq!((head, tail_acc), (None, None));
+        // A tail without test samples has no accuracy.
+        let (_, _, tail_acc) = class_accuracy(&correct, &total, Some(&[false, false, true, false]));
+        assert_eq!(tail_acc, None);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use samkit_train::engine::Engine;
 use samkit_train::{load_data, Phases, Trainer};
 
-use super::args::{Device, RunArgs};
+use super::args::{BaseKind, CudaArgs, DataArgs, Device, ModelArgs, RuleArgs, RunArgs};
 use super::cmd::MakeTrainer;
 use crate::error::{check, Result};
 use crate::output::{write_json, Output};
@@ -28,10 +28,92 @@ pub struct BenchArgs {
     /// Timed steps per optimizer (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// The device to time on.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: Device,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub step: StepArgs,
+    #[command(flatten)]
+    pub rule: RuleArgs,
+    #[command(flatten)]
+    pub cuda: CudaArgs,
+    /// Output folder: bench.json.
     #[arg(long, default_value = "results/bench")]
     pub out: PathBuf,
+}
+
+/// The flags of one step that `bench` times: batch, base optimizer and seed. The flags that
+/// only shape a training run (epochs, steps per epoch, schedule, milestones, warm-up, the
+/// survey preset) are `train`'s and `compare`'s, not `bench`'s: a bench run takes their
+/// defaults.
+#[derive(Args, Clone, Debug)]
+pub struct StepArgs {
+    /// Mini-batch size [default: 64 on the CPU, 128 with --device cuda].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// The base optimizer the rule steps with.
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub base: BaseKind,
+    /// Learning rate [default: 0.1 for sgd, 1e-3 for adam and adamw, 1e-2 for rmsprop].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Momentum [default: 0.9 for sgd, 0 for rmsprop].
+    #[arg(long)]
+    pub momentum: Option<f32>,
+    /// Weight decay (L2 for sgd, adam and rmsprop; decoupled for adamw).
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f32,
+    /// SGD: Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Adam/AdamW: divide by the running maximum of the second moment (torch's amsgrad).
+    #[arg(long)]
+    pub amsgrad: bool,
+    /// Ascend the loss instead of descending it (torch's maximize; every base optimizer).
+    #[arg(long)]
+    pub maximize: bool,
+    /// Seed of the data and the initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `train`'s flags at their defaults, the base of a bench run's [`RunArgs`].
+#[derive(clap::Parser)]
+struct RunDefaults {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl BenchArgs {
+    /// The run flags of a bench: its own, and the training-only ones at their defaults.
+    pub fn run_args(&self) -> Result<RunArgs> {
+        use clap::Parser;
+        let mut run = RunDefaults::try_parse_from(["samkit"])
+            .map_err(|e| {
+                crate::error::CliError::Run(format!("the default flags do not parse: {e}"))
+            })?
+            .run;
+        run.device = self.device;
+        run.data = self.data.clone();
+        run.model = self.model.clone();
+        run.rule = self.rule.clone();
+        run.cuda = self.cuda.clone();
+        let (s, t) = (&self.step, &mut run.train);
+        t.batch = s.batch;
+        t.base = s.base;
+        t.lr = s.lr;
+        t.momentum = s.momentum;
+        t.weight_decay = s.weight_decay;
+        t.nesterov = s.nesterov;
+        t.amsgrad = s.amsgrad;
+        t.maximize = s.maximize;
+        t.seed = s.seed;
+        Ok(run)
+    }
 }
 
 #[derive(Serialize)]
@@ -45,7 +127,7 @@ struct Row {
 }
 
 pub fn run(a: &BenchArgs, out: &mut Output) -> Result<()> {
-    match a.run.device {
+    match a.device {
         Device::Cpu => run_on(a, out, Trainer::new),
         Device::Cuda => run_on(a, out, Trainer::cuda),
     }
@@ -54,12 +136,13 @@ pub fn run(a: &BenchArgs, out: &mut Output) -> Result<()> {
 fn run_on<E: Engine>(a: &BenchArgs, out: &mut Output, make: impl MakeTrainer<E>) -> Result<()> {
     check::count("steps", a.steps, 1, 100_000)?;
     check::non_empty("optimizers", &a.optimizers)?;
+    let run = a.run_args()?;
     let configs = a
         .optimizers
         .iter()
-        .map(|o| a.run.config(o))
+        .map(|o| run.config(o))
         .collect::<Result<Vec<_>>>()?;
-    let (split, norm) = load_data(&a.run.data.config(), a.run.train.seed)?;
+    let (split, norm) = load_data(&run.data.config(), run.train.seed)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));
     let batch = configs[0].batch.min(train.len());
     let idx: Vec<usize> = (0..batch).collect();

@@ -30,9 +30,10 @@ pub struct TrainCmd {
     pub optimizer: String,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Output folder: steps.jsonl, epochs.csv, summary.json, checkpoint/.
-    #[arg(long, default_value = "results/train")]
-    pub out: PathBuf,
+    /// Output folder: steps.jsonl, epochs.csv, summary.json, checkpoint/ [default:
+    /// results/train; with --resume, the folder of the resumed run (the checkpoint's parent)].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Write a checkpoint every this many epochs (and after the last).
     #[arg(long, default_value_t = 1)]
     pub checkpoint_every: u32,
@@ -163,15 +164,19 @@ fn steps_before(text: &str, step: u64) -> String {
     kept
 }
 
+/// `epochs.csv`: one line per epoch, counted from 1 as on the console; head/tail accuracy
+/// columns are empty for a run that does not report them (per-class accuracy is in
+/// `summary.json`).
 fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
     let mut s = String::from(
-        "epoch,steps,train_loss,test_loss,test_accuracy,skipped_steps,pass1_s,perturb_s,pass2_s,update_s,mask_s,images_per_s\n",
+        "epoch,steps,train_loss,test_loss,test_accuracy,skipped_steps,pass1_s,perturb_s,pass2_s,update_s,mask_s,images_per_s,head_accuracy,tail_accuracy\n",
     );
+    let opt = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
     for e in history {
         let p = &e.step_seconds;
         s += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{}\n",
-            e.epoch,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            e.epoch + 1,
             e.steps,
             e.train_loss,
             e.test_loss,
@@ -182,7 +187,9 @@ fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
             p.pass2,
             p.update,
             p.mask,
-            e.images_per_second
+            e.images_per_second,
+            opt(e.head_accuracy),
+            opt(e.tail_accuracy)
         );
     }
     Ok(samkit_train::files::write_atomic(path, s.as_bytes())?)
@@ -284,12 +291,14 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
             (cmd.run.config(&cmd.optimizer)?, None)
         }
     };
+    let out_dir = train_out_dir(cmd);
     // One writer per output folder, taken before anything is written into it.
-    out.ensure_dir(&cmd.out)?;
-    let _lock = samkit_train::files::OutLock::acquire(&cmd.out)?;
+    out.ensure_dir(&out_dir)?;
+    let _lock = samkit_train::files::OutLock::acquire(&out_dir)?;
     samkit_train::limits::check_data(&cfg.data)?;
     let (split, norm) = load_data(&cfg.data, cfg.seed)?;
     out.say(format!("data: {}", split.description));
+    say_long_tail(&cfg, &split.train, out);
     let planned = cfg.epochs;
     let epochs = match cmd.stop_after {
         Some(0) => return Err(CliError::invalid("stop-after", "must be >= 1")),
@@ -322,12 +331,10 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
         t.steps_per_epoch(),
         epochs
     ));
-    if t.cfg.optimizer == "imbsam" {
-        out.say(format!("imbsam: {} tail classes", t.tail_classes()));
-    }
-    let ck = cmd.out.join("checkpoint");
+    say_tail(&t, out);
+    let ck = out_dir.join("checkpoint");
     let resumed_at = cmd.resume.as_ref().map(|_| t.step);
-    let mut steps = JsonLines::open(&cmd.out.join("steps.jsonl"), resumed_at)?;
+    let mut steps = JsonLines::open(&out_dir.join("steps.jsonl"), resumed_at)?;
     let every = cmd.checkpoint_every.max(1);
     train_loop(
         &mut t,
@@ -342,13 +349,70 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
         },
     )?;
     steps.flush()?;
-    out.wrote(cmd.out.join("steps.jsonl"));
-    epochs_csv(&cmd.out.join("epochs.csv"), &t.history)?;
-    out.wrote(cmd.out.join("epochs.csv"));
-    write_json(&cmd.out.join("summary.json"), &t.history)?;
-    out.wrote(cmd.out.join("summary.json"));
+    out.wrote(out_dir.join("steps.jsonl"));
+    epochs_csv(&out_dir.join("epochs.csv"), &t.history)?;
+    out.wrote(out_dir.join("epochs.csv"));
+    write_json(&out_dir.join("summary.json"), &t.history)?;
+    out.wrote(out_dir.join("summary.json"));
     out.say(format!("checkpoint: {}", ck.display()));
     Ok(())
+}
+
+/// `train`'s default output folder.
+const TRAIN_OUT: &str = "results/train";
+
+/// Where `train` writes: `--out`; without it, for `--resume`, the resumed run's own folder (the
+/// checkpoint folder's parent, `<out>/checkpoint`), so that its logs continue there; otherwise
+/// [`TRAIN_OUT`].
+fn train_out_dir(cmd: &TrainCmd) -> PathBuf {
+    if let Some(o) = &cmd.out {
+        return o.clone();
+    }
+    match &cmd.resume {
+        Some(ck) => {
+            // `--resume ck/` names the same folder as `--resume ck`.
+            let ck: PathBuf = ck.components().collect();
+            match ck.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            }
+        }
+        None => PathBuf::from(TRAIN_OUT),
+    }
+}
+
+/// With `--long-tail`: the size of the long-tailed training set and its class counts.
+fn say_long_tail(cfg: &RunConfig, train: &Dataset, out: &mut Output) {
+    if let Some(f) = cfg.data.long_tail {
+        out.say(format!(
+            "long-tailed training set (imbalance factor {f}): {}",
+            samkit_data::transform::counts_summary(&train.class_counts())
+        ));
+    }
+}
+
+/// ImbSAM's tail (`n_c < τ`) and, when it has none, a loud warning on stderr: every step would
+/// then be a plain base-optimizer step. Other runs that report head/tail accuracy (a
+/// long-tailed training set) say how many classes they count as the tail.
+fn say_tail<E: Engine>(t: &Trainer<E>, out: &mut Output) {
+    if let samkit_core::Rule::ImbSam(c) = &t.cfg.rule {
+        out.say(format!(
+            "{}: {} tail classes (fewer than τ = {} training samples), weight κ = {}",
+            t.cfg.optimizer,
+            t.tail_classes(),
+            c.tau,
+            c.kappa
+        ));
+    } else if let Some(mask) = t.tail_mask() {
+        out.say(format!(
+            "{}: head/tail test accuracy reported with {} tail classes",
+            t.cfg.optimizer,
+            mask.iter().filter(|&&x| x).count()
+        ));
+    }
+    if let Some(w) = t.no_tail_warning() {
+        eprintln!("warning: {w}");
+    }
 }
 
 /// The flags of `train` at their defaults, to tell which ones a command line gave.
@@ -599,6 +663,12 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {
+    /// Final test accuracy over the head and the tail classes (ImbSAM runs and long-tailed
+    /// training sets; `null` otherwise).
+    head_accuracy: Option<f64>,
+    tail_accuracy: Option<f64>,
+    /// Final test accuracy of each class (`null` for a class without test samples).
+    class_accuracy: Vec<Option<f64>>,
         v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
     } else {
         0.0
@@ -641,6 +711,13 @@ pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
     }
 }
 
+    /// Final test accuracy over the head classes (`n_c ≥ τ`) and over the tail classes
+    /// (`n_c < τ`), mean over seeds, for ImbSAM runs and every run on a long-tailed training
+    /// set; `null` otherwise.
+    head_accuracy_mean: Option<f64>,
+    tail_accuracy_mean: Option<f64>,
+    /// How many classes are counted as the tail (`null` when no head/tail is reported).
+    tail_classes: Option<usize>,
 fn compare_on<E: Engine>(
     cmd: &CompareCmd,
     out: &mut Output,
@@ -686,6 +763,9 @@ fn compare_on<E: Engine>(
                         let mut c = c.clone();
                         c.seed = seed;
                         super::preset::time_config(&c, &train, &test, norm, &make, cmd.seeds)
+        if let Some(cfg) = configs.first() {
+            say_long_tail(cfg, &split.train, out);
+        }
                     })
                     .collect::<Result<Vec<_>>>()?;
                 super::preset::report(&estimates, &format!("{:?}", cmd.run.device), out);
@@ -715,6 +795,7 @@ fn compare_on<E: Engine>(
     }
     for r in &mut rows {
         let acc: Vec<f64> = r.seeds.iter().map(|s| s.test_accuracy).collect();
+                cmd.run.rule.tau,
         let loss: Vec<f64> = r.seeds.iter().map(|s| s.test_loss).collect();
         (r.test_accuracy_mean, r.test_accuracy_std) = mean_std(&acc);
         (r.test_loss_mean, r.test_loss_std) = mean_std(&loss);
@@ -728,6 +809,10 @@ fn compare_on<E: Engine>(
     };
     if let (Some(sgd), Some(sam)) = (step_of("sgd"), step_of("sam")) {
         for r in &mut rows {
+        let head: Option<Vec<f64>> = r.seeds.iter().map(|s| s.head_accuracy).collect();
+        let tail: Option<Vec<f64>> = r.seeds.iter().map(|s| s.tail_accuracy).collect();
+        r.head_accuracy_mean = head.map(|v| mean_std(&v).0);
+        r.tail_accuracy_mean = tail.map(|v| mean_std(&v).0);
             r.saving_vs_sam = saving_vs_sam(r.step_seconds.total(), sgd, sam);
         }
     }
@@ -762,11 +847,15 @@ fn train_one<E: Engine>(
         out.say(format!(
             "model: ResNet-18 width {} ({} parameters), batch {}, {} steps/epoch, {} epochs, seed {}",
             t.cfg.width,
+    report_tau: usize,
             t.engine.param_count(),
             t.cfg.batch,
             t.steps_per_epoch(),
             epochs,
             t.cfg.seed
+    // Every row of a comparison splits head and tail at the same τ as its ImbSAM row.
+    t.set_report_tau(report_tau);
+    say_tail(&t, out);
         ));
     }
     let mut losses = Vec::new();
@@ -820,10 +909,16 @@ fn train_one<E: Engine>(
 }
 
 /// "Saving vs SAM": `1 − (step − sgd)/(sam − sgd)`; `None` when SAM costs no more than SGD
+        head_accuracy_mean: last.head_accuracy,
+        tail_accuracy_mean: last.tail_accuracy,
+        tail_classes: t.tail_mask().map(|m| m.iter().filter(|&&x| x).count()),
 /// (the ratio means nothing) or a time is not finite.
 fn saving_vs_sam(step: f64, sgd: f64, sam: f64) -> Option<f64> {
     let span = sam - sgd;
     (span > 0.0 && step.is_finite()).then(|| 1.0 - (step - sgd) / span)
+            head_accuracy: last.head_accuracy,
+            tail_accuracy: last.tail_accuracy,
+            class_accuracy: last.class_accuracy.clone(),
 }
 
 fn report(rows: &[CompareRow], out: &mut Output) {
@@ -907,6 +1002,25 @@ fn report(rows: &[CompareRow], out: &mut Output) {
 }
 
 fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {
+    // ImbSAM and long-tailed runs: head and tail test accuracy (per-class in compare.json).
+    if rows.iter().any(|r| r.tail_classes.is_some()) {
+        out.say("");
+        out.say(format!(
+            "{:<16} {:>9} {:>9} {:>12}",
+            "optimizer", "head acc", "tail acc", "tail classes"
+        ));
+        let pct = |v: Option<f64>| v.map_or("-".into(), |x| format!("{:.2}%", 100.0 * x));
+        for r in rows {
+            out.say(format!(
+                "{:<16} {:>9} {:>9} {:>12}",
+                r.optimizer,
+                pct(r.head_accuracy_mean),
+                pct(r.tail_accuracy_mean),
+                r.tail_classes.map_or("-".into(), |n| n.to_string())
+            ));
+        }
+        out.say("(head/tail acc: final test accuracy over the test samples of the classes with n_c ≥ τ / n_c < τ training samples; per-class accuracy in compare.json)");
+    }
     let mut out = Vec::with_capacity(v.len());
     let mut acc = 0.0;
     for i in 0..v.len() {

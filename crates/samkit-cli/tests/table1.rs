@@ -44,7 +44,10 @@ fn train_with_the_preset_prints_its_departures_and_a_time_estimate_first() {
     args.extend(TINY);
     args.extend(["--out", path(&dir)]);
     let out = ok(&samkit(&args));
-    assert!(out.contains("--preset-survey: the survey's table-1 setup"), "{out}");
+    assert!(
+        out.contains("--preset-survey: the survey's table-1 setup"),
+        "{out}"
+    );
     for d in [
         "--epochs 1 (survey: 80)",
         "--width 2 (survey: 64)",
@@ -66,6 +69,28 @@ fn train_with_the_preset_prints_its_departures_and_a_time_estimate_first() {
     assert_eq!(cfg["schedule"]["schedule"]["type"], "step");
     assert_eq!(cfg["rule"]["interval"].as_u64(), Some(5));
     assert_eq!(cfg["rule"]["mask"]["samples"].as_u64(), Some(8));
+}
+
+#[test]
+fn compare_with_the_preset_estimates_every_optimizer_before_training() {
+    let dir = fresh_dir("compare-preset");
+    let mut args = vec![
+        "compare",
+        "--optimizers",
+        "sgd,sam",
+        "--seeds",
+        "2",
+        "--preset-survey",
+    ];
+    args.extend(&TINY[..12]);
+    args.extend(["--out", path(&dir)]);
+    let out = ok(&samkit(&args));
+    let est = out.find("time ESTIMATE").expect("an estimate");
+    let first_epoch = out.find("epoch   1").expect("an epoch line");
+    assert!(est < first_epoch, "{out}");
+    // One line per optimizer, each counted for both seeds.
+    assert_eq!(out.matches("per run × 2 seeds").count(), 2, "{out}");
+    assert!(out.contains("--epochs 1 (survey: 80)"), "{out}");
 }
 
 #[test]
@@ -114,7 +139,10 @@ fn table1_on_synthetic_data_writes_mean_and_std_beside_the_survey() {
         assert!((c["test_accuracy_mean"].as_f64().unwrap() - mean).abs() < STAT_TOLERANCE);
         assert!((c["test_accuracy_std"].as_f64().unwrap() - std).abs() < STAT_TOLERANCE);
         // The survey has no synthetic numbers.
-        assert!(c["survey_accuracy"].is_null() && c["difference"].is_null(), "{c}");
+        assert!(
+            c["survey_accuracy"].is_null() && c["difference"].is_null(),
+            "{c}"
+        );
     }
     let md = std::fs::read_to_string(dir.join("table1.md")).unwrap();
     assert!(
@@ -144,9 +172,18 @@ fn table1_dry_run_prints_the_runs_and_the_estimate_and_trains_nothing() {
     args.extend(TINY);
     args.extend(["--out", path(&dir)]);
     let out = ok(&samkit(&args));
-    assert!(out.contains("1 dataset(s) × 2 optimizer(s) × 4 seed(s)"), "{out}");
-    assert!(out.contains("synthetic sam:") && out.contains("synthetic ssam-d:"), "{out}");
-    assert!(out.contains("estimated total:") && out.contains("nothing trained"), "{out}");
+    assert!(
+        out.contains("1 dataset(s) × 2 optimizer(s) × 4 seed(s)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("synthetic sam:") && out.contains("synthetic ssam-d:"),
+        "{out}"
+    );
+    assert!(
+        out.contains("estimated total:") && out.contains("nothing trained"),
+        "{out}"
+    );
     assert!(!dir.join("table1.json").exists());
 }
 
@@ -174,7 +211,15 @@ fn table1_refuses_a_missing_cifar_folder_and_bad_options() {
         &["--optimizers", "nope"],
     );
     refused(
-        &run(&["table1", "--data", "cifar10", "--data-dir", path(&missing), "--train-size", "9"]),
+        &run(&[
+            "table1",
+            "--data",
+            "cifar10",
+            "--data-dir",
+            path(&missing),
+            "--train-size",
+            "9",
+        ]),
         &["--data-dir"],
     );
 }

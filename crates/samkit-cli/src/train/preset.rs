@@ -94,7 +94,12 @@ pub fn departures(r: &RunArgs) -> Vec<String> {
     if let Some(n) = d.label_noise {
         differs(n != 0.0, "label-noise", n.to_string(), "none".into());
     }
-    differs(d.no_augment, "no-augment", "".into(), "crops and flips".into());
+    differs(
+        d.no_augment,
+        "no-augment",
+        "".into(),
+        "crops and flips".into(),
+    );
     if let Some(w) = m.width {
         differs(w != WIDTH, "width", w.to_string(), WIDTH.to_string());
     }
@@ -123,7 +128,12 @@ pub fn departures(r: &RunArgs) -> Vec<String> {
         differs(lr != LR, "lr", lr.to_string(), LR.to_string());
     }
     if let Some(mo) = t.momentum {
-        differs(mo != MOMENTUM, "momentum", mo.to_string(), MOMENTUM.to_string());
+        differs(
+            mo != MOMENTUM,
+            "momentum",
+            mo.to_string(),
+            MOMENTUM.to_string(),
+        );
     }
     differs(
         t.weight_decay != WEIGHT_DECAY,
@@ -378,7 +388,10 @@ mod tests {
                 Rule::Sam(r) => assert_eq!((r.rho, r.adaptive), (RHO, false)),
                 Rule::FriendlySam(r) => assert_eq!(r.rho, RHO),
                 Rule::Ssam(r) => {
-                    assert_eq!((r.rho, r.sparsity, r.interval), (RHO, SPARSITY, MASK_INTERVAL));
+                    assert_eq!(
+                        (r.rho, r.sparsity, r.interval),
+                        (RHO, SPARSITY, MASK_INTERVAL)
+                    );
                     match &r.mask {
                         MaskKind::Fisher { samples } => assert_eq!(*samples, FISHER_SAMPLES),
                         MaskKind::Dynamic { drop, .. } => {

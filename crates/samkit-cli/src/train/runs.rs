@@ -93,7 +93,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<RunSpec>> {
     let doc = Document::parse(text.to_string()).map_err(|e| {
         CliError::invalid(
             "runs",
-            format!("{}: not valid TOML: {}", file.display(), e.to_string().trim()),
+            format!(
+                "{}: not valid TOML: {}",
+                file.display(),
+                e.to_string().trim()
+            ),
         )
     })?;
     let root = doc.as_table();
@@ -118,9 +122,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<RunSpec>> {
         for (i, t) in tables.iter().enumerate() {
             let index = i + 1;
             let name_given = t.get("name").and_then(|n| n.as_str()).map(str::to_string);
-            let label = table_label(index, name_given.as_deref().or(t
-                .get("optimizer")
-                .and_then(|n| n.as_str())));
+            let label = table_label(
+                index,
+                name_given
+                    .as_deref()
+                    .or(t.get("optimizer").and_then(|n| n.as_str())),
+            );
             let mut keys = Vec::new();
             for (k, item) in t.iter() {
                 let key = k.replace('-', "_");
@@ -144,7 +151,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<RunSpec>> {
                 match keys.iter().find(|(k, _)| k == key) {
                     None => Ok(None),
                     Some((_, Value::String(s))) => Ok(Some(s.clone())),
-                    Some((_, v)) => Err(bad(file, &label, Some(key), format!("{v} is not a string"))),
+                    Some((_, v)) => {
+                        Err(bad(file, &label, Some(key), format!("{v} is not a string")))
+                    }
                 }
             };
             let Some(optimizer) = string("optimizer")? else {
@@ -249,8 +258,7 @@ fn overlay(file: &Path, spec: &RunSpec, base: &RunArgs) -> Result<RunArgs> {
     let mut train: Map<String, Value> = obj(json(serde_json::to_value(&base.train))?)?;
     let mut rule: Map<String, Value> = obj(json(serde_json::to_value(&base.rule))?)?;
     // The rule flags of this table alone, to check that they apply to its optimizer.
-    let mut own_rule: Map<String, Value> =
-        obj(json(serde_json::to_value(default_rule()?))?)?;
+    let mut own_rule: Map<String, Value> = obj(json(serde_json::to_value(default_rule()?))?)?;
     for (key, value) in &spec.keys {
         if let Some((_, flag)) = SHARED.iter().find(|(k, _)| k == key) {
             return Err(bad(
@@ -281,8 +289,9 @@ fn overlay(file: &Path, spec: &RunSpec, base: &RunArgs) -> Result<RunArgs> {
         target.insert(key.clone(), value.clone());
         // The key alone on the flags: a value of the wrong type is named here.
         let typed = match part {
-            Part::Train => serde_json::from_value::<TrainArgs>(Value::Object(target.clone()))
-                .map(|_| ()),
+            Part::Train => {
+                serde_json::from_value::<TrainArgs>(Value::Object(target.clone())).map(|_| ())
+            }
             Part::Rule => {
                 own_rule.insert(key.clone(), value.clone());
                 serde_json::from_value::<RuleArgs>(Value::Object(target.clone())).map(|_| ())
@@ -291,9 +300,10 @@ fn overlay(file: &Path, spec: &RunSpec, base: &RunArgs) -> Result<RunArgs> {
         typed.map_err(|e| bad(file, &label, Some(key), format!("bad value {value}: {e}")))?;
     }
     let mut run = base.clone();
-    run.train = serde_json::from_value(Value::Object(train))
-        .map_err(|e| bad(file, &label, None, e))?;
-    run.rule = serde_json::from_value(Value::Object(rule)).map_err(|e| bad(file, &label, None, e))?;
+    run.train =
+        serde_json::from_value(Value::Object(train)).map_err(|e| bad(file, &label, None, e))?;
+    run.rule =
+        serde_json::from_value(Value::Object(rule)).map_err(|e| bad(file, &label, None, e))?;
     let own: RuleArgs =
         serde_json::from_value(Value::Object(own_rule)).map_err(|e| bad(file, &label, None, e))?;
     own.check_applies(&[spec.optimizer.as_str()])
@@ -339,9 +349,8 @@ pub fn configs(
     base: &RunArgs,
     check: impl Fn(&RunArgs, &[&str]) -> Result<()>,
 ) -> Result<Vec<RunConfig>> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        CliError::invalid("runs", format!("cannot read {}: {e}", file.display()))
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::invalid("runs", format!("cannot read {}: {e}", file.display())))?;
     let specs = parse(file, &text)?;
     specs
         .iter()

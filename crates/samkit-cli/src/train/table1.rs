@@ -53,11 +53,20 @@ pub struct Table1Cmd {
     pub data_dir: Option<PathBuf>,
     /// The datasets, comma-separated: the survey's cifar10,cifar100, or `synthetic` (generated
     /// images, no files needed: a quick check of the pipeline; the survey has no numbers for it).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "cifar10,cifar100")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "cifar10,cifar100"
+    )]
     pub data: Vec<DataSource>,
     /// The optimizers (table 1's columns by default; any of `train --optimizer`'s, the others
     /// without a survey number).
-    #[arg(long, value_delimiter = ',', default_value = "sam,friendlysam,ssam-f,ssam-d")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sam,friendlysam,ssam-f,ssam-d"
+    )]
     pub optimizers: Vec<String>,
     /// Runs per optimizer and dataset, with seeds --seed, --seed + 1, ... (the survey: 4).
     #[arg(long, default_value_t = preset::SEEDS)]
@@ -87,6 +96,7 @@ pub struct Table1Cmd {
     /// Synthetic data: test images.
     #[arg(long)]
     pub test_size: Option<usize>,
+    /// Where to train (cuda: the survey's 32 runs are a GPU job; the estimate says how long).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
     /// Output folder: table1.md, table1.json, runs/ (one JSON per finished run; a run whose
@@ -119,20 +129,19 @@ impl Table1Cmd {
             }
             return Ok(None);
         }
-        let dir = match &self.data_dir {
-            Some(d) => d.clone(),
-            None => match std::env::var_os("SAMKIT_CIFAR_DIR") {
-                Some(d) => PathBuf::from(d),
-                None => {
-                    return Err(CliError::invalid(
+        let dir =
+            match &self.data_dir {
+                Some(d) => d.clone(),
+                None => match std::env::var_os("SAMKIT_CIFAR_DIR") {
+                    Some(d) => PathBuf::from(d),
+                    None => return Err(CliError::invalid(
                         "data-dir",
                         "table1 trains on CIFAR-10 and CIFAR-100: give the folder of their binary \
                          files with --data-dir DIR (or $SAMKIT_CIFAR_DIR), or --data synthetic \
                          for a check",
-                    ))
-                }
-            },
-        };
+                    )),
+                },
+            };
         if !dir.is_dir() {
             return Err(CliError::invalid(
                 "data-dir",
@@ -175,14 +184,20 @@ impl Table1Cmd {
             ("epochs", self.epochs.map(|v| v.to_string())),
             ("width", self.width.map(|v| v.to_string())),
             ("batch", self.batch.map(|v| v.to_string())),
-            ("steps-per-epoch", self.steps_per_epoch.map(|v| v.to_string())),
+            (
+                "steps-per-epoch",
+                self.steps_per_epoch.map(|v| v.to_string()),
+            ),
             ("fisher-samples", self.fisher_samples.map(|v| v.to_string())),
         ] {
             if let Some(v) = v {
                 flag(name, v);
             }
         }
-        for (name, v) in [("train-size", self.train_size), ("test-size", self.test_size)] {
+        for (name, v) in [
+            ("train-size", self.train_size),
+            ("test-size", self.test_size),
+        ] {
             if let Some(v) = v {
                 if data != DataSource::Synthetic {
                     return Err(CliError::invalid(
@@ -302,11 +317,17 @@ fn run_on<E: Engine>(cmd: &Table1Cmd, out: &mut Output, make: impl MakeTrainer<E
         if !OPTIMIZERS.contains(&o.as_str()) {
             return Err(CliError::invalid(
                 "optimizers",
-                format!("unknown optimizer `{o}`; choose from {}", OPTIMIZERS.join(", ")),
+                format!(
+                    "unknown optimizer `{o}`; choose from {}",
+                    OPTIMIZERS.join(", ")
+                ),
             ));
         }
         if cmd.optimizers[..i].contains(o) {
-            return Err(CliError::invalid("optimizers", format!("`{o}` is given twice")));
+            return Err(CliError::invalid(
+                "optimizers",
+                format!("`{o}` is given twice"),
+            ));
         }
     }
     let Some(last_seed) = cmd.seed.checked_add(cmd.seeds as u64 - 1) else {

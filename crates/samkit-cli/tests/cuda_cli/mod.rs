@@ -81,7 +81,7 @@ pub fn cuda_available(ctx: &Ctx) -> bool {
         "--steps",
         "1",
     ];
-    a.extend(TINY);
+    a.extend(bench_tiny());
     let out = tmp(ctx, "probe");
     a.extend(["--out", out.to_str().unwrap()]);
     let o = samkit(ctx, &a, &[]);
@@ -122,6 +122,21 @@ const TINY: [&str; 14] = [
     "--mask-interval",
     "2",
 ];
+
+/// [`TINY`] for `bench`, which times single steps and has no `--steps-per-epoch` (a
+/// training-only flag).
+fn bench_tiny() -> Vec<&'static str> {
+    let mut a = Vec::new();
+    let mut it = TINY.iter();
+    while let Some(&f) = it.next() {
+        if f == "--steps-per-epoch" {
+            it.next();
+        } else {
+            a.push(f);
+        }
+    }
+    a
+}
 
 /// Per-step training losses of a `samkit train` output folder.
 fn losses(dir: &Path) -> Vec<f64> {
@@ -303,7 +318,7 @@ pub fn cuda_compare_and_bench_write_their_files(ctx: &Ctx) {
     }
     let bdir = tmp(ctx, "bench");
     let mut b = vec!["bench", "--device", "cuda", "--steps", "2"];
-    b.extend(TINY);
+    b.extend(bench_tiny());
     b.extend(["--out", bdir.to_str().unwrap()]);
     let out = ok(&samkit(ctx, &b, &[]));
     assert!(out.contains("CUDA"), "{out}");

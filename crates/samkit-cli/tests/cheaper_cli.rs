@@ -93,7 +93,10 @@ fn compare_reports_passes_for_the_new_rules() {
     assert_eq!(row("esam")["config"]["rule"]["gamma"], 0.25);
     assert!(row("sgd")["pass2_over_pass1"].is_null());
     assert!(row("sam")["pass2_over_pass1"].as_f64().is_some());
-    assert_eq!(row("sam")["saving_vs_sam"], 0.0);
+    // 0 by definition, or null when this tiny run's SAM step happened not to be slower than
+    // SGD's (timing noise on a loaded machine: no span to measure a saving against).
+    let saving = &row("sam")["saving_vs_sam"];
+    assert!(saving.is_null() || *saving == 0.0, "{saving}");
 }
 
 #[test]
@@ -182,8 +185,11 @@ fn help_labels_eg_and_og_sam_reconstructed() {
     assert!(help.contains("reconstructed"), "{help}");
 }
 
+/// The device runs every option now (they train like the CPU on the emulated device:
+/// `cuda_emulated.rs`): none is refused as one the GPU "does not run". Here, without the
+/// emulator's libraries, a run either trains (a real device) or stops at the missing device.
 #[test]
-fn the_gpu_s_missing_kernels_are_refused_with_device_cuda() {
+fn the_formerly_refused_options_are_accepted_with_device_cuda() {
     let cases: [&[&str]; 4] = [
         &["--optimizer", "og-sam"],
         &["--optimizer", "eg-sam"],
@@ -197,12 +203,12 @@ fn the_gpu_s_missing_kernels_are_refused_with_device_cuda() {
         args.extend(TINY);
         args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
         let o = samkit(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
         let err = text(&o.stderr);
-        assert!(
-            err.contains("--device cuda does not run") && err.contains(rest[1]),
-            "{args:?}: {err}"
-        );
+        assert!(!err.contains("does not run"), "{args:?}: {err}");
+        if !o.status.success() {
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("no usable CUDA device"), "{args:?}: {err}");
+        }
     }
 }
 

@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use samkit_core::rules::SegmentSelect;
 use samkit_core::{
-    drive_step, Eval, GradRequest, MaskKind, Optimizer, Outcome, Rule, Status, StepHooks,
-    StepPhase, StepReport,
+    drive_step, Eval, GradRequest, Optimizer, Outcome, Status, StepHooks, StepPhase, StepReport,
 };
 use samkit_cuda::GpuOptimizer;
 use samkit_nn::{Backend, BnMode, Cpu, Cuda, Model, ResNet18, ResNetConfig, Tensor};
@@ -229,35 +227,6 @@ impl<T: Timer> StepHooks<TrainError> for Clock<T> {
             StepPhase::Fisher | StepPhase::Mask => Ok(()),
         }
     }
-}
-
-/// The rules and options the CUDA optimizer has no kernels for (issue 11's EG/OG-SAM
-/// extrapolation, SAM-ON's `asam` form, SSAM-L's `fisher` selection): an invalid `--device`
-/// naming the rule, before anything is allocated, rather than an optimizer error later.
-fn refuse_on_cuda(rule: &Rule) -> Result<()> {
-    let what = match rule {
-        Rule::Ssam(c)
-            if crate::passes::is_ssam_l(rule)
-                && !matches!(
-                    c.mask,
-                    MaskKind::Segments {
-                        select: SegmentSelect::Suffix
-                    }
-                ) =>
-        {
-            "ssam-l with --mask-select fisher (suffix runs)"
-        }
-        Rule::SamOn(c) if c.asam => "sam-on with --sam-on-asam (plain sam-on runs)",
-        Rule::EgSam(c) if c.optimistic => "og-sam (its extrapolation has no kernel yet)",
-        Rule::EgSam(c) if c.eta_x != Some(0.0) => {
-            "eg-sam's extrapolation (no kernel yet; eg-sam with --eta-x 0 runs)"
-        }
-        _ => return Ok(()),
-    };
-    Err(TrainError::invalid(
-        "device",
-        format!("--device cuda does not run {what}; run it with --device cpu"),
-    ))
 }
 
 fn prefix_too_long(len: usize, n: usize) -> TrainError {
@@ -486,7 +455,6 @@ impl CudaEngine {
     /// `device` ([`TrainError::InvalidValue`]) with the reason; nothing panics.
     pub fn new(cfg: &RunConfig, classes: usize) -> Result<Self> {
         cfg.cuda.validate()?;
-        refuse_on_cuda(&cfg.rule)?;
         let cuda = Cuda::open(cfg.cuda.device, cfg.cuda.backend_options()).map_err(|e| {
             if e.is_no_device() {
                 TrainError::invalid(
@@ -504,7 +472,6 @@ impl CudaEngine {
     /// options), initialised from `cfg.seed` as on the CPU, and its optimizer on the same
     /// device and stream.
     pub fn on(cuda: Cuda, cfg: &RunConfig, classes: usize) -> Result<Self> {
-        refuse_on_cuda(&cfg.rule)?;
         let gpu = cuda.gpu().clone();
         let (major, minor) = gpu.compute_capability();
         let describe = format!(

@@ -602,6 +602,10 @@ const COST_SUITE: [&str; 12] = [
     "saf",
 ];
 
+/// MESA's and SAF's first distillation epoch in the cost suite when `--distill-start` is not
+/// given: the first, so that a run of a few epochs measures their term.
+const COST_SUITE_DISTILL_START: u32 = 0;
+
 /// The label of SSAM-L with `--pass2 truncated` in the cost suite.
 const SSAM_L_TRUNCATED: &str = "ssam-l-truncated";
 
@@ -641,6 +645,12 @@ fn compare_configs(cmd: &CompareCmd) -> Result<Vec<RunConfig>> {
             if row == SSAM_L_TRUNCATED {
                 cfg.optimizer = row.to_string();
                 cfg.pass2 = samkit_train::Pass2Mode::Truncated;
+            }
+            // MESA's and SAF's term starts at epoch 5 by default, past the end of a short
+            // comparison, where their rows would be plain SGD: the suite starts it at once
+            // unless --distill-start was given.
+            if let (Some(d), None) = (cfg.distill.as_mut(), cmd.run.rule.distill_start) {
+                d.start_epoch = COST_SUITE_DISTILL_START;
             }
             Ok(cfg)
         })
@@ -1093,4 +1103,54 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
     })?;
     out.wrote(p);
     Ok(())
+}
+
+#[cfg(test)]
+mod cost_suite_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        cmd: CompareCmd,
+    }
+
+    /// The distillation start of each row of `compare` with `args`, by optimizer name.
+    fn starts(args: &[&str]) -> Vec<(String, Option<u32>)> {
+        let w = Wrap::try_parse_from(std::iter::once("samkit").chain(args.iter().copied()))
+            .expect("the flags parse");
+        compare_configs(&w.cmd)
+            .expect("the configurations build")
+            .into_iter()
+            .map(|c| (c.optimizer, c.distill.map(|d| d.start_epoch)))
+            .collect()
+    }
+
+    #[test]
+    fn the_cost_suite_starts_mesa_and_saf_distillation_at_once_unless_given() {
+        let suite = starts(&["--suite", "cost"]);
+        let distilled: Vec<_> = suite.iter().filter(|(_, s)| s.is_some()).collect();
+        assert_eq!(distilled.len(), 2, "{suite:?}");
+        for (name, start) in distilled {
+            assert!(["mesa", "saf"].contains(&name.as_str()), "{name}");
+            assert_eq!(*start, Some(COST_SUITE_DISTILL_START), "{name}");
+        }
+        for (name, start) in starts(&["--suite", "cost", "--distill-start", "2"]) {
+            if ["mesa", "saf"].contains(&name.as_str()) {
+                assert_eq!(start, Some(2), "{name}: the user's start is kept");
+            }
+        }
+        // Outside the suite the default (epoch 5) holds.
+        let default = samkit_train::distill::DistillConfig::mesa().start_epoch;
+        assert_ne!(default, COST_SUITE_DISTILL_START);
+        assert_eq!(
+            starts(&["--optimizers", "sgd,mesa,saf"]),
+            [
+                ("sgd".to_string(), None),
+                ("mesa".to_string(), Some(default)),
+                ("saf".to_string(), Some(default))
+            ]
+        );
+    }
 }

@@ -378,6 +378,33 @@ fn compare_on_a_long_tailed_set_reports_head_and_tail_for_every_row() {
             10
         );
     }
+    // train splits a long-tailed SGD run at its --tau as well.
+    let dir = fresh_dir("train-lt-sgd");
+    let mut a = vec![
+        "train",
+        "--optimizer",
+        "sgd",
+        "--long-tail",
+        "10",
+        "--tau",
+        LT_TAU,
+        "--epochs",
+        "1",
+    ];
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    let out = ok(&samkit(&a));
+    // Its own counts: compare's default label noise moved some of compare's labels.
+    let (_, counts) = printed_counts(&out);
+    let tail = counts.iter().filter(|&&n| n < tau).count();
+    assert!(
+        out.contains(&format!(
+            "sgd: head/tail test accuracy reported with {tail} tail classes"
+        )),
+        "{out}"
+    );
+    let s = json(&dir.join("summary.json"));
+    assert!(s[0]["tail_accuracy"].as_f64().is_some());
     // A balanced comparison without ImbSAM reports no head/tail.
     let dir = fresh_dir("compare-balanced");
     let mut a = vec!["compare", "--optimizers", "sgd", "--epochs", "1"];

@@ -331,6 +331,11 @@ fn train_on<E: Engine>(cmd: &TrainCmd, out: &mut Output, make: impl MakeTrainer<
         t.steps_per_epoch(),
         epochs
     ));
+    // A fresh run reports head/tail at its --tau; a resumed one cannot be given --tau (its
+    // saved configuration holds only ImbSAM's τ), so another rule's split is the default τ.
+    if cmd.resume.is_none() {
+        t.set_report_tau(cmd.run.rule.tau);
+    }
     say_tail(&t, out);
     let ck = out_dir.join("checkpoint");
     let resumed_at = cmd.resume.as_ref().map(|_| t.step);

@@ -1,15 +1,28 @@
 //! Optimizer-side cost of one step of every rule on ResNet-18's 11,173,962-parameter layout,
-//! next to a memory copy of the same bytes measured in the same run.
+//! against the fastest copy this machine does, measured in the same run.
 //!
-//! Each rule's byte count is what its fused passes must move per parameter (reads + writes of
-//! 4-byte values); `floor` is that count divided by the copy bandwidth measured here.
+//! One run prints three tables (after the criterion groups, which `SAMKIT_BENCH_QUICK=1` skips):
+//! 1. the copy floor: every [`CopyVariant`] (plain `copy_from_slice` or AVX2 streaming stores +
+//!    `sfence`; on one thread, one part per thread, or rayon parts of 64 KiB as the passes split
+//!    the layout) at several sizes, from in-cache to well beyond the last-level cache, the rule's
+//!    arena included. The floor is the best variant at the arena's size.
+//! 2. every rule + SGD-momentum: the bytes its passes must move per parameter (reads and writes
+//!    of 4-byte values, listed per pass below), the median time of its first and second step,
+//!    GB/s, and the ratio to the floor (`time / (bytes / floor GB/s)`). Rules and the floor are
+//!    measured in alternating rounds, so that other load on the machine hits both alike.
+//! 3. SAM's optimizer side next to `pytorch_optimizer.SAM` (`tools/anchors/torch_cpu_sam_opt.py`),
+//!    the two alternated, when `SAMKIT_TORCH_PYTHON` names an interpreter with torch and
+//!    pytorch_optimizer (default `/work/.venv-torch/bin/python` when it exists; `none` skips).
+//!
+//! `SAMKIT_BENCH_THREADS` sets the rayon threads (default 2), for the rules and the copies alike.
 use std::hint::black_box;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rayon::prelude::*;
-use samkit::core::chunks::{Chunks, CHUNK};
+use criterion::{Criterion, Throughput};
+use samkit::core::chunks::Chunks;
 use samkit::core::sparse;
+use samkit::core::stream::CopyVariant;
 use samkit::{
     Asam, BaseOptimizer, FirstOutcome, FriendlySam, Gsam, ImbSam, Layout, Optimizer, Rule, Sam,
     Sgd, Ssam,
@@ -36,54 +49,44 @@ fn fill(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// Bytes per parameter each rule's passes move in one step.
-fn bytes_per_param(rule: &Rule) -> u64 {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Bytes per parameter each rule's passes must move in one step, and which: `r` reads, `w`
+/// writes, 4 bytes each (`w_old`: the saved weights, `m`: the momentum, `aux`: a gradient kept
+/// for pass 2, `m'`: FriendlySAM's next EMA).
+fn bytes_per_param(rule: &Rule) -> (u64, &'static str) {
     match rule {
-        // check g (4) + update: w, g, m read; w, m written (20)
-        Rule::Base => 24,
-        // norm g (4) + perturb: w, g read; w_old, w written (16) + check g2 (4) + update (20)
-        Rule::Sam(c) if c.adaptive => 48,
-        Rule::Sam(_) | Rule::Ssam(_) => 44,
-        Rule::Asam(_) => 48,
-        // norm: g, m read, m_next written (12) + perturb with m (20) + check + update
-        Rule::FriendlySam(_) => 56,
-        // perturb also copies g (20); dots read g, g2 (8); update also reads g (24)
-        Rule::Gsam(_) => 56,
-        Rule::ImbSam(_) => 60,
-        Rule::LookSam(_) => unreachable!("LookSAM alternates step kinds; not in this table"),
-        // Masked like Sparse SAM.
-        Rule::Esam(_) | Rule::SamOn(_) => 44,
-        // SAM's passes + the extrapolation: w, v read, w written (12).
-        Rule::EgSam(_) => 56,
-        Rule::Rst(_) => unreachable!("RST alternates step kinds; not in this table"),
+        Rule::Base => (24, "check r g | update r w g m, w w m"),
+        Rule::Sam(c) if c.adaptive => (
+            48,
+            "norm r g w | perturb r w g, w w_old w | check r g2 | update r w_old g2 m, w w m",
+        ),
+        Rule::Sam(_) => (
+            44,
+            "norm r g | perturb r w g, w w_old w | check r g2 | update r w_old g2 m, w w m",
+        ),
+        Rule::Ssam(_) => (
+            44,
+            "as SAM (+ the mask, 1 bit per parameter, read twice)",
+        ),
+        Rule::Asam(_) => (48, "as adaptive SAM (T = |w| + eta)"),
+        Rule::FriendlySam(_) => (
+            56,
+            "norm r g m, w m' | perturb r w g m, w w_old w | check r g2 | update 20",
+        ),
+        Rule::ImbSam(_) => (
+            60,
+            "norm r g_t g_h | perturb r w g_t g_h, w w_old w aux | check r g2 | update r w_old g2 aux m, w w m",
+        ),
+        Rule::Gsam(_) => (
+            56,
+            "norm r g | perturb r w g, w w_old w aux | dots r aux g2 | update r w_old g2 aux m, w w m",
+        ),
+        _ => unreachable!("not in this table"),
     }
-}
-
-/// A copy split into one contiguous part per rayon thread (each a plain `memcpy`, which uses
-/// streaming stores at this size): the fastest copy this machine does.
-fn par_copy(dst: &mut [f32], src: &[f32]) {
-    let per = src.len().div_ceil(rayon::current_num_threads()).max(CHUNK);
-    dst.par_chunks_mut(per)
-        .zip(src.par_chunks(per))
-        .for_each(|(d, s)| d.copy_from_slice(s));
-}
-
-/// Bytes moved per second (read + write) by a parallel copy: the median of 15 runs, as the
-/// optimizer steps are summarised below.
-fn memcpy_bandwidth(n: usize) -> f64 {
-    let src = fill(n, 1);
-    let mut dst = vec![0f32; n];
-    par_copy(&mut dst, &src);
-    let mut ts: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
-            par_copy(&mut dst, black_box(&src));
-            black_box(&mut dst);
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    (2 * 4 * n) as f64 / ts[ts.len() / 2]
 }
 
 fn rules() -> Vec<Rule> {
@@ -107,89 +110,64 @@ fn rules() -> Vec<Rule> {
     ]
 }
 
-fn step(opt: &mut Optimizer, w: &mut Vec<f32>, g: &[f32], g2: &[f32]) {
-    let out = if opt.needs_head_tail() {
-        opt.first_step_split(w, g, Some(g2)).unwrap()
-    } else {
-        opt.first_step(w, g).unwrap()
-    };
-    if out == FirstOutcome::Perturbed {
-        opt.second_step(w, g2).unwrap();
+fn optimizer(layout: &Layout, rule: Rule) -> Optimizer {
+    let n = layout.len();
+    let mut opt = Optimizer::new(layout.clone(), rule, sgd_momentum()).expect("valid rule");
+    if opt.needs_fisher().is_some() {
+        opt.set_fisher(&fill(n, 11))
+            .expect("fisher of the layout's length");
     }
+    opt
+}
+
+/// One step; the times of its first and second halves.
+fn step(opt: &mut Optimizer, w: &mut [f32], g: &[f32], g2: &[f32]) -> (f64, f64) {
+    let t = Instant::now();
+    let out = if opt.needs_head_tail() {
+        opt.first_step_split(w, g, Some(g2))
+    } else {
+        opt.first_step(w, g)
+    }
+    .expect("first step");
+    let first = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    if out == FirstOutcome::Perturbed {
+        opt.second_step(w, g2).expect("second step");
+    }
+    (first, t.elapsed().as_secs_f64())
 }
 
 fn bench_optimizers(c: &mut Criterion) {
-    let layout = Layout::resnet18(10, 64).unwrap();
+    let layout = Layout::resnet18(10, 64).expect("resnet18 layout");
     let n = layout.len();
-    let copy_bw = memcpy_bandwidth(n);
     let g = fill(n, 7);
     let g2 = fill(n, 9);
     let mut group = c.benchmark_group("optimizer_step_resnet18");
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(4));
-    group.throughput(Throughput::Bytes(8 * n as u64));
-    group.bench_function("memcpy (8 B/param)", |b| {
-        let src = fill(n, 3);
-        let mut dst = vec![0f32; n];
-        b.iter(|| par_copy(&mut dst, black_box(&src)))
-    });
-    let mut summary = Vec::new();
     for rule in rules() {
-        let bpp = bytes_per_param(&rule);
+        let (bpp, _) = bytes_per_param(&rule);
         let name = rule.name();
-        let mut opt = Optimizer::new(layout.clone(), rule, sgd_momentum()).unwrap();
-        if opt.needs_fisher().is_some() {
-            opt.set_fisher(&fill(n, 11)).unwrap();
-        }
+        let mut opt = optimizer(&layout, rule);
         let mut w = fill(n, 5);
         group.throughput(Throughput::Bytes(bpp * n as u64));
         group.bench_function(format!("{name}+sgd-momentum ({bpp} B/param)"), |b| {
             b.iter(|| step(&mut opt, &mut w, &g, &g2))
         });
-        // A direct median for the summary table, independent of criterion's report.
-        let mut ts: Vec<f64> = (0..15)
-            .map(|_| {
-                let t = Instant::now();
-                step(&mut opt, &mut w, &g, &g2);
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        ts.sort_by(f64::total_cmp);
-        let t = ts[ts.len() / 2];
-        let floor = (bpp * n as u64) as f64 / copy_bw;
-        summary.push((name, bpp, t, floor));
     }
     group.finish();
-    println!(
-        "\nmemcpy bandwidth: {:.2} GB/s ({} threads)",
-        copy_bw / 1e9,
-        rayon::current_num_threads()
-    );
-    println!(
-        "{:<16} {:>8} {:>10} {:>10} {:>10} {:>8}",
-        "rule", "B/param", "time ms", "GB/s", "floor ms", "ratio"
-    );
-    for (name, bpp, t, floor) in summary {
-        let gbs = (bpp * n as u64) as f64 / t / 1e9;
-        println!(
-            "{name:<16} {bpp:>8} {:>10.2} {gbs:>10.2} {:>10.2} {:>8.2}",
-            t * 1e3,
-            floor * 1e3,
-            t / floor
-        );
-    }
 }
 
 /// SSAM-D's drop/grow (two selections over the live and dead sets) on the same layout.
 fn bench_mask_updates(c: &mut Criterion) {
-    let layout = Layout::resnet18(10, 64).unwrap();
+    let layout = Layout::resnet18(10, 64).expect("resnet18 layout");
     let n = layout.len();
     let chunks = Chunks::new(&layout);
     let g = fill(n, 13);
     let live = Ssam::dynamic(0).live_count(n);
     let mask = sparse::random_mask(n, live, 1);
-    let units = chunks.split(layout.split(&g).unwrap());
+    let units = chunks.split(layout.split(&g).expect("layout split"));
     let mut group = c.benchmark_group("mask_update_resnet18");
     group
         .sample_size(10)
@@ -201,5 +179,225 @@ fn bench_mask_updates(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_optimizers, bench_mask_updates);
-criterion_main!(benches);
+/// Read + write bandwidth of `v` copying `len` floats: the median over `reps` timings, each of
+/// enough copies to take about a millisecond (so that in-cache sizes are not timer noise).
+fn copy_gbs(v: CopyVariant, src: &[f32], dst: &mut [f32], reps: usize) -> f64 {
+    let len = src.len();
+    let inner = ((1usize << 21) / len).max(1);
+    v.run(dst, src);
+    let t = median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..inner {
+                    v.run(dst, black_box(src));
+                }
+                black_box(&mut *dst);
+                t.elapsed().as_secs_f64() / inner as f64
+            })
+            .collect(),
+    );
+    8.0 * len as f64 / t / 1e9
+}
+
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Table 1: every copy variant at every size; returns the best variant at the arena's size and
+/// its bandwidth (the floor).
+fn copy_table(n: usize, reps: usize) -> (CopyVariant, f64) {
+    // 256 KiB (L2), 8 MiB (last-level cache), the arena, 4× the arena (far beyond the cache).
+    let sizes = [1usize << 16, 1 << 21, n, 4 * n];
+    let variants = CopyVariant::all();
+    let mut best = (variants[0], 0.0);
+    println!("\ncopy bandwidth, GB/s (read + write, median of {reps}):");
+    print!("{:<42}", "variant \\ bytes per buffer");
+    for s in sizes {
+        print!(" {:>12}", 4 * s);
+    }
+    println!();
+    let mut per_size = vec![(variants[0], 0f64); sizes.len()];
+    for v in &variants {
+        print!("{:<42}", v.name());
+        for (i, &s) in sizes.iter().enumerate() {
+            let src = fill(s, 1);
+            let mut dst = vec![0f32; s];
+            let gbs = copy_gbs(*v, &src, &mut dst, reps);
+            print!(" {gbs:>12.1}");
+            if gbs > per_size[i].1 {
+                per_size[i] = (*v, gbs);
+            }
+            if s == n && gbs > best.1 {
+                best = (*v, gbs);
+            }
+        }
+        println!();
+    }
+    print!("{:<42}", "best");
+    for (_, gbs) in &per_size {
+        print!(" {gbs:>12.1}");
+    }
+    println!();
+    best
+}
+
+/// Tables 2 and 3.
+fn table() {
+    let quick = quick();
+    let (copy_reps, rounds) = if quick { (7, 7) } else { (15, 15) };
+    let threads = rayon::current_num_threads();
+    let layout = Layout::resnet18(10, 64).expect("resnet18 layout");
+    let n = layout.len();
+    println!(
+        "\n== optimizer side vs the copy floor: {n} parameters, {threads} threads, {} ==",
+        if quick { "quick" } else { "full" }
+    );
+    println!("load average before: {}", load());
+    let (floor_v, floor_first) = copy_table(n, copy_reps);
+    let g = fill(n, 7);
+    let g2 = fill(n, 9);
+    let mut setups: Vec<(Rule, Optimizer, Vec<f32>)> = rules()
+        .into_iter()
+        .map(|r| (r.clone(), optimizer(&layout, r), fill(n, 5)))
+        .collect();
+    for (_, opt, w) in setups.iter_mut() {
+        step(opt, w, &g, &g2); // first-touch the state buffers
+    }
+    // Alternating rounds: each round times the floor's copy once and every rule once.
+    let src = fill(n, 1);
+    let mut dst = vec![0f32; n];
+    let mut floor_ts = Vec::new();
+    let mut times: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); setups.len()];
+    for _ in 0..rounds {
+        let t = Instant::now();
+        floor_v.run(&mut dst, black_box(&src));
+        floor_ts.push(t.elapsed().as_secs_f64());
+        for (i, (_, opt, w)) in setups.iter_mut().enumerate() {
+            let (a, b) = step(opt, w, &g, &g2);
+            times[i].0.push(a);
+            times[i].1.push(b);
+        }
+    }
+    let floor_round = 8.0 * n as f64 / median(floor_ts) / 1e9;
+    // The fastest of the two measurements: a floor the rules could beat is no floor.
+    let floor = floor_first.max(floor_round);
+    println!(
+        "floor: {} at {} B: {floor_first:.1} GB/s in table 1, {floor_round:.1} GB/s (median) \
+         within the rounds; using {floor:.1} GB/s",
+        floor_v.name(),
+        4 * n
+    );
+    println!(
+        "\n{:<14} {:>7} {:>9} {:>9} {:>9} {:>7} {:>9} {:>6}  bytes",
+        "rule+sgd-mom", "B/param", "first ms", "second ms", "total ms", "GB/s", "floor ms", "ratio"
+    );
+    let mut sam_total = f64::NAN;
+    for ((rule, _, _), (t1, t2)) in setups.iter().zip(times) {
+        let (bpp, what) = bytes_per_param(rule);
+        let (a, b) = (median(t1), median(t2));
+        let t = a + b;
+        let bytes = (bpp * n as u64) as f64;
+        let floor_t = bytes / (floor * 1e9);
+        println!(
+            "{:<14} {bpp:>7} {:>9.2} {:>9.2} {:>9.2} {:>7.1} {:>9.2} {:>6.2}  {what}",
+            rule.name(),
+            a * 1e3,
+            b * 1e3,
+            t * 1e3,
+            bytes / t / 1e9,
+            floor_t * 1e3,
+            t / floor_t
+        );
+        if matches!(rule, Rule::Sam(c) if !c.adaptive) {
+            sam_total = t;
+        }
+    }
+    println!("load average after: {}", load());
+    side_by_side(&layout, threads, &g, &g2, sam_total);
+}
+
+/// Table 3: SAM's optimizer side against pytorch_optimizer.SAM, alternated in two rounds.
+fn side_by_side(layout: &Layout, threads: usize, g: &[f32], g2: &[f32], sam_table: f64) {
+    let python = std::env::var("SAMKIT_TORCH_PYTHON")
+        .unwrap_or_else(|_| "/work/.venv-torch/bin/python".into());
+    if python == "none" || !Path::new(&python).exists() {
+        println!("\nside-by-side: no PyTorch interpreter (SAMKIT_TORCH_PYTHON), skipped");
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/anchors");
+    let mut opt = optimizer(layout, Rule::Sam(Sam::default()));
+    let mut w = fill(layout.len(), 5);
+    let (mut ours, mut loop_s, mut foreach_s) = (vec![sam_table], Vec::new(), Vec::new());
+    let mut last = serde_json::Value::Null;
+    for _ in 0..2 {
+        let out = std::process::Command::new(&python)
+            .arg(dir.join("torch_cpu_sam_opt.py"))
+            .args(["--threads", &threads.to_string(), "--reps", "9"])
+            .current_dir(&dir)
+            .output();
+        let json = match out {
+            Ok(o) if o.status.success() => {
+                serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
+            }
+            Ok(o) => {
+                println!(
+                    "\nside-by-side: the anchor failed: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                return;
+            }
+            Err(e) => {
+                println!("\nside-by-side: cannot run {python}: {e}");
+                return;
+            }
+        };
+        let f = |k: &str| json[k].as_f64().unwrap_or(f64::NAN);
+        loop_s.push(f("sam_opt_median_s"));
+        foreach_s.push(f("sam_opt_foreach_median_s"));
+        last = json;
+        let ts: Vec<f64> = (0..9)
+            .map(|_| {
+                let (a, b) = step(&mut opt, &mut w, g, g2);
+                a + b
+            })
+            .collect();
+        ours.push(median(ts));
+    }
+    let (ours, loop_s, foreach_s) = (median(ours), median(loop_s), median(foreach_s));
+    let torch = loop_s.min(foreach_s);
+    println!(
+        "\nSAM optimizer side, {threads} threads: samkit {:.2} ms; pytorch_optimizer.SAM {:.2} ms \
+         (foreach=None, the default) / {:.2} ms (foreach=True); torch / samkit = {:.2} against \
+         the faster; torch's own report: {last}",
+        ours * 1e3,
+        loop_s * 1e3,
+        foreach_s * 1e3,
+        torch / ours
+    );
+    println!("load average after: {}", load());
+}
+
+fn quick() -> bool {
+    std::env::var("SAMKIT_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+fn main() {
+    let threads: usize = std::env::var("SAMKIT_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("the global rayon pool is configured once");
+    if !quick() {
+        let mut c = Criterion::default().configure_from_args();
+        bench_optimizers(&mut c);
+        bench_mask_updates(&mut c);
+        c.final_summary();
+    }
+    table();
+}

@@ -336,7 +336,8 @@ impl BaseOptimizer {
 
     /// One update of a tile: `out = update(w, d)` with `w` the (restored) weights, `d` the
     /// direction. `out` and `w` may be the same memory only through `apply_in_place`.
-    #[inline]
+    /// Always inlined: the update pass compiles it into its AVX2 copy (`passes::simd`).
+    #[inline(always)]
     pub fn apply(&self, sc: &StepScalars, w: &[f32], d: &[f32], out: &mut [f32], st: TileState) {
         let n = out.len();
         let (w, d) = (&w[..n], &d[..n]);

@@ -54,6 +54,11 @@ impl Chunks {
         &self.infos
     }
 
+    /// Elements over all units (the layout's length).
+    pub fn total_len(&self) -> usize {
+        self.infos.last().map_or(0, |c| c.global + c.len)
+    }
+
     /// Cuts per-segment views into per-unit views.
     pub fn split<'a>(&self, segs: Vec<&'a [f32]>) -> Vec<&'a [f32]> {
         let mut out = Vec::with_capacity(self.infos.len());
@@ -128,7 +133,9 @@ pub struct Lanes([f64; 8]);
 // Lane-indexed loops are the point here: they fix the summation order and vectorise.
 #[allow(clippy::needless_range_loop)]
 impl Lanes {
-    #[inline]
+    // `inline(always)`: the passes' AVX2 copies (`passes::simd`) must get their own
+    // vectorised copy of these loops, not a call to the SSE2 one.
+    #[inline(always)]
     pub fn add_squares(&mut self, xs: &[f32]) {
         let mut it = xs.chunks_exact(8);
         for c in &mut it {
@@ -143,7 +150,7 @@ impl Lanes {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn add_products(&mut self, xs: &[f32], ys: &[f32]) {
         let n = xs.len().min(ys.len());
         let (xs, ys) = (&xs[..n], &ys[..n]);
@@ -168,7 +175,7 @@ impl Lanes {
 
 /// A cheap, vectorisable finiteness probe: the sum of `x * 0` is 0 for finite inputs and
 /// NaN as soon as one input is NaN or infinite.
-#[inline]
+#[inline(always)]
 #[allow(clippy::needless_range_loop)]
 pub fn poison(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];

@@ -11,6 +11,7 @@
 //! - [`plan`]: what a rule's step does, as plain data both backends interpret.
 //! - [`passes`]: the fused streaming passes (the CPU twins of the CUDA kernels); [`select`],
 //!   [`bitset`], [`philox`], [`sparse`]: masks.
+//! - [`stream`]: non-temporal stores and the fastest copy (the streaming passes' byte floor).
 //! - [`loss`]: the label-smoothed cross-entropy of ALGORITHMS.md.
 //!
 //! Every reduction is deterministic: same bits on one thread or many.
@@ -31,6 +32,7 @@ pub mod schedule;
 pub mod select;
 pub mod sparse;
 pub mod state;
+pub mod stream;
 
 pub use base::{Adam, BaseOptimizer, RmsProp, Sgd};
 pub use bitset::Bitset;

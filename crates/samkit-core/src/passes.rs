@@ -4,12 +4,55 @@
 //! FriendlySAM, the EMA fused in), a perturbation (`w_old ← w; w ← w + s·dir`), and the restore
 //! fused with the direction combination and the base-optimizer update. Each pass runs over the
 //! layout's units in parallel and materialises derived vectors tile by tile in L1.
+//!
+//! Two things keep the passes at the copy bandwidth of the machine without changing a bit of
+//! their results: each unit's loop is compiled for AVX2 where the CPU has it ([`simd`]: the
+//! same operations in the same order, half the instructions of the SSE2 baseline), and on
+//! arenas beyond the last-level cache the buffers a pass writes without reading (`w_old`, the
+//! kept gradient, FriendlySAM's next `m`, the restored-and-updated `w`) are written with
+//! streaming stores ([`crate::stream`]), which skip the read a plain store of an uncached line
+//! costs.
 use rayon::prelude::*;
 
 use crate::base::{BaseOptimizer, StepScalars, TileState};
 use crate::bitset::Bitset;
 use crate::chunks::{poison, tree_sum, ChunkInfo, Chunks, Lanes, TILE};
 use crate::layout::{Layout, ParamKind};
+use crate::stream;
+
+/// Runs `f` compiled for AVX2 where the CPU has it (detected at run time), else as compiled.
+///
+/// The closure is inlined into an AVX2 function, so its loops vectorise eight floats (four
+/// doubles) per instruction. The results are the same bits: the passes' arithmetic is
+/// elementwise f32 and f64 adds, multiplies and conversions, which AVX2 rounds as SSE2 does, Rust
+/// never contracts `a * b + c` into an FMA, and every reduction keeps its lane order
+/// ([`Lanes`]).
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked just above), the only requirement of `avx2`.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
+/// `dst ← src` for a tile of a buffer the pass only writes: streamed when the arena is
+/// large ([`stream::worth_it`]), a plain copy otherwise.
+#[inline(always)]
+fn put(nt: bool, dst: &mut [f32], src: &[f32]) {
+    if nt {
+        stream::store_unfenced(dst, src);
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
 
 /// ASAM's filter-wise scales `T_f = ‖w_f‖ + η`, one per output filter of each weight segment.
 #[derive(Clone, Debug, Default)]
@@ -81,7 +124,7 @@ pub enum Scale<'a> {
 
 impl Scale<'_> {
     /// Writes `T` for elements `start..` of a unit; returns false when `T ≡ 1` there.
-    #[inline]
+    #[inline(always)]
     fn fill(&self, info: &ChunkInfo, start: usize, w: &[f32], out: &mut [f32]) -> bool {
         match *self {
             Scale::One => false,
@@ -140,24 +183,58 @@ impl Dir<'_> {
         scale: Scale::One,
     };
 
-    #[inline]
+    #[inline(always)]
     fn base_tile(&self, info: &ChunkInfo, start: usize, g: &[f32], m: &[f32], out: &mut [f32]) {
         match self.base {
             Base::Grad => out.copy_from_slice(g),
-            Base::Masked(mask) => {
-                mask.expand(info.global + start, out);
-                // m·g with m ∈ {0, 1}; a select keeps a non-finite g out of masked-off
-                // coordinates (the finiteness check sees all of g separately).
-                for (o, &x) in out.iter_mut().zip(g) {
-                    *o = if *o != 0.0 { x } else { 0.0 };
-                }
-            }
+            // m·g with m ∈ {0, 1}; a select keeps a non-finite g out of masked-off coordinates
+            // (the finiteness check sees all of g separately).
+            Base::Masked(mask) => masked_tile(mask, info.global + start, g, out),
             Base::Friendly { sigma } => {
                 for ((o, &x), &mp) in out.iter_mut().zip(g).zip(m) {
                     *o = x - mp * sigma;
                 }
             }
         }
+    }
+}
+
+/// `out[j] = if mask[start + j] { g[j] } else { 0 }`: the mask's bytes read in place, eight
+/// coordinates per byte (a shift, a compare and a blend per vector with AVX2), scalar at the
+/// ends. The same values as `Bitset::expand` followed by a select.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn masked_tile(mask: &Bitset, start: usize, g: &[f32], out: &mut [f32]) {
+    let bytes: &[u8] = bytemuck::cast_slice(mask.words());
+    let pick = |i: usize, x: f32| {
+        if (bytes[i >> 3] >> (i & 7)) & 1 != 0 {
+            x
+        } else {
+            0.0
+        }
+    };
+    let n = g.len().min(out.len());
+    let mut j = 0;
+    while j < n && (start + j) & 7 != 0 {
+        out[j] = pick(start + j, g[j]);
+        j += 1;
+    }
+    let whole = (n - j) / 8;
+    let b0 = (start + j) >> 3;
+    let body = j..j + whole * 8;
+    for ((&b, o), x) in bytes[b0..b0 + whole]
+        .iter()
+        .zip(out[body.clone()].chunks_exact_mut(8))
+        .zip(g[body].chunks_exact(8))
+    {
+        for l in 0..8 {
+            o[l] = if (b >> l) & 1 != 0 { x[l] } else { 0.0 };
+        }
+    }
+    j += whole * 8;
+    while j < n {
+        out[j] = pick(start + j, g[j]);
+        j += 1;
     }
 }
 
@@ -188,6 +265,21 @@ fn empty_units<'a>(n: usize) -> Vec<&'a [f32]> {
     vec![&[][..]; n]
 }
 
+/// FriendlySAM's EMA of one tile into `out` (`m ← g` at the first step), through the L1 tile
+/// `buf` when it is streamed.
+#[inline(always)]
+fn ema_tile(nt: bool, ema: Ema, out: &mut [f32], m: &[f32], g: &[f32], buf: &mut [f32]) {
+    if ema.first {
+        put(nt, out, g);
+    } else {
+        let c = 1.0 - ema.lambda;
+        for ((o, &mp), &x) in buf.iter_mut().zip(m).zip(g) {
+            *o = mp * ema.lambda + x * c;
+        }
+        put(nt, out, buf);
+    }
+}
+
 /// Pass 1: `‖T ⊙ base(g)‖²`, the non-finite check over all of `g` (and of `also_check`), and
 /// FriendlySAM's EMA.
 pub fn norm_pass(
@@ -210,6 +302,7 @@ pub fn norm_pass(
         Some((e, v)) => (Some(e), v.into_iter().map(Some).collect::<Vec<_>>()),
         None => (None, (0..n).map(|_| None).collect()),
     };
+    let nt = stream::worth_it(chunks.total_len());
     let partial: Vec<(f64, f32)> = chunks
         .infos()
         .par_iter()
@@ -218,49 +311,65 @@ pub fn norm_pass(
         .zip(m.par_iter())
         .zip(next.par_iter_mut().zip(chk.par_iter()))
         .map(|((((info, g), w), m), (next, chk))| {
-            let mut lanes = Lanes::default();
-            let mut bad = poison(chk);
-            let mut dir_t = [0f32; TILE];
-            let mut t_t = [0f32; TILE];
-            let mut s = 0;
-            while s < info.len {
-                let e = TILE.min(info.len - s);
-                let gt = &g[s..s + e];
-                if plain {
-                    // Σ g² in f64 cannot overflow from f32 values: it is finite iff g is.
-                    lanes.add_squares(gt);
-                    s += e;
-                    continue;
-                }
-                let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
-                bad += poison(gt);
-                let d = &mut dir_t[..e];
-                dir.base_tile(info, s, gt, mt, d);
-                let wt = if w.is_empty() { &[][..] } else { &w[s..s + e] };
-                if dir.scale.fill(info, s, wt, &mut t_t[..e]) {
-                    for (x, &t) in d.iter_mut().zip(&t_t[..e]) {
-                        *x *= t;
-                    }
-                }
-                lanes.add_squares(d);
-                if let (Some(ema), Some(next)) = (ema, next.as_deref_mut()) {
-                    let nt = &mut next[s..s + e];
-                    if ema.first {
-                        nt.copy_from_slice(gt);
-                    } else {
-                        let c = 1.0 - ema.lambda;
-                        for ((o, &mp), &x) in nt.iter_mut().zip(mt).zip(gt) {
-                            *o = mp * ema.lambda + x * c;
+            simd(
+                #[inline(always)]
+                || {
+                    let mut lanes = Lanes::default();
+                    let mut bad = poison(chk);
+                    let mut dir_t = [0f32; TILE];
+                    let mut t_t = [0f32; TILE];
+                    let mut m_t = [0f32; TILE];
+                    let mut s = 0;
+                    while s < info.len {
+                        let e = TILE.min(info.len - s);
+                        let gt = &g[s..s + e];
+                        if plain {
+                            // Σ g² in f64 cannot overflow from f32 values: it is finite iff g is.
+                            lanes.add_squares(gt);
+                            s += e;
+                            continue;
                         }
+                        let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
+                        bad += poison(gt);
+                        let d = &mut dir_t[..e];
+                        let wt = if w.is_empty() { &[][..] } else { &w[s..s + e] };
+                        let scaled = dir.scale.fill(info, s, wt, &mut t_t[..e]);
+                        // The direction `T ⊙ base(g)` of this tile; for Base::Grad formed straight from
+                        // g (the values the copy-then-scale form holds).
+                        let sq: &[f32] = match (dir.base, scaled) {
+                            (Base::Grad, true) => {
+                                for ((x, &gv), &t) in d.iter_mut().zip(gt).zip(&t_t[..e]) {
+                                    *x = gv * t;
+                                }
+                                d
+                            }
+                            (Base::Grad, false) => gt,
+                            _ => {
+                                dir.base_tile(info, s, gt, mt, d);
+                                if scaled {
+                                    for (x, &t) in d.iter_mut().zip(&t_t[..e]) {
+                                        *x *= t;
+                                    }
+                                }
+                                d
+                            }
+                        };
+                        lanes.add_squares(sq);
+                        if let (Some(ema), Some(next)) = (ema, next.as_deref_mut()) {
+                            ema_tile(nt, ema, &mut next[s..s + e], mt, gt, &mut m_t[..e]);
+                        }
+                        s += e;
                     }
-                }
-                s += e;
-            }
-            let total = lanes.total();
-            if !total.is_finite() {
-                bad = f32::NAN;
-            }
-            (total, bad)
+                    if nt {
+                        stream::fence();
+                    }
+                    let total = lanes.total();
+                    if !total.is_finite() {
+                        bad = f32::NAN;
+                    }
+                    (total, bad)
+                },
+            )
         })
         .collect();
     let parts: Vec<f64> = partial.iter().map(|p| p.0).collect();
@@ -296,6 +405,7 @@ pub fn perturb_pass(
     let mut w = w;
     let mut w_old = w_old;
     let plain = matches!((dir.base, dir.scale), (Base::Grad, Scale::One));
+    let nt = stream::worth_it(chunks.total_len());
     chunks
         .infos()
         .par_iter()
@@ -304,48 +414,74 @@ pub fn perturb_pass(
         .zip(g.par_iter())
         .zip(m.par_iter())
         .zip(csrc.par_iter().zip(cdst.par_iter_mut()))
+        // Last unit first: the norm pass just streamed g (and FriendlySAM's m) front to back,
+        // so its last units are still in the last-level cache.
+        .rev()
         .for_each(|(((((info, w), w_old), g), m), (csrc, cdst))| {
-            if let Some(d) = cdst.as_deref_mut() {
-                d.copy_from_slice(csrc);
-            }
-            if plain {
-                // One sweep: save, then step along g.
-                for ((wv, o), &gv) in w.iter_mut().zip(w_old.iter_mut()).zip(g.iter()) {
-                    *o = *wv;
-                    *wv += gv * scale;
-                }
-                return;
-            }
-            w_old.copy_from_slice(w);
-            let mut dir_t = [0f32; TILE];
-            let mut t_t = [0f32; TILE];
-            let mut s = 0;
-            while s < info.len {
-                let e = TILE.min(info.len - s);
-                let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
-                let d = &mut dir_t[..e];
-                dir.base_tile(info, s, &g[s..s + e], mt, d);
-                let wt = &mut w[s..s + e];
-                if dir.scale.fill(info, s, wt, &mut t_t[..e]) {
-                    match dir.scale {
-                        // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
-                        Scale::AbsW => {
-                            for (x, &wv) in d.iter_mut().zip(wt.iter()) {
-                                *x *= wv * wv;
-                            }
-                        }
-                        _ => {
-                            for (x, &t) in d.iter_mut().zip(&t_t[..e]) {
-                                *x = t * (t * *x);
-                            }
-                        }
+            simd(
+                #[inline(always)]
+                || {
+                    if let Some(d) = cdst.as_deref_mut() {
+                        put(nt, d, csrc);
                     }
-                }
-                for (wv, &x) in wt.iter_mut().zip(d.iter()) {
-                    *wv += x * scale;
-                }
-                s += e;
-            }
+                    if plain && !nt {
+                        // One sweep: save, then step along g.
+                        for ((wv, o), &gv) in w.iter_mut().zip(w_old.iter_mut()).zip(g.iter()) {
+                            *o = *wv;
+                            *wv += gv * scale;
+                        }
+                        return;
+                    }
+                    let mut dir_t = [0f32; TILE];
+                    let mut t_t = [0f32; TILE];
+                    let mut s = 0;
+                    while s < info.len {
+                        let e = TILE.min(info.len - s);
+                        // Save the tile first (streamed past the cache when the arena is large); the
+                        // tile of w stays in L1 for the step below.
+                        put(nt, &mut w_old[s..s + e], &w[s..s + e]);
+                        if plain {
+                            for (wv, &gv) in w[s..s + e].iter_mut().zip(&g[s..s + e]) {
+                                *wv += gv * scale;
+                            }
+                            s += e;
+                            continue;
+                        }
+                        let mt = if m.is_empty() { &[][..] } else { &m[s..s + e] };
+                        let d = &mut dir_t[..e];
+                        let gt = &g[s..s + e];
+                        let wt = &mut w[s..s + e];
+                        let grad = matches!(dir.base, Base::Grad);
+                        if !grad {
+                            dir.base_tile(info, s, gt, mt, d);
+                        }
+                        // The base, for Base::Grad read straight from g (the values the copy would hold).
+                        let bt: &[f32] = if grad { gt } else { d };
+                        match dir.scale {
+                            // Adaptive SAM: e = (w² ⊙ g)·s, as the reference implementations.
+                            Scale::AbsW => {
+                                for (wv, &x) in wt.iter_mut().zip(bt) {
+                                    *wv += x * (*wv * *wv) * scale;
+                                }
+                            }
+                            _ if dir.scale.fill(info, s, wt, &mut t_t[..e]) => {
+                                for ((wv, &x), &t) in wt.iter_mut().zip(bt).zip(&t_t[..e]) {
+                                    *wv += t * (t * x) * scale;
+                                }
+                            }
+                            _ => {
+                                for (wv, &x) in wt.iter_mut().zip(bt) {
+                                    *wv += x * scale;
+                                }
+                            }
+                        }
+                        s += e;
+                    }
+                    if nt {
+                        stream::fence();
+                    }
+                },
+            )
         });
 }
 
@@ -368,15 +504,20 @@ pub fn dot_pass(chunks: &Chunks, x: Option<&[&[f32]]>, y: &[&[f32]]) -> DotOut {
         .par_iter()
         .zip(y.par_iter())
         .map(|(x, y)| {
-            let mut yy = Lanes::default();
-            yy.add_squares(y);
-            let mut xy = Lanes::default();
-            if !x.is_empty() {
-                xy.add_products(x, y);
-            }
-            // Σ y² in f64 is finite iff y is (f32 squares cannot overflow it).
-            let yy = yy.total();
-            (xy.total(), yy, if yy.is_finite() { 0.0 } else { f32::NAN })
+            simd(
+                #[inline(always)]
+                || {
+                    let mut yy = Lanes::default();
+                    yy.add_squares(y);
+                    let mut xy = Lanes::default();
+                    if !x.is_empty() {
+                        xy.add_products(x, y);
+                    }
+                    // Σ y² in f64 is finite iff y is (f32 squares cannot overflow it).
+                    let yy = yy.total();
+                    (xy.total(), yy, if yy.is_finite() { 0.0 } else { f32::NAN })
+                },
+            )
         })
         .collect();
     let xy_parts: Vec<f64> = parts.iter().map(|p| p.0).collect();
@@ -483,7 +624,10 @@ pub fn update_pass(
     let (mut s0, mut s1, mut s2) = (optional(s0, n), optional(s1, n), optional(s2, n));
     let mut w = w;
     let a = dir.a;
-    chunks
+    // The restore writes w without reading it: stream it on large arenas. The in-place update
+    // reads w, so its lines are in cache and plain stores cost no extra read.
+    let nt = !src.iter().all(|u| u.is_empty()) && stream::worth_it(chunks.total_len());
+    let mut parts: Vec<f64> = chunks
         .infos()
         .par_iter()
         .zip(w.par_iter_mut())
@@ -496,60 +640,78 @@ pub fn update_pass(
                 .zip(s2.par_iter_mut()),
         )
         .zip(sg.par_iter().zip(sout.par_iter_mut()))
+        // Last unit first: the check of g2 (and GSAM's dot pass) just streamed it front to
+        // back, so its last units are still in the last-level cache. Reversed back below.
+        .rev()
         .map(
             |((((((info, w), src), x), y), ((s0, s1), s2)), (sg, sout))| {
-                let len = w.len();
-                let b = b.at(info);
-                let c = sc_c.at(info);
-                let mut d_t = [0f32; TILE];
-                let mut w_t = [0f32; TILE];
-                let mut gv = Lanes::default();
-                let mut s = 0;
-                while s < len {
-                    let e = TILE.min(len - s);
-                    let xt = &x[s..s + e];
-                    let d = &mut d_t[..e];
-                    let direct = y.is_empty() && a == 1.0;
-                    if y.is_empty() {
-                        if direct {
-                            // The direction is x itself, passed without a copy below.
-                        } else {
-                            for (o, &xv) in d.iter_mut().zip(xt) {
-                                *o = a * xv;
+                simd(
+                    #[inline(always)]
+                    || {
+                        let len = w.len();
+                        let b = b.at(info);
+                        let c = sc_c.at(info);
+                        let mut d_t = [0f32; TILE];
+                        let mut w_t = [0f32; TILE];
+                        let mut o_t = [0f32; TILE];
+                        let mut v_t = [0f32; TILE];
+                        let mut gv = Lanes::default();
+                        let mut s = 0;
+                        while s < len {
+                            let e = TILE.min(len - s);
+                            let xt = &x[s..s + e];
+                            let d = &mut d_t[..e];
+                            let direct = y.is_empty() && a == 1.0;
+                            if y.is_empty() {
+                                if direct {
+                                    // The direction is x itself, passed without a copy below.
+                                } else {
+                                    for (o, &xv) in d.iter_mut().zip(xt) {
+                                        *o = a * xv;
+                                    }
+                                }
+                            } else {
+                                for ((o, &xv), &yv) in d.iter_mut().zip(xt).zip(&y[s..s + e]) {
+                                    *o = a * xv + b * (yv - yc * xv);
+                                }
                             }
+                            if let Some(out) = sout.as_deref_mut() {
+                                let o = &mut v_t[..e];
+                                for ((o, &xv), &gvv) in o.iter_mut().zip(xt).zip(&sg[s..s + e]) {
+                                    *o = xv - c * gvv;
+                                }
+                                gv.add_squares(o);
+                                put(nt, &mut out[s..s + e], o);
+                            }
+                            let wsrc: &[f32] = if src.is_empty() {
+                                w_t[..e].copy_from_slice(&w[s..s + e]);
+                                &w_t[..e]
+                            } else {
+                                &src[s..s + e]
+                            };
+                            let (t0, t1, t2) = (sub(s0, s, e), sub(s1, s, e), sub(s2, s, e));
+                            let dir = if direct { xt } else { d };
+                            let st = TileState { s: [t0, t1, t2] };
+                            if nt {
+                                // Updated into L1, then streamed out.
+                                opt.apply(sc, wsrc, dir, &mut o_t[..e], st);
+                                stream::store_unfenced(&mut w[s..s + e], &o_t[..e]);
+                            } else {
+                                opt.apply(sc, wsrc, dir, &mut w[s..s + e], st);
+                            }
+                            s += e;
                         }
-                    } else {
-                        for ((o, &xv), &yv) in d.iter_mut().zip(xt).zip(&y[s..s + e]) {
-                            *o = a * xv + b * (yv - yc * xv);
+                        if nt {
+                            stream::fence();
                         }
-                    }
-                    if let Some(out) = sout.as_deref_mut() {
-                        let o = &mut out[s..s + e];
-                        for ((o, &xv), &gvv) in o.iter_mut().zip(xt).zip(&sg[s..s + e]) {
-                            *o = xv - c * gvv;
-                        }
-                        gv.add_squares(o);
-                    }
-                    let wsrc: &[f32] = if src.is_empty() {
-                        w_t[..e].copy_from_slice(&w[s..s + e]);
-                        &w_t[..e]
-                    } else {
-                        &src[s..s + e]
-                    };
-                    let (t0, t1, t2) = (sub(s0, s, e), sub(s1, s, e), sub(s2, s, e));
-                    opt.apply(
-                        sc,
-                        wsrc,
-                        if direct { xt } else { d },
-                        &mut w[s..s + e],
-                        TileState { s: [t0, t1, t2] },
-                    );
-                    s += e;
-                }
-                gv.total()
+                        gv.total()
+                    },
+                )
             },
         )
-        .collect()
+        .collect();
+    parts.reverse();
+    parts
 }
 
 /// Per-unit views of a buffer that may be absent (an empty vector).

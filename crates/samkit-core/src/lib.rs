@@ -42,6 +42,7 @@ pub use optimizer::{Eval, FirstOutcome, GradRequest, Optimizer, Outcome, Pass, S
 pub use params::{Params, ParamsMut};
 pub use protocol::{drive_step, NoHooks, SamOptimizer, Status, StepHooks, StepPhase};
 pub use rules::{
-    Asam, DropRate, FriendlySam, Gsam, ImbSam, LookSam, MaskKind, Rule, Sam, Ssam, SsamNorm,
+    Asam, DropRate, FriendlySam, Gsam, ImbSam, LookSam, MaskKind, MaskSchedule, Rule, Sam, Ssam,
+    SsamNorm,
 };
 pub use schedule::{LrSchedule, Schedule};

@@ -23,7 +23,7 @@ use crate::plan::{
     PerturbPlan, Scaling, SecondPlan, StepView,
 };
 use crate::protocol::{drive_step, NoHooks, SamOptimizer, Status};
-use crate::rules::{MaskKind, Rule, SegmentSelect};
+use crate::rules::{MaskClock, MaskKind, Rule, SegmentSelect};
 use crate::sparse;
 
 /// Which gradient the closure form asks for.
@@ -159,6 +159,7 @@ impl Optimizer {
             st.base_bufs[i] = vec![0.0; n];
         }
         if let Rule::Ssam(c) = &rule {
+            c.check_epoch_length()?;
             match c.mask {
                 MaskKind::Dynamic { seed, .. } => {
                     st.mask = Some(sparse::random_mask(n, c.live_count(n), seed));
@@ -301,15 +302,19 @@ impl Optimizer {
         matches!(self.phase, Phase::Perturbed(_))
     }
 
-    /// Whether the next step needs the Fisher information (SSAM-F, every `K` steps).
+    /// Whether the next step needs the Fisher information (SSAM-F: every `K` steps, or with the
+    /// official schedule after the first batch of every `K`-th epoch;
+    /// [`crate::rules::Ssam::fisher_due`]).
     pub fn needs_fisher(&self) -> Option<usize> {
         match &self.rule {
-            Rule::Ssam(c) => match c.fisher_samples() {
-                Some(samples) if self.st.step % c.interval == 0 && self.fisher_mask.is_none() => {
-                    Some(samples)
-                }
-                _ => None,
-            },
+            Rule::Ssam(c) if self.fisher_mask.is_none() => {
+                let clock = MaskClock {
+                    steps: self.st.step,
+                    skipped: self.st.skipped,
+                    mask_updates: self.st.mask_updates,
+                };
+                c.fisher_samples().filter(|_| c.fisher_due(&clock))
+            }
             _ => None,
         }
     }
@@ -477,6 +482,7 @@ impl Optimizer {
             t: self.st.step,
             lr: self.lr,
             tail,
+            has_mask: self.st.mask.is_some() || self.fisher_mask.is_some(),
         }
     }
 

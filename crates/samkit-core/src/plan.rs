@@ -30,6 +30,10 @@ pub struct StepView {
     pub lr: f32,
     /// ImbSAM's split form: whether the batch has tail samples (`None`: the plain form).
     pub tail: Option<bool>,
+    /// Whether Sparse SAM has a mask for this step (committed, or from `set_fisher`): SSAM-F's
+    /// official schedule starts from an all-zero mask, a plain base step
+    /// ([`crate::rules::Ssam::zero_mask_first`]).
+    pub has_mask: bool,
 }
 
 /// Which gradient an input of a pass is.
@@ -337,6 +341,9 @@ impl Rule {
                     c.rho,
                 )
             },
+            // The all-zero mask perturbs nothing: `e = 0`, `g2 = g`, the base optimizer's step,
+            // taken in one pass.
+            Rule::Ssam(c) if c.zero_mask_first() && !view.has_mask => return apply(Grad::Batch),
             Rule::Ssam(c) => {
                 let t = view.t;
                 let mask = match c.mask {
@@ -541,6 +548,7 @@ mod tests {
             t,
             lr: 0.1,
             tail: None,
+            has_mask: true,
         }
     }
 
@@ -607,6 +615,31 @@ mod tests {
             })
             .collect();
         assert_eq!(masks, [false, false, true, false, true]);
+    }
+
+    #[test]
+    fn ssam_f_official_steps_without_a_mask_then_reads_the_fisher() {
+        let r = Rule::Ssam(Ssam::fisher_official(Some(4)));
+        let no_mask = StepView {
+            has_mask: false,
+            ..view(0)
+        };
+        assert_eq!(
+            r.first_plan(&no_mask),
+            FirstPlan::Apply(ApplyPlan {
+                input: Grad::Batch,
+                gv: None
+            })
+        );
+        let FirstPlan::Perturb(p) = r.first_plan(&view(1)) else {
+            panic!("a mask perturbs")
+        };
+        assert_eq!(p.mask(), Some(MaskStep::Fisher));
+        // The survey's schedule has no zero mask: the plan asks for one (set_fisher first).
+        let FirstPlan::Perturb(s) = Rule::Ssam(Ssam::fisher()).first_plan(&no_mask) else {
+            panic!("the survey's SSAM-F perturbs")
+        };
+        assert_eq!(s.mask(), Some(MaskStep::Fisher));
     }
 
     fn g_rho(r: &Rule, lr: f32) -> f32 {

@@ -323,12 +323,85 @@ impl Default for EgSam {
     }
 }
 
+/// When SSAM-F computes its Fisher mask (ALGORITHMS.md, "SSAM-F").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MaskSchedule {
+    /// The survey's: a mask before the first step and then every `K` steps.
+    #[default]
+    Steps,
+    /// The official code's: the first mask is all zero (step 0 is a plain base step), each new
+    /// mask is computed after the first batch of every `K`-th epoch (epochs `0, K, 2K, ...`)
+    /// at the weights that step left, so `K` counts epochs. The optimizer counts batches
+    /// (applied and skipped steps), so it needs the epoch's length: `steps_per_epoch`, `None`
+    /// until a trainer sets it from its data (an optimizer refuses `None`).
+    Official { steps_per_epoch: Option<u64> },
+}
+
+impl MaskSchedule {
+    fn is_steps(&self) -> bool {
+        *self == MaskSchedule::Steps
+    }
+}
+
+/// The counters SSAM-F's schedule reads ([`Ssam::fisher_due`]); both optimizers report them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaskClock {
+    /// Completed (applied) steps: the `t` of ALGORITHMS.md.
+    pub steps: u64,
+    /// Skipped steps (a trainer's batch index is `steps + skipped`).
+    pub skipped: u64,
+    /// Masks committed so far.
+    pub mask_updates: u64,
+}
+
+/// How close `N·s` (in f64) must come to an integer to be taken as that integer before
+/// `⌈⌉`: ALGORITHMS.md's "Counts are exact for the sparsity as the user wrote it". Used only
+/// where [`dead_count`] cannot form the exact fraction (a decimal of more digits than u128
+/// holds, never a sparsity in `[0, 1)` written with fewer than 30 decimals).
+pub const COUNT_SNAP: f64 = 1e-9;
+
+/// The decimal the user wrote for an f32 hyperparameter: the shortest one that reads back as
+/// the same f32 (what `{}` prints, so `0.2f32` is `0.2`; every decimal of at most 6
+/// significant digits reads back as itself), as `(m, d)` with the value `m / 10^d`. `None`
+/// for a negative or non-finite value, or digits beyond u128.
+pub fn written_fraction(x: f32) -> Option<(u128, u32)> {
+    if !x.is_finite() || x < 0.0 {
+        return None;
+    }
+    // Display never uses an exponent for floats: `int[.frac]`.
+    let text = format!("{x}");
+    let (int, frac) = text.split_once('.').unwrap_or((&text, ""));
+    let d = u32::try_from(frac.len()).ok()?;
+    let m = format!("{int}{frac}").parse::<u128>().ok()?;
+    Some((m, d))
+}
+
+/// `⌈N·s⌉` for the sparsity `s` as written ([`written_fraction`]), exactly: `⌈N·m / 10^d⌉` in
+/// integers, at most `n`. `N = 250, s = 0.2` gives 50 (`N·s` with the f32 `s` is 50.0000007,
+/// whose ceiling is 51). This is ALGORITHMS.md's f64 product snapped within [`COUNT_SNAP`]
+/// wherever that product lands within the snap of the exact value; at `N ≳ 10⁷` f64's own
+/// rounding of `N·s` can exceed 1e-9, and the integers stay exact.
+pub fn dead_count(n: usize, s: f32) -> usize {
+    let exact = written_fraction(s).and_then(|(m, d)| {
+        let den = 10u128.checked_pow(d)?;
+        Some((n as u128).checked_mul(m)?.div_ceil(den))
+    });
+    let dead = exact.unwrap_or_else(|| {
+        let x = n as f64 * s as f64;
+        let r = x.round();
+        let x = if (x - r).abs() <= COUNT_SNAP { r } else { x };
+        x.ceil().max(0.0) as u128
+    });
+    dead.min(n as u128) as usize
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ssam {
     pub rho: f32,
     /// Fraction of coordinates left unperturbed, in `[0, 1)`.
     pub sparsity: f32,
-    /// Mask update interval `K` in steps.
+    /// Mask update interval `K`: steps, or epochs with [`MaskSchedule::Official`].
     pub interval: u64,
     pub norm: SsamNorm,
     pub mask: MaskKind,
@@ -336,6 +409,9 @@ pub struct Ssam {
     /// the rule's value in ALGORITHMS.md ([`Rule::perturb_eps`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eps_p: Option<f64>,
+    /// SSAM-F's mask schedule (a config written before it existed reads as the survey's).
+    #[serde(default, skip_serializing_if = "MaskSchedule::is_steps")]
+    pub schedule: MaskSchedule,
 }
 
 impl Ssam {
@@ -347,6 +423,16 @@ impl Ssam {
             norm: SsamNorm::Masked,
             mask: MaskKind::Fisher { samples: 128 },
             eps_p: None,
+            schedule: MaskSchedule::Steps,
+        }
+    }
+
+    /// SSAM-F with the official code's schedule ([`MaskSchedule::Official`]): `K` in epochs of
+    /// `steps_per_epoch` batches (`None`: set by the trainer from its data).
+    pub fn fisher_official(steps_per_epoch: Option<u64>) -> Self {
+        Ssam {
+            schedule: MaskSchedule::Official { steps_per_epoch },
+            ..Ssam::fisher()
         }
     }
 
@@ -392,17 +478,68 @@ impl Ssam {
         )
     }
 
-    /// `L = N − ⌈N·s⌉`: the number of perturbed coordinates.
+    /// `L = N − ⌈N·s⌉`: the number of perturbed coordinates, exact for the sparsity as
+    /// written ([`dead_count`]). The official schedule's `⌊N·(1−s)⌋` is the same number
+    /// (`⌊N − x⌋ = N − ⌈x⌉`), so both schedules count with this.
     pub fn live_count(&self, n: usize) -> usize {
-        let dead = (n as f64 * self.sparsity as f64).ceil() as usize;
-        n - dead.min(n)
+        n - dead_count(n, self.sparsity)
+    }
+
+    /// Whether the step after `clock` needs a new Fisher (the caller asks only when none waits
+    /// already): never for SSAM-D and SSAM-L `suffix`; with [`MaskSchedule::Steps`] at every
+    /// step `t` with `t mod K = 0`; with [`MaskSchedule::Official`] while fewer masks were
+    /// committed than first batches of epochs `0, K, 2K, ...` completed (applied or skipped),
+    /// so the Fisher comes right after such a batch, at the weights it left, and again after
+    /// a skipped step that dropped it.
+    pub fn fisher_due(&self, clock: &MaskClock) -> bool {
+        if self.fisher_samples().is_none() {
+            return false;
+        }
+        match self.schedule {
+            MaskSchedule::Steps => clock.steps % self.interval == 0,
+            MaskSchedule::Official { steps_per_epoch } => {
+                let per = steps_per_epoch.unwrap_or(1).max(1);
+                let batches = clock.steps + clock.skipped;
+                let due = if batches == 0 {
+                    0
+                } else {
+                    (batches - 1) / per / self.interval + 1
+                };
+                clock.mask_updates < due
+            }
+        }
+    }
+
+    /// What an optimizer checks at construction besides [`Rule::validate`]: the official
+    /// schedule counts epochs, so it needs their length (`steps_per_epoch`, which a trainer
+    /// fills in from its data).
+    pub fn check_epoch_length(&self) -> Result<()> {
+        if self.schedule
+            == (MaskSchedule::Official {
+                steps_per_epoch: None,
+            })
+        {
+            return Err(Error::hyper(
+                "steps_per_epoch",
+                "unset",
+                "SSAM-F's official schedule counts K in epochs: give the epoch's length",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the step perturbs nothing when no mask exists yet (the official schedule's
+    /// all-zero first mask) instead of needing one.
+    pub fn zero_mask_first(&self) -> bool {
+        matches!(self.schedule, MaskSchedule::Official { .. })
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImbSam {
     pub rho: f32,
-    /// Classes with at most `tau` training samples form the tail.
+    /// Classes with fewer than `tau` training samples form the tail (`n_c < τ`, the official
+    /// code's and the long-tail benchmarks' "few-shot" boundary).
     pub tau: usize,
     /// Weight of the tail loss (2 reproduces the official code).
     pub kappa: f32,
@@ -424,9 +561,9 @@ impl Default for ImbSam {
 }
 
 impl ImbSam {
-    /// The tail classes: `{c : n_c ≤ τ}`.
+    /// The tail classes: `{c : n_c < τ}` (strict, ALGORITHMS.md "ImbSAM").
     pub fn tail_classes(&self, class_counts: &[usize]) -> Vec<bool> {
-        class_counts.iter().map(|&n| n <= self.tau).collect()
+        class_counts.iter().map(|&n| n < self.tau).collect()
     }
 }
 
@@ -650,6 +787,18 @@ impl Rule {
                 check_unit_interval("sparsity", c.sparsity, false)?;
                 if c.interval == 0 {
                     return Err(Error::hyper("interval (K)", 0, "must be >= 1"));
+                }
+                if let MaskSchedule::Official { steps_per_epoch } = c.schedule {
+                    if !matches!(c.mask, MaskKind::Fisher { .. }) {
+                        return Err(Error::hyper(
+                            "schedule",
+                            "official",
+                            "is SSAM-F's (a Fisher mask of coordinates)",
+                        ));
+                    }
+                    if steps_per_epoch == Some(0) {
+                        return Err(Error::hyper("steps_per_epoch", 0, "must be >= 1"));
+                    }
                 }
                 match &c.mask {
                     MaskKind::Fisher { samples } => {

@@ -186,8 +186,9 @@ fn imbsam_with_every_class_in_the_tail_equals_sam() {
     }
     assert!(max_rel(&w, &expect) < 1e-6);
     assert_eq!(
-        ImbSam::default().tail_classes(&[5, 20, 21, 500]),
-        vec![true, true, false, false]
+        // Strictly fewer than τ = 20 (ALGORITHMS.md): a class of exactly 20 is head.
+        ImbSam::default().tail_classes(&[5, 19, 20, 21, 500]),
+        vec![true, true, false, false, false]
     );
 }
 

@@ -38,7 +38,7 @@ use samkit_core::plan::{
     FirstPlan, Grad as PlanGrad, MaskStep, NormOf, PerturbPlan, Scaling, SecondPlan, StepView,
 };
 use samkit_core::plan::{fisher_segments_from_sums, ExtraAlong, Extrapolate};
-use samkit_core::rules::SegmentSelect;
+use samkit_core::rules::{MaskClock, SegmentSelect};
 use samkit_core::{
     drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
     MaskKind, NoHooks, Outcome, Rule, SamOptimizer, StepReport,
@@ -222,6 +222,9 @@ fn dir_kind(d: PlanDirection, s: Scaling) -> Result<DirKind> {
 /// panic or a wrong step later. Every rule and option has its kernels (EG-/OG-SAM's
 /// extrapolation, SAM-ON's `asam` form and SSAM-L's `fisher` selection included).
 fn check_rule_layout(rule: &Rule, layout: &Layout) -> Result<()> {
+    if let Rule::Ssam(c) = rule {
+        c.check_epoch_length()?;
+    }
     if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
         return Err(CoreError::InvalidLayout(
             "SAM-ON perturbs the norm-layer segments and the layout marks none (name them like \
@@ -548,15 +551,21 @@ impl<T: Elem> GpuOptimizer<T> {
         }
     }
 
-    /// Whether the next step needs the Fisher information (SSAM-F, every `K` steps); reads the
-    /// step count, so it waits for the previous step.
+    /// Whether the next step needs the Fisher information (SSAM-F: every `K` steps, or with the
+    /// official schedule after the first batch of every `K`-th epoch, as the CPU optimizer
+    /// decides with `Ssam::fisher_due`); reads the counters, so it waits for the previous step.
     pub fn needs_fisher(&mut self) -> Result<Option<usize>> {
         match &self.rule {
             Rule::Ssam(c) => match c.mask {
-                MaskKind::Fisher { samples } => {
-                    let (interval, ready) = (c.interval, self.fisher_ready);
-                    let t = self.sync_status()?.step;
-                    Ok((t % interval == 0 && !ready).then_some(samples))
+                MaskKind::Fisher { samples } if !self.fisher_ready => {
+                    let c = c.clone();
+                    let s = self.sync_status()?;
+                    let clock = MaskClock {
+                        steps: s.step,
+                        skipped: s.skipped,
+                        mask_updates: s.mask_updates,
+                    };
+                    Ok(c.fisher_due(&clock).then_some(samples))
                 }
                 MaskKind::Segments {
                     select: SegmentSelect::Fisher { samples },
@@ -569,6 +578,17 @@ impl<T: Elem> GpuOptimizer<T> {
             },
             _ => Ok(None),
         }
+    }
+
+    /// Whether Sparse SAM has a mask for the next step ([`StepView::has_mask`]): only SSAM-F's
+    /// official schedule, whose first mask is all zero, can lack one (before its first Fisher).
+    fn has_mask(&mut self) -> Result<bool> {
+        Ok(match &self.rule {
+            Rule::Ssam(c) if c.zero_mask_first() => {
+                self.fisher_ready || self.sync_status()?.mask_updates > 0
+            }
+            _ => true,
+        })
     }
 
     /// The committed sparse mask (`None` for other rules, and for SSAM-F before its first
@@ -868,6 +888,7 @@ impl<T: Elem> GpuOptimizer<T> {
             t,
             lr: self.lr,
             tail: None,
+            has_mask: self.has_mask()?,
         };
         let plan = self.rule.first_plan(&view);
         let out = self.run_first(plan, wt, &[(PlanGrad::Batch, gt)]);
@@ -929,6 +950,7 @@ impl<T: Elem> GpuOptimizer<T> {
             t: 0,
             lr: self.lr,
             tail: Some(tail.is_some()),
+            has_mask: true,
         };
         let plan = self.rule.first_plan(&view);
         let out = self.run_first(plan, wt, &inputs);

@@ -10,7 +10,7 @@
 mod common;
 
 use common::{config, rel, run, setup, Setup, BATCH};
-use samkit_core::{ImbSam, MaskKind, Rule, Sam, Ssam, SsamNorm};
+use samkit_core::{ImbSam, MaskKind, MaskSchedule, Rule, Sam, Ssam, SsamNorm};
 use samkit_nn::cuda::CudaOptions;
 use samkit_nn::Cuda;
 use samkit_train::engine::Engine;
@@ -34,10 +34,10 @@ const WEIGHT_REL_IMBSAM: f64 = 1e-2;
 /// The emulated cuDNN's algorithm search: no large workspace to clear per shape.
 const WORKSPACE_BYTES: usize = 4 << 20;
 
-/// ImbSAM's τ: the rarest classes present in the training set form the tail.
+/// ImbSAM's τ: the rarest classes present in the training set form the tail (`n_c < τ`).
 fn tau(data: &Setup) -> usize {
     let counts = data.train.class_counts();
-    counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0)
+    counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0) + 1
 }
 
 /// The four rules.
@@ -61,6 +61,7 @@ fn rules(data: &Setup) -> Vec<(&'static str, Rule)> {
                 norm: SsamNorm::Masked,
                 mask: MaskKind::Fisher { samples: BATCH },
                 eps_p: None,
+                schedule: MaskSchedule::Steps,
             }),
         ),
         (
@@ -105,7 +106,7 @@ fn emulated_cuda_trainer_follows_the_cpu_trainer() {
                 .batches
                 .iter()
                 .flat_map(|b| &b.labels)
-                .filter(|&&y| counts[y] <= tau)
+                .filter(|&&y| counts[y] < tau)
                 .count();
             assert!(tail_samples > 0, "imbsam: no tail sample in the batches");
         }

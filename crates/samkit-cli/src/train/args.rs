@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use samkit_core::rules::{EgSam, Esam, Rst, SamOn, SegmentSelect, SwitchProb};
 use samkit_core::{
     Adam, Asam, BaseOptimizer, DropRate, FriendlySam, Gsam, ImbSam, LookSam, LrSchedule, MaskKind,
-    RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
+    MaskSchedule, RmsProp, Rule, Sam, Schedule, Sgd, Ssam, SsamNorm,
 };
 use samkit_train::distill::{DistillConfig, Teacher};
 use samkit_train::{CudaRunOptions, CudnnAlgo, DataConfig, Pass2Mode, RunConfig};
@@ -215,6 +215,13 @@ pub struct RuleArgs {
     /// Sparse SAM: normalise by ‖g‖ (the official code) instead of ‖M ⊙ g‖.
     #[arg(long)]
     pub ssam_full_norm: bool,
+    /// SSAM-F: when the Fisher mask is computed: `steps` (before the first step, then every
+    /// --mask-interval steps) or `official` (the official code: an all-zero first mask, so
+    /// step 0 is a plain base step; a new mask after the first batch of every
+    /// --mask-interval-th epoch, K in epochs; Fisher samples without replacement from the
+    /// shuffled, augmented training set) [default: steps].
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub mask_schedule: Option<MaskScheduleArg>,
     /// ImbSAM: classes with fewer than τ training samples form the tail (n_c < τ); with
     /// --long-tail, every run's head/tail test accuracy splits the classes there too.
     #[arg(long, default_value_t = 20)]
@@ -290,6 +297,14 @@ pub enum Pass2Arg {
     Truncated,
 }
 
+/// SSAM-F's `--mask-schedule`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskScheduleArg {
+    Steps,
+    Official,
+}
+
 /// SSAM-L's `--mask-select`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -307,6 +322,11 @@ impl RuleArgs {
         [
             (self.pass2.is_some(), "pass2", SSAM_L),
             (self.mask_select.is_some(), "mask-select", SSAM_L),
+            (
+                self.mask_schedule.is_some(),
+                "mask-schedule",
+                &["ssam-f"][..],
+            ),
             (self.esam_beta.is_some(), "esam-beta", &["esam"][..]),
             (self.esam_gamma.is_some(), "esam-gamma", &["esam"][..]),
             (self.rst_p.is_some(), "rst-p", &["rst"][..]),
@@ -636,6 +656,7 @@ pub fn rule(
         },
         mask,
         eps_p: r.perturb_eps,
+        schedule: MaskSchedule::Steps,
     };
     let rule = match name {
         // MESA and SAF step with the base optimizer; their term is `RunConfig::distill`.
@@ -665,9 +686,18 @@ pub fn rule(
             adaptive: r.adaptive,
             eps_p: r.perturb_eps,
         }),
-        "ssam-f" => Rule::Ssam(ssam(MaskKind::Fisher {
-            samples: r.fisher_samples.unwrap_or(FISHER_SAMPLES),
-        })),
+        "ssam-f" => Rule::Ssam(Ssam {
+            // The official schedule's epoch length comes from the trainer's data.
+            schedule: match r.mask_schedule {
+                Some(MaskScheduleArg::Official) => MaskSchedule::Official {
+                    steps_per_epoch: None,
+                },
+                Some(MaskScheduleArg::Steps) | None => MaskSchedule::Steps,
+            },
+            ..ssam(MaskKind::Fisher {
+                samples: r.fisher_samples.unwrap_or(FISHER_SAMPLES),
+            })
+        }),
         "ssam-d" => Rule::Ssam(ssam(MaskKind::Dynamic {
             drop: if r.drop_cosine {
                 DropRate::Cosine {

@@ -625,6 +625,16 @@ pub fn rules() -> Vec<(&'static str, Rule)> {
         ("ssam-f", fisher(SsamNorm::Masked)),
         ("ssam-f-full", fisher(SsamNorm::Full)),
         (
+            // The official schedule: step 0 is one pass (no mask yet), then a Fisher after the
+            // first batch of every epoch of 2 steps (K = 1 epoch), asked on both by the counters.
+            "ssam-f-official",
+            Rule::Ssam(Ssam {
+                interval: 1,
+                mask: MaskKind::Fisher { samples: 3 },
+                ..Ssam::fisher_official(Some(2))
+            }),
+        ),
+        (
             "ssam-d",
             Rule::Ssam(Ssam {
                 interval: 2,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use samkit_core::philox::PhiloxRng;
-use samkit_core::{Eval, GradRequest, Outcome, Pass, Rule};
+use samkit_core::{Eval, GradRequest, MaskSchedule, Outcome, Pass, Rule, Ssam};
 use samkit_data::loader::{make_batch, BatchIter, EpochPlan};
 use samkit_data::{Augment, Batch, Dataset, Normalize};
 use samkit_nn::{mean_weights, BnMode, Model, ResNet18, Tensor};
@@ -218,6 +218,7 @@ impl Trainer<CpuEngine> {
         norm: Normalize,
     ) -> Result<Self> {
         crate::limits::check_run(&cfg, &train, true)?;
+        let cfg = fit_epoch_length(cfg, train.len())?;
         let engine = CpuEngine::new(&cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
@@ -233,6 +234,7 @@ impl Trainer<CudaEngine> {
         norm: Normalize,
     ) -> Result<Self> {
         crate::limits::check_run(&cfg, &train, false)?;
+        let cfg = fit_epoch_length(cfg, train.len())?;
         let engine = CudaEngine::new(&cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
@@ -247,9 +249,42 @@ impl Trainer<CudaEngine> {
         norm: Normalize,
     ) -> Result<Self> {
         crate::limits::check_run(&cfg, &train, false)?;
+        let cfg = fit_epoch_length(cfg, train.len())?;
         let engine = CudaEngine::on(cuda, &cfg, train.classes)?;
         Ok(Self::with_engine(cfg, engine, train, test, norm))
     }
+}
+
+/// Full batches per epoch of `cfg` over `train_len` training samples, at most
+/// `cfg.steps_per_epoch` ([`Trainer::steps_per_epoch`]).
+fn epoch_steps(cfg: &RunConfig, train_len: usize) -> usize {
+    let full = (train_len / cfg.batch.max(1)).max(1);
+    cfg.steps_per_epoch.map_or(full, |s| s.min(full))
+}
+
+/// SSAM-F's official schedule counts `K` in epochs, which the optimizer sees as batches: its
+/// rule gets this run's epoch length when it has none (a fresh run), and a rule that names
+/// another length (a checkpoint resumed on other data) is refused.
+fn fit_epoch_length(mut cfg: RunConfig, train_len: usize) -> Result<RunConfig> {
+    let per = epoch_steps(&cfg, train_len) as u64;
+    if let Rule::Ssam(c) = &mut cfg.rule {
+        if let MaskSchedule::Official { steps_per_epoch } = &mut c.schedule {
+            match *steps_per_epoch {
+                None => *steps_per_epoch = Some(per),
+                Some(k) if k == per => {}
+                Some(k) => {
+                    return Err(TrainError::invalid(
+                        "mask-schedule",
+                        format!(
+                            "the official schedule's epochs are {k} steps long in the run's \
+                             configuration, and this training set gives {per}"
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(cfg)
 }
 
 fn tensor(b: &Batch) -> Result<Tensor> {
@@ -265,9 +300,19 @@ impl<E: Engine> Trainer<E> {
         test: Arc<Dataset>,
         norm: Normalize,
     ) -> Self {
+        let counts = train.class_counts();
         let tail = match &cfg.rule {
             Rule::ImbSam(c) => c.tail_classes(&counts),
             _ => vec![false; train.classes],
+        };
+        // The same rule (core's `ImbSam::tail_classes`, `n_c < τ`) for every run, so that an
+        // ImbSAM run and the others of a comparison split the classes alike.
+        let report_tail = match &cfg.rule {
+            Rule::ImbSam(_) => Some(tail.clone()),
+            _ if cfg.data.long_tail.is_some() => {
+                Some(samkit_core::ImbSam::default().tail_classes(&counts))
+            }
+            _ => None,
         };
         Trainer {
             cfg,
@@ -276,6 +321,7 @@ impl<E: Engine> Trainer<E> {
             test,
             norm,
             tail,
+            report_tail,
             epoch: 0,
             step: 0,
             history: Vec::new(),
@@ -300,20 +346,10 @@ impl<E: Engine> Trainer<E> {
                     ),
                 ));
             }
-        let counts = train.class_counts();
             let net = self.engine.net();
             let d = Distiller::new(
                 dc,
                 &mut net.model,
-        // The same rule (core's `ImbSam::tail_classes`, `n_c < τ`) for every run, so that an
-        // ImbSAM run and the others of a comparison split the classes alike.
-        let report_tail = match &cfg.rule {
-            Rule::ImbSam(_) => Some(tail.clone()),
-            _ if cfg.data.long_tail.is_some() => {
-                Some(samkit_core::ImbSam::default().tail_classes(&counts))
-            }
-            _ => None,
-        };
                 net.params.borrow(),
                 self.train.len(),
                 self.train.classes,
@@ -321,7 +357,6 @@ impl<E: Engine> Trainer<E> {
             self.distill = Some(d);
         }
         Ok(())
-            report_tail,
     }
 
     /// The normalisation of the images.
@@ -336,8 +371,7 @@ impl<E: Engine> Trainer<E> {
 
     /// Full batches per epoch, at most `cfg.steps_per_epoch`.
     pub fn steps_per_epoch(&self) -> usize {
-        let full = (self.train.len() / self.cfg.batch).max(1);
-        self.cfg.steps_per_epoch.map_or(full, |s| s.min(full))
+        epoch_steps(&self.cfg, self.train.len())
     }
 
     /// ImbSAM: the number of tail classes (fewer than τ training samples).
@@ -345,40 +379,6 @@ impl<E: Engine> Trainer<E> {
         self.tail.iter().filter(|&&t| t).count()
     }
 
-    /// One step of the optimizer on one batch, each phase timed. The step itself is
-    /// [`samkit_core::drive_step`] (through [`Engine::step`]); this is its gradient oracle: the
-    /// mean loss of the batch (ImbSAM: the head and tail losses), batch norm updating its
-    /// running statistics in pass 1 only, and SSAM-F's Fisher.
-    pub fn step(&mut self, b: &Batch) -> Result<StepLog> {
-        let lr = self.cfg.schedule.lr_at(self.step);
-        self.engine.set_lr(lr)?;
-        self.ensure_distiller()?;
-        // A skipped step must leave the whole model as it was, batch norm's running statistics
-        // included, which pass 1 updates before the gradient is seen to be non-finite.
-        let buffers = self.engine.net().model.buffers()?;
-        let x = E::stage(&mut self.engine.net().model, tensor(b)?)?;
-        let bsz = b.labels.len();
-        let labels = &b.labels[..];
-        let mean = mean_weights(bsz);
-        // ImbSAM: the weights of the head loss `Σ_{i∉tail} ℓ_i / B` and the tail loss.
-        let (head, tail) = if matches!(self.cfg.rule, Rule::ImbSam(_)) {
-            let w = |want: bool| -> Vec<f32> {
-                labels
-                    .iter()
-                    .map(|&y| {
-                        if self.tail[y] == want {
-                            1.0 / bsz as f32
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect()
-            };
-            (w(false), w(true))
-        } else {
-            (Vec::new(), Vec::new())
-        };
-        let fisher = FisherDraw {
     /// The classes reported as the tail in the epoch logs' head/tail accuracy, when the run
     /// reports them (an ImbSAM run, or any run on a long-tailed training set).
     pub fn tail_mask(&self) -> Option<&[bool]> {
@@ -421,11 +421,53 @@ impl<E: Engine> Trainer<E> {
         ))
     }
 
+    /// One step of the optimizer on one batch, each phase timed. The step itself is
+    /// [`samkit_core::drive_step`] (through [`Engine::step`]); this is its gradient oracle: the
+    /// mean loss of the batch (ImbSAM: the head and tail losses), batch norm updating its
+    /// running statistics in pass 1 only, and SSAM-F's Fisher.
+    pub fn step(&mut self, b: &Batch) -> Result<StepLog> {
+        let lr = self.cfg.schedule.lr_at(self.step);
+        self.engine.set_lr(lr)?;
+        self.ensure_distiller()?;
+        // A skipped step must leave the whole model as it was, batch norm's running statistics
+        // included, which pass 1 updates before the gradient is seen to be non-finite.
+        let buffers = self.engine.net().model.buffers()?;
+        let x = E::stage(&mut self.engine.net().model, tensor(b)?)?;
+        let bsz = b.labels.len();
+        let labels = &b.labels[..];
+        let mean = mean_weights(bsz);
+        // ImbSAM: the weights of the head loss `Σ_{i∉tail} ℓ_i / B` and the tail loss.
+        let (head, tail) = if matches!(self.cfg.rule, Rule::ImbSam(_)) {
+            let w = |want: bool| -> Vec<f32> {
+                labels
+                    .iter()
+                    .map(|&y| {
+                        if self.tail[y] == want {
+                            1.0 / bsz as f32
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
+            };
+            (w(false), w(true))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let official = matches!(
+            self.cfg.rule,
+            Rule::Ssam(Ssam {
+                schedule: MaskSchedule::Official { .. },
+                ..
+            })
+        );
+        let fisher = FisherDraw {
             train: &self.train,
             norm: &self.norm,
             seed: self.cfg.seed,
             batch: self.cfg.batch,
             step: self.step,
+            official: official.then_some(self.cfg.augment.then_some(Augment::CIFAR)),
         };
         // SSAM-L's and ESAM's pass 2 (crate::passes), and what every pass costs.
         let second = crate::passes::plan_step(&self.cfg, &mut self.engine)?;
@@ -529,8 +571,17 @@ impl<E: Engine> Trainer<E> {
     /// Mean loss and accuracy over (the first `limit` samples of) a dataset, batch norm in
     /// inference mode.
     pub fn evaluate(&mut self, ds: &Dataset, limit: Option<usize>) -> Result<(f64, f64)> {
+        let a = self.evaluate_classes(ds, limit)?;
+        Ok((a.loss, a.accuracy))
+    }
+
+    /// As [`Trainer::evaluate`], with the accuracy of each class and of the head and tail
+    /// ([`Trainer::tail_mask`]).
+    pub fn evaluate_classes(&mut self, ds: &Dataset, limit: Option<usize>) -> Result<Accuracy> {
         let n = limit.map_or(ds.len(), |l| l.min(ds.len()));
         let (mut loss, mut correct) = (0.0f64, 0usize);
+        let mut class_correct = vec![0usize; ds.classes];
+        let mut class_total = vec![0usize; ds.classes];
         let idx: Vec<usize> = (0..n).collect();
         let classes = ds.classes;
         for chunk in idx.chunks(256) {
@@ -552,6 +603,8 @@ impl<E: Engine> Trainer<E> {
                     .max_by(|&a, &c| row[a].total_cmp(&row[c]).then(c.cmp(&a)))
                     .unwrap_or(0);
                 correct += (arg == y) as usize;
+                class_correct[y] += (arg == y) as usize;
+                class_total[y] += 1;
             }
         }
         let (class_accuracy, head_accuracy, tail_accuracy) =
@@ -579,17 +632,8 @@ impl<E: Engine> Trainer<E> {
         let limit = self.steps_per_epoch();
         let iter = BatchIter::new(self.train.clone(), plan)?;
         let skipped_before = self.engine.status()?.skipped;
-        let a = self.evaluate_classes(ds, limit)?;
-        Ok((a.loss, a.accuracy))
-    }
-
-    /// As [`Trainer::evaluate`], with the accuracy of each class and of the head and tail
-    /// ([`Trainer::tail_mask`]).
-    pub fn evaluate_classes(&mut self, ds: &Dataset, limit: Option<usize>) -> Result<Accuracy> {
         let t0 = Instant::now();
         let mut sum = Phases::default();
-        let mut class_correct = vec![0usize; ds.classes];
-        let mut class_total = vec![0usize; ds.classes];
         let (mut loss, mut steps, mut images) = (0.0, 0u64, 0usize);
         if self.train.len() < self.cfg.batch {
             return Err(crate::limits::batch_too_large(&self.cfg, self.train.len()));
@@ -611,11 +655,12 @@ impl<E: Engine> Trainer<E> {
             train_loss: loss / steps.max(1) as f64,
             test_loss: acc.loss,
             test_accuracy: acc.accuracy,
-                class_correct[y] += (arg == y) as usize;
-                class_total[y] += 1;
             skipped_steps: self.engine.status()?.skipped - skipped_before,
             step_seconds: sum.scaled(1.0 / steps.max(1) as f64),
             images_per_second: images as f64 / wall.max(1e-9),
+            class_accuracy: acc.class_accuracy,
+            head_accuracy: acc.head_accuracy,
+            tail_accuracy: acc.tail_accuracy,
         };
         self.epoch += 1;
         self.history.push(log.clone());
@@ -658,9 +703,6 @@ impl<E: Engine> Trainer<E> {
     pub fn load(&mut self, dir: &Path, state: TrainerState) -> Result<()> {
         for f in crate::checkpoint::FILES {
             let p = dir.join(f);
-            class_accuracy: acc.class_accuracy,
-            head_accuracy: acc.head_accuracy,
-            tail_accuracy: acc.tail_accuracy,
             std::fs::metadata(&p).map_err(|e| TrainError::read(&p, e))?;
         }
         // The files' own checks first: a flipped bit is named by file and tensor there.
@@ -710,14 +752,59 @@ impl<E: Engine> Trainer<E> {
     }
 }
 
-/// SSAM-F's empirical Fisher over training images (no augmentation) drawn with a stream keyed
-/// by the step, so that a resumed run draws the same ones.
+/// SSAM-F's empirical Fisher over training images drawn with a stream keyed by the step, so
+/// that a resumed run draws the same ones: with replacement and without augmentation (the
+/// survey's schedule), or with the official schedule as the official code draws them, without
+/// replacement from the shuffled training set with the run's augmentation.
 struct FisherDraw<'a> {
     train: &'a Dataset,
     norm: &'a Normalize,
     seed: u64,
     batch: usize,
     step: u64,
+    /// The official schedule, with the run's augmentation (`Some(None)`: none).
+    official: Option<Option<Augment>>,
+}
+
+/// The stream of the Fisher's draws (`^` the step), apart from the other Philox streams.
+const FISHER_STREAM: u32 = 0x4649_0000;
+/// The seed word of the Fisher's augmentation, apart from the epochs' augmentation keys.
+const FISHER_AUGMENT_SEED: u64 = 0x4649_5348_4155_4700;
+
+/// `samples` indices of `0..n` without replacement: the first `samples` of a shuffle (of more
+/// than one after another when `samples > n`, as torch's `RandomSampler(num_samples=...)`).
+fn draw_without_replacement(rng: &mut PhiloxRng, n: usize, samples: usize) -> Vec<usize> {
+    let mut out = Vec::with_capacity(samples);
+    while out.len() < samples && n > 0 {
+        let mut perm: Vec<usize> = (0..n).collect();
+        rng.shuffle(&mut perm);
+        let take = (samples - out.len()).min(n);
+        out.extend_from_slice(&perm[..take]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod fisher_draw_tests {
+    use super::*;
+
+    #[test]
+    fn the_official_fisher_draw_has_no_repeats_within_a_pass() {
+        let mut rng = PhiloxRng::new(3, FISHER_STREAM);
+        let mut few = draw_without_replacement(&mut rng, 50, 20);
+        few.sort_unstable();
+        few.dedup();
+        assert_eq!(few.len(), 20);
+        // More samples than the set: whole shuffles one after another.
+        let many = draw_without_replacement(&mut rng, 7, 16);
+        assert_eq!(many.len(), 16);
+        for pass in many.chunks(7).filter(|c| c.len() == 7) {
+            let mut p = pass.to_vec();
+            p.sort_unstable();
+            assert_eq!(p, (0..7).collect::<Vec<_>>());
+        }
+        assert!(draw_without_replacement(&mut rng, 0, 4).is_empty());
+    }
 }
 
 impl FisherDraw<'_> {
@@ -729,13 +816,24 @@ impl FisherDraw<'_> {
         w: &E::A,
         out: &mut E::A,
     ) -> Result<Eval> {
-        let mut rng = PhiloxRng::new(self.seed, 0x4649_0000 ^ self.step as u32);
-        let idx: Vec<usize> = (0..samples)
-            .map(|_| rng.below(self.train.len() as u64) as usize)
-            .collect();
+        let mut rng = PhiloxRng::new(self.seed, FISHER_STREAM ^ self.step as u32);
+        let (idx, aug, key) = match self.official {
+            Some(aug) => (
+                draw_without_replacement(&mut rng, self.train.len(), samples),
+                aug,
+                (self.seed ^ FISHER_AUGMENT_SEED, self.step as u32),
+            ),
+            None => (
+                (0..samples)
+                    .map(|_| rng.below(self.train.len() as u64) as usize)
+                    .collect(),
+                None,
+                (self.seed, 0),
+            ),
+        };
         E::zero(model, out)?;
         for chunk in idx.chunks(self.batch) {
-            let b = make_batch(self.train, chunk, None, self.norm, (self.seed, 0));
+            let b = make_batch(self.train, chunk, aug, self.norm, key);
             let x = E::stage(model, tensor(&b)?)?;
             model.per_sample_grad_sq(w.borrow(), &x, b.labels[..].into(), out.borrow_mut())?;
         }

@@ -133,10 +133,21 @@ pub struct Lanes([f64; 8]);
 // Lane-indexed loops are the point here: they fix the summation order and vectorise.
 #[allow(clippy::needless_range_loop)]
 impl Lanes {
-    // `inline(always)`: the passes' AVX2 copies (`passes::simd`) must get their own
-    // vectorised copy of these loops, not a call to the SSE2 one.
+    /// `lane[k] += x²` for every `x` at index `≡ k (mod 8)`, in index order.
     #[inline(always)]
     pub fn add_squares(&mut self, xs: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked just above).
+            unsafe { x86::add_squares_avx2(&mut self.0, xs) };
+            return;
+        }
+        self.add_squares_portable(xs);
+    }
+
+    /// [`Lanes::add_squares`] without AVX2.
+    #[inline(always)]
+    fn add_squares_portable(&mut self, xs: &[f32]) {
         let mut it = xs.chunks_exact(8);
         for c in &mut it {
             for k in 0..8 {
@@ -150,10 +161,23 @@ impl Lanes {
         }
     }
 
+    /// `lane[k] += x·y` (in f64) for every pair at index `≡ k (mod 8)`, in index order.
     #[inline(always)]
     pub fn add_products(&mut self, xs: &[f32], ys: &[f32]) {
         let n = xs.len().min(ys.len());
         let (xs, ys) = (&xs[..n], &ys[..n]);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked just above); the lengths are equal.
+            unsafe { x86::add_products_avx2(&mut self.0, xs, ys) };
+            return;
+        }
+        self.add_products_portable(xs, ys);
+    }
+
+    /// [`Lanes::add_products`] without AVX2, on slices of equal length.
+    #[inline(always)]
+    fn add_products_portable(&mut self, xs: &[f32], ys: &[f32]) {
         let mut ix = xs.chunks_exact(8);
         let mut iy = ys.chunks_exact(8);
         for (a, b) in (&mut ix).zip(&mut iy) {
@@ -170,6 +194,65 @@ impl Lanes {
     pub fn total(&self) -> f64 {
         let l = &self.0;
         ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+    }
+}
+
+/// The lane sums with AVX2: lanes 0–3 and 4–7 in two registers, each lane still summed in
+/// index order with a separate multiply and add (no FMA), so the same bits as the portable loops
+/// (which the compiler left at two doubles per instruction, or scalar).
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn add_squares_avx2(lanes: &mut [f64; 8], xs: &[f32]) {
+        let l = lanes.as_mut_ptr();
+        let (mut lo, mut hi) = (_mm256_loadu_pd(l), _mm256_loadu_pd(l.add(4)));
+        let mut it = xs.chunks_exact(8);
+        for c in &mut it {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            let b = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+            lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+            hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+        }
+        _mm256_storeu_pd(l, lo);
+        _mm256_storeu_pd(l.add(4), hi);
+        for (k, &x) in it.remainder().iter().enumerate() {
+            let v = x as f64;
+            lanes[k] += v * v;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 must be available and `xs.len() == ys.len()`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn add_products_avx2(lanes: &mut [f64; 8], xs: &[f32], ys: &[f32]) {
+        let l = lanes.as_mut_ptr();
+        let (mut lo, mut hi) = (_mm256_loadu_pd(l), _mm256_loadu_pd(l.add(4)));
+        let mut ix = xs.chunks_exact(8);
+        let mut iy = ys.chunks_exact(8);
+        for (cx, cy) in (&mut ix).zip(&mut iy) {
+            let vx = _mm256_loadu_ps(cx.as_ptr());
+            let vy = _mm256_loadu_ps(cy.as_ptr());
+            let (xa, xb) = (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(vx)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(vx)),
+            );
+            let (ya, yb) = (
+                _mm256_cvtps_pd(_mm256_castps256_ps128(vy)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(vy)),
+            );
+            lo = _mm256_add_pd(lo, _mm256_mul_pd(xa, ya));
+            hi = _mm256_add_pd(hi, _mm256_mul_pd(xb, yb));
+        }
+        _mm256_storeu_pd(l, lo);
+        _mm256_storeu_pd(l.add(4), hi);
+        for (k, (&a, &b)) in ix.remainder().iter().zip(iy.remainder()).enumerate() {
+            lanes[k] += a as f64 * b as f64;
+        }
     }
 }
 
@@ -207,6 +290,26 @@ mod tests {
         assert_eq!(total, l.len());
         assert_eq!(c.infos()[3].global, CHUNK * 2 + 5);
         assert_eq!(c.infos()[3].kind, ParamKind::Bias);
+    }
+
+    #[test]
+    fn lane_sums_are_the_same_bits_with_and_without_avx2() {
+        let xs: Vec<f32> = (0..1037)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1.37e-3 - 0.6)
+            .collect();
+        let ys: Vec<f32> = xs.iter().rev().map(|&x| x * 3.1 + 0.2).collect();
+        for len in [0, 3, 8, 13, 512, 1037] {
+            let (mut a, mut b) = (Lanes::default(), Lanes::default());
+            // Twice: the second call adds onto lanes that are no longer zero.
+            for _ in 0..2 {
+                a.add_squares(&xs[..len]);
+                b.add_squares_portable(&xs[..len]);
+                a.add_products(&xs[..len], &ys[..len]);
+                b.add_products_portable(&xs[..len], &ys[..len]);
+            }
+            let bits = |l: &Lanes| l.0.map(f64::to_bits);
+            assert_eq!(bits(&a), bits(&b), "len {len}");
+        }
     }
 
     #[test]

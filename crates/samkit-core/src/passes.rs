@@ -200,19 +200,15 @@ impl Dir<'_> {
 }
 
 /// `out[j] = if mask[start + j] { g[j] } else { 0 }`: the mask's bytes read in place, eight
-/// coordinates per byte (a shift, a compare and a blend per vector with AVX2), scalar at the
-/// ends. The same values as `Bitset::expand` followed by a select.
+/// coordinates per byte (a shift and an and per vector with AVX2), scalar at the ends. The same
+/// values as `Bitset::expand` followed by a select.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
 fn masked_tile(mask: &Bitset, start: usize, g: &[f32], out: &mut [f32]) {
     let bytes: &[u8] = bytemuck::cast_slice(mask.words());
-    let pick = |i: usize, x: f32| {
-        if (bytes[i >> 3] >> (i & 7)) & 1 != 0 {
-            x
-        } else {
-            0.0
-        }
-    };
+    // x's bits and-ed with all ones (bit set) or all zeros (+0.0): no branch on random bits.
+    let keep = |bit: u8, x: f32| f32::from_bits(x.to_bits() & (bit as u32).wrapping_neg());
+    let pick = |i: usize, x: f32| keep((bytes[i >> 3] >> (i & 7)) & 1, x);
     let n = g.len().min(out.len());
     let mut j = 0;
     while j < n && (start + j) & 7 != 0 {
@@ -228,7 +224,7 @@ fn masked_tile(mask: &Bitset, start: usize, g: &[f32], out: &mut [f32]) {
         .zip(g[body].chunks_exact(8))
     {
         for l in 0..8 {
-            o[l] = if (b >> l) & 1 != 0 { x[l] } else { 0.0 };
+            o[l] = keep((b >> l) & 1, x[l]);
         }
     }
     j += whole * 8;

@@ -179,15 +179,36 @@ fn bench_mask_updates(c: &mut Criterion) {
     group.finish();
 }
 
-/// Read + write bandwidth of `v` copying `len` floats: the median over `reps` timings, each of
-/// enough copies to take about a millisecond (so that in-cache sizes are not timer noise).
-fn copy_gbs(v: CopyVariant, src: &[f32], dst: &mut [f32], reps: usize) -> f64 {
+/// Bytes of a buffer from which a copy is timed cold: twice the 32 MiB last-level cache of this
+/// machine kind would hold it entirely, so a quarter of that is already too large to be a
+/// cache-resident size.
+const COLD_FROM_BYTES: usize = 16 << 20;
+
+/// Bytes read between cold repetitions: three times a 32 MiB last-level cache, so that neither
+/// the source nor the destination of the previous copy is left in any cache.
+const EVICT_BYTES: usize = 96 << 20;
+
+/// Read + write bandwidth of `v` copying `len` floats: the median over `reps` timings. In-cache
+/// sizes repeat the copy back to back (each timing is enough copies for about a millisecond, so
+/// that it is not timer noise); sizes from [`COLD_FROM_BYTES`] on are timed cold, after reading
+/// `evict` through, as the rules' passes find their arena-sized buffers: a copy that finds part of
+/// its source still in the L3 (back to back, a 44.7 MB copy here measured 87 GB/s against 47 GB/s
+/// cold) would be a floor of a workload no rule has.
+fn copy_gbs(v: CopyVariant, src: &[f32], dst: &mut [f32], reps: usize, evict: &[f32]) -> f64 {
     let len = src.len();
-    let inner = ((1usize << 21) / len).max(1);
+    let cold = 4 * len >= COLD_FROM_BYTES;
+    let inner = if cold {
+        1
+    } else {
+        ((1usize << 21) / len).max(1)
+    };
     v.run(dst, src);
     let t = median(
         (0..reps)
             .map(|_| {
+                if cold {
+                    black_box(evict.iter().fold(0f32, |a, &x| a + x));
+                }
                 let t = Instant::now();
                 for _ in 0..inner {
                     v.run(dst, black_box(src));
@@ -212,8 +233,14 @@ fn copy_table(n: usize, reps: usize) -> (CopyVariant, f64) {
     // 256 KiB (L2), 8 MiB (last-level cache), the arena, 4× the arena (far beyond the cache).
     let sizes = [1usize << 16, 1 << 21, n, 4 * n];
     let variants = CopyVariant::all();
+    let evict = fill(EVICT_BYTES / 4, 2);
     let mut best = (variants[0], 0.0);
-    println!("\ncopy bandwidth, GB/s (read + write, median of {reps}):");
+    println!(
+        "\ncopy bandwidth, GB/s (read + write, median of {reps}; buffers of {} MiB and more \
+         timed cold, after reading {} MiB through):",
+        COLD_FROM_BYTES >> 20,
+        EVICT_BYTES >> 20
+    );
     print!("{:<42}", "variant \\ bytes per buffer");
     for s in sizes {
         print!(" {:>12}", 4 * s);
@@ -225,7 +252,7 @@ fn copy_table(n: usize, reps: usize) -> (CopyVariant, f64) {
         for (i, &s) in sizes.iter().enumerate() {
             let src = fill(s, 1);
             let mut dst = vec![0f32; s];
-            let gbs = copy_gbs(*v, &src, &mut dst, reps);
+            let gbs = copy_gbs(*v, &src, &mut dst, reps, &evict);
             print!(" {gbs:>12.1}");
             if gbs > per_size[i].1 {
                 per_size[i] = (*v, gbs);

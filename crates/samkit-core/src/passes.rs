@@ -540,10 +540,11 @@ pub fn dot_pass(chunks: &Chunks, x: Option<&[&[f32]]>, y: &[&[f32]]) -> DotOut {
                 #[inline(always)]
                 || {
                     let mut yy = Lanes::default();
-                    yy.add_squares(y);
                     let mut xy = Lanes::default();
-                    if !x.is_empty() {
-                        xy.add_products(x, y);
+                    if x.is_empty() {
+                        yy.add_squares(y);
+                    } else {
+                        Lanes::add_squares_and_products(&mut yy, &mut xy, x, y);
                     }
                     // Σ y² in f64 is finite iff y is (f32 squares cannot overflow it).
                     let yy = yy.total();

@@ -5,11 +5,13 @@
 //! 1. the copy floor: every [`CopyVariant`] (plain `copy_from_slice` or AVX2 streaming stores +
 //!    `sfence`; on one thread, one part per thread, or rayon parts of 64 KiB as the passes split
 //!    the layout) at several sizes, from in-cache to well beyond the last-level cache, the rule's
-//!    arena included. The floor is the best variant at the arena's size.
+//!    arena included (arena-sized buffers copied cold), the fastest of the repetitions. The
+//!    floor is the fastest copy at the arena's size, in that table or re-timed in the rounds.
 //! 2. every rule + SGD-momentum: the bytes its passes must move per parameter (reads and writes
 //!    of 4-byte values, listed per pass below), the median time of its first and second step,
-//!    GB/s, and the ratio to the floor (`time / (bytes / floor GB/s)`). Rules and the floor are
-//!    measured in alternating rounds, so that other load on the machine hits both alike.
+//!    GB/s, and the ratio to the floor (`time / (bytes / floor GB/s)`; also to the median copy).
+//!    Rules and the floor's copy run in alternating rounds, so that other load on the machine
+//!    hits both alike.
 //! 3. SAM's optimizer side next to `pytorch_optimizer.SAM` (`tools/anchors/torch_cpu_sam_opt.py`),
 //!    the two alternated, when `SAMKIT_TORCH_PYTHON` names an interpreter with torch and
 //!    pytorch_optimizer (default `/work/.venv-torch/bin/python` when it exists; `none` skips).

@@ -6,7 +6,7 @@
 //! layout's units in parallel and materialises derived vectors tile by tile in L1.
 //!
 //! Two things keep the passes at the copy bandwidth of the machine without changing a bit of
-//! their results: each unit's loop is compiled for AVX2 where the CPU has it ([`simd`]: the
+//! their results: each unit's loop is compiled for AVX2 where the CPU has it (`simd`: the
 //! same operations in the same order, half the instructions of the SSE2 baseline), and on
 //! arenas beyond the last-level cache the buffers a pass writes without reading (`w_old`, the
 //! kept gradient, FriendlySAM's next `m`, the restored-and-updated `w`) are written with

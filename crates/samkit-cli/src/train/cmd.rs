@@ -668,6 +668,12 @@ struct SeedResult {
     seed: u64,
     test_accuracy: f64,
     test_loss: f64,
+    /// Final test accuracy over the head and the tail classes (ImbSAM runs and long-tailed
+    /// training sets; `null` otherwise).
+    head_accuracy: Option<f64>,
+    tail_accuracy: Option<f64>,
+    /// Final test accuracy of each class (`null` for a class without test samples).
+    class_accuracy: Vec<Option<f64>>,
     /// With `--save-checkpoints`: the folder of this run's final checkpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     checkpoint: Option<PathBuf>,
@@ -678,12 +684,6 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;
     let mean = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {
-    /// Final test accuracy over the head and the tail classes (ImbSAM runs and long-tailed
-    /// training sets; `null` otherwise).
-    head_accuracy: Option<f64>,
-    tail_accuracy: Option<f64>,
-    /// Final test accuracy of each class (`null` for a class without test samples).
-    class_accuracy: Vec<Option<f64>>,
         v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
     } else {
         0.0
@@ -716,6 +716,13 @@ struct CompareRow {
     test_accuracy_std: f64,
     test_loss_mean: f64,
     test_loss_std: f64,
+    /// Final test accuracy over the head classes (`n_c ≥ τ`) and over the tail classes
+    /// (`n_c < τ`), mean over seeds, for ImbSAM runs and every run on a long-tailed training
+    /// set; `null` otherwise.
+    head_accuracy_mean: Option<f64>,
+    tail_accuracy_mean: Option<f64>,
+    /// How many classes are counted as the tail (`null` when no head/tail is reported).
+    tail_classes: Option<usize>,
     seeds: Vec<SeedResult>,
 }
 
@@ -726,13 +733,6 @@ pub fn compare(cmd: &CompareCmd, out: &mut Output) -> Result<()> {
     }
 }
 
-    /// Final test accuracy over the head classes (`n_c ≥ τ`) and over the tail classes
-    /// (`n_c < τ`), mean over seeds, for ImbSAM runs and every run on a long-tailed training
-    /// set; `null` otherwise.
-    head_accuracy_mean: Option<f64>,
-    tail_accuracy_mean: Option<f64>,
-    /// How many classes are counted as the tail (`null` when no head/tail is reported).
-    tail_classes: Option<usize>,
 fn compare_on<E: Engine>(
     cmd: &CompareCmd,
     out: &mut Output,
@@ -768,6 +768,9 @@ fn compare_on<E: Engine>(
     for seed in first_seed..=last_seed {
         let (split, norm) = load_data(&data, seed)?;
         out.say(format!("data (seed {seed}): {}", split.description));
+        if let Some(cfg) = configs.first() {
+            say_long_tail(cfg, &split.train, out);
+        }
         let (train, test) = (Arc::new(split.train), Arc::new(split.test));
         for (i, cfg) in configs.iter().enumerate() {
             if seed == first_seed && i == 0 && cmd.run.train.preset_survey {
@@ -778,9 +781,6 @@ fn compare_on<E: Engine>(
                         let mut c = c.clone();
                         c.seed = seed;
                         super::preset::time_config(&c, &train, &test, norm, &make, cmd.seeds)
-        if let Some(cfg) = configs.first() {
-            say_long_tail(cfg, &split.train, out);
-        }
                     })
                     .collect::<Result<Vec<_>>>()?;
                 super::preset::report(&estimates, &format!("{:?}", cmd.run.device), out);
@@ -800,6 +800,7 @@ fn compare_on<E: Engine>(
                 out,
                 rows.is_empty(),
                 save.as_deref(),
+                cmd.run.rule.tau,
             )?;
             if seed == first_seed {
                 rows.push(last);
@@ -810,10 +811,13 @@ fn compare_on<E: Engine>(
     }
     for r in &mut rows {
         let acc: Vec<f64> = r.seeds.iter().map(|s| s.test_accuracy).collect();
-                cmd.run.rule.tau,
         let loss: Vec<f64> = r.seeds.iter().map(|s| s.test_loss).collect();
         (r.test_accuracy_mean, r.test_accuracy_std) = mean_std(&acc);
         (r.test_loss_mean, r.test_loss_std) = mean_std(&loss);
+        let head: Option<Vec<f64>> = r.seeds.iter().map(|s| s.head_accuracy).collect();
+        let tail: Option<Vec<f64>> = r.seeds.iter().map(|s| s.tail_accuracy).collect();
+        r.head_accuracy_mean = head.map(|v| mean_std(&v).0);
+        r.tail_accuracy_mean = tail.map(|v| mean_std(&v).0);
         r.final_test_accuracy = r.test_accuracy_mean;
         r.final_test_loss = r.test_loss_mean;
     }
@@ -824,10 +828,6 @@ fn compare_on<E: Engine>(
     };
     if let (Some(sgd), Some(sam)) = (step_of("sgd"), step_of("sam")) {
         for r in &mut rows {
-        let head: Option<Vec<f64>> = r.seeds.iter().map(|s| s.head_accuracy).collect();
-        let tail: Option<Vec<f64>> = r.seeds.iter().map(|s| s.tail_accuracy).collect();
-        r.head_accuracy_mean = head.map(|v| mean_std(&v).0);
-        r.tail_accuracy_mean = tail.map(|v| mean_std(&v).0);
             r.saving_vs_sam = saving_vs_sam(r.step_seconds.total(), sgd, sam);
         }
     }
@@ -852,25 +852,25 @@ fn train_one<E: Engine>(
     out: &mut Output,
     describe: bool,
     save: Option<&Path>,
+    report_tau: usize,
 ) -> Result<CompareRow> {
     let mut cfg = cfg.clone();
     cfg.seed = seed;
     let epochs = cfg.epochs;
     let mut t = make(cfg, train.clone(), test.clone(), norm)?;
+    // Every row of a comparison splits head and tail at the same τ as its ImbSAM row.
+    t.set_report_tau(report_tau);
+    say_tail(&t, out);
     if describe {
         out.say(format!("device: {}", t.engine.describe()));
         out.say(format!(
             "model: ResNet-18 width {} ({} parameters), batch {}, {} steps/epoch, {} epochs, seed {}",
             t.cfg.width,
-    report_tau: usize,
             t.engine.param_count(),
             t.cfg.batch,
             t.steps_per_epoch(),
             epochs,
             t.cfg.seed
-    // Every row of a comparison splits head and tail at the same τ as its ImbSAM row.
-    t.set_report_tau(report_tau);
-    say_tail(&t, out);
         ));
     }
     let mut losses = Vec::new();
@@ -914,26 +914,26 @@ fn train_one<E: Engine>(
         test_accuracy_std: 0.0,
         test_loss_mean: last.test_loss,
         test_loss_std: 0.0,
+        head_accuracy_mean: last.head_accuracy,
+        tail_accuracy_mean: last.tail_accuracy,
+        tail_classes: t.tail_mask().map(|m| m.iter().filter(|&&x| x).count()),
         seeds: vec![SeedResult {
             seed,
             test_accuracy: last.test_accuracy,
             test_loss: last.test_loss,
+            head_accuracy: last.head_accuracy,
+            tail_accuracy: last.tail_accuracy,
+            class_accuracy: last.class_accuracy.clone(),
             checkpoint: save.map(Path::to_path_buf),
         }],
     })
 }
 
 /// "Saving vs SAM": `1 − (step − sgd)/(sam − sgd)`; `None` when SAM costs no more than SGD
-        head_accuracy_mean: last.head_accuracy,
-        tail_accuracy_mean: last.tail_accuracy,
-        tail_classes: t.tail_mask().map(|m| m.iter().filter(|&&x| x).count()),
 /// (the ratio means nothing) or a time is not finite.
 fn saving_vs_sam(step: f64, sgd: f64, sam: f64) -> Option<f64> {
     let span = sam - sgd;
     (span > 0.0 && step.is_finite()).then(|| 1.0 - (step - sgd) / span)
-            head_accuracy: last.head_accuracy,
-            tail_accuracy: last.tail_accuracy,
-            class_accuracy: last.class_accuracy.clone(),
 }
 
 fn report(rows: &[CompareRow], out: &mut Output) {
@@ -1007,16 +1007,6 @@ fn report(rows: &[CompareRow], out: &mut Output) {
     }
     out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps)");
     out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");
-    if let Some(r) = rows.first().filter(|r| r.seeds.len() > 1) {
-        let seeds: Vec<String> = r.seeds.iter().map(|s| s.seed.to_string()).collect();
-        out.say(format!(
-            "(test acc, test loss: mean ± sample std over seeds {}; curves, plots and step costs are the first seed's)",
-            seeds.join(", ")
-        ));
-    }
-}
-
-fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {
     // ImbSAM and long-tailed runs: head and tail test accuracy (per-class in compare.json).
     if rows.iter().any(|r| r.tail_classes.is_some()) {
         out.say("");
@@ -1036,6 +1026,16 @@ fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {
         }
         out.say("(head/tail acc: final test accuracy over the test samples of the classes with n_c ≥ τ / n_c < τ training samples; per-class accuracy in compare.json)");
     }
+    if let Some(r) = rows.first().filter(|r| r.seeds.len() > 1) {
+        let seeds: Vec<String> = r.seeds.iter().map(|s| s.seed.to_string()).collect();
+        out.say(format!(
+            "(test acc, test loss: mean ± sample std over seeds {}; curves, plots and step costs are the first seed's)",
+            seeds.join(", ")
+        ));
+    }
+}
+
+fn smooth(v: &[f64], k: usize) -> Vec<(f64, f64)> {
     let mut out = Vec::with_capacity(v.len());
     let mut acc = 0.0;
     for i in 0..v.len() {

@@ -483,6 +483,15 @@ pub fn run(a: &HessianArgs, out: &mut Output) -> Result<()> {
     // The output folder before the products, after the checkpoint (a bad --checkpoint leaves
     // no folder behind).
     crate::landscape::ensure_writable_dir(&a.out)?;
+    samkit_train::files::check_output_names(
+        &a.out,
+        &[
+            "hessian.json",
+            "hessian.png",
+            "power_iteration.png",
+            "spectral_density.png",
+        ],
+    )?;
     let optimizer = t.cfg.optimizer.clone();
     out.say(format!(
         "checkpoint {} ({optimizer}); data: {data}",

@@ -108,24 +108,12 @@ pub fn filter_normalised_direction(layout: &Layout, w: &[f32], seed: u64, stream
 /// Creates `dir` and checks that a file can be written in it, so that a bad `--out` fails
 /// before minutes of work rather than after.
 pub fn ensure_writable_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))?;
-    let probe = dir.join(format!(".samkit-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| CliError::io(&probe, e))?;
-    std::fs::remove_file(&probe).map_err(|e| CliError::io(&probe, e))
+    Ok(samkit_train::files::check_writable_dir(dir)?)
 }
 
 /// The folder's files must not be folders themselves (a write would fail at the end).
 fn ensure_files_writable(dir: &Path, names: &[&str]) -> Result<()> {
-    for n in names {
-        let p = dir.join(n);
-        if p.is_dir() {
-            return Err(CliError::io(
-                &p,
-                std::io::Error::other("a folder is in the way of this output file"),
-            ));
-        }
-    }
-    Ok(())
+    Ok(samkit_train::files::check_output_names(dir, names)?)
 }
 
 /// One checkpoint's surface.
@@ -436,10 +424,10 @@ pub fn run(a: &LandscapeArgs, out: &mut Output) -> Result<()> {
             }
         }
     }
-    std::fs::write(&csv, s).map_err(|e| CliError::io(&csv, e))?;
+    samkit_train::files::write_atomic(&csv, s.as_bytes())?;
     out.wrote(csv);
     let sc = a.out.join("sharpness.csv");
-    std::fs::write(&sc, crate::sharpness::csv(&sharp)).map_err(|e| CliError::io(&sc, e))?;
+    samkit_train::files::write_atomic(&sc, crate::sharpness::csv(&sharp).as_bytes())?;
     out.wrote(sc);
 
     plot::init_fonts();

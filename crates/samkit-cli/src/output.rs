@@ -23,8 +23,9 @@ impl Output {
         self.files.push(path);
     }
 
+    /// Creates the output folder and checks that files can be written in it, before the work.
     pub fn ensure_dir(&mut self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| CliError::io(dir, e))
+        Ok(samkit_train::files::check_writable_dir(dir)?)
     }
 }
 

@@ -161,14 +161,18 @@ pub fn palette(i: usize) -> RGBColor {
     P[i % P.len()]
 }
 
-/// Draws one PNG file.
+/// Draws one PNG file, atomically: plotters encodes it into a temporary file beside `path`
+/// (its name ends in `.png`, which picks the encoder), renamed over `path` by
+/// [`samkit_train::files::write_atomic_with`]; a failed drawing or write leaves no file.
 pub fn png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> DrawResult) -> Result<()> {
     init_fonts();
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| CliError::plot(path, e))?;
-    draw(&root).map_err(|e| CliError::plot(path, e))?;
-    root.present().map_err(|e| CliError::plot(path, e))?;
-    Ok(())
+    samkit_train::files::write_atomic_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| CliError::plot(path, e))?;
+        draw(&root).map_err(|e| CliError::plot(path, e))?;
+        root.present().map_err(|e| CliError::plot(path, e))?;
+        Ok(())
+    })
 }
 
 /// Draws an animated GIF, one call of `draw` per frame: plotters renders each frame into an
@@ -181,23 +185,27 @@ pub fn gif(
     mut draw: impl FnMut(usize, &Area) -> DrawResult,
 ) -> Result<()> {
     init_fonts();
-    let io = |e| CliError::io(path, e);
-    let file = std::fs::File::create(path).map_err(io)?;
-    let delay_cs = (frame_delay_ms.div_ceil(10)).min(u16::MAX as u32) as u16;
-    let mut writer =
-        GifWriter::new(std::io::BufWriter::new(file), w as u16, h as u16, delay_cs).map_err(io)?;
-    let mut buf = vec![0u8; 3 * w as usize * h as usize];
-    for k in 0..frames {
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-            root.fill(&WHITE).map_err(|e| CliError::plot(path, e))?;
-            draw(k, &root).map_err(|e| CliError::plot(path, e))?;
-            root.present().map_err(|e| CliError::plot(path, e))?;
+    // Atomic as every output: the frames stream into a temporary file beside `path`.
+    samkit_train::files::write_atomic_with(path, |tmp| {
+        let io = |e| CliError::io(path, e);
+        let file = std::fs::File::create(tmp).map_err(io)?;
+        let delay_cs = (frame_delay_ms.div_ceil(10)).min(u16::MAX as u32) as u16;
+        let mut writer =
+            GifWriter::new(std::io::BufWriter::new(file), w as u16, h as u16, delay_cs)
+                .map_err(io)?;
+        let mut buf = vec![0u8; 3 * w as usize * h as usize];
+        for k in 0..frames {
+            {
+                let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+                root.fill(&WHITE).map_err(|e| CliError::plot(path, e))?;
+                draw(k, &root).map_err(|e| CliError::plot(path, e))?;
+                root.present().map_err(|e| CliError::plot(path, e))?;
+            }
+            writer.add_frame(&buf).map_err(io)?;
         }
-        writer.add_frame(&buf).map_err(io)?;
-    }
-    writer.finish().map_err(io)?;
-    Ok(())
+        writer.finish().map_err(io)?;
+        Ok(())
+    })
 }
 
 /// A title strip on top of `area`; returns the rest.

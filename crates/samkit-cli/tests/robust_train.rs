@@ -74,59 +74,139 @@ fn assert_same_run(a: &Path, b: &Path, what: &str) {
     assert_eq!(epochs(a), epochs(b), "{what}: epochs.csv");
 }
 
-/// Whether a save left anything to resume from (the folder, or one a crash left aside).
+/// Whether a save left anything to resume from: the folder, the previous one a crash left
+/// aside (`.checkpoint.old-*`), or a staging folder a crash left complete (its manifest,
+/// written last, is there). A staging folder without a manifest is a save killed half-way,
+/// from which a resume is refused (exit 2: no checkpoint), so the run starts over.
 fn has_checkpoint(out: &Path) -> bool {
     out.join("checkpoint").exists()
         || std::fs::read_dir(out).is_ok_and(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name().to_string_lossy().starts_with(".checkpoint."))
+            rd.filter_map(|e| e.ok()).any(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(".checkpoint.old-")
+                    || (n.starts_with(".checkpoint.new-")
+                        && e.path().join(samkit_train::checkpoint::MANIFEST).exists())
+            })
         })
 }
 
-/// Kill points, in milliseconds after the start: spread over a run (about 3 s in a debug
-/// build, most of it after the first checkpoint) by a fixed linear congruential sequence, so
-/// that a failure reproduces.
-fn kill_points(n: usize) -> Vec<u64> {
+/// A fixed linear congruential sequence of kill delays in `lo..hi` milliseconds, so that a
+/// failure reproduces.
+fn kill_points(n: usize, lo: u64, hi: u64) -> Vec<u64> {
     let mut x: u64 = 0x5eed_1234;
     (0..n)
         .map(|_| {
             x = x
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
-            300 + (x >> 33) % 2_700
+            lo + (x >> 33) % (hi - lo)
         })
         .collect()
+}
+
+/// The crash test's run: 8 epochs of one step on a width-2 network, a checkpoint after each,
+/// so that kills land before, during and after saves (about a second in a debug build).
+const CRASH_RUN: [&str; 14] = [
+    "train",
+    "--epochs",
+    "8",
+    "--width",
+    "2",
+    "--train-size",
+    "32",
+    "--test-size",
+    "16",
+    "--batch",
+    "16",
+    "--steps-per-epoch",
+    "1",
+    "--no-augment",
+];
+
+/// Kills of the crash test: each lands in a running process (a run that has finished before
+/// its kill ends the chain, and the chain is then started over on a fresh folder).
+const KILLS: usize = 16;
+
+/// Starts the crash run in `out`, from scratch or (`resume`) from its checkpoint.
+fn spawn_crash_run(out: &Path, resume: bool) -> std::process::Child {
+    let o = out.to_str().expect("a UTF-8 path");
+    let ck = out.join("checkpoint");
+    let a: Vec<&str> = if resume {
+        vec!["train", "--resume", ck.to_str().expect("UTF-8"), "--out", o]
+    } else {
+        let mut a = CRASH_RUN.to_vec();
+        a.extend(["--out", o]);
+        a
+    };
+    Command::new(env!("CARGO_BIN_EXE_samkit"))
+        .args(&a)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the samkit binary starts")
 }
 
 #[test]
 fn runs_killed_at_random_points_resume_to_the_uninterrupted_run() {
     let full = fresh_dir("crash-full");
-    ok(&run(&full, &[]));
-    for (i, ms) in kill_points(3).into_iter().enumerate() {
-        let out = fresh_dir(&format!("crash-{i}"));
-        let mut a: Vec<&str> = RUN.to_vec();
-        a.extend(["--out", out.to_str().expect("a UTF-8 path")]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_samkit"))
-            .args(&a)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the samkit binary starts");
-        std::thread::sleep(Duration::from_millis(ms));
-        // SIGKILL on Unix; a run that already finished is fine too.
-        let _ = child.kill();
-        child.wait().expect("the killed run is reaped");
+    let mut a: Vec<&str> = CRASH_RUN.to_vec();
+    a.extend(["--out", full.to_str().expect("a UTF-8 path")]);
+    let t0 = std::time::Instant::now();
+    ok(&samkit(&a));
+    // Kill delays spread over one whole run's time (a resumed process starts over with less
+    // to do, so later kills land in ever later parts of the run).
+    let span = (t0.elapsed().as_millis() as u64).max(200);
+    let mut kills = 0;
+    let mut chain = 0;
+    let delays = kill_points(4 * KILLS, 5, span);
+    let mut delays = delays.into_iter();
+    while kills < KILLS {
+        let out = fresh_dir(&format!("crash-{chain}"));
+        chain += 1;
+        loop {
+            let Some(ms) = delays.next() else { break };
+            let mut child = spawn_crash_run(&out, has_checkpoint(&out));
+            std::thread::sleep(Duration::from_millis(ms));
+            if child.try_wait().expect("a status").is_some() {
+                // Finished before its kill: this chain is complete.
+                break;
+            }
+            // SIGKILL on Unix.
+            let _ = child.kill();
+            child.wait().expect("the killed run is reaped");
+            kills += 1;
+            if kills == KILLS {
+                break;
+            }
+        }
         // Resume until the run completes; a kill before the first checkpoint starts over.
         let o = if has_checkpoint(&out) {
             resume(&out)
         } else {
-            run(&out, &[])
+            let mut a: Vec<&str> = CRASH_RUN.to_vec();
+            a.extend(["--out", out.to_str().expect("a UTF-8 path")]);
+            samkit(&a)
         };
         ok(&o);
-        assert_same_run(&full, &out, &format!("killed after {ms} ms"));
+        assert_same_run(&full, &out, &format!("chain {chain}, after {kills} kills"));
         let lock = out.join(samkit_train::files::LOCK_FILE);
         assert!(!lock.exists(), "the lock stays after the run");
+        let left: Vec<String> = std::fs::read_dir(&out)
+            .expect("the output folder")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp-") || n.starts_with(".checkpoint."))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "left behind after the resumed run: {left:?}"
+        );
+        assert!(
+            chain <= 4 * KILLS,
+            "the kills never land in a running process"
+        );
     }
+    eprintln!("{kills} kills over {chain} runs, delays up to {span} ms");
 }
 
 #[test]

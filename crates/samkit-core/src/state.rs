@@ -618,16 +618,41 @@ pub mod checksum {
     }
 }
 
-/// Writes state bytes atomically: a temporary file beside `path` (its extension replaced by
-/// `tmp`), then a rename.
+/// Writes state bytes atomically: a temporary file beside `path` under a name no other write
+/// uses (`.{name}.tmp-{pid}-{n}`: two runs or two saves never share it), synced, then renamed
+/// over `path`; on failure the temporary file is removed and `path` is unchanged.
 pub fn write_state_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    use std::io::Write as _;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// Tells apart one process's concurrent state writes.
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let io = |e| Error::Io {
         path: path.display().to_string(),
         source: e,
     };
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    let name = path.file_name().ok_or_else(|| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a file path",
+        ))
+    })?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
 }
 
 /// Reads a state file's bytes.

@@ -485,6 +485,8 @@ impl CudaEngine {
                 ""
             }
         );
+        // Refuse what cannot fit before the first allocation of the run (issue 12, item 6).
+        crate::limits::check_cuda_memory(gpu.context(), cfg, classes)?;
         let stream = cuda.stream().clone();
         let mut model = resnet(cuda, cfg, classes)?;
         let host = model.init_params(cfg.seed);

@@ -121,6 +121,137 @@ pub fn check_run(cfg: &RunConfig, train: &Dataset, on_host: bool) -> Result<()> 
     Ok(())
 }
 
+/// Optimizer buffers of each base optimizer on the device, at most: SGD's momentum; Adam's two
+/// moments and AMSGrad's maximum; RMSprop's square average, momentum and centred average.
+fn base_buffers(base: &samkit_core::BaseOptimizer) -> u128 {
+    match base {
+        samkit_core::BaseOptimizer::Sgd(_) => 1,
+        _ => 3,
+    }
+}
+/// Parameter-sized buffers of the SAM rule on the device, at most: the perturbation (or the
+/// saved weights it restores) and one rule buffer (FriendlySAM's average, SSAM's mask,
+/// LookSAM's direction).
+const RULE_BUFFERS: u128 = 2;
+/// What the device needs beyond the estimate's parts: cuBLAS's workspace, the allocator's
+/// rounding, kernels' scratch (reductions, top-k keys), the batch's input and labels.
+const DEVICE_SLACK: u128 = 256 << 20;
+/// The bound a device estimate is held to where the device's free memory cannot be asked:
+/// above the memory of any single GPU sold today (the H200 has 141 GB), so a run refused by it
+/// could not run anywhere.
+pub const DEVICE_MEMORY_BOUND: u128 = 192 << 30;
+
+/// The parts of the device memory a `--device cuda` run of ResNet-18 needs, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceEstimate {
+    pub parameters: u128,
+    /// The two gradient arenas (pass 1 and pass 2).
+    pub gradients: u128,
+    pub optimizer: u128,
+    /// What the forward keeps for the backward at the run's batch size.
+    pub activations: u128,
+    /// cuDNN's workspace limit (`--cudnn-workspace-mb`) and a fixed slack.
+    pub workspace: u128,
+}
+
+impl DeviceEstimate {
+    pub fn total(&self) -> u128 {
+        self.parameters + self.gradients + self.optimizer + self.activations + self.workspace
+    }
+
+    /// The flag behind the larger part: the parameter-sized buffers grow with the width's
+    /// square, the activations with batch × width, the workspace with its own flag.
+    pub fn blame(&self) -> &'static str {
+        let params = self.parameters + self.gradients + self.optimizer;
+        if params >= self.activations && params >= self.workspace {
+            "width"
+        } else if self.activations >= self.workspace {
+            "batch"
+        } else {
+            "cudnn-workspace-mb"
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "about {:.2} GiB (parameters {:.2}, gradients {:.2}, optimizer state {:.2}, \
+             activations {:.2}, workspace {:.2})",
+            gib(self.total()),
+            gib(self.parameters),
+            gib(self.gradients),
+            gib(self.optimizer),
+            gib(self.activations),
+            gib(self.workspace)
+        )
+    }
+}
+
+/// The device memory a `--device cuda` run of `cfg` needs, part by part.
+pub fn device_estimate(cfg: &RunConfig, classes: usize) -> DeviceEstimate {
+    let w = cfg.width as u128;
+    let p = 4 * (PARAMS_PER_WIDTH_SQ as u128 * w * w + 8 * w * classes as u128);
+    DeviceEstimate {
+        parameters: p,
+        gradients: 2 * p,
+        optimizer: (base_buffers(&cfg.base) + RULE_BUFFERS) * p,
+        activations: 4 * cfg.batch as u128 * ACTIVATIONS_PER_WIDTH as u128 * w,
+        workspace: ((cfg.cuda.cudnn_workspace_mb as u128) << 20) + DEVICE_SLACK,
+    }
+}
+
+/// Checks a device run's estimate against the device's free memory (`free`, from the
+/// driver), or, where that cannot be asked (`None`), against [`DEVICE_MEMORY_BOUND`].
+/// Returns a note to print when the free memory was unknown.
+pub fn check_device_memory(
+    cfg: &RunConfig,
+    classes: usize,
+    free: Option<u128>,
+) -> Result<Option<String>> {
+    let est = device_estimate(cfg, classes);
+    let (limit, what, note) = match free {
+        Some(f) => (f, format!("the device has {:.2} GiB free", gib(f)), None),
+        None => (
+            DEVICE_MEMORY_BOUND,
+            format!(
+                "more than any GPU holds ({:.0} GiB); the device's free memory could not be \
+                 asked",
+                gib(DEVICE_MEMORY_BOUND)
+            ),
+            Some(format!(
+                "note: the device's free memory could not be asked; the run needs {}",
+                est.describe()
+            )),
+        ),
+    };
+    if est.total() > limit {
+        return Err(TrainError::invalid(
+            est.blame(),
+            format!(
+                "width {} and batch {} on the device need {}, {what}",
+                cfg.width,
+                cfg.batch,
+                est.describe()
+            ),
+        ));
+    }
+    Ok(note)
+}
+
+/// [`check_device_memory`] on an opened device: its free memory from the driver
+/// (`cuMemGetInfo`), before anything of the run is allocated there. Where the driver cannot
+/// answer, the bound is checked and a note printed on stderr.
+pub fn check_cuda_memory(
+    ctx: &cudarc::driver::CudaContext,
+    cfg: &RunConfig,
+    classes: usize,
+) -> Result<()> {
+    let free = ctx.mem_get_info().ok().map(|(free, _)| free as u128);
+    if let Some(note) = check_device_memory(cfg, classes, free)? {
+        eprintln!("{note}");
+    }
+    Ok(())
+}
+
 /// Bytes of one 32×32 RGB image as the data pipeline holds it (`f32`).
 const IMAGE_BYTES: u128 = 3 * 32 * 32 * 4;
 
@@ -211,4 +342,104 @@ pub fn check_state(st: &TrainerState) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use samkit_core::{BaseOptimizer, LrSchedule, Rule, Sam, Sgd};
+
+    use super::*;
+    use crate::config::{DataConfig, Pass2Mode};
+
+    fn config(width: usize, batch: usize) -> RunConfig {
+        RunConfig {
+            optimizer: "sam".into(),
+            rule: Rule::Sam(Sam::default()),
+            base: BaseOptimizer::Sgd(Sgd::default()),
+            schedule: LrSchedule::constant(0.1),
+            epochs: 1,
+            batch,
+            steps_per_epoch: None,
+            width,
+            label_smoothing: 0.0,
+            augment: false,
+            seed: 0,
+            data: DataConfig::synthetic(batch, batch),
+            cuda: Default::default(),
+            pass2: Pass2Mode::Exact,
+            distill: None,
+        }
+    }
+
+    const GIB: u128 = 1 << 30;
+
+    #[test]
+    fn the_device_estimate_adds_up_its_parts_and_grows_as_the_model() {
+        let c = config(64, 128);
+        let e = device_estimate(&c, 10);
+        // ResNet-18 at width 64 holds 11.17M parameters: 44.7 MB of f32.
+        let p = e.parameters;
+        assert!((44_000_000..46_000_000).contains(&p), "{p}");
+        assert_eq!(e.gradients, 2 * p);
+        // SGD's momentum and the rule's two buffers.
+        assert_eq!(e.optimizer, 3 * p);
+        assert_eq!(
+            e.total(),
+            e.parameters + e.gradients + e.optimizer + e.activations + e.workspace
+        );
+        assert!(e.workspace > (c.cuda.cudnn_workspace_mb as u128) << 20);
+        // Adam keeps more state than SGD.
+        let mut adam = c.clone();
+        adam.base = BaseOptimizer::Adam(samkit_core::Adam::default());
+        assert!(device_estimate(&adam, 10).optimizer > e.optimizer);
+        // Twice the width: four times the parameters; twice the batch: twice the activations.
+        let p2 = device_estimate(&config(128, 128), 10).parameters;
+        assert!(p2 > 3 * p && p2 < 5 * p, "{p2} against {p}");
+        assert_eq!(
+            device_estimate(&config(64, 256), 10).activations,
+            2 * e.activations
+        );
+        // The standard run fits in a small GPU's 16 GiB.
+        assert!(e.total() < 16 * GIB, "{}", e.describe());
+    }
+
+    #[test]
+    fn a_run_larger_than_the_free_memory_is_refused_naming_the_flag_and_estimate() {
+        // Width 1024: 2.9 billion parameters, tens of GiB before any activation.
+        let wide = config(MAX_WIDTH, 64);
+        let e = check_device_memory(&wide, 10, Some(16 * GIB)).expect_err("too wide");
+        let msg = e.to_string();
+        assert!(e.is_bad_input(), "{msg}");
+        assert!(
+            msg.contains("--width") && msg.contains("GiB") && msg.contains("16.00 GiB free"),
+            "{msg}"
+        );
+        // A batch whose activations dominate is blamed on --batch.
+        let big_batch = config(64, MAX_BATCH);
+        let e = check_device_memory(&big_batch, 10, Some(GIB)).expect_err("too many images");
+        assert!(e.to_string().contains("--batch"), "{e}");
+        // What fits passes, with no note.
+        let small = config(8, 32);
+        assert_eq!(
+            check_device_memory(&small, 10, Some(16 * GIB)).expect("fits"),
+            None
+        );
+    }
+
+    #[test]
+    fn without_the_free_memory_the_bound_is_checked_and_a_note_given() {
+        let small = config(8, 32);
+        let note = check_device_memory(&small, 10, None)
+            .expect("fits under the bound")
+            .expect("a note");
+        assert!(
+            note.contains("could not be asked") && note.contains("GiB"),
+            "{note}"
+        );
+        // 2.9 billion parameters and a batch of 65536 at width 1024: beyond any GPU.
+        let huge = config(MAX_WIDTH, MAX_BATCH);
+        assert!(device_estimate(&huge, 10).total() > DEVICE_MEMORY_BOUND);
+        let e = check_device_memory(&huge, 10, None).expect_err("beyond any GPU");
+        assert!(e.to_string().contains("more than any GPU"), "{e}");
+    }
 }

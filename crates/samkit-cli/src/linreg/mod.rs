@@ -152,6 +152,15 @@ struct LinregSummary {
 pub fn run(args: &LinregArgs, out: &mut Output) -> Result<()> {
     args.validate()?;
     out.ensure_dir(&args.out)?;
+    // A folder in the way of an output file fails the run before the work, not at its end.
+    let mut names = vec!["linreg.json"];
+    if args.parts.contains(&LinregPart::Train) {
+        names.extend(["linreg_curves.png", "linreg_final.png"]);
+    }
+    if args.parts.contains(&LinregPart::Theorem1) {
+        names.push("theorem1_excess_risk.png");
+    }
+    samkit_train::files::check_output_names(&args.out, &names)?;
     let dir: &Path = &args.out;
     let mut summary = LinregSummary {
         seed: args.seed,

@@ -267,10 +267,27 @@ struct ToySummary {
     escape: Option<serde_json::Value>,
 }
 
+/// The files the selected parts write, checked before any work: a folder in the way of one
+/// would fail the run only at its end.
+fn output_names(parts: &[ToyPart]) -> Vec<&'static str> {
+    let mut names = vec!["toy.json"];
+    for p in parts {
+        names.extend_from_slice(match p {
+            ToyPart::Gif => &["sgd_1d.gif", "sam_1d.gif"][..],
+            ToyPart::Sweep => &["oned_rho_sweep.png", "oned_sweep.json"],
+            ToyPart::Beale => &["beale_trajectories.png"],
+            ToyPart::Saddle => &["saddle_escape_heatmap.png", "saddle_escape_vs_batch.png"],
+            ToyPart::Escape => &["escape.png", "escape.json"],
+        });
+    }
+    names
+}
+
 pub fn run(args: &ToyArgs, out: &mut Output) -> Result<()> {
     args.validate()?;
     out.ensure_dir(&args.out)?;
     let dir: &Path = &args.out;
+    samkit_train::files::check_output_names(dir, &output_names(&args.parts))?;
     let mut summary = ToySummary {
         seed: args.seed,
         ..ToySummary::default()

@@ -163,8 +163,7 @@ fn runs_killed_at_random_points_resume_to_the_uninterrupted_run() {
     while kills < KILLS {
         let out = fresh_dir(&format!("crash-{chain}"));
         chain += 1;
-        loop {
-            let Some(ms) = delays.next() else { break };
+        for ms in delays.by_ref() {
             let mut child = spawn_crash_run(&out, has_checkpoint(&out));
             std::thread::sleep(Duration::from_millis(ms));
             if child.try_wait().expect("a status").is_some() {

@@ -418,6 +418,7 @@ fn unit(flag: &'static str, v: f32) -> Result<f32> {
 /// optimizer's name.
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
+    /// The device to train on (cuda: one NVIDIA GPU through cudarc).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
     #[command(flatten)]
@@ -434,7 +435,6 @@ pub struct RunArgs {
 
 /// How cuDNN picks convolution algorithms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-    /// The device to train on (cuda: one NVIDIA GPU through cudarc).
 pub enum CudnnAlgoArg {
     /// Time every algorithm once per shape and keep the fastest.
     Benchmark,

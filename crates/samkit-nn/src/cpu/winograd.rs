@@ -225,10 +225,11 @@ unsafe fn output_transform(
                     let e = |xi: usize| mc[xi * tiles + t_idx];
                     // Aᵀ M: rows m0 + m1 + m2 and m1 − m2 − m3; then the same on columns.
                     let mut s = [[0.0f32; 4]; 2];
-                    for c4 in 0..4 {
+                    let [s0, s1] = &mut s;
+                    for (c4, (a0, a1)) in s0.iter_mut().zip(s1.iter_mut()).enumerate() {
                         let (m0, m1, m2, m3) = (e(c4), e(4 + c4), e(8 + c4), e(12 + c4));
-                        s[0][c4] = m0 + m1 + m2;
-                        s[1][c4] = m1 - m2 - m3;
+                        *a0 = m0 + m1 + m2;
+                        *a1 = m1 - m2 - m3;
                     }
                     let out = [
                         [s[0][0] + s[0][1] + s[0][2], s[0][1] - s[0][2] - s[0][3]],
@@ -486,6 +487,7 @@ mod tests {
             .collect()
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn scratch_run(
         threads: usize,
         budget: usize,

@@ -254,6 +254,29 @@ unsafe fn output_transform(
     }
 }
 
+/// Images `n0..n0 + nb` of chunk `c` (of `per_chunk` images out of `n`) and their tile count,
+/// with the thread's workspaces grown for `k` transformed input and `m` product channels.
+fn tile_chunk(
+    tb: &mut ThreadBufs,
+    c: usize,
+    per_chunk: usize,
+    n: usize,
+    tiles_per_image: usize,
+    k: usize,
+    m: usize,
+) -> (usize, usize, usize) {
+    let n0 = c * per_chunk;
+    let nb = per_chunk.min(n - n0);
+    let tiles = nb * tiles_per_image;
+    if tb.col.len() < XI * k * tiles {
+        tb.col.resize(XI * k * tiles, 0.0);
+    }
+    if tb.tmp.len() < XI * m * tiles {
+        tb.tmp.resize(XI * m * tiles, 0.0);
+    }
+    (n0, nb, tiles)
+}
+
 /// Runs the convolution of `dir` with the weights `w[cout, cin, 3, 3]` of `conv`: from `src`
 /// (`k` channels of `d`'s size) into `dst` (`m` channels), overwriting or adding to it.
 /// `src` and `dst` have been length-checked by the caller, and `applies(conv, d)` holds.
@@ -288,15 +311,7 @@ pub(super) fn run(
         .enumerate()
         .try_for_each(|(t, tb)| -> Result<()> {
             for c in (t..pl.chunks).step_by(pl.groups) {
-                let n0 = c * pl.nb;
-                let nb = pl.nb.min(d.n - n0);
-                let tiles = nb * tiles_per_image;
-                if tb.col.len() < XI * k * tiles {
-                    tb.col.resize(XI * k * tiles, 0.0);
-                }
-                if tb.tmp.len() < XI * m * tiles {
-                    tb.tmp.resize(XI * m * tiles, 0.0);
-                }
+                let (n0, nb, tiles) = tile_chunk(tb, c, pl.nb, d.n, tiles_per_image, k, m);
                 input_transform(src, d, k, n0, nb, &mut tb.col, &mut tb.pad);
                 for xi in 0..XI {
                     g.run(
@@ -400,15 +415,7 @@ pub(super) fn weight_grad(
             }
             tb.acc[..acc_len].fill(0.0);
             for c in (t..pl.chunks).step_by(pl.groups) {
-                let n0 = c * pl.nb;
-                let nb = pl.nb.min(d.n - n0);
-                let tiles = nb * tiles_per_image;
-                if tb.col.len() < XI * k * tiles {
-                    tb.col.resize(XI * k * tiles, 0.0);
-                }
-                if tb.tmp.len() < XI * m * tiles {
-                    tb.tmp.resize(XI * m * tiles, 0.0);
-                }
+                let (n0, nb, tiles) = tile_chunk(tb, c, pl.nb, d.n, tiles_per_image, k, m);
                 input_transform(x, d, k, n0, nb, &mut tb.col, &mut tb.pad);
                 output_grad_transform(dy, d, m, n0, nb, &mut tb.tmp);
                 for xi in 0..XI {

@@ -11,22 +11,6 @@ fn fresh_dir(name: &str) -> PathBuf {
     common::fresh_dir("compare-runs", name)
 }
 
-/// A comparison that takes well under a second per run.
-const TINY: [&str; 12] = [
-    "--width",
-    "2",
-    "--train-size",
-    "64",
-    "--test-size",
-    "16",
-    "--batch",
-    "16",
-    "--steps-per-epoch",
-    "2",
-    "--epochs",
-    "1",
-];
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 path")
 }
@@ -72,7 +56,7 @@ fn a_runs_file_mixes_rules_bases_and_rho_and_checkpoints_load_in_landscape() {
     let file = runs_file("fig9e-file", "fig9e.toml", FIG9E);
     let dir = fresh_dir("fig9e");
     let mut args = vec!["compare", "--runs", path(&file), "--save-checkpoints"];
-    args.extend(TINY);
+    args.extend(common::TINY_RUN);
     args.extend(["--out", path(&dir)]);
     ok(&samkit(&args));
     let rows = json(&dir.join("compare.json"));
@@ -148,7 +132,7 @@ fn refused_file(case: &str, text: &str, table: &str, says: &[&str]) {
     let file = runs_file(&format!("bad-{case}"), &name, text);
     let out = fresh_dir(&format!("bad-{case}-out"));
     let mut args = vec!["compare", "--runs", path(&file)];
-    args.extend(TINY);
+    args.extend(common::TINY_RUN);
     args.extend(["--out", path(&out)]);
     let mut all = vec![name.as_str(), table];
     all.extend(says);

@@ -12,23 +12,10 @@ fn fresh_dir(name: &str) -> PathBuf {
     common::fresh_dir("table1", name)
 }
 
-/// Synthetic data and a width-2 network: each run takes a fraction of a second.
-const TINY: [&str; 14] = [
-    "--width",
-    "2",
-    "--train-size",
-    "64",
-    "--test-size",
-    "16",
-    "--batch",
-    "16",
-    "--steps-per-epoch",
-    "2",
-    "--epochs",
-    "1",
-    "--fisher-samples",
-    "8",
-];
+/// [`common::TINY_RUN`] with a small Fisher: each run takes a fraction of a second.
+fn tiny() -> Vec<&'static str> {
+    [&common::TINY_RUN[..], &["--fisher-samples", "8"]].concat()
+}
 
 /// Mean and std recomputed in f64 from the per-seed values the JSON holds.
 const STAT_TOLERANCE: f64 = 1e-9;
@@ -41,7 +28,7 @@ fn path(p: &Path) -> &str {
 fn train_with_the_preset_prints_its_departures_and_a_time_estimate_first() {
     let dir = fresh_dir("train-preset");
     let mut args = vec!["train", "--optimizer", "ssam-f", "--preset-survey"];
-    args.extend(TINY);
+    args.extend(tiny());
     args.extend(["--out", path(&dir)]);
     let out = ok(&samkit(&args));
     assert!(
@@ -82,7 +69,7 @@ fn compare_with_the_preset_estimates_every_optimizer_before_training() {
         "2",
         "--preset-survey",
     ];
-    args.extend(&TINY[..12]);
+    args.extend(common::TINY_RUN);
     args.extend(["--out", path(&dir)]);
     let out = ok(&samkit(&args));
     let est = out.find("time ESTIMATE").expect("an estimate");
@@ -97,7 +84,7 @@ fn compare_with_the_preset_estimates_every_optimizer_before_training() {
 fn table1_on_synthetic_data_writes_mean_and_std_beside_the_survey() {
     let dir = fresh_dir("synthetic");
     let mut args = vec!["table1", "--data", "synthetic", "--seeds", "2"];
-    args.extend(TINY);
+    args.extend(tiny());
     args.extend(["--out", path(&dir)]);
     let out = ok(&samkit(&args));
     assert!(out.contains("= 8 runs"), "{out}");
@@ -169,7 +156,7 @@ fn table1_dry_run_prints_the_runs_and_the_estimate_and_trains_nothing() {
         "sam,ssam-d",
         "--dry-run",
     ];
-    args.extend(TINY);
+    args.extend(tiny());
     args.extend(["--out", path(&dir)]);
     let out = ok(&samkit(&args));
     assert!(

@@ -7,6 +7,22 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Synthetic data and a width-2 network on two steps: a run that takes well under a second.
+pub const TINY_RUN: [&str; 12] = [
+    "--width",
+    "2",
+    "--train-size",
+    "64",
+    "--test-size",
+    "16",
+    "--batch",
+    "16",
+    "--steps-per-epoch",
+    "2",
+    "--epochs",
+    "1",
+];
+
 /// Runs the `samkit` binary built for these tests with `args`.
 pub fn samkit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_samkit"))

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU checks of samkit-cuda, samkit-nn's CUDA backend and `samkit --device cuda`, sized for
-# the lent GPU machine: a bundle of at most 40 MiB travels (with the working tree, 64 MiB in
+# the lent GPU machine: a bundle of at most 56 MiB travels (with the working tree, 64 MiB in
 # all), the run fits in 420 s, and at most 5 files come back (8 may).
 #
 #   scripts/gpu-check.sh build [--profile release|test] [DIR]
 #       here, no GPU needed: the x86-64 binaries parity, compile, cuda_kernels (criterion bench),
 #       cuda_parity, cuda_step, samkit, cuda_training, stripped (--strip-all), the cubins of the
 #       kernels for sm_80/sm_90 (the GPU machine needs no NVRTC), the PyTorch anchor; prints the
-#       bundle's size and fails above 40 MiB. DIR: target/gpu-check (release, the default) or
+#       bundle's size and fails above 56 MiB (or above 64 MiB with the working tree). DIR:
+#       target/gpu-check (release, the default) or
 #       target/gpu-check-test (test: the profile `cargo test` builds in, which reuses what
 #       `cargo test --workspace` compiled; the rehearsal uses it). Carry DIR to the GPU machine.
 #   scripts/gpu-check.sh run [--only STAGE[,STAGE]] DIR OUT
@@ -51,8 +52,10 @@ shift || true
 
 die() { echo "gpu-check: $*" >&2; exit 2; }
 
-# The bundle's limit (the working tree and the carried paths travel together, 64 MiB at most).
-MAX_BUNDLE_BYTES=$((40 << 20))
+# The bundle's limit (the working tree and the carried paths travel together, 64 MiB at most;
+# 8 MiB are kept for the tree, 5.7 MiB on 2026-12-01). The release bundle was 32 MiB and the
+# test-profile bundle of the rehearsal 40.0 MiB on 2026-12-01.
+MAX_BUNDLE_BYTES=$((56 << 20))
 MAX_TRAVEL_BYTES=$((64 << 20))
 # The bundle's binaries (cargo target names; each unique in the workspace).
 BINARIES="parity compile cuda_kernels cuda_parity cuda_step samkit cuda_training"

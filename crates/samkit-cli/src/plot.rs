@@ -640,7 +640,7 @@ pub struct StepCost {
 }
 
 /// The phases of a training step as `compare` times them, in stacking order (bottom first).
-pub const STEP_PHASES: [&str; 5] = ["pass 1", "perturb", "pass 2", "update", "mask"];
+pub const STEP_PHASES: [&str; 6] = ["pass 1", "perturb", "pass 2", "update", "mask", "distill"];
 
 /// The stacked bars of [`step_cost_chart`]: per optimizer, per phase, `(bottom, top)` in
 /// milliseconds. A negative or non-finite time (a clock that went backwards, a skipped step's
@@ -1616,11 +1616,11 @@ mod tests {
         let rows = vec![
             StepCost {
                 optimizer: "sgd".into(),
-                seconds: vec![0.1, 0.0, 0.0, 0.001, 0.0],
+                seconds: vec![0.1, 0.0, 0.0, 0.001, 0.0, 0.0],
             },
             StepCost {
                 optimizer: "sam".into(),
-                seconds: vec![0.1, 0.002, 0.1, 0.001, f64::NAN],
+                seconds: vec![0.1, 0.002, 0.1, 0.001, f64::NAN, 0.003],
             },
         ];
         let bars = stacked_ms(&rows);
@@ -1632,7 +1632,7 @@ mod tests {
                 assert_eq!(w[0].1, w[1].0, "bars touch");
             }
             let total: f64 = r.seconds.iter().filter(|s| s.is_finite()).sum::<f64>() * 1e3;
-            assert!((b[4].1 - total).abs() < 1e-9, "{} vs {total}", b[4].1);
+            assert!((b[5].1 - total).abs() < 1e-9, "{} vs {total}", b[5].1);
         }
         assert!((bars[1][2].1 - bars[1][2].0 - 100.0).abs() < 1e-9);
         draws(|a| step_cost_chart(a, "cost", &STEP_PHASES, &rows));

@@ -195,7 +195,7 @@ fn emulated_cuda_compare_suite_cost_reports_every_optimizer() {
             );
         }
         let s = &r["step_seconds"];
-        let step: f64 = ["pass1", "perturb", "pass2", "update", "mask"]
+        let step: f64 = ["pass1", "perturb", "pass2", "update", "mask", "distill"]
             .iter()
             .map(|k| s[k].as_f64().unwrap_or(f64::NAN))
             .sum();

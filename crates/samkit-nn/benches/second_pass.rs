@@ -11,7 +11,9 @@
 //!   backward through the whole network (`exact`) or stopping at `u` (`truncated`);
 //! - `esam_pass2`: ESAM's pass 2 (`γ = 0.5`): a forward without gradient on the whole batch
 //!   (SDS's per-sample losses), the choice of the `⌈γ·B⌉` samples of largest `ℓ'ᵢ − ℓᵢ`, and a
-//!   forward + backward on those samples;
+//!   forward + backward on those samples; in the summary also its two parts apart,
+//!   `esam_sds_forward` (the forward without gradient and the choice) and `esam_subset_pass`
+//!   (the forward + backward on `⌈γ·B⌉` samples), to show where its time goes;
 //! - `ssam_f_fisher_128`: SSAM-F's Fisher `Σᵢ (∇ℓᵢ)²` over 128 samples (4 sub-batches of 32, BN
 //!   in eval mode), as the trainer computes it every `K` steps.
 //!
@@ -163,21 +165,32 @@ impl Setup {
     /// ESAM's pass 2: SDS's no-gradient losses, the `⌈γ·B⌉` samples of largest `ℓ'ᵢ − ℓᵢ`
     /// (ties to the lower index), a forward + backward on them.
     fn esam_pass2(&mut self) {
+        let chosen = self.esam_sds();
+        self.esam_subset(&chosen);
+    }
+
+    /// SDS: the forward without gradient on the whole batch and the choice of `B⁺`.
+    fn esam_sds(&mut self) -> Vec<usize> {
         let l2 = self
             .model
             .forward_losses(&self.w2, &self.x, (&self.y).into(), BnMode::TrainNoUpdate)
             .expect("SDS's forward");
-        let keep = esam_keep(BATCH);
         let mut order: Vec<usize> = (0..BATCH).collect();
         let gain = |i: usize| l2.per_sample[i] - self.l1[i];
         order.sort_by(|&a, &b| gain(b).total_cmp(&gain(a)).then(a.cmp(&b)));
+        order.truncate(esam_keep(BATCH));
+        order
+    }
+
+    /// The forward + backward on `B⁺` (its cost does not depend on which samples).
+    fn esam_subset(&mut self, chosen: &[usize]) {
         black_box(
             self.model
                 .forward_backward_subset(
                     &self.w2,
                     &self.x,
                     (&self.y).into(),
-                    &order[..keep],
+                    chosen,
                     BnMode::TrainNoUpdate,
                     &mut self.g,
                 )
@@ -392,8 +405,9 @@ fn variants(model: &ResNet18, start: usize) -> Vec<(&'static str, Vec<(Gemm, usi
         v
     };
     let nograd: Vec<(Gemm, usize)> = full.iter().map(|l| l.fwd).collect();
-    let mut esam = nograd;
-    esam.extend(pass(&sub, 0, 0));
+    let subset = pass(&sub, 0, 0);
+    let mut esam = nograd.clone();
+    esam.extend(subset.iter().copied());
     let reps = FISHER_SAMPLES / BATCH;
     let mut fisher = Vec::new();
     for l in &full {
@@ -409,6 +423,8 @@ fn variants(model: &ResNet18, start: usize) -> Vec<(&'static str, Vec<(Gemm, usi
         ("ssam_l_exact", pass(&full, start, 0)),
         ("ssam_l_truncated", pass(&full, start, start)),
         ("esam_pass2", esam),
+        ("esam_sds_forward", nograd),
+        ("esam_subset_pass", subset),
         ("ssam_f_fisher_128", fisher),
     ]
 }
@@ -479,6 +495,8 @@ fn summary(s: &mut Setup, threads: usize) {
         "ssam_l_truncated",
         "sam_pass2",
         "esam_pass2",
+        "esam_sds_forward",
+        "esam_subset_pass",
         "ssam_f_fisher_128",
     ];
     let mut times: HashMap<&str, Vec<f64>> = HashMap::new();
@@ -489,6 +507,7 @@ fn summary(s: &mut Setup, threads: usize) {
             shapes.insert(*g, f64::INFINITY);
         }
     }
+    let first_samples: Vec<usize> = (0..esam_keep(BATCH)).collect();
     // Warm-up: every workspace allocated once.
     s.pass1();
     s.esam_pass2();
@@ -502,6 +521,10 @@ fn summary(s: &mut Setup, threads: usize) {
                 "ssam_l_truncated" => s.ssam_l(BackwardExtent::StopAtStart),
                 "sam_pass2" => s.sam_pass2(),
                 "esam_pass2" => s.esam_pass2(),
+                "esam_sds_forward" => {
+                    black_box(s.esam_sds());
+                }
+                "esam_subset_pass" => s.esam_subset(&first_samples),
                 _ => s.fisher(),
             }
             times

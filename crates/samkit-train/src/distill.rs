@@ -142,6 +142,9 @@ pub trait TeacherBackend: Backend {
     fn to_host(&mut self, a: &Self::Arena) -> Result<Vec<f32>>;
     /// `ema ← d·ema + (1 − d)·w`.
     fn ema(&mut self, ema: &mut Self::Owned, w: &Self::Arena, d: f32) -> Result<()>;
+    /// Waits for the work enqueued so far (a no-op on the host), so that the wall clock
+    /// around the teacher's work times that work alone.
+    fn synchronize(&mut self) -> Result<()>;
 }
 
 impl TeacherBackend for Cpu {
@@ -174,6 +177,10 @@ impl TeacherBackend for Cpu {
         ema_update_host(ema, w, d);
         Ok(())
     }
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl TeacherBackend for Cuda {
@@ -198,6 +205,10 @@ impl TeacherBackend for Cuda {
 
     fn ema(&mut self, ema: &mut Self::Owned, w: &Self::Arena, d: f32) -> Result<()> {
         Ok(self.ema_update(ema, w, d)?)
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(Cuda::synchronize(self)?)
     }
 }
 

@@ -14,7 +14,7 @@ use samkit_nn::{mean_weights, BnMode, Model, ResNet18, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::distill::Distiller;
+use crate::distill::{Distiller, TeacherBackend};
 use crate::engine::{CpuEngine, CudaEngine, Engine};
 use crate::error::{Result, TrainError};
 use crate::passes::{Passes, SecondPass};
@@ -32,11 +32,16 @@ pub struct Phases {
     pub update: f64,
     /// Mask update: SSAM-F's Fisher gradients and top-k, SSAM-D's drop/grow.
     pub mask: f64,
+    /// MESA's and SAF's work around the optimizer step: MESA's teacher forward (without
+    /// gradient, at the EMA weights) and its EMA update, SAF's reads and writes of its ring
+    /// of logits. 0 for every other rule (and in logs written before it was timed).
+    #[serde(default)]
+    pub distill: f64,
 }
 
 impl Phases {
     pub fn total(&self) -> f64 {
-        self.pass1 + self.perturb + self.pass2 + self.update + self.mask
+        self.pass1 + self.perturb + self.pass2 + self.update + self.mask + self.distill
     }
 
     pub fn add(&mut self, o: &Phases) {
@@ -45,6 +50,7 @@ impl Phases {
         self.pass2 += o.pass2;
         self.update += o.update;
         self.mask += o.mask;
+        self.distill += o.distill;
     }
 
     pub fn scaled(&self, f: f64) -> Phases {
@@ -54,6 +60,7 @@ impl Phases {
             pass2: self.pass2 * f,
             update: self.update * f,
             mask: self.mask * f,
+            distill: self.distill * f,
         }
     }
 }
@@ -287,6 +294,19 @@ fn fit_epoch_length(mut cfg: RunConfig, train_len: usize) -> Result<RunConfig> {
     Ok(cfg)
 }
 
+/// The wall clock once the device has finished what was enqueued before (the start of a span
+/// that [`since_settled`] ends).
+fn settled<B: TeacherBackend>(model: &mut ResNet18<B>) -> Result<Instant> {
+    model.backend_mut().synchronize()?;
+    Ok(Instant::now())
+}
+
+/// Seconds since `t0` ([`settled`]) once the device has finished the span's work.
+fn since_settled<B: TeacherBackend>(model: &mut ResNet18<B>, t0: Instant) -> Result<f64> {
+    model.backend_mut().synchronize()?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
 fn tensor(b: &Batch) -> Result<Tensor> {
     Tensor::from_vec(b.x.clone(), &[b.labels.len(), 3, 32, 32]).map_err(TrainError::from)
 }
@@ -476,11 +496,15 @@ impl<E: Engine> Trainer<E> {
         // MESA/SAF: this step's teacher (MESA: a forward without gradient at the EMA weights,
         // from E_start on) and SAF's copy of the step's logits, taken before the loss.
         let epoch = self.epoch;
+        let mut distill_seconds = 0.0;
         let teacher = match self.distill.as_mut() {
             Some(d) => {
                 passes.nograd_pass(d.nograd_forwards(epoch) as usize * bsz, bsz);
-                let net = self.engine.net();
-                d.teacher(&mut net.model, &x, &b.indices, epoch)?
+                let model = &mut self.engine.net().model;
+                let t0 = settled(model)?;
+                let t = d.teacher(model, &x, &b.indices, epoch)?;
+                distill_seconds += since_settled(model, t0)?;
+                t
             }
             None => None,
         };
@@ -546,6 +570,7 @@ impl<E: Engine> Trainer<E> {
         if let (false, Some(d)) = (skipped, self.distill.as_mut()) {
             let net = self.engine.net();
             let logits = record.borrow();
+            let t0 = settled(&mut net.model)?;
             d.after_step(
                 &mut net.model,
                 net.params.borrow(),
@@ -553,7 +578,10 @@ impl<E: Engine> Trainer<E> {
                 epoch,
                 &logits,
             )?;
+            distill_seconds += since_settled(&mut net.model, t0)?;
         }
+        let mut seconds = seconds;
+        seconds.distill = distill_seconds;
         let log = StepLog {
             epoch: self.epoch,
             step: self.step,

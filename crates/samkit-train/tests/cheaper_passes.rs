@@ -260,3 +260,38 @@ fn a_config_without_pass2_reads_as_exact() {
     let old: RunConfig = serde_json::from_value(v).expect("an old config reads");
     assert_eq!(old.pass2, Pass2Mode::Exact);
 }
+
+/// SSAM-L with a Fisher-chosen mask: on a step whose Fisher ran (steps 0 and 2 at interval 2)
+/// the mask may have moved, so pass 1's kept prefix is not known to be unperturbed and pass 2
+/// runs in full; on the step between, it starts at the committed mask's first perturbed unit.
+/// (Sparsity 0.99 here: at width 2 a mask of half the segments starts at the stem.)
+#[test]
+fn ssam_l_runs_pass_2_in_full_on_a_step_whose_fisher_may_have_moved_the_mask() {
+    let data = setup();
+    let samples = 8;
+    let rule = Rule::Ssam(Ssam {
+        interval: 2,
+        sparsity: 0.99,
+        mask: MaskKind::Segments {
+            select: SegmentSelect::Fisher { samples },
+        },
+        ..Ssam::structured()
+    });
+    let (_, passes, _) = train(
+        config("ssam-l", rule, Pass2Mode::Exact, WIDTH, &data),
+        &data,
+    );
+    let fisher = samples as f64 / BATCH as f64;
+    for (i, p) in passes.iter().enumerate() {
+        if i % 2 == 0 {
+            // The Fisher, pass 1 and a whole pass 2.
+            let want = fisher + 2.0;
+            assert!((p.forward - want).abs() < COUNT_EPS, "step {i}: {p:?}");
+            assert!((p.backward - want).abs() < COUNT_EPS, "step {i}: {p:?}");
+        } else {
+            // Pass 2 from the committed mask's first perturbed unit, backward in full.
+            assert!(p.forward > 1.0 && p.forward < 2.0, "step {i}: {p:?}");
+            assert!((p.backward - 2.0).abs() < COUNT_EPS, "step {i}: {p:?}");
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! MESA and SAF through the trainer (ALGORITHMS.md "MESA and SAF"): with `λ = 0` the run is the
 //! base optimizer's bit for bit (the teacher's forward and SAF's bookkeeping change nothing);
 //! with `λ > 0` the term moves the weights; MESA's active steps cost one forward without
-//! gradient more; and a run resumed from a checkpoint (MESA's teacher, SAF's buffer) continues
+//! gradient more, and that work (with the EMA update and SAF's ring) is timed into the step;
+//! and a run resumed from a checkpoint (MESA's teacher, SAF's buffer) continues
 //! exactly as the uninterrupted one.
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -159,8 +160,17 @@ fn the_term_moves_the_weights_and_mesa_pays_one_nograd_forward() {
             assert_eq!(l.passes.forward_nograd, nograd, "{} step {i}", dc.name());
             assert_eq!((l.passes.forward, l.passes.backward), (1.0, 1.0));
             assert!(l.loss.is_finite() && l.perturbed_loss.is_none());
+            // The teacher's forward, the EMA update and SAF's ring are timed into the step.
+            let s = &l.seconds;
+            assert!(s.distill > 0.0, "{} step {i}: {s:?}", dc.name());
+            let sum = s.pass1 + s.perturb + s.pass2 + s.update + s.mask + s.distill;
+            assert_eq!(s.total(), sum, "{} step {i}", dc.name());
         }
     }
+    assert!(
+        base_logs.iter().all(|l| l.seconds.distill == 0.0),
+        "a run without MESA/SAF spends nothing on distillation"
+    );
 }
 
 #[test]

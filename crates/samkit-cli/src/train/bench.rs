@@ -184,13 +184,13 @@ fn run_on<E: Engine>(a: &BenchArgs, out: &mut Output, make: impl MakeTrainer<E>)
         .find(|r| r.optimizer == "sgd")
         .map(|r| r.mean.total());
     out.say(format!(
-        "{:<12} {:>9} {:>8} | {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "optimizer", "ms/step", "vs SGD", "pass1", "perturb", "pass2", "update", "mask"
+        "{:<12} {:>9} {:>8} | {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "optimizer", "ms/step", "vs SGD", "pass1", "perturb", "pass2", "update", "mask", "distill"
     ));
     for r in &rows {
         let m = &r.mean;
         out.say(format!(
-            "{:<12} {:>9.1} {:>8} | {:>9.1} {:>9.2} {:>9.1} {:>9.2} {:>9.2}",
+            "{:<12} {:>9.1} {:>8} | {:>9.1} {:>9.2} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
             r.optimizer,
             1e3 * m.total(),
             sgd.map_or("-".into(), |s| format!("{:.2}×", m.total() / s)),
@@ -198,7 +198,8 @@ fn run_on<E: Engine>(a: &BenchArgs, out: &mut Output, make: impl MakeTrainer<E>)
             1e3 * m.perturb,
             1e3 * m.pass2,
             1e3 * m.update,
-            1e3 * m.mask
+            1e3 * m.mask,
+            1e3 * m.distill
         ));
     }
     out.say("(mean ms per step; mask updates amortised over the timed steps)");

@@ -169,13 +169,13 @@ fn steps_before(text: &str, step: u64) -> String {
 /// `summary.json`).
 fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
     let mut s = String::from(
-        "epoch,steps,train_loss,test_loss,test_accuracy,skipped_steps,pass1_s,perturb_s,pass2_s,update_s,mask_s,images_per_s,head_accuracy,tail_accuracy\n",
+        "epoch,steps,train_loss,test_loss,test_accuracy,skipped_steps,pass1_s,perturb_s,pass2_s,update_s,mask_s,distill_s,images_per_s,head_accuracy,tail_accuracy\n",
     );
     let opt = |v: Option<f64>| v.map_or(String::new(), |x| x.to_string());
     for e in history {
         let p = &e.step_seconds;
         s += &format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             e.epoch + 1,
             e.steps,
             e.train_loss,
@@ -187,6 +187,7 @@ fn epochs_csv(path: &Path, history: &[EpochLog]) -> Result<()> {
             p.pass2,
             p.update,
             p.mask,
+            p.distill,
             e.images_per_second,
             opt(e.head_accuracy),
             opt(e.tail_accuracy)
@@ -943,7 +944,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         .map(|r| r.step_seconds.total());
     out.say("");
     out.say(format!(
-        "{:<16} {:>14} {:>15} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} | {:>14} {:>9}",
+        "{:<16} {:>14} {:>15} {:>9} {:>7} | {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>11} | {:>14} {:>9}",
         "optimizer",
         "test acc",
         "test loss",
@@ -954,6 +955,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         "pass2",
         "update",
         "mask",
+        "distill",
         "pass2/pass1",
         "passes F/F0/B",
         "save/SAM"
@@ -989,7 +991,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
             .saving_vs_sam
             .map_or("-".into(), |x| format!("{:.0}%", 100.0 * x));
         out.say(format!(
-            "{:<16} {:>14} {:>15} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>11} | {:>14} {:>9}",
+            "{:<16} {:>14} {:>15} {:>9.1} {:>7} | {:>8.1} {:>8.2} {:>8.1} {:>8.2} {:>8.2} {:>8.2} {:>11} | {:>14} {:>9}",
             r.optimizer,
             acc,
             loss,
@@ -1000,12 +1002,13 @@ fn report(rows: &[CompareRow], out: &mut Output) {
             1e3 * p.pass2,
             1e3 * p.update,
             1e3 * p.mask,
+            1e3 * p.distill,
             ratio,
             passes,
             saving
         ));
     }
-    out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps)");
+    out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps; distill = MESA's teacher forward and EMA update, SAF's logit ring)");
     out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");
     // ImbSAM and long-tailed runs: head and tail test accuracy (per-class in compare.json).
     if rows.iter().any(|r| r.tail_classes.is_some()) {
@@ -1098,7 +1101,7 @@ fn plots(rows: &[CompareRow], dir: &Path, out: &mut Output) -> Result<()> {
             let p = &r.step_seconds;
             plot::StepCost {
                 optimizer: r.optimizer.clone(),
-                seconds: vec![p.pass1, p.perturb, p.pass2, p.update, p.mask],
+                seconds: vec![p.pass1, p.perturb, p.pass2, p.update, p.mask, p.distill],
             }
         })
         .collect();

@@ -58,8 +58,9 @@ pub struct CompareCmd {
     pub optimizers: Vec<String>,
     /// A fixed comparison instead of --optimizers. `cost`: what each way of cutting SAM's
     /// second pass costs: sgd, sam, ssam-f, ssam-d, ssam-l (exact), ssam-l-truncated, esam,
-    /// sam-on, rst, looksam (and mesa, saf where the trainer has them), with ms/step, step
-    /// vs SGD, pass2/pass1, passes per step and the saving vs SAM.
+    /// sam-on, rst, looksam, mesa and saf (their distillation from the first epoch), with
+    /// ms/step, step vs SGD, the time of each phase, pass2/pass1, passes per step and the
+    /// saving vs SAM.
     #[arg(long, value_enum, conflicts_with = "optimizers")]
     pub suite: Option<Suite>,
     #[command(flatten)]
@@ -1009,7 +1010,7 @@ fn report(rows: &[CompareRow], out: &mut Output) {
         ));
     }
     out.say("(phase columns: mean ms per step; mask = Fisher gradients + top-k for SSAM-F, drop/grow for SSAM-D, averaged over all steps; distill = MESA's teacher forward and EMA update, SAF's logit ring)");
-    out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");
+    out.say("(passes: mean per step in whole-batch passes: F forwards with gradient, F0 without (ESAM's SDS, MESA's teacher), B backwards; save/SAM = 1 − (step − SGD step)/(SAM step − SGD step); ssam-l-truncated is an approximation)");
     // ImbSAM and long-tailed runs: head and tail test accuracy (per-class in compare.json).
     if rows.iter().any(|r| r.tail_classes.is_some()) {
         out.say("");

@@ -623,13 +623,29 @@ pub fn bar_chart_colored(
             TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
         chart
             .draw_series(std::iter::once(Text::new(
-                format!("{v:.4}"),
+                significant(v, 4),
                 (x + 0.5, v.max(0.0) + 0.02 * span),
                 style,
             )))
             .s()?;
     }
     Ok(())
+}
+
+/// `v` to `digits` significant digits, without trailing zeros (`437.25` → `437.3`,
+/// `2000.0` → `2000`, `0.0123456` → `0.01235`).
+pub fn significant(v: f64, digits: usize) -> String {
+    if !v.is_finite() || v == 0.0 {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i64;
+    let decimals = (digits as i64 - 1 - magnitude).max(0) as usize;
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// One optimizer's mean seconds per step, one value per phase (in the chart's phase order).
@@ -1640,6 +1656,11 @@ mod tests {
 
     #[test]
     fn ticks_are_short() {
+        assert_eq!(significant(437.25, 4), "437.3");
+        assert_eq!(significant(2000.0, 4), "2000");
+        assert_eq!(significant(0.0123456, 4), "0.01235");
+        assert_eq!(significant(-1.5, 4), "-1.5");
+        assert_eq!(significant(0.0, 4), "0");
         assert_eq!(tick(0.0), "0");
         assert_eq!(tick(0.5), "0.5");
         assert_eq!(tick(250.0), "250");

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    PushKernelArg, SyncOnDrop,
 };
 use samkit_cuda::abi::{
     NnActArgs, NnActBwdArgs, NnAddArgs, NnAvgPoolBwdArgs, NnAvgPoolFwdArgs, NnBiasAddArgs,
@@ -111,6 +111,58 @@ fn act_kind(act: Activation) -> u32 {
     }
 }
 
+/// Refuses fewer than 2 classes for the loss `what` (the kernels' softmax needs two).
+fn need_classes(what: &'static str, k: usize) -> Result<()> {
+    if k < 2 {
+        return Err(crate::error::Error::shape(
+            what,
+            format!("{k} classes, need at least 2"),
+        ));
+    }
+    Ok(())
+}
+
+/// The plane `hw` as the kernels' u32 for `rows` avg-pool rows whose `rows·hw` side (`what`)
+/// has `len` values; `None` when there is nothing to pool.
+fn pool_plane(rows: usize, hw: usize, what: &'static str, len: usize) -> Result<Option<u32>> {
+    let total = rows
+        .checked_mul(hw)
+        .ok_or_else(|| crate::error::Error::shape("avg_pool", "rows·hw overflows"))?;
+    need(what, len, total)?;
+    if total == 0 {
+        return Ok(None);
+    }
+    u32_of(hw, "avg_pool plane").map(Some)
+}
+
+/// The address of an optional buffer, 0 (the kernels' "absent") for none, with its guard.
+fn opt_ptr<'a, T>(
+    p: Option<&'a impl DevicePtr<T>>,
+    stream: &'a CudaStream,
+) -> (u64, Option<SyncOnDrop<'a>>) {
+    match p {
+        Some(p) => {
+            let (p, guard) = p.device_ptr(stream);
+            (p, Some(guard))
+        }
+        None => (0, None),
+    }
+}
+
+/// [`opt_ptr`] for a buffer the kernel writes.
+fn opt_ptr_mut<'a, T>(
+    p: Option<&'a mut impl DevicePtrMut<T>>,
+    stream: &'a CudaStream,
+) -> (u64, Option<SyncOnDrop<'a>>) {
+    match p {
+        Some(p) => {
+            let (p, guard) = p.device_ptr_mut(stream);
+            (p, Some(guard))
+        }
+        None => (0, None),
+    }
+}
+
 impl Kernels {
     pub fn load(dev: &Device, stream: &Arc<CudaStream>) -> Result<Self> {
         // samkit-cuda's loader: the same prebuilt cubins, disk cache, per-device module cache
@@ -146,42 +198,94 @@ impl Kernels {
             .clamp(1, self.max_blocks as u64) as u32
     }
 
+    /// Enqueues `kernel` with the blocks of `items` work items; nothing when there are none.
+    ///
+    /// # Safety
+    /// As [`NnKernel::launch`]: the addresses in `a` hold what the kernel reads and writes.
+    unsafe fn launch_items<A: DeviceRepr>(
+        &self,
+        kernel: &NnKernel<A>,
+        items: u64,
+        a: &A,
+    ) -> Result<()> {
+        if items == 0 {
+            return Ok(());
+        }
+        // SAFETY: the caller's contract above is `launch`'s.
+        unsafe { kernel.launch(&self.stream, self.blocks(items), a) }
+    }
+
+    /// Enqueues `kernel` over the `n = dst.len()` values of `dst`, reading `src` (`what`,
+    /// refused when shorter than `n`), with the struct `args` makes of `(src, dst, n)`.
+    ///
+    /// # Safety
+    /// The struct `args` makes has the kernel read at most `n` values at `src` and write at
+    /// most `n` at `dst`.
+    unsafe fn launch_src_dst<A: DeviceRepr>(
+        &self,
+        kernel: &NnKernel<A>,
+        what: &'static str,
+        src: &impl DevicePtr<f32>,
+        dst: &mut impl DevicePtrMut<f32>,
+        args: impl FnOnce(u64, u64, u64) -> A,
+    ) -> Result<()> {
+        let n = dst.len();
+        need(what, src.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n = n as u64;
+        // SAFETY: src and dst hold at least n f32 (checked above); the caller's contract keeps
+        // the kernel within n values of each.
+        unsafe { self.launch_read_write(kernel, n, src, dst, |src, dst| args(src, dst, n)) }
+    }
+
+    /// Enqueues `kernel` for `items` work items with the struct `args` makes of the addresses
+    /// of `src` (read) and `dst` (written), both borrowed until the launch is enqueued.
+    ///
+    /// # Safety
+    /// The struct `args` makes has the kernel read and write within `src` and `dst`.
+    unsafe fn launch_read_write<A: DeviceRepr>(
+        &self,
+        kernel: &NnKernel<A>,
+        items: u64,
+        src: &impl DevicePtr<f32>,
+        dst: &mut impl DevicePtrMut<f32>,
+        args: impl FnOnce(u64, u64) -> A,
+    ) -> Result<()> {
+        let (src, _gs) = src.device_ptr(&self.stream);
+        let (dst, _gd) = dst.device_ptr_mut(&self.stream);
+        let a = args(src, dst);
+        // SAFETY: src and dst are device buffers of this stream (distinct, as a `&` and a
+        // `&mut` borrow), borrowed (guards alive) across the launch; the caller's contract
+        // keeps the kernel within them.
+        unsafe { kernel.launch(&self.stream, self.blocks(items), &a) }
+    }
+
     /// `dy[i] ← 0` where `y[i] ≤ 0` (ReLU backward from its output), over `dy.len()` values.
     pub fn relu_mask(
         &self,
         y: &impl DevicePtr<f32>,
         dy: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        let n = dy.len();
-        need("relu output", y.len(), n)?;
-        if n == 0 {
-            return Ok(());
+        // SAFETY: the kernel reads y and writes dy for the n values it is given.
+        unsafe {
+            self.launch_src_dst(&self.relu_mask, "relu output", y, dy, |y, dy, n| {
+                NnReluMaskArgs { y, dy, n }
+            })
         }
-        let (y, _gy) = y.device_ptr(&self.stream);
-        let (dy, _gd) = dy.device_ptr_mut(&self.stream);
-        let a = NnReluMaskArgs { y, dy, n: n as u64 };
-        // SAFETY: y and dy are device buffers of this stream holding at least n f32 (checked
-        // above), borrowed (guards alive) across the launch.
-        unsafe { self.relu_mask.launch(&self.stream, self.blocks(a.n), &a) }
     }
 
     /// `dst ← dst + src` over `dst.len()` values.
     pub fn add(&self, dst: &mut impl DevicePtrMut<f32>, src: &impl DevicePtr<f32>) -> Result<()> {
-        let n = dst.len();
-        need("add source", src.len(), n)?;
-        if n == 0 {
-            return Ok(());
+        // SAFETY: the kernel reads src and updates dst for the n values it is given.
+        unsafe {
+            self.launch_src_dst(&self.add, "add source", src, dst, |src, dst, n| NnAddArgs {
+                dst,
+                src,
+                n,
+            })
         }
-        let (src, _gs) = src.device_ptr(&self.stream);
-        let (dst, _gd) = dst.device_ptr_mut(&self.stream);
-        let a = NnAddArgs {
-            dst,
-            src,
-            n: n as u64,
-        };
-        // SAFETY: dst and src are device buffers of this stream holding at least n f32 (checked
-        // above; distinct, as a `&mut` and a `&` borrow), borrowed across the launch.
-        unsafe { self.add.launch(&self.stream, self.blocks(a.n), &a) }
     }
 
     /// `x ← act(x)` in place.
@@ -208,23 +312,18 @@ impl Kernels {
         y: &impl DevicePtr<f32>,
         dy: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
-        let n = dy.len();
-        need("activation output", y.len(), n)?;
-        if n == 0 {
-            return Ok(());
+        // SAFETY: the kernel reads y and updates dy for the n values it is given.
+        unsafe {
+            self.launch_src_dst(&self.act_bwd, "activation output", y, dy, |y, dy, n| {
+                NnActBwdArgs {
+                    y,
+                    dy,
+                    n,
+                    kind: act_kind(act),
+                    pad: 0,
+                }
+            })
         }
-        let (y, _gy) = y.device_ptr(&self.stream);
-        let (dy, _gd) = dy.device_ptr_mut(&self.stream);
-        let a = NnActBwdArgs {
-            y,
-            dy,
-            n: n as u64,
-            kind: act_kind(act),
-            pad: 0,
-        };
-        // SAFETY: y and dy are device buffers of this stream holding at least n f32 (checked
-        // above), borrowed across the launch.
-        unsafe { self.act_bwd.launch(&self.stream, self.blocks(a.n), &a) }
     }
 
     /// `y[r] = mean(x[r·hw..(r + 1)·hw])` for the `y.len()` rows.
@@ -235,29 +334,23 @@ impl Kernels {
         hw: usize,
     ) -> Result<()> {
         let rows = y.len();
-        let total = rows
-            .checked_mul(hw)
-            .ok_or_else(|| crate::error::Error::shape("avg_pool", "rows·hw overflows"))?;
-        need("avg_pool input", x.len(), total)?;
-        if total == 0 {
+        let Some(hw32) = pool_plane(rows, hw, "avg_pool input", x.len())? else {
             return Ok(());
-        }
-        let hw32 = u32_of(hw, "avg_pool plane")?;
-        let (x, _gx) = x.device_ptr(&self.stream);
-        let (y, _gy) = y.device_ptr_mut(&self.stream);
-        let a = NnAvgPoolFwdArgs {
-            x,
-            y,
-            rows: rows as u64,
-            inv: 1.0 / hw as f64,
-            hw: hw32,
-            pad: 0,
         };
-        // SAFETY: x holds rows·hw f32 and y rows (checked above), device buffers of this stream
-        // borrowed across the launch. One warp per row: 32 threads of work each.
+        let rows = rows as u64;
+        // SAFETY: x holds rows·hw f32 and y rows (checked above), what the kernel reads and
+        // writes. One warp per row: 32 threads of work each.
         unsafe {
-            self.avgpool_fwd
-                .launch(&self.stream, self.blocks(a.rows * 32), &a)
+            self.launch_read_write(&self.avgpool_fwd, rows * 32, x, y, |x, y| {
+                NnAvgPoolFwdArgs {
+                    x,
+                    y,
+                    rows,
+                    inv: 1.0 / hw as f64,
+                    hw: hw32,
+                    pad: 0,
+                }
+            })
         }
     }
 
@@ -269,28 +362,22 @@ impl Kernels {
         hw: usize,
     ) -> Result<()> {
         let rows = dy.len();
-        let total = rows
-            .checked_mul(hw)
-            .ok_or_else(|| crate::error::Error::shape("avg_pool", "rows·hw overflows"))?;
-        need("avg_pool input gradient", dx.len(), total)?;
-        if total == 0 {
+        let Some(hw32) = pool_plane(rows, hw, "avg_pool input gradient", dx.len())? else {
             return Ok(());
-        }
-        let hw32 = u32_of(hw, "avg_pool plane")?;
-        let (dy, _gy) = dy.device_ptr(&self.stream);
-        let (dx, _gx) = dx.device_ptr_mut(&self.stream);
-        let a = NnAvgPoolBwdArgs {
-            dy,
-            dx,
-            rows: rows as u64,
-            hw: hw32,
-            inv: 1.0 / hw as f32,
         };
-        // SAFETY: dy holds rows f32 and dx rows·hw (checked above), device buffers of this
-        // stream borrowed across the launch.
+        let rows = rows as u64;
+        // SAFETY: dy holds rows f32 and dx rows·hw (checked above), what the kernel reads and
+        // writes.
         unsafe {
-            self.avgpool_bwd
-                .launch(&self.stream, self.blocks(total as u64), &a)
+            self.launch_read_write(&self.avgpool_bwd, rows * hw as u64, dy, dx, |dy, dx| {
+                NnAvgPoolBwdArgs {
+                    dy,
+                    dx,
+                    rows,
+                    hw: hw32,
+                    inv: 1.0 / hw as f32,
+                }
+            })
         }
     }
 
@@ -308,12 +395,7 @@ impl Kernels {
         smoothing: f32,
     ) -> Result<()> {
         let n = loss.len();
-        if k < 2 {
-            return Err(crate::error::Error::shape(
-                "cross-entropy",
-                format!("{k} classes, need at least 2"),
-            ));
-        }
+        need_classes("cross-entropy", k)?;
         let nk = n
             .checked_mul(k)
             .ok_or_else(|| crate::error::Error::shape("cross-entropy", "n·k overflows"))?;
@@ -331,13 +413,7 @@ impl Kernels {
         let (labels, _gl) = labels.device_ptr(&self.stream);
         let (w, _gw) = w.device_ptr(&self.stream);
         let (loss, _go) = loss.device_ptr_mut(&self.stream);
-        let (dz, _gd) = match dz {
-            Some(g) => {
-                let (p, guard) = g.device_ptr_mut(&self.stream);
-                (p, Some(guard))
-            }
-            None => (0, None),
-        };
+        let (dz, _gd) = opt_ptr_mut(dz, &self.stream);
         let a = NnSmoothCeArgs {
             z,
             labels,
@@ -372,12 +448,7 @@ impl Kernels {
         lambda: f32,
     ) -> Result<()> {
         let n = kd.len();
-        if k < 2 {
-            return Err(crate::error::Error::shape(
-                "distillation",
-                format!("{k} classes, need at least 2"),
-            ));
-        }
+        need_classes("distillation", k)?;
         crate::distill::check_hyper(lambda, tau)?;
         let nk = n
             .checked_mul(k)
@@ -398,21 +469,9 @@ impl Kernels {
         let (z, _gz) = z.device_ptr(&self.stream);
         let (t, _gt) = t.device_ptr(&self.stream);
         let (w, _gw) = w.device_ptr(&self.stream);
-        let (present, _gp) = match present {
-            Some(p) => {
-                let (p, guard) = p.device_ptr(&self.stream);
-                (p, Some(guard))
-            }
-            None => (0, None),
-        };
+        let (present, _gp) = opt_ptr(present, &self.stream);
         let (kd, _go) = kd.device_ptr_mut(&self.stream);
-        let (dz, _gd) = match dz {
-            Some(g) => {
-                let (p, guard) = g.device_ptr_mut(&self.stream);
-                (p, Some(guard))
-            }
-            None => (0, None),
-        };
+        let (dz, _gd) = opt_ptr_mut(dz, &self.stream);
         let a = NnKdArgs {
             z,
             t,
@@ -440,23 +499,16 @@ impl Kernels {
         w: &impl DevicePtr<f32>,
         d: f32,
     ) -> Result<()> {
-        let n = ema.len();
-        need("EMA source", w.len(), n)?;
-        if n == 0 {
-            return Ok(());
+        // SAFETY: the kernel reads w and updates ema for the n values it is given.
+        unsafe {
+            self.launch_src_dst(&self.ema, "EMA source", w, ema, |w, ema, n| NnEmaArgs {
+                ema,
+                w,
+                n,
+                d,
+                one_m_d: 1.0 - d,
+            })
         }
-        let (w, _gw) = w.device_ptr(&self.stream);
-        let (ema, _ge) = ema.device_ptr_mut(&self.stream);
-        let a = NnEmaArgs {
-            ema,
-            w,
-            n: n as u64,
-            d,
-            one_m_d: 1.0 - d,
-        };
-        // SAFETY: ema holds n f32 and w at least n (checked above), device buffers of this
-        // stream borrowed across the launch.
-        unsafe { self.ema.launch(&self.stream, self.blocks(a.n), &a) }
     }
 
     /// `y ← act(y + r)` with `r` = 0 for no residual (`relu` = 0: no activation).
@@ -464,11 +516,8 @@ impl Kernels {
     /// # Safety
     /// `a.y` (and `a.r` unless 0) are device buffers of the backend's stream holding `a.n` f32.
     pub unsafe fn residual_relu(&self, a: &NnResidualReluArgs) -> Result<()> {
-        if a.n == 0 {
-            return Ok(());
-        }
         // SAFETY: the caller's contract above is what the kernel reads and writes.
-        unsafe { self.residual_relu.launch(&self.stream, self.blocks(a.n), a) }
+        unsafe { self.launch_items(&self.residual_relu, a.n, a) }
     }
 
     /// `y ← x²`.
@@ -476,11 +525,8 @@ impl Kernels {
     /// # Safety
     /// `a.x` and `a.y` are device buffers of the backend's stream holding `a.n` f32 each.
     pub unsafe fn square(&self, a: &NnSquareArgs) -> Result<()> {
-        if a.n == 0 {
-            return Ok(());
-        }
         // SAFETY: the caller's contract above is what the kernel reads and writes.
-        unsafe { self.square.launch(&self.stream, self.blocks(a.n), a) }
+        unsafe { self.launch_items(&self.square, a.n, a) }
     }
 
     /// `dst[j] += Σ_{b < count} src[b·stride + j]²`, `j < len`.
@@ -489,14 +535,10 @@ impl Kernels {
     /// `a.src` holds `(count − 1)·stride + len` f32 and `a.dst` holds `len`, device buffers of
     /// the backend's stream.
     pub unsafe fn sq_accumulate(&self, a: &NnSqAccumulateArgs) -> Result<()> {
-        if a.len == 0 || a.count == 0 {
-            return Ok(());
-        }
+        // No rows to add: no work, like no columns.
+        let items = if a.count == 0 { 0 } else { a.len };
         // SAFETY: the caller's contract above is what the kernel reads and writes.
-        unsafe {
-            self.sq_accumulate
-                .launch(&self.stream, self.blocks(a.len), a)
-        }
+        unsafe { self.launch_items(&self.sq_accumulate, items, a) }
     }
 
     /// `y[r, o] += b[o]` over `rows` rows of `out`.
@@ -505,11 +547,8 @@ impl Kernels {
     /// `a.y` holds `rows·out` f32 and `a.b` holds `out`, device buffers of the backend's stream.
     pub unsafe fn bias_add(&self, a: &NnBiasAddArgs) -> Result<()> {
         let total = a.rows.saturating_mul(a.out as u64);
-        if total == 0 {
-            return Ok(());
-        }
         // SAFETY: the caller's contract above is what the kernel reads and writes.
-        unsafe { self.bias_add.launch(&self.stream, self.blocks(total), a) }
+        unsafe { self.launch_items(&self.bias_add, total, a) }
     }
 
     /// `out[c] (+)= Σ_r f(x[r, c])`, `f` = identity or square.
@@ -518,14 +557,8 @@ impl Kernels {
     /// `a.x` holds `rows·cols` f32 and `a.out` holds `cols`, device buffers of the backend's
     /// stream.
     pub unsafe fn col_sum(&self, a: &NnColSumArgs) -> Result<()> {
-        if a.cols == 0 {
-            return Ok(());
-        }
         // SAFETY: the caller's contract above is what the kernel reads and writes.
-        unsafe {
-            self.col_sum
-                .launch(&self.stream, self.blocks(a.cols as u64), a)
-        }
+        unsafe { self.launch_items(&self.col_sum, a.cols as u64, a) }
     }
 
     /// `saved_mean ← running_mean`, `saved_invstd ← 1/√(running_var + eps)`.
@@ -533,14 +566,8 @@ impl Kernels {
     /// # Safety
     /// The four buffers of `a` are device buffers of the backend's stream holding `c` f32 each.
     pub unsafe fn bn_eval_stats(&self, a: &NnBnEvalStatsArgs) -> Result<()> {
-        if a.c == 0 {
-            return Ok(());
-        }
         // SAFETY: the caller's contract above is what the kernel reads and writes.
-        unsafe {
-            self.bn_eval_stats
-                .launch(&self.stream, self.blocks(a.c as u64), a)
-        }
+        unsafe { self.launch_items(&self.bn_eval_stats, a.c as u64, a) }
     }
 
     /// Batch-norm backward with fixed statistics (see `nn.cu`), one block per channel.

@@ -238,3 +238,44 @@ fn bench_help_lists_no_training_only_flag() {
     let o = samkit(&["bench", "--epochs", "3"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::text(&o.stderr));
 }
+
+/// `bench` offers the data set (with `--long-tail`, which ImbSAM needs for tail classes) and
+/// one step's flags, but not what only shapes a training run's data or schedule: label noise
+/// and augmentation do not change what a step costs.
+#[test]
+fn bench_help_lists_the_data_set_and_step_flags_but_not_training_data_flags() {
+    let bench: Vec<String> = flags(&ok(&samkit(&["bench", "--help"])))
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    for f in ["--label-noise", "--no-augment", "--epochs", "--schedule"] {
+        assert!(!bench.iter().any(|n| n == f), "bench --help lists {f}");
+    }
+    for f in [
+        "--data",
+        "--data-dir",
+        "--train-size",
+        "--test-size",
+        "--long-tail",
+        "--batch",
+        "--seed",
+    ] {
+        assert!(bench.iter().any(|n| n == f), "bench --help lacks {f}");
+    }
+    // `train` keeps them all.
+    let train: Vec<String> = flags(&ok(&samkit(&["train", "--help"])))
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    for f in ["--label-noise", "--no-augment", "--long-tail", "--batch"] {
+        assert!(train.iter().any(|n| n == f), "train --help lacks {f}");
+    }
+    // Given to bench, they are refused (exit 2), not silently ignored.
+    for args in [
+        &["bench", "--label-noise", "0.2"][..],
+        &["bench", "--no-augment"][..],
+    ] {
+        let o = samkit(args);
+        assert_eq!(o.status.code(), Some(2), "{}", common::text(&o.stderr));
+    }
+}

@@ -30,8 +30,10 @@ pub enum Device {
     Cuda,
 }
 
+/// The data set itself: what `bench` needs to build a batch (with `--long-tail`, ImbSAM's tail
+/// classes), and the first part of [`DataArgs`].
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
-pub struct DataArgs {
+pub struct DatasetArgs {
     /// Which data to train on.
     #[arg(long, value_enum, default_value = "synthetic")]
     pub data: DataSource,
@@ -48,6 +50,16 @@ pub struct DataArgs {
     /// [default: none, the set as it is].
     #[arg(long)]
     pub long_tail: Option<f64>,
+}
+
+/// The data flags of a training run: the data set, and what shapes the training set's labels
+/// and images over a run (`bench` times one step, which neither changes).
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct DataArgs {
+    // Flattened in the serialized form too, so the keys stay those of one flat set of flags.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub set: DatasetArgs,
     /// Symmetric label noise on the training set at this rate [default: none; 0.4 in
     /// `compare` on synthetic data].
     #[arg(long)]
@@ -70,12 +82,13 @@ impl From<DataSource> for samkit_train::DataSource {
 impl DataArgs {
     /// The library's data configuration (what `trainer.json` records).
     pub fn config(&self) -> DataConfig {
+        let d = &self.set;
         DataConfig {
-            data: self.data.into(),
-            data_dir: self.data_dir.clone(),
-            train_size: self.train_size,
-            test_size: self.test_size,
-            long_tail: self.long_tail,
+            data: d.data.into(),
+            data_dir: d.data_dir.clone(),
+            train_size: d.train_size,
+            test_size: d.test_size,
+            long_tail: d.long_tail,
             label_noise: self.label_noise,
             no_augment: self.no_augment,
         }
@@ -110,17 +123,14 @@ pub enum ScheduleKind {
     Cosine,
 }
 
+/// The flags of one step: batch, base optimizer and seed; `train`, `compare` and `bench` (which
+/// times single steps) share them.
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
-pub struct TrainArgs {
-    /// Epochs to train [default: 4; 80 with --preset-survey].
-    #[arg(long)]
-    pub epochs: Option<u32>,
-    /// Mini-batch size [default: 64 on the CPU, 128 with --device cuda or --preset-survey].
+pub struct StepArgs {
+    /// Mini-batch size [default: 64 on the CPU, 128 with --device cuda, and 128 with
+    /// --preset-survey where a command has it].
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Stop each epoch after this many steps (quick runs) [default: every full batch].
-    #[arg(long)]
-    pub steps_per_epoch: Option<usize>,
     /// The base optimizer the rule steps with.
     #[arg(long, value_enum, default_value = "sgd")]
     pub base: BaseKind,
@@ -142,6 +152,27 @@ pub struct TrainArgs {
     /// Ascend the loss instead of descending it (torch's maximize; every base optimizer).
     #[arg(long)]
     pub maximize: bool,
+    /// Seed of the data, the initialisation, every random draw of a rule and, in a training
+    /// run, the shuffling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The flags of a training run: one step's, and what shapes the run (epochs, schedule, the
+/// survey preset).
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Epochs to train [default: 4; 80 with --preset-survey].
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    // Flattened in the serialized form too: `compare --runs` tables and the resume check read
+    // one flat set of keys.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub step: StepArgs,
+    /// Stop each epoch after this many steps (quick runs) [default: every full batch].
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
     /// Learning-rate schedule [default: cosine to 0; step with --preset-survey].
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleKind>,
@@ -155,9 +186,6 @@ pub struct TrainArgs {
     /// Linear warm-up over this many steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: u64,
-    /// Seed of the data, the initialisation, the shuffling and every random draw of a rule.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// The survey's table-1 setup: ResNet-18 width 64, 80 epochs, batch 128, SGD lr 0.1
     /// momentum 0.9 weight decay 5e-4, ×0.1 at epochs 50 and 75, ρ = 0.05, SSAM-F n_s = 256
     /// and K = 5, SSAM-D 20 % drop/grow and K = 5, sparsity 0.5, on any device. Flags given
@@ -520,8 +548,8 @@ impl RunArgs {
         if self.train.preset_survey && rule.fisher_samples.is_none() {
             rule.fisher_samples = Some(super::preset::FISHER_SAMPLES);
         }
-        let train_len = match self.data.data {
-            DataSource::Synthetic => self.data.train_size,
+        let train_len = match self.data.set.data {
+            DataSource::Synthetic => self.data.set.train_size,
             DataSource::Cifar10 | DataSource::Cifar100 => 50_000,
         };
         let mut cfg = run_config(
@@ -570,12 +598,15 @@ impl TrainArgs {
     fn resolved(&self, device: Device) -> (u32, usize, f32, ScheduleKind, Vec<u64>) {
         let survey = self.preset_survey;
         let epochs = self.epochs.unwrap_or(if survey { 80 } else { 4 });
-        let batch = self.batch.unwrap_or(if survey || device == Device::Cuda {
-            128
-        } else {
-            64
-        });
-        let lr = self.lr.unwrap_or(match self.base {
+        let batch = self
+            .step
+            .batch
+            .unwrap_or(if survey || device == Device::Cuda {
+                128
+            } else {
+                64
+            });
+        let lr = self.step.lr.unwrap_or(match self.step.base {
             BaseKind::Sgd => 0.1,
             BaseKind::Adam | BaseKind::Adamw => 1e-3,
             BaseKind::Rmsprop => 1e-2,
@@ -597,7 +628,7 @@ impl TrainArgs {
 }
 
 /// The base optimizer from the flags.
-fn base_optimizer(t: &TrainArgs, lr: f32) -> BaseOptimizer {
+fn base_optimizer(t: &StepArgs, lr: f32) -> BaseOptimizer {
     let wd = t.weight_decay;
     match t.base {
         BaseKind::Sgd => BaseOptimizer::Sgd(Sgd {
@@ -845,11 +876,11 @@ pub fn run_config(
     schedule
         .validate()
         .map_err(|e| CliError::invalid("schedule", e.to_string()))?;
-    let base = base_optimizer(t, lr);
+    let base = base_optimizer(&t.step, lr);
     base.validate()
         .map_err(|e| CliError::invalid("base", e.to_string()))?;
-    let rule = rule(name, r, t.seed, total, schedule.range())?;
-    let width = model.width.unwrap_or(match (device, data.data) {
+    let rule = rule(name, r, t.step.seed, total, schedule.range())?;
+    let width = model.width.unwrap_or(match (device, data.set.data) {
         _ if t.preset_survey => super::preset::WIDTH,
         (Device::Cpu, DataSource::Synthetic) => 8,
         (Device::Cpu, _) => 16,
@@ -867,7 +898,7 @@ pub fn run_config(
         width,
         label_smoothing: model.label_smoothing,
         augment: !data.no_augment,
-        seed: t.seed,
+        seed: t.step.seed,
         data: data.config(),
         cuda: CudaRunOptions::default(),
         pass2: r.pass2_mode(),

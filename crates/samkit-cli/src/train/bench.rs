@@ -10,7 +10,7 @@ use serde::Serialize;
 use samkit_train::engine::Engine;
 use samkit_train::{load_data, Phases, Trainer};
 
-use super::args::{BaseKind, CudaArgs, DataArgs, Device, ModelArgs, RuleArgs, RunArgs};
+use super::args::{CudaArgs, DatasetArgs, Device, ModelArgs, RuleArgs, RunArgs, StepArgs};
 use super::cmd::MakeTrainer;
 use crate::error::{check, Result};
 use crate::output::{write_json, Output};
@@ -31,10 +31,14 @@ pub struct BenchArgs {
     /// The device to time on.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: Device,
+    // The data set alone: the flags that only shape a training run's data (label noise,
+    // augmentation) are `train`'s and `compare`'s, and a bench run takes their defaults.
     #[command(flatten)]
-    pub data: DataArgs,
+    pub data: DatasetArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    // One step's flags; the ones that only shape a training run (epochs, steps per epoch,
+    // schedule, milestones, warm-up, the survey preset) take their defaults.
     #[command(flatten)]
     pub step: StepArgs,
     #[command(flatten)]
@@ -44,41 +48,6 @@ pub struct BenchArgs {
     /// Output folder: bench.json.
     #[arg(long, default_value = "results/bench")]
     pub out: PathBuf,
-}
-
-/// The flags of one step that `bench` times: batch, base optimizer and seed. The flags that
-/// only shape a training run (epochs, steps per epoch, schedule, milestones, warm-up, the
-/// survey preset) are `train`'s and `compare`'s, not `bench`'s: a bench run takes their
-/// defaults.
-#[derive(Args, Clone, Debug)]
-pub struct StepArgs {
-    /// Mini-batch size [default: 64 on the CPU, 128 with --device cuda].
-    #[arg(long)]
-    pub batch: Option<usize>,
-    /// The base optimizer the rule steps with.
-    #[arg(long, value_enum, default_value = "sgd")]
-    pub base: BaseKind,
-    /// Learning rate [default: 0.1 for sgd, 1e-3 for adam and adamw, 1e-2 for rmsprop].
-    #[arg(long)]
-    pub lr: Option<f32>,
-    /// Momentum [default: 0.9 for sgd, 0 for rmsprop].
-    #[arg(long)]
-    pub momentum: Option<f32>,
-    /// Weight decay (L2 for sgd, adam and rmsprop; decoupled for adamw).
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f32,
-    /// SGD: Nesterov momentum.
-    #[arg(long)]
-    pub nesterov: bool,
-    /// Adam/AdamW: divide by the running maximum of the second moment (torch's amsgrad).
-    #[arg(long)]
-    pub amsgrad: bool,
-    /// Ascend the loss instead of descending it (torch's maximize; every base optimizer).
-    #[arg(long)]
-    pub maximize: bool,
-    /// Seed of the data and the initialisation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
 }
 
 /// `train`'s flags at their defaults, the base of a bench run's [`RunArgs`].
@@ -98,20 +67,11 @@ impl BenchArgs {
             })?
             .run;
         run.device = self.device;
-        run.data = self.data.clone();
+        run.data.set = self.data.clone();
         run.model = self.model.clone();
+        run.train.step = self.step.clone();
         run.rule = self.rule.clone();
         run.cuda = self.cuda.clone();
-        let (s, t) = (&self.step, &mut run.train);
-        t.batch = s.batch;
-        t.base = s.base;
-        t.lr = s.lr;
-        t.momentum = s.momentum;
-        t.weight_decay = s.weight_decay;
-        t.nesterov = s.nesterov;
-        t.amsgrad = s.amsgrad;
-        t.maximize = s.maximize;
-        t.seed = s.seed;
         Ok(run)
     }
 }
@@ -142,7 +102,7 @@ fn run_on<E: Engine>(a: &BenchArgs, out: &mut Output, make: impl MakeTrainer<E>)
         .iter()
         .map(|o| run.config(o))
         .collect::<Result<Vec<_>>>()?;
-    let (split, norm) = load_data(&run.data.config(), run.train.seed)?;
+    let (split, norm) = load_data(&run.data.config(), run.train.step.seed)?;
     let (train, test) = (Arc::new(split.train), Arc::new(split.test));
     let batch = configs[0].batch.min(train.len());
     let idx: Vec<usize> = (0..batch).collect();

@@ -505,10 +505,13 @@ pub(crate) fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
             "does not apply to --optimizer sgd, which has no perturbation",
         ));
     }
-    let base = format!("{:?}", t.base).to_lowercase();
-    match t.base {
+    let base = format!("{:?}", t.step.base).to_lowercase();
+    match t.step.base {
         BaseKind::Adam | BaseKind::Adamw => {
-            for (flag, set) in [("momentum", t.momentum.is_some()), ("nesterov", t.nesterov)] {
+            for (flag, set) in [
+                ("momentum", t.step.momentum.is_some()),
+                ("nesterov", t.step.nesterov),
+            ] {
                 if set {
                     return Err(CliError::invalid(
                         flag,
@@ -518,13 +521,13 @@ pub(crate) fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
             }
         }
         BaseKind::Sgd | BaseKind::Rmsprop => {
-            if t.amsgrad {
+            if t.step.amsgrad {
                 return Err(CliError::invalid(
                     "amsgrad",
                     format!("does not apply to --base {base} (only to adam and adamw)"),
                 ));
             }
-            if t.base == BaseKind::Rmsprop && t.nesterov {
+            if t.step.base == BaseKind::Rmsprop && t.step.nesterov {
                 return Err(CliError::invalid(
                     "nesterov",
                     "does not apply to --base rmsprop (only to sgd)",
@@ -559,9 +562,9 @@ pub(crate) fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
             ));
         }
     }
-    match r.data.data {
+    match r.data.set.data {
         DataSource::Synthetic => {
-            if r.data.data_dir.is_some() {
+            if r.data.set.data_dir.is_some() {
                 return Err(CliError::invalid(
                     "data-dir",
                     "only applies with --data cifar10 or cifar100",
@@ -570,8 +573,8 @@ pub(crate) fn inapplicable(r: &RunArgs, optimizers: &[&str]) -> Result<()> {
         }
         DataSource::Cifar10 | DataSource::Cifar100 => {
             for (flag, set) in [
-                ("train-size", r.data.train_size != d.data.train_size),
-                ("test-size", r.data.test_size != d.data.test_size),
+                ("train-size", r.data.set.train_size != d.data.set.train_size),
+                ("test-size", r.data.set.test_size != d.data.set.test_size),
             ] {
                 if set {
                     return Err(CliError::invalid(
@@ -749,7 +752,7 @@ fn compare_on<E: Engine>(
     // Validate every optimizer's flags before any training starts.
     let configs = compare_configs(cmd)?;
     crate::error::check::count("seeds", cmd.seeds, 1, MAX_SEEDS)?;
-    let first_seed = cmd.run.train.seed;
+    let first_seed = cmd.run.train.step.seed;
     let Some(last_seed) = first_seed.checked_add(cmd.seeds as u64 - 1) else {
         return Err(CliError::invalid(
             "seeds",

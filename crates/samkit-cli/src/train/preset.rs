@@ -83,12 +83,12 @@ pub fn departures(r: &RunArgs) -> Vec<String> {
         }
     };
     differs(
-        d.data == DataSource::Synthetic,
+        d.set.data == DataSource::Synthetic,
         "data",
         "synthetic".into(),
         "cifar10, cifar100".into(),
     );
-    if let Some(f) = d.long_tail {
+    if let Some(f) = d.set.long_tail {
         differs(true, "long-tail", f.to_string(), "none".into());
     }
     if let Some(n) = d.label_noise {
@@ -112,22 +112,22 @@ pub fn departures(r: &RunArgs) -> Vec<String> {
     if let Some(e) = t.epochs {
         differs(e != EPOCHS, "epochs", e.to_string(), EPOCHS.to_string());
     }
-    if let Some(b) = t.batch {
+    if let Some(b) = t.step.batch {
         differs(b != BATCH, "batch", b.to_string(), BATCH.to_string());
     }
     if let Some(s) = t.steps_per_epoch {
         differs(true, "steps-per-epoch", s.to_string(), "all".into());
     }
     differs(
-        t.base != BaseKind::Sgd,
+        t.step.base != BaseKind::Sgd,
         "base",
-        format!("{:?}", t.base).to_lowercase(),
+        format!("{:?}", t.step.base).to_lowercase(),
         "sgd".into(),
     );
-    if let Some(lr) = t.lr {
+    if let Some(lr) = t.step.lr {
         differs(lr != LR, "lr", lr.to_string(), LR.to_string());
     }
-    if let Some(mo) = t.momentum {
+    if let Some(mo) = t.step.momentum {
         differs(
             mo != MOMENTUM,
             "momentum",
@@ -136,12 +136,12 @@ pub fn departures(r: &RunArgs) -> Vec<String> {
         );
     }
     differs(
-        t.weight_decay != WEIGHT_DECAY,
+        t.step.weight_decay != WEIGHT_DECAY,
         "weight-decay",
-        t.weight_decay.to_string(),
+        t.step.weight_decay.to_string(),
         WEIGHT_DECAY.to_string(),
     );
-    differs(t.nesterov, "nesterov", "".into(), "off".into());
+    differs(t.step.nesterov, "nesterov", "".into(), "off".into());
     if let Some(s) = t.schedule {
         differs(
             s != ScheduleKind::Step,

@@ -640,7 +640,13 @@ pub fn significant(v: f64, digits: usize) -> String {
     }
     let magnitude = v.abs().log10().floor() as i64;
     let decimals = (digits as i64 - 1 - magnitude).max(0) as usize;
-    let s = format!("{v:.decimals$}");
+    // Rounded half away from zero first: `format!` rounds an exact tie to even (437.25 to
+    // "437.2"), where a label reads as the usual rounding ("437.3").
+    let scale = 10f64.powi(decimals as i32);
+    let rounded = (v * scale).round() / scale;
+    // A value so small that the scale overflows keeps `format!`'s own rounding.
+    let rounded = if rounded.is_finite() { rounded } else { v };
+    let s = format!("{rounded:.decimals$}");
     if s.contains('.') {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {

@@ -10,8 +10,8 @@ use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use samkit_core::{BaseOptimizer, Layout, Sgd};
 
-use crate::abi;
-use crate::buffers::{Arena, DevBuf, Tab, TableCache};
+use crate::abi::{self, CommitArgs};
+use crate::buffers::{flat_addrs, Arena, DevBuf, Tab, TableCache};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::{self, DirExtra, DirKind, Extrap, Fin, Keys, Second, SelBufs};
@@ -152,14 +152,8 @@ impl KernelBench {
             _ => &self.fisher,
         };
         let (p, _g) = buf.device_ptr(&stream);
-        let s = std::mem::size_of::<f32>() as u64;
-        let addrs: Vec<u64> = self
-            .plan
-            .layout
-            .segments()
-            .iter()
-            .map(|seg| p + seg.offset as u64 * s)
-            .collect();
+        let mut addrs = Vec::new();
+        flat_addrs::<f32>(&self.plan.layout, p, &mut addrs);
         self.tables.get(&stream, &addrs)
     }
 
@@ -186,6 +180,43 @@ impl KernelBench {
         let mom = [Some(&self.s[0]), None, None];
         let adam = [Some(&self.s[0]), Some(&self.s[1]), None];
         let x = DirExtra::default();
+        // The SAM step's norm and its second stage: two launches, or one with the fused variant.
+        let norm_fin = || -> Result<()> {
+            let mut f = Fin::new(abi::FIN_NORM);
+            f.rho = 0.05;
+            f.eps = samkit_core::rules::EPS_P;
+            let fa = fused.then(|| ops::fin_args(plan, work, None, f));
+            let k = DirKind::Plain;
+            ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
+            if !fused {
+                ops::finalize(dev, plan, work, None, f)?;
+            }
+            Ok(())
+        };
+        // Pass 3 of a two-pass step (from w_old, along g2) with `base` at `lr`, its state and the
+        // second term `y`, the commit folded in when given.
+        let update = |base: &BaseOptimizer,
+                      lr: f32,
+                      state: [Option<&DevBuf<f32>>; 3],
+                      y: Second<f32>,
+                      commit: Option<&CommitArgs>| {
+            ops::update::<f32>(
+                dev,
+                plan,
+                work,
+                base,
+                lr,
+                state,
+                wt,
+                Some(w_old),
+                g2t,
+                y,
+                false,
+                None,
+                None,
+                commit,
+            )
+        };
         match name {
             "copy" => stream.memcpy_dtod(&self.w, &mut self.copy_dst)?,
             "norm" => ops::norm::<f32>(
@@ -201,17 +232,7 @@ impl KernelBench {
                 None,
             )?,
             "dot" => ops::dot::<f32>(dev, plan, work, Some(gt), g2t, None)?,
-            "norm_fin" => {
-                let mut f = Fin::new(abi::FIN_NORM);
-                f.rho = 0.05;
-                f.eps = samkit_core::rules::EPS_P;
-                let fa = fused.then(|| ops::fin_args(plan, work, None, f));
-                let k = DirKind::Plain;
-                ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
-                if !fused {
-                    ops::finalize(dev, plan, work, None, f)?;
-                }
-            }
+            "norm_fin" => norm_fin()?,
             "perturb" => ops::perturb::<f32>(
                 dev,
                 plan,
@@ -224,69 +245,17 @@ impl KernelBench {
                 None,
                 Extrap::None,
             )?,
-            "update_sgd_momentum" => ops::update::<f32>(
-                dev,
-                plan,
-                work,
-                &self.sgd,
-                0.1,
-                mom,
-                wt,
-                Some(w_old),
-                g2t,
-                Second::None,
-                false,
-                None,
-                None,
-                None,
-            )?,
-            "update_gsam" => ops::update::<f32>(
-                dev,
-                plan,
-                work,
-                &self.sgd,
-                0.1,
-                mom,
-                wt,
-                Some(w_old),
-                g2t,
-                Second::Typed(aux),
-                false,
-                None,
-                None,
-                None,
-            )?,
-            "update_adam" => ops::update::<f32>(
-                dev,
-                plan,
-                work,
-                &self.adam,
-                1e-3,
-                adam,
-                wt,
-                Some(w_old),
-                g2t,
-                Second::None,
-                false,
-                None,
-                None,
-                None,
-            )?,
+            "update_sgd_momentum" => update(&self.sgd, 0.1, mom, Second::None, None)?,
+            "update_gsam" => update(&self.sgd, 0.1, mom, Second::Typed(aux), None)?,
+            "update_adam" => update(&self.adam, 1e-3, adam, Second::None, None)?,
             "fisher" => {
                 let (f, _g) = self.copy_dst.device_ptr_mut(&stream);
                 ops::fisher::<f32>(dev, plan, f, gt)?
             }
             "sam_step" => {
                 // SAM + SGD momentum, as GpuOptimizer enqueues it in the chosen arrangement.
+                norm_fin()?;
                 let k = DirKind::Plain;
-                let mut f = Fin::new(abi::FIN_NORM);
-                f.rho = 0.05;
-                f.eps = samkit_core::rules::EPS_P;
-                let fa = fused.then(|| ops::fin_args(plan, work, None, f));
-                ops::norm::<f32>(dev, plan, work, k, gt, None, None, x, false, fa.as_ref())?;
-                if !fused {
-                    ops::finalize(dev, plan, work, None, f)?;
-                }
                 ops::perturb::<f32>(dev, plan, work, k, wt, w_old, gt, x, None, Extrap::None)?;
                 let mut f = Fin::new(abi::FIN_SECOND);
                 f.with_b = true;
@@ -297,22 +266,7 @@ impl KernelBench {
                     ops::finalize(dev, plan, work, Some(&self.sgd), f)?;
                 }
                 let commit = fused.then(|| ops::commit_args(work, false, false));
-                ops::update::<f32>(
-                    dev,
-                    plan,
-                    work,
-                    &self.sgd,
-                    0.1,
-                    mom,
-                    wt,
-                    Some(w_old),
-                    g2t,
-                    Second::None,
-                    false,
-                    None,
-                    None,
-                    commit.as_ref(),
-                )?;
+                update(&self.sgd, 0.1, mom, Second::None, commit.as_ref())?;
                 if !fused {
                     ops::commit(dev, work, false, false)?;
                 }

@@ -35,25 +35,22 @@ impl Elem for f32 {
     }
 }
 
-impl Elem for half::bf16 {
-    const SUFFIX: &'static str = "bf16";
-    fn to_f32(self) -> f32 {
-        half::bf16::to_f32(self)
-    }
-    fn from_f32(x: f32) -> Self {
-        half::bf16::from_f32(x)
-    }
+/// The 16-bit types: stored as themselves, converted by the `half` crate.
+macro_rules! half_elem {
+    ($($t:ty: $suffix:literal),+) => {$(
+        impl Elem for $t {
+            const SUFFIX: &'static str = $suffix;
+            fn to_f32(self) -> f32 {
+                <$t>::to_f32(self)
+            }
+            fn from_f32(x: f32) -> Self {
+                <$t>::from_f32(x)
+            }
+        }
+    )+};
 }
 
-impl Elem for half::f16 {
-    const SUFFIX: &'static str = "f16";
-    fn to_f32(self) -> f32 {
-        half::f16::to_f32(self)
-    }
-    fn from_f32(x: f32) -> Self {
-        half::f16::from_f32(x)
-    }
-}
+half_elem!(half::bf16: "bf16", half::f16: "f16");
 
 /// Keeps cudarc's stream ordering of the buffers a launch uses: dropped after the launch.
 pub type Guards<'a> = Vec<SyncOnDrop<'a>>;
@@ -94,7 +91,8 @@ fn check_flat(layout: &Layout, what: &'static str, len: usize) -> Result<()> {
     Ok(())
 }
 
-fn flat_addrs<T>(layout: &Layout, base: u64, out: &mut Vec<u64>) {
+/// The per-segment addresses of a flat buffer of `T` at `base` laid out as `layout`.
+pub(crate) fn flat_addrs<T>(layout: &Layout, base: u64, out: &mut Vec<u64>) {
     let s = std::mem::size_of::<T>() as u64;
     out.extend(
         layout
@@ -129,110 +127,60 @@ fn check_list(layout: &Layout, what: &'static str, lens: &[usize]) -> Result<()>
     Ok(())
 }
 
-macro_rules! flat_read {
-    ($t:ty) => {
-        impl<T> DeviceParams<T> for $t {
-            fn seg_addrs<'a>(
-                &'a self,
+/// The impls of [`DeviceParams`] (`seg_addrs`, `device_ptr`) and [`DeviceParamsMut`]
+/// (`seg_addrs_mut`, `device_ptr_mut`, `mut` receiver) for buffer types of one shape: `flat`, one
+/// buffer of the layout's length, or `list`, a slice of buffers, one per segment in layout order
+/// (separate allocations, `CudaSlice`, or views of memory another framework owns, candle's Vars
+/// through samkit-candle). The two traits differ only in the borrow and the pointer they take.
+macro_rules! seg_addrs_impls {
+    ($shape:ident $tr:ident::$f:ident $recv:tt, $ptr:ident: $($t:ty),+) => {$(
+        seg_addrs_impls!(@one $shape $tr::$f $recv, $ptr, $t);
+    )+};
+    (@one $shape:ident $tr:ident::$f:ident ($($m:tt)?), $ptr:ident, $t:ty) => {
+        impl<T> $tr<T> for seg_addrs_impls!(@ty $shape $t) {
+            fn $f<'a>(
+                &'a $($m)? self,
                 layout: &Layout,
                 stream: &'a CudaStream,
                 what: &'static str,
                 out: &mut Vec<u64>,
                 guards: &mut Guards<'a>,
             ) -> Result<()> {
-                check_flat(layout, what, self.len())?;
-                let (p, g) = self.device_ptr(stream);
-                flat_addrs::<T>(layout, p, out);
-                guards.push(g);
-                Ok(())
+                seg_addrs_impls!(@body $shape self, $ptr, layout, stream, what, out, guards)
             }
         }
     };
-}
-
-flat_read!(CudaSlice<T>);
-flat_read!(CudaView<'_, T>);
-flat_read!(CudaViewMut<'_, T>);
-
-macro_rules! flat_write {
-    ($t:ty) => {
-        impl<T> DeviceParamsMut<T> for $t {
-            fn seg_addrs_mut<'a>(
-                &'a mut self,
-                layout: &Layout,
-                stream: &'a CudaStream,
-                what: &'static str,
-                out: &mut Vec<u64>,
-                guards: &mut Guards<'a>,
-            ) -> Result<()> {
-                check_flat(layout, what, self.len())?;
-                let (p, g) = self.device_ptr_mut(stream);
-                flat_addrs::<T>(layout, p, out);
-                guards.push(g);
-                Ok(())
-            }
+    (@ty flat $t:ty) => { $t };
+    (@ty list $t:ty) => { [$t] };
+    (@body flat $s:ident, $ptr:ident, $layout:ident, $stream:ident, $what:ident, $out:ident,
+     $guards:ident) => {{
+        check_flat($layout, $what, $s.len())?;
+        let (p, g) = $s.$ptr($stream);
+        flat_addrs::<T>($layout, p, $out);
+        $guards.push(g);
+        Ok(())
+    }};
+    (@body list $s:ident, $ptr:ident, $layout:ident, $stream:ident, $what:ident, $out:ident,
+     $guards:ident) => {{
+        let lens: Vec<usize> = $s.iter().map(|s| s.len()).collect();
+        check_list($layout, $what, &lens)?;
+        for s in $s {
+            let (p, g) = s.$ptr($stream);
+            $out.push(p);
+            $guards.push(g);
         }
-    };
+        Ok(())
+    }};
 }
 
-flat_write!(CudaSlice<T>);
-flat_write!(CudaViewMut<'_, T>);
-
-// A list of buffers, one per segment in layout order: separate allocations (`CudaSlice`), or
-// views of memory another framework owns (candle's Vars, through samkit-candle).
-macro_rules! list_read {
-    ($t:ty) => {
-        impl<T> DeviceParams<T> for [$t] {
-            fn seg_addrs<'a>(
-                &'a self,
-                layout: &Layout,
-                stream: &'a CudaStream,
-                what: &'static str,
-                out: &mut Vec<u64>,
-                guards: &mut Guards<'a>,
-            ) -> Result<()> {
-                let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
-                check_list(layout, what, &lens)?;
-                for s in self {
-                    let (p, g) = s.device_ptr(stream);
-                    out.push(p);
-                    guards.push(g);
-                }
-                Ok(())
-            }
-        }
-    };
-}
-
-macro_rules! list_write {
-    ($t:ty) => {
-        impl<T> DeviceParamsMut<T> for [$t] {
-            fn seg_addrs_mut<'a>(
-                &'a mut self,
-                layout: &Layout,
-                stream: &'a CudaStream,
-                what: &'static str,
-                out: &mut Vec<u64>,
-                guards: &mut Guards<'a>,
-            ) -> Result<()> {
-                let lens: Vec<usize> = self.iter().map(|s| s.len()).collect();
-                check_list(layout, what, &lens)?;
-                for s in self.iter_mut() {
-                    let (p, g) = s.device_ptr_mut(stream);
-                    out.push(p);
-                    guards.push(g);
-                }
-                Ok(())
-            }
-        }
-    };
-}
-
-list_read!(CudaSlice<T>);
-list_read!(CudaView<'_, T>);
-list_read!(CudaViewMut<'_, T>);
-list_write!(CudaSlice<T>);
-list_write!(CudaViewMut<'_, T>);
+seg_addrs_impls!(flat DeviceParams::seg_addrs(), device_ptr:
+    CudaSlice<T>, CudaView<'_, T>, CudaViewMut<'_, T>);
+seg_addrs_impls!(flat DeviceParamsMut::seg_addrs_mut(mut), device_ptr_mut:
+    CudaSlice<T>, CudaViewMut<'_, T>);
+seg_addrs_impls!(list DeviceParams::seg_addrs(), device_ptr:
+    CudaSlice<T>, CudaView<'_, T>, CudaViewMut<'_, T>);
+seg_addrs_impls!(list DeviceParamsMut::seg_addrs_mut(mut), device_ptr_mut:
+    CudaSlice<T>, CudaViewMut<'_, T>);
 
 // A `Vec` of any of them, as its slice.
 impl<T, B> DeviceParams<T> for Vec<B>

@@ -36,6 +36,15 @@ fn count_launch() {
     LAUNCHES.with(|c| c.set(c.get() + 1));
 }
 
+/// A one-dimensional launch of `grid` blocks (at least one) of `block` threads.
+fn config(grid: u32, block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// Enqueues `k` with `args` as its only parameter.
 ///
 /// # Safety
@@ -51,12 +60,7 @@ unsafe fn launch<A: DeviceRepr>(
     count_launch();
     let mut b = dev.stream().launch_builder(&k.func);
     b.arg(args);
-    let cfg = LaunchConfig {
-        grid_dim: (grid.max(1), 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    b.launch(cfg)?;
+    b.launch(config(grid, block))?;
     Ok(())
 }
 
@@ -79,13 +83,27 @@ unsafe fn launch_fused<A: DeviceRepr, B: DeviceRepr>(
     b.arg(args);
     b.arg(second);
     b.arg(&ticket);
-    let cfg = LaunchConfig {
-        grid_dim: (grid.max(1), 1, 1),
-        block_dim: (abi::BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    b.launch(cfg)?;
+    b.launch(config(grid, abi::BLOCK))?;
     Ok(())
+}
+
+/// Enqueues a reduction or update stage, with its second stage folded in when `second` is given
+/// ([`launch_fused`]) or alone ([`launch`], `abi::BLOCK` threads).
+///
+/// # Safety
+/// As [`launch_fused`] with `second`, as [`launch`] without.
+unsafe fn launch_stage<A: DeviceRepr, B: DeviceRepr>(
+    dev: &Device,
+    k: &Kernel,
+    grid: u32,
+    args: &A,
+    second: Option<&B>,
+    ticket: u64,
+) -> Result<()> {
+    match second {
+        Some(s) => launch_fused(dev, k, grid, args, s, ticket),
+        None => launch(dev, k, grid, abi::BLOCK, args),
+    }
 }
 
 /// Runs a family's `sk_abi*` probe: one thread writes `n` u32 values (struct sizes, offsets).
@@ -97,11 +115,7 @@ pub(crate) fn abi_probe(
     let mut out = stream.alloc_zeros::<u32>(n)?;
     let mut b = stream.launch_builder(f);
     b.arg(&mut out);
-    let cfg = LaunchConfig {
-        grid_dim: (1, 1, 1),
-        block_dim: (1, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = config(1, 1);
     // SAFETY: the probe's only parameter is a `u32*`; it writes `n` values, which `out` holds
     // (`n` comes from `abi::expected` for this very kernel).
     unsafe { b.launch(cfg) }?;
@@ -318,12 +332,7 @@ pub(crate) fn norm<T: Elem>(
     // SAFETY: see the module docs; `part` and `bad` hold one entry per unit, the FriendlySAM
     // slots 2·n floats, the mask slots 2·words words, the filter tables one entry per segment;
     // the second stage reads the partials the first stage wrote (see `fin_args`).
-    unsafe {
-        match fin {
-            Some(f) => launch_fused(dev, &k, grid, &a, f, work.ticket.addr),
-            None => launch(dev, &k, grid, abi::BLOCK, &a),
-        }
-    }
+    unsafe { launch_stage(dev, &k, grid, &a, fin, work.ticket.addr) }
 }
 
 /// The kernel-name suffix of a stage with its second stage folded in.
@@ -349,24 +358,25 @@ pub(crate) fn dot<T: Elem>(
         compile::NORM,
         &format!("sk_dot_{}{}", T::SUFFIX, fused_suffix(fin.is_some())),
     )?;
-    let a = DotArgs {
+    let a = dot_args(plan, work, Tab::addr(x), y);
+    let grid = dev.grid(&k, plan.n_units);
+    // SAFETY: see the module docs; the partials hold one entry per unit; the second stage reads
+    // the partials the first stage wrote (see `fin_args`).
+    unsafe { launch_stage(dev, &k, grid, &a, fin, work.ticket.addr) }
+}
+
+/// The arguments of the dot-product kernels over `y` (and `x` at `x_addr`, 0 for none): per-unit
+/// partials into `work.pa` and `work.pb`, non-finite flags into `work.bad`.
+fn dot_args<S>(plan: &Plan, work: &Work, x_addr: u64, y: Tab<S>) -> DotArgs {
+    DotArgs {
         units: plan.units.addr,
-        x: Tab::addr(x),
+        x: x_addr,
         y: y.addr,
         pxy: work.pa.addr,
         pyy: work.pb.addr,
         bad: work.bad.addr,
         n_units: plan.n_units as u32,
         pad: 0,
-    };
-    let grid = dev.grid(&k, plan.n_units);
-    // SAFETY: see the module docs; the partials hold one entry per unit; the second stage reads
-    // the partials the first stage wrote (see `fin_args`).
-    unsafe {
-        match fin {
-            Some(f) => launch_fused(dev, &k, grid, &a, f, work.ticket.addr),
-            None => launch(dev, &k, grid, abi::BLOCK, &a),
-        }
     }
 }
 
@@ -374,16 +384,7 @@ pub(crate) fn dot<T: Elem>(
 /// segment over its units); the step state is left as it is. SSAM-L fisher's per-segment Fisher.
 pub(crate) fn seg_sums<S: Elem>(dev: &Device, plan: &Plan, work: &Work, y: Tab<S>) -> Result<()> {
     let k = kernel(dev, compile::NORM, &format!("sk_sum_{}", S::SUFFIX))?;
-    let a = DotArgs {
-        units: plan.units.addr,
-        x: 0,
-        y: y.addr,
-        pxy: work.pa.addr,
-        pyy: work.pb.addr,
-        bad: work.bad.addr,
-        n_units: plan.n_units as u32,
-        pad: 0,
-    };
+    let a = dot_args(plan, work, 0, y);
     // SAFETY: see the module docs; the partials hold one entry per unit.
     unsafe { launch(dev, &k, dev.grid(&k, plan.n_units), abi::BLOCK, &a) }?;
     let mut f = Fin::new(abi::FIN_SEG);
@@ -394,16 +395,39 @@ pub(crate) fn seg_sums<S: Elem>(dev: &Device, plan: &Plan, work: &Work, y: Tab<S
 
 /// `T_f = ‖w_f‖ + η` for every filter of every weight segment.
 pub(crate) fn filter_norms<T: Elem>(dev: &Device, f: &Filters, w: Tab<T>, eta: f32) -> Result<()> {
-    if f.n_filters == 0 {
+    let Some((k, a, grid)) = filter_launch(dev, f, "sk_filter_norms", w, eta)? else {
         return Ok(());
+    };
+    // SAFETY: see the module docs; `t` holds one entry per filter, `segs` one per weight segment.
+    unsafe { launch(dev, &k, grid, abi::BLOCK, &a) }
+}
+
+/// Gradient centralization's per-filter means of `g`, `(Σ_f g / len) as f32` with the sum in
+/// f64 (`samkit_core::passes::centralized`), into `f.t`.
+pub(crate) fn filter_means<T: Elem>(dev: &Device, f: &Filters, g: Tab<T>) -> Result<()> {
+    let Some((k, a, grid)) = filter_launch(dev, f, "sk_filter_means", g, 0.0)? else {
+        return Ok(());
+    };
+    // SAFETY: see the module docs; `t` holds one entry per filter, `segs` one per segment of the
+    // set; the kernel reads `w` (here the gradient) as filter_norms does.
+    unsafe { launch(dev, &k, grid, abi::BLOCK, &a) }
+}
+
+/// The per-filter kernels' plumbing: the kernel `{name}_{T}`, its arguments over `src` into
+/// `f.t`, and its grid (one warp per filter); `None` when the set has no filter (no launch).
+fn filter_launch<T: Elem>(
+    dev: &Device,
+    f: &Filters,
+    name: &str,
+    src: Tab<T>,
+    eta: f32,
+) -> Result<Option<(Kernel, FiltArgs, u32)>> {
+    if f.n_filters == 0 {
+        return Ok(None);
     }
-    let k = kernel(
-        dev,
-        compile::NORM,
-        &format!("sk_filter_norms_{}", T::SUFFIX),
-    )?;
+    let k = kernel(dev, compile::NORM, &format!("{name}_{}", T::SUFFIX))?;
     let a = FiltArgs {
-        w: w.addr,
+        w: src.addr,
         segs: f.segs.addr,
         t: f.t.addr,
         n_filters: f.n_filters as u64,
@@ -411,49 +435,8 @@ pub(crate) fn filter_norms<T: Elem>(dev: &Device, f: &Filters, w: Tab<T>, eta: f
         eta,
     };
     let warps = (abi::BLOCK / 32) as usize;
-    // SAFETY: see the module docs; `t` holds one entry per filter, `segs` one per weight segment.
-    unsafe {
-        launch(
-            dev,
-            &k,
-            dev.grid(&k, f.n_filters.div_ceil(warps)),
-            abi::BLOCK,
-            &a,
-        )
-    }
-}
-
-/// Gradient centralization's per-filter means of `g`, `(Σ_f g / len) as f32` with the sum in
-/// f64 (`samkit_core::passes::centralized`), into `f.t`.
-pub(crate) fn filter_means<T: Elem>(dev: &Device, f: &Filters, g: Tab<T>) -> Result<()> {
-    if f.n_filters == 0 {
-        return Ok(());
-    }
-    let k = kernel(
-        dev,
-        compile::NORM,
-        &format!("sk_filter_means_{}", T::SUFFIX),
-    )?;
-    let a = FiltArgs {
-        w: g.addr,
-        segs: f.segs.addr,
-        t: f.t.addr,
-        n_filters: f.n_filters as u64,
-        n_segs: f.n_fsegs as u32,
-        eta: 0.0,
-    };
-    let warps = (abi::BLOCK / 32) as usize;
-    // SAFETY: see the module docs; `t` holds one entry per filter, `segs` one per segment of the
-    // set; the kernel reads `w` (here the gradient) as filter_norms does.
-    unsafe {
-        launch(
-            dev,
-            &k,
-            dev.grid(&k, f.n_filters.div_ceil(warps)),
-            abi::BLOCK,
-            &a,
-        )
-    }
+    let grid = dev.grid(&k, f.n_filters.div_ceil(warps));
+    Ok(Some((k, a, grid)))
 }
 
 /// Parameters of the second reduction stage (see `FIN_*` in `samkit-kernels/kernels/norm.cu`).
@@ -748,12 +731,7 @@ pub(crate) fn update<T: Elem>(
     // SAFETY: see the module docs; state buffers, g_v and `keep` hold n floats, w is read (as the
     // source when `src` is none) and written by the same thread, element by element; the
     // commit touches the step state only, after every block has read it.
-    unsafe {
-        match commit {
-            Some(c) => launch_fused(dev, &k, grid, &a, c, work.ticket.addr),
-            None => launch(dev, &k, grid, abi::BLOCK, &a),
-        }
-    }
+    unsafe { launch_stage(dev, &k, grid, &a, commit, work.ticket.addr) }
 }
 
 /// `w ← w_old`.

@@ -109,6 +109,94 @@ struct BlockOut<'a, B: Backend> {
     out: &'a mut B::Buf,
 }
 
+/// What the head of a forward pass writes: the pooled features, the logits, and their host
+/// copy.
+type HeadOut<'a, B> = (
+    &'a mut <B as Backend>::Buf,
+    &'a mut <B as Backend>::Buf,
+    &'a mut [f32],
+);
+
+/// Where a forward pass writes: [`Acts`] keeps every unit's activations for a backward pass,
+/// [`Lean`] only what the next unit reads.
+trait ForwardBufs<B: Backend> {
+    /// The images, and the stem's outputs (see [`stem_forward`]).
+    fn stem(&mut self) -> (&B::Buf, (&mut B::Buf, &mut B::Buf));
+    /// The input and the outputs of block `i` (`shortcut`: whether it has a projection).
+    fn block(&mut self, i: usize, shortcut: bool) -> (&B::Buf, BlockOut<'_, B>);
+    /// The output of the last of `blocks` blocks, and the head's outputs (see
+    /// [`head_forward`]).
+    fn head(&mut self, blocks: usize) -> (&B::Buf, HeadOut<'_, B>);
+}
+
+impl<B: Backend> ForwardBufs<B> for Acts<B> {
+    fn stem(&mut self) -> (&B::Buf, (&mut B::Buf, &mut B::Buf)) {
+        (&self.x, (&mut self.c0, &mut self.a0))
+    }
+
+    fn block(&mut self, i: usize, _shortcut: bool) -> (&B::Buf, BlockOut<'_, B>) {
+        let (prev, cur) = self.blocks.split_at_mut(i);
+        let input = if i == 0 { &self.a0 } else { &prev[i - 1].out };
+        let ba = &mut cur[0];
+        let shortcut = match (&mut ba.cs, &mut ba.bs) {
+            (Some(cs), Some(bs)) => Some((Some(cs), bs)),
+            _ => None,
+        };
+        let o = BlockOut {
+            c1: &mut ba.c1,
+            r1: &mut ba.r1,
+            c2: Some(&mut ba.c2),
+            shortcut,
+            out: &mut ba.out,
+        };
+        (input, o)
+    }
+
+    fn head(&mut self, _blocks: usize) -> (&B::Buf, HeadOut<'_, B>) {
+        let last = &self.blocks.last().expect("eight blocks").out;
+        (
+            last,
+            (
+                &mut self.pooled,
+                &mut self.logits,
+                &mut self.host_logits[..],
+            ),
+        )
+    }
+}
+
+impl<B: Backend> ForwardBufs<B> for Lean<B> {
+    fn stem(&mut self) -> (&B::Buf, (&mut B::Buf, &mut B::Buf)) {
+        (&self.x, (&mut self.c1, &mut self.io[0]))
+    }
+
+    fn block(&mut self, i: usize, shortcut: bool) -> (&B::Buf, BlockOut<'_, B>) {
+        // The block input alternates between io[0] and io[1].
+        let [i0, i1] = &mut self.io;
+        let (input, out) = if i % 2 == 0 { (&*i0, i1) } else { (&*i1, i0) };
+        let shortcut = shortcut.then_some((None, &mut self.bs));
+        let o = BlockOut {
+            c1: &mut self.c1,
+            r1: &mut self.r1,
+            c2: None,
+            shortcut,
+            out,
+        };
+        (input, o)
+    }
+
+    fn head(&mut self, blocks: usize) -> (&B::Buf, HeadOut<'_, B>) {
+        (
+            &self.io[blocks % 2],
+            (
+                &mut self.pooled,
+                &mut self.logits,
+                &mut self.host_logits[..],
+            ),
+        )
+    }
+}
+
 /// Units: the stem (0), the eight basic blocks (1..=8), the head (9: pooling and linear).
 const HEAD: usize = 9;
 
@@ -181,7 +269,7 @@ fn head_forward<B: Backend>(
     d: Dims,
     last: &B::Buf,
     params: &B::Arena,
-    (pooled, logits, host): (&mut B::Buf, &mut B::Buf, &mut [f32]),
+    (pooled, logits, host): HeadOut<'_, B>,
 ) -> Result<()> {
     be.avg_pool_forward(d, last, pooled)?;
     be.linear_forward(d.n, linear, pooled, params, logits)?;
@@ -256,6 +344,35 @@ fn block_forward<B: Backend>(
         o.out,
     )?;
     Ok(dout)
+}
+
+/// The units `start..` of a forward pass (`dims`: every unit's input dimensions), writing
+/// where `bufs` says; unit `start` reads its input from there.
+#[allow(clippy::too_many_arguments)]
+fn forward_units<B: Backend>(
+    be: &mut B,
+    bn: BnConfig,
+    mode: BnMode,
+    (stem, blocks, linear): (&ConvBn, &[Block], LinearParams),
+    dims: &[Dims],
+    params: &B::Arena,
+    bns: &mut [BnState<B>],
+    bufs: &mut impl ForwardBufs<B>,
+    start: usize,
+) -> Result<()> {
+    if start == 0 {
+        let (x, o) = bufs.stem();
+        stem_forward(be, bn, mode, stem, dims, x, params, bns, o)?;
+    }
+    for (i, blk) in blocks.iter().enumerate() {
+        if i + 1 < start {
+            continue;
+        }
+        let (input, o) = bufs.block(i, blk.shortcut.is_some());
+        block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
+    }
+    let (last, o) = bufs.head(blocks.len());
+    head_forward(be, linear, dims[HEAD], last, params, o)
 }
 
 fn offset(l: &Layout, name: &str) -> Result<usize> {
@@ -609,34 +726,8 @@ impl<B: Backend> ResNet18<B> {
             ..
         } = self;
         let a = acts.as_mut().expect("workspace allocated");
-        let bn = cfg.bn;
-        if start == 0 {
-            let o = (&mut a.c0, &mut a.a0);
-            stem_forward(be, bn, mode, stem, &dims, &a.x, params, bns, o)?;
-        }
-        for (i, blk) in blocks.iter().enumerate() {
-            if i + 1 < start {
-                continue;
-            }
-            let (prev, cur) = a.blocks.split_at_mut(i);
-            let input = if i == 0 { &a.a0 } else { &prev[i - 1].out };
-            let ba = &mut cur[0];
-            let shortcut = match (&mut ba.cs, &mut ba.bs) {
-                (Some(cs), Some(bs)) => Some((Some(cs), bs)),
-                _ => None,
-            };
-            let o = BlockOut {
-                c1: &mut ba.c1,
-                r1: &mut ba.r1,
-                c2: Some(&mut ba.c2),
-                shortcut,
-                out: &mut ba.out,
-            };
-            block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
-        }
-        let last = &a.blocks.last().expect("eight blocks").out;
-        let o = (&mut a.pooled, &mut a.logits, &mut a.host_logits[..]);
-        head_forward(be, *linear, dims[HEAD], last, params, o)
+        let net = (&*stem, &blocks[..], *linear);
+        forward_units(be, cfg.bn, mode, net, &dims, params, bns, a, start)
     }
 
     /// A forward pass in the workspace of [`Model::forward`]; the logits are left in its
@@ -673,27 +764,9 @@ impl<B: Backend> ResNet18<B> {
             ..
         } = self;
         let l = lean.as_mut().expect("workspace allocated");
-        let bn = cfg.bn;
         be.load_images(x, &mut l.x)?;
-        let o = (&mut l.c1, &mut l.io[0]);
-        stem_forward(be, bn, mode, stem, &dims, &l.x, params, bns, o)?;
-        // The block input alternates between io[0] and io[1].
-        for (i, blk) in blocks.iter().enumerate() {
-            let [i0, i1] = &mut l.io;
-            let (input, out) = if i % 2 == 0 { (&*i0, i1) } else { (&*i1, i0) };
-            let shortcut = blk.shortcut.map(|_| (None, &mut l.bs));
-            let o = BlockOut {
-                c1: &mut l.c1,
-                r1: &mut l.r1,
-                c2: None,
-                shortcut,
-                out,
-            };
-            block_forward(be, bn, mode, blk, dims[i + 1], input, params, bns, o)?;
-        }
-        let last = &l.io[blocks.len() % 2];
-        let o = (&mut l.pooled, &mut l.logits, &mut l.host_logits[..]);
-        head_forward(be, *linear, dims[HEAD], last, params, o)
+        let net = (&*stem, &blocks[..], *linear);
+        forward_units(be, cfg.bn, mode, net, &dims, params, bns, l, 0)
     }
 
     /// Backward pass from `host_dlogits` (first `n·k` values) of the last forward pass, through

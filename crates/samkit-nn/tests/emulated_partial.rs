@@ -10,11 +10,9 @@ mod partial;
 use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
-use partial::{noise, Io};
+use partial::{noise, HostArena};
 use samkit_nn::cuda::CudaOptions;
-use samkit_nn::{
-    mean_weights, Activation, BnMode, Cuda, LossKind, Mlp, Model, ResNet18, ResNetConfig, Tensor,
-};
+use samkit_nn::{Activation, Cuda, LossKind, Mlp, ResNet18, ResNetConfig, Tensor};
 
 const BATCH: usize = 4;
 const SIDE: usize = 8;
@@ -30,41 +28,19 @@ fn cuda() -> Option<Cuda> {
     Some(Cuda::with_options(&dev, opts).expect("the CUDA backend on the emulated device"))
 }
 
-impl Io for ResNet18<Cuda> {
+impl HostArena for Cuda {
     type Owned = CudaSlice<f32>;
     fn up(&mut self, v: &[f32]) -> CudaSlice<f32> {
-        self.backend_mut().arena_from(v).unwrap()
+        self.arena_from(v).unwrap()
     }
     fn down(&mut self, a: &CudaSlice<f32>) -> Vec<f32> {
-        self.backend_mut().arena_to_host(a).unwrap()
+        self.arena_to_host(a).unwrap()
     }
     fn a(o: &CudaSlice<f32>) -> &CudaSlice<f32> {
         o
     }
     fn am(o: &mut CudaSlice<f32>) -> &mut CudaSlice<f32> {
         o
-    }
-    fn stats(&mut self) -> Vec<(Vec<f32>, Vec<f32>)> {
-        self.running_stats().unwrap()
-    }
-}
-
-impl Io for Mlp<Cuda> {
-    type Owned = CudaSlice<f32>;
-    fn up(&mut self, v: &[f32]) -> CudaSlice<f32> {
-        self.backend_mut().arena_from(v).unwrap()
-    }
-    fn down(&mut self, a: &CudaSlice<f32>) -> Vec<f32> {
-        self.backend_mut().arena_to_host(a).unwrap()
-    }
-    fn a(o: &CudaSlice<f32>) -> &CudaSlice<f32> {
-        o
-    }
-    fn am(o: &mut CudaSlice<f32>) -> &mut CudaSlice<f32> {
-        o
-    }
-    fn stats(&mut self) -> Vec<(Vec<f32>, Vec<f32>)> {
-        Vec::new()
     }
 }
 
@@ -95,17 +71,7 @@ fn resnet18_nograd_forward_and_subset_passes_on_cuda() {
     let w = m.init_params(2);
     let (x, y) = images(2, BATCH);
     let (xo, yo) = images(3, BATCH + 2);
-    let mut g = m.up(&vec![0.0; w.len()]);
-    let wd = m.up(&w);
-    m.forward_backward(
-        &wd,
-        &x,
-        (&y).into(),
-        &mean_weights(BATCH),
-        BnMode::Train,
-        &mut g,
-    )
-    .unwrap();
+    partial::train_pass(&mut m, &w, &x, &y);
     partial::nograd_forward_matches_and_keeps_the_kept_pass(
         &mut m,
         &w,

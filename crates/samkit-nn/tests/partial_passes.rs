@@ -178,17 +178,8 @@ fn resnet18_nograd_forward_matches_and_leaves_the_kept_pass_alone() {
     let (x, y) = images(6, BATCH);
     // Another batch of another size in between.
     let (xo, yo) = images(7, BATCH + 2);
-    let mut g = vec![0.0; w.len()];
     // Running statistics that are not the initial ones, for the Eval comparisons.
-    m.forward_backward(
-        &w,
-        &x,
-        (&y).into(),
-        &mean_weights(BATCH),
-        BnMode::Train,
-        &mut g,
-    )
-    .unwrap();
+    partial::train_pass(&mut m, &w, &x, &y);
     partial::nograd_forward_matches_and_keeps_the_kept_pass(
         &mut m,
         &w,
@@ -220,16 +211,7 @@ fn resnet18_subset_pass_is_the_pass_on_the_gathered_samples() {
     let mut m = resnet();
     let w = m.init_params(10);
     let (x, y) = images(10, BATCH);
-    let mut g = vec![0.0; w.len()];
-    m.forward_backward(
-        &w,
-        &x,
-        (&y).into(),
-        &mean_weights(BATCH),
-        BnMode::Train,
-        &mut g,
-    )
-    .unwrap();
+    partial::train_pass(&mut m, &w, &x, &y);
     partial::subset_pass_is_the_gathered_batch(&mut m, &w, &x, &y);
 }
 

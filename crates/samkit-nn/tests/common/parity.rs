@@ -665,6 +665,45 @@ fn resnets(env: &Env) -> Option<(ResNet18<Cpu>, ResNet18<Cuda>)> {
     ))
 }
 
+/// The two ResNets of [`resnets`] at the CPU's initial weights of seed `init` (`w`, and `wg` on
+/// the device), the batch of seed `data`, mean sample weights and a zeroed gradient arena on
+/// each side.
+struct ResNetCase {
+    cpu: ResNet18<Cpu>,
+    gpu: ResNet18<Cuda>,
+    layout: Layout,
+    w: Vec<f32>,
+    wg: <Cuda as Backend>::Arena,
+    x: Tensor,
+    y: Vec<usize>,
+    wts: Vec<f32>,
+    gc: Vec<f32>,
+    gg: <Cuda as Backend>::Arena,
+}
+
+fn resnet_case(env: &Env, init: u64, data: u64) -> Option<ResNetCase> {
+    let (cpu, mut gpu) = resnets(env)?;
+    let layout = cpu.layout().clone();
+    let w = cpu.init_params(init);
+    let wg = gpu.backend_mut().arena_from(&w).unwrap();
+    let (x, y) = batch(env, data);
+    let wts = mean_weights(env.batch);
+    let gc = vec![0.0; w.len()];
+    let gg = gpu.backend_mut().arena_zeros(w.len()).unwrap();
+    Some(ResNetCase {
+        cpu,
+        gpu,
+        layout,
+        w,
+        wg,
+        x,
+        y,
+        wts,
+        gc,
+        gg,
+    })
+}
+
 fn stats_close(what: &str, gpu: &mut ResNet18<Cuda>, cpu: &mut ResNet18<Cpu>, tol: f64) {
     let (sg, sc) = (gpu.running_stats().unwrap(), cpu.running_stats().unwrap());
     let names = cpu.bn_names().to_vec();
@@ -678,16 +717,21 @@ fn stats_close(what: &str, gpu: &mut ResNet18<Cuda>, cpu: &mut ResNet18<Cpu>, to
 /// (≤ 2e-3, per segment ≤ 5e-3, or twice the CPU gradient's own rounding floor where larger) and every running statistic (≤ 1e-4) after a training
 /// pass; the pass-2 mode leaves the statistics exactly alone; evaluation logits.
 pub fn resnet18_forward_backward_matches_cpu(env: &Env) {
-    let Some((mut cpu, mut gpu)) = resnets(env) else {
+    let Some(ResNetCase {
+        mut cpu,
+        mut gpu,
+        layout,
+        w,
+        wg,
+        x,
+        y,
+        wts,
+        mut gc,
+        mut gg,
+    }) = resnet_case(env, 0, 1)
+    else {
         return;
     };
-    let layout = cpu.layout().clone();
-    let w = cpu.init_params(0);
-    let wg = gpu.backend_mut().arena_from(&w).unwrap();
-    let (x, y) = batch(env, 1);
-    let wts = mean_weights(env.batch);
-    let mut gc = vec![0.0; w.len()];
-    let mut gg = gpu.backend_mut().arena_zeros(w.len()).unwrap();
     let lc = cpu
         .forward_backward(&w, &x, (&y).into(), &wts, BnMode::Train, &mut gc)
         .unwrap();
@@ -770,16 +814,21 @@ pub fn resnet18_forward_backward_matches_cpu(env: &Env) {
 /// SSAM-F's Fisher `Σ_i (∇ℓ_i)²` over a batch with BN in inference mode (after one training
 /// pass set the running statistics): relative L2 ≤ 5e-3, per segment ≤ 1e-2.
 pub fn resnet18_per_sample_fisher_matches_cpu(env: &Env) {
-    let Some((mut cpu, mut gpu)) = resnets(env) else {
+    let Some(ResNetCase {
+        mut cpu,
+        mut gpu,
+        layout,
+        w,
+        wg,
+        x,
+        y,
+        wts,
+        mut gc,
+        mut gg,
+    }) = resnet_case(env, 3, 4)
+    else {
         return;
     };
-    let layout = cpu.layout().clone();
-    let w = cpu.init_params(3);
-    let wg = gpu.backend_mut().arena_from(&w).unwrap();
-    let (x, y) = batch(env, 4);
-    let wts = mean_weights(env.batch);
-    let mut gc = vec![0.0; w.len()];
-    let mut gg = gpu.backend_mut().arena_zeros(w.len()).unwrap();
     cpu.forward_backward(&w, &x, (&y).into(), &wts, BnMode::Train, &mut gc)
         .unwrap();
     gpu.forward_backward(&wg, &x, (&y).into(), &wts, BnMode::Train, &mut gg)

@@ -7,21 +7,19 @@
 //! same values as the full pass for the units `≥ u`, so every comparison here is `==`.
 #![allow(dead_code)]
 use samkit_nn::model::{BackwardExtent, Targets};
-use samkit_nn::{mean_weights, Backend, BnMode, Model, Tensor};
+use samkit_nn::{mean_weights, Backend, BnMode, Cpu, Mlp, Model, ResNet18, Tensor};
 
-/// Moving parameters between the host and a model's arena, and reading its running statistics.
-pub trait Io: Model {
+/// A backend's owned arena and how it moves between the host and the backend.
+pub trait HostArena: Backend {
     /// An owned arena (`Vec<f32>` on the CPU, a device slice with CUDA).
     type Owned;
     fn up(&mut self, v: &[f32]) -> Self::Owned;
     fn down(&mut self, a: &Self::Owned) -> Vec<f32>;
-    fn a(o: &Self::Owned) -> &<Self::Backend as Backend>::Arena;
-    fn am(o: &mut Self::Owned) -> &mut <Self::Backend as Backend>::Arena;
-    /// Running mean and variance of every batch-norm layer (none for an MLP).
-    fn stats(&mut self) -> Vec<(Vec<f32>, Vec<f32>)>;
+    fn a(o: &Self::Owned) -> &Self::Arena;
+    fn am(o: &mut Self::Owned) -> &mut Self::Arena;
 }
 
-impl Io for samkit_nn::ResNet18<samkit_nn::Cpu> {
+impl HostArena for Cpu {
     type Owned = Vec<f32>;
     fn up(&mut self, v: &[f32]) -> Vec<f32> {
         v.to_vec()
@@ -34,25 +32,47 @@ impl Io for samkit_nn::ResNet18<samkit_nn::Cpu> {
     }
     fn am(o: &mut Vec<f32>) -> &mut [f32] {
         o
+    }
+}
+
+/// An owned arena of `M`'s backend.
+pub type Owned<M> = <<M as Model>::Backend as HostArena>::Owned;
+/// The arena type of `M`'s backend.
+pub type Arena<M> = <<M as Model>::Backend as Backend>::Arena;
+
+/// Moving parameters between the host and a model's arena (through its backend's
+/// [`HostArena`]), and reading its running statistics.
+pub trait Io: Model<Backend: HostArena> {
+    fn backend(&mut self) -> &mut Self::Backend;
+    /// Running mean and variance of every batch-norm layer (none for an MLP).
+    fn stats(&mut self) -> Vec<(Vec<f32>, Vec<f32>)>;
+
+    fn up(&mut self, v: &[f32]) -> Owned<Self> {
+        self.backend().up(v)
+    }
+    fn down(&mut self, a: &Owned<Self>) -> Vec<f32> {
+        self.backend().down(a)
+    }
+    fn a(o: &Owned<Self>) -> &Arena<Self> {
+        <Self::Backend as HostArena>::a(o)
+    }
+    fn am(o: &mut Owned<Self>) -> &mut Arena<Self> {
+        <Self::Backend as HostArena>::am(o)
+    }
+}
+
+impl<B: HostArena> Io for ResNet18<B> {
+    fn backend(&mut self) -> &mut B {
+        self.backend_mut()
     }
     fn stats(&mut self) -> Vec<(Vec<f32>, Vec<f32>)> {
         self.running_stats().unwrap()
     }
 }
 
-impl Io for samkit_nn::Mlp<samkit_nn::Cpu> {
-    type Owned = Vec<f32>;
-    fn up(&mut self, v: &[f32]) -> Vec<f32> {
-        v.to_vec()
-    }
-    fn down(&mut self, a: &Vec<f32>) -> Vec<f32> {
-        a.clone()
-    }
-    fn a(o: &Vec<f32>) -> &[f32] {
-        o
-    }
-    fn am(o: &mut Vec<f32>) -> &mut [f32] {
-        o
+impl<B: HostArena> Io for Mlp<B> {
+    fn backend(&mut self) -> &mut B {
+        self.backend_mut()
     }
     fn stats(&mut self) -> Vec<(Vec<f32>, Vec<f32>)> {
         Vec::new()
@@ -75,6 +95,16 @@ pub fn noise(n: usize, seed: u64) -> Vec<f32> {
             (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
         })
         .collect()
+}
+
+/// One training pass at `w` on `(x, y)` with mean sample weights: running statistics that are
+/// not the initial ones for the checks that compare in Eval mode, and a kept pass.
+pub fn train_pass<M: Io>(m: &mut M, w: &[f32], x: &Tensor, y: &[usize]) {
+    let wd = m.up(w);
+    let mut g = m.up(&vec![0.0; w.len()]);
+    let wts = mean_weights(x.shape()[0]);
+    m.forward_backward(M::a(&wd), x, y.into(), &wts, BnMode::Train, M::am(&mut g))
+        .unwrap();
 }
 
 /// The parameter range (in the arena) of the units `u..`.

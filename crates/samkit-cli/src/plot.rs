@@ -562,6 +562,57 @@ pub fn bar_chart(
     bar_chart_colored(area, title, y_label, categories, values, &colors)
 }
 
+/// The frame of a chart with one bar per category: the categories along x, each name under
+/// the centre of its unit-wide slot, and the values on y.
+struct CategoryFrame<'n> {
+    title: &'n str,
+    y_label: &'n str,
+    names: &'n [String],
+    y: std::ops::Range<f64>,
+    x_label_area: u32,
+    label_size: u32,
+}
+
+type CategoryChart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The chart of `f` with its caption, axes and grid drawn, ready for the bars.
+fn category_chart<'a, 'b>(
+    area: &'a Area<'b>,
+    f: &CategoryFrame,
+) -> DrawResult<CategoryChart<'a, 'b>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(f.title, (FONT, 20))
+        .margin(12)
+        .x_label_area_size(f.x_label_area)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..f.names.len().max(1) as f64, f.y.clone())
+        .s()?;
+    let names = f.names.to_vec();
+    // A name at the centre of its slot only: the mesh asks for labels at every half unit.
+    let fmt = move |v: &f64| -> String {
+        let i = v.floor();
+        if (v - i - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+            names[i as usize].clone()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(f.names.len() * 2 + 1)
+        .x_label_formatter(&fmt)
+        .y_label_formatter(&|v| tick(*v))
+        .y_desc(f.y_label)
+        .label_style((FONT, f.label_size))
+        .axis_desc_style((FONT, 15))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .s()?;
+    Ok(chart)
+}
+
 /// A bar chart with a colour per bar (an optimizer's own, say).
 pub fn bar_chart_colored(
     area: &Area,
@@ -571,7 +622,6 @@ pub fn bar_chart_colored(
     values: &[f64],
     colors: &[RGBColor],
 ) -> DrawResult {
-    let n = categories.len().max(1) as f64;
     let top = values
         .iter()
         .copied()
@@ -583,34 +633,17 @@ pub fn bar_chart_colored(
         .filter(|v| v.is_finite())
         .fold(0.0, f64::min);
     let span = (top - bottom).max(1e-12);
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..n, bottom..top + 0.15 * span)
-        .s()?;
-    let cats = categories.to_vec();
-    let fmt = move |v: &f64| -> String {
-        let i = v.floor();
-        if (v - i - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
-            cats[i as usize].clone()
-        } else {
-            String::new()
-        }
-    };
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(categories.len() * 2 + 1)
-        .x_label_formatter(&fmt)
-        .y_label_formatter(&|v| tick(*v))
-        .y_desc(y_label)
-        .label_style((FONT, 14))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .s()?;
+    let mut chart = category_chart(
+        area,
+        &CategoryFrame {
+            title,
+            y_label,
+            names: categories,
+            y: bottom..top + 0.15 * span,
+            x_label_area: 40,
+            label_size: 14,
+        },
+    )?;
     for (i, &v) in values.iter().enumerate() {
         let x = i as f64;
         chart
@@ -696,35 +729,18 @@ pub fn step_cost_chart(area: &Area, title: &str, phases: &[&str], rows: &[StepCo
         .filter_map(|b| b.last().map(|p| p.1))
         .fold(0.0, f64::max)
         .max(1e-6);
-    let n = rows.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FONT, 20))
-        .margin(12)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.0..n, 0.0..top * 1.2)
-        .s()?;
     let names: Vec<String> = rows.iter().map(|r| r.optimizer.clone()).collect();
-    let fmt = move |v: &f64| -> String {
-        let i = v.floor();
-        if (v - i - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
-            names[i as usize].clone()
-        } else {
-            String::new()
-        }
-    };
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(rows.len() * 2 + 1)
-        .x_label_formatter(&fmt)
-        .y_label_formatter(&|v| tick(*v))
-        .y_desc("mean time per step (ms)")
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 15))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .s()?;
+    let mut chart = category_chart(
+        area,
+        &CategoryFrame {
+            title,
+            y_label: "mean time per step (ms)",
+            names: &names,
+            y: 0.0..top * 1.2,
+            x_label_area: 44,
+            label_size: 13,
+        },
+    )?;
     for (k, phase) in phases.iter().enumerate() {
         let color = palette(k);
         let rects: Vec<_> = bars

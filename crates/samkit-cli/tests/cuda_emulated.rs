@@ -4,26 +4,18 @@
 //! ResNet-18) runs end to end where no GPU is. Skipped, with one line, where a real driver is
 //! installed (`cuda_training.rs` runs there) or where g++ or NVRTC is missing
 //! (`SAMKIT_REQUIRE_EMULATION=1` makes that a failure).
+mod common;
 mod cuda_cli;
+// The suite's rows from the command's own list, not a copy.
+#[path = "../src/train/cost_suite.rs"]
+mod cost_suite;
 
+use cost_suite::COST_SUITE;
 use cuda_cli::Ctx;
 
 fn ctx() -> Option<Ctx> {
-    let libs = samkit_testkit::or_skip(samkit_testkit::library_files())?;
-    let mut path: Vec<String> = libs
-        .iter()
-        .filter_map(|l| l.parent().map(|d| d.display().to_string()))
-        .collect();
-    if let Ok(p) = std::env::var("LD_LIBRARY_PATH") {
-        path.push(p);
-    }
-    let file = |i: usize| libs[i].display().to_string();
     Some(Ctx {
-        env: vec![
-            ("LD_LIBRARY_PATH".into(), path.join(":")),
-            ("SAMKIT_CUBLAS_LIB".into(), file(1)),
-            ("SAMKIT_CUDNN_LIB".into(), file(2)),
-        ],
+        env: common::emulated_env()?,
         // The emulated cuDNN's algorithm search: no large workspace to clear per shape.
         cuda_flags: vec!["--cudnn-workspace-mb".into(), "4".into()],
         rules: vec![
@@ -137,30 +129,13 @@ fn emulated_cuda_compare_suite_cost_reports_every_optimizer() {
         out.contains("pass2/pass1") && out.contains("save/SAM"),
         "{out}"
     );
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("compare.json")).expect("compare.json"),
-    )
-    .expect("JSON");
+    let json = common::json(&dir.join("compare.json"));
     let rows = json.as_array().expect("rows");
     let names: Vec<&str> = rows
         .iter()
         .map(|r| r["optimizer"].as_str().expect("a name"))
         .collect();
-    let suite = [
-        "sgd",
-        "sam",
-        "ssam-f",
-        "ssam-d",
-        "ssam-l",
-        "ssam-l-truncated",
-        "esam",
-        "sam-on",
-        "rst",
-        "looksam",
-        "mesa",
-        "saf",
-    ];
-    assert_eq!(names, suite, "the suite's rows in order");
+    assert_eq!(names, COST_SUITE, "the suite's rows in order");
     // Rules whose every step has a second pass: the ratio is measured after the first step
     // (warm-up), where LookSAM (k = 5) reuses its direction, RST draws, and MESA and SAF have
     // none.
@@ -228,13 +203,9 @@ fn emulated_cuda_trains_the_formerly_refused_options_like_the_cpu() {
             a.extend(SMALL);
             a.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
             ok(&run(&c, &a));
-            let log = std::fs::read_to_string(dir.join("steps.jsonl")).expect("steps.jsonl");
-            let l: Vec<f64> = log
-                .lines()
-                .map(|line| {
-                    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
-                    v["loss"].as_f64().expect("a loss")
-                })
+            let l: Vec<f64> = common::json_lines(&dir.join("steps.jsonl"))
+                .iter()
+                .map(|v| v["loss"].as_f64().expect("a loss"))
                 .collect();
             losses.push(l);
         }

@@ -3,26 +3,11 @@
 //! free memory is refused with exit 2 before anything of it is allocated, naming the flag and
 //! the estimate. Runs on the CPU emulation of a device (which reports 16 GiB free), found as
 //! in `cuda_emulated.rs`; skipped with one line where g++ or NVRTC is missing.
+mod common;
+
+use common::emulated_env;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-
-/// The emulated device's library path and libraries, as `cuda_emulated.rs` sets them.
-fn emulated_env() -> Option<Vec<(String, String)>> {
-    let libs = samkit_testkit::or_skip(samkit_testkit::library_files())?;
-    let mut path: Vec<String> = libs
-        .iter()
-        .filter_map(|l| l.parent().map(|d| d.display().to_string()))
-        .collect();
-    if let Ok(p) = std::env::var("LD_LIBRARY_PATH") {
-        path.push(p);
-    }
-    let file = |i: usize| libs[i].display().to_string();
-    Some(vec![
-        ("LD_LIBRARY_PATH".into(), path.join(":")),
-        ("SAMKIT_CUBLAS_LIB".into(), file(1)),
-        ("SAMKIT_CUDNN_LIB".into(), file(2)),
-    ])
-}
 
 fn samkit(env: &[(String, String)], args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_samkit"));

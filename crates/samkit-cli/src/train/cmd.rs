@@ -15,6 +15,7 @@ use samkit_train::{
 };
 
 use super::args::{Device, RunArgs};
+use super::cost_suite::COST_SUITE;
 use crate::error::{CliError, Result};
 use crate::output::{write_json, Output};
 use crate::plot::{self, Axes, Series};
@@ -594,23 +595,6 @@ pub enum Suite {
     /// The cost reducers of SAM's second pass side by side (issue 11).
     Cost,
 }
-
-/// The rows of `--suite cost`, in order; `ssam-l-truncated` is `ssam-l` with `--pass2
-/// truncated`, and a name the trainer does not have (yet) is left out.
-const COST_SUITE: [&str; 12] = [
-    "sgd",
-    "sam",
-    "ssam-f",
-    "ssam-d",
-    "ssam-l",
-    "ssam-l-truncated",
-    "esam",
-    "sam-on",
-    "rst",
-    "looksam",
-    "mesa",
-    "saf",
-];
 
 /// MESA's and SAF's first distillation epoch in the cost suite when `--distill-start` is not
 /// given: the first, so that a run of a few epochs measures their term.

@@ -3,6 +3,7 @@
 pub mod args;
 pub mod bench;
 pub mod cmd;
+pub mod cost_suite;
 pub mod preset;
 pub mod runs;
 pub mod table1;

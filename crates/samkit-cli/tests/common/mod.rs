@@ -97,24 +97,29 @@ pub fn steps_without_time(out: &Path) -> Vec<serde_json::Value> {
 /// Trains `rule` for one epoch of 2 steps on a width-2 network into `dir` (seconds in a debug
 /// build) and returns its checkpoint folder: a real checkpoint for the commands that read one.
 pub fn tiny_checkpoint(rule: &str, dir: &Path) -> PathBuf {
-    ok(&samkit(&[
-        "train",
-        "--optimizer",
-        rule,
-        "--epochs",
-        "1",
-        "--width",
-        "2",
-        "--train-size",
-        "64",
-        "--test-size",
-        "16",
-        "--batch",
-        "16",
-        "--steps-per-epoch",
-        "2",
-        "--out",
-        dir.to_str().expect("a UTF-8 path"),
-    ]));
+    let mut args = vec!["train", "--optimizer", rule];
+    args.extend(TINY_RUN);
+    args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
+    ok(&samkit(&args));
     dir.join("checkpoint")
+}
+
+/// The environment that points the `samkit` binary at the CPU emulation of a CUDA device
+/// (samkit-testkit's fake driver, cuBLAS and cuDNN): its library path and libraries; `None`,
+/// with one skip line, where g++ or NVRTC is missing.
+pub fn emulated_env() -> Option<Vec<(String, String)>> {
+    let libs = samkit_testkit::or_skip(samkit_testkit::library_files())?;
+    let mut path: Vec<String> = libs
+        .iter()
+        .filter_map(|l| l.parent().map(|d| d.display().to_string()))
+        .collect();
+    if let Ok(p) = std::env::var("LD_LIBRARY_PATH") {
+        path.push(p);
+    }
+    let file = |i: usize| libs[i].display().to_string();
+    Some(vec![
+        ("LD_LIBRARY_PATH".into(), path.join(":")),
+        ("SAMKIT_CUBLAS_LIB".into(), file(1)),
+        ("SAMKIT_CUDNN_LIB".into(), file(2)),
+    ])
 }

@@ -32,19 +32,7 @@ fn assert_usage_error(args: &[&str], flag: &str) {
     let dir = fresh_dir(&format!("refused-{flag}"));
     let mut args = args.to_vec();
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
-    let o = samkit(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{args:?}: stdout {}\nstderr {}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    let err = text(&o.stderr);
-    assert!(
-        err.contains(&format!("--{flag}")),
-        "{args:?}: the error does not name --{flag}: {err}"
-    );
+    common::refused(&samkit(&args), &[&format!("--{flag}")]);
 }
 
 #[test]
@@ -70,10 +58,7 @@ fn compare_reports_passes_for_the_new_rules() {
         out.contains("passes F/F0/B") && out.contains("save/SAM"),
         "{out}"
     );
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("compare.json")).expect("compare.json"),
-    )
-    .expect("JSON");
+    let json = common::json(&dir.join("compare.json"));
     let rows = json.as_array().expect("rows");
     assert_eq!(rows.len(), 8);
     let row = |name: &str| {
@@ -112,9 +97,8 @@ fn train_runs_a_new_rule_and_logs_its_passes() {
         text(&o.stdout),
         text(&o.stderr)
     );
-    let log = std::fs::read_to_string(dir.join("steps.jsonl")).expect("steps.jsonl");
-    let first: serde_json::Value =
-        serde_json::from_str(log.lines().next().expect("a step")).expect("JSON");
+    let steps = common::json_lines(&dir.join("steps.jsonl"));
+    let first = steps.first().expect("a step");
     assert_eq!(first["passes"]["forward_nograd"], 1.0);
     assert_eq!(first["passes"]["forward"], 1.5, "γ = 0.5 by default");
 }
@@ -247,10 +231,7 @@ fn compare_suite_cost_trains_every_cost_reducer_and_prints_the_saving() {
     ] {
         assert!(out.contains(column), "no {column} column:\n{out}");
     }
-    let json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("compare.json")).expect("compare.json"),
-    )
-    .expect("JSON");
+    let json = common::json(&dir.join("compare.json"));
     let rows = json.as_array().expect("rows");
     let truncated = rows
         .iter()

@@ -1,23 +1,12 @@
 //! Runs the `samkit` binary with small settings and checks what it writes and how it fails.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
+use common::{samkit, text};
+use std::path::{Path, PathBuf};
 
 /// A fresh directory under cargo's temporary directory for integration tests.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    common::fresh_dir("cli", name)
 }
 
 /// Width and height from a PNG's IHDR, after checking the signature.
@@ -133,8 +122,7 @@ fn toy_writes_gifs_of_thirty_frames_and_valid_pngs() {
     }
     let json = dir.join("toy.json");
     assert_wrote(&stdout, &json);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = common::json(&json);
     assert_eq!(v["one_d"].as_array().unwrap().len(), 2);
     assert_eq!(v["one_d"][0]["path"].as_array().unwrap().len(), 31);
     assert_eq!(v["beale"]["runs"].as_array().unwrap().len(), 5);
@@ -198,8 +186,7 @@ fn linreg_writes_curves_bars_theorem_and_json() {
     }
     let json = dir.join("linreg.json");
     assert_wrote(&stdout, &json);
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let v = common::json(&json);
     let finals = v["train"]["final"].as_array().unwrap();
     let names: Vec<&str> = finals
         .iter()

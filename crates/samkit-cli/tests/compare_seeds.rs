@@ -60,8 +60,7 @@ fn two_seeds_give_mean_and_std_per_optimizer() {
             "{name} row lacks mean ± std:\n{out}"
         );
     }
-    let text = std::fs::read_to_string(dir.join("compare.json")).expect("compare.json written");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("compare.json parses");
+    let json = common::json(&dir.join("compare.json"));
     let rows = json.as_array().expect("a list of rows");
     assert_eq!(rows.len(), 2);
     for r in rows {

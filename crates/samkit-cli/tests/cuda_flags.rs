@@ -1,14 +1,9 @@
 //! The CUDA device settings are flags recorded in the run's config, never environment
 //! variables: they are refused where they mean nothing, bounded, and written to trainer.json.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
+use common::samkit;
+use std::path::{Path, PathBuf};
 
 fn fresh_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -80,9 +75,7 @@ fn a_cpu_run_records_the_default_cuda_settings_in_its_config() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let text =
-        std::fs::read_to_string(out.join("checkpoint").join("trainer.json")).expect("trainer.json");
-    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let v = common::json(&out.join("checkpoint").join("trainer.json"));
     let cuda = &v["config"]["cuda"];
     assert_eq!(cuda["tf32"], false, "{cuda}");
     assert_eq!(cuda["cudnn_algo"], "benchmark", "{cuda}");

@@ -45,11 +45,7 @@ fn mesa_and_saf_train_with_their_teacher_in_the_checkpoint() {
             text(&o.stdout),
             text(&o.stderr)
         );
-        let log = std::fs::read_to_string(dir.join("steps.jsonl")).expect("steps.jsonl");
-        let steps: Vec<serde_json::Value> = log
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("JSON"))
-            .collect();
+        let steps = common::json_lines(&dir.join("steps.jsonl"));
         assert_eq!(steps.len(), 4, "{name}: two epochs of two steps");
         for s in &steps {
             let active = s["epoch"] == 1;
@@ -66,10 +62,7 @@ fn mesa_and_saf_train_with_their_teacher_in_the_checkpoint() {
             dir.join("checkpoint").join(file).exists(),
             "{name}: {file} in the checkpoint"
         );
-        let state: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join("checkpoint/trainer.json")).expect("trainer.json"),
-        )
-        .expect("JSON");
+        let state = common::json(&dir.join("checkpoint/trainer.json"));
         assert_eq!(state["config"]["distill"]["start_epoch"], 1, "{name}");
         assert_eq!(state["config"]["rule"]["rule"], "base", "{name}");
     }
@@ -81,19 +74,7 @@ fn assert_usage_error(args: &[&str], flag: &str) {
     let mut args = args.to_vec();
     args.extend(TINY);
     args.extend(["--out", dir.to_str().expect("a UTF-8 path")]);
-    let o = samkit(&args);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "{args:?}: {}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
-    let err = text(&o.stderr);
-    assert!(
-        err.contains(&format!("--{flag}")),
-        "{args:?}: the error does not name --{flag}: {err}"
-    );
+    common::refused(&samkit(&args), &[&format!("--{flag}")]);
     assert!(
         !dir.join("steps.jsonl").exists(),
         "{args:?}: nothing trained"

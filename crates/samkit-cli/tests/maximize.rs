@@ -1,20 +1,13 @@
 //! `--maximize` reaches every base optimizer's config (torch's `maximize`): a tiny training run
 //! with each base records `"maximize": true` in its checkpoint's `trainer.json`, and a run
 //! without the flag records none (the field is skipped when false, so old checkpoints load).
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn samkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_samkit"))
-        .args(args)
-        .output()
-        .expect("the samkit binary runs")
-}
+use common::samkit;
+use std::path::PathBuf;
 
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("maximize-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+    common::fresh_dir("maximize", name)
 }
 
 /// One epoch of one step on a width-2 ResNet over 32 synthetic images; returns the `base` of
@@ -53,10 +46,7 @@ fn base_of_run(base: &str, maximize: bool) -> serde_json::Value {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     );
-    let path = dir.join("checkpoint").join("trainer.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let v: serde_json::Value = serde_json::from_str(&text).expect("trainer.json is JSON");
-    v["config"]["base"].clone()
+    common::json(&dir.join("checkpoint").join("trainer.json"))["config"]["base"].clone()
 }
 
 #[test]

@@ -316,25 +316,10 @@ fn saddle_escape_of_sgd_sam_eg_sam_and_og_sam_with_a_verdict() {
 #[test]
 fn compare_writes_the_step_cost_chart_it_promises() {
     let dir = fresh_dir("compare-cost");
-    ok(&samkit(&[
-        "compare",
-        "--optimizers",
-        "sgd,sam",
-        "--epochs",
-        "1",
-        "--width",
-        "2",
-        "--train-size",
-        "64",
-        "--test-size",
-        "16",
-        "--batch",
-        "16",
-        "--steps-per-epoch",
-        "2",
-        "--out",
-        dir.to_str().unwrap(),
-    ]));
+    let mut args = vec!["compare", "--optimizers", "sgd,sam"];
+    args.extend(common::TINY_RUN);
+    args.extend(["--out", dir.to_str().unwrap()]);
+    ok(&samkit(&args));
     for f in ["step_cost.png", "accuracy.png", "batch_loss.png"] {
         let png = std::fs::read(dir.join(f)).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{f}");

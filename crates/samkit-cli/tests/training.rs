@@ -4,6 +4,7 @@ mod common;
 
 use common::{json, ok, samkit};
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// A fresh folder for one test, named apart from the other test binaries' folders.
 fn fresh_dir(name: &str) -> PathBuf {
@@ -26,6 +27,38 @@ const TINY: [&str; 10] = [
     "--steps-per-epoch",
     "2",
 ];
+
+/// `samkit <args> <TINY> --out <dir>`: a tiny run writing into `dir`.
+fn tiny_run(args: &[&str], dir: &Path) -> Output {
+    let mut a = args.to_vec();
+    a.extend(TINY);
+    a.extend(["--out", dir.to_str().unwrap()]);
+    samkit(&a)
+}
+
+/// ImbSAM's long-tailed setup (`--long-tail 10 --tau LT_TAU`): `samkit <cmd>` of
+/// `optimizers` for `epochs` epochs into `dir`.
+fn long_tail_run(cmd: &str, optimizers: &str, epochs: &str, dir: &Path) -> Output {
+    let which = if cmd == "compare" {
+        "--optimizers"
+    } else {
+        "--optimizer"
+    };
+    tiny_run(
+        &[
+            cmd,
+            which,
+            optimizers,
+            "--long-tail",
+            "10",
+            "--tau",
+            LT_TAU,
+            "--epochs",
+            epochs,
+        ],
+        dir,
+    )
+}
 
 #[test]
 fn compare_prints_the_table_and_writes_json_and_plots() {
@@ -270,20 +303,7 @@ const LT_TAU: &str = "5";
 #[test]
 fn imbsam_logs_per_class_head_and_tail_accuracy_and_the_long_tailed_size() {
     let dir = fresh_dir("imbsam-lt");
-    let mut a = vec![
-        "train",
-        "--optimizer",
-        "imbsam",
-        "--long-tail",
-        "10",
-        "--tau",
-        LT_TAU,
-        "--epochs",
-        "2",
-    ];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let o = samkit(&a);
+    let o = long_tail_run("train", "imbsam", "2", &dir);
     let out = ok(&o);
     let (total, counts) = printed_counts(&out);
     assert_eq!(counts.len(), 10, "{out}");
@@ -345,20 +365,7 @@ fn imbsam_logs_per_class_head_and_tail_accuracy_and_the_long_tailed_size() {
 #[test]
 fn compare_on_a_long_tailed_set_reports_head_and_tail_for_every_row() {
     let dir = fresh_dir("compare-lt");
-    let mut a = vec![
-        "compare",
-        "--optimizers",
-        "sgd,imbsam",
-        "--long-tail",
-        "10",
-        "--tau",
-        LT_TAU,
-        "--epochs",
-        "1",
-    ];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let out = ok(&samkit(&a));
+    let out = ok(&long_tail_run("compare", "sgd,imbsam", "1", &dir));
     let (_, counts) = printed_counts(&out);
     let tau: usize = LT_TAU.parse().unwrap();
     let tail = counts.iter().filter(|&&n| n < tau).count() as u64;
@@ -380,20 +387,7 @@ fn compare_on_a_long_tailed_set_reports_head_and_tail_for_every_row() {
     }
     // train splits a long-tailed SGD run at its --tau as well.
     let dir = fresh_dir("train-lt-sgd");
-    let mut a = vec![
-        "train",
-        "--optimizer",
-        "sgd",
-        "--long-tail",
-        "10",
-        "--tau",
-        LT_TAU,
-        "--epochs",
-        "1",
-    ];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let out = ok(&samkit(&a));
+    let out = ok(&long_tail_run("train", "sgd", "1", &dir));
     // Its own counts: compare's default label noise moved some of compare's labels.
     let (_, counts) = printed_counts(&out);
     let tail = counts.iter().filter(|&&n| n < tau).count();
@@ -407,10 +401,10 @@ fn compare_on_a_long_tailed_set_reports_head_and_tail_for_every_row() {
     assert!(s[0]["tail_accuracy"].as_f64().is_some());
     // A balanced comparison without ImbSAM reports no head/tail.
     let dir = fresh_dir("compare-balanced");
-    let mut a = vec!["compare", "--optimizers", "sgd", "--epochs", "1"];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let out = ok(&samkit(&a));
+    let out = ok(&tiny_run(
+        &["compare", "--optimizers", "sgd", "--epochs", "1"],
+        &dir,
+    ));
     assert!(!out.contains("tail acc"), "{out}");
     let j = json(&dir.join("compare.json"));
     assert!(j[0]["tail_classes"].is_null() && j[0]["tail_accuracy_mean"].is_null());
@@ -424,18 +418,18 @@ fn compare_on_a_long_tailed_set_reports_head_and_tail_for_every_row() {
 fn imbsam_without_a_tail_class_warns_on_stderr() {
     let dir = fresh_dir("imbsam-no-tail");
     // Balanced synthetic data: every class has 9 or 10 of the 96 images, none fewer than 1.
-    let mut a = vec![
-        "train",
-        "--optimizer",
-        "imbsam",
-        "--tau",
-        "1",
-        "--epochs",
-        "1",
-    ];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let o = samkit(&a);
+    let o = tiny_run(
+        &[
+            "train",
+            "--optimizer",
+            "imbsam",
+            "--tau",
+            "1",
+            "--epochs",
+            "1",
+        ],
+        &dir,
+    );
     let out = ok(&o);
     let err = common::text(&o.stderr);
     assert!(
@@ -445,18 +439,18 @@ fn imbsam_without_a_tail_class_warns_on_stderr() {
     assert!(out.contains("imbsam: 0 tail classes"), "{out}");
     // And compare warns for its ImbSAM row too.
     let dir = fresh_dir("compare-no-tail");
-    let mut a = vec![
-        "compare",
-        "--optimizers",
-        "imbsam",
-        "--tau",
-        "1",
-        "--epochs",
-        "1",
-    ];
-    a.extend(TINY);
-    a.extend(["--out", dir.to_str().unwrap()]);
-    let o = samkit(&a);
+    let o = tiny_run(
+        &[
+            "compare",
+            "--optimizers",
+            "imbsam",
+            "--tau",
+            "1",
+            "--epochs",
+            "1",
+        ],
+        &dir,
+    );
     ok(&o);
     assert!(common::text(&o.stderr).contains("warning: ImbSAM has no tail class"));
 }

@@ -630,6 +630,14 @@ impl TrainArgs {
 /// The base optimizer from the flags.
 fn base_optimizer(t: &StepArgs, lr: f32) -> BaseOptimizer {
     let wd = t.weight_decay;
+    // Adam and AdamW differ only in their defaults (coupled or decoupled weight decay).
+    let adam = |defaults: Adam| Adam {
+        lr,
+        weight_decay: wd,
+        amsgrad: t.amsgrad,
+        maximize: t.maximize,
+        ..defaults
+    };
     match t.base {
         BaseKind::Sgd => BaseOptimizer::Sgd(Sgd {
             lr,
@@ -639,20 +647,8 @@ fn base_optimizer(t: &StepArgs, lr: f32) -> BaseOptimizer {
             weight_decay: wd,
             maximize: t.maximize,
         }),
-        BaseKind::Adam => BaseOptimizer::Adam(Adam {
-            lr,
-            weight_decay: wd,
-            amsgrad: t.amsgrad,
-            maximize: t.maximize,
-            ..Adam::default()
-        }),
-        BaseKind::Adamw => BaseOptimizer::AdamW(Adam {
-            lr,
-            weight_decay: wd,
-            amsgrad: t.amsgrad,
-            maximize: t.maximize,
-            ..Adam::adamw()
-        }),
+        BaseKind::Adam => BaseOptimizer::Adam(adam(Adam::default())),
+        BaseKind::Adamw => BaseOptimizer::AdamW(adam(Adam::adamw())),
         BaseKind::Rmsprop => BaseOptimizer::RmsProp(RmsProp {
             lr,
             momentum: t.momentum.unwrap_or(0.0),

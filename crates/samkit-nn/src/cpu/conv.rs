@@ -7,6 +7,9 @@
 //! own column buffer, single-threaded GEMMs and, in the backward pass, its own weight-gradient
 //! accumulator (summed at the end). The backward pass recomputes the columns instead of
 //! keeping them: ResNet-18 at batch 32 would need hundreds of MB of columns.
+use std::iter::StepBy;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::gemm::{Gemm, MatMut, MatRef};
@@ -102,6 +105,21 @@ pub(super) fn plan_images(per_image: usize, n: usize, budget: usize, threads: us
         groups,
         gemm_threads: if groups < threads { threads } else { 1 },
     }
+}
+
+/// Runs `body` on `pl.groups` threads at once: thread `t` with the workspaces `bufs[t]` (added
+/// as needed) and its chunks of the plan, `t, t + groups, …`.
+pub(super) fn for_thread_chunks<F>(bufs: &mut Vec<ThreadBufs>, pl: Plan, body: F) -> Result<()>
+where
+    F: Fn(&mut ThreadBufs, StepBy<Range<usize>>) -> Result<()> + Sync + Send,
+{
+    if bufs.len() < pl.groups {
+        bufs.resize_with(pl.groups, ThreadBufs::default);
+    }
+    bufs[..pl.groups]
+        .par_iter_mut()
+        .enumerate()
+        .try_for_each(|(t, tb)| body(tb, (t..pl.chunks).step_by(pl.groups)))
 }
 
 /// Output columns `lo..hi` whose input column `ow·s + kw − p` lies inside `0..w`.
@@ -262,44 +280,38 @@ pub(super) fn forward(
     };
     let y_len = od.len();
     let yp = SharedMut(y.as_mut_ptr());
-    if s.bufs.len() < pl.groups {
-        s.bufs.resize_with(pl.groups, ThreadBufs::default);
-    }
-    s.bufs[..pl.groups]
-        .par_iter_mut()
-        .enumerate()
-        .try_for_each(|(t, tb)| -> Result<()> {
-            for c in (t..pl.chunks).step_by(pl.groups) {
-                let n0 = c * pl.nb;
-                let nb = pl.nb.min(n_all - n0);
-                let cols = nb * hwo;
-                let rhs = if conv.is_pointwise() {
-                    MatRef::new(x, n0 * hwo, n_all * hwo, 1)
-                } else {
-                    if tb.col.len() < ckk * cols {
-                        tb.col.resize(ckk * cols, 0.0);
-                    }
-                    im2col(conv, xd, x, n0, nb, &mut tb.col);
-                    MatRef::rows(&tb.col[..ckk * cols], cols)
-                };
-                // SAFETY: columns n0·hwo..(n0 + nb)·hwo of every output row belong to this
-                // chunk alone.
-                unsafe {
-                    g.run_shared(
-                        conv.cout,
-                        cols,
-                        ckk,
-                        yp.ptr(),
-                        y_len,
-                        (n0 * hwo, n_all * hwo, 1),
-                        false,
-                        MatRef::rows(w, ckk),
-                        rhs,
-                    )?;
+    for_thread_chunks(s.bufs, pl, |tb, chunks| -> Result<()> {
+        for c in chunks {
+            let n0 = c * pl.nb;
+            let nb = pl.nb.min(n_all - n0);
+            let cols = nb * hwo;
+            let rhs = if conv.is_pointwise() {
+                MatRef::new(x, n0 * hwo, n_all * hwo, 1)
+            } else {
+                if tb.col.len() < ckk * cols {
+                    tb.col.resize(ckk * cols, 0.0);
                 }
+                im2col(conv, xd, x, n0, nb, &mut tb.col);
+                MatRef::rows(&tb.col[..ckk * cols], cols)
+            };
+            // SAFETY: columns n0·hwo..(n0 + nb)·hwo of every output row belong to this
+            // chunk alone.
+            unsafe {
+                g.run_shared(
+                    conv.cout,
+                    cols,
+                    ckk,
+                    yp.ptr(),
+                    y_len,
+                    (n0 * hwo, n_all * hwo, 1),
+                    false,
+                    MatRef::rows(w, ckk),
+                    rhs,
+                )?;
             }
-            Ok(())
-        })
+        }
+        Ok(())
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -345,123 +357,117 @@ pub(super) fn backward(
     }
     let (dx_winograd, dx) = if winograd { (dx, None) } else { (None, dx) };
     let dxp = dx.map(|d| SharedMut(d.as_mut_ptr()));
-    if s.bufs.len() < pl.groups {
-        s.bufs.resize_with(pl.groups, ThreadBufs::default);
-    }
-    s.bufs[..pl.groups]
-        .par_iter_mut()
-        .enumerate()
-        .try_for_each(|(t, tb)| -> Result<()> {
-            if tb.acc.len() < wl {
-                tb.acc.resize(wl, 0.0);
+    for_thread_chunks(s.bufs, pl, |tb, chunks| -> Result<()> {
+        if tb.acc.len() < wl {
+            tb.acc.resize(wl, 0.0);
+        }
+        if mode == ParamGrad::PerSampleSq {
+            tb.acc[..wl].fill(0.0);
+            if tb.tmp.len() < wl {
+                tb.tmp.resize(wl, 0.0);
             }
-            if mode == ParamGrad::PerSampleSq {
-                tb.acc[..wl].fill(0.0);
-                if tb.tmp.len() < wl {
-                    tb.tmp.resize(wl, 0.0);
+        }
+        let mut first = true;
+        for c in chunks {
+            let n0 = c * pl.nb;
+            let nb = pl.nb.min(n_all - n0);
+            let cols = nb * hwo;
+            if !pointwise {
+                if tb.col.len() < ckk * cols {
+                    tb.col.resize(ckk * cols, 0.0);
                 }
+                im2col(conv, xd, x, n0, nb, &mut tb.col);
             }
-            let mut first = true;
-            for c in (t..pl.chunks).step_by(pl.groups) {
-                let n0 = c * pl.nb;
-                let nb = pl.nb.min(n_all - n0);
-                let cols = nb * hwo;
-                if !pointwise {
-                    if tb.col.len() < ckk * cols {
-                        tb.col.resize(ckk * cols, 0.0);
+            {
+                // The columns of this chunk, as a [ckk, cols] view.
+                let colv = if pointwise {
+                    MatRef::new(x, n0 * hwi, n_all * hwi, 1)
+                } else {
+                    MatRef::rows(&tb.col[..ckk * cols], cols)
+                };
+                match mode {
+                    ParamGrad::Sum => {
+                        let lhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
+                        let rhs = MatRef::new(colv.data, colv.off, colv.cs, colv.rs);
+                        g.run(
+                            cout,
+                            ckk,
+                            cols,
+                            MatMut::rows(&mut tb.acc[..wl], ckk),
+                            !first,
+                            lhs,
+                            rhs,
+                        )?;
                     }
-                    im2col(conv, xd, x, n0, nb, &mut tb.col);
-                }
-                {
-                    // The columns of this chunk, as a [ckk, cols] view.
-                    let colv = if pointwise {
-                        MatRef::new(x, n0 * hwi, n_all * hwi, 1)
-                    } else {
-                        MatRef::rows(&tb.col[..ckk * cols], cols)
-                    };
-                    match mode {
-                        ParamGrad::Sum => {
-                            let lhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
-                            let rhs = MatRef::new(colv.data, colv.off, colv.cs, colv.rs);
-                            g.run(
-                                cout,
-                                ckk,
-                                cols,
-                                MatMut::rows(&mut tb.acc[..wl], ckk),
-                                !first,
-                                lhs,
-                                rhs,
-                            )?;
-                        }
-                        ParamGrad::PerSampleSq => {
-                            // Blocks of output rows, so that each sample's block of the weight
-                            // gradient is squared into the accumulator while it is in cache.
-                            let rows = (PSG_BLOCK / ckk).clamp(1, cout);
-                            for r0 in (0..cout).step_by(rows) {
-                                let m = rows.min(cout - r0);
-                                let (acc, tmp) = (
-                                    &mut tb.acc[r0 * ckk..(r0 + m) * ckk],
-                                    &mut tb.tmp[..m * ckk],
+                    ParamGrad::PerSampleSq => {
+                        // Blocks of output rows, so that each sample's block of the weight
+                        // gradient is squared into the accumulator while it is in cache.
+                        let rows = (PSG_BLOCK / ckk).clamp(1, cout);
+                        for r0 in (0..cout).step_by(rows) {
+                            let m = rows.min(cout - r0);
+                            let (acc, tmp) = (
+                                &mut tb.acc[r0 * ckk..(r0 + m) * ckk],
+                                &mut tb.tmp[..m * ckk],
+                            );
+                            for j in 0..nb {
+                                let lhs = MatRef::new(
+                                    dy,
+                                    r0 * n_all * hwo + (n0 + j) * hwo,
+                                    n_all * hwo,
+                                    1,
                                 );
-                                for j in 0..nb {
-                                    let lhs = MatRef::new(
-                                        dy,
-                                        r0 * n_all * hwo + (n0 + j) * hwo,
-                                        n_all * hwo,
-                                        1,
-                                    );
-                                    let rhs = MatRef::new(
-                                        colv.data,
-                                        colv.off + j * hwo * colv.cs,
-                                        colv.cs,
-                                        colv.rs,
-                                    );
-                                    g.run(m, ckk, hwo, MatMut::rows(tmp, ckk), false, lhs, rhs)?;
-                                    for (a, v) in acc.iter_mut().zip(tmp.iter()) {
-                                        *a += v * v;
-                                    }
+                                let rhs = MatRef::new(
+                                    colv.data,
+                                    colv.off + j * hwo * colv.cs,
+                                    colv.cs,
+                                    colv.rs,
+                                );
+                                g.run(m, ckk, hwo, MatMut::rows(tmp, ckk), false, lhs, rhs)?;
+                                for (a, v) in acc.iter_mut().zip(tmp.iter()) {
+                                    *a += v * v;
                                 }
                             }
                         }
                     }
                 }
-                first = false;
-                if let Some(dxp) = dxp {
-                    let lhs = MatRef::rows_t(w, ckk);
-                    let rhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
-                    if pointwise {
-                        // SAFETY: columns n0·hwi..(n0 + nb)·hwi of every input row belong to
-                        // this chunk alone.
-                        unsafe {
-                            g.run_shared(
-                                ckk,
-                                cols,
-                                cout,
-                                dxp.ptr(),
-                                dx_len,
-                                (n0 * hwi, n_all * hwi, 1),
-                                accumulate_dx,
-                                lhs,
-                                rhs,
-                            )?;
-                        }
-                    } else {
-                        g.run(
+            }
+            first = false;
+            if let Some(dxp) = dxp {
+                let lhs = MatRef::rows_t(w, ckk);
+                let rhs = MatRef::new(dy, n0 * hwo, n_all * hwo, 1);
+                if pointwise {
+                    // SAFETY: columns n0·hwi..(n0 + nb)·hwi of every input row belong to
+                    // this chunk alone.
+                    unsafe {
+                        g.run_shared(
                             ckk,
                             cols,
                             cout,
-                            MatMut::rows(&mut tb.col[..ckk * cols], cols),
-                            false,
+                            dxp.ptr(),
+                            dx_len,
+                            (n0 * hwi, n_all * hwi, 1),
+                            accumulate_dx,
                             lhs,
                             rhs,
                         )?;
-                        // SAFETY: the planes of images n0..n0 + nb belong to this chunk alone.
-                        unsafe { col2im(conv, xd, &tb.col, n0, nb, dxp, accumulate_dx) };
                     }
+                } else {
+                    g.run(
+                        ckk,
+                        cols,
+                        cout,
+                        MatMut::rows(&mut tb.col[..ckk * cols], cols),
+                        false,
+                        lhs,
+                        rhs,
+                    )?;
+                    // SAFETY: the planes of images n0..n0 + nb belong to this chunk alone.
+                    unsafe { col2im(conv, xd, &tb.col, n0, nb, dxp, accumulate_dx) };
                 }
             }
-            Ok(())
-        })?;
+        }
+        Ok(())
+    })?;
     // Sum the per-thread weight gradients.
     let accs: Vec<&[f32]> = s.bufs[..pl.groups].iter().map(|b| &b.acc[..wl]).collect();
     dw[..wl]

@@ -17,7 +17,7 @@
 //! output tile is one GEMM column, whatever chunk it lands in.
 use rayon::prelude::*;
 
-use super::conv::{plan_images, ConvScratch, SharedMut, ThreadBufs};
+use super::conv::{for_thread_chunks, plan_images, ConvScratch, SharedMut, ThreadBufs};
 use super::gemm::{Gemm, MatMut, MatRef};
 use crate::backend::{Conv2d, Dims};
 use crate::error::Result;
@@ -303,33 +303,27 @@ pub(super) fn run(
         threads: pl.gemm_threads,
     };
     let yp = SharedMut(dst.as_mut_ptr());
-    if s.bufs.len() < pl.groups {
-        s.bufs.resize_with(pl.groups, ThreadBufs::default);
-    }
-    s.bufs[..pl.groups]
-        .par_iter_mut()
-        .enumerate()
-        .try_for_each(|(t, tb)| -> Result<()> {
-            for c in (t..pl.chunks).step_by(pl.groups) {
-                let (n0, nb, tiles) = tile_chunk(tb, c, pl.nb, d.n, tiles_per_image, k, m);
-                input_transform(src, d, k, n0, nb, &mut tb.col, &mut tb.pad);
-                for xi in 0..XI {
-                    g.run(
-                        m,
-                        tiles,
-                        k,
-                        MatMut::new(&mut tb.tmp[..XI * m * tiles], xi * tiles, XI * tiles, 1),
-                        false,
-                        MatRef::new(u, xi * k, XI * k, 1),
-                        MatRef::new(&tb.col[..XI * k * tiles], xi * tiles, XI * tiles, 1),
-                    )?;
-                }
-                // SAFETY: the planes of images n0..n0 + nb of every output channel belong to
-                // this chunk alone.
-                unsafe { output_transform(&tb.tmp, d, m, n0, nb, yp, accumulate) };
+    for_thread_chunks(s.bufs, pl, |tb, chunks| -> Result<()> {
+        for c in chunks {
+            let (n0, nb, tiles) = tile_chunk(tb, c, pl.nb, d.n, tiles_per_image, k, m);
+            input_transform(src, d, k, n0, nb, &mut tb.col, &mut tb.pad);
+            for xi in 0..XI {
+                g.run(
+                    m,
+                    tiles,
+                    k,
+                    MatMut::new(&mut tb.tmp[..XI * m * tiles], xi * tiles, XI * tiles, 1),
+                    false,
+                    MatRef::new(u, xi * k, XI * k, 1),
+                    MatRef::new(&tb.col[..XI * k * tiles], xi * tiles, XI * tiles, 1),
+                )?;
             }
-            Ok(())
-        })
+            // SAFETY: the planes of images n0..n0 + nb of every output channel belong to
+            // this chunk alone.
+            unsafe { output_transform(&tb.tmp, d, m, n0, nb, yp, accumulate) };
+        }
+        Ok(())
+    })
 }
 
 /// `A dY Aᵀ` of the 2×2 output-gradient tiles of images `n0..n0 + nb`: `e[c][ξ][t]` for the
@@ -403,35 +397,29 @@ pub(super) fn weight_grad(
         threads: pl.gemm_threads,
     };
     let acc_len = m * XI * k;
-    if s.bufs.len() < pl.groups {
-        s.bufs.resize_with(pl.groups, ThreadBufs::default);
-    }
-    s.bufs[..pl.groups]
-        .par_iter_mut()
-        .enumerate()
-        .try_for_each(|(t, tb)| -> Result<()> {
-            if tb.acc.len() < acc_len {
-                tb.acc.resize(acc_len, 0.0);
+    for_thread_chunks(s.bufs, pl, |tb, chunks| -> Result<()> {
+        if tb.acc.len() < acc_len {
+            tb.acc.resize(acc_len, 0.0);
+        }
+        tb.acc[..acc_len].fill(0.0);
+        for c in chunks {
+            let (n0, nb, tiles) = tile_chunk(tb, c, pl.nb, d.n, tiles_per_image, k, m);
+            input_transform(x, d, k, n0, nb, &mut tb.col, &mut tb.pad);
+            output_grad_transform(dy, d, m, n0, nb, &mut tb.tmp);
+            for xi in 0..XI {
+                g.run(
+                    m,
+                    k,
+                    tiles,
+                    MatMut::new(&mut tb.acc[..acc_len], xi * k, XI * k, 1),
+                    true,
+                    MatRef::new(&tb.tmp[..XI * m * tiles], xi * tiles, XI * tiles, 1),
+                    MatRef::new(&tb.col[..XI * k * tiles], xi * tiles, 1, XI * tiles),
+                )?;
             }
-            tb.acc[..acc_len].fill(0.0);
-            for c in (t..pl.chunks).step_by(pl.groups) {
-                let (n0, nb, tiles) = tile_chunk(tb, c, pl.nb, d.n, tiles_per_image, k, m);
-                input_transform(x, d, k, n0, nb, &mut tb.col, &mut tb.pad);
-                output_grad_transform(dy, d, m, n0, nb, &mut tb.tmp);
-                for xi in 0..XI {
-                    g.run(
-                        m,
-                        k,
-                        tiles,
-                        MatMut::new(&mut tb.acc[..acc_len], xi * k, XI * k, 1),
-                        true,
-                        MatRef::new(&tb.tmp[..XI * m * tiles], xi * tiles, XI * tiles, 1),
-                        MatRef::new(&tb.col[..XI * k * tiles], xi * tiles, 1, XI * tiles),
-                    )?;
-                }
-            }
-            Ok(())
-        })?;
+        }
+        Ok(())
+    })?;
     let accs: Vec<&[f32]> = s.bufs[..pl.groups]
         .iter()
         .map(|b| &b.acc[..acc_len])

@@ -22,42 +22,29 @@ pub struct Family {
     pub abi_probe: &'static str,
 }
 
+/// The [`Family`] of `kernels/<name>.cu` (embedded) whose ABI probe kernel is `probe`.
+macro_rules! cu_family {
+    ($name:literal, $probe:literal) => {
+        Family {
+            name: $name,
+            source: include_str!(concat!("../kernels/", $name, ".cu")),
+            abi_probe: $probe,
+        }
+    };
+}
+
 /// Squared norms and dot products of the optimizer (samkit-cuda).
-pub const NORM: Family = Family {
-    name: "norm",
-    source: include_str!("../kernels/norm.cu"),
-    abi_probe: "sk_abi",
-};
+pub const NORM: Family = cu_family!("norm", "sk_abi");
 /// The perturbation step of the optimizer (samkit-cuda).
-pub const PERTURB: Family = Family {
-    name: "perturb",
-    source: include_str!("../kernels/perturb.cu"),
-    abi_probe: "sk_abi_perturb",
-};
+pub const PERTURB: Family = cu_family!("perturb", "sk_abi_perturb");
 /// The restore and base-optimizer update of the optimizer (samkit-cuda).
-pub const UPDATE: Family = Family {
-    name: "update",
-    source: include_str!("../kernels/update.cu"),
-    abi_probe: "sk_abi_update",
-};
+pub const UPDATE: Family = cu_family!("update", "sk_abi_update");
 /// The Fisher-information accumulation of SSAM-F (samkit-cuda).
-pub const FISHER: Family = Family {
-    name: "fisher",
-    source: include_str!("../kernels/fisher.cu"),
-    abi_probe: "sk_abi_fisher",
-};
+pub const FISHER: Family = cu_family!("fisher", "sk_abi_fisher");
 /// The top-k mask selection of the sparse rules (samkit-cuda).
-pub const SELECT: Family = Family {
-    name: "select",
-    source: include_str!("../kernels/select.cu"),
-    abi_probe: "sk_abi_select",
-};
+pub const SELECT: Family = cu_family!("select", "sk_abi_select");
 /// The layers of samkit-nn's CUDA backend.
-pub const NN: Family = Family {
-    name: "nn",
-    source: include_str!("../kernels/nn.cu"),
-    abi_probe: "sk_abi_nn",
-};
+pub const NN: Family = cu_family!("nn", "sk_abi_nn");
 
 /// The optimizer's families (samkit-cuda), in the order its compile check reports them.
 pub const OPTIMIZER_FAMILIES: [Family; 5] = [NORM, PERTURB, UPDATE, FISHER, SELECT];

@@ -10,7 +10,7 @@
 //! address their tensors by offset into it. Gradient writes follow [`ParamGrad`]: `Sum`
 //! overwrites the parameter's gradient with the batch gradient (every parameter is used once
 //! in the graph); `PerSampleSq` adds `Σ_i (∂ℓ_i/∂θ)²` over the batch's samples.
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
 
 /// Logical NCHW dimensions of an activation.
@@ -74,6 +74,23 @@ impl Conv2d {
             h: (x.h + 2 * self.pad - self.k) / self.stride + 1,
             w: (x.w + 2 * self.pad - self.k) / self.stride + 1,
         }
+    }
+
+    /// Refuses an input of dimensions `xd` this convolution cannot run on (other channels, an
+    /// empty kernel or stride, a kernel wider than the padded input); both backends check it.
+    pub(crate) fn check_input(&self, xd: Dims) -> Result<()> {
+        if xd.c != self.cin
+            || self.k == 0
+            || self.stride == 0
+            || xd.h + 2 * self.pad < self.k
+            || xd.w + 2 * self.pad < self.k
+        {
+            return Err(Error::shape(
+                "conv2d",
+                format!("{self:?} on an input of {xd:?}"),
+            ));
+        }
+        Ok(())
     }
 
     /// A 1×1 stride-1 convolution without padding is a plain GEMM on the input.
@@ -313,4 +330,24 @@ pub trait Backend {
         y: &Self::Buf,
         dy: &mut Self::Buf,
     ) -> Result<()>;
+}
+
+/// Refuses a buffer `what` of `have` values where `need` are read or written (both backends).
+pub(crate) fn need(what: &'static str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::shape(what, format!("{have} values, need {need}")));
+    }
+    Ok(())
+}
+
+/// Refuses batch-norm buffers `x` and `y` of fewer values than `d` holds, or `c` channels
+/// other than its (both backends).
+pub(crate) fn check_bn(d: Dims, x: usize, y: usize, c: usize) -> Result<()> {
+    if x < d.len() || y < d.len() || c != d.c {
+        return Err(Error::shape(
+            "batch_norm",
+            format!("{d:?} with buffers of {x}, {y} values and {c} channels"),
+        ));
+    }
+    Ok(())
 }

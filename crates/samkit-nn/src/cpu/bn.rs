@@ -2,7 +2,7 @@
 //! contiguous row, reduced in `f64` (two passes: mean, then centred variance).
 use rayon::prelude::*;
 
-use crate::backend::{BnConfig, BnMode, Dims, ParamGrad};
+use crate::backend::{check_bn, BnConfig, BnMode, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
 pub(super) struct BnBufs<'a> {
@@ -11,16 +11,6 @@ pub(super) struct BnBufs<'a> {
     pub saved_mean: &'a mut [f32],
     pub saved_invstd: &'a mut [f32],
     pub num_batches_tracked: &'a mut i64,
-}
-
-fn check(d: Dims, x: usize, y: usize, c: usize) -> Result<()> {
-    if x < d.len() || y < d.len() || c != d.c {
-        return Err(Error::shape(
-            "batch_norm",
-            format!("{d:?} with buffers of {x}, {y} values and {c} channels"),
-        ));
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -37,9 +27,9 @@ pub(super) fn forward(
     relu: bool,
     y: &mut [f32],
 ) -> Result<()> {
-    check(d, x.len(), y.len(), st.running_mean.len())?;
+    check_bn(d, x.len(), y.len(), st.running_mean.len())?;
     if let Some(r) = residual {
-        check(d, r.len(), y.len(), d.c)?;
+        check_bn(d, r.len(), y.len(), d.c)?;
     }
     let m = d.n * d.hw();
     if mode.uses_batch_stats() {
@@ -140,8 +130,8 @@ pub(super) fn backward(
     dbeta: &mut [f32],
     dx: &mut [f32],
 ) -> Result<()> {
-    check(d, x.len(), dx.len(), gamma.len())?;
-    check(d, dy.len(), dx.len(), mean.len())?;
+    check_bn(d, x.len(), dx.len(), gamma.len())?;
+    check_bn(d, dy.len(), dx.len(), mean.len())?;
     if pg == ParamGrad::PerSampleSq && mode != BnMode::Eval {
         return Err(Error::invalid(
             "mode",

@@ -14,8 +14,8 @@ use rayon::prelude::*;
 
 use super::gemm::{Gemm, MatMut, MatRef};
 use super::winograd::{self, Direction};
-use crate::backend::{Conv2d, Dims, ParamGrad};
-use crate::error::{Error, Result};
+use crate::backend::{need, Conv2d, Dims, ParamGrad};
+use crate::error::Result;
 
 /// Elements of one sample's weight-gradient block in the per-sample squared gradients.
 const PSG_BLOCK: usize = 1 << 16;
@@ -234,28 +234,6 @@ unsafe fn col2im(
     }
 }
 
-fn check_conv(conv: &Conv2d, xd: Dims) -> Result<()> {
-    if xd.c != conv.cin
-        || conv.k == 0
-        || conv.stride == 0
-        || xd.h + 2 * conv.pad < conv.k
-        || xd.w + 2 * conv.pad < conv.k
-    {
-        return Err(Error::shape(
-            "conv2d",
-            format!("{conv:?} on an input of {xd:?}"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_len(what: &'static str, have: usize, need: usize) -> Result<()> {
-    if have < need {
-        return Err(Error::shape(what, format!("{have} values, need {need}")));
-    }
-    Ok(())
-}
-
 pub(super) fn forward(
     s: ConvScratch<'_>,
     conv: &Conv2d,
@@ -264,11 +242,11 @@ pub(super) fn forward(
     w: &[f32],
     y: &mut [f32],
 ) -> Result<()> {
-    check_conv(conv, xd)?;
+    conv.check_input(xd)?;
     let od = conv.out_dims(xd);
-    check_len("conv2d input", x.len(), xd.len())?;
-    check_len("conv2d weight", w.len(), conv.weight_len())?;
-    check_len("conv2d output", y.len(), od.len())?;
+    need("conv2d input", x.len(), xd.len())?;
+    need("conv2d weight", w.len(), conv.weight_len())?;
+    need("conv2d output", y.len(), od.len())?;
     if s.winograd && winograd::applies(conv, xd) {
         return winograd::run(s, conv, Direction::Forward, xd, w, x, y, false);
     }
@@ -327,14 +305,14 @@ pub(super) fn backward(
     dx: Option<&mut [f32]>,
     accumulate_dx: bool,
 ) -> Result<()> {
-    check_conv(conv, xd)?;
+    conv.check_input(xd)?;
     let od = conv.out_dims(xd);
-    check_len("conv2d input", x.len(), xd.len())?;
-    check_len("conv2d output gradient", dy.len(), od.len())?;
-    check_len("conv2d weight", w.len(), conv.weight_len())?;
-    check_len("conv2d weight gradient", dw.len(), conv.weight_len())?;
+    need("conv2d input", x.len(), xd.len())?;
+    need("conv2d output gradient", dy.len(), od.len())?;
+    need("conv2d weight", w.len(), conv.weight_len())?;
+    need("conv2d weight gradient", dw.len(), conv.weight_len())?;
     if let Some(dx) = dx.as_deref() {
-        check_len("conv2d input gradient", dx.len(), xd.len())?;
+        need("conv2d input gradient", dx.len(), xd.len())?;
     }
     let ckk = conv.cin * conv.k * conv.k;
     let wl = conv.weight_len();

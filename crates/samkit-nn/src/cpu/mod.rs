@@ -9,7 +9,8 @@ mod winograd;
 use rayon::prelude::*;
 
 use crate::backend::{
-    Activation, Backend, BnConfig, BnMode, BnParams, BnState, Conv2d, Dims, LinearParams, ParamGrad,
+    need, Activation, Backend, BnConfig, BnMode, BnParams, BnState, Conv2d, Dims, LinearParams,
+    ParamGrad,
 };
 use crate::error::{Error, Result};
 use crate::tensor::{Device, Tensor};
@@ -112,13 +113,6 @@ fn seg_mut<'a>(
     let n = a.len();
     a.get_mut(off..off + len)
         .ok_or_else(|| Error::shape(what, format!("{off}+{len} past an arena of {n}")))
-}
-
-fn need(what: &'static str, have: usize, need: usize) -> Result<()> {
-    if have < need {
-        return Err(Error::shape(what, format!("{have} values, need {need}")));
-    }
-    Ok(())
 }
 
 const PAR_CHUNK: usize = 1 << 15;

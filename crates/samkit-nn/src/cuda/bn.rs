@@ -8,22 +8,12 @@ use samkit_cuda::abi::{NnBnEvalBwdArgs, NnBnEvalStatsArgs, NnResidualReluArgs};
 
 use super::error::DnnResult;
 use super::{at, need, u32_of, Cuda};
-use crate::backend::{BnConfig, BnMode, BnParams, BnState, Dims, ParamGrad};
+use crate::backend::{check_bn, BnConfig, BnMode, BnParams, BnState, Dims, ParamGrad};
 use crate::error::{Error, Result};
 
 /// cuDNN's `CUDNN_BN_MIN_EPSILON`: `0.0` since cuDNN 8 (`1e-5` was cuDNN 7's, and PyTorch's
 /// default `eps = 1e-5` as an f32 widens to 9.99999974737875e-6, below that old bound).
 const BN_MIN_EPSILON: f64 = 0.0;
-
-fn check(d: Dims, x: usize, y: usize, c: usize) -> Result<()> {
-    if x < d.len() || y < d.len() || c != d.c {
-        return Err(Error::shape(
-            "batch_norm",
-            format!("{d:?} with buffers of {x}, {y} values and {c} channels"),
-        ));
-    }
-    Ok(())
-}
 
 /// `eps` as cuDNN takes it (f64), or an error when cuDNN would refuse it.
 fn check_eps(eps: f32) -> Result<f64> {
@@ -64,9 +54,9 @@ impl Cuda {
         relu: bool,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check(d, x.len(), y.len(), state.channels)?;
+        check_bn(d, x.len(), y.len(), state.channels)?;
         if let Some(r) = residual {
-            check(d, r.len(), y.len(), d.c)?;
+            check_bn(d, r.len(), y.len(), d.c)?;
         }
         for (b, what) in [
             (&state.running_mean, "running mean"),
@@ -222,8 +212,8 @@ impl Cuda {
         grad: &mut CudaSlice<f32>,
         dx: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check(d, x.len(), dx.len(), state.channels)?;
-        check(d, dy.len(), dx.len(), d.c)?;
+        check_bn(d, x.len(), dx.len(), state.channels)?;
+        check_bn(d, dy.len(), dx.len(), d.c)?;
         need("saved mean", state.saved_mean.len(), d.c)?;
         need("saved 1/std", state.saved_invstd.len(), d.c)?;
         if pg == ParamGrad::PerSampleSq && mode != BnMode::Eval {

@@ -115,21 +115,6 @@ impl ConvPlan {
     }
 }
 
-fn check_conv(conv: &Conv2d, xd: Dims) -> Result<()> {
-    if xd.c != conv.cin
-        || conv.k == 0
-        || conv.stride == 0
-        || xd.h + 2 * conv.pad < conv.k
-        || xd.w + 2 * conv.pad < conv.k
-    {
-        return Err(Error::shape(
-            "conv2d",
-            format!("{conv:?} on an input of {xd:?}"),
-        ));
-    }
-    Ok(())
-}
-
 const ONE: f32 = 1.0;
 
 impl Cuda {
@@ -510,7 +495,7 @@ impl Cuda {
         w_off: usize,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_conv(c, xd)?;
+        c.check_input(xd)?;
         let od = c.out_dims(xd);
         need("conv2d input", x.len(), xd.len())?;
         need("conv2d output", y.len(), od.len())?;
@@ -546,7 +531,7 @@ impl Cuda {
         dx: Option<&mut CudaSlice<f32>>,
         accumulate_dx: bool,
     ) -> Result<()> {
-        check_conv(c, xd)?;
+        c.check_input(xd)?;
         let od = c.out_dims(xd);
         need("conv2d input", x.len(), xd.len())?;
         need("conv2d output gradient", dy.len(), od.len())?;

@@ -41,7 +41,8 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use samkit_cuda::Device as GpuDevice;
 
 use crate::backend::{
-    Activation, Backend, BnConfig, BnMode, BnParams, BnState, Conv2d, Dims, LinearParams, ParamGrad,
+    need, Activation, Backend, BnConfig, BnMode, BnParams, BnState, Conv2d, Dims, LinearParams,
+    ParamGrad,
 };
 use crate::error::{Error, Result};
 use crate::mlp::Mlp;
@@ -151,13 +152,6 @@ fn at(base: u64, off: usize, len: usize, have: usize, what: &'static str) -> Res
         ));
     }
     Ok(base + 4 * off as u64)
-}
-
-fn need(what: &'static str, have: usize, need: usize) -> Result<()> {
-    if have < need {
-        return Err(Error::shape(what, format!("{have} values, need {need}")));
-    }
-    Ok(())
 }
 
 fn u32_of(v: usize, what: &'static str) -> Result<u32> {

@@ -5,19 +5,8 @@ use samkit_nn::backend::ParamGrad;
 use samkit_nn::init::Rng;
 use samkit_nn::{Backend, Conv2d, Cpu, Dims};
 
-fn cpu_time() -> f64 {
-    let mut ns = 0u64;
-    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-            ns += s
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    ns as f64 * 1e-9
-}
+mod common;
+use common::cpu_time;
 
 fn main() {
     let n = 32;

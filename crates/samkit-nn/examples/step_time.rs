@@ -6,22 +6,8 @@ use samkit_core::{BaseOptimizer, GradRequest, Optimizer, Rule, Sgd};
 use samkit_nn::init::Rng;
 use samkit_nn::{mean_weights, BnMode, Cpu, Model, ResNet18, ResNetConfig, Tensor};
 
-/// CPU time of all threads of this process (Linux schedstat), in seconds.
-fn cpu_time() -> f64 {
-    let mut ns = 0u64;
-    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
-        for e in rd.flatten() {
-            if let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) {
-                ns += s
-                    .split_whitespace()
-                    .next()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    ns as f64 * 1e-9
-}
+mod common;
+use common::cpu_time;
 
 fn main() {
     let args: Vec<usize> = std::env::args()

@@ -72,14 +72,7 @@ fn resnet18_nograd_forward_and_subset_passes_on_cuda() {
     let (x, y) = images(2, BATCH);
     let (xo, yo) = images(3, BATCH + 2);
     partial::train_pass(&mut m, &w, &x, &y);
-    partial::nograd_forward_matches_and_keeps_the_kept_pass(
-        &mut m,
-        &w,
-        &x,
-        (&y).into(),
-        (&xo, (&yo).into()),
-        5,
-    );
+    partial::nograd_forward_matches_and_keeps_the_kept_pass(&mut m, &w, (&x, &y), (&xo, &yo), 5);
     partial::subset_pass_is_the_gathered_batch(&mut m, &w, &x, &y);
     partial::partial_pass_needs_a_kept_pass(
         &mut ResNet18::new(cuda().expect("a device above"), ResNetConfig::new(10, 4)).unwrap(),
@@ -101,13 +94,6 @@ fn mlp_passes_from_a_layer_nograd_and_subsets_on_cuda() {
     let xo = Tensor::from_vec(noise((n + 1) * 5, 5), &[n + 1, 5]).unwrap();
     let yo: Vec<usize> = (0..n + 1).map(|i| (i + 1) % 3).collect();
     partial::partial_passes_are_exact(&mut m, &w, &x, (&y).into(), &[0, 1, 2]);
-    partial::nograd_forward_matches_and_keeps_the_kept_pass(
-        &mut m,
-        &w,
-        &x,
-        (&y).into(),
-        (&xo, (&yo).into()),
-        1,
-    );
+    partial::nograd_forward_matches_and_keeps_the_kept_pass(&mut m, &w, (&x, &y), (&xo, &yo), 1);
     partial::subset_pass_is_the_gathered_batch(&mut m, &w, &x, &y);
 }

@@ -180,14 +180,7 @@ fn resnet18_nograd_forward_matches_and_leaves_the_kept_pass_alone() {
     let (xo, yo) = images(7, BATCH + 2);
     // Running statistics that are not the initial ones, for the Eval comparisons.
     partial::train_pass(&mut m, &w, &x, &y);
-    partial::nograd_forward_matches_and_keeps_the_kept_pass(
-        &mut m,
-        &w,
-        &x,
-        (&y).into(),
-        (&xo, (&yo).into()),
-        3,
-    );
+    partial::nograd_forward_matches_and_keeps_the_kept_pass(&mut m, &w, (&x, &y), (&xo, &yo), 3);
 }
 
 #[test]
@@ -196,14 +189,7 @@ fn mlp_nograd_forward_matches_and_leaves_the_kept_pass_alone() {
     let w = m.init_params(8);
     let (x, y) = features(8, BATCH);
     let (xo, yo) = features(9, BATCH + 3);
-    partial::nograd_forward_matches_and_keeps_the_kept_pass(
-        &mut m,
-        &w,
-        &x,
-        (&y).into(),
-        (&xo, (&yo).into()),
-        1,
-    );
+    partial::nograd_forward_matches_and_keeps_the_kept_pass(&mut m, &w, (&x, &y), (&xo, &yo), 1);
 }
 
 #[test]

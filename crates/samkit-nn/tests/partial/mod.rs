@@ -221,11 +221,12 @@ pub fn partial_passes_are_exact<M: Io>(
 pub fn nograd_forward_matches_and_keeps_the_kept_pass<M: Io>(
     m: &mut M,
     w: &[f32],
-    x: &Tensor,
-    y: Targets<'_>,
-    other: (&Tensor, Targets<'_>),
+    (x, y): (&Tensor, &[usize]),
+    other: (&Tensor, &[usize]),
     u: usize,
 ) {
+    let y = Targets::from(y);
+    let other = (other.0, Targets::from(other.1));
     let n = x.shape()[0];
     let wts = mean_weights(n);
     let wd = m.up(w);

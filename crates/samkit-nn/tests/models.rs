@@ -59,31 +59,19 @@ fn workspaces_are_reused_across_batch_sizes_with_the_same_results() {
     let big = images(6, 8, 2);
     let small = big.narrow_batch(0, 3).unwrap();
     let y = vec![1usize, 2, 3];
-    let mut g1 = vec![0.0; w.len()];
-    let mut fresh = ResNet18::cpu(ResNetConfig::new(10, 2)).unwrap();
-    let l1 = fresh
-        .forward_backward(
-            &w,
-            &small,
-            (&y).into(),
-            &mean_weights(3),
-            BnMode::TrainNoUpdate,
-            &mut g1,
-        )
-        .unwrap();
+    // A pass on the small batch: its losses and gradient.
+    let pass = |m: &mut ResNet18| {
+        let mut g = vec![0.0; w.len()];
+        let wts = mean_weights(3);
+        let l = m
+            .forward_backward(&w, &small, (&y).into(), &wts, BnMode::TrainNoUpdate, &mut g)
+            .unwrap();
+        (l, g)
+    };
+    let (l1, g1) = pass(&mut ResNet18::cpu(ResNetConfig::new(10, 2)).unwrap());
     // The same small batch after a larger one: the workspace is reused, results are equal.
     m.forward(&w, &big, BnMode::TrainNoUpdate).unwrap();
-    let mut g2 = vec![0.0; w.len()];
-    let l2 = m
-        .forward_backward(
-            &w,
-            &small,
-            (&y).into(),
-            &mean_weights(3),
-            BnMode::TrainNoUpdate,
-            &mut g2,
-        )
-        .unwrap();
+    let (l2, g2) = pass(&mut m);
     assert_eq!(l1, l2);
     assert_eq!(g1, g2);
     // Another image size reallocates.

@@ -22,7 +22,7 @@ use crate::plan::{
     Direction as PlanDirection, ExtraAlong, FirstPlan, Grad as PlanGrad, MaskStep, NormOf,
     PerturbPlan, Scaling, SecondPlan, StepView,
 };
-use crate::protocol::{drive_step, NoHooks, SamOptimizer, Status};
+use crate::protocol::{checks, drive_step, NoHooks, SamOptimizer, Status};
 use crate::rules::{MaskClock, MaskKind, Rule, SegmentSelect};
 use crate::sparse;
 
@@ -158,8 +158,8 @@ impl Optimizer {
         for (i, _) in base.state_buffers().iter().enumerate() {
             st.base_bufs[i] = vec![0.0; n];
         }
+        checks::rule_layout(&rule, &layout)?;
         if let Rule::Ssam(c) = &rule {
-            c.check_epoch_length()?;
             match c.mask {
                 MaskKind::Dynamic { seed, .. } => {
                     st.mask = Some(sparse::random_mask(n, c.live_count(n), seed));
@@ -172,12 +172,6 @@ impl Optimizer {
                 }
                 _ => {}
             }
-        }
-        if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
-            return Err(Error::InvalidLayout(
-                "SAM-ON perturbs the norm-layer segments and the layout marks none (name them                  like `bn1.weight`, or mark them with Layout::set_norm)"
-                    .into(),
-            ));
         }
         let bufs = rule.plan_buffers();
         let lr = base.lr();
@@ -221,9 +215,7 @@ impl Optimizer {
 
     /// Sets the learning rate of the next steps (from a schedule).
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        if !lr.is_finite() || lr <= 0.0 {
-            return Err(Error::hyper("lr", lr, "must be finite and > 0"));
-        }
+        checks::lr(lr)?;
         self.lr = lr;
         Ok(())
     }
@@ -327,18 +319,7 @@ impl Optimizer {
     /// SSAM-F: hands over `F = Σ_i (∇ℓ_i)²`; the mask becomes its top `L` entries at the
     /// next step.
     pub fn set_fisher<G: Params + ?Sized>(&mut self, fisher: &G) -> Result<()> {
-        let Rule::Ssam(c) = &self.rule else {
-            return Err(Error::Protocol(format!(
-                "set_fisher is for SSAM-F, not {}",
-                self.rule.name()
-            )));
-        };
-        if c.fisher_samples().is_none() {
-            return Err(Error::Protocol(format!(
-                "set_fisher is for SSAM-F and SSAM-L fisher, not {}",
-                self.rule.name()
-            )));
-        }
+        let c = checks::fisher_rule(&self.rule)?;
         self.expect_idle("set_fisher")?;
         let segs = fisher.segments(&self.layout, "fisher")?;
         let live = c.live_count(self.layout.len());
@@ -355,12 +336,7 @@ impl Optimizer {
     }
 
     fn expect_idle(&self, what: &str) -> Result<()> {
-        if self.is_perturbed() {
-            return Err(Error::Protocol(format!(
-                "{what} called while the weights are perturbed: call second_step first"
-            )));
-        }
-        Ok(())
+        checks::idle(self.is_perturbed(), what)
     }
 
     fn skip(&mut self) -> FirstOutcome {
@@ -421,17 +397,9 @@ impl Optimizer {
         G: Params + ?Sized,
     {
         self.expect_idle("first_step")?;
-        if self.needs_head_tail() {
-            return Err(Error::Protocol(
-                "ImbSAM takes separate head and tail gradients: call first_step_split".into(),
-            ));
-        }
+        checks::first_step_form(&self.rule, false)?;
         if let Some(n) = Optimizer::needs_fisher(self) {
-            return Err(Error::Protocol(format!(
-                "SSAM-F needs the Fisher information over {n} samples at step {}: call set_fisher \
-                 first",
-                self.st.step
-            )));
+            return Err(checks::fisher_missing(n, self.st.step));
         }
         let view = self.view(None);
         let plan = self.rule.first_plan(&view);
@@ -456,12 +424,7 @@ impl Optimizer {
         G: Params + ?Sized,
     {
         self.expect_idle("first_step_split")?;
-        if !self.needs_head_tail() {
-            return Err(Error::Protocol(format!(
-                "first_step_split is ImbSAM's; {} takes first_step",
-                self.rule.name()
-            )));
-        }
+        checks::first_step_form(&self.rule, true)?;
         let plan = self.rule.first_plan(&self.view(Some(tail.is_some())));
         let h_u = self
             .chunks
@@ -729,9 +692,7 @@ impl Optimizer {
         G: Params + ?Sized,
     {
         let Phase::Perturbed(_) = self.phase else {
-            return Err(Error::Protocol(
-                "second_step without a perturbation: call first_step first".into(),
-            ));
+            return Err(checks::not_perturbed());
         };
         let g2_u = self
             .chunks

@@ -46,6 +46,94 @@ use crate::layout::Layout;
 use crate::optimizer::{Eval, FirstOutcome, GradRequest, Outcome, Pass, StepReport};
 use crate::rules::Rule;
 
+/// The checks both optimizers make and the protocol errors they answer, written once so that
+/// [`crate::Optimizer`] and `samkit_cuda::GpuOptimizer` accept and refuse alike, in the same
+/// words.
+pub mod checks {
+    use crate::error::{Error, Result};
+    use crate::layout::Layout;
+    use crate::rules::{Rule, Ssam};
+
+    /// A learning rate for `set_lr`: finite and > 0.
+    pub fn lr(lr: f32) -> Result<()> {
+        crate::error::check_positive("lr", lr)
+    }
+
+    /// What the rule needs of the layout, at construction, besides [`Rule::validate`]: the
+    /// official Sparse SAM schedule's epoch length ([`Ssam::check_epoch_length`]) and SAM-ON's
+    /// norm-layer segments. An error then, never a panic or a wrong step later.
+    pub fn rule_layout(rule: &Rule, layout: &Layout) -> Result<()> {
+        if let Rule::Ssam(c) = rule {
+            c.check_epoch_length()?;
+        }
+        if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
+            return Err(Error::InvalidLayout(
+                "SAM-ON perturbs the norm-layer segments and the layout marks none (name them \
+                 like `bn1.weight`, or mark them with Layout::set_norm)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A call (`what`) that needs the weights unperturbed.
+    pub fn idle(perturbed: bool, what: &str) -> Result<()> {
+        if perturbed {
+            return Err(Error::Protocol(format!(
+                "{what} called while the weights are perturbed: call second_step first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pass 1 in the rule's form: ImbSAM takes `first_step_split` (`split`), every other rule
+    /// `first_step`.
+    pub fn first_step_form(rule: &Rule, split: bool) -> Result<()> {
+        match (matches!(rule, Rule::ImbSam(_)), split) {
+            (true, false) => Err(Error::Protocol(
+                "ImbSAM takes separate head and tail gradients: call first_step_split".into(),
+            )),
+            (false, true) => Err(Error::Protocol(format!(
+                "first_step_split is ImbSAM's; {} takes first_step",
+                rule.name()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The configuration `set_fisher` works with: SSAM-F's, or SSAM-L's with the `fisher`
+    /// selection.
+    pub fn fisher_rule(rule: &Rule) -> Result<&Ssam> {
+        let Rule::Ssam(c) = rule else {
+            return Err(Error::Protocol(format!(
+                "set_fisher is for SSAM-F, not {}",
+                rule.name()
+            )));
+        };
+        if c.fisher_samples().is_none() {
+            return Err(Error::Protocol(format!(
+                "set_fisher is for SSAM-F and SSAM-L fisher, not {}",
+                rule.name()
+            )));
+        }
+        Ok(c)
+    }
+
+    /// The error of pass 1 while the Fisher information over `samples` samples is due at
+    /// step `step`.
+    pub fn fisher_missing(samples: usize, step: u64) -> Error {
+        Error::Protocol(format!(
+            "SSAM-F needs the Fisher information over {samples} samples at step {step}: call \
+             set_fisher first"
+        ))
+    }
+
+    /// The error of `second_step` without a perturbation.
+    pub fn not_perturbed() -> Error {
+        Error::Protocol("second_step without a perturbation: call first_step first".into())
+    }
+}
+
 /// An optimizer's counters as of its last completed (or skipped) step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {

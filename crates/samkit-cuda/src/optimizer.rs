@@ -38,6 +38,7 @@ use samkit_core::plan::{
     FirstPlan, Grad as PlanGrad, MaskStep, NormOf, PerturbPlan, Scaling, SecondPlan, StepView,
 };
 use samkit_core::plan::{fisher_segments_from_sums, ExtraAlong, Extrapolate};
+use samkit_core::protocol::checks;
 use samkit_core::rules::{MaskClock, SegmentSelect};
 use samkit_core::{
     drive_step, BaseOptimizer, Bitset, Error as CoreError, Eval, FirstOutcome, GradRequest, Layout,
@@ -147,32 +148,6 @@ enum Reduce<'a, T> {
     Dot(Opt<'a, T>, Tab<'a, T>),
 }
 
-fn read_tab<'a, T: Elem, B: DeviceParams<T> + ?Sized>(
-    tables: &mut TableCache,
-    layout: &Layout,
-    stream: &'a Arc<cudarc::driver::CudaStream>,
-    b: &'a B,
-    what: &'static str,
-    guards: &mut Guards<'a>,
-) -> Result<Tab<'a, T>> {
-    let mut addrs = Vec::with_capacity(layout.segments().len());
-    b.seg_addrs(layout, stream, what, &mut addrs, guards)?;
-    tables.get(stream, &addrs)
-}
-
-fn write_tab<'a, T: Elem, B: DeviceParamsMut<T> + ?Sized>(
-    tables: &mut TableCache,
-    layout: &Layout,
-    stream: &'a Arc<cudarc::driver::CudaStream>,
-    b: &'a mut B,
-    what: &'static str,
-    guards: &mut Guards<'a>,
-) -> Result<Tab<'a, T>> {
-    let mut addrs = Vec::with_capacity(layout.segments().len());
-    b.seg_addrs_mut(layout, stream, what, &mut addrs, guards)?;
-    tables.get(stream, &addrs)
-}
-
 /// The gradient a plan names, among those the step was given.
 fn input_tab<'a, T: Elem>(
     inputs: &[(PlanGrad, Tab<'a, T>)],
@@ -218,24 +193,6 @@ fn dir_kind(d: PlanDirection, s: Scaling) -> Result<DirKind> {
     })
 }
 
-/// What a rule needs of the layout on the GPU (as on the CPU): an error at construction, never a
-/// panic or a wrong step later. Every rule and option has its kernels (EG-/OG-SAM's
-/// extrapolation, SAM-ON's `asam` form and SSAM-L's `fisher` selection included).
-fn check_rule_layout(rule: &Rule, layout: &Layout) -> Result<()> {
-    if let Rule::Ssam(c) = rule {
-        c.check_epoch_length()?;
-    }
-    if matches!(rule, Rule::SamOn(_)) && !layout.has_norm_segments() {
-        return Err(CoreError::InvalidLayout(
-            "SAM-ON perturbs the norm-layer segments and the layout marks none (name them like \
-             `bn1.weight`, or mark them with Layout::set_norm)"
-                .into(),
-        )
-        .into());
-    }
-    Ok(())
-}
-
 fn protocol(msg: impl Into<String>) -> Error {
     Error::Core(CoreError::Protocol(msg.into()))
 }
@@ -244,7 +201,10 @@ impl<T: Elem> GpuOptimizer<T> {
     pub fn new(dev: &Arc<Device>, layout: Layout, rule: Rule, base: BaseOptimizer) -> Result<Self> {
         rule.validate()?;
         base.validate()?;
-        check_rule_layout(&rule, &layout)?;
+        // What a rule needs of the layout on the GPU is what it needs on the CPU: every rule and
+        // option has its kernels (EG-/OG-SAM's extrapolation, SAM-ON's `asam` form and SSAM-L's
+        // `fisher` selection included).
+        checks::rule_layout(&rule, &layout)?;
         if layout.is_empty() {
             return Err(CoreError::InvalidLayout("the layout has no parameters".into()).into());
         }
@@ -340,25 +300,7 @@ impl<T: Elem> GpuOptimizer<T> {
             if let MaskKind::Dynamic { seed, .. } = c.mask {
                 // SSAM-D's initial mask: the L indices with the smallest Philox keys at update 0.
                 let live = c.live_count(n) as u64;
-                let sel = opt.sel.as_mut().expect("selection buffers");
-                let masks = opt.masks.as_ref().expect("mask slots");
-                ops::select::<T>(
-                    &opt.dev,
-                    &opt.plan,
-                    &opt.work,
-                    sel,
-                    Keys::Init(seed, 0),
-                    live,
-                    false,
-                )?;
-                ops::mask_combine(
-                    &opt.dev,
-                    &opt.plan,
-                    &opt.work,
-                    masks,
-                    sel,
-                    abi::COMB_TO_CURRENT,
-                )?;
+                opt.select_mask::<T>(Keys::Init(seed, 0), live, abi::COMB_TO_CURRENT)?;
             }
         }
         Ok(opt)
@@ -386,14 +328,7 @@ impl<T: Elem> GpuOptimizer<T> {
 
     /// Sets the learning rate of the next steps (from a schedule).
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        if !lr.is_finite() || lr <= 0.0 {
-            return Err(CoreError::InvalidHyperparameter {
-                name: "lr",
-                value: lr.to_string(),
-                why: "must be finite and > 0",
-            }
-            .into());
-        }
+        checks::lr(lr)?;
         self.lr = lr;
         Ok(())
     }
@@ -580,6 +515,26 @@ impl<T: Elem> GpuOptimizer<T> {
         }
     }
 
+    /// The count of completed steps when the rule's plan reads it ([`Rule::plan_reads_step`]:
+    /// then it waits for the previous step), else 0 (never waits).
+    fn plan_step(&mut self) -> Result<u64> {
+        Ok(if self.rule.plan_reads_step() {
+            self.sync_status()?.step
+        } else {
+            0
+        })
+    }
+
+    /// What the rule's plan reads of the optimizer's state (the CPU optimizer's `view`).
+    fn view(&mut self, tail: Option<bool>) -> Result<StepView> {
+        Ok(StepView {
+            t: self.plan_step()?,
+            lr: self.lr,
+            tail,
+            has_mask: self.has_mask()?,
+        })
+    }
+
     /// Whether Sparse SAM has a mask for the next step ([`StepView::has_mask`]): only SSAM-F's
     /// official schedule, whose first mask is all zero, can lack one (before its first Fisher).
     fn has_mask(&mut self) -> Result<bool> {
@@ -661,13 +616,44 @@ impl<T: Elem> GpuOptimizer<T> {
         }
     }
 
+    /// The address table of a buffer the step reads, checked against the layout; `guards`
+    /// order the stream after the buffer's pending writes. Borrows `self` only for the call.
+    fn read_tab<'a, S: Elem, B: DeviceParams<S> + ?Sized>(
+        &mut self,
+        stream: &'a Arc<cudarc::driver::CudaStream>,
+        b: &'a B,
+        what: &'static str,
+        guards: &mut Guards<'a>,
+    ) -> Result<Tab<'a, S>> {
+        self.table(stream, |l, out| b.seg_addrs(l, stream, what, out, guards))
+    }
+
+    /// [`GpuOptimizer::read_tab`] for a buffer the step writes.
+    fn write_tab<'a, S: Elem, B: DeviceParamsMut<S> + ?Sized>(
+        &mut self,
+        stream: &'a Arc<cudarc::driver::CudaStream>,
+        b: &'a mut B,
+        what: &'static str,
+        guards: &mut Guards<'a>,
+    ) -> Result<Tab<'a, S>> {
+        self.table(stream, |l, out| {
+            b.seg_addrs_mut(l, stream, what, out, guards)
+        })
+    }
+
+    /// The cached device table of the per-segment addresses that `addrs` appends.
+    fn table<'a, S>(
+        &mut self,
+        stream: &Arc<cudarc::driver::CudaStream>,
+        addrs: impl FnOnce(&Layout, &mut Vec<u64>) -> Result<()>,
+    ) -> Result<Tab<'a, S>> {
+        let mut out = Vec::with_capacity(self.plan.layout.segments().len());
+        addrs(&self.plan.layout, &mut out)?;
+        self.tables.get(stream, &out)
+    }
+
     fn expect_idle(&self, what: &str) -> Result<()> {
-        if self.is_perturbed() {
-            return Err(protocol(format!(
-                "{what} called while the weights are perturbed: call second_step first"
-            )));
-        }
-        Ok(())
+        Ok(checks::idle(self.is_perturbed(), what)?)
     }
 
     fn state_refs(&self) -> [Option<&DevBuf<f32>>; 3] {
@@ -754,18 +740,7 @@ impl<T: Elem> GpuOptimizer<T> {
     /// SSAM-F: hands over `F = Σ_i (∇ℓ_i)²` (any element type); the mask becomes its top `L`
     /// entries at the next step. Computed on the device into the pending mask slot.
     pub fn set_fisher<S: Elem, G: DeviceParams<S> + ?Sized>(&mut self, fisher: &G) -> Result<()> {
-        let Rule::Ssam(c) = &self.rule else {
-            return Err(protocol(format!(
-                "set_fisher is for SSAM-F, not {}",
-                self.rule.name()
-            )));
-        };
-        if c.fisher_samples().is_none() {
-            return Err(protocol(format!(
-                "set_fisher is for SSAM-F and SSAM-L fisher, not {}",
-                self.rule.name()
-            )));
-        }
+        let c = checks::fisher_rule(&self.rule)?;
         self.expect_idle("set_fisher")?;
         if matches!(c.mask, MaskKind::Segments { .. }) {
             return self.set_fisher_segments(fisher);
@@ -773,36 +748,20 @@ impl<T: Elem> GpuOptimizer<T> {
         let live = c.live_count(self.plan.n) as u64;
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let ft = read_tab::<S, G>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            fisher,
-            "fisher",
-            &mut guards,
-        )?;
-        let sel = self.sel.as_mut().expect("selection buffers");
-        ops::select::<S>(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            sel,
-            Keys::Scores(ft),
-            live,
-            false,
-        )?;
-        let masks = self.masks.as_ref().expect("mask slots");
-        ops::mask_combine(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            masks,
-            sel,
-            abi::COMB_TO_PENDING,
-        )?;
+        let ft = self.read_tab::<S, G>(&stream, fisher, "fisher", &mut guards)?;
+        self.select_mask::<S>(Keys::Scores(ft), live, abi::COMB_TO_PENDING)?;
         drop(guards);
         self.fisher_ready = true;
         Ok(())
+    }
+
+    /// The `k` top keys (ties to the lower index) as a new mask, written into a slot by `mode`
+    /// (`abi::COMB_TO_CURRENT`, `abi::COMB_TO_PENDING`): SSAM-D's initial mask, SSAM-F's.
+    fn select_mask<S: Elem>(&mut self, keys: Keys<S>, k: u64, mode: u32) -> Result<()> {
+        let sel = self.sel.as_mut().expect("selection buffers");
+        ops::select::<S>(&self.dev, &self.plan, &self.work, sel, keys, k, false)?;
+        let masks = self.masks.as_ref().expect("mask slots");
+        ops::mask_combine(&self.dev, &self.plan, &self.work, masks, sel, mode)
     }
 
     /// SSAM-L `fisher`: the mask of whole segments from `F`, into the pending slot. The
@@ -823,14 +782,7 @@ impl<T: Elem> GpuOptimizer<T> {
         let live = c.live_count(self.plan.n);
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let ft = read_tab::<S, G>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            fisher,
-            "fisher",
-            &mut guards,
-        )?;
+        let ft = self.read_tab::<S, G>(&stream, fisher, "fisher", &mut guards)?;
         ops::seg_sums::<S>(&self.dev, &self.plan, &self.work, ft)?;
         let mut sums = self.work.seg_tmp.download(&stream)?;
         drop(guards);
@@ -850,46 +802,15 @@ impl<T: Elem> GpuOptimizer<T> {
         G: DeviceParams<T> + ?Sized,
     {
         self.expect_idle("first_step")?;
-        if self.needs_head_tail() {
-            return Err(protocol(
-                "ImbSAM takes separate head and tail gradients: call first_step_split",
-            ));
-        }
-        let t = if self.rule.plan_reads_step() {
-            self.sync_status()?.step
-        } else {
-            0
-        };
+        checks::first_step_form(&self.rule, false)?;
+        let view = self.view(None)?;
         if let Some(n) = self.needs_fisher()? {
-            return Err(protocol(format!(
-                "SSAM-F needs the Fisher information over {n} samples at step {t}: call \
-                 set_fisher first"
-            )));
+            return Err(checks::fisher_missing(n, view.t).into());
         }
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let gt = read_tab::<T, G>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            g,
-            "gradient",
-            &mut guards,
-        )?;
-        let wt = write_tab::<T, W>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            w,
-            "weights",
-            &mut guards,
-        )?;
-        let view = StepView {
-            t,
-            lr: self.lr,
-            tail: None,
-            has_mask: self.has_mask()?,
-        };
+        let gt = self.read_tab::<T, G>(&stream, g, "gradient", &mut guards)?;
+        let wt = self.write_tab::<T, W>(&stream, w, "weights", &mut guards)?;
         let plan = self.rule.first_plan(&view);
         let out = self.run_first(plan, wt, &[(PlanGrad::Batch, gt)]);
         drop(guards);
@@ -909,49 +830,17 @@ impl<T: Elem> GpuOptimizer<T> {
         G: DeviceParams<T> + ?Sized,
     {
         self.expect_idle("first_step_split")?;
-        if !self.needs_head_tail() {
-            return Err(protocol(format!(
-                "first_step_split is ImbSAM's; {} takes first_step",
-                self.rule.name()
-            )));
-        }
+        checks::first_step_form(&self.rule, true)?;
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let ht = read_tab::<T, G>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            head,
-            "head gradient",
-            &mut guards,
-        )?;
+        let ht = self.read_tab::<T, G>(&stream, head, "head gradient", &mut guards)?;
         let mut inputs = vec![(PlanGrad::Head, ht)];
         if let Some(t) = tail {
-            let tt = read_tab::<T, G>(
-                &mut self.tables,
-                &self.plan.layout,
-                &stream,
-                t,
-                "tail gradient",
-                &mut guards,
-            )?;
+            let tt = self.read_tab::<T, G>(&stream, t, "tail gradient", &mut guards)?;
             inputs.push((PlanGrad::Tail, tt));
         }
-        let wt = write_tab::<T, W>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            w,
-            "weights",
-            &mut guards,
-        )?;
-        // ImbSAM's plan does not read the step count.
-        let view = StepView {
-            t: 0,
-            lr: self.lr,
-            tail: Some(tail.is_some()),
-            has_mask: true,
-        };
+        let wt = self.write_tab::<T, W>(&stream, w, "weights", &mut guards)?;
+        let view = self.view(Some(tail.is_some()))?;
         let plan = self.rule.first_plan(&view);
         let out = self.run_first(plan, wt, &inputs);
         drop(guards);
@@ -1007,11 +896,7 @@ impl<T: Elem> GpuOptimizer<T> {
             Some(MaskStep::Segments) => {
                 // ESAM's draw / SAM-ON's norm segments: a host-built mask of whole segments in
                 // the current slot, uploaded when it changes; never committed.
-                let t = if self.rule.plan_reads_step() {
-                    self.sync_status()?.step
-                } else {
-                    0
-                };
+                let t = self.plan_step()?;
                 let pick = self
                     .rule
                     .step_segments(&self.plan.layout, t)
@@ -1239,28 +1124,12 @@ impl<T: Elem> GpuOptimizer<T> {
             keep_second,
         } = self.phase
         else {
-            return Err(protocol(
-                "second_step without a perturbation: call first_step first",
-            ));
+            return Err(checks::not_perturbed().into());
         };
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let g2t = read_tab::<T, G>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            g2,
-            "perturbed gradient",
-            &mut guards,
-        )?;
-        let wt = write_tab::<T, W>(
-            &mut self.tables,
-            &self.plan.layout,
-            &stream,
-            w,
-            "weights",
-            &mut guards,
-        )?;
+        let g2t = self.read_tab::<T, G>(&stream, g2, "perturbed gradient", &mut guards)?;
+        let wt = self.write_tab::<T, W>(&stream, w, "weights", &mut guards)?;
         self.phase = Phase::Idle;
         let uses_aux = second.dots_kept();
         let aux = self.aux.as_ref().map(|a| a.tab());
@@ -1334,14 +1203,7 @@ impl<T: Elem> GpuOptimizer<T> {
         if let Phase::Perturbed { .. } = self.phase {
             let stream = self.dev.stream().clone();
             let mut guards = Vec::new();
-            let wt = write_tab::<T, W>(
-                &mut self.tables,
-                &self.plan.layout,
-                &stream,
-                w,
-                "weights",
-                &mut guards,
-            )?;
+            let wt = self.write_tab::<T, W>(&stream, w, "weights", &mut guards)?;
             ops::restore::<T>(&self.dev, &self.plan, wt, self.w_old.tab())?;
             drop(guards);
             self.phase = Phase::Idle;

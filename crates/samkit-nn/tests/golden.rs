@@ -98,6 +98,19 @@ fn inputs(g: &Golden) -> (Tensor, Vec<usize>) {
     (Tensor::from_slice(x, shape).unwrap(), labels)
 }
 
+/// A training pass of `m` at `p` on the golden batch (mean loss): its losses, the gradient in
+/// `grad`.
+fn train_pass(
+    m: &mut ResNet18,
+    p: &[f32],
+    (x, y): (&Tensor, &[usize]),
+    grad: &mut [f32],
+) -> samkit_nn::Losses {
+    let wts = mean_weights(x.shape()[0]);
+    m.forward_backward(p, x, y.into(), &wts, BnMode::Train, grad)
+        .unwrap()
+}
+
 #[test]
 fn train_step_matches_pytorch() {
     let g = Golden::load("resnet_w4_golden.safetensors");
@@ -105,16 +118,7 @@ fn train_step_matches_pytorch() {
     assert_eq!(p.len(), 44_622);
     let (x, y) = inputs(&g);
     let mut grad = vec![f32::NAN; p.len()];
-    let l = m
-        .forward_backward(
-            &p,
-            &x,
-            (&y).into(),
-            &mean_weights(4),
-            BnMode::Train,
-            &mut grad,
-        )
-        .unwrap();
+    let l = train_pass(&mut m, &p, (&x, &y), &mut grad);
     let mut worst = ("", 0f64);
     let mut note = |name: &'static str, e: f64| {
         assert!(e <= TOL, "{name}: relative error {e:.2e}");
@@ -207,15 +211,7 @@ fn checkpoints_round_trip_and_write_a_file_pytorch_loads() {
     // A few SGD steps so that weights and running statistics are our own.
     let mut grad = vec![0.0; p.len()];
     for _ in 0..3 {
-        m.forward_backward(
-            &p,
-            &x,
-            (&y).into(),
-            &mean_weights(4),
-            BnMode::Train,
-            &mut grad,
-        )
-        .unwrap();
+        train_pass(&mut m, &p, (&x, &y), &mut grad);
         p.iter_mut().zip(&grad).for_each(|(w, g)| *w -= 0.05 * g);
     }
     let want = m.forward(&p, &x, BnMode::Eval).unwrap();

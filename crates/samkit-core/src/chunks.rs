@@ -220,6 +220,20 @@ impl Lanes {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// Eight floats from `p`, widened to doubles: lanes 0–3 and lanes 4–7.
+    ///
+    /// # Safety
+    /// AVX2 must be available and `p` must point to eight readable floats.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load_pd(p: *const f32) -> (__m256d, __m256d) {
+        let v = _mm256_loadu_ps(p);
+        (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+        )
+    }
+
     /// # Safety
     /// AVX2 must be available.
     #[target_feature(enable = "avx2")]
@@ -228,9 +242,7 @@ mod x86 {
         let (mut lo, mut hi) = (_mm256_loadu_pd(l), _mm256_loadu_pd(l.add(4)));
         let mut it = xs.chunks_exact(8);
         for c in &mut it {
-            let v = _mm256_loadu_ps(c.as_ptr());
-            let a = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-            let b = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+            let (a, b) = load_pd(c.as_ptr());
             lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
             hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
         }
@@ -259,16 +271,8 @@ mod x86 {
         let mut ix = xs.chunks_exact(8);
         let mut iy = ys.chunks_exact(8);
         for (cx, cy) in (&mut ix).zip(&mut iy) {
-            let vx = _mm256_loadu_ps(cx.as_ptr());
-            let vy = _mm256_loadu_ps(cy.as_ptr());
-            let (xa, xb) = (
-                _mm256_cvtps_pd(_mm256_castps256_ps128(vx)),
-                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(vx)),
-            );
-            let (ya, yb) = (
-                _mm256_cvtps_pd(_mm256_castps256_ps128(vy)),
-                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(vy)),
-            );
+            let (xa, xb) = load_pd(cx.as_ptr());
+            let (ya, yb) = load_pd(cy.as_ptr());
             ylo = _mm256_add_pd(ylo, _mm256_mul_pd(ya, ya));
             yhi = _mm256_add_pd(yhi, _mm256_mul_pd(yb, yb));
             xlo = _mm256_add_pd(xlo, _mm256_mul_pd(xa, ya));
@@ -294,16 +298,8 @@ mod x86 {
         let mut ix = xs.chunks_exact(8);
         let mut iy = ys.chunks_exact(8);
         for (cx, cy) in (&mut ix).zip(&mut iy) {
-            let vx = _mm256_loadu_ps(cx.as_ptr());
-            let vy = _mm256_loadu_ps(cy.as_ptr());
-            let (xa, xb) = (
-                _mm256_cvtps_pd(_mm256_castps256_ps128(vx)),
-                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(vx)),
-            );
-            let (ya, yb) = (
-                _mm256_cvtps_pd(_mm256_castps256_ps128(vy)),
-                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(vy)),
-            );
+            let (xa, xb) = load_pd(cx.as_ptr());
+            let (ya, yb) = load_pd(cy.as_ptr());
             lo = _mm256_add_pd(lo, _mm256_mul_pd(xa, ya));
             hi = _mm256_add_pd(hi, _mm256_mul_pd(xb, yb));
         }

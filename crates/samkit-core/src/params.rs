@@ -66,22 +66,6 @@ impl ParamsMut for [f32] {
     }
 }
 
-impl Params for Vec<f32> {
-    fn segments<'a>(&'a self, layout: &Layout, what: &'static str) -> Result<Vec<&'a [f32]>> {
-        self.as_slice().segments(layout, what)
-    }
-}
-
-impl ParamsMut for Vec<f32> {
-    fn segments_mut<'a>(
-        &'a mut self,
-        layout: &Layout,
-        what: &'static str,
-    ) -> Result<Vec<&'a mut [f32]>> {
-        self.as_mut_slice().segments_mut(layout, what)
-    }
-}
-
 impl Params for [&[f32]] {
     fn segments<'a>(&'a self, layout: &Layout, what: &'static str) -> Result<Vec<&'a [f32]>> {
         check_list(layout, what, self.iter().map(|s| s.len()))?;
@@ -125,13 +109,20 @@ impl ParamsMut for [Vec<f32>] {
     }
 }
 
-impl Params for Vec<Vec<f32>> {
+// A `Vec` of any of them (`Vec<f32>` flat, `Vec<Vec<f32>>` per segment, ...), as its slice.
+impl<B> Params for Vec<B>
+where
+    [B]: Params,
+{
     fn segments<'a>(&'a self, layout: &Layout, what: &'static str) -> Result<Vec<&'a [f32]>> {
         self.as_slice().segments(layout, what)
     }
 }
 
-impl ParamsMut for Vec<Vec<f32>> {
+impl<B> ParamsMut for Vec<B>
+where
+    [B]: ParamsMut,
+{
     fn segments_mut<'a>(
         &'a mut self,
         layout: &Layout,

@@ -82,17 +82,17 @@ impl<T: Elem> Ops<T> {
         self.variants.step == crate::variants::StepVariant::Fused
     }
 
+    /// The address table of `b`, checked against the layout (borrows `self` for the call only).
     fn tab<'a, S: Elem, B: DeviceParams<S> + ?Sized>(
-        tables: &mut TableCache,
-        plan: &Plan,
+        &mut self,
         stream: &'a Arc<cudarc::driver::CudaStream>,
         b: &'a B,
         what: &'static str,
         guards: &mut Guards<'a>,
     ) -> Result<Tab<'a, S>> {
         let mut v = Vec::new();
-        b.seg_addrs(&plan.layout, stream, what, &mut v, guards)?;
-        tables.get(stream, &v)
+        b.seg_addrs(&self.plan.layout, stream, what, &mut v, guards)?;
+        self.tables.get(stream, &v)
     }
 
     fn read_sum(&self) -> Result<Reduction> {
@@ -109,7 +109,7 @@ impl<T: Elem> Ops<T> {
     pub fn norm_sq<B: DeviceParams<T> + ?Sized>(&mut self, x: &B) -> Result<Reduction> {
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let xt = Self::tab(&mut self.tables, &self.plan, &stream, x, "x", &mut guards)?;
+        let xt = self.tab(&stream, x, "x", &mut guards)?;
         let d = DirExtra::default();
         let f = Fin::new(abi::FIN_SUM);
         // The fused arrangement: the second stage in the norm kernel's last block.
@@ -139,8 +139,8 @@ impl<T: Elem> Ops<T> {
     pub fn dot<B: DeviceParams<T> + ?Sized>(&mut self, x: &B, y: &B) -> Result<Reduction> {
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let xt = Self::tab(&mut self.tables, &self.plan, &stream, x, "x", &mut guards)?;
-        let yt = Self::tab(&mut self.tables, &self.plan, &stream, y, "y", &mut guards)?;
+        let xt = self.tab(&stream, x, "x", &mut guards)?;
+        let yt = self.tab(&stream, y, "y", &mut guards)?;
         let mut f = Fin::new(abi::FIN_SUM);
         f.with_b = true;
         let fa = self
@@ -168,14 +168,7 @@ impl<T: Elem> Ops<T> {
         }
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let gt = Self::tab(
-            &mut self.tables,
-            &self.plan,
-            &stream,
-            g,
-            "gradient",
-            &mut guards,
-        )?;
+        let gt = self.tab(&stream, g, "gradient", &mut guards)?;
         let (f, fg) = fisher.device_ptr_mut(&stream);
         ops::fisher::<T>(&self.dev, &self.plan, f, gt)?;
         drop(fg);
@@ -202,14 +195,7 @@ impl<T: Elem> Ops<T> {
     ) -> Result<Bitset> {
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let st = Self::tab(
-            &mut self.tables,
-            &self.plan,
-            &stream,
-            scores,
-            "scores",
-            &mut guards,
-        )?;
+        let st = self.tab(&stream, scores, "scores", &mut guards)?;
         ops::select::<S>(
             &self.dev,
             &self.plan,
@@ -266,14 +252,7 @@ impl<T: Elem> Ops<T> {
         let live = mask.count_ones();
         let k = ((((live as f64) * rate as f64).floor()) as usize).min(n - live) as u64;
         let mut guards = Vec::new();
-        let gt = Self::tab(
-            &mut self.tables,
-            &self.plan,
-            &stream,
-            g,
-            "gradient",
-            &mut guards,
-        )?;
+        let gt = self.tab(&stream, g, "gradient", &mut guards)?;
         if k == 0 {
             ops::mask_combine(
                 &self.dev,

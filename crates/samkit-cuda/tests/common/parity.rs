@@ -163,6 +163,42 @@ macro_rules! with_buf {
     };
 }
 
+/// Pass 1 on device buffers of one representation: ImbSAM's split form with the head `g` and
+/// `tail` when the rule takes it, else `first_step` with `g`.
+pub fn gpu_first_step<T: Elem>(
+    opt: &mut GpuOptimizer<T>,
+    w: &mut Buf<T>,
+    g: &Buf<T>,
+    tail: Option<&Buf<T>>,
+) -> FirstOutcome {
+    let split = opt.needs_head_tail();
+    match (w, g) {
+        (Buf::Flat(w), Buf::Flat(g)) => {
+            let t = tail.map(|t| match t {
+                Buf::Flat(t) => t,
+                _ => unreachable!(),
+            });
+            if split {
+                opt.first_step_split(w, g, t).unwrap()
+            } else {
+                opt.first_step(w, g).unwrap()
+            }
+        }
+        (Buf::List(w), Buf::List(g)) => {
+            let t = tail.map(|t| match t {
+                Buf::List(t) => t,
+                _ => unreachable!(),
+            });
+            if split {
+                opt.first_step_split(w, g, t).unwrap()
+            } else {
+                opt.first_step(w, g).unwrap()
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kernels one by one
 
@@ -937,6 +973,20 @@ pub fn run_pair_with(
         }
         let before = w.clone();
         let mut twin_first = Vec::with_capacity(twins.len());
+        // Pass 1 on the device and on every twin, counting each one's launches.
+        let mut run_first =
+            |first: &dyn Fn(&mut GpuOptimizer<f32>, &mut Buf<f32>) -> FirstOutcome| {
+                let l0 = launches();
+                let gfo = first(&mut gpu, &mut dw);
+                let l1 = launches();
+                for tw in &mut twins {
+                    let l = launches();
+                    twin_first.push(first(&mut tw.gpu, &mut tw.dw));
+                    tw.launches.0 += l1 - l0;
+                    tw.launches.1 += launches() - l;
+                }
+                gfo
+            };
         let (fo, gfo) = if cpu.needs_head_tail() {
             let head = poisoned(p.grad(&w, t as u64, 1), poison, t, 1);
             let tail = (t != 2).then(|| p.grad(&w, t as u64, 2));
@@ -945,52 +995,17 @@ pub fn run_pair_with(
             let dt = tail
                 .as_ref()
                 .map(|t| Buf::<f32>::upload(dev, layout, t, repr));
-            let split = |gpu: &mut GpuOptimizer<f32>, dw: &mut Buf<f32>| match (dw, &dh, &dt) {
-                (Buf::Flat(w), Buf::Flat(h), t) => {
-                    let t = t.as_ref().map(|t| match t {
-                        Buf::Flat(t) => t,
-                        _ => unreachable!(),
-                    });
-                    gpu.first_step_split(w, h, t).unwrap()
-                }
-                (Buf::List(w), Buf::List(h), t) => {
-                    let t = t.as_ref().map(|t| match t {
-                        Buf::List(t) => t,
-                        _ => unreachable!(),
-                    });
-                    gpu.first_step_split(w, h, t).unwrap()
-                }
-                _ => unreachable!(),
+            let split = |gpu: &mut GpuOptimizer<f32>, dw: &mut Buf<f32>| {
+                gpu_first_step(gpu, dw, &dh, dt.as_ref())
             };
-            let l0 = launches();
-            let gfo = split(&mut gpu, &mut dw);
-            let l1 = launches();
-            for tw in &mut twins {
-                let l = launches();
-                twin_first.push(split(&mut tw.gpu, &mut tw.dw));
-                tw.launches.0 += l1 - l0;
-                tw.launches.1 += launches() - l;
-            }
-            (fo, gfo)
+            (fo, run_first(&split))
         } else {
             let g = poisoned(p.grad(&w, t as u64, 0), poison, t, 1);
             let fo = cpu.first_step(&mut w, &g).unwrap();
             let dg = Buf::<f32>::upload(dev, layout, &g, repr);
-            let first = |gpu: &mut GpuOptimizer<f32>, dw: &mut Buf<f32>| match (dw, &dg) {
-                (Buf::Flat(w), Buf::Flat(g)) => gpu.first_step(w, g).unwrap(),
-                (Buf::List(w), Buf::List(g)) => gpu.first_step(w, g).unwrap(),
-                _ => unreachable!(),
-            };
-            let l0 = launches();
-            let gfo = first(&mut gpu, &mut dw);
-            let l1 = launches();
-            for tw in &mut twins {
-                let l = launches();
-                twin_first.push(first(&mut tw.gpu, &mut tw.dw));
-                tw.launches.0 += l1 - l0;
-                tw.launches.1 += launches() - l;
-            }
-            (fo, gfo)
+            let first =
+                |gpu: &mut GpuOptimizer<f32>, dw: &mut Buf<f32>| gpu_first_step(gpu, dw, &dg, None);
+            (fo, run_first(&first))
         };
         // Both time the mask updates that run inside the first step (SSAM-D's drop/grow; on a
         // skipped step the device may have enqueued one that is then discarded).

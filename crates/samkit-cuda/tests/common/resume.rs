@@ -17,7 +17,8 @@ use samkit_core::{
 use samkit_cuda::{Device, Elem, Error, GpuOptimizer};
 
 use super::parity::{
-    assert_close, assert_gv, bases, mixed_layout, rules, sgd_momentum, Buf, Problem, Repr,
+    assert_close, assert_gv, bases, gpu_first_step, mixed_layout, rules, sgd_momentum, Buf,
+    Problem, Repr,
 };
 
 /// What one step of the reference run fed the optimizer.
@@ -194,33 +195,7 @@ impl<T: Elem> GpuRun<T> {
         }
         let g = self.up(&s.g, self.repr);
         let tail = s.tail.as_ref().map(|t| self.up(t, self.repr));
-        let split = self.opt.needs_head_tail();
-        let o = &mut self.opt;
-        let gfo = match (&mut self.w, &g, &tail) {
-            (Buf::Flat(w), Buf::Flat(g), t) => {
-                let t = t.as_ref().map(|t| match t {
-                    Buf::Flat(t) => t,
-                    _ => unreachable!(),
-                });
-                if split {
-                    o.first_step_split(w, g, t).unwrap()
-                } else {
-                    o.first_step(w, g).unwrap()
-                }
-            }
-            (Buf::List(w), Buf::List(g), t) => {
-                let t = t.as_ref().map(|t| match t {
-                    Buf::List(t) => t,
-                    _ => unreachable!(),
-                });
-                if split {
-                    o.first_step_split(w, g, t).unwrap()
-                } else {
-                    o.first_step(w, g).unwrap()
-                }
-            }
-            _ => unreachable!(),
-        };
+        let gfo = gpu_first_step(&mut self.opt, &mut self.w, &g, tail.as_ref());
         // The same outcome as the CPU, a skip of pass 1 included.
         assert_eq!(gfo, s.outcome, "{what}: first step");
         if gfo == FirstOutcome::Perturbed {

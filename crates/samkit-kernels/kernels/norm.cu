@@ -229,17 +229,22 @@ struct FiltArgs {
     float eta;
 };
 
+// The segment of filter f: the last one whose first filter is <= f (binary search).
+__device__ __forceinline__ FiltSeg filter_seg(const FiltArgs& a, u64 f) {
+    u32 lo = 0, hi = a.n_segs;
+    while (hi - lo > 1) {
+        const u32 mid = (lo + hi) / 2;
+        if (a.segs[mid].first <= f) lo = mid; else hi = mid;
+    }
+    return a.segs[lo];
+}
+
 // T_f = ‖w_f‖ + η, one warp per filter (samkit_core::passes::FilterScales).
 template <class T> __device__ __forceinline__ void filter_body(const FiltArgs& a) {
     const u32 lane = threadIdx.x & 31;
     const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
     for (u64 f = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); f < a.n_filters; f += warps) {
-        u32 lo = 0, hi = a.n_segs;  // the last segment whose first filter is <= f
-        while (hi - lo > 1) {
-            const u32 mid = (lo + hi) / 2;
-            if (a.segs[mid].first <= f) lo = mid; else hi = mid;
-        }
-        const FiltSeg s = a.segs[lo];
+        const FiltSeg s = filter_seg(a, f);
         const T* row = reinterpret_cast<const T*>(a.w[s.seg]) + (f - s.first) * (u64)s.len;
         double acc = 0.0;
         for (u32 j = lane; j < s.len; j += 32) {
@@ -261,12 +266,7 @@ template <class T> __device__ __forceinline__ void mean_body(const FiltArgs& a) 
     const u32 lane = threadIdx.x & 31;
     const u64 warps = (u64)gridDim.x * (blockDim.x >> 5);
     for (u64 f = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); f < a.n_filters; f += warps) {
-        u32 lo = 0, hi = a.n_segs;  // the last segment whose first filter is <= f
-        while (hi - lo > 1) {
-            const u32 mid = (lo + hi) / 2;
-            if (a.segs[mid].first <= f) lo = mid; else hi = mid;
-        }
-        const FiltSeg s = a.segs[lo];
+        const FiltSeg s = filter_seg(a, f);
         const T* row = reinterpret_cast<const T*>(a.w[s.seg]) + (f - s.first) * (u64)s.len;
         double acc = 0.0;
         for (u32 j = lane; j < s.len; j += 32) acc += (double)sk_f32(row[j]);

@@ -336,6 +336,35 @@ impl TableCache {
         }
     }
 
+    /// The table of a buffer the kernels read, checked against `layout`; `guards` order `stream`
+    /// after the buffer's pending writes.
+    pub fn read<'a, T, B: DeviceParams<T> + ?Sized>(
+        &mut self,
+        layout: &Layout,
+        stream: &'a Arc<CudaStream>,
+        b: &'a B,
+        what: &'static str,
+        guards: &mut Guards<'a>,
+    ) -> Result<Tab<'a, T>> {
+        let mut addrs = Vec::with_capacity(layout.segments().len());
+        b.seg_addrs(layout, stream, what, &mut addrs, guards)?;
+        self.get(stream, &addrs)
+    }
+
+    /// [`TableCache::read`] for a buffer the kernels write.
+    pub fn write<'a, T, B: DeviceParamsMut<T> + ?Sized>(
+        &mut self,
+        layout: &Layout,
+        stream: &'a Arc<CudaStream>,
+        b: &'a mut B,
+        what: &'static str,
+        guards: &mut Guards<'a>,
+    ) -> Result<Tab<'a, T>> {
+        let mut addrs = Vec::with_capacity(layout.segments().len());
+        b.seg_addrs_mut(layout, stream, what, &mut addrs, guards)?;
+        self.get(stream, &addrs)
+    }
+
     /// The device table of `addrs` (uploaded on a miss, asynchronously).
     pub fn get<'a, T>(&mut self, stream: &Arc<CudaStream>, addrs: &[u64]) -> Result<Tab<'a, T>> {
         if let Some(i) = self.entries.iter().position(|(k, _)| k == addrs) {

@@ -491,26 +491,18 @@ impl<T: Elem> GpuOptimizer<T> {
     /// decides with `Ssam::fisher_due`); reads the counters, so it waits for the previous step.
     pub fn needs_fisher(&mut self) -> Result<Option<usize>> {
         match &self.rule {
-            Rule::Ssam(c) => match c.mask {
-                MaskKind::Fisher { samples } if !self.fisher_ready => {
-                    let c = c.clone();
-                    let s = self.sync_status()?;
-                    let clock = MaskClock {
-                        steps: s.step,
-                        skipped: s.skipped,
-                        mask_updates: s.mask_updates,
-                    };
-                    Ok(c.fisher_due(&clock).then_some(samples))
-                }
-                MaskKind::Segments {
-                    select: SegmentSelect::Fisher { samples },
-                } if !self.fisher_ready => {
-                    let interval = c.interval;
-                    let t = self.sync_status()?.step;
-                    Ok((t % interval == 0).then_some(samples))
-                }
-                _ => Ok(None),
-            },
+            // SSAM-F and SSAM-L `fisher` (the official schedule is SSAM-F's only): the CPU's
+            // `Ssam::fisher_due` on the device's counters.
+            Rule::Ssam(c) if c.fisher_samples().is_some() && !self.fisher_ready => {
+                let c = c.clone();
+                let s = self.sync_status()?;
+                let clock = MaskClock {
+                    steps: s.step,
+                    skipped: s.skipped,
+                    mask_updates: s.mask_updates,
+                };
+                Ok(c.fisher_samples().filter(|_| c.fisher_due(&clock)))
+            }
             _ => Ok(None),
         }
     }
@@ -616,8 +608,8 @@ impl<T: Elem> GpuOptimizer<T> {
         }
     }
 
-    /// The address table of a buffer the step reads, checked against the layout; `guards`
-    /// order the stream after the buffer's pending writes. Borrows `self` only for the call.
+    /// The address table of a buffer the step reads ([`TableCache::read`] with the layout).
+    /// Borrows `self` only for the call.
     fn read_tab<'a, S: Elem, B: DeviceParams<S> + ?Sized>(
         &mut self,
         stream: &'a Arc<cudarc::driver::CudaStream>,
@@ -625,7 +617,7 @@ impl<T: Elem> GpuOptimizer<T> {
         what: &'static str,
         guards: &mut Guards<'a>,
     ) -> Result<Tab<'a, S>> {
-        self.table(stream, |l, out| b.seg_addrs(l, stream, what, out, guards))
+        self.tables.read(&self.plan.layout, stream, b, what, guards)
     }
 
     /// [`GpuOptimizer::read_tab`] for a buffer the step writes.
@@ -636,20 +628,8 @@ impl<T: Elem> GpuOptimizer<T> {
         what: &'static str,
         guards: &mut Guards<'a>,
     ) -> Result<Tab<'a, S>> {
-        self.table(stream, |l, out| {
-            b.seg_addrs_mut(l, stream, what, out, guards)
-        })
-    }
-
-    /// The cached device table of the per-segment addresses that `addrs` appends.
-    fn table<'a, S>(
-        &mut self,
-        stream: &Arc<cudarc::driver::CudaStream>,
-        addrs: impl FnOnce(&Layout, &mut Vec<u64>) -> Result<()>,
-    ) -> Result<Tab<'a, S>> {
-        let mut out = Vec::with_capacity(self.plan.layout.segments().len());
-        addrs(&self.plan.layout, &mut out)?;
-        self.tables.get(stream, &out)
+        self.tables
+            .write(&self.plan.layout, stream, b, what, guards)
     }
 
     fn expect_idle(&self, what: &str) -> Result<()> {
@@ -1070,42 +1050,17 @@ impl<T: Elem> GpuOptimizer<T> {
         let k = samkit_core::sparse::swap_count(live, n, rate) as u64;
         let masks = self.masks.as_ref().expect("mask slots");
         let sel = self.sel.as_mut().expect("selection buffers");
-        if k == 0 {
-            return ops::mask_combine(
-                &self.dev,
-                &self.plan,
-                &self.work,
-                masks,
-                sel,
-                abi::COMB_KEEP,
-            );
-        }
-        ops::select::<T>(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            sel,
-            Keys::Drop(gt, masks),
-            k,
-            false,
-        )?;
-        ops::select::<T>(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            sel,
-            Keys::Grow(masks, seed, update),
-            k,
-            true,
-        )?;
-        ops::mask_combine(
-            &self.dev,
-            &self.plan,
-            &self.work,
-            masks,
-            sel,
-            abi::COMB_DROP_GROW,
-        )
+        // k = 0: the mask stays as it is.
+        let mode = if k == 0 {
+            abi::COMB_KEEP
+        } else {
+            let drop = Keys::Drop(gt, masks);
+            ops::select::<T>(&self.dev, &self.plan, &self.work, sel, drop, k, false)?;
+            let grow = Keys::Grow(masks, seed, update);
+            ops::select::<T>(&self.dev, &self.plan, &self.work, sel, grow, k, true)?;
+            abi::COMB_DROP_GROW
+        };
+        ops::mask_combine(&self.dev, &self.plan, &self.work, masks, sel, mode)
     }
 
     /// Pass 2: `g2` is the gradient at the perturbed weights (ImbSAM: of the tail loss, without

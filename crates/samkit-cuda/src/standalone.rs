@@ -7,7 +7,7 @@ use cudarc::driver::{CudaSlice, DevicePtrMut};
 use samkit_core::{Bitset, Layout};
 
 use crate::abi;
-use crate::buffers::{DevBuf, DeviceParams, Elem, Guards, Tab, TableCache};
+use crate::buffers::{DevBuf, DeviceParams, Elem, TableCache};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::ops::{self, DirExtra, DirKind, Fin, Keys, SelBufs};
@@ -82,19 +82,6 @@ impl<T: Elem> Ops<T> {
         self.variants.step == crate::variants::StepVariant::Fused
     }
 
-    /// The address table of `b`, checked against the layout (borrows `self` for the call only).
-    fn tab<'a, S: Elem, B: DeviceParams<S> + ?Sized>(
-        &mut self,
-        stream: &'a Arc<cudarc::driver::CudaStream>,
-        b: &'a B,
-        what: &'static str,
-        guards: &mut Guards<'a>,
-    ) -> Result<Tab<'a, S>> {
-        let mut v = Vec::new();
-        b.seg_addrs(&self.plan.layout, stream, what, &mut v, guards)?;
-        self.tables.get(stream, &v)
-    }
-
     fn read_sum(&self) -> Result<Reduction> {
         let c = self.work.ctl(self.dev.stream())?;
         Ok(Reduction {
@@ -109,7 +96,9 @@ impl<T: Elem> Ops<T> {
     pub fn norm_sq<B: DeviceParams<T> + ?Sized>(&mut self, x: &B) -> Result<Reduction> {
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let xt = self.tab(&stream, x, "x", &mut guards)?;
+        let xt = self
+            .tables
+            .read(&self.plan.layout, &stream, x, "x", &mut guards)?;
         let d = DirExtra::default();
         let f = Fin::new(abi::FIN_SUM);
         // The fused arrangement: the second stage in the norm kernel's last block.
@@ -139,8 +128,12 @@ impl<T: Elem> Ops<T> {
     pub fn dot<B: DeviceParams<T> + ?Sized>(&mut self, x: &B, y: &B) -> Result<Reduction> {
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let xt = self.tab(&stream, x, "x", &mut guards)?;
-        let yt = self.tab(&stream, y, "y", &mut guards)?;
+        let xt = self
+            .tables
+            .read(&self.plan.layout, &stream, x, "x", &mut guards)?;
+        let yt = self
+            .tables
+            .read(&self.plan.layout, &stream, y, "y", &mut guards)?;
         let mut f = Fin::new(abi::FIN_SUM);
         f.with_b = true;
         let fa = self
@@ -168,7 +161,9 @@ impl<T: Elem> Ops<T> {
         }
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let gt = self.tab(&stream, g, "gradient", &mut guards)?;
+        let gt = self
+            .tables
+            .read(&self.plan.layout, &stream, g, "gradient", &mut guards)?;
         let (f, fg) = fisher.device_ptr_mut(&stream);
         ops::fisher::<T>(&self.dev, &self.plan, f, gt)?;
         drop(fg);
@@ -195,7 +190,9 @@ impl<T: Elem> Ops<T> {
     ) -> Result<Bitset> {
         let stream = self.dev.stream().clone();
         let mut guards = Vec::new();
-        let st = self.tab(&stream, scores, "scores", &mut guards)?;
+        let st = self
+            .tables
+            .read(&self.plan.layout, &stream, scores, "scores", &mut guards)?;
         ops::select::<S>(
             &self.dev,
             &self.plan,
@@ -252,45 +249,28 @@ impl<T: Elem> Ops<T> {
         let live = mask.count_ones();
         let k = ((((live as f64) * rate as f64).floor()) as usize).min(n - live) as u64;
         let mut guards = Vec::new();
-        let gt = self.tab(&stream, g, "gradient", &mut guards)?;
-        if k == 0 {
-            ops::mask_combine(
-                &self.dev,
-                &self.plan,
-                &self.work,
-                &self.masks,
-                &self.sel,
-                abi::COMB_KEEP,
-            )?;
+        let gt = self
+            .tables
+            .read(&self.plan.layout, &stream, g, "gradient", &mut guards)?;
+        // k = 0: the mask stays as it is.
+        let mode = if k == 0 {
+            abi::COMB_KEEP
         } else {
-            ops::select::<T>(
-                &self.dev,
-                &self.plan,
-                &self.work,
-                &mut self.sel,
-                Keys::Drop(gt, &self.masks),
-                k,
-                false,
-            )?;
-            let keys = Keys::<T>::Grow(&self.masks, seed, update);
-            ops::select::<T>(
-                &self.dev,
-                &self.plan,
-                &self.work,
-                &mut self.sel,
-                keys,
-                k,
-                true,
-            )?;
-            ops::mask_combine(
-                &self.dev,
-                &self.plan,
-                &self.work,
-                &self.masks,
-                &self.sel,
-                abi::COMB_DROP_GROW,
-            )?;
-        }
+            let (dev, plan, work) = (&self.dev, &self.plan, &self.work);
+            let drop = Keys::Drop(gt, &self.masks);
+            ops::select::<T>(dev, plan, work, &mut self.sel, drop, k, false)?;
+            let grow = Keys::<T>::Grow(&self.masks, seed, update);
+            ops::select::<T>(dev, plan, work, &mut self.sel, grow, k, true)?;
+            abi::COMB_DROP_GROW
+        };
+        ops::mask_combine(
+            &self.dev,
+            &self.plan,
+            &self.work,
+            &self.masks,
+            &self.sel,
+            mode,
+        )?;
         drop(guards);
         self.download_bits(&self.masks, cur ^ 1)
     }

@@ -15,7 +15,10 @@ use samkit_core::{
     Adam, Asam, BaseOptimizer, Bitset, DropRate, FirstOutcome, FriendlySam, Gsam, ImbSam, Layout,
     LookSam, MaskKind, Optimizer, RmsProp, Rule, Sam, Sgd, Ssam, SsamNorm,
 };
-use samkit_cuda::{Device, Elem, GpuOptimizer, Ops, StepVariant, TopkVariant, Variants};
+use samkit_cuda::{
+    Device, DeviceParams, DeviceParamsMut, Elem, GpuOptimizer, Ops, StepVariant, TopkVariant,
+    Variants,
+};
 
 pub fn emulated(dev: &Device) -> bool {
     dev.name().contains("fake")
@@ -171,31 +174,40 @@ pub fn gpu_first_step<T: Elem>(
     g: &Buf<T>,
     tail: Option<&Buf<T>>,
 ) -> FirstOutcome {
-    let split = opt.needs_head_tail();
     match (w, g) {
         (Buf::Flat(w), Buf::Flat(g)) => {
             let t = tail.map(|t| match t {
                 Buf::Flat(t) => t,
                 _ => unreachable!(),
             });
-            if split {
-                opt.first_step_split(w, g, t).unwrap()
-            } else {
-                opt.first_step(w, g).unwrap()
-            }
+            first_step_in(opt, w, g, t)
         }
         (Buf::List(w), Buf::List(g)) => {
             let t = tail.map(|t| match t {
                 Buf::List(t) => t,
                 _ => unreachable!(),
             });
-            if split {
-                opt.first_step_split(w, g, t).unwrap()
-            } else {
-                opt.first_step(w, g).unwrap()
-            }
+            first_step_in(opt, w, g, t)
         }
         _ => unreachable!(),
+    }
+}
+
+/// [`gpu_first_step`] on the buffers of one representation.
+fn first_step_in<T: Elem, W, G>(
+    opt: &mut GpuOptimizer<T>,
+    w: &mut W,
+    g: &G,
+    tail: Option<&G>,
+) -> FirstOutcome
+where
+    W: DeviceParamsMut<T> + ?Sized,
+    G: DeviceParams<T> + ?Sized,
+{
+    if opt.needs_head_tail() {
+        opt.first_step_split(w, g, tail).unwrap()
+    } else {
+        opt.first_step(w, g).unwrap()
     }
 }
 

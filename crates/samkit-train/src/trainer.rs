@@ -515,7 +515,7 @@ impl<E: Engine> Trainer<E> {
             .map(|d| d.targets(labels, teacher.as_ref(), d.records().then_some(&record)));
         let mut clean = Vec::new();
         let mut fisher_ran = false;
-        let (report, seconds) = self.engine.step(|model, req, w, g| {
+        let (report, mut seconds) = self.engine.step(|model, req, w, g| {
             let (weights, mode) = match req {
                 GradRequest::Fisher { samples } => {
                     fisher_ran = true;
@@ -580,7 +580,6 @@ impl<E: Engine> Trainer<E> {
             )?;
             distill_seconds += since_settled(&mut net.model, t0)?;
         }
-        let mut seconds = seconds;
         seconds.distill = distill_seconds;
         let log = StepLog {
             epoch: self.epoch,

@@ -55,6 +55,42 @@ use crate::variants::{StepVariant, Variants};
 
 mod state;
 
+/// A page-locked copy of the device's [`Ctl`], filled asynchronously at the end of a step, and
+/// the event that says when it has arrived. The event is ours, recorded after every copy:
+/// `PinnedHostSlice`'s own event is recorded by cudarc only while the context tracks events
+/// across streams, and samkit-nn's backend turns that tracking off, so with it alone a read
+/// returned before the copy had landed (stale step counters on the H200: SSAM-F's Fisher and
+/// SSAM-D's schedule ran off by a step).
+struct StatusCopy {
+    host: PinnedHostSlice<Ctl>,
+    arrived: CudaEvent,
+}
+
+impl StatusCopy {
+    fn new(dev: &Device) -> Result<Self> {
+        let ctx = dev.context();
+        // SAFETY: page-locked memory for one Ctl; read only after a device copy filled it
+        // (`read` waits for the event recorded after the copy).
+        let host = unsafe { ctx.alloc_pinned_with_flags::<Ctl>(1, 0) }?;
+        let arrived = ctx.new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))?;
+        Ok(StatusCopy { host, arrived })
+    }
+
+    /// Enqueues the copy of `ctl` on the device's stream (returns at once).
+    fn enqueue(&mut self, dev: &Device, ctl: &CudaSlice<Ctl>) -> Result<()> {
+        let stream = dev.stream();
+        stream.memcpy_dtoh(ctl, &mut self.host)?;
+        self.arrived.record(stream)?;
+        Ok(())
+    }
+
+    /// The last copy enqueued, once it has arrived (waits for it).
+    fn read(&self) -> Result<Ctl> {
+        self.arrived.synchronize()?;
+        Ok(self.host.as_slice()?[0])
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
     Idle,
@@ -94,7 +130,7 @@ pub struct GpuOptimizer<T: Elem> {
     centers: Option<Filters>,
     tables: TableCache,
     /// An asynchronous copy of the step state, made at the end of every step.
-    status: PinnedHostSlice<Ctl>,
+    status: StatusCopy,
     status_fresh: bool,
     known: Ctl,
     phase: Phase,
@@ -251,8 +287,7 @@ impl<T: Elem> GpuOptimizer<T> {
             true => Some(Filters::new(&stream, &plan, Filters::matrices)?),
             false => None,
         };
-        // SAFETY: page-locked memory for one Ctl; read only after a device copy filled it.
-        let status = unsafe { dev.context().alloc_pinned_with_flags::<Ctl>(1, 0) }?;
+        let status = StatusCopy::new(dev)?;
         let lr = base.lr();
         let mut opt = GpuOptimizer {
             dev: dev.clone(),
@@ -409,8 +444,7 @@ impl<T: Elem> GpuOptimizer<T> {
     }
 
     fn record_status(&mut self) -> Result<()> {
-        let stream = self.dev.stream().clone();
-        stream.memcpy_dtoh(&self.work.ctl.slice, &mut self.status)?;
+        self.status.enqueue(&self.dev, &self.work.ctl.slice)?;
         self.status_fresh = true;
         Ok(())
     }
@@ -418,7 +452,7 @@ impl<T: Elem> GpuOptimizer<T> {
     /// The device's step state as of the last recorded step (waits for it if needed).
     fn sync_status(&mut self) -> Result<Ctl> {
         if self.status_fresh {
-            self.known = self.status.as_slice()?[0];
+            self.known = self.status.read()?;
             self.status_fresh = false;
         }
         Ok(self.known)
@@ -471,9 +505,8 @@ impl<T: Elem> GpuOptimizer<T> {
             FirstOutcome::Perturbed => {
                 // Keep the counters of the previous step, then read the decision of this one.
                 self.sync_status()?;
-                let stream = self.dev.stream().clone();
-                stream.memcpy_dtoh(&self.work.ctl.slice, &mut self.status)?;
-                let skip = self.status.as_slice()?[0].skip != 0;
+                self.status.enqueue(&self.dev, &self.work.ctl.slice)?;
+                let skip = self.status.read()?.skip != 0;
                 if !skip {
                     return Ok(out);
                 }

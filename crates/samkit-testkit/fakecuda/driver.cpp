@@ -1,7 +1,7 @@
 // driver.cpp: a fake CUDA driver (libcuda.so.1) for the tests of machines without a GPU.
 //
 // It implements the part of the driver API that cudarc calls for samkit-cuda, on host memory:
-// device pointers are host pointers, every stream operation runs to completion at once, a
+// device pointers are host pointers, every stream operation but one runs to completion at once, a
 // module's kernels are the CPU builds of crates/samkit-kernels/kernels/*.cu (emu.h) linked into this library, found by
 // name in the registries the test harness generates (fake.rs; the image given to
 // cuModuleLoadData is ignored).
@@ -28,6 +28,13 @@
 //   65536 registers and 228 KiB of shared memory of an SM. A kernel's registers and static shared
 //   memory are read from the cubin given to cuModuleLoadData (NVRTC's sm_90 build of the same
 //   source), as cuFuncGetAttribute reports them; without a cubin, 32 registers and none.
+// - Asynchronous copies: a device-to-host copy into page-locked memory (cuMemHostAlloc) reads
+//   the device at its place in the stream but reaches the host only at a synchronization that
+//   follows it: cuStreamSynchronize, cuCtxSynchronize, cuEventSynchronize/cuEventQuery of an
+//   event recorded after it, or a copy into pageable memory (which returns complete, so what
+//   precedes it in the stream is complete too). A host read that waits on nothing, or on an event never recorded
+//   after the copy, sees the old contents, as it may on a GPU (on the H200 such a read gave an
+//   optimizer stale step counters; the emulator, running each copy at once, had hidden it).
 #include <algorithm>
 #include <chrono>
 #include <cstdarg>
@@ -40,6 +47,7 @@
 #include <mutex>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <ucontext.h>
 #include <vector>
 
@@ -903,7 +911,51 @@ CUresult cuCtxSetCurrent(void* c) {
     g_current = c;
     return OK;
 }
-CUresult cuCtxSynchronize() { return OK; }
+// The pending device-to-host copies into page-locked memory (see the header), in stream order.
+struct PendingCopy {
+    unsigned long long seq;
+    std::thread::id thread;
+    unsigned char* dst;
+    std::vector<unsigned char> bytes;
+};
+static std::mutex g_pending_mu;
+static std::vector<PendingCopy> g_pending;
+// Stream operations enqueued so far (a pending copy's place; an event's place is the count when
+// it was recorded).
+static unsigned long long g_stream_seq = 0;
+// Page-locked allocations: address -> size.
+static std::map<uintptr_t, size_t> g_pinned;
+
+// Delivers this thread's pending copies that precede `upto` (all of them for ~0ull).
+static void deliver(unsigned long long upto) {
+    std::lock_guard<std::mutex> l(g_pending_mu);
+    const std::thread::id me = std::this_thread::get_id();
+    auto keep = g_pending.begin();
+    for (auto it = g_pending.begin(); it != g_pending.end(); ++it) {
+        if (it->thread == me && it->seq < upto) {
+            std::memcpy(it->dst, it->bytes.data(), it->bytes.size());
+        } else {
+            // Not onto itself: a vector moved onto itself is left empty.
+            if (keep != it) *keep = std::move(*it);
+            ++keep;
+        }
+    }
+    g_pending.erase(keep, g_pending.end());
+}
+
+static bool page_locked(const void* p, size_t n) {
+    std::lock_guard<std::mutex> l(g_pending_mu);
+    const uintptr_t a = (uintptr_t)p;
+    auto it = g_pinned.upper_bound(a);
+    if (it == g_pinned.begin()) return false;
+    --it;
+    return a >= it->first && a + n <= it->first + it->second;
+}
+
+CUresult cuCtxSynchronize() {
+    deliver(~0ull);
+    return OK;
+}
 
 CUresult cuStreamCreate(void** s, unsigned) {
     *s = &g_stream_obj;
@@ -914,14 +966,19 @@ CUresult cuStreamCreateWithPriority(void** s, unsigned, int) {
     return OK;
 }
 CUresult cuStreamDestroy_v2(void*) { return OK; }
-CUresult cuStreamSynchronize(void*) { return OK; }
+CUresult cuStreamSynchronize(void*) {
+    deliver(~0ull);
+    return OK;
+}
 CUresult cuStreamWaitEvent(void*, void*, unsigned) { return OK; }
 
 struct Event {
     std::chrono::steady_clock::time_point t;
+    // The stream operations before its last record (0: never recorded, it waits for nothing).
+    unsigned long long seq;
 };
 CUresult cuEventCreate(void** e, unsigned) {
-    *e = new Event{std::chrono::steady_clock::now()};
+    *e = new Event{std::chrono::steady_clock::now(), 0};
     return OK;
 }
 CUresult cuEventDestroy_v2(void* e) {
@@ -929,11 +986,18 @@ CUresult cuEventDestroy_v2(void* e) {
     return OK;
 }
 CUresult cuEventRecord(void* e, void*) {
-    static_cast<Event*>(e)->t = std::chrono::steady_clock::now();
+    Event* ev = static_cast<Event*>(e);
+    ev->t = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> l(g_pending_mu);
+    ev->seq = ++g_stream_seq;
     return OK;
 }
-CUresult cuEventSynchronize(void*) { return OK; }
-CUresult cuEventQuery(void*) { return OK; }
+CUresult cuEventSynchronize(void* e) {
+    deliver(static_cast<Event*>(e)->seq);
+    return OK;
+}
+// Reports the event complete (a schedule a GPU may take), so what precedes it has arrived.
+CUresult cuEventQuery(void* e) { return cuEventSynchronize(e); }
 CUresult cuEventElapsedTime(float* ms, void* a, void* b) {
     *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(b)->t - static_cast<Event*>(a)->t).count();
     return OK;
@@ -946,9 +1010,26 @@ CUresult cuMemFree_v2(CUdeviceptr p) { return release(p); }
 CUresult cuMemFreeAsync(CUdeviceptr p, void*) { return release(p); }
 CUresult cuMemHostAlloc(void** p, size_t n, unsigned) {
     *p = std::aligned_alloc(64, ((n + 63) / 64) * 64 + 64);
-    return *p ? OK : ERR_OUT_OF_MEMORY;
+    if (!*p) return ERR_OUT_OF_MEMORY;
+    std::lock_guard<std::mutex> l(g_pending_mu);
+    g_pinned[(uintptr_t)*p] = n;
+    return OK;
 }
 CUresult cuMemFreeHost(void* p) {
+    {
+        std::lock_guard<std::mutex> l(g_pending_mu);
+        auto a = g_pinned.find((uintptr_t)p);
+        if (a != g_pinned.end()) {
+            // A copy still pending into it never arrives.
+            const uintptr_t lo = a->first, hi = a->first + a->second;
+            g_pending.erase(std::remove_if(g_pending.begin(), g_pending.end(),
+                                           [&](const PendingCopy& c) {
+                                               return (uintptr_t)c.dst >= lo && (uintptr_t)c.dst < hi;
+                                           }),
+                            g_pending.end());
+            g_pinned.erase(a);
+        }
+    }
     std::free(p);
     return OK;
 }
@@ -963,7 +1044,20 @@ CUresult cuMemcpyDtoH_v2(void* d, CUdeviceptr s, size_t n) {
     std::memcpy(d, (const void*)s, n);
     return OK;
 }
-CUresult cuMemcpyDtoHAsync_v2(void* d, CUdeviceptr s, size_t n, void*) { return cuMemcpyDtoH_v2(d, s, n); }
+CUresult cuMemcpyDtoHAsync_v2(void* d, CUdeviceptr s, size_t n, void*) {
+    // Into pageable memory the copy returns once it is complete on a GPU too, so what precedes it
+    // in the stream, a pending copy included, is complete as well.
+    if (!page_locked(d, n)) {
+        deliver(~0ull);
+        return cuMemcpyDtoH_v2(d, s, n);
+    }
+    if (!inside(s, n, "cuMemcpyDtoHAsync")) return ERR_INVALID_VALUE;
+    const unsigned char* src = (const unsigned char*)s;
+    std::lock_guard<std::mutex> l(g_pending_mu);
+    g_pending.push_back(PendingCopy{++g_stream_seq, std::this_thread::get_id(), (unsigned char*)d,
+                                    std::vector<unsigned char>(src, src + n)});
+    return OK;
+}
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) {
     if (!inside(d, n, "cuMemcpyDtoD (destination)") || !inside(s, n, "cuMemcpyDtoD (source)")) return ERR_INVALID_VALUE;
     std::memmove((void*)d, (const void*)s, n);

@@ -63,6 +63,12 @@ macro_rules! parity_tests {
             }
         }
         #[test]
+        fn schedules_read_arrived_counters_without_event_tracking() {
+            if let Some(d) = $dev() {
+                common::parity::schedules_read_arrived_counters_without_event_tracking(&d);
+            }
+        }
+        #[test]
         fn resnet18_and_issue_sizes_match_cpu() {
             if let Some(d) = $dev() {
                 common::parity::resnet18_matches_cpu(&d);

@@ -1209,6 +1209,70 @@ pub fn unsynced_outcomes_surface_from_second_step(dev: &Arc<Device>) {
     }
 }
 
+/// The trainer's setting: the context tracks no events (samkit-nn's backend turns cross-stream
+/// tracking off) and `first_step` does not wait. The counters that SSAM-F's Fisher, SSAM-D's
+/// drop/grow and LookSAM's full steps are scheduled by must still be read after their copy from
+/// the device arrives: on the H200 they were read before it, a step late, until the optimizer
+/// waited on an event of its own. Nothing here waits for the device between steps but the
+/// optimizer itself (uploads from pageable memory return at once).
+pub fn schedules_read_arrived_counters_without_event_tracking(shared: &Arc<Device>) {
+    // A context object of its own, so that turning tracking off touches no other test.
+    let ctx = cudarc::driver::CudaContext::new(shared.context().ordinal()).unwrap();
+    // SAFETY: every buffer of this test is allocated, used and freed on this one stream.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().unwrap();
+    let dev = &Device::with_stream(ctx, stream).unwrap();
+    let layout = mixed_layout();
+    let p = Problem::new(layout.clone());
+    let picked = ["ssam-f", "ssam-f-official", "ssam-d", "looksam"];
+    let rules: Vec<_> = rules()
+        .into_iter()
+        .filter(|(n, _)| picked.contains(n))
+        .collect();
+    assert_eq!(rules.len(), picked.len());
+    for (name, rule) in rules {
+        let mut cpu = Optimizer::new(layout.clone(), rule.clone(), sgd_momentum()).unwrap();
+        let mut gpu =
+            GpuOptimizer::<f32>::new(dev, layout.clone(), rule.clone(), sgd_momentum()).unwrap();
+        gpu.set_sync_outcomes(false);
+        let mut w = p.init();
+        let mut dw = dev.stream().clone_htod(&w).unwrap();
+        for t in 0..8u64 {
+            let what = format!("{name} step {t}");
+            let want = cpu.needs_fisher();
+            assert_eq!(gpu.needs_fisher().unwrap(), want, "{what}: needs_fisher");
+            if let Some(samples) = want {
+                let f = p.fisher(&w, samples);
+                cpu.set_fisher(&f).unwrap();
+                let df = dev.stream().clone_htod(&f).unwrap();
+                gpu.set_fisher(&df).unwrap();
+            }
+            let g = p.grad(&w, t, 0);
+            let fo = cpu.first_step(&mut w, &g).unwrap();
+            let dg = dev.stream().clone_htod(&g).unwrap();
+            assert_eq!(
+                gpu.first_step(&mut dw, &dg).unwrap(),
+                fo,
+                "{what}: first_step"
+            );
+            if fo == FirstOutcome::Perturbed {
+                let g2 = p.grad(&w, t, 0);
+                let out = cpu.second_step(&mut w, &g2).unwrap();
+                let dg2 = dev.stream().clone_htod(&g2).unwrap();
+                assert_eq!(gpu.second_step(&mut dw, &dg2).unwrap(), out, "{what}");
+            }
+            assert_eq!(gpu.status().unwrap(), cpu.status(), "{what}: counters");
+        }
+        assert_eq!(gpu.mask().unwrap().as_ref(), cpu.mask(), "{name}: mask");
+        assert_close(
+            &dev.stream().clone_dtoh(&dw).unwrap(),
+            &w,
+            1e-5,
+            &format!("{name}: weights after 8 steps"),
+        );
+    }
+}
+
 /// The 62 ResNet-18 segments (11,173,962 parameters on a GPU): SAM, GSAM, LookSAM with SGD
 /// momentum, two steps each, flat arena and list.
 pub fn resnet18_matches_cpu(dev: &Arc<Device>) {

@@ -22,8 +22,9 @@ pub(crate) struct ConvKey {
     pub groups: usize,
 }
 
+/// A direction of a convolution (the three cuDNN calls).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Op {
+pub enum Op {
     Fwd = 0,
     BwdData = 1,
     BwdFilter = 2,
@@ -160,6 +161,9 @@ impl Cuda {
         self.plan(key)?;
         if let Some(c) = self.convs[&key].chosen[op as usize] {
             return Ok(c);
+        }
+        if let Some(algo) = self.pinned[op as usize] {
+            return self.pin(key, op, algo);
         }
         let c = key.conv;
         let g = key.groups;
@@ -345,45 +349,7 @@ impl Cuda {
         } else {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
         };
-        let p = &self.convs[&key];
-        let cd = &p.cd[op as usize];
-        cd.set_math(math)?;
-        let mut size = 0usize;
-        // SAFETY: live handle and descriptors; `algo` is a valid value of the call's enum
-        // (checked by `valid`); cuDNN writes one usize.
-        unsafe {
-            match op {
-                Op::Fwd => sys::cudnnGetConvolutionForwardWorkspaceSize(
-                    h,
-                    p.x.0,
-                    p.w.0,
-                    cd.0,
-                    p.y.0,
-                    dnn::fwd_algo(r.algo).expect("valid"),
-                    &mut size,
-                ),
-                Op::BwdData => sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
-                    h,
-                    p.w.0,
-                    p.y.0,
-                    cd.0,
-                    p.x.0,
-                    dnn::bwd_data_algo(r.algo).expect("valid"),
-                    &mut size,
-                ),
-                Op::BwdFilter => sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
-                    h,
-                    p.x.0,
-                    p.y.0,
-                    cd.0,
-                    p.w.0,
-                    dnn::bwd_filter_algo(r.algo).expect("valid"),
-                    &mut size,
-                ),
-            }
-        }
-        .result()
-        .dnn("cudnnGetConvolution*WorkspaceSize")?;
+        let size = self.set_math_and_workspace(key, op, r.algo, math)?;
         let chosen = Chosen {
             algo: r.algo,
             ws: size.max(r.memory),
@@ -394,6 +360,92 @@ impl Cuda {
             p.chosen[op as usize] = Some(chosen);
         }
         Ok(chosen)
+    }
+
+    /// `algo` (cuDNN's value) for `op` of `key`, without a search ([`Cuda::pin_algorithm`]):
+    /// FP32 math unless TF32 is on, the workspace cuDNN asks for it. An algorithm cuDNN does not
+    /// support for the shape is its error (`CUDNN_STATUS_NOT_SUPPORTED`).
+    fn pin(&mut self, key: ConvKey, op: Op, algo: u32) -> Result<Chosen> {
+        let valid = match op {
+            Op::Fwd => dnn::fwd_algo(algo).is_some(),
+            Op::BwdData => dnn::bwd_data_algo(algo).is_some(),
+            Op::BwdFilter => dnn::bwd_filter_algo(algo).is_some(),
+        };
+        if !valid {
+            return Err(CudaError::NoAlgorithm {
+                op: op.name(),
+                detail: format!("{key:?}: {algo} is not a cuDNN {} algorithm", op.name()),
+            }
+            .into());
+        }
+        let math = if self.opts.tf32 {
+            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        };
+        let ws = self.set_math_and_workspace(key, op, algo, math)?;
+        let chosen = Chosen {
+            algo,
+            ws,
+            math: math as u32,
+            ms: 0.0,
+        };
+        if let Some(p) = self.convs.get_mut(&key) {
+            p.chosen[op as usize] = Some(chosen);
+        }
+        Ok(chosen)
+    }
+
+    /// Sets `math` on `op`'s descriptor of `key` and asks cuDNN for the workspace of `algo` (a
+    /// valid value of `op`'s enum) there, in bytes.
+    fn set_math_and_workspace(
+        &mut self,
+        key: ConvKey,
+        op: Op,
+        algo: u32,
+        math: sys::cudnnMathType_t,
+    ) -> Result<usize> {
+        let h = self.dnn.0;
+        let p = &self.convs[&key];
+        let cd = &p.cd[op as usize];
+        cd.set_math(math)?;
+        let mut size = 0usize;
+        // SAFETY: live handle and descriptors; `algo` is a valid value of the call's enum
+        // (checked by the caller); cuDNN writes one usize.
+        unsafe {
+            match op {
+                Op::Fwd => sys::cudnnGetConvolutionForwardWorkspaceSize(
+                    h,
+                    p.x.0,
+                    p.w.0,
+                    cd.0,
+                    p.y.0,
+                    dnn::fwd_algo(algo).expect("valid"),
+                    &mut size,
+                ),
+                Op::BwdData => sys::cudnnGetConvolutionBackwardDataWorkspaceSize(
+                    h,
+                    p.w.0,
+                    p.y.0,
+                    cd.0,
+                    p.x.0,
+                    dnn::bwd_data_algo(algo).expect("valid"),
+                    &mut size,
+                ),
+                Op::BwdFilter => sys::cudnnGetConvolutionBackwardFilterWorkspaceSize(
+                    h,
+                    p.x.0,
+                    p.y.0,
+                    cd.0,
+                    p.w.0,
+                    dnn::bwd_filter_algo(algo).expect("valid"),
+                    &mut size,
+                ),
+            }
+        }
+        .result()
+        .dnn("cudnnGetConvolution*WorkspaceSize")?;
+        Ok(size)
     }
 
     /// Runs `op` of `key` with `alpha = 1` and the given `beta` on raw addresses: `a`, `b` its

@@ -50,6 +50,7 @@ use crate::model::LossKind;
 use crate::resnet::{ResNet18, ResNetConfig};
 use crate::tensor::{Device, Storage, Tensor};
 
+pub use conv::Op as ConvOp;
 pub use error::CudaError;
 pub use kernels::NN as NN_KERNELS;
 pub use tensor::DeviceStorage;
@@ -121,6 +122,9 @@ pub struct Cuda {
     tensors: HashMap<[usize; 4], dnn::TensorDesc>,
     /// Grouped backward-filter for per-sample gradients (false after cuDNN refused it once).
     grouped_psg: bool,
+    /// Algorithms fixed per direction by [`Cuda::pin_algorithm`] (`None`: the search of
+    /// `opts.algo`).
+    pinned: [Option<u32>; 3],
     workspace: Option<CudaSlice<u8>>,
     scratch: [Option<CudaSlice<f32>>; 2],
     kernels: kernels::Kernels,
@@ -198,6 +202,7 @@ impl Cuda {
             convs: HashMap::new(),
             tensors: HashMap::new(),
             grouped_psg: true,
+            pinned: [None; 3],
             workspace: None,
             scratch: [None, None],
             kernels,
@@ -264,6 +269,15 @@ impl Cuda {
         let mut v: Vec<String> = self.convs.values().flat_map(|p| p.describe()).collect();
         v.sort();
         v
+    }
+
+    /// Every convolution shape met from now on runs `op` with cuDNN's algorithm `algo` (the
+    /// value of its `cudnnConvolution*Algo_t`), without a search; `None` returns to the
+    /// search of [`CudaOptions::algo`]. Shapes met before keep their algorithm. For checking one
+    /// algorithm against the CPU; an algorithm cuDNN does not support for a shape fails that
+    /// shape's first call.
+    pub fn pin_algorithm(&mut self, op: ConvOp, algo: Option<u32>) {
+        self.pinned[op as usize] = algo;
     }
 
     /// Bytes of the cuDNN workspace.

@@ -16,6 +16,12 @@ macro_rules! nn_parity_tests {
             }
         }
         #[test]
+        fn conv2d_backward_filter_every_algorithm_matches_cpu() {
+            if let Some(e) = $env() {
+                common::parity::conv2d_backward_filter_every_algorithm_matches_cpu(&e);
+            }
+        }
+        #[test]
         fn conv2d_per_sample_squares_are_the_same_in_chunks_of_one() {
             if let Some(e) = $env() {
                 common::parity::conv2d_per_sample_squares_are_the_same_in_chunks_of_one(&e);

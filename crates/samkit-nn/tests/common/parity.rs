@@ -280,30 +280,34 @@ pub fn conv2d_backward_filter_every_algorithm_matches_cpu(env: &Env) {
     let p = normal(arena, 700, 0.2);
     let g0 = normal(arena, 701, 1.0);
     let mut cpu = Cpu::new();
-    let (mut ran, mut wrong) = (Vec::new(), Vec::new());
-    for algo in 0..=6u32 {
-        let Some(mut gpu) = env.cuda() else {
-            return;
-        };
+    let Some(mut first) = env.cuda() else {
+        return;
+    };
+    let (xc, _) = images(&mut cpu, &mut first, xd, 702);
+    let (dyc, _) = images(&mut cpu, &mut first, od, 703);
+    let mut gc = g0.clone();
+    cpu.conv2d_backward(
+        &c,
+        xd,
+        &xc,
+        &dyc,
+        &p,
+        0,
+        ParamGrad::Sum,
+        &mut gc,
+        None,
+        false,
+    )
+    .unwrap();
+    // The device's arena after two calls with `algo` pinned (the second writes over the first
+    // one's result, as pass 2 over pass 1); `None` without a backend.
+    let device = |cpu: &mut Cpu, algo: u32| -> Option<samkit_nn::Result<Vec<f32>>> {
+        let mut gpu = env.cuda()?;
         gpu.pin_algorithm(ConvOp::BwdFilter, Some(algo));
-        let (xc, xg) = images(&mut cpu, &mut gpu, xd, 702);
-        let (dyc, dyg) = images(&mut cpu, &mut gpu, od, 703);
+        let (_, xg) = images(cpu, &mut gpu, xd, 702);
+        let (_, dyg) = images(cpu, &mut gpu, od, 703);
         let pg = up(&mut gpu, &p);
-        let (mut gc, mut gg) = (g0.clone(), up(&mut gpu, &g0));
-        cpu.conv2d_backward(
-            &c,
-            xd,
-            &xc,
-            &dyc,
-            &p,
-            0,
-            ParamGrad::Sum,
-            &mut gc,
-            None,
-            false,
-        )
-        .unwrap();
-        // Twice: the second call writes over the first one's result, as pass 2 over pass 1.
+        let mut gg = up(&mut gpu, &g0);
         let mut run = || {
             gpu.conv2d_backward(
                 &c,
@@ -318,11 +322,21 @@ pub fn conv2d_backward_filter_every_algorithm_matches_cpu(env: &Env) {
                 false,
             )
         };
-        if let Err(e) = run().and_then(|()| run()) {
-            println!("backward-filter algorithm {algo}: not run for this shape ({e})");
-            continue;
-        }
-        let got = dl(&mut gpu, &gg);
+        let r = run().and_then(|()| run());
+        Some(r.map(|()| dl(&mut gpu, &gg)))
+    };
+    let (mut ran, mut wrong) = (Vec::new(), Vec::new());
+    for algo in 0..=6u32 {
+        let Some(r) = device(&mut cpu, algo) else {
+            return;
+        };
+        let got = match r {
+            Ok(got) => got,
+            Err(e) => {
+                println!("backward-filter algorithm {algo}: not run for this shape ({e})");
+                continue;
+            }
+        };
         assert_eq!(got[wl..], g0[wl..], "algorithm {algo}: outside the segment");
         let (mut d2, mut w2) = (0f64, 0f64);
         for (&a, &b) in got[..wl].iter().zip(&gc[..wl]) {
@@ -338,27 +352,8 @@ pub fn conv2d_backward_filter_every_algorithm_matches_cpu(env: &Env) {
     }
     assert!(!ran.is_empty(), "no backward-filter algorithm ran");
     // A value that names no algorithm is refused at the first call, with the value.
-    if let Some(mut gpu) = env.cuda() {
-        gpu.pin_algorithm(ConvOp::BwdFilter, Some(9));
-        let (_, xg) = images(&mut cpu, &mut gpu, xd, 702);
-        let (_, dyg) = images(&mut cpu, &mut gpu, od, 703);
-        let pg = up(&mut gpu, &p);
-        let mut gg = up(&mut gpu, &g0);
-        let e = gpu
-            .conv2d_backward(
-                &c,
-                xd,
-                &xg,
-                &dyg,
-                &pg,
-                0,
-                ParamGrad::Sum,
-                &mut gg,
-                None,
-                false,
-            )
-            .unwrap_err()
-            .to_string();
+    if let Some(r) = device(&mut cpu, 9) {
+        let e = r.unwrap_err().to_string();
         assert!(
             e.contains("9 is not a cuDNN backward-filter algorithm"),
             "{e}"
